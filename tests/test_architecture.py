@@ -1,0 +1,84 @@
+"""Data flows one way: recipe -> plan (engine) -> steps -> models. Imports must follow it.
+
+Every import in the package is parsed (including imports inside functions) and checked
+against the table below; `wanflow.recipe` must never import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "wanflow"
+
+#: layer -> the wanflow layers it may import (besides itself, `wanflow` and `wanflow.errors`).
+ALLOWED = {
+    "recipe": {"plugins"},  # the family registry, consulted lazily
+    "families": {"recipe"},
+    "plugins": {"recipe", "families"},
+    "engine": {"recipe", "plugins"},
+    "models": set(),
+    "sampling": set(),
+    "steps": {"recipe", "plugins", "engine", "models", "sampling", "families", "output", "sources"},
+    "output": set(),
+    "sources": {"recipe"},
+    "cli": None,  # the top: may import everything
+    "__main__": {"cli"},
+}
+NO_TORCH = ("recipe", "families", "plugins")
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem != "__init__" else ""
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def violations() -> list[str]:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        allowed = ALLOWED.get(layer, set())
+        for line, module in imports(path):
+            parts = module.split(".")
+            where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            if layer in NO_TORCH and parts[0] in ("torch", "safetensors", "diffusers", "transformers"):
+                bad.append(f"{where}: wanflow.{layer} imports {module} (it must stay torch-free)")
+            if parts[0] != "wanflow" or len(parts) < 2 or allowed is None:
+                continue
+            target = parts[1]
+            if target not in (layer, "errors") and target not in allowed:
+                bad.append(f"{where}: wanflow.{layer} imports {module}, against the flow of data")
+    return bad
+
+
+def test_every_layer_exists_in_the_table():
+    layers = {layer_of(p) for p in PACKAGE.rglob("*.py")} - {"", "errors", "logs"}
+    assert layers <= set(ALLOWED), sorted(layers - set(ALLOWED))
+    assert {"recipe", "plugins", "cli"} <= layers
+
+
+def test_imports_follow_the_flow_of_data():
+    assert violations() == []
+
+
+def test_the_checker_catches_a_violation(tmp_path):
+    fake = tmp_path / "wanflow"
+    (fake / "recipe").mkdir(parents=True)
+    (fake / "recipe" / "bad.py").write_text("import torch\nfrom wanflow.engine import plan\n")
+    globals()["PACKAGE"] = fake
+    try:
+        found = violations()
+    finally:
+        globals()["PACKAGE"] = Path(__file__).resolve().parents[1] / "wanflow"
+    assert len(found) == 2 and "torch-free" in found[0] and "against the flow" in found[1]

@@ -1,0 +1,154 @@
+"""Recipe commands: validate, fmt, show, models (and a dry `run` until execution is installed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import tomlkit
+
+from wanflow.errors import RecipeError, WanflowError
+from wanflow.recipe import ResolvedRecipe, load_recipe
+from wanflow.recipe.canonical import format_file
+from wanflow.recipe.problems import display_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check recipes; report every problem at once")
+    p.add_argument("files", nargs="+", type=Path, help="recipe files or folders of recipes")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("fmt", help="rewrite recipes in canonical form")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--check", action="store_true", help="change nothing; fail if a file is not canonical")
+    p.set_defaults(func=cmd_fmt)
+    p = sub.add_parser("show", help="the resolved recipe, every default filled in, with where each value came from")
+    p.add_argument("file", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("models", help="list the model families")
+    p.set_defaults(func=cmd_models)
+
+
+def register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="validate a recipe and print its plan")
+    p.add_argument("file", type=Path)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    p.set_defaults(func=cmd_run_dry)
+
+
+def recipe_files(paths: list[Path]) -> list[Path]:
+    """Files as given; folders expand to the .toml files under them (sorted)."""
+    out: list[Path] = []
+    for path in paths:
+        out.extend(sorted(path.rglob("*.toml")) if path.is_dir() else [path])
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    files = recipe_files(args.files)
+    for path in files:
+        try:
+            resolved = load_recipe(path, sets=args.sets)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+        else:
+            jobs = len(resolved.sweep_jobs())
+            print(f"ok: {display_path(path)}" + (f" ({jobs} jobs)" if jobs > 1 else ""))
+    if problems:
+        raise RecipeError(problems)
+    if not files:
+        raise WanflowError("no recipe files found in " + ", ".join(map(str, args.files)))
+    return 0
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    changed = []
+    for path in recipe_files(args.files):
+        text = _read(path)
+        canonical = format_file(str(path))
+        if canonical == text:
+            continue
+        changed.append(display_path(path))
+        if not args.check:
+            write_atomic(path, canonical)
+            print(f"formatted {display_path(path)}")
+    if args.check and changed:
+        raise WanflowError("not in canonical form: " + ", ".join(changed) + "; run `wanflow fmt` on them")
+    return 0
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise WanflowError(f"{display_path(path)}: no such recipe file")
+    return path.read_text(encoding="utf-8")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a file's content so that a crash leaves either the old or the new text, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    resolved = load_recipe(args.file, sets=args.sets)
+    sys.stdout.write(annotated_toml(resolved))
+    return 0
+
+
+def annotated_toml(resolved: ResolvedRecipe) -> str:
+    """The resolved recipe with a trailing comment on every value saying where it came from."""
+    doc = tomlkit.parse(resolved.canonical_toml())
+    _annotate(doc, "", resolved)
+    head = f"# {display_path(resolved.path)} resolved: family {resolved.model}\n"
+    return head + tomlkit.dumps(doc)
+
+
+def _annotate(container: object, prefix: str, resolved: ResolvedRecipe) -> None:
+    body = container.body if isinstance(container, tomlkit.TOMLDocument) else container.value.body  # type: ignore
+    for key, item in body:
+        if key is None:
+            continue
+        dotted = f"{prefix}{key.key}"
+        if isinstance(item, tomlkit.items.Table):
+            _annotate(item, dotted + ".", resolved)
+        elif isinstance(item, tomlkit.items.AoT):
+            continue
+        elif dotted in resolved.origins:
+            origin = resolved.origins[dotted]
+            item.comment(f"family {resolved.model}" if origin == "family" else origin)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from wanflow.plugins import get_registry
+
+    registry = get_registry()
+    for name in registry.family_names():
+        family = registry.family(name)
+        owner = registry.owner("family", name)
+        print(f"{name:24} {family.description}" + (f"  [plugin {owner}]" if owner != "wanflow" else ""))
+    return 0
+
+
+def cmd_run_dry(args: argparse.Namespace) -> int:
+    resolved = load_recipe(args.file, sets=args.sets)
+    for job in resolved.sweep_jobs():
+        print(f"{resolved.name} {job.job_label}".rstrip() + f" ({resolved.model}):")
+        for step in ("encode-text", "encode-conditioning", "denoise", "decode", "save"):
+            print(f"  {step}")
+    if not args.dry_run:
+        raise WanflowError("execution is not installed in this wanflow; use --dry-run to validate and plan")
+    return 0

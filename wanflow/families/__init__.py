@@ -1,0 +1,1 @@
+"""The built-in model families: data only (components, official defaults, accepted inputs)."""

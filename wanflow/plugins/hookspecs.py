@@ -1,0 +1,65 @@
+"""The plugin hooks: what a plugin can add to wanflow (DESIGN.md §9).
+
+Built-in families, samplers and savers register through these same hooks. A plugin is any
+object or module with ``@hookimpl`` functions, advertised under the ``wanflow`` entry-point
+group. Every name it registers must be new: a collision is an error naming both plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import pluggy
+
+PROJECT = "wanflow"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@attrs.frozen
+class SamplerEntry:
+    """A solver name and how to get its step function (loaded lazily: validation needs no torch)."""
+
+    name: str
+    load: Callable[[], Any]
+    description: str = ""
+
+
+@attrs.frozen
+class SaverEntry:
+    """An output format: ``save(frames uint8 (T,H,W,3), path, fps, metadata) -> list[Path]``."""
+
+    name: str
+    suffix: str  # ".mp4", ".gif"
+    load: Callable[[], Callable[..., Any]]
+    description: str = ""
+
+
+class Hooks:
+    """Hook specifications; each returns what the plugin adds (``None`` or empty for nothing)."""
+
+    @hookspec
+    def wanflow_families(self) -> list:
+        """Model families (``wanflow.recipe.FamilySpec``) this plugin provides."""
+
+    @hookspec
+    def wanflow_samplers(self) -> list[SamplerEntry]:
+        """Solvers this plugin provides, selectable as ``[sampler].solver``."""
+
+    @hookspec
+    def wanflow_savers(self) -> list[SaverEntry]:
+        """Output formats this plugin provides, selectable as ``[output].format``."""
+
+    @hookspec
+    def wanflow_pipelines(self) -> Mapping[str, Any]:
+        """Pipelines (name -> object that builds a family's steps) this plugin provides."""
+
+    @hookspec
+    def wanflow_step_started(self, step: Any) -> None:
+        """Observe a step starting (step spec with kind, key, params)."""
+
+    @hookspec
+    def wanflow_step_finished(self, step: Any, outcome: Mapping[str, Any]) -> None:
+        """Observe a step finishing (hit or miss, duration, bytes)."""

@@ -1,0 +1,8 @@
+"""Recipes: parsing, validation, defaults and canonical form. Knows nothing of torch or models."""
+
+from wanflow.recipe.family import ComponentSpec, FamilyLookup, FamilySpec, StaticFamilies
+from wanflow.recipe.resolve import ResolvedRecipe, load_recipe, load_recipe_text
+from wanflow.recipe.schema import Recipe
+
+__all__ = ["ComponentSpec", "FamilyLookup", "FamilySpec", "Recipe", "ResolvedRecipe", "StaticFamilies",
+           "load_recipe", "load_recipe_text"]

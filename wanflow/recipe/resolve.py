@@ -1,0 +1,216 @@
+"""From a recipe file to a ``ResolvedRecipe``: every value filled in, checked, and traceable.
+
+``load_recipe`` is the one entry point: parse (with includes and ``--set``), structure, apply
+the family's official values, validate everything at once, expand sweeps. Nothing here loads a
+model or touches torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from wanflow.errors import RecipeError
+from wanflow.recipe.family import FamilyLookup, FamilySpec
+from wanflow.recipe.flatten import flatten, to_data
+from wanflow.recipe.problems import KeyPath, Problems, did_you_mean, display_path
+from wanflow.recipe.render import render_toml
+from wanflow.recipe.schema import FILE_INPUTS, Recipe
+from wanflow.recipe.source import Origin, apply_override, load_layers, parse_override
+from wanflow.recipe.structure import structure
+from wanflow.recipe.validate import check_identity, check_recipe
+
+
+@attrs.frozen
+class ResolvedRecipe:
+    """A validated recipe with every default filled in and the origin of every value."""
+
+    path: Path
+    text: str  # the recipe file, verbatim
+    recipe: Recipe  # family values applied, file paths absolute
+    family: FamilySpec
+    values: Mapping[str, Any]  # dotted key -> canonical JSON-able value, every field
+    origins: Mapping[str, str]  # dotted key -> default | family | include:<file> | recipe | --set | sweep
+    job_label: str = ""  # "sampler.seed=1" for one job of a sweep
+    jobs: tuple[ResolvedRecipe, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def model(self) -> str:
+        return self.recipe.model
+
+    def canonical_toml(self) -> str:
+        """The resolved recipe as canonical TOML (what a run archive stores as resolved.toml)."""
+        return render_toml(to_data(self.recipe, keep_defaults=True))
+
+    def input_files(self) -> dict[str, Path]:
+        """Dotted key -> path of every file the recipe names (inputs, LoRAs, dataset, local models)."""
+        return {".".join(map(str, k)): p for k, p in file_paths(self.recipe).items()}
+
+    def sweep_jobs(self) -> list[ResolvedRecipe]:
+        """One resolved recipe per combination of ``[sweep]``; a recipe without a sweep is one job."""
+        return list(self.jobs) if self.jobs else [self]
+
+
+def load_recipe(path: str | Path, *, sets: Sequence[str] = (), families: FamilyLookup | None = None) -> ResolvedRecipe:
+    """Load, resolve and validate a recipe file; RecipeError lists every problem at once."""
+    return load_recipe_text(None, path=path, sets=sets, families=families)
+
+
+def load_recipe_text(text: str | None, *, path: str | Path, sets: Sequence[str] = (),
+                     families: FamilyLookup | None = None) -> ResolvedRecipe:
+    """Like ``load_recipe`` for recipe text that is not (or no longer) in a file, e.g. an archive's."""
+    path = Path(path).resolve()
+    merged, origins = load_layers(path, text)
+    overrides = [parse_override(item) for item in sets]
+    for (key, value), item in zip(overrides, sets):
+        apply_override(merged, key, value)
+        origins[key] = Origin("--set", f"--set {item}", Path.cwd())
+    source_text = text if text is not None else path.read_text(encoding="utf-8")
+    return _resolve(merged, origins, path, source_text, families or _default_families())
+
+
+def _default_families() -> FamilyLookup:
+    from wanflow.plugins import get_registry  # the registry is configuration, consulted lazily
+
+    return get_registry()
+
+
+def _resolve(merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str, families: FamilyLookup,
+             label: str = "") -> ResolvedRecipe:
+    problems = Problems(display_path(path), {k: o.file for k, o in origins.items()})
+    sweep = merged.pop("sweep", None)
+    recipe = structure(Recipe, merged, (), problems)
+    family = check_identity(recipe, families, problems) if recipe is not None else None
+    jobs: tuple[ResolvedRecipe, ...] = ()
+    if recipe is not None and family is not None:
+        recipe = _with_family(recipe, family, origins, path)
+        paths = written_paths(recipe, origins)
+        check_recipe(recipe, family, families, problems, paths)
+        recipe = _absolute_paths(recipe, paths)
+    if sweep is not None and _check_sweep(sweep, problems) and not problems.items:
+        jobs = _sweep_jobs(sweep, merged, origins, path, text, families, problems)
+    if problems.items:
+        raise RecipeError([f"{label}: {p}" if label else p for p in problems.items])
+    return ResolvedRecipe(path, text, recipe, family, flatten(recipe), _origin_labels(recipe, family, origins),
+                          label, jobs)
+
+
+def _with_family(recipe: Recipe, family: FamilySpec, origins: Mapping[KeyPath, Origin], path: Path) -> Recipe:
+    """Fill unset family-dependent settings with the family's official values, and the name."""
+    tables = {}
+    for field in attrs.fields(Recipe):
+        table = getattr(recipe, field.name)
+        if not attrs.has(type(table)):
+            continue
+        changes = {f.name: family.defaults[f"{field.name}.{f.name}"] for f in attrs.fields(type(table))
+                   if f.metadata.get("family") and f"{field.name}.{f.name}" in family.defaults
+                   and (field.name, f.name) not in origins}
+        tables[field.name] = attrs.evolve(table, **changes) if changes else table
+    name = recipe.name or path.stem
+    return attrs.evolve(recipe, name=name, **tables)
+
+
+def file_paths(recipe: Recipe) -> dict[KeyPath, Path]:
+    """Key path -> path of every file-valued setting that is set (as stored in the recipe)."""
+    out: dict[KeyPath, Path] = {}
+    for dotted in FILE_INPUTS:
+        node: Any = recipe.inputs
+        for part in dotted.split("."):
+            node = getattr(node, part) if node is not None else None
+        if node is not None:
+            out[("inputs", *dotted.split("."))] = Path(node)
+    for i, lora in enumerate(recipe.lora):
+        out[("lora", i, "path")] = Path(lora.path)
+    if recipe.train is not None:
+        out[("train", "dataset")] = Path(recipe.train.dataset)
+    for name, model in recipe.models.items():
+        if ":" not in model.source.split("/")[0] or Path(model.source).exists():
+            out[("models", name, "source")] = Path(model.source)
+    return out
+
+
+def written_paths(recipe: Recipe, origins: Mapping[KeyPath, Origin]) -> dict[KeyPath, tuple[str, Path]]:
+    """File settings as written, and resolved against the folder of the file that wrote them."""
+    out = {}
+    for key, p in file_paths(recipe).items():
+        origin = origins.get(key) or origins.get(key[:2]) or origins.get(key[:1])
+        base = origin.base_dir if origin else Path.cwd()
+        out[key] = (str(p), (base / p.expanduser()).resolve())
+    return out
+
+
+def _absolute_paths(recipe: Recipe, paths: Mapping[KeyPath, tuple[str, Path]]) -> Recipe:
+    data = to_data(recipe, keep_defaults=True)
+    for key, (_, resolved) in paths.items():
+        apply_override(data, tuple(key), str(resolved)) if not isinstance(key[1], int) else \
+            data[key[0]][key[1]].__setitem__(key[2], str(resolved))
+    problems = Problems("")
+    rebuilt = structure(Recipe, data, (), problems)
+    if problems.items:  # pragma: no cover - the data came from a valid recipe
+        raise AssertionError(problems.items)
+    return rebuilt
+
+
+def _origin_labels(recipe: Recipe, family: FamilySpec, origins: Mapping[KeyPath, Origin]) -> dict[str, str]:
+    labels = {}
+    for dotted in flatten(recipe):
+        key = tuple(dotted.split("."))
+        written = next((origins[key[:n]] for n in range(len(key), 0, -1) if key[:n] in origins), None)
+        if written is not None:
+            labels[dotted] = written.label
+        else:
+            labels[dotted] = "family" if dotted in family.defaults else "default"
+    return labels
+
+
+def _check_sweep(sweep: Any, problems: Problems) -> bool:
+    """Sweep keys must name recipe fields and map to non-empty arrays; True when usable."""
+    if not isinstance(sweep, dict) or not sweep:
+        problems.add(("sweep",), sweep, 'must be a table of dotted keys to arrays, e.g. "sampler.seed" = [0, 1]')
+        return False
+    known = list(flatten(Recipe(model="")).keys())
+    ok = True
+    for key, values in sweep.items():
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            problems.add(("sweep", key), values, "names no recipe field" + did_you_mean(key, known))
+            ok = False
+        elif not isinstance(values, list) or not values:
+            problems.add(("sweep", key), values, "must be a non-empty array of values to try")
+            ok = False
+    return ok
+
+
+def _sweep_jobs(sweep: Any, merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str,
+                families: FamilyLookup, problems: Problems) -> tuple[ResolvedRecipe, ...]:
+    """Expand ``[sweep]`` into one resolved job per combination, each fully validated."""
+    jobs, errors = [], []
+    for combo in itertools.product(*sweep.values()):
+        job_data = {k: v for k, v in merged.items()}
+        job_data = _deep_copy(job_data)
+        job_origins = dict(origins)
+        for key, value in zip(sweep, combo):
+            apply_override(job_data, tuple(key.split(".")), value)
+            job_origins[tuple(key.split("."))] = Origin("sweep", f"[sweep].{key}", path.parent)
+        label = ",".join(f"{k}={v}" for k, v in zip(sweep, combo))
+        try:
+            jobs.append(_resolve(job_data, job_origins, path, text, families, label))
+        except RecipeError as exc:
+            errors.extend(exc.problems)
+    problems.items.extend(errors)
+    return tuple(jobs)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

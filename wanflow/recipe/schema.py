@@ -1,0 +1,182 @@
+"""The recipe schema: frozen attrs classes, the one place where recipe defaults live.
+
+Every field is declared with ``setting(default, why=...)``: the reason is shown by
+``wanflow show``. A setting marked ``family=True`` takes the family's official value when the
+family states one (``FamilySpec.defaults``) and the default written here otherwise. Range and
+choice constraints live beside the default so that validation and documentation agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+Solver = str  # a name in the sampler registry ("euler", "unipc", "dpm++", or a plugin's)
+
+
+def setting(default: Any = attrs.NOTHING, *, why: str, family: bool = False, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, factory: Any = None) -> Any:
+    """Declare a recipe field with its reason and constraints (read by validation and `show`)."""
+    meta = {"why": why, "family": family, "ge": ge, "gt": gt, "le": le}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=meta)
+    return attrs.field(default=default, metadata=meta)
+
+
+@attrs.frozen
+class Prompt:
+    text: str = setting("", why="what to generate; required by every generation family")
+    negative: str = setting("", family=True, why="the family's official negative prompt unless set")
+
+
+@attrs.frozen
+class Video:
+    width: int = setting(832, family=True, gt=0, why="480p landscape, the most common Wan size")
+    height: int = setting(480, family=True, gt=0, why="480p landscape, the most common Wan size")
+    frames: int = setting(81, family=True, ge=1, why="5 s at 16 fps; must be 4n+1 for the causal VAE")
+    fps: int = setting(16, family=True, ge=1, le=240, why="the frame rate Wan2.1 was trained at")
+
+
+@attrs.frozen
+class Sampler:
+    solver: Solver = setting("unipc", family=True, why="the official Wan sampler")
+    steps: int = setting(50, family=True, ge=1, le=1000, why="official Wan2.1 step count")
+    shift: float = setting(5.0, family=True, gt=0, why="official flow shift for 480p/720p T2V")
+    cfg: float = setting(5.0, family=True, ge=0, why="official guidance scale; 1.0 skips the negative pass")
+    cfg_high_noise: float | None = setting(
+        None, family=True, ge=0, why="A14B only: guidance of the high-noise expert (None: same as cfg)")
+    boundary: float | None = setting(
+        None, family=True, ge=0, le=1, why="A14B only: the σ·1000 fraction where the experts switch")
+    seed: int | None = setting(
+        None, ge=0, why="None draws a seed once at run time and records it in the run's lock")
+    noise_device: Literal["cpu", "cuda"] = setting(
+        "cpu", why="CPU noise gives the same video for a seed on every machine")
+    denoising_strength: float = setting(
+        1.0, ge=0, le=1, why="1.0 starts from pure noise; < 1 keeps some of [inputs].video/image")
+
+
+@attrs.frozen
+class Camera:
+    direction: Literal["Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown",
+                       "ZoomIn", "ZoomOut"] = setting("Left", why="Fun Camera's preset motions")
+    speed: float = setting(0.0185, gt=0, why="Fun Camera's default speed per frame")
+
+
+@attrs.frozen
+class Vace:
+    video: str | None = setting(None, why="control video for VACE (depth, pose, inpaint source…)")
+    mask: str | None = setting(None, why="where VACE may change the control video")
+    reference: str | None = setting(None, why="reference image(s) for VACE subject consistency")
+    scale: float = setting(1.0, ge=0, why="strength of the VACE hints, as in the official code")
+
+
+@attrs.frozen
+class Inputs:
+    image: str | None = setting(None, why="first frame (I2V, FLF2V, TI2V, Fun InP)")
+    end_image: str | None = setting(None, why="last frame (FLF2V, Fun InP)")
+    video: str | None = setting(None, why="source video for video-to-video with denoising_strength < 1")
+    control_video: str | None = setting(None, why="Fun Control: depth/pose/canny video")
+    reference_image: str | None = setting(None, why="Fun reference / Animate character image")
+    mask: str | None = setting(None, why="inpainting mask video or image")
+    audio: str | None = setting(None, why="speech for S2V")
+    pose_video: str | None = setting(None, why="Animate: driving pose video")
+    face_video: str | None = setting(None, why="Animate: driving face video")
+    camera: Camera | None = setting(None, why="Fun Camera motion preset")
+    vace: Vace | None = setting(None, why="VACE conditioning")
+    motion_bucket: int | None = setting(None, ge=0, le=100, why="speed control: motion strength 0–100")
+
+
+@attrs.frozen
+class Vae:
+    tiled: bool = setting(True, why="tiling bounds decode memory, usually the peak of a run")
+    tile_size: tuple[int, int] = setting((30, 52), why="(height, width) in latent units, as DiffSynth")
+    tile_stride: tuple[int, int] = setting((15, 26), why="half the tile: every pixel is blended")
+
+
+@attrs.frozen
+class Memory:
+    policy: Literal["none", "offload", "stream", "disk", "auto"] = setting(
+        "auto", why="pick the fastest placement that fits the device")
+    limit_gb: float | None = setting(None, gt=0, why="None: use what the device reports as free")
+    fp8: bool = setting(False, why="store DiT weights in fp8 (compute in bf16); changes the numbers")
+
+
+@attrs.frozen
+class Runtime:
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", why="CUDA when present, else CPU")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting(
+        "auto", why="bf16 on CUDA, fp32 on CPU (CPU bf16 is slower for small models)")
+    attention: str = setting("sdpa", why="torch's fused attention; sage/flash come from plugins")
+    teacache_threshold: float | None = setting(None, ge=0, why="None disables step caching")
+
+
+@attrs.frozen
+class Output:
+    format: str = setting("mp4", why="H.264 mp4 plays everywhere; plugins add savers (gif…)")
+    quality: int = setting(18, ge=0, le=51, why="x264 CRF; 18 is visually lossless")
+    png_frames: bool = setting(False, why="also write every frame as PNG for editing")
+
+
+@attrs.frozen
+class ModelSource:
+    source: str = setting(why="modelscope:ORG/REPO@REVISION, or a local file or folder")
+    files: tuple[str, ...] = setting(factory=tuple, why="glob patterns inside the source; () = the family's")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting("auto", why="compute dtype of this component")
+
+
+@attrs.frozen
+class Lora:
+    path: str = setting(why="a LoRA .safetensors file")
+    scale: float = setting(1.0, why="full strength, as trained")
+    target: str = setting("dit", why="the component the LoRA patches")
+
+
+@attrs.frozen
+class Train:
+    dataset: str = setting(why="CSV/JSON/JSONL metadata naming videos or images and prompts")
+    method: Literal["lora", "full"] = setting("lora", why="LoRA trains in a fraction of the memory")
+    steps: int = setting(1000, ge=1, why="a short first fine-tune")
+    learning_rate: float = setting(1e-4, gt=0, why="the usual LoRA rate for Wan")
+    batch_size: int = setting(1, ge=1, why="video batches rarely fit more on one GPU")
+    gradient_accumulation: int = setting(1, ge=1, why="raise for a larger effective batch")
+    lora_rank: int = setting(32, ge=1, why="DiffSynth's default rank for Wan LoRA")
+    lora_alpha: float = setting(32.0, gt=0, why="alpha = rank keeps the update scale at 1")
+    lora_targets: tuple[str, ...] = setting(("q", "k", "v", "o", "ffn.0", "ffn.2"),
+                                            why="attention and FFN projections of every block")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = setting("adamw", why="the standard choice")
+    schedule: Literal["constant", "cosine", "linear"] = setting("constant", why="simple to reason about")
+    warmup_steps: int = setting(0, ge=0, why="no warm-up unless asked")
+    checkpoint_every: int = setting(250, ge=1, why="lose at most a quarter of a short run")
+    validation_prompts: tuple[str, ...] = setting(factory=tuple, why="none: no validation videos")
+    timestep_range: tuple[float, float] = setting((0.0, 1.0), ge=0, le=1,
+                                                  why="the whole schedule; narrow it for one A14B expert")
+    distribution: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = setting(
+        "none", why="one process unless asked")
+    gradient_checkpointing: bool = setting(True, why="trades compute for the memory of 81 frames")
+
+
+@attrs.frozen
+class Recipe:
+    model: str = setting(why="the family: a registered model preset (`wanflow models` lists them)")
+    schema: int = setting(1, ge=1, why="the recipe format version this file was written for")
+    name: str = setting("", why="empty: the recipe file's stem names the run archives")
+    include: tuple[str, ...] = setting(factory=tuple, why="base recipes merged under this one")
+    prompt: Prompt = setting(factory=Prompt, why="table")
+    video: Video = setting(factory=Video, why="table")
+    sampler: Sampler = setting(factory=Sampler, why="table")
+    inputs: Inputs = setting(factory=Inputs, why="table")
+    vae: Vae = setting(factory=Vae, why="table")
+    memory: Memory = setting(factory=Memory, why="table")
+    runtime: Runtime = setting(factory=Runtime, why="table")
+    output: Output = setting(factory=Output, why="table")
+    models: Mapping[str, ModelSource] = setting(factory=dict, why="overrides of family components")
+    lora: tuple[Lora, ...] = setting(factory=tuple, why="LoRAs applied in order")
+    sweep: Mapping[str, tuple[Any, ...]] = setting(factory=dict, why="dotted key -> values; jobs = product")
+    train: Train | None = setting(None, why="no training stage unless declared")
+
+
+#: Input fields whose values are file paths (checked for existence, digested by the engine).
+FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
+               "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference")

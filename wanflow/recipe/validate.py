@@ -1,0 +1,116 @@
+"""Checks that need more than one value, the family, or the file system.
+
+Type, range and unknown-key checks happen while structuring (``structure.py``); what is left
+here is what a user would otherwise discover minutes into a run: frame counts, sizes, tiles,
+input files, inputs the family does not take, components it does not have.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wanflow import SCHEMA_VERSION
+from wanflow.recipe.family import FamilyLookup, FamilySpec
+from wanflow.recipe.problems import Problems, did_you_mean
+from wanflow.recipe.schema import FILE_INPUTS, Recipe
+
+
+def check_identity(recipe: Recipe, families: FamilyLookup, problems: Problems) -> FamilySpec | None:
+    """The schema version and the family; returns the family when it is known."""
+    if recipe.schema > SCHEMA_VERSION:
+        problems.add(("schema",), recipe.schema, f"this recipe needs a newer wanflow (this one reads schema "
+                     f"≤ {SCHEMA_VERSION}); upgrade wanflow or lower the schema")
+    family = families.family(recipe.model)
+    if family is None and not problems.is_bad(("model",)):
+        problems.add(("model",), recipe.model, "unknown model family" + did_you_mean(recipe.model, families.family_names())
+                     + " (`wanflow models` lists them)")
+    return family
+
+
+def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, problems: Problems,
+                 paths: dict[tuple, tuple[str, Path]]) -> None:
+    """Every cross-field, family and file check; problems are collected, nothing raised."""
+    _check_video(recipe, family, problems)
+    _check_sampler(recipe, family, families, problems)
+    _check_vae(recipe, problems)
+    _check_inputs(recipe, family, problems)
+    _check_models(recipe, family, problems)
+    _check_files(paths, problems)
+
+
+def _check_video(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    frames = recipe.video.frames
+    if (frames - 1) % 4 and not problems.is_bad(("video", "frames")):
+        lo, hi = frames - (frames - 1) % 4, frames - (frames - 1) % 4 + 4
+        problems.add(("video", "frames"), frames, f"must be 4n+1 ({lo} or {hi}): the causal VAE encodes "
+                     "the first frame alone and then groups of 4")
+    f = family.spatial_factor
+    for key in ("width", "height"):
+        v = getattr(recipe.video, key)
+        if v % f and not problems.is_bad(("video", key)):
+            lo = max(f, v - v % f)
+            problems.add(("video", key), v, f"must be a multiple of {f} for {family.name} "
+                         f"(VAE stride × patch size): use {lo} or {lo + f}")
+
+
+def _check_sampler(recipe: Recipe, family: FamilySpec, families: FamilyLookup, problems: Problems) -> None:
+    s = recipe.sampler
+    known = families.solver_names()
+    if s.solver not in known and not problems.is_bad(("sampler", "solver")):
+        problems.add(("sampler", "solver"), s.solver, "unknown solver; use one of " + ", ".join(known)
+                     + did_you_mean(s.solver, known))
+    elif s.solver not in family.solvers and s.solver in known:
+        problems.add(("sampler", "solver"), s.solver, f"{family.name} supports " + ", ".join(family.solvers))
+    if not family.experts:
+        for key in ("cfg_high_noise", "boundary"):
+            if getattr(s, key) is not None and not problems.is_bad(("sampler", key)):
+                problems.add(("sampler", key), getattr(s, key), f"only applies to two-expert (A14B) families, "
+                             f"not {family.name}; remove it")
+    if s.denoising_strength < 1 and recipe.inputs.video is None and recipe.inputs.image is None:
+        problems.add(("sampler", "denoising_strength"), s.denoising_strength,
+                     "needs a source to keep: set [inputs].video (video-to-video) or [inputs].image, or use 1.0")
+
+
+def _check_vae(recipe: Recipe, problems: Problems) -> None:
+    v = recipe.vae
+    for axis, name in enumerate(("height", "width")):
+        if v.tile_stride[axis] > v.tile_size[axis]:
+            problems.add(("vae", "tile_stride"), list(v.tile_stride), f"the {name} stride "
+                         f"{v.tile_stride[axis]} is larger than the tile ({v.tile_size[axis]}), which would "
+                         f"leave gaps; use at most {v.tile_size[axis]} (half the tile blends best)")
+        if v.tile_size[axis] < 1 or v.tile_stride[axis] < 1:
+            problems.add(("vae", "tile_size"), list(v.tile_size), "tile sizes and strides must be ≥ 1")
+
+
+def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    given = [name for name in (f.split(".")[0] for f in FILE_INPUTS + ("camera", "vace", "motion_bucket"))
+             if getattr(recipe.inputs, name) is not None]
+    for name in dict.fromkeys(given):
+        if name not in family.accepted_inputs:
+            takes = ", ".join(sorted(family.accepted_inputs)) or "no conditioning inputs"
+            problems.add(("inputs", name), getattr(recipe.inputs, name),
+                         f"{family.name} does not take this input (it takes: {takes}); remove it "
+                         "or choose a family that does")
+    for name in sorted(family.required_inputs):
+        if getattr(recipe.inputs, name) is None and not problems.is_bad(("inputs", name)):
+            problems.add(("inputs", name), None, f"is required by {family.name}; add {name} = \"path\" "
+                         "under [inputs]", show_value=False)
+    if not recipe.prompt.text.strip() and recipe.train is None and not problems.is_bad(("prompt", "text")):
+        problems.add(("prompt", "text"), recipe.prompt.text, "is required: say what to generate")
+
+
+def _check_models(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    for name in recipe.models:
+        if name not in family.components:
+            problems.add(("models", name), None, f"{family.name} has no component {name!r}; its components are "
+                         + ", ".join(sorted(family.components)) + did_you_mean(name, family.components),
+                         show_value=False)
+
+
+def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> None:
+    for key, (written, path) in paths.items():
+        if not path.exists():
+            problems.add(key, written, f"no such file ({path}); fix the path (a relative path starts "
+                         "at the folder of the recipe that names it)")
+        elif path.is_dir() and key[0] != "models":
+            problems.add(key, written, "is a folder; name a file")
