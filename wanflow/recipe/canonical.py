@@ -54,7 +54,9 @@ def _header(body: list) -> tuple[list[Item], list]:
 
 
 def _comment_text(comment: Item) -> str:
-    return comment.as_string().strip().lstrip("#").strip()
+    """The comment after its ``# `` (inner indentation kept: comments often hold aligned text)."""
+    text = comment.as_string().strip()[1:]
+    return (text[1:] if text.startswith(" ") else text).rstrip()
 
 
 def _groups(body: list) -> tuple[list[tuple[Any, Item, list[Item]]], list[Item]]:

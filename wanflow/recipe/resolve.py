@@ -198,7 +198,7 @@ def _sweep_jobs(sweep: Any, merged: dict, origins: dict[KeyPath, Origin], path: 
         job_origins = dict(origins)
         for key, value in zip(sweep, combo):
             apply_override(job_data, tuple(key.split(".")), value)
-            job_origins[tuple(key.split("."))] = Origin("sweep", f"[sweep].{key}", path.parent)
+            job_origins[tuple(key.split("."))] = Origin("sweep", f'{display_path(path)} [sweep]."{key}"', path.parent)
         label = ",".join(f"{k}={v}" for k, v in zip(sweep, combo))
         try:
             jobs.append(_resolve(job_data, job_origins, path, text, families, label))

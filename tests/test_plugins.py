@@ -1,0 +1,63 @@
+"""The plugin registry: built-ins through the public hooks, third-party additions, collisions."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from wanflow.errors import PluginError, RecipeError
+from wanflow.plugins import build_registry, hookimpl
+from wanflow.recipe import ComponentSpec, FamilySpec, load_recipe
+
+OFFICIAL = {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
+            "wan2.1-flf2v-14b-720p", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "wanflow-tiny"}
+
+
+def _family(name: str) -> FamilySpec:
+    return FamilySpec(name, "from a plugin", {"dit": ComponentSpec("dit", "x", ("*.safetensors",))},
+                      {"video.frames": 5}, spatial_factor=8)
+
+
+def test_builtins_register_through_the_hooks():
+    registry = build_registry(entry_points=False)
+    assert set(registry.family_names()) == OFFICIAL
+    assert registry.solver_names() == ["dpm++", "euler", "unipc"]
+    assert all(registry.owner("family", n) == "wanflow" for n in OFFICIAL)
+    assert registry.plugins()[0][0] == "wanflow"
+
+
+def test_a_plugin_family_is_usable_in_recipes(tmp_path):
+    plugin = types.SimpleNamespace(wanflow_families=hookimpl(lambda: [_family("my-wan")]), __version__="2.0")
+    registry = build_registry([("mine", plugin)], entry_points=False)
+    path = tmp_path / "r.toml"
+    path.write_text('model = "my-wan"\n[prompt]\ntext = "x"\n[video]\nwidth = 24\nheight = 40\n')
+    resolved = load_recipe(path, families=registry)
+    assert resolved.values["video.frames"] == 5 and ("mine", "2.0") in registry.plugins()
+    path.write_text('model = "my-wan"\n[prompt]\ntext = "x"\n[video]\nwidth = 20\n')
+    with pytest.raises(RecipeError, match="multiple of 8 for my-wan"):
+        load_recipe(path, families=registry)
+
+
+def test_family_name_collision_names_both_plugins():
+    plugin = types.SimpleNamespace(wanflow_families=hookimpl(lambda: [_family("wan2.1-t2v-1.3b")]))
+    with pytest.raises(PluginError, match="'wan2.1-t2v-1.3b' is registered by both plugin 'wanflow' and plugin 'rogue'"):
+        build_registry([("rogue", plugin)], entry_points=False)
+
+
+def test_a_broken_entry_point_is_reported(monkeypatch):
+    import pluggy
+
+    def explode(self, group, name=None):
+        raise ImportError("no module named fancy")
+
+    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", explode)
+    with pytest.raises(PluginError, match="failed to load.*WANFLOW_NO_PLUGINS=1"):
+        build_registry(entry_points=True)
+
+
+def test_environment_switch_turns_entry_points_off(monkeypatch):
+    monkeypatch.setenv("WANFLOW_NO_PLUGINS", "1")
+    assert "gif" not in build_registry().savers
+    monkeypatch.delenv("WANFLOW_NO_PLUGINS")
+    assert "gif" in build_registry().savers
