@@ -61,3 +61,14 @@ def test_environment_switch_turns_entry_points_off(monkeypatch):
     assert "gif" not in build_registry().savers
     monkeypatch.delenv("WANFLOW_NO_PLUGINS")
     assert "gif" in build_registry().savers
+
+
+def test_step_kinds_and_pipelines_are_registered_with_their_owner():
+    class Kind:
+        kind, version, reads, output = "my-upscale", 1, ("video.width",), "tensors"
+
+    plugin = types.SimpleNamespace(wanflow_step_kinds=hookimpl(lambda: [Kind()]),
+                                   wanflow_pipelines=hookimpl(lambda: {"my-pipe": object()}))
+    registry = build_registry([("up", plugin)], entry_points=False)
+    assert registry.step_kinds["my-upscale"].version == 1 and registry.owner("step kind", "my-upscale") == "up"
+    assert registry.owner("pipeline", "my-pipe") == "up"

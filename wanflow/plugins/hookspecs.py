@@ -57,6 +57,10 @@ class Hooks:
         """Pipelines (name -> object that builds a family's steps) this plugin provides."""
 
     @hookspec
+    def wanflow_step_kinds(self) -> list:
+        """Step kinds (objects with ``kind``, ``version``, ``reads``, ``output``, ``run``) this plugin provides."""
+
+    @hookspec
     def wanflow_step_started(self, step: Any) -> None:
         """Observe a step starting (step spec with kind, key, params)."""
 

@@ -30,6 +30,7 @@ class Registry:
     samplers: dict[str, SamplerEntry]
     savers: dict[str, SaverEntry]
     pipelines: dict[str, Any]
+    step_kinds: dict[str, Any]
     owners: dict[tuple[str, str], str]  # (what, name) -> plugin name
     plugin_versions: dict[str, str]
     manager: pluggy.PluginManager
@@ -90,8 +91,9 @@ def _collect(pm: pluggy.PluginManager, versions: dict[str, str]) -> Registry:
     samplers = _gather(pm, "wanflow_samplers", "sampler", lambda s: s.name, owners)
     savers = _gather(pm, "wanflow_savers", "saver", lambda s: s.name, owners)
     pipelines = _gather(pm, "wanflow_pipelines", "pipeline", None, owners)
+    step_kinds = _gather(pm, "wanflow_step_kinds", "step kind", lambda s: s.kind, owners)
     log.debug("plugins.loaded", plugins=sorted(versions))
-    return Registry(families, samplers, savers, pipelines, owners, versions, pm)
+    return Registry(families, samplers, savers, pipelines, step_kinds, owners, versions, pm)
 
 
 def _gather(pm: pluggy.PluginManager, hook: str, what: str, name_of: Any, owners: dict) -> dict[str, Any]:
