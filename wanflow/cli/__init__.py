@@ -26,17 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug events too")
     parser.add_argument("--no-plugins", action="store_true", help="ignore installed third-party plugins")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from wanflow.cli import recipe_cmds
+    from wanflow.cli import engine_cmds, recipe_cmds
 
     recipe_cmds.register(sub)
-    try:
-        from wanflow.cli import engine_cmds
-    except ImportError as exc:
-        if exc.name != "wanflow.cli.engine_cmds":
-            raise
-        recipe_cmds.register_run(sub)
-    else:
-        engine_cmds.register(sub)
+    engine_cmds.register(sub)
     return parser
 
 

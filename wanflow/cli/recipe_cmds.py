@@ -33,14 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
-def register_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="validate a recipe and print its plan")
-    p.add_argument("file", type=Path)
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    p.set_defaults(func=cmd_run_dry)
-
-
 def recipe_files(paths: list[Path]) -> list[Path]:
     """Files as given; folders expand to the .toml files under them (sorted)."""
     out: list[Path] = []
@@ -140,15 +132,4 @@ def cmd_models(args: argparse.Namespace) -> int:
         family = registry.family(name)
         owner = registry.owner("family", name)
         print(f"{name:24} {family.description}" + (f"  [plugin {owner}]" if owner != "wanflow" else ""))
-    return 0
-
-
-def cmd_run_dry(args: argparse.Namespace) -> int:
-    resolved = load_recipe(args.file, sets=args.sets)
-    for job in resolved.sweep_jobs():
-        print(f"{resolved.name} {job.job_label}".rstrip() + f" ({resolved.model}):")
-        for step in ("encode-text", "encode-conditioning", "denoise", "decode", "save"):
-            print(f"  {step}")
-    if not args.dry_run:
-        raise WanflowError("execution is not installed in this wanflow; use --dry-run to validate and plan")
     return 0

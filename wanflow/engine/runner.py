@@ -1,0 +1,135 @@
+"""One job: plan, execute, archive. A recipe with ``[sweep]``: every job, sharing steps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import tomlkit
+
+from wanflow.engine import lock as lockfile
+from wanflow.engine.archive import ArchiveWriter, safe_relpath, utc_stamp
+from wanflow.engine.cache import Cache
+from wanflow.engine.events import Bars, EventCallback, EventLog
+from wanflow.engine.execute import Executor, Session, StepResult
+from wanflow.engine.keys import digest_bytes
+from wanflow.engine.plan import Plan, plan
+from wanflow.engine.step import Pipeline, describe_runtime
+
+
+class Resolved(Protocol):
+    """The parts of a resolved recipe the engine reads."""
+
+    name: str
+    model: str
+    text: str
+    values: Mapping[str, Any]
+
+    def canonical_toml(self) -> str: ...
+
+    def input_files(self) -> dict[str, Path]: ...
+
+    def sweep_jobs(self) -> list[Any]: ...
+
+
+def job_label(resolved: Any) -> str:
+    """The sweep coordinates of a job ("" outside sweeps)."""
+    return str(getattr(resolved, "job_label", "") or "")
+
+
+def plan_job(resolved: Resolved, pipeline: Pipeline, cache: Cache) -> Plan:
+    """The plan of one job, its files hashed through the cache's weight memo."""
+    scope = resolved.name + (f"|{job_label(resolved)}" if job_label(resolved) else "")
+    return plan(resolved.values, list(pipeline.steps(resolved)), scope, cache.memo.digest)
+
+
+@attrs.frozen
+class RunOutcome:
+    """A finished job: its archive and how each step went."""
+
+    archive: Path
+    plan: Plan
+    results: Mapping[str, StepResult]
+    lock: Mapping[str, Any]
+
+
+@attrs.frozen
+class RunOptions:
+    """How to run (none of this changes any output)."""
+
+    runs_dir: Path
+    no_cache: bool = False
+    quiet: bool = False
+    plugins: tuple[tuple[str, str], ...] = ()
+    on_event: EventCallback | None = None
+
+
+def run_job(resolved: Resolved, pipeline: Pipeline, cache: Cache, opts: RunOptions,
+            session: Session | None = None) -> RunOutcome:
+    """Run one job and archive it; an interrupted run leaves only an incomplete folder."""
+    the_plan = plan_job(resolved, pipeline, cache)
+    writer = ArchiveWriter(opts.runs_dir, resolved.name)
+    writer.write_text("recipe.toml", resolved.text)
+    writer.write_text("resolved.toml", resolved.canonical_toml())
+    events = EventLog(opts.on_event)
+    events.attach(writer.tmp / "events.jsonl")
+    try:
+        events.emit("run.start", recipe=resolved.name, job=job_label(resolved))
+        ex = Executor(the_plan, cache, events, Bars(opts.quiet), session or Session(opts.no_cache))
+        ex.run()
+        outputs = archive_outputs(ex, writer)
+        lock = lockfile.build_lock(
+            name=resolved.name, job=job_label(resolved), plan=the_plan, results=ex.results,
+            runtime=describe_runtime(pipeline, resolved), plugins=opts.plugins,
+            input_files=resolved.input_files(), digest=cache.memo.digest, outputs=outputs)
+        events.emit("run.done", hits=sum(r.hit for r in ex.results.values()),
+                    misses=sum(not r.hit for r in ex.results.values()))
+    finally:
+        events.close()
+    archive = writer.finish(run_key(ex.results)[:8], lock)
+    cache.gc()
+    return RunOutcome(archive, the_plan, dict(ex.results), lock)
+
+
+def archive_outputs(ex: Executor, writer: ArchiveWriter) -> dict[str, tuple[str, str]]:
+    """Copy the outputs meant for the archive (verified; recomputed if corrupt)."""
+    outputs = {}
+    for ps in ex.plan.steps:
+        if ps.spec.archive_as:
+            writer.add_output(ps.spec.archive_as, ex.read(ps.name))
+            outputs[ps.spec.archive_as] = (ps.name, ex.results[ps.name].digest)
+    return outputs
+
+
+def run_key(results: Mapping[str, StepResult]) -> str:
+    """A run's identity: the hash of its step keys (equal runs share it)."""
+    return digest_bytes("\n".join(sorted(r.key for r in results.values())).encode())
+
+
+def run_recipe(resolved: Resolved, pipeline_for: Callable[[str], Pipeline], cache: Cache,
+               opts: RunOptions) -> list[RunOutcome]:
+    """Every job of a recipe; steps shared between jobs run once; a sweep gets an index."""
+    jobs = resolved.sweep_jobs()
+    session = Session(opts.no_cache)
+    outcomes = [run_job(job, pipeline_for(job.model), cache, opts, session) for job in jobs]
+    if len(jobs) > 1:
+        write_sweep_index(opts.runs_dir, resolved.name, jobs, outcomes)
+    return outcomes
+
+
+def write_sweep_index(runs_dir: Path, name: str, jobs: Iterable[Any],
+                      outcomes: list[RunOutcome]) -> Path:
+    """``runs/<name>/sweep-<utc>.toml``: each job's label and archive, written atomically."""
+    parent = Path(runs_dir) / safe_relpath(name, "recipe name")
+    doc = {"name": name, "jobs": [
+        {"job": job_label(j), "archive": o.archive.name,
+         "outputs": {n: v["sha256"] for n, v in o.lock["outputs"].items()}}
+        for j, o in zip(jobs, outcomes, strict=True)]}
+    target = parent / f"sweep-{utc_stamp()}.toml"
+    tmp = parent / f".{target.name}.{os.getpid()}"
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,94 @@
+"""What the engine knows about a step: a small protocol, and the spec of one node of a plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+#: ``tensors``: a dict of named tensors stored as safetensors; ``bytes``: a file stored as is.
+OutputType = Literal["tensors", "bytes"]
+
+
+class Progress(Protocol):
+    """A bar a long step advances (denoise steps, decode tiles)."""
+
+    def update(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StepContext(Protocol):
+    """Everything a running step may touch; it never sees the cache or the recipe."""
+
+    params: Mapping[str, Any]
+
+    def input(self, role: str) -> Any: ...
+
+    def file(self, role: str) -> Path: ...
+
+    def weight(self, role: str) -> Path: ...
+
+    def progress(self, total: int, desc: str = "", unit: str = "it") -> Progress: ...
+
+    def load_partial(self) -> tuple[int, Any] | None: ...
+
+    def save_partial(self, done: int, state: Any) -> None: ...
+
+
+@runtime_checkable
+class Step(Protocol):
+    """A step kind: a name, a version bumped when its numbers change, what it reads and makes."""
+
+    kind: str
+    version: int
+    reads: tuple[str, ...]  # dotted keys (or fnmatch patterns) of resolved params
+    output: OutputType
+
+    def run(self, ctx: StepContext) -> Any: ...
+
+
+@attrs.frozen
+class WeightFile:
+    """A weight file a step uses, with where it came from (recorded in the run's lock)."""
+
+    path: Path = attrs.field(converter=Path)
+    source: str = "local"
+    revision: str = ""
+
+
+def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class StepSpec:
+    """One node of a plan: a step kind applied to named inputs, files and weights."""
+
+    name: str  # unique within the plan, e.g. "encode-text:positive"
+    step: Step = attrs.field(eq=False)
+    inputs: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map)  # role -> node
+    files: Mapping[str, Path] = attrs.field(factory=dict, converter=_frozen_map)  # role -> file
+    weights: Mapping[str, WeightFile] = attrs.field(factory=dict, converter=_frozen_map)
+    reads: tuple[str, ...] | None = None  # overrides step.reads for this node
+    plugin: str = "wanflow"  # "name@version" of the plugin that provides the step kind
+    archive_as: str | None = None  # file name of this output in the run archive
+
+    @property
+    def params_read(self) -> tuple[str, ...]:
+        """The dotted keys this node reads: its own list, else its kind's."""
+        return tuple(self.reads if self.reads is not None else self.step.reads)
+
+
+class Pipeline(Protocol):
+    """What a model family registers: the steps that turn a resolved recipe into outputs."""
+
+    def steps(self, resolved: Any) -> Sequence[StepSpec]: ...
+
+
+def describe_runtime(pipeline: Any, resolved: Any) -> Mapping[str, Any]:
+    """Device, dtypes and attention backend as the pipeline reports them (optional hook)."""
+    describe = getattr(pipeline, "describe", None)
+    return dict(describe(resolved)) if callable(describe) else {}
