@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wanflow"
 ALLOWED = {
     "recipe": {"plugins"},  # the family registry, consulted lazily
     "families": {"recipe"},
-    "plugins": {"recipe", "families"},
+    "plugins": {"recipe", "families", "steps"},  # steps only lazily, inside the pipelines hook
     "engine": {"recipe", "plugins"},
     "models": set(),
     "sampling": set(),
