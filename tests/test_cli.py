@@ -82,3 +82,18 @@ def test_log_json_emits_json_lines(tmp_path):
 def test_missing_recipe_is_a_user_error(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.toml")]) == 2
     assert "no such recipe file" in capsys.readouterr().err
+
+
+def test_models_lists_every_family_and_what_is_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path))
+    repo = tmp_path / "Wan-AI" / "Wan2.1-T2V-1.3B"
+    repo.mkdir(parents=True)
+    (repo / "Wan2.1_VAE.pth").write_bytes(b"")  # an empty file is never taken as present
+    assert main(["models", "--files", "wan2.1-t2v-1.3b"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wan2.1-t2v-1.3b") and "to download" in out.splitlines()[0]
+    vae_line = next(line for line in out.splitlines() if line.strip().startswith("vae"))
+    assert "missing" in vae_line and "Wan2.1_VAE.pth" in vae_line
+    assert main(["models"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 9
+    assert main(["models", "wan9"]) == 2

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_show)
-    p = sub.add_parser("models", help="list the model families")
+    p = sub.add_parser("models", help="list the model families, their files, and which are present locally")
+    p.add_argument("families", nargs="*", help="only these families (default: all)")
+    p.add_argument("--files", action="store_true", help="also list each component's source and missing files")
     p.set_defaults(func=cmd_models)
 
 
@@ -126,10 +128,19 @@ def _annotate(container: object, prefix: str, resolved: ResolvedRecipe) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from wanflow.plugins import get_registry
+    from wanflow.sources import models_status
 
     registry = get_registry()
-    for name in registry.family_names():
+    unknown = [n for n in args.families if registry.family(n) is None]
+    if unknown:
+        raise WanflowError("unknown family " + ", ".join(unknown) + "; `wanflow models` lists them")
+    for name in args.families or registry.family_names():
         family = registry.family(name)
+        statuses = models_status(family)
         owner = registry.owner("family", name)
-        print(f"{name:24} {family.description}" + (f"  [plugin {owner}]" if owner != "wanflow" else ""))
+        ready = "present" if all(s.present for s in statuses) else "to download"
+        print(f"{name:24} {ready:12} {family.description}" + (f"  [plugin {owner}]" if owner != "wanflow" else ""))
+        for status in statuses if args.files else ():
+            mark = "ok" if status.present else "missing: " + ", ".join(status.missing)
+            print(f"    {status.component:16} {status.source}  ({status.where})  {mark}")
     return 0
