@@ -1,0 +1,397 @@
+"""The Wan diffusion transformer (Wan2.1/Wan2.2 T2V, I2V, FLF2V, TI2V), top to bottom.
+
+Latents are cut into (1, 2, 2) patches; each block applies time-modulated self-attention with
+3-axis RoPE, cross-attention to the umT5 text tokens (and, for Wan2.1 I2V/FLF2V, decoupled
+attention to CLIP image tokens), and a time-modulated feed-forward. Module names equal the
+official checkpoint keys, so official weights load with no conversion.
+
+Precision: the time embedding, the modulation vectors and the head stay in fp32 whatever the
+compute dtype (see ``keeps_fp32``); norms compute their statistics in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from wanflow.errors import ModelInputError
+from wanflow.models.attention import attention, check_kernel
+from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS, DitConfig
+from wanflow.models.rope import apply_rope, rope_table
+
+#: Cross-attention keys and values of one block: (k, v) or (k, v, k_img, v_img), each (B, Lc, H, d).
+KeyValues = tuple[Tensor, ...]
+
+#: Parameters kept in fp32 whatever the compute dtype (time embedding, modulation, head).
+FP32_PREFIXES = ("time_embedding.", "time_projection.", "head.")
+
+
+def keeps_fp32(name: str) -> bool:
+    """Whether a parameter belongs to an fp32 island (its name as in the state dict)."""
+    return name.startswith(FP32_PREFIXES) or name.endswith(".modulation")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """Timestep features [cos, sin] of t * 10000^(-i/(dim/2)), computed in float64: (N, dim) fp32."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)  # (N, half)
+    return torch.cat([angles.cos(), angles.sin()], dim=1).float()
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x * (1 + scale) + shift in fp32 (one fused pass), returned in x's dtype."""
+    return torch.addcmul(shift, x, 1 + scale).to(x.dtype)
+
+
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    """x + y * gate with the fp32 gate, returned in x's dtype."""
+    return torch.addcmul(x, y, gate).to(x.dtype)
+
+
+def layer_norm(x: Tensor, eps: float) -> Tensor:
+    """Non-affine LayerNorm (PyTorch accumulates the statistics in fp32 for bf16/fp16 inputs)."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the whole width (all heads together, as Wan normalises q and k)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all video tokens, q/k RMS-normalised then rotated (RoPE)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], kernel: str) -> Tensor:
+        heads = (self.num_heads, -1)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, heads), rope)  # (B, L, H, d)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, heads), rope)  # (B, L, H, d)
+        v = self.v(x).unflatten(-1, heads)  # (B, L, H, d)
+        return self.o(attention(q, k, v, kernel).flatten(2))  # (B, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to [image tokens, text tokens]; image part decoupled (k_img)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, image: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        if image:
+            self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.norm_k_img = RMSNorm(dim, eps)
+
+    def project(self, context: Tensor, image_len: int) -> KeyValues:
+        """Keys/values of [image, text] context tokens: (k, v) or (k, v, k_img, v_img), (B, Lc, H, d)."""
+        heads = (self.num_heads, -1)
+        image, text = context[:, :image_len], context[:, image_len:]
+        kv = (self.norm_k(self.k(text)).unflatten(-1, heads), self.v(text).unflatten(-1, heads))
+        if image_len:
+            k_img = self.norm_k_img(self.k_img(image)).unflatten(-1, heads)  # (B, 257|514, H, d)
+            kv += (k_img, self.v_img(image).unflatten(-1, heads))
+        return kv
+
+    def forward(self, x: Tensor, kv: KeyValues, kernel: str) -> Tensor:
+        """Text attention plus (I2V/FLF2V) image attention, summed before the output projection."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
+        out = attention(q, kv[0], kv[1], kernel)
+        if len(kv) == 4:
+            out = out + attention(q, kv[2], kv[3], kernel)
+        return self.o(out.flatten(2))  # (B, L, D)
+
+
+class PreparedContext(NamedTuple):
+    """Every block's cross-attention keys/values, computed once per prompt and reused every step."""
+
+    kv: tuple[KeyValues, ...]  # one (k, v[, k_img, v_img]) per block, each (B, Lc, H, d)
+    batch: int
+
+
+# ----------------------------------------------------------------------------- block and head
+
+
+class Block(nn.Module):
+    """Modulated self-attention, plain cross-attention, modulated feed-forward (official order)."""
+
+    def __init__(self, cfg: DitConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps)  # the one affine norm: before cross-attn
+        self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.eps, image=cfg.clip)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(
+        self, x: Tensor, e0: Tensor, context: Tensor | KeyValues, rope: tuple[Tensor, Tensor],
+        image_len: int, kernel: str,
+    ) -> Tensor:
+        """x (B, L, D); e0 (B, 1|L, 6, D) fp32; context (B, image_len + 512, D) or its keys/values."""
+        kv = context if isinstance(context, tuple) else self.cross_attn.project(context, image_len)
+        mod = (self.modulation + e0).unbind(2)  # 6 x (B, 1|L, D) fp32
+        y = self.self_attn(modulate(layer_norm(x, self.eps), mod[0], mod[1]), rope, kernel)
+        x = gated_residual(x, y, mod[2])
+        x = x + self.cross_attn(self.norm3(x), kv, kernel)
+        y = self.ffn(modulate(layer_norm(x, self.eps), mod[3], mod[4]))
+        return gated_residual(x, y, mod[5])
+
+
+class Head(nn.Module):
+    """Final modulated norm and projection to patch voxels, in fp32; modulated by e, not e0."""
+
+    def __init__(self, cfg: DitConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x (B, L, D), e (B, 1|L, D) fp32 -> (B, L, patch_volume * out_dim) fp32."""
+        shift, scale = (self.modulation + e.unsqueeze(2)).unbind(2)  # (B, 1|L, D) each
+        x = layer_norm(x.float(), self.eps)
+        return self.head(torch.addcmul(shift, x, 1 + scale))
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP tokens (B, 257|514, 1280) -> context tokens (B, 257|514, D); FLF2V adds emb_pos."""
+
+    def __init__(self, cfg: DitConfig):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.LayerNorm(CLIP_DIM), nn.Linear(CLIP_DIM, CLIP_DIM), nn.GELU(),
+            nn.Linear(CLIP_DIM, cfg.dim), nn.LayerNorm(cfg.dim),
+        )
+        if cfg.model_type == "flf2v":
+            self.emb_pos = nn.Parameter(torch.zeros(1, 2 * CLIP_TOKENS, CLIP_DIM))
+
+    def forward(self, clip_fea: Tensor) -> Tensor:
+        if hasattr(self, "emb_pos"):
+            clip_fea = clip_fea + self.emb_pos
+        return self.proj(clip_fea)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class WanDiT(nn.Module):
+    """The Wan DiT: predicts the flow velocity of a latent video given time and conditioning."""
+
+    def __init__(self, cfg: DitConfig, attention_kernel: str = "sdpa"):
+        super().__init__()
+        self.cfg = cfg
+        self.attention_kernel = check_kernel(attention_kernel)
+        self.gradient_checkpointing = False  # recompute each block in backward (training)
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(
+            nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        if cfg.clip:
+            self.img_emb = ImageEmbedding(cfg)
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> WanDiT:
+        """Cast the weights to dtype, keeping the fp32 islands (``keeps_fp32``) in fp32."""
+        for name, param in self.named_parameters():
+            target = torch.float32 if keeps_fp32(name) else dtype
+            if param.dtype != target:
+                param.data = param.data.to(target)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the block weights, which activations take."""
+        return self.patch_embedding.weight.dtype
+
+    def forward(
+        self, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
+        clip_fea: Tensor | None = None, y: Tensor | None = None,
+    ) -> Tensor:
+        """Velocity (B, out_dim, F, H, W) fp32.
+
+        Args:
+            x: noisy latents (B, C, F, H, W); ``y`` (B, in_dim - C, F, H, W) is concatenated to them.
+            t: timesteps in [0, 1000], (B,) or per token (B, L) with L = F*H*W / 4 (TI2V).
+            context: umT5 features (B, <=512, 4096), zero-padded here to 512 and not masked;
+                or ``prepare_context(...)`` of them (then clip_fea is already inside).
+            clip_fea: CLIP tokens (B, 257, 1280); FLF2V (B, 514, 1280) or (2B, 257, 1280).
+        """
+        x, clip_fea = self._check_inputs(x, t, context, clip_fea, y)
+        frames, height, width = x.shape[2:]
+        pt, ph, pw = self.cfg.patch_size
+        grid = (frames // pt, height // ph, width // pw)
+        tokens = self.patch_embedding(x.to(self.compute_dtype))  # (B, D, f, h, w)
+        tokens = tokens.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
+        e, e0 = self.embed_time(t)
+        rope = rope_table(grid, self.cfg.head_dim, x.device, self.compute_dtype)
+        if isinstance(context, PreparedContext):
+            per_block = context.kv
+        else:
+            per_block = (self.embed_context(context, clip_fea),) * len(self.blocks)
+        for block, block_context in zip(self.blocks, per_block):
+            tokens = self._run_block(block, tokens, e0, block_context, rope)
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    def prepare_context(self, context: Tensor, clip_fea: Tensor | None = None) -> PreparedContext:
+        """Embed the prompt (and images) and project every block's keys/values once, for all steps.
+
+        Holds 2 (4 with CLIP) x num_layers x (B, image_len + 512, dim) tensors.
+        """
+        _check_context(context, context.shape[0], self.cfg)
+        clip_fea = _shape_clip(clip_fea, context.shape[0], self.cfg)
+        embedded = self.embed_context(context, clip_fea)
+        kv = tuple(b.cross_attn.project(embedded, self.cfg.image_len) for b in self.blocks)
+        return PreparedContext(kv, context.shape[0])
+
+    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """fp32 time embedding e (B, 1|L, D) for the head and e0 (B, 1|L, 6, D) for the blocks."""
+        t = t.reshape(t.shape[0], -1)  # (B, 1|L)
+        feats = sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).unflatten(0, t.shape)
+        feats = feats.to(self.time_embedding[0].weight.dtype)  # fp32 (float64 in checks)
+        e = self.time_embedding(feats)  # (B, 1|L, D)
+        return e, self.time_projection(e).unflatten(-1, (6, self.cfg.dim))
+
+    def embed_context(self, context: Tensor, clip_fea: Tensor | None) -> Tensor:
+        """[image tokens, text tokens] in the compute dtype: (B, image_len + 512, D)."""
+        pad = self.cfg.text_len - context.shape[1]
+        text = F.pad(context.to(self.compute_dtype), (0, 0, 0, pad))  # (B, 512, 4096)
+        text = self.text_embedding(text)
+        if clip_fea is None:
+            return text
+        image = self.img_emb(clip_fea.to(self.img_emb.proj[1].weight.dtype)).to(text.dtype)
+        return torch.cat([image, text], dim=1)
+
+    def _run_block(
+        self, block: Block, x: Tensor, e0: Tensor, context: Tensor | KeyValues, rope: tuple
+    ) -> Tensor:
+        """One block, recomputed in backward when gradient checkpointing is on."""
+        run = functools.partial(
+            block, image_len=self.cfg.image_len, kernel=self.attention_kernel
+        )
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(run, x, e0, context, rope, use_reentrant=False)
+        return run(x, e0, context, rope)
+
+    def unpatchify(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """(B, L, pt*ph*pw*C) with c fastest -> (B, C, f*pt, h*ph, w*pw)."""
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        out = out.view(out.shape[0], f, h, w, pt, ph, pw, -1)  # (B, f, h, w, pt, ph, pw, C)
+        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, f, pt, h, ph, w, pw)
+        return out.reshape(out.shape[0], out.shape[1], f * pt, h * ph, w * pw)
+
+    def _check_inputs(
+        self, x: Tensor, t: Tensor, context: Tensor | PreparedContext, clip_fea: Tensor | None,
+        y: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Refuse malformed inputs before any work; returns x with y joined and clip_fea shaped."""
+        cfg = self.cfg
+        if x.ndim != 5:
+            raise ModelInputError(f"x: expected latents (B, C, F, H, W), got shape {tuple(x.shape)}.")
+        if y is not None:
+            if y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
+                raise ModelInputError(
+                    f"y: shape {tuple(y.shape)} must match x {tuple(x.shape)} except in channels."
+                )
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        _check_latent(x, cfg)
+        tokens = math.prod(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
+        _check_timesteps(t, x.shape[0], tokens)
+        if isinstance(context, PreparedContext):
+            _check_prepared(context, clip_fea, x.shape[0])
+            return x, None
+        _check_context(context, x.shape[0], cfg)
+        return x, _shape_clip(clip_fea, x.shape[0], cfg)
+
+
+def _check_latent(x: Tensor, cfg: DitConfig) -> None:
+    """Channels must add up to in_dim and sizes must divide into patches."""
+    if x.shape[1] != cfg.in_dim:
+        need = (
+            f"{cfg.out_dim} latent channels plus a {cfg.in_dim - cfg.out_dim}-channel y"
+            if cfg.in_dim != cfg.out_dim else f"{cfg.in_dim} latent channels and no y"
+        )
+        raise ModelInputError(
+            f"x: {x.shape[1]} channels (x and y together); this {cfg.model_type} DiT takes {need}."
+        )
+    if any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
+        raise ModelInputError(
+            f"x: frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
+            f"{cfg.patch_size}; crop or pad the latents."
+        )
+
+
+def _check_timesteps(t: Tensor, batch: int, tokens: int) -> None:
+    """t is (B,) or per token (B, L)."""
+    if tuple(t.shape) not in ((batch,), (batch, tokens)):
+        raise ModelInputError(
+            f"t: shape {tuple(t.shape)}; expected ({batch},) or per token ({batch}, {tokens})."
+        )
+
+
+def _check_context(context: Tensor, batch: int, cfg: DitConfig) -> None:
+    """Text context (B, <= text_len, text_dim)."""
+    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.text_dim:
+        raise ModelInputError(
+            f"context: shape {tuple(context.shape)}; expected ({batch}, <={cfg.text_len}, {cfg.text_dim})."
+        )
+    if context.shape[1] > cfg.text_len:
+        raise ModelInputError(
+            f"context: {context.shape[1]} tokens; at most {cfg.text_len} (truncate the prompt)."
+        )
+
+
+def _check_prepared(context: PreparedContext, clip_fea: Tensor | None, batch: int) -> None:
+    """A prepared context already holds the image tokens and fixes the batch size."""
+    if clip_fea is not None:
+        raise ModelInputError("clip_fea: pass it to prepare_context(), not with a prepared context.")
+    if context.batch != batch:
+        raise ModelInputError(f"context: prepared for batch {context.batch}, but x has batch {batch}.")
+
+
+def _shape_clip(clip_fea: Tensor | None, batch: int, cfg: DitConfig) -> Tensor | None:
+    """CLIP tokens are required exactly when the DiT has img_emb; FLF2V pairs are joined."""
+    if not cfg.clip:
+        if clip_fea is not None:
+            raise ModelInputError(f"clip_fea: this {cfg.model_type} DiT takes no CLIP image tokens.")
+        return None
+    want = (batch, cfg.image_len, CLIP_DIM)
+    if clip_fea is None:
+        raise ModelInputError(f"clip_fea: this {cfg.model_type} DiT needs CLIP tokens {want}.")
+    if cfg.model_type == "flf2v" and tuple(clip_fea.shape) == (2 * batch, CLIP_TOKENS, CLIP_DIM):
+        clip_fea = clip_fea.reshape(want)  # (B, 514, 1280): first image then last image
+    if tuple(clip_fea.shape) != want:
+        raise ModelInputError(f"clip_fea: shape {tuple(clip_fea.shape)}; expected {want}.")
+    return clip_fea

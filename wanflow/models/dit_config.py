@@ -1,0 +1,196 @@
+"""The Wan DiT's hyper-parameters: one frozen config, built from a checkpoint's config.json.
+
+The official ``config.json`` (keys ``model_type``, ``dim``, ``ffn_dim``, ...) and diffusers'
+``WanTransformer3DModel`` config are both accepted; when a checkpoint has neither, the config is
+read off the weights' shapes. The released variants are named constants below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from wanflow.errors import ModelLoadError
+
+ModelType = Literal["t2v", "i2v", "flf2v", "ti2v"]
+MODEL_TYPES: tuple[str, ...] = ("t2v", "i2v", "flf2v", "ti2v")
+
+#: CLIP ViT-H/14 tokens per image (256 patches + class token) and their width.
+CLIP_TOKENS = 257
+CLIP_DIM = 1280
+
+#: Official config.json keys that must hold exactly these values (every released Wan DiT).
+FIXED_OFFICIAL = {
+    "patch_size": [1, 2, 2], "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True,
+}
+INT_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_len")
+
+
+@attrs.frozen
+class DitConfig:
+    """Everything that shapes a Wan DiT; defaults are the values shared by every release."""
+
+    model_type: ModelType
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int  # noisy latent channels + conditioning channels (y) concatenated to them
+    out_dim: int
+    freq_dim: int = 256  # width of the sinusoidal time embedding
+    text_len: int = 512  # umT5 tokens; the context is zero-padded to exactly this many
+    eps: float = 1e-6
+    text_dim: int = 4096  # umT5-XXL width, fixed by the text encoder
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    clip: bool = False  # CLIP image tokens with decoupled cross-attention (Wan2.1 I2V/FLF2V)
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width (128 for every release)."""
+        return self.dim // self.num_heads
+
+    @property
+    def image_len(self) -> int:
+        """CLIP tokens prepended to the text context: 0, 257 (I2V) or 514 (FLF2V: two images)."""
+        if not self.clip:
+            return 0
+        return 2 * CLIP_TOKENS if self.model_type == "flf2v" else CLIP_TOKENS
+
+    @property
+    def patch_volume(self) -> int:
+        """Latent voxels per token."""
+        pt, ph, pw = self.patch_size
+        return pt * ph * pw
+
+
+def check(config: DitConfig, source: str) -> DitConfig:
+    """Refuse configs no Wan DiT can have, naming the file; returns the config for chaining."""
+    problems = _problems(config)
+    if problems:
+        raise ModelLoadError(f"{source}: invalid Wan DiT config: " + "; ".join(problems) + ".")
+    return config
+
+
+def _problems(c: DitConfig) -> list[str]:
+    """Every inconsistency of a config, as short phrases."""
+    out = [f"{f} = {getattr(c, f)!r} must be a positive integer" for f in INT_FIELDS
+           if not isinstance(getattr(c, f), int) or getattr(c, f) <= 0]
+    if out:
+        return out
+    if c.model_type not in MODEL_TYPES:
+        out.append(f"model_type = {c.model_type!r} is not one of {list(MODEL_TYPES)}")
+    if c.dim % c.num_heads or c.head_dim % 2:
+        out.append(f"dim = {c.dim} must split into num_heads = {c.num_heads} heads of even width")
+    if c.freq_dim % 2:
+        out.append(f"freq_dim = {c.freq_dim} must be even")
+    if c.model_type == "flf2v" and not c.clip:
+        out.append("model_type 'flf2v' needs CLIP image tokens")
+    if c.clip and c.model_type not in ("i2v", "flf2v"):
+        out.append(f"model_type {c.model_type!r} takes no CLIP image tokens")
+    return out
+
+
+def from_official(doc: Mapping[str, Any], source: str, *, clip: bool | None = None) -> DitConfig:
+    """Build from an official config.json; clip=None means 'as Wan2.1' (i2v and flf2v use CLIP)."""
+    known = {*INT_FIELDS, "model_type", "eps", "text_dim", *FIXED_OFFICIAL}
+    unknown = sorted(k for k in doc if not k.startswith("_") and k not in known)
+    if unknown:
+        raise ModelLoadError(
+            f"{source}: config keys {unknown} are not part of a base Wan DiT (T2V/I2V/FLF2V/TI2V); "
+            "VACE, S2V and Animate checkpoints need their own model family."
+        )
+    for key, value in FIXED_OFFICIAL.items():
+        if key in doc and _plain(doc[key]) != value:
+            raise ModelLoadError(f"{source}: {key} = {doc[key]!r}; every Wan DiT has {value!r}.")
+    missing = [k for k in ("model_type", "dim", "ffn_dim", "num_heads", "num_layers") if k not in doc]
+    if missing:
+        raise ModelLoadError(f"{source}: config.json lacks {missing}; it is not a Wan DiT config.")
+    model_type = doc["model_type"]
+    fields = {k: doc[k] for k in (*INT_FIELDS, "eps", "text_dim") if k in doc}
+    fields.setdefault("in_dim", 36 if model_type in ("i2v", "flf2v") else 16)
+    fields.setdefault("out_dim", 16)
+    use_clip = model_type in ("i2v", "flf2v") if clip is None else clip
+    return _build(source, model_type=model_type, clip=use_clip, **fields)
+
+
+def from_diffusers(doc: Mapping[str, Any], source: str) -> DitConfig:
+    """Build from a diffusers WanTransformer3DModel config.json."""
+    try:
+        heads, head_dim = doc["num_attention_heads"], doc["attention_head_dim"]
+        in_dim, out_dim = doc["in_channels"], doc["out_channels"] or doc["in_channels"]
+        fields = dict(dim=heads * head_dim, num_heads=heads, ffn_dim=doc["ffn_dim"],
+                      num_layers=doc["num_layers"], in_dim=in_dim, out_dim=out_dim)
+    except (KeyError, TypeError) as err:
+        raise ModelLoadError(f"{source}: diffusers config without a usable {err}.") from None
+    if _plain(doc.get("patch_size", [1, 2, 2])) != [1, 2, 2]:
+        raise ModelLoadError(f"{source}: patch_size = {doc['patch_size']!r}; Wan uses [1, 2, 2].")
+    clip = doc.get("image_dim") is not None
+    flf2v = doc.get("pos_embed_seq_len") is not None
+    model_type = _guess_type(in_dim, out_dim, clip=clip, flf2v=flf2v)
+    extra = {k: doc[k] for k in ("freq_dim", "eps", "text_dim") if k in doc}
+    return _build(source, model_type=model_type, clip=clip, **fields, **extra)
+
+
+def from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DitConfig:
+    """Read the config off official-layout weight shapes (for files shipped without config.json)."""
+    try:
+        dim, in_dim = shapes["patch_embedding.weight"][:2]
+        ffn_dim = shapes["blocks.0.ffn.0.weight"][0]
+        out_dim = shapes["head.head.weight"][0] // 4
+        freq_dim = shapes["time_embedding.0.weight"][1]
+    except KeyError as err:
+        raise ModelLoadError(f"{source}: not a Wan DiT checkpoint (no {err} tensor).") from None
+    layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
+    clip, flf2v = "img_emb.proj.0.weight" in shapes, "img_emb.emb_pos" in shapes
+    model_type = _guess_type(in_dim, out_dim, clip=clip, flf2v=flf2v)
+    return _build(source, model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128,
+                  num_layers=layers, in_dim=in_dim, out_dim=out_dim, freq_dim=freq_dim, clip=clip)
+
+
+def _guess_type(in_dim: int, out_dim: int, *, clip: bool, flf2v: bool) -> str:
+    """The variant a set of dims belongs to (A14B I2V has 36 input channels and no CLIP)."""
+    if flf2v:
+        return "flf2v"
+    if clip or in_dim == out_dim + 20:
+        return "i2v"
+    return "ti2v" if in_dim == out_dim == 48 else "t2v"
+
+
+def _build(source: str, **fields: Any) -> DitConfig:
+    """Construct and check, turning type errors into a ModelLoadError naming the file."""
+    try:
+        return check(DitConfig(**fields), source)
+    except TypeError as err:
+        raise ModelLoadError(f"{source}: invalid Wan DiT config ({err}).") from None
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so JSON values compare with Python constants."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------- released variants
+
+WAN21_T2V_1_3B = DitConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16)
+WAN21_T2V_14B = DitConfig("t2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=16, out_dim=16)
+WAN21_I2V_14B_480P = DitConfig(
+    "i2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, out_dim=16, clip=True
+)
+WAN21_I2V_14B_720P = WAN21_I2V_14B_480P  # same architecture, trained at 720p
+WAN21_FLF2V_14B = attrs.evolve(WAN21_I2V_14B_480P, model_type="flf2v")
+WAN22_T2V_A14B = WAN21_T2V_14B  # each of the high- and low-noise experts
+WAN22_I2V_A14B = attrs.evolve(WAN21_I2V_14B_480P, clip=False)  # each expert; no CLIP, no img_emb
+WAN22_TI2V_5B = DitConfig("ti2v", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48)
+
+VARIANTS: dict[str, DitConfig] = {
+    "wan2.1-t2v-1.3b": WAN21_T2V_1_3B,
+    "wan2.1-t2v-14b": WAN21_T2V_14B,
+    "wan2.1-i2v-14b-480p": WAN21_I2V_14B_480P,
+    "wan2.1-i2v-14b-720p": WAN21_I2V_14B_720P,
+    "wan2.1-flf2v-14b-720p": WAN21_FLF2V_14B,
+    "wan2.2-t2v-a14b": WAN22_T2V_A14B,
+    "wan2.2-i2v-a14b": WAN22_I2V_A14B,
+    "wan2.2-ti2v-5b": WAN22_TI2V_5B,
+}
