@@ -1,0 +1,64 @@
+"""Load a Wan VAE checkpoint (official `.pth`/safetensors or diffusers layout), strictly and lazily."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import structlog
+import torch
+
+from wanflow.errors import ModelLoadError
+from wanflow.models import signature
+from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict
+from wanflow.models.vae.autoencoder import VideoVAE
+from wanflow.models.vae.config import CONFIGS, VAEConfig
+from wanflow.models.vae.keys import apply_stages, diffusers_to_official
+
+log = structlog.get_logger(__name__)
+
+_LABEL = {"wan2.1": "Wan2.1 VAE (z_dim 16, 8x spatial)", "wan2.2": "Wan2.2 VAE (z_dim 48, 16x spatial)"}
+
+
+def load_vae(
+    path: str | os.PathLike,
+    expected: Literal["wan2.1", "wan2.2"] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    *,
+    config: VAEConfig | None = None,
+) -> VideoVAE:
+    """A ready VideoVAE: recognised by its keys, checked against `expected`, loaded strictly.
+
+    `config` defaults to the released architecture of the recognised version; pass one only for
+    non-released (e.g. tiny test) checkpoints.
+    """
+    source = str(path)
+    state = open_state_dict(path)
+    found = signature.identify(state)
+    if found.kind != "vae":
+        want = _LABEL[expected] if expected else "a Wan VAE"
+        raise ModelLoadError(
+            f"{source}: expected {want} checkpoint, but this is {found.describe()}. "
+            "Point the VAE at the right file (Wan2.1_VAE.pth or Wan2.2_VAE.pth)."
+        )
+    _check_version(source, found, expected, config)
+    config = config or CONFIGS[found.variant]
+    if found.layout == "diffusers":
+        state = apply_stages(state, diffusers_to_official(config))
+    vae = build_on_meta(lambda: VideoVAE(config))
+    load_state_into(vae, state, source=source, expected=_LABEL[config.version], dtype=dtype, device=device)
+    log.info("vae_loaded", source=source, version=config.version, layout=found.layout, dtype=str(dtype))
+    return vae.eval().requires_grad_(False)
+
+
+def _check_version(source: str, found: signature.CheckpointSignature, expected: str | None,
+                   config: VAEConfig | None) -> None:
+    """The file's VAE version must be the one the caller (recipe family or config) asked for."""
+    for wanted, by in ((expected, "the model family"), (config.version if config else None, "config")):
+        if wanted is not None and wanted != found.variant:
+            raise ModelLoadError(
+                f"{source}: {by} needs the {_LABEL[wanted]}, but this file is {found.describe()}. "
+                f"Use the {wanted} VAE file (Wan{wanted[3:]}_VAE.pth) or a family built for "
+                f"{found.variant}."
+            )
