@@ -153,9 +153,10 @@ class FakePipeline:
                      plugin=self.plugin),
         ]
 
+    device: str = "cpu"
+
     def describe(self, r: Any) -> dict[str, str]:
-        return {"device": "cpu", "dtype": r.values["dit.dtype"],
-                "attention": r.values["dit.attention"]}
+        return {"device": self.device, "cuda": "none"}
 
 
 BASE_VALUES: dict[str, Any] = {

@@ -28,7 +28,7 @@ def test_archive_holds_recipe_lock_events_and_outputs(world, cache, opts) -> Non
     assert (arc / "resolved.toml").read_text() == resolved.canonical_toml()
     lock = tomlkit.parse((arc / "lock.toml").read_text()).unwrap()
     assert lock["schema"] == 1 and lock["versions"]["torch"] == out.plan.env["torch"]
-    assert lock["runtime"] == {"device": "cpu", "dtype": "bf16", "attention": "sdpa"}
+    assert lock["runtime"] == {"device": "cpu", "cuda": "none"}
     assert lock["plugins"] == {"wanflow": "0.1.0"}
     dit = lock["weights"]["denoise/dit"]
     assert dit["source"] == "local:dit" and dit["sha256"] == cache.memo.digest(pipe.weights["dit"])

@@ -50,3 +50,18 @@ def test_policy_fields_are_excluded(key: str) -> None:
 def test_fields_that_change_numbers_are_included(key: str) -> None:
     assert not is_policy_field(key)
     assert all("dtype" not in p and "fp8" not in p for p in EXCLUDED_POLICY_FIELDS)
+
+
+def test_the_effective_runtime_enters_every_key(world, cache):
+    """"auto" resolves per machine: a result computed on the CPU must never serve a GPU run."""
+    import attrs
+
+    from wanflow.engine.runner import plan_job
+
+    resolved, pipe = world
+    on_cpu = plan_job(resolved, pipe, cache)
+    on_gpu = plan_job(resolved, attrs.evolve(pipe, device="cuda"), cache)
+    assert on_cpu.env["device"] == "cpu" and on_gpu.env["device"] == "cuda"
+    cpu_keys = {s.name: key_of(s.fingerprint({}, on_cpu.env)) for s in on_cpu.steps}
+    gpu_keys = {s.name: key_of(s.fingerprint({}, on_gpu.env)) for s in on_gpu.steps}
+    assert all(cpu_keys[n] != gpu_keys[n] for n in cpu_keys)

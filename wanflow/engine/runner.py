@@ -16,7 +16,7 @@ from wanflow.engine.cache import Cache
 from wanflow.engine.events import Bars, EventCallback, EventLog
 from wanflow.engine.execute import Executor, Session, StepResult
 from wanflow.engine.keys import digest_bytes
-from wanflow.engine.plan import Plan, plan
+from wanflow.engine.plan import Plan, plan, runtime_env
 from wanflow.engine.step import Pipeline, describe_runtime
 
 
@@ -41,9 +41,14 @@ def job_label(resolved: Any) -> str:
 
 
 def plan_job(resolved: Resolved, pipeline: Pipeline, cache: Cache) -> Plan:
-    """The plan of one job, its files hashed through the cache's weight memo."""
+    """The plan of one job, its files hashed through the cache's weight memo.
+
+    The keys' environment holds the torch version and what the pipeline reports of the runtime
+    (the effective device and dtype behind "auto", thread count): a CPU result never serves a
+    GPU run."""
     scope = resolved.name + (f"|{job_label(resolved)}" if job_label(resolved) else "")
-    return plan(resolved.values, list(pipeline.steps(resolved)), scope, cache.memo.digest)
+    env = {**runtime_env(), **describe_runtime(pipeline, resolved)}
+    return plan(resolved.values, list(pipeline.steps(resolved)), scope, cache.memo.digest, env)
 
 
 @attrs.frozen
