@@ -1,4 +1,5 @@
-"""Suite-wide isolation: every test starts with structlog's defaults and the registry rebuilt."""
+"""Suite-wide settings: one torch thread (tiny models; the suite runs one worker per core, and
+two threads per worker stall on every small op), structlog's defaults and a fresh registry."""
 
 from __future__ import annotations
 
@@ -14,3 +15,13 @@ def _isolated_logging_and_plugins(monkeypatch):
     from wanflow.plugins import get_registry
 
     get_registry.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

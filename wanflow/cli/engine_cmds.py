@@ -20,6 +20,20 @@ def _load(path: str, sets: tuple[str, ...]) -> Any:
     return load_recipe(path, sets=sets)
 
 
+def _with_seed(resolved: Any, path: str, sets: tuple[str, ...]) -> Any:
+    """Draw a missing ``sampler.seed`` once, before planning, so it is in resolved.toml and the lock."""
+    if all(job.values.get("sampler.seed", 0) is not None for job in resolved.sweep_jobs()):
+        return resolved
+    import structlog
+
+    from wanflow.sampling import draw_seed
+
+    seed = draw_seed()
+    structlog.get_logger(__name__).info("seed.drawn", seed=seed, recipe=path,
+                                        note="recorded in resolved.toml and the lock")
+    return _load(path, (*sets, f"sampler.seed={seed}"))
+
+
 def _load_text(text: str, path: Path) -> Any:
     """Load a recipe from text, e.g. an archive's resolved.toml."""
     from wanflow.recipe import load_recipe_text
@@ -78,6 +92,8 @@ def _explain_lines(resolved: Any, cache: Any) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a recipe (``--dry-run``: validate and print the plan only)."""
     resolved = _load(args.file, tuple(args.set))
+    if not args.dry_run:
+        resolved = _with_seed(resolved, args.file, tuple(args.set))
     if args.dry_run:
         for job in resolved.sweep_jobs():
             _out(f"{job.name} {getattr(job, 'job_label', '')}".rstrip())

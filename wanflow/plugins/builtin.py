@@ -28,5 +28,12 @@ def wanflow_samplers() -> list[SamplerEntry]:
 
 
 @hookimpl
+def wanflow_pipelines() -> dict[str, Any]:
+    from wanflow.steps.pipeline import PIPELINES  # light: step kinds import torch only when they run
+
+    return dict(PIPELINES)
+
+
+@hookimpl
 def wanflow_savers() -> list[SaverEntry]:
     return [SaverEntry("mp4", ".mp4", _lazy("wanflow.output.video", "save_mp4"), "H.264 through imageio-ffmpeg")]

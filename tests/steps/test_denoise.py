@@ -1,0 +1,109 @@
+"""The denoise step on tiny DiTs: bit-exact resume, A14B experts one at a time, cfg 1, TI2V, V2V."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e._layout import tiny, write_dit
+from tests.steps._ctx import Ctx, Stop
+from wanflow.sampling import expert_segments, make_schedule
+from wanflow.steps import denoise, model_pool
+from wanflow.steps.denoise import Denoise
+
+PARAMS = {
+    "sampler.solver": "unipc", "sampler.steps": 4, "sampler.shift": 5.0, "sampler.cfg": 3.0,
+    "sampler.cfg_high_noise": None, "sampler.boundary": 0.875, "sampler.seed": 0,
+    "sampler.noise_device": "cpu", "sampler.denoising_strength": 1.0, "video.width": 16,
+    "video.height": 16, "video.frames": 5, "runtime.device": "cpu", "runtime.dtype": "fp32",
+    "runtime.attention": "sdpa",
+}
+
+
+@pytest.fixture(scope="module")
+def dits(tmp_path_factory):
+    """Tiny T2V (two experts) and TI2V DiTs, one folder each."""
+    root = tmp_path_factory.mktemp("dits")
+    specs = {"high": ("t2v", 16, 16, 1), "low": ("t2v", 16, 16, 2), "ti2v": ("ti2v", 48, 48, 3)}
+    for name, (kind, cin, cout, seed) in specs.items():
+        write_dit(root / name, tiny.tiny_dit_config(kind, cin, cout), seed, shards=1)
+    return {name: root / name for name in specs}
+
+
+def weights(role: str, folder) -> dict:
+    return {f"{role}.0": folder / "diffusion_pytorch_model.safetensors", f"{role}.1": folder / "config.json"}
+
+
+def texts() -> dict:
+    g = torch.Generator().manual_seed(5)
+    return {"pos": {"context": torch.randn(1, 6, 64, generator=g)},
+            "neg": {"context": torch.randn(1, 3, 64, generator=g)}}
+
+
+def run(step: Denoise, params: dict, inputs: dict, w: dict, **kw) -> torch.Tensor:
+    return step.run(Ctx({**PARAMS, **params}, inputs, w, **kw))["latents"]
+
+
+T2V = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8)
+
+
+def test_a_killed_run_resumes_bit_for_bit(dits, monkeypatch):
+    monkeypatch.setattr(denoise, "CHECKPOINT_EVERY", 2)
+    w = weights("dit", dits["high"])
+    full = run(T2V, {}, texts(), w)
+    killed = Ctx(PARAMS, texts(), w, stop_after=2)
+    with pytest.raises(Stop):
+        T2V.run(killed)
+    assert killed.partial[0] == 2 and "history.0" in killed.partial[1]  # UniPC carries its history
+    resumed = Ctx(PARAMS, texts(), w, partial=killed.partial)
+    out = T2V.run(resumed)["latents"]
+    assert torch.equal(out, full)
+    assert resumed.bars[0][0] == 2  # only the two remaining steps ran
+
+
+def test_cfg_one_never_asks_for_the_negative(dits):
+    inputs = {"pos": texts()["pos"]}  # Ctx raises KeyError on any other input
+    out = run(T2V, {"sampler.cfg": 1.0}, inputs, weights("dit", dits["high"]))
+    guided = run(T2V, {}, texts(), weights("dit", dits["high"]))
+    assert not torch.allclose(out, guided)
+
+
+def test_a14b_runs_each_expert_alone_with_its_own_guidance(dits, monkeypatch):
+    step = Denoise(experts=(("dit_high_noise", 2), ("dit_low_noise", 2)), z_dim=16, latent_stride=8)
+    w = {**weights("dit_high_noise", dits["high"]), **weights("dit_low_noise", dits["low"])}
+    segments = expert_segments(make_schedule("unipc", 4, 5.0), 0.875)
+    assert len(segments) == 2  # the test needs a switch inside the schedule
+    loads, load = [], model_pool.dit
+
+    def recording(files, *args):
+        model = load(files, *args)
+        loads.append((files[0].parent.name, sum(k[0] == "dit" for k in model_pool._POOL)))
+        return model
+
+    monkeypatch.setattr(model_pool, "dit", recording)
+    model_pool.clear()
+    base = run(step, {}, texts(), w)
+    assert loads == [("high", 1), ("low", 1)]
+    same = run(step, {"sampler.cfg_high_noise": 3.0}, texts(), w)
+    other = run(step, {"sampler.cfg_high_noise": 4.0}, texts(), w)
+    assert torch.equal(base, same) and not torch.allclose(base, other)
+
+
+def test_ti2v_keeps_the_first_frame_latent(dits):
+    step = Denoise(experts=(("dit", 2),), z_dim=48, latent_stride=16, conditions=("z0",))
+    z0 = torch.randn(1, 48, 1, 1, 1, generator=torch.Generator().manual_seed(2))
+    params = {"video.width": 32, "video.height": 32}
+    out = run(step, params, {**texts(), "z0": {"z0": z0}}, weights("dit", dits["ti2v"]))
+    assert out.shape == (1, 48, 2, 2, 2)
+    assert torch.equal(out[:, :, :1], z0.expand(1, 48, 1, 2, 2))
+    assert not torch.allclose(out[:, :, 1:], torch.zeros(()))
+
+
+def test_video_to_video_keeps_the_input_at_strength_zero(dits):
+    step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("x0",))
+    x0 = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    inputs, w = {**texts(), "x0": {"x0": x0}}, weights("dit", dits["high"])
+    assert torch.equal(run(step, {"sampler.denoising_strength": 0.0}, inputs, w), x0)
+    half = run(step, {"sampler.denoising_strength": 0.5}, inputs, w)
+    full = run(step, {"sampler.denoising_strength": 1.0}, inputs, w)
+    assert (half - x0).norm() < (full - x0).norm()

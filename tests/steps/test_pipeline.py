@@ -1,0 +1,76 @@
+"""The plan the Wan pipeline builds for the quickstart family: nodes, and the params each reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wanflow.engine.plan import plan
+from wanflow.errors import ModelInputError
+from wanflow.plugins import get_registry
+from wanflow.recipe import load_recipe
+from wanflow.steps.pipeline import PIPELINES
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
+
+
+def planned(*sets: str) -> dict:
+    """node -> PlannedStep of the quickstart with ``--set`` overrides (files hashed by path only)."""
+    resolved = load_recipe(QUICKSTART, sets=sets)
+    specs = PIPELINES["wan"].steps(resolved)
+    return {s.name: s for s in plan(resolved.values, specs, "t", lambda p: str(p)).steps}
+
+
+def readers(nodes: dict, key: str) -> set[str]:
+    return {name for name, s in nodes.items() if key in s.params}
+
+
+def test_the_registry_serves_the_wan_pipeline_for_every_family():
+    registry = get_registry()
+    assert registry.pipeline("wanflow-tiny") is PIPELINES["wan"]
+    assert registry.pipeline("wan2.2-ti2v-5b") is PIPELINES["wan"]
+
+
+def test_quickstart_nodes_and_their_edges():
+    nodes = planned()
+    assert list(nodes) == ["encode-text:positive", "encode-text:negative", "denoise", "decode",
+                           "save", "save-metadata"]
+    assert dict(nodes["denoise"].spec.inputs) == {"pos": "encode-text:positive", "neg": "encode-text:negative"}
+    assert nodes["save"].spec.archive_as == "video.mp4"
+    assert {r.split(".")[0] for r in nodes["denoise"].spec.weights} == {"dit"}
+    assert set(nodes["encode-text:positive"].spec.weights) == {"text_encoder", "tokenizer.0", "tokenizer.1"}
+
+
+def test_each_node_reads_only_what_changes_its_output():
+    nodes = planned()
+    assert readers(nodes, "prompt.text") == {"encode-text:positive", "save", "save-metadata"}
+    assert readers(nodes, "prompt.negative") == {"encode-text:negative", "save", "save-metadata"}
+    assert readers(nodes, "sampler.seed") == {"denoise", "save", "save-metadata"}
+    assert readers(nodes, "vae.tile_size") == {"decode", "save", "save-metadata"}
+    assert readers(nodes, "runtime.dtype") == set(nodes) - {"save-frames"}
+    assert readers(nodes, "video.fps") == {"save", "save-metadata"}
+    assert readers(nodes, "memory.policy") == set()  # how a run executes never re-keys a step
+
+
+def test_cfg_one_plans_no_negative_encode():
+    nodes = planned("sampler.cfg=1.0")
+    assert "encode-text:negative" not in nodes
+    assert dict(nodes["denoise"].spec.inputs) == {"pos": "encode-text:positive"}
+
+
+def test_the_output_format_picks_a_registered_saver():
+    assert planned("output.format=gif")["save"].spec.archive_as == "video.gif"
+
+
+def test_png_frames_add_a_frames_output():
+    nodes = planned("output.png_frames=true")
+    assert nodes["save-frames"].spec.archive_as == "frames.zip"
+    assert dict(nodes["save-frames"].spec.inputs) == {"frames": "decode"}
+
+
+@pytest.mark.parametrize(("setting", "named"), [("runtime.teacache_threshold=0.1", "teacache_threshold"),
+                                                ("memory.fp8=true", "fp8")])
+def test_settings_not_implemented_are_refused_not_ignored(setting, named):
+    with pytest.raises(ModelInputError, match=named):
+        planned(setting)

@@ -1,0 +1,84 @@
+"""encode-conditioning: VAE latents of the input image(s) or video, with the I2V frame mask.
+
+``y`` (Wan2.1 I2V/FLF2V, Wan2.2 I2V-A14B): a 4-channel mask marking the given frames, then the
+latent of [image, zeros…(, end image)]: 4 + z channels joined to the noisy latent. ``z0``
+(TI2V-5B): the first frame's latent, clamped after every step. ``x0`` (video-to-video): the
+input video's latent (or a still image's), noised to the start of the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from wanflow.steps import model_pool
+from wanflow.steps.media import image_tensor, video_tensor
+from wanflow.steps.runtime import runtime_of
+from wanflow.steps.text import RUNTIME_READS
+
+Mode = Literal["y", "z0", "x0"]
+VAE_READS = ("vae.tiled", "vae.tile_size", "vae.tile_stride")
+
+
+def tile_spec(params: Any) -> Any:
+    """The recipe's VAE tiling, or None for one pass over the whole frame."""
+    from wanflow.models.vae import TileSpec
+
+    if not params["vae.tiled"]:
+        return None
+    return TileSpec(tuple(params["vae.tile_size"]), tuple(params["vae.tile_stride"]))
+
+
+def frame_mask(frames: int, height: int, width: int, last: bool) -> Any:
+    """(4, T, h, w): 1 on the given pixel frames (first, and last for FLF2V), as 4 per latent frame."""
+    import torch
+
+    msk = torch.zeros(1, frames, height, width)
+    msk[:, 0] = 1
+    if last:
+        msk[:, -1] = 1
+    msk = torch.cat([msk[:, :1].repeat_interleave(4, dim=1), msk[:, 1:]], dim=1)  # (1, F+3, h, w)
+    return msk.view(1, msk.shape[1] // 4, 4, height, width).transpose(1, 2)[0]  # (4, T, h, w)
+
+
+@attrs.frozen
+class EncodeConditioning:
+    """One conditioning latent (``mode``) from the input files, encoded with the family's VAE."""
+
+    mode: Mode
+    vae_version: str  # "wan2.1" | "wan2.2"
+    roles: tuple[str, ...] = ("image",)
+    kind: str = "encode-conditioning"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = ("video.width", "video.height", "video.frames", *VAE_READS, *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        device, dtype = runtime_of(ctx.params)
+        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device)
+        pixels = self._pixels(ctx)[None].to(device=device, dtype=dtype)  # (1, 3, F', H, W)
+        with torch.no_grad():
+            latent = vae.encode(pixels, tile=tile_spec(ctx.params)).float().cpu()  # (1, z, T, h, w)
+        if self.mode != "y":
+            return {self.mode: latent.contiguous()}
+        mask = frame_mask(ctx.params["video.frames"], *latent.shape[-2:], last=len(self.roles) > 1)
+        return {"y": torch.cat([mask[None], latent], dim=1).contiguous()}  # (1, 4 + z, T, h, w)
+
+    def _pixels(self, ctx: Any) -> Any:
+        """The clip the VAE encodes: the video, the first frame alone, or image(s) padded with zeros."""
+        import torch
+
+        p = ctx.params
+        w, h, frames = p["video.width"], p["video.height"], p["video.frames"]
+        if self.mode == "x0" and self.roles == ("video",):
+            return video_tensor(ctx.file("video"), frames, w, h)
+        if self.mode == "x0":  # a still image held for every frame
+            return image_tensor(ctx.file(self.roles[0]), w, h).expand(3, frames, h, w)
+        images = [image_tensor(ctx.file(r), w, h) for r in self.roles]  # each (3, 1, H, W)
+        if self.mode == "z0":
+            return images[0]
+        gap = torch.zeros(3, frames - len(images), h, w)
+        return torch.cat([images[0], gap, *images[1:]], dim=1)  # (3, F, H, W)

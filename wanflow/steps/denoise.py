@@ -1,0 +1,158 @@
+"""denoise: the sampler loop over one DiT (or the two A14B experts), resumable after any step.
+
+The solver state is checkpointed through the engine every few steps, so a killed run resumes
+bit for bit. Guidance wraps the model (``cfg = 1`` never evaluates the negative prompt); A14B
+runs the high-noise expert's steps, releases it, then loads the low-noise one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from wanflow.steps import model_pool
+from wanflow.steps.runtime import runtime_of
+
+#: Steps between solver-state checkpoints (each costs one write of the latent and its history).
+CHECKPOINT_EVERY = 5
+DENOISE_READS = ("sampler.*", "video.width", "video.height", "video.frames",
+                 "runtime.device", "runtime.dtype", "runtime.attention")
+
+
+def expert_cfgs(params: Mapping[str, Any], experts: tuple[str, ...]) -> dict[str, float]:
+    """Guidance per DiT role: A14B's high-noise expert takes ``cfg_high_noise`` (None: ``cfg``)."""
+    cfg = float(params["sampler.cfg"])
+    high = params.get("sampler.cfg_high_noise")
+    return {e: float(high) if e == "dit_high_noise" and high is not None else cfg for e in experts}
+
+
+@attrs.frozen
+class Denoise:
+    """Latents (1, z, T, h, w) from noise, text features and the conditioning inputs."""
+
+    experts: tuple[tuple[str, int], ...]  # (weight role prefix, number of files): ("dit", 2)
+    z_dim: int  # latent channels of the family's VAE
+    latent_stride: int  # pixels per latent along height and width
+    conditions: tuple[str, ...] = ()  # input roles present besides "pos"/"neg": clip, y, z0, x0
+    kind: str = "denoise"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = DENOISE_READS
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        from wanflow.sampling import SolverState, make_schedule
+
+        p = ctx.params
+        device, _ = runtime_of(p)
+        schedule = make_schedule(p["sampler.solver"], p["sampler.steps"], p["sampler.shift"])
+        inputs = {r: ctx.input(r) for r in ("pos", *self.conditions)}
+        if any(c != 1.0 for c in expert_cfgs(p, self.roles).values()):
+            inputs["neg"] = ctx.input("neg")
+        resumed = ctx.load_partial()
+        state = SolverState.from_tensors(resumed[1]) if resumed else self._start(p, schedule, inputs)
+        state = _moved(state, device)
+        bar = ctx.progress(schedule.steps - state.index, unit="step")
+        with torch.no_grad():
+            for role, stop in self._segments(p, schedule, state.index):
+                state = self._segment(ctx, role, stop, state, schedule, inputs, bar)
+        bar.close()
+        return {"latents": state.x.float().cpu().contiguous()}
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(role for role, _ in self.experts)
+
+    def _start(self, p: Mapping[str, Any], schedule: Any, inputs: Mapping[str, Any]) -> Any:
+        """The solver state before the first step: seeded noise, or the input video noised (V2V)."""
+        from wanflow.sampling import denoise_start, initial_latent, initial_noise, start_state
+
+        frames, h, w = p["video.frames"], p["video.height"], p["video.width"]
+        s = self.latent_stride
+        shape = (1, self.z_dim, (frames - 1) // 4 + 1, h // s, w // s)
+        noise = initial_noise(shape, p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
+        x0 = inputs.get("x0", {}).get("x0")
+        start = denoise_start(schedule.steps, p["sampler.denoising_strength"]) if x0 is not None else 0
+        x = initial_latent(noise, schedule, start, x0)
+        return start_state(_clamped(x, inputs), start)
+
+    def _segments(self, p: Mapping[str, Any], schedule: Any, start: int) -> list[tuple[str, int]]:
+        """(DiT role, stop step) per run of steps; A14B switches expert at the boundary."""
+        from wanflow.sampling import Expert, expert_segments
+
+        if len(self.experts) == 1:
+            return [(self.roles[0], schedule.steps)]
+        names = {Expert.HIGH_NOISE: "dit_high_noise", Expert.LOW_NOISE: "dit_low_noise"}
+        return [(names[seg.expert], seg.stop)
+                for seg in expert_segments(schedule, p["sampler.boundary"], start)]
+
+    def _segment(self, ctx: Any, role: str, stop: int, state: Any, schedule: Any,
+                 inputs: Mapping[str, Any], bar: Any) -> Any:
+        """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
+        from wanflow.sampling import cfg_model, get_solver
+
+        p = ctx.params
+        device, dtype = runtime_of(p)
+        n = dict(self.experts)[role]
+        dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
+                             p["runtime.attention"])
+        cond = _model_fn(dit, inputs, "pos", device)
+        uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
+        model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])
+        step = get_solver(p["sampler.solver"]).step
+        while state.index < stop:
+            state = step(state, model_fn, schedule)
+            state = attrs.evolve(state, x=_clamped(state.x, inputs))
+            bar.update(1)
+            if state.index % CHECKPOINT_EVERY == 0 or state.index == stop:
+                ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
+        return state
+
+
+def _no_negative(x: Any, t: Any) -> Any:
+    from wanflow.errors import EngineError
+
+    raise EngineError("denoise: guidance asked for the negative prompt, but the plan has no "
+                      "negative encode node (cfg = 1 when planned)")
+
+
+def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str) -> Any:
+    """(x, t) -> velocity, with this prompt's context and the image conditioning bound in."""
+    context = inputs[text]["context"].to(device)
+    clip = inputs["clip"]["clip"].to(device) if "clip" in inputs else None
+    y = inputs["y"]["y"].to(device) if "y" in inputs else None
+    first_frame = "z0" in inputs
+
+    def velocity(x: Any, t: Any) -> Any:
+        tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
+        return dit(x.to(device), tt.to(device), context, clip_fea=clip, y=y).float()
+
+    return velocity
+
+
+def _token_timesteps(x: Any, t: Any, patch: tuple[int, int, int]) -> Any:
+    """TI2V: per-token timesteps (1, L), zero on the given first frame's tokens."""
+    import torch
+
+    _, _, frames, h, w = x.shape
+    grid = torch.ones(frames // patch[0], h // patch[1], w // patch[2])  # (f, h, w) tokens
+    grid[0] = 0
+    return (grid.flatten() * t.float())[None]  # (1, L)
+
+
+def _clamped(x: Any, inputs: Mapping[str, Any]) -> Any:
+    """TI2V: put the first frame's latent back after every step (and before the first)."""
+    if "z0" not in inputs:
+        return x
+    x = x.clone()
+    x[:, :, :1] = inputs["z0"]["z0"].to(device=x.device, dtype=x.dtype)  # (B, z, 1, h, w)
+    return x
+
+
+def _moved(state: Any, device: str) -> Any:
+    """The solver state on the compute device (resumed states come back on the CPU)."""
+    return attrs.evolve(state, x=state.x.to(device), history=tuple(h.to(device) for h in state.history),
+                        last_x=None if state.last_x is None else state.last_x.to(device))

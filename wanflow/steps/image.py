@@ -1,0 +1,32 @@
+"""encode-image: CLIP tokens of the first (and last) frame for Wan2.1 I2V and FLF2V."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from wanflow.steps import model_pool
+from wanflow.steps.media import image_tensor
+from wanflow.steps.runtime import runtime_of
+from wanflow.steps.text import RUNTIME_READS
+
+
+@attrs.frozen
+class EncodeImage:
+    """(n, 257, 1280) penultimate CLIP tokens of each image role, in order (image, end_image)."""
+
+    roles: tuple[str, ...] = ("image",)
+    kind: str = "encode-image"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = ("video.width", "video.height", *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        device, dtype = runtime_of(ctx.params)
+        w, h = ctx.params["video.width"], ctx.params["video.height"]
+        images = torch.stack([image_tensor(ctx.file(r), w, h)[:, 0] for r in self.roles])  # (n, 3, H, W)
+        encoder = model_pool.image_encoder(ctx.weight("image_encoder"), dtype, device)
+        return {"clip": encoder.encode(images).cpu().contiguous()}  # (n, 257, 1280)

@@ -1,0 +1,192 @@
+"""The Wan pipeline: from a resolved recipe and its family's data to the DAG of real steps.
+
+encode-text (positive; negative unless every cfg is 1) → encode-image (CLIP, Wan2.1 I2V/FLF2V)
+→ encode-conditioning (image latents / first frame / input video) → denoise → decode → save.
+What runs is read off the family (components, required and accepted inputs, VAE), not branched
+on its name. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from wanflow.engine.step import StepSpec, WeightFile
+from wanflow.errors import ModelInputError
+from wanflow.steps.conditioning import EncodeConditioning
+from wanflow.steps.decode import Decode
+from wanflow.steps.denoise import Denoise, expert_cfgs
+from wanflow.steps.files import check_dit
+from wanflow.steps.image import EncodeImage
+from wanflow.steps.runtime import describe_runtime
+from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
+from wanflow.steps.text import EncodeText
+
+log = structlog.get_logger(__name__)
+
+Weights = dict[str, WeightFile]
+Z_DIM = {"wan2.1": 16, "wan2.2": 48}  # latent channels per VAE version
+
+
+def vae_version(architecture: str) -> str:
+    """``wan2.2-vae`` → ``wan2.2``; everything else is the Wan2.1 VAE (tiny ones included)."""
+    return "wan2.2" if architecture.startswith("wan2.2") else "wan2.1"
+
+
+@attrs.frozen
+class _Job:
+    """One resolved recipe with its components' files found, as the node builders need it."""
+
+    resolved: Any
+    weights: Mapping[str, Weights]  # component -> role -> file
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.resolved.values
+
+    @property
+    def family(self) -> Any:
+        return self.resolved.family
+
+    def given(self, name: str) -> bool:
+        return self.values.get(f"inputs.{name}") is not None
+
+    def file(self, name: str) -> Path:
+        return Path(self.values[f"inputs.{name}"])
+
+    def dits(self) -> tuple[str, ...]:
+        return tuple(self.family.experts) or ("dit",)
+
+
+def resolve_weights(resolved: Any) -> dict[str, Weights]:
+    """Every component's files (downloading what is missing), as weight roles ``<component>.<i>``."""
+    from wanflow.sources import resolve_component
+
+    overrides = resolved.recipe.models
+    base = Path(resolved.path).parent
+    out: dict[str, Weights] = {}
+    for name, component in resolved.family.components.items():
+        o = overrides.get(name)
+        found = resolve_component(component, (o.source, o.files) if o else None, base_dir=base, name=name)
+        out[name] = {f"{name}.{i}": WeightFile(f, found.source, found.revision or "")
+                     for i, f in enumerate(found.files)}
+        if name in ("dit", "dit_high_noise", "dit_low_noise"):
+            check_dit(found.files, component.architecture, name)
+    return out
+
+
+def _text_nodes(job: _Job) -> list[StepSpec]:
+    te = job.weights["text_encoder"]
+    weights = {"text_encoder": next(iter(te.values())),
+               **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
+    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text"), weights=weights)]
+    if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
+        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative"), weights=weights))
+    return nodes
+
+
+def _image_roles(job: _Job) -> tuple[str, ...]:
+    return ("image", "end_image") if job.given("end_image") else ("image",)
+
+
+def _image_nodes(job: _Job) -> list[StepSpec]:
+    """CLIP tokens when the family has an image encoder; image latents for I2V (y) or TI2V (z0)."""
+    if not job.given("image"):
+        return []
+    roles, vae = _image_roles(job), _vae_weight(job)
+    files = {r: job.file(r) for r in roles}
+    nodes = []
+    if "image_encoder" in job.weights:
+        clip = {"image_encoder": next(iter(job.weights["image_encoder"].values()))}
+        nodes.append(StepSpec("encode-image", EncodeImage(roles), files=files, weights=clip))
+    mode = "y" if "image" in job.family.required_inputs else "z0"
+    step = EncodeConditioning(mode, _vae_version(job), roles)
+    nodes.append(StepSpec("encode-conditioning:image", step, files=files, weights=vae))
+    return nodes
+
+
+def _source_nodes(job: _Job) -> list[StepSpec]:
+    """Video-to-video (or a still image): the latent of what ``denoising_strength < 1`` keeps."""
+    strength = job.values["sampler.denoising_strength"]
+    role = "video" if job.given("video") else "image" if job.given("image") else None
+    if strength >= 1.0:
+        if job.given("video"):
+            log.warning("video.ignored", reason="denoising_strength = 1.0 starts from pure noise",
+                        fix="set [sampler].denoising_strength < 1 to keep the input video's structure")
+        return []
+    if role is None:
+        raise ModelInputError(
+            f"{job.resolved.path}: [sampler].denoising_strength = {strength} keeps part of an input, "
+            "but neither [inputs].video nor [inputs].image is set; set one, or use 1.0")
+    step = EncodeConditioning("x0", _vae_version(job), (role,))
+    return [StepSpec("encode-conditioning:source", step, files={role: job.file(role)},
+                     weights=_vae_weight(job))]
+
+
+def _vae_weight(job: _Job) -> Weights:
+    return {"vae": next(iter(job.weights["vae"].values()))}
+
+
+def _vae_version(job: _Job) -> str:
+    return vae_version(job.family.components["vae"].architecture)
+
+
+def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
+    roles = {"encode-text:positive": "pos", "encode-text:negative": "neg", "encode-image": "clip"}
+    inputs = {roles[s.name]: s.name for s in upstream if s.name in roles}
+    inputs |= {s.step.mode: s.name for s in upstream if isinstance(s.step, EncodeConditioning)}
+    weights = {role: w for d in job.dits() for role, w in job.weights[d].items()}
+    step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
+                   z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
+                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})))
+    return StepSpec("denoise", step, inputs=inputs, weights=weights)
+
+
+def _output_nodes(job: _Job) -> list[StepSpec]:
+    from wanflow.plugins import get_registry
+
+    fmt = job.values["output.format"]
+    suffix = get_registry().savers[fmt].suffix
+    nodes = [StepSpec("decode", Decode(_vae_version(job)), inputs={"latents": "denoise"},
+                      weights=_vae_weight(job)),
+             StepSpec("save", SaveVideo(), inputs={"frames": "decode"}, archive_as=f"video{suffix}"),
+             StepSpec("save-metadata", SaveMetadata(), archive_as="video.json")]
+    if job.values["output.png_frames"]:
+        nodes.append(StepSpec("save-frames", SaveFrames(), inputs={"frames": "decode"},
+                              archive_as="frames.zip"))
+    return nodes
+
+
+def _refuse_unsupported(resolved: Any) -> None:
+    """Settings this pipeline cannot honour yet: an error, never a video made without them."""
+    if resolved.recipe.lora:
+        raise ModelInputError(f"{resolved.path}: [[lora]] is not applied by the Wan pipeline yet; "
+                              "remove the [[lora]] tables to generate without them")
+    if resolved.values.get("runtime.teacache_threshold") is not None:
+        raise ModelInputError(f"{resolved.path}: [runtime].teacache_threshold is not implemented yet; "
+                              "remove it (step caching off) to run")
+    if resolved.values.get("memory.fp8"):
+        raise ModelInputError(f"{resolved.path}: [memory].fp8 = true is not implemented yet; "
+                              "set it to false (weights stay in the compute dtype)")
+
+
+@attrs.frozen
+class WanPipeline:
+    """The steps of every Wan family (T2V, I2V, FLF2V, A14B, TI2V, V2V) and of the tiny one."""
+
+    def steps(self, resolved: Any) -> list[StepSpec]:
+        _refuse_unsupported(resolved)
+        job = _Job(resolved, resolve_weights(resolved))
+        upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
+        return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
+
+    def describe(self, resolved: Any) -> dict[str, str]:
+        """The lock's runtime table: effective device, dtype, attention backend and noise device."""
+        return describe_runtime(resolved.values)
+
+
+PIPELINES: dict[str, Any] = {"wan": WanPipeline()}

@@ -1,0 +1,38 @@
+"""encode-text: one prompt through umT5; the prompt and the negative prompt are separate nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from wanflow.steps import model_pool
+from wanflow.steps.runtime import runtime_of
+
+#: The params every model step reads: they change the numbers, so they are in the key.
+RUNTIME_READS = ("runtime.device", "runtime.dtype")
+
+
+@attrs.frozen
+class EncodeText:
+    """umT5 features of ``prompt_key``'s text, trimmed to its real tokens: (1, L, D)."""
+
+    prompt_key: str = "prompt.text"  # or "prompt.negative"
+    kind: str = "encode-text"
+    version: int = 1
+    output: str = "tensors"
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.prompt_key, *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        device, dtype = runtime_of(ctx.params)
+        tokenizer_dir = ctx.weight("tokenizer.0").parent
+        encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device)
+        with torch.no_grad():
+            out = encoder.encode([ctx.params[self.prompt_key]])
+        length = int(out.lengths[0])
+        return {"context": out.embeddings[:, :length].cpu().contiguous()}  # (1, L, D)
