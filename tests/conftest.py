@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import structlog
 
+from wanflow.plugins import get_registry as _cached_registry
+
 
 @pytest.fixture(autouse=True)
 def _isolated_logging_and_plugins(monkeypatch):
     monkeypatch.setenv("WANFLOW_NO_PLUGINS", "0")  # restored (unset) after the test, even if the CLI set it
     yield
     structlog.reset_defaults()
-    from wanflow.plugins import get_registry
-
-    get_registry.cache_clear()
+    _cached_registry.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -97,3 +97,25 @@ def test_models_lists_every_family_and_what_is_missing(tmp_path, capsys, monkeyp
     assert main(["models"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 9
     assert main(["models", "wan9"]) == 2
+
+
+def test_explain_and_dry_run_never_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "r.toml"
+    path.write_text(GOOD)
+    import wanflow.sources.fetch as fetch
+
+    def no_download(*args, **kwargs):
+        pytest.fail("explain, diff and --dry-run must not download")
+
+    real = fetch.resolve_component
+    monkeypatch.setattr(fetch, "resolve_component", lambda *a, **k: real(*a, **{**k, "download": no_download}))
+    import wanflow.sources
+
+    monkeypatch.setattr(wanflow.sources, "resolve_component", fetch.resolve_component)
+    for args in (["explain", str(path)], ["run", str(path), "--dry-run"], ["diff", str(path), str(path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "Wan-AI/Wan2.1-T2V-1.3B" in err and "must not download" not in err
+    assert "WANFLOW_OFFLINE" not in __import__("os").environ

@@ -72,3 +72,28 @@ def test_step_kinds_and_pipelines_are_registered_with_their_owner():
     registry = build_registry([("up", plugin)], entry_points=False)
     assert registry.step_kinds["my-upscale"].version == 1 and registry.owner("step kind", "my-upscale") == "up"
     assert registry.owner("pipeline", "my-pipe") == "up"
+
+
+def test_observer_hooks_see_every_step_of_a_run(tmp_path, monkeypatch):
+    """A plugin observing `wanflow run` of the quickstart: each step starts and finishes once."""
+    from pathlib import Path
+
+    import wanflow.plugins
+    from wanflow.cli import main
+
+    seen: list[tuple[str, str, bool | None]] = []
+    plugin = types.SimpleNamespace(
+        wanflow_step_started=hookimpl(lambda step: seen.append(("start", step["node"], None))),
+        wanflow_step_finished=hookimpl(lambda step, outcome: seen.append(("end", step["node"], outcome["hit"]))))
+    registry = build_registry([("watcher", plugin)], entry_points=False)
+    monkeypatch.setattr(wanflow.plugins, "get_registry", lambda: registry)
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    args = ["run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--quiet", "--set", "sampler.steps=1"]
+    assert main(args) == 0
+    nodes = [n for kind, n, _ in seen if kind == "start"]
+    assert len(nodes) == 6 and [n for kind, n, _ in seen if kind == "end"] == nodes
+    assert not any(hit for kind, _, hit in seen if kind == "end")
+    seen.clear()
+    assert main(args) == 0
+    assert [hit for kind, _, hit in seen if kind == "end"] == [True] * 6

@@ -74,3 +74,20 @@ def test_png_frames_add_a_frames_output():
 def test_settings_not_implemented_are_refused_not_ignored(setting, named):
     with pytest.raises(ModelInputError, match=named):
         planned(setting)
+
+
+def test_memory_budget_is_checked_before_any_model_loads():
+    from wanflow.steps.memory import GIB, MemoryBudgetError, check_budget, required_bytes
+
+    sizes = {"dit": 3 * GIB, "text_encoder": 2 * GIB, "vae": GIB // 2}
+    assert required_bytes("none", sizes) == int(5.5 * GIB) and required_bytes("offload", sizes) == 3 * GIB
+    check_budget("offload", sizes, 4 * GIB, "r.toml")  # one model at a time fits
+    with pytest.raises(MemoryBudgetError, match=r"'none' needs at least 5.50 GiB .* budget is 4.00 GiB; "
+                                                r'set \[memory\].policy = "offload"'):
+        check_budget("none", sizes, 4 * GIB, "r.toml")
+    with pytest.raises(MemoryBudgetError, match=r"largest component 'dit'.*raise \[memory\].limit_gb above 3.0"):
+        check_budget("auto", sizes, 2 * GIB, "r.toml")
+    # the quickstart's ~6 MB of weights against a 1 MB limit: refused at planning, named
+    with pytest.raises(MemoryBudgetError, match=r"quickstart.toml: \[memory\].policy = 'auto'"):
+        planned("memory.limit_gb=0.001")
+    assert "denoise" in planned("memory.limit_gb=1")

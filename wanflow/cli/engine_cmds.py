@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,17 @@ def _plugins() -> tuple[tuple[str, str], ...]:
     return tuple(get_registry().plugins())
 
 
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Plan without downloading: explain, diff and --dry-run only look (missing files are an error)."""
+    before = os.environ.get("WANFLOW_OFFLINE")
+    os.environ["WANFLOW_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("WANFLOW_OFFLINE") if before is None else os.environ.__setitem__("WANFLOW_OFFLINE", before)
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -72,9 +85,11 @@ def _cache() -> Any:
 
 def _options(args: argparse.Namespace) -> Any:
     from wanflow.engine.runner import RunOptions
+    from wanflow.plugins import get_registry
 
     return RunOptions(runs_dir=_runs_dir(args), no_cache=getattr(args, "no_cache", False),
-                      quiet=getattr(args, "quiet", False), plugins=_plugins())
+                      quiet=getattr(args, "quiet", False), plugins=_plugins(),
+                      on_event=get_registry().notify)
 
 
 def _explain_lines(resolved: Any, cache: Any) -> list[str]:
@@ -97,7 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for job in resolved.sweep_jobs():
             _out(f"{job.name} {getattr(job, 'job_label', '')}".rstrip())
-            for spec in _pipeline_for(job.model).steps(job):
+            with _offline():
+                specs = _pipeline_for(job.model).steps(job)
+            for spec in specs:
                 src = ", ".join(f"{r}←{s}" for r, s in spec.inputs.items())
                 _out(f"  {spec.name:<28} {spec.step.kind}  {src}".rstrip())
         return 0
@@ -115,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Say which steps would hit and why the others would miss, without running."""
     resolved = _load(args.file, tuple(args.set))
-    with _cache() as cache:
+    with _cache() as cache, _offline():
         _out("\n".join(_explain_lines(resolved, cache)))
     return 0
 
@@ -159,7 +176,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wanflow.engine.lock import lock_differences
 
     (ra, la), (rb, lb) = _side(args.a), _side(args.b)
-    specs = list(_pipeline_for(rb.model).steps(rb))
+    with _offline():
+        specs = list(_pipeline_for(rb.model).steps(rb))
     lock_diffs = tuple(lock_differences(la, lb)) if la is not None and lb is not None else ()
     rep = DiffReport(args.a, args.b, diff_values(ra.values, rb.values, specs), lock_diffs)
     _out(render_md(rep) if args.format == "md" else render_text(rep))

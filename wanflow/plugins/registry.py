@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -58,6 +58,14 @@ class Registry:
 
     def owner(self, what: str, name: str) -> str:
         return self.owners[(what, name)]
+
+    def notify(self, event: Mapping[str, Any]) -> None:
+        """Pass an engine event to the observer hooks (step started; step hit or computed)."""
+        if event.get("event") == "step.start":
+            self.manager.hook.wanflow_step_started(step=dict(event))
+        elif event.get("event") in ("step.hit", "step.done"):
+            outcome = {"hit": event["event"] == "step.hit", **event}
+            self.manager.hook.wanflow_step_finished(step=dict(event), outcome=outcome)
 
 
 def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), *, entry_points: bool | None = None) -> Registry:

@@ -22,7 +22,8 @@ from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
 from wanflow.steps.image import EncodeImage
-from wanflow.steps.runtime import describe_runtime
+from wanflow.steps.memory import check_budget, component_sizes, device_budget
+from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText
 
@@ -174,6 +175,14 @@ def _refuse_unsupported(resolved: Any) -> None:
                               "set it to false (weights stay in the compute dtype)")
 
 
+def _check_memory(job: _Job) -> None:
+    """Refuse, before any model loads, a memory policy that cannot hold the weights it needs."""
+    values = job.values
+    files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()}
+    budget = device_budget(values["memory.limit_gb"], effective_device(values["runtime.device"]))
+    check_budget(values["memory.policy"], component_sizes(files), budget, str(job.resolved.path))
+
+
 @attrs.frozen
 class WanPipeline:
     """The steps of every Wan family (T2V, I2V, FLF2V, A14B, TI2V, V2V) and of the tiny one."""
@@ -181,6 +190,7 @@ class WanPipeline:
     def steps(self, resolved: Any) -> list[StepSpec]:
         _refuse_unsupported(resolved)
         job = _Job(resolved, resolve_weights(resolved))
+        _check_memory(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
 
