@@ -120,15 +120,21 @@ def _no_negative(x: Any, t: Any) -> Any:
 
 
 def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str) -> Any:
-    """(x, t) -> velocity, with this prompt's context and the image conditioning bound in."""
-    context = inputs[text]["context"].to(device)
+    """(x, t) -> velocity, with this prompt's context and the image conditioning bound in.
+
+    The text and image tokens do not change between steps, so every block's cross-attention
+    keys and values are projected once here (``prepare_context``) and reused by every step."""
+    import torch
+
     clip = inputs["clip"]["clip"].to(device) if "clip" in inputs else None
+    with torch.no_grad():
+        context = dit.prepare_context(inputs[text]["context"].to(device), clip)
     y = inputs["y"]["y"].to(device) if "y" in inputs else None
     first_frame = "z0" in inputs
 
     def velocity(x: Any, t: Any) -> Any:
         tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
-        return dit(x.to(device), tt.to(device), context, clip_fea=clip, y=y).float()
+        return dit(x.to(device), tt.to(device), context, y=y).float()
 
     return velocity
 
