@@ -9,6 +9,7 @@ Sweep keys keep their order: it is the order of the jobs.
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -110,7 +111,7 @@ def _unwrap(tp: Any) -> Any:
     """Optional[X] -> X; Mapping[str, X] -> ("map", X); tuple[X, ...] of tables -> ("array", X)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return _unwrap(args[0])
     if origin is not None and origin.__name__ == "Mapping":
         return ("map", args[1])

@@ -20,7 +20,7 @@ from wanflow.recipe.flatten import flatten, to_data
 from wanflow.recipe.problems import KeyPath, Problems, did_you_mean, display_path
 from wanflow.recipe.render import render_toml
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
-from wanflow.recipe.source import Origin, apply_override, load_layers, parse_override
+from wanflow.recipe.source import Origin, apply_override, deep_copy, load_layers, parse_override
 from wanflow.recipe.structure import structure
 from wanflow.recipe.validate import check_identity, check_recipe
 
@@ -148,15 +148,14 @@ def written_paths(recipe: Recipe, origins: Mapping[KeyPath, Origin]) -> dict[Key
 
 
 def _absolute_paths(recipe: Recipe, paths: Mapping[KeyPath, tuple[str, Path]]) -> Recipe:
+    """The recipe with every file setting replaced by its absolute path."""
     data = to_data(recipe, keep_defaults=True)
     for key, (_, resolved) in paths.items():
-        apply_override(data, tuple(key), str(resolved)) if not isinstance(key[1], int) else \
-            data[key[0]][key[1]].__setitem__(key[2], str(resolved))
-    problems = Problems("")
-    rebuilt = structure(Recipe, data, (), problems)
-    if problems.items:  # pragma: no cover - the data came from a valid recipe
-        raise AssertionError(problems.items)
-    return rebuilt
+        node = data
+        for part in key[:-1]:
+            node = node[part]
+        node[key[-1]] = str(resolved)
+    return structure(Recipe, data, (), Problems(""))
 
 
 def _origin_labels(recipe: Recipe, family: FamilySpec, origins: Mapping[KeyPath, Origin]) -> dict[str, str]:
@@ -193,8 +192,7 @@ def _sweep_jobs(sweep: Any, merged: dict, origins: dict[KeyPath, Origin], path: 
     """Expand ``[sweep]`` into one resolved job per combination, each fully validated."""
     jobs, errors = [], []
     for combo in itertools.product(*sweep.values()):
-        job_data = {k: v for k, v in merged.items()}
-        job_data = _deep_copy(job_data)
+        job_data = deep_copy(merged)
         job_origins = dict(origins)
         for key, value in zip(sweep, combo):
             apply_override(job_data, tuple(key.split(".")), value)
@@ -207,10 +205,3 @@ def _sweep_jobs(sweep: Any, merged: dict, origins: dict[KeyPath, Origin], path: 
     problems.items.extend(errors)
     return tuple(jobs)
 
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data

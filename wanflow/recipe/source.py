@@ -102,14 +102,15 @@ def merge(into: dict, layer: dict) -> None:
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             merge(into[key], value)
         else:
-            into[key] = _copy(value)
+            into[key] = deep_copy(value)
 
 
-def _copy(value: Any) -> Any:
+def deep_copy(value: Any) -> Any:
+    """A copy of parsed TOML data (tables and arrays copied, scalars shared)."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: deep_copy(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [deep_copy(v) for v in value]
     return value
 
 
