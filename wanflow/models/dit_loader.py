@@ -22,6 +22,7 @@ from wanflow.models.dit import WanDiT
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL
 from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.residency import materialize
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,8 @@ def load_dit(
     )
     load_state_into(model, state, source=source, expected=expected, device=device)
     log.info("dit_loaded", source=source, model_type=config.model_type, dim=config.dim, dtype=str(dtype))
-    return model.set_compute_dtype(dtype)
+    model.set_compute_dtype(dtype)
+    return materialize(model) if torch.device(device).type == "cpu" else model
 
 
 def official_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
