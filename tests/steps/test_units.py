@@ -1,16 +1,13 @@
-"""The small pieces of the steps: the I2V frame mask, TI2V token timesteps, runtime and VAE sizes."""
+"""The small pieces of the steps: the I2V frame mask, TI2V token timesteps and the runtime."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from tests.e2e._layout import tiny
 from wanflow.steps import runtime
 from wanflow.steps.conditioning import frame_mask
 from wanflow.steps.denoise import _token_timesteps, expert_cfgs
-from wanflow.steps.model_pool import vae_config
 
 
 def test_i2v_mask_marks_the_first_frame_four_times_then_nothing():
@@ -48,10 +45,3 @@ def test_auto_runtime_follows_the_machine(monkeypatch, cuda, device, dtype):
     assert runtime.describe_runtime(values) == {"device": device, "dtype": dtype, "attention": "sdpa",
                                                 "noise_device": "cpu", "cpu_threads": "1"}
     assert runtime.runtime_of({**values, "runtime.dtype": "fp16"}) == (device, torch.float16)
-
-
-@pytest.mark.parametrize("version", ["wan2.1", "wan2.2"])
-def test_vae_widths_are_read_off_a_tiny_checkpoint(tmp_path, version):
-    path = tmp_path / "vae.safetensors"
-    save_file(tiny.vae_state(tiny.TINY_VAE[version], 0), str(path))
-    assert vae_config(path, version) == tiny.TINY_VAE[version]

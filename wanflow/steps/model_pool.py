@@ -12,7 +12,6 @@ from typing import Any
 
 import structlog
 
-from wanflow.errors import ModelLoadError
 
 log = structlog.get_logger(__name__)
 
@@ -71,30 +70,8 @@ def image_encoder(path: Path, dtype: Any, device: str) -> Any:
 
 
 def vae(path: Path, version: str, dtype: Any, device: str) -> Any:
-    """A Wan VAE of the family's version; sizes other than the released ones are read off the file."""
+    """A Wan VAE of the family's version (widths other than the released ones are read off the file)."""
     from wanflow.models.vae.loader import load_vae
 
     key = ("vae", _stamp(path), version, str(dtype), device)
-    return _get(key, lambda: load_vae(path, version, dtype=dtype, device=device,
-                                      config=vae_config(path, version)))
-
-
-def vae_config(path: Path, version: str) -> Any:
-    """The VAE config of a checkpoint: the released one, or its widths read off the tensor shapes."""
-    import attrs
-
-    from wanflow.models.loading import open_state_dict
-    from wanflow.models.vae.config import CONFIGS
-
-    state = open_state_dict(path)
-    try:
-        dim = state["encoder.conv1.weight"].shape[0]
-        head = state["decoder.head.2.weight"].shape[1]
-    except KeyError:
-        return None  # not the official layout: load_vae explains what the file is
-    base = CONFIGS.get(version)
-    if base is None:
-        raise ModelLoadError(f"{path}: unknown VAE version {version!r}; expected wan2.1 or wan2.2")
-    if dim == base.dim and head == base.decoder_dim:
-        return None
-    return attrs.evolve(base, dim=dim, dec_dim=None if head == dim else head)
+    return _get(key, lambda: load_vae(path, version, dtype=dtype, device=device))

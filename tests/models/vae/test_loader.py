@@ -8,7 +8,8 @@ import torch
 
 from wanflow.errors import ModelLoadError
 from wanflow.models.vae.keys import apply_stages, official_to_diffusers
-from wanflow.models.vae.loader import load_vae
+from wanflow.models.vae import WAN21, WAN22
+from wanflow.models.vae.loader import config_from_state, load_vae
 
 from ._fixtures import TINY, latents, random_vae
 
@@ -36,6 +37,21 @@ def test_every_layout_loads_the_same_weights(files, version, name):
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert not any(p.is_meta or p.requires_grad for p in vae.parameters())
+
+
+@pytest.mark.parametrize("version", ["wan2.1", "wan2.2"])
+@pytest.mark.parametrize("name", ["{v}.pth", "{v}-diffusers.safetensors"])
+def test_widths_of_a_smaller_file_are_read_off_its_tensors(files, version, name):
+    state, root = files[version]
+    vae = load_vae(root / name.format(v=version), version)  # no config: released one, resized
+    assert vae.config == TINY[version]
+    assert all(torch.equal(vae.state_dict()[k], state[k]) for k in state)
+
+
+def test_a_released_size_file_gets_the_released_config():
+    full = {"encoder.conv1.weight": torch.empty(96, 3, 3, 3, 3), "decoder.head.2.weight": torch.empty(3, 96, 3, 3, 3)}
+    assert config_from_state(full, "wan2.1") is WAN21
+    assert config_from_state({}, "wan2.2") is WAN22  # nothing to read: strict loading names the gaps
 
 
 def test_dtype_is_applied(files):
@@ -70,5 +86,5 @@ def test_loading_is_strict(files, tmp_path):
     safetensors.torch.save_file(broken, path)
     with pytest.raises(ModelLoadError, match=r"missing \(1\): decoder\.head\.2\.weight"):
         load_vae(path, "wan2.1", config=TINY["wan2.1"])
-    with pytest.raises(ModelLoadError, match="mis-shaped"):  # a tiny file is not the released VAE
-        load_vae(files["wan2.1"][1] / "wan2.1.pth", "wan2.1")
+    with pytest.raises(ModelLoadError, match="mis-shaped"):  # an insisted config is not resized
+        load_vae(files["wan2.1"][1] / "wan2.1.pth", "wan2.1", config=WAN21)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+import attrs
 import structlog
 import torch
 
@@ -30,8 +31,8 @@ def load_vae(
 ) -> VideoVAE:
     """A ready VideoVAE: recognised by its keys, checked against `expected`, loaded strictly.
 
-    `config` defaults to the released architecture of the recognised version; pass one only for
-    non-released (e.g. tiny test) checkpoints.
+    `config` defaults to the released architecture of the recognised version, with the base
+    widths read off the tensors (so smaller, non-released files load too); pass one to insist.
     """
     source = str(path)
     state = open_state_dict(path)
@@ -43,13 +44,29 @@ def load_vae(
             "Point the VAE at the right file (Wan2.1_VAE.pth or Wan2.2_VAE.pth)."
         )
     _check_version(source, found, expected, config)
-    config = config or CONFIGS[found.variant]
-    if found.layout == "diffusers":
-        state = apply_stages(state, diffusers_to_official(config))
+    if found.layout == "diffusers":  # the key tables depend only on block counts, not widths
+        state = apply_stages(state, diffusers_to_official(config or CONFIGS[found.variant]))
+    config = config or config_from_state(state, found.variant)
     vae = build_on_meta(lambda: VideoVAE(config))
     load_state_into(vae, state, source=source, expected=_LABEL[config.version], dtype=dtype, device=device)
     log.info("vae_loaded", source=source, version=config.version, layout=found.layout, dtype=str(dtype))
     return vae.eval().requires_grad_(False)
+
+
+def config_from_state(state: dict, version: str) -> VAEConfig:
+    """The released config of `version` with its encoder/decoder base widths read off the tensors.
+
+    Missing keys leave the released widths: strict loading then names what the file lacks.
+    """
+    base = CONFIGS[version]
+    try:
+        dim = state["encoder.conv1.weight"].shape[0]
+        head = state["decoder.head.2.weight"].shape[1]
+    except KeyError:
+        return base
+    if (dim, head) == (base.dim, base.decoder_dim):
+        return base
+    return attrs.evolve(base, dim=dim, dec_dim=None if head == dim else head)
 
 
 def _check_version(source: str, found: signature.CheckpointSignature, expected: str | None,
