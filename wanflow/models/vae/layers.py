@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wanflow.models.precision import compute_dtype, conv3d
 from wanflow.models.vae.frame_cache import FrameCache, number_slots
 
 ResampleMode = Literal["upsample2d", "upsample3d", "downsample2d", "downsample3d"]
@@ -30,6 +31,10 @@ def _prepend(x: Tensor, past: Tensor | None, frames: int) -> Tensor:
     return torch.cat([*parts, x], dim=2)  # (B, C, frames + T, H, W)
 
 
+def _as(dtype: torch.dtype, *tensors: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t.to(dtype) for t in tensors)
+
+
 class CausalConv3d(nn.Conv3d):
     """A 3-D convolution whose output frame t sees input frames <= t (time padded in front only)."""
 
@@ -43,20 +48,20 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: Tensor, cache: FrameCache | None = None) -> Tensor:
         if not self.cached:
-            return super().forward(x)
+            return conv3d(x, self.weight, self.bias, self.stride, self.padding)
         past = cache.read(self.slot) if cache is not None else None
         if x.shape[2] == 1 and (past is None or past.shape[2] == 0):
             return self._lone_frame(x, cache)
         seq = _prepend(x, past, self.history)  # (B, C, history + T, H, W)
         if cache is not None:
             cache.write(self.slot, seq[:, :, -self.history:].clone())
-        return super().forward(seq)
+        return conv3d(seq, self.weight, self.bias, self.stride, self.padding)
 
     def _lone_frame(self, x: Tensor, cache: FrameCache | None) -> Tensor:
         """A first frame with only zeros before it meets just the kernel's last time tap."""
         if cache is not None:
             cache.write(self.slot, x.clone())  # missing history frames read as zeros
-        return F.conv3d(x, self.weight[:, :, -1:], self.bias, self.stride, self.padding)
+        return conv3d(x, self.weight[:, :, -1:], self.bias, self.stride, self.padding)
 
 
 class RMSNorm(nn.Module):
@@ -102,11 +107,12 @@ class MidAttention(nn.Module):
 
     def forward(self, x: Tensor, cache: FrameCache | None = None) -> Tensor:
         b, c, t, h, w = x.shape
-        tokens = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # (B*T, H*W, C)
-        qkv = F.linear(self.norm(tokens, dim=-1), self.to_qkv.weight.view(3 * c, c), self.to_qkv.bias)
+        work = compute_dtype(x)  # fp32 on CPUs without bf16 kernels (see models.precision)
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c).to(work)  # (B*T, H*W, C)
+        qkv = F.linear(self.norm(tokens, dim=-1), *_as(work, self.to_qkv.weight.view(3 * c, c), self.to_qkv.bias))
         q, k, v = qkv.unsqueeze(1).chunk(3, dim=-1)  # 3 x (B*T, 1, H*W, C)
         out = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B*T, H*W, C)
-        out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
+        out = F.linear(out, *_as(work, self.proj.weight.view(c, c), self.proj.bias)).to(x.dtype)
         return out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3).add_(x)  # (B, C, T, H, W)
 
 
@@ -144,8 +150,8 @@ class Resample(nn.Module):
         weight = conv.weight.unsqueeze(2)  # (Cout, Cin, 1, 3, 3)
         if self.mode.startswith("up"):
             x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T, 2H, 2W)
-            return F.conv3d(x, weight, conv.bias, padding=(0, 1, 1))
-        return F.conv3d(F.pad(x, (0, 1, 0, 1)), weight, conv.bias, stride=(1, 2, 2))
+            return conv3d(x, weight, conv.bias, padding=(0, 1, 1))
+        return conv3d(F.pad(x, (0, 1, 0, 1)), weight, conv.bias, stride=(1, 2, 2))
 
     def _time_up(self, x: Tensor, cache: FrameCache | None) -> Tensor:
         """Frame 0 passes through; every later frame becomes two, from a causal time conv."""

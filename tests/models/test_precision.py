@@ -1,0 +1,54 @@
+"""bf16 weights on a CPU without bf16 kernels: stored bf16, convolved in fp32, close to fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models.vae._fixtures import TINY, latents, random_vae
+from wanflow.models import precision
+
+
+@pytest.mark.parametrize(("native", "dtype", "expected"), [
+    (False, torch.bfloat16, torch.float32), (False, torch.float16, torch.float32),
+    (True, torch.bfloat16, torch.bfloat16), (False, torch.float32, torch.float32),
+])
+def test_compute_dtype_upcasts_only_without_native_kernels(monkeypatch, native, dtype, expected):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
+    assert precision.compute_dtype(torch.zeros(1, dtype=dtype)) == expected
+    assert precision.compute_dtype(torch.zeros(1, dtype=dtype, device="meta")) == dtype  # not a CPU
+
+
+def test_the_upcast_conv_equals_an_fp32_conv_of_the_bf16_values(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((1, 4, 3, 5, 5), (6, 4, 3, 3, 3), (6,)))
+    out = precision.conv3d(x, w, b, 1, (0, 1, 1))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, torch.nn.functional.conv3d(x.float(), w.float(), b.float(), 1, (0, 1, 1)).bfloat16())
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_bf16_vae_stores_bf16_and_convolves_in_the_kernel_dtype(monkeypatch, native):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
+    seen = []
+    real = torch.nn.functional.conv3d
+    monkeypatch.setattr(precision.F, "conv3d", lambda x, w, *a: seen.append((x.dtype, w.dtype)) or real(x, w, *a))
+    vae = random_vae(TINY["wan2.1"]).to(torch.bfloat16)
+    outputs = []
+    hook = vae.decoder.conv1.register_forward_hook(lambda m, i, o: outputs.append(o.dtype))
+    vae.decode(latents(vae, 2, 1, 1))
+    hook.remove()
+    kernel = torch.bfloat16 if native else torch.float32
+    assert seen and set(seen) == {(kernel, kernel)}
+    assert outputs == [torch.bfloat16, torch.bfloat16]  # activations between layers stay bf16
+
+
+@pytest.mark.parametrize("version", ["wan2.1", "wan2.2"])
+def test_a_bf16_vae_on_this_cpu_stays_within_bf16_rounding_of_fp32(version):
+    vae = random_vae(TINY[version]).to(torch.bfloat16)
+    z = latents(vae, 3)
+    got = vae.decode(z)
+    ref = vae.float().decode(z)  # the same bf16-valued weights, all in fp32
+    err = ((got - ref).norm() / ref.norm()).item()
+    assert 0 < err < 2e-2, err  # not bit-equal (bf16 activations), yet bf16-close

@@ -1,0 +1,48 @@
+"""Which dtype a layer computes in, given the dtype its weights and activations are stored in.
+
+Asking for bf16 (or fp16) means two things: half the memory for weights and activations, and
+the fast reduced-precision kernels of the hardware. GPUs have both. A CPU without native bf16
+instructions (x86 with AVX2 only, many ARM chips) has only the first: torch runs bf16
+convolutions there through reference kernels measured at 0.4 GFLOP/s against ~100 for fp32
+(a 64-channel 3x3x3 conv3d on 2 AVX2 cores), so a bf16 VAE decode would take hours.
+
+On such a CPU the layers keep storing bf16 (the memory the user asked for) but convolve in
+fp32: inputs and weights are bf16 values, products are summed in fp32 and rounded back to bf16
+— what a GPU's bf16 kernels do as well, so results stay within bf16 rounding of the GPU's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU has oneDNN kernels for `dtype` (AVX512-BF16/AMX for bf16, AVX512-FP16/AMX for fp16)."""
+    probes = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    try:
+        return bool(getattr(torch.ops.mkldnn, probes[dtype])())
+    except (AttributeError, RuntimeError):  # a torch without the probe: assume the slow path
+        return False
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for reduced-precision tensors on a CPU without native kernels for them; else x's dtype."""
+    if x.device.type == "cpu" and x.dtype in _REDUCED and not cpu_has_native(x.dtype):
+        return torch.float32
+    return x.dtype
+
+
+def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
+    """`F.conv3d` computed in `compute_dtype(x)`, returned in x's dtype."""
+    work = compute_dtype(x)
+    if work == x.dtype:
+        return F.conv3d(x, weight, bias, stride, padding)
+    bias = None if bias is None else bias.to(work)
+    return F.conv3d(x.to(work), weight.to(work), bias, stride, padding).to(x.dtype)
