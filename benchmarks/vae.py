@@ -14,11 +14,17 @@ one narrow), so the two do not blend identically and `max|diff|` is then a tilin
 
     python benchmarks/vae.py                               # all 8 cases, many minutes on 2 cores
     python benchmarks/vae.py --ops decode --dtypes fp32 --tiling off --size 16 --repeats 2
+    python benchmarks/vae.py --device cuda                 # on a GPU: GPU peak memory, synced times
 
 Runs are alternated between the two sides and each side's best is kept, because a busy
 machine disturbs single runs by tens of percent; `cpu x` (user+sys seconds) is steadier.
-Note: on CPUs without native bf16 (AVX2 only) oneDNN has no fast bf16 conv3d, and both sides
-take minutes per bf16 call.
+On CUDA each side first runs one warm-up call; the timed call is synchronised and its memory
+is the GPU's peak allocation (torch.cuda.max_memory_allocated) instead of RSS.
+
+On CPUs without native bf16 (AVX2 only) torch's bf16 conv3d runs at ~0.4 GFLOP/s. wanflow then
+convolves in fp32 over bf16 weights and activations (wanflow.models.precision); diffusers runs
+torch's bf16 kernels and needs hours at the default size, so measure bf16 there at `--size 4`
+(32 px) or `--size 8` (64 px).
 """
 
 from __future__ import annotations
@@ -70,11 +76,11 @@ def inputs(op: str, size: int) -> torch.Tensor:
     return torch.rand(1, 3, 4 * LATENT[2] - 3, 8 * size, 8 * size, generator=gen) * 2 - 1
 
 
-def run_wanflow(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: int):
+def run_wanflow(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: int, device: str):
     from wanflow.models.vae import TileSpec
     from wanflow.models.vae.loader import load_vae
 
-    vae = load_vae(ckpt, "wan2.1", dtype)
+    vae = load_vae(ckpt, "wan2.1", dtype, device)
     size, stride = tiling(size)
     tile = TileSpec((size, size), (stride, stride)) if tiled else None
     if op == "decode":
@@ -82,7 +88,7 @@ def run_wanflow(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: int)
     return lambda x: vae.encode(x, tile=tile)
 
 
-def run_diffusers(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: int):
+def run_diffusers(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: int, device: str):
     from diffusers import AutoencoderKLWan
     from safetensors.torch import load_file
 
@@ -94,7 +100,7 @@ def run_diffusers(ckpt: Path, op: str, dtype: torch.dtype, tiled: bool, size: in
         vae = AutoencoderKLWan()
     state = apply_stages(load_file(str(ckpt)), official_to_diffusers(WAN21))
     vae.load_state_dict(state, strict=True, assign=True)
-    vae.eval()
+    vae.to(device).eval()
     if tiled:
         px, stride = (8 * v for v in tiling(size))
         vae.enable_tiling(px, px, stride, stride)
@@ -115,24 +121,36 @@ def child(args: argparse.Namespace) -> None:
     import diffusers  # noqa: F401  (equal import baseline for both sides)
 
     torch.manual_seed(0)
+    cuda = args.device.startswith("cuda")
     runner = run_wanflow if args.impl == "wanflow" else run_diffusers
-    fn = runner(Path(args.ckpt), args.op, DTYPES[args.dtype], args.tiled, args.size)
-    x = inputs(args.op, args.size)
+    fn = runner(Path(args.ckpt), args.op, DTYPES[args.dtype], args.tiled, args.size, args.device)
+    x = inputs(args.op, args.size).to(args.device)
+    if cuda:  # kernels chosen and the allocator warmed on both sides alike
+        fn(x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     out = fn(x)
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    torch.save(out.float(), args.out)
+    torch.save(out.float().cpu(), args.out)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    print(json.dumps({"seconds": seconds, "cpu_s": cpu, "peak_mb": after.ru_maxrss / 1024,
-                      "grow_mb": (after.ru_maxrss - before.ru_maxrss) / 1024}))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        memory = {"peak_mb": peak, "grow_mb": peak - held / 2**20}
+    else:
+        memory = {"peak_mb": after.ru_maxrss / 1024, "grow_mb": (after.ru_maxrss - before.ru_maxrss) / 1024}
+    print(json.dumps({"seconds": seconds, "cpu_s": cpu, **memory}))
 
 
-def measure(impl: str, ckpt: Path, op: str, dtype: str, tiled: bool, size: int, out: Path) -> dict:
-    """One fresh subprocess: one call, its wall and CPU seconds, peak RSS and RSS growth."""
-    cmd = [sys.executable, __file__, "--child", impl, "--ckpt", str(ckpt), "--ops", op,
-           "--dtypes", dtype, "--size", str(size), "--out", str(out)] + (["--tiled"] if tiled else [])
+def measure(impl: str, ckpt: Path, op: str, dtype: str, tiled: bool, args, out: Path) -> dict:
+    """One fresh subprocess: one call, its wall and CPU seconds, peak memory and its growth."""
+    cmd = [sys.executable, __file__, "--child", impl, "--ckpt", str(ckpt), "--ops", op, "--dtypes", dtype,
+           "--size", str(args.size), "--device", args.device, "--out", str(out)] + (["--tiled"] if tiled else [])
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -142,7 +160,7 @@ def interleaved(ckpt: Path, op: str, dtype: str, tiled: bool, args, tmp: Path) -
     runs: dict[str, list[dict]] = {"wanflow": [], "diffusers": []}
     for _ in range(args.repeats):
         for impl in runs:
-            runs[impl].append(measure(impl, ckpt, op, dtype, tiled, args.size, tmp / f"{impl}.pt"))
+            runs[impl].append(measure(impl, ckpt, op, dtype, tiled, args, tmp / f"{impl}.pt"))
     return {impl: {k: min(r[k] for r in rs) for k in rs[0]} for impl, rs in runs.items()}
 
 
@@ -153,6 +171,7 @@ def main() -> None:
     p.add_argument("--tiling", default="off,on", help="off, on, or off,on")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per side (best kept)")
     p.add_argument("--size", type=int, default=LATENT[-1], help="latent height = width (32: 256 px)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--child", choices=["wanflow", "diffusers"])
     p.add_argument("--ckpt"), p.add_argument("--out"), p.add_argument("--tiled", action="store_true")
     args = p.parse_args()
@@ -165,7 +184,10 @@ def main() -> None:
 
 def table(args: argparse.Namespace, tmp: Path) -> None:
     """Write each dtype's checkpoint, measure every asked case, print one row per case."""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Wan2.1 VAE, random weights")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
+        f"CPU, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    memory = "GPU max allocated" if args.device.startswith("cuda") else "RSS"
+    print(f"torch {torch.__version__}, {where}; Wan2.1 VAE, random weights; memory = {memory}")
     print(f"latent (1, 16, 5, {args.size}, {args.size}) <-> video (1, 3, 17, {8 * args.size}, {8 * args.size})")
     print(f"{'case':<24}{'wanflow s':>10}{'diffusers s':>12}{'time x':>8}{'cpu x':>7}{'peak MB':>16}{'peak x':>8}"
           f"{'grow MB':>16}{'grow x':>8}{'max|diff|':>11}")

@@ -1,12 +1,14 @@
-"""bf16 weights on a CPU without bf16 kernels: stored bf16, convolved in fp32, close to fp32."""
+"""bf16 weights on a CPU without bf16 kernels: stored bf16, computed in fp32, close to fp32."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tests.models._dit_fixtures import inputs, random_state, tiny_config
 from tests.models.vae._fixtures import TINY, latents, random_vae
 from wanflow.models import precision
+from wanflow.models.dit import WanDiT
 
 
 @pytest.mark.parametrize(("native", "dtype", "expected"), [
@@ -52,3 +54,22 @@ def test_a_bf16_vae_on_this_cpu_stays_within_bf16_rounding_of_fp32(version):
     ref = vae.float().decode(z)  # the same bf16-valued weights, all in fp32
     err = ((got - ref).norm() / ref.norm()).item()
     assert 0 < err < 2e-2, err  # not bit-equal (bf16 activations), yet bf16-close
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_bf16_dit_multiplies_in_the_kernel_dtype_and_keeps_bf16_activations(monkeypatch, native):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
+    seen = set()
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(precision.F, "linear", lambda x, w, b=None: seen.add((x.dtype, w.dtype)) or real(x, w, b))
+    cfg = tiny_config("t2v")
+    model = WanDiT(cfg)
+    model.load_state_dict(random_state(cfg), strict=True)
+    model.eval().set_compute_dtype(torch.bfloat16)
+    blocks = []
+    model.blocks[0].register_forward_hook(lambda m, i, o: blocks.append(o.dtype))
+    with torch.no_grad():
+        model(**inputs(cfg))
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert seen == ({(fp32, fp32), (bf16, bf16)} if native else {(fp32, fp32)})  # fp32 islands either way
+    assert blocks == [bf16]

@@ -6,7 +6,9 @@ attention to CLIP image tokens), and a time-modulated feed-forward. Module names
 official checkpoint keys, so official weights load with no conversion.
 
 Precision: the time embedding, the modulation vectors and the head stay in fp32 whatever the
-compute dtype (see ``keeps_fp32``); norms compute their statistics in fp32.
+compute dtype (see ``keeps_fp32``); norms compute their statistics in fp32. On a CPU without
+bf16/fp16 kernels the projections and the patch embedding multiply in fp32 over the stored
+reduced-precision values (``wanflow.models.precision``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from wanflow.errors import ModelInputError
 from wanflow.models.attention import attention, check_kernel
 from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS, DitConfig
+from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import apply_rope, rope_table
 
 #: Cross-attention keys and values of one block: (k, v) or (k, v, k_img, v_img), each (B, Lc, H, d).
@@ -84,7 +87,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.q, self.k, self.v, self.o = (Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], kernel: str) -> Tensor:
@@ -101,10 +104,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float, image: bool):
         super().__init__()
         self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.q, self.k, self.v, self.o = (Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         if image:
-            self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.k_img, self.v_img = Linear(dim, dim), Linear(dim, dim)
             self.norm_k_img = RMSNorm(dim, eps)
 
     def project(self, context: Tensor, image_len: int) -> KeyValues:
@@ -146,7 +149,7 @@ class Block(nn.Module):
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps)  # the one affine norm: before cross-attn
         self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.eps, image=cfg.clip)
         self.ffn = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+            Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), Linear(cfg.ffn_dim, cfg.dim)
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
@@ -170,7 +173,7 @@ class Head(nn.Module):
     def __init__(self, cfg: DitConfig):
         super().__init__()
         self.eps = cfg.eps
-        self.head = nn.Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
+        self.head = Linear(cfg.dim, cfg.patch_volume * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
@@ -186,8 +189,8 @@ class ImageEmbedding(nn.Module):
     def __init__(self, cfg: DitConfig):
         super().__init__()
         self.proj = nn.Sequential(
-            nn.LayerNorm(CLIP_DIM), nn.Linear(CLIP_DIM, CLIP_DIM), nn.GELU(),
-            nn.Linear(CLIP_DIM, cfg.dim), nn.LayerNorm(cfg.dim),
+            nn.LayerNorm(CLIP_DIM), Linear(CLIP_DIM, CLIP_DIM), nn.GELU(),
+            Linear(CLIP_DIM, cfg.dim), nn.LayerNorm(cfg.dim),
         )
         if cfg.model_type == "flf2v":
             self.emb_pos = nn.Parameter(torch.zeros(1, 2 * CLIP_TOKENS, CLIP_DIM))
@@ -209,14 +212,14 @@ class WanDiT(nn.Module):
         self.cfg = cfg
         self.attention_kernel = check_kernel(attention_kernel)
         self.gradient_checkpointing = False  # recompute each block in backward (training)
-        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embedding = Conv3d(cfg.in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(
-            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+            Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), Linear(cfg.dim, cfg.dim)
         )
         self.time_embedding = nn.Sequential(
-            nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)
+            Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), Linear(cfg.dim, cfg.dim)
         )
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         if cfg.clip:

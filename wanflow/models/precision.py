@@ -8,7 +8,8 @@ convolutions there through reference kernels measured at 0.4 GFLOP/s against ~10
 
 On such a CPU the layers keep storing bf16 (the memory the user asked for) but convolve in
 fp32: inputs and weights are bf16 values, products are summed in fp32 and rounded back to bf16
-— what a GPU's bf16 kernels do as well, so results stay within bf16 rounding of the GPU's.
+— what a GPU's bf16 kernels do as well, so results stay within bf16 rounding of the GPU's. GEMMs
+gain less (bf16 ~16 GFLOP/s against ~117 fp32 on the same machine) but the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 _REDUCED = (torch.bfloat16, torch.float16)
 
@@ -46,3 +47,26 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
         return F.conv3d(x, weight, bias, stride, padding)
     bias = None if bias is None else bias.to(work)
     return F.conv3d(x.to(work), weight.to(work), bias, stride, padding).to(x.dtype)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.linear` computed in `compute_dtype(x)`, returned in x's dtype."""
+    work = compute_dtype(x)
+    if work == x.dtype:
+        return F.linear(x, weight, bias)
+    bias = None if bias is None else bias.to(work)
+    return F.linear(x.to(work), weight.to(work), bias).to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same keys) that computes through `linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class Conv3d(nn.Conv3d):
+    """`nn.Conv3d` with zero padding (same parameters, same keys) that computes through `conv3d`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv3d(x, self.weight, self.bias, self.stride, self.padding)
