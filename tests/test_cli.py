@@ -32,6 +32,16 @@ def test_validate_ok_and_bad(tmp_path, capsys):
     assert "[video].frames = 8: must be 4n+1 (5 or 9)" in err and "Traceback" not in err
 
 
+def test_validate_reports_what_the_pipeline_cannot_honour_yet(tmp_path, capsys):
+    path = tmp_path / "r.toml"
+    path.write_text(GOOD + "[memory]\nfp8 = true\n")
+    assert main(["validate", str(path), "--set", "runtime.teacache_threshold=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "r.toml: [memory].fp8 = true: fp8 weight storage is not implemented yet; set it to false" in err
+    assert "--set: [runtime].teacache_threshold = 0.2: TeaCache is not implemented yet" in err
+    assert "Traceback" not in err
+
+
 def test_show_names_the_origin_of_every_value(tmp_path, capsys):
     path = tmp_path / "r.toml"
     path.write_text(GOOD)

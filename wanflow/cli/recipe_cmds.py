@@ -51,14 +51,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
             resolved = load_recipe(path, sets=args.sets)
         except RecipeError as exc:
             problems.extend(exc.problems)
-        else:
-            jobs = len(resolved.sweep_jobs())
-            print(f"ok: {display_path(path)}" + (f" ({jobs} jobs)" if jobs > 1 else ""))
+            continue
+        jobs = resolved.sweep_jobs()
+        unsupported = _pipeline_problems(jobs)
+        problems.extend(unsupported)
+        if not unsupported:
+            print(f"ok: {display_path(path)}" + (f" ({len(jobs)} jobs)" if len(jobs) > 1 else ""))
     if problems:
         raise RecipeError(problems)
     if not files:
         raise WanflowError("no recipe files found in " + ", ".join(map(str, args.files)))
     return 0
+
+
+def _pipeline_problems(jobs: list[ResolvedRecipe]) -> list[str]:
+    """What each job's pipeline cannot honour (LoRA, TeaCache, ... not built yet), once each."""
+    from wanflow.engine.step import pipeline_problems
+    from wanflow.plugins import get_registry
+
+    found: list[str] = []
+    for job in jobs:
+        found += [p for p in pipeline_problems(get_registry().pipeline(job.model), job) if p not in found]
+    return found
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:

@@ -88,6 +88,15 @@ class Pipeline(Protocol):
     def steps(self, resolved: Any) -> Sequence[StepSpec]: ...
 
 
+def pipeline_problems(pipeline: Any, resolved: Any) -> list[str]:
+    """What the pipeline cannot honour in this recipe (optional hook; pure: no files, no models).
+
+    `wanflow validate` reports these beside the recipe's own problems, and planning refuses them.
+    """
+    check = getattr(pipeline, "check", None)
+    return list(check(resolved)) if callable(check) else []
+
+
 def describe_runtime(pipeline: Any, resolved: Any) -> Mapping[str, Any]:
     """Device, dtypes and attention backend as the pipeline reports them (optional hook)."""
     describe = getattr(pipeline, "describe", None)

@@ -16,7 +16,8 @@ import attrs
 import structlog
 
 from wanflow.engine.step import StepSpec, WeightFile
-from wanflow.errors import ModelInputError
+from wanflow.errors import ModelInputError, RecipeError
+from wanflow.recipe.problems import display_path
 from wanflow.steps.conditioning import EncodeConditioning
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
@@ -162,17 +163,27 @@ def _output_nodes(job: _Job) -> list[StepSpec]:
     return nodes
 
 
-def _refuse_unsupported(resolved: Any) -> None:
-    """Settings this pipeline cannot honour yet: an error, never a video made without them."""
+def unsupported(resolved: Any) -> list[str]:
+    """Settings this pipeline cannot honour yet: reported by validate, refused by planning, never ignored."""
+    values, problems = resolved.values, []
+
+    def where(key: str) -> str:
+        origin = resolved.origins.get(key, "")  # "recipe", "include:<file>", "--set" or "sweep"
+        if origin.startswith("include:") or origin == "--set":
+            return origin.removeprefix("include:")
+        return display_path(resolved.path)
+
     if resolved.recipe.lora:
-        raise ModelInputError(f"{resolved.path}: [[lora]] is not applied by the Wan pipeline yet; "
-                              "remove the [[lora]] tables to generate without them")
-    if resolved.values.get("runtime.teacache_threshold") is not None:
-        raise ModelInputError(f"{resolved.path}: [runtime].teacache_threshold is not implemented yet; "
-                              "remove it (step caching off) to run")
-    if resolved.values.get("memory.fp8"):
-        raise ModelInputError(f"{resolved.path}: [memory].fp8 = true is not implemented yet; "
-                              "set it to false (weights stay in the compute dtype)")
+        problems.append(f"{where('lora')}: [[lora]]: LoRA is not applied by the Wan pipeline yet; "
+                        "remove the [[lora]] tables to generate without them")
+    if values.get("runtime.teacache_threshold") is not None:
+        problems.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
+                        f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
+                        "remove the key (every step computed)")
+    if values.get("memory.fp8"):
+        problems.append(f"{where('memory.fp8')}: [memory].fp8 = true: fp8 weight storage is not "
+                        "implemented yet; set it to false (weights stay in the compute dtype)")
+    return problems
 
 
 def _check_memory(job: _Job) -> None:
@@ -187,8 +198,13 @@ def _check_memory(job: _Job) -> None:
 class WanPipeline:
     """The steps of every Wan family (T2V, I2V, FLF2V, A14B, TI2V, V2V) and of the tiny one."""
 
+    def check(self, resolved: Any) -> list[str]:
+        return unsupported(resolved)
+
     def steps(self, resolved: Any) -> list[StepSpec]:
-        _refuse_unsupported(resolved)
+        problems = unsupported(resolved)
+        if problems:
+            raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved))
         _check_memory(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
