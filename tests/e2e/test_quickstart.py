@@ -67,3 +67,27 @@ def test_shipped_tiny_weights_are_what_the_script_makes(tmp_path):
     for name in names:
         assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
     assert sum((shipped / n).stat().st_size for n in names) < 20 * 2**20
+
+
+def test_an_archive_sent_as_a_tar_is_imported_and_reproduces_bit_for_bit(tmp_path, monkeypatch, capsys):
+    import tarfile
+
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    small = ["--set", "video.frames=1", "--set", "video.width=16", "--set", "video.height=16",
+             "--set", "sampler.steps=1", "--quiet"]
+    assert main(["run", str(QUICKSTART), "--runs-dir", str(tmp_path / "mine"), *small]) == 0
+    (archive,) = archives(tmp_path / "mine")
+    sent = tmp_path / "sent.tar.gz"
+    with tarfile.open(sent, "w:gz") as tar:
+        tar.add(archive, arcname=archive.name)
+    theirs = tmp_path / "theirs"
+    capsys.readouterr()
+    assert main(["import", str(sent), "--runs-dir", str(theirs)]) == 0
+    (imported,) = archives(theirs)
+    assert imported.name == archive.name and f"-> {imported}" in capsys.readouterr().out
+    assert (imported / "outputs" / "video.mp4").read_bytes() == (archive / "outputs" / "video.mp4").read_bytes()
+    assert main(["runs", "--runs-dir", str(theirs)]) == 0
+    assert str(imported) in capsys.readouterr().out
+    assert main(["reproduce", str(imported), "--no-cache", "--quiet", "--runs-dir", str(theirs)]) == 0
+    assert main(["import", str(sent), "--runs-dir", str(theirs)]) == 2  # never over an existing run
+    assert "already exists" in capsys.readouterr().err

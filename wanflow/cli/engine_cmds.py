@@ -157,6 +157,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if rep.identical else 1
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Bring a run archive (folder, .tar or .tar.gz) from elsewhere into the runs folder."""
+    from wanflow.engine.archive import import_archive
+
+    target = import_archive(Path(args.archive), _runs_dir(args))
+    _out(f"imported {args.archive} -> {target}")
+    _out(f"check it with: wanflow reproduce {target}")
+    return 0
+
+
 def _side(path: str) -> tuple[Any, Any]:
     """(resolved, lock or None) for a recipe file or an archive folder."""
     from wanflow.engine.archive import open_archive
@@ -235,6 +245,10 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("import", help="copy a run archive (folder or tar) into the runs folder")
+    p.add_argument("archive")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("diff", help="semantic difference of two recipes or run archives")
     p.add_argument("a")
     p.add_argument("b")

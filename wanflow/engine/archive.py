@@ -160,7 +160,8 @@ def import_archive(source: Path, runs_dir: Path) -> Path:
         root = _single_root(staging)
         arc = open_archive(root)
         name = str(arc.lock.get("name") or "imported")
-        target = Path(runs_dir) / safe_relpath(name, "recipe name") / source.name.split(".")[0]
+        stem = root.name if root != staging else source.name.split(".")[0]  # the run's own folder name
+        target = Path(runs_dir) / safe_relpath(name, "recipe name") / safe_relpath(stem, "archive name")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             raise ArchiveError(f"{target} already exists: remove it or rename the archive")
