@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.models._checkpoints import clip_official_state, umt5_official_state
 from tests.models._dit_fixtures import inputs, random_state, tiny_config
 from tests.models.vae._fixtures import TINY, latents, random_vae
 from wanflow.models import precision
@@ -73,3 +74,30 @@ def test_a_bf16_dit_multiplies_in_the_kernel_dtype_and_keeps_bf16_activations(mo
     fp32, bf16 = torch.float32, torch.bfloat16
     assert seen == ({(fp32, fp32), (bf16, bf16)} if native else {(fp32, fp32)})  # fp32 islands either way
     assert blocks == [bf16]
+
+
+@pytest.mark.parametrize("which", ["umt5", "clip"])
+def test_the_transformers_encoders_adopt_the_rule_without_changing_their_weights(monkeypatch, which):
+    from wanflow.models import image_encoder, text_encoder
+
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
+    if which == "umt5":
+        model = text_encoder.build_model(umt5_official_state(heads=4, layers=2), source="t5.pth",
+                                         dtype=torch.bfloat16)
+        x = torch.tensor([[5, 9, 3, 1]])
+        run = lambda m: m(input_ids=x).last_hidden_state  # noqa: E731
+    else:
+        model = image_encoder.build_model(clip_official_state(), source="clip.pth", dtype=torch.bfloat16)
+        x = torch.rand(1, 3, model.config.image_size, model.config.image_size, generator=torch.Generator().manual_seed(0))
+        run = lambda m: m(pixel_values=x.to(m.dtype)).last_hidden_state  # noqa: E731
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is precision.Linear for m in linears)
+    seen = set()
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(precision.F, "linear", lambda x, w, b=None: seen.add((x.dtype, w.dtype)) or real(x, w, b))
+    with torch.no_grad():
+        low = run(model)
+        assert seen == {(torch.float32, torch.float32)}  # every projection multiplied in fp32
+        ref = run(model.float())  # the same bf16-valued weights, all fp32
+    assert low.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(low.float(), ref, dim=-1).min() > 0.99  # random weights

@@ -21,6 +21,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.precision import adopt
 from wanflow.models.signature import identify
 
 log = structlog.get_logger(__name__)
@@ -171,7 +172,7 @@ def build_model(
     converted = to_transformers_keys(state, "vision_model." if tower(model) is not model else "")
     load_state_into(model, converted, source=source, expected=name, dtype=dtype, device=device)
     _rebuild_position_ids(model, device)
-    return model.eval()
+    return adopt(model).eval()  # bf16 on a CPU without bf16 kernels: fp32 GEMMs
 
 
 def _rebuild_position_ids(model: CLIPVisionModel, device: torch.device | str) -> None:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.precision import adopt
 from wanflow.models.signature import identify
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,7 @@ def build_model(
     model = build_on_meta(lambda: UMT5EncoderModel(settings.to_transformers()))
     name = f"umT5 encoder (d_model {settings.d_model}, {settings.num_layers} layers)"
     load_state_into(model, state, source=source, expected=name, dtype=dtype, device=device)
-    return model.eval()
+    return adopt(model).eval()  # bf16 on a CPU without bf16 kernels: fp32 GEMMs
 
 
 def _settings_from_transformers_state(details: Mapping, state: Mapping[str, Tensor]) -> UMT5Settings:
