@@ -9,6 +9,10 @@ two outputs, and the fraction of this machine's GEMM peak (measured in the same 
 
     python benchmarks/dit_forward.py                 # full model, minutes on a 2-core CPU
     python benchmarks/dit_forward.py --layers 4 --repeats 3
+    python benchmarks/dit_forward.py --device cuda   # synchronised times, GPU peak allocation
+
+On a CPU without bf16 kernels (AVX2 only) wanflow multiplies bf16 weights in fp32
+(wanflow.models.precision) while diffusers runs torch's bf16 GEMMs, several times slower there.
 """
 
 from __future__ import annotations
@@ -79,52 +83,65 @@ def model_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, torch.tensor([999.0]), context
 
 
-def child(impl: str, dtype_name: str, folder: Path, repeats: int, out: Path) -> None:
-    """Load, warm up, time `repeats` forwards; write timings, peak RSS and the output."""
+def child(impl: str, dtype_name: str, folder: Path, repeats: int, out: Path, device: str) -> None:
+    """Load, warm up, time `repeats` forwards; write timings, peak memory and the output."""
     dtype = DTYPES[dtype_name]
-    x, t, context = model_inputs()
+    cuda = device.startswith("cuda")
+    x, t, context = (v.to(device) for v in model_inputs())
     if impl == "wanflow":
         from wanflow.models.dit_loader import load_dit
 
-        model = load_dit(folder / "diffusion_pytorch_model.safetensors", dtype=dtype)
+        model = load_dit(folder / "diffusion_pytorch_model.safetensors", dtype=dtype, device=device)
         run = lambda: model(x, t, context)  # noqa: E731
     else:
         from diffusers import WanTransformer3DModel
 
-        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype)
+        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device)
         xd, cd = x.to(dtype), context.to(dtype)
         run = lambda: model(xd, t, cd, return_dict=False)[0]  # noqa: E731
     model.eval()
     times, cpu_times = [], []
     with torch.inference_mode():
         result = run()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         for _ in range(repeats):
             start, cpu_start = time.perf_counter(), time.process_time()
             run()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    torch.save(result.float(), out.with_suffix(".pt"))
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.save(result.float().cpu(), out.with_suffix(".pt"))
     out.write_text(json.dumps({"times": times, "cpu_times": cpu_times, "peak_mb": peak_mb}))
 
 
-def measure(impl: str, dtype_name: str, folder: Path, repeats: int) -> dict:
+def measure(impl: str, dtype_name: str, folder: Path, repeats: int, device: str) -> dict:
     """Run one measurement in a fresh interpreter."""
     out = folder / f"{impl}-{dtype_name}.json"
-    cmd = [sys.executable, __file__, "--child", impl, dtype_name, str(folder), str(repeats), str(out)]
+    cmd = [sys.executable, __file__, "--child", impl, dtype_name, str(folder), str(repeats), str(out), device]
     subprocess.run(cmd, check=True)
     result = json.loads(out.read_text())
     result["output"] = torch.load(out.with_suffix(".pt"))
     return result
 
 
-def gemm_peak(dtype: torch.dtype) -> float:
+def gemm_peak(dtype: torch.dtype, device: str) -> float:
     """GFLOP/s of a large matmul in this dtype (the machine's practical ceiling)."""
-    a, w = torch.randn(1280, 1536, dtype=dtype), torch.randn(8960, 1536, dtype=dtype)
+    a = torch.randn(1280, 1536, dtype=dtype, device=device)
+    w = torch.randn(8960, 1536, dtype=dtype, device=device)
     F.linear(a, w)  # the FFN's first projection, in nn.Linear's weight layout
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     start, n = time.perf_counter(), 3
     for _ in range(n):
         F.linear(a, w)
+    sync()
     return 2 * 1280 * 1536 * 8960 * n / (time.perf_counter() - start) / 1e9
 
 
@@ -151,27 +168,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards after one warm-up")
     parser.add_argument("--rounds", type=int, default=2, help="alternating wanflow/diffusers rounds")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        impl, dtype_name, folder, repeats, out = args.child
-        child(impl, dtype_name, Path(folder), int(repeats), Path(out))
+        impl, dtype_name, folder, repeats, out, device = args.child
+        child(impl, dtype_name, Path(folder), int(repeats), Path(out), device)
         return
     sys.stdout.reconfigure(line_buffering=True)
     cfg = config(args.layers)
     print(f"Wan DiT 1.3B config, {args.layers} layers, latent {LATENT}, {TEXT_TOKENS} text tokens, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} x {args.repeats} timed runs")
+          f"{torch.get_num_threads()} threads, device {args.device}, "
+          f"median of {args.rounds} x {args.repeats} timed runs")
     for dtype_name in args.dtypes.split(","):
         with tempfile.TemporaryDirectory(prefix="wanflow-bench-") as tmp:
             report(dtype_name, Path(tmp), args, cfg)
 
 
-def alternate(dtype_name: str, folder: Path, repeats: int, rounds: int) -> dict[str, dict]:
+def alternate(dtype_name: str, folder: Path, repeats: int, rounds: int, device: str) -> dict[str, dict]:
     """Alternate the two implementations (ABAB...) so that drifting machine load hits both alike."""
     results: dict[str, dict] = {}
     for _ in range(rounds):
         for impl in ("wanflow", "diffusers"):
-            r = measure(impl, dtype_name, folder, repeats)
+            r = measure(impl, dtype_name, folder, repeats, device)
             if impl in results:
                 r["times"] += results[impl]["times"]
                 r["cpu_times"] += results[impl]["cpu_times"]
@@ -183,16 +202,17 @@ def alternate(dtype_name: str, folder: Path, repeats: int, rounds: int) -> dict[
 def report(dtype_name: str, folder: Path, args: argparse.Namespace, cfg) -> None:
     """Measure both implementations in one dtype and print the comparison."""
     write_checkpoint(folder, args.layers, DTYPES[dtype_name])
-    results = alternate(dtype_name, folder, args.repeats, args.rounds)
+    results = alternate(dtype_name, folder, args.repeats, args.rounds, args.device)
     ours, ref = results["wanflow"], results["diffusers"]
     t_ours, t_ref = statistics.median(ours["times"]), statistics.median(ref["times"])
     cpu_ours, cpu_ref = statistics.median(ours["cpu_times"]), statistics.median(ref["cpu_times"])
     diff = (ours["output"] - ref["output"]).abs().max() / ref["output"].abs().max()
-    peak = gemm_peak(DTYPES[dtype_name])
+    peak = gemm_peak(DTYPES[dtype_name], args.device)
     print(f"\n[{dtype_name}]  GEMM peak {peak:.0f} GFLOP/s, forward {forward_gflop(cfg):.0f} GFLOP")
     for impl, r, t, cpu in (("wanflow", ours, t_ours, cpu_ours), ("diffusers", ref, t_ref, cpu_ref)):
         frac = forward_gflop(cfg) / t / peak
-        print(f"  {impl:<9} {t:7.2f} s wall, {cpu:7.2f} s CPU  peak RSS {r['peak_mb']:8.0f} MB"
+        memory = "GPU peak" if args.device.startswith("cuda") else "peak RSS"
+        print(f"  {impl:<9} {t:7.2f} s wall, {cpu:7.2f} s CPU  {memory} {r['peak_mb']:8.0f} MB"
               f"  ({frac:.0%} of GEMM peak)")
     memory = ours["peak_mb"] / ref["peak_mb"]
     print(f"  ratio wanflow/diffusers: time {t_ours / t_ref:.3f}x (CPU time {cpu_ours / cpu_ref:.3f}x)"
