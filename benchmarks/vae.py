@@ -182,6 +182,11 @@ def main() -> None:
         table(args, Path(tmp))
 
 
+def grow_ratio(w: dict, d: dict) -> str:
+    """Growth ratio, or "-" where neither side grew past its load peak (small sizes)."""
+    return "-" if max(w["grow_mb"], d["grow_mb"]) < 1 else f"{w['grow_mb'] / max(d['grow_mb'], 1):.2f}"
+
+
 def table(args: argparse.Namespace, tmp: Path) -> None:
     """Write each dtype's checkpoint, measure every asked case, print one row per case."""
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
@@ -203,7 +208,7 @@ def table(args: argparse.Namespace, tmp: Path) -> None:
                 print(f"{op + ' ' + dtype + (' tiled' if tiled else ''):<24}{w['seconds']:>10.2f}"
                       f"{d['seconds']:>12.2f}{w['seconds'] / d['seconds']:>8.2f}{w['cpu_s'] / d['cpu_s']:>7.2f}"
                       f"{w['peak_mb']:>8.0f}/{d['peak_mb']:<7.0f}{w['peak_mb'] / d['peak_mb']:>8.2f}"
-                      f"{w['grow_mb']:>8.0f}/{d['grow_mb']:<7.0f}{w['grow_mb'] / max(d['grow_mb'], 1):>8.2f}"
+                      f"{w['grow_mb']:>8.0f}/{d['grow_mb']:<7.0f}{grow_ratio(w, d):>8}"
                       f"{diff:>11.2e}", flush=True)
 
 
