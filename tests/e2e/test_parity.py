@@ -21,7 +21,7 @@ from wanflow.engine.cache import Cache
 from wanflow.engine.execute import Executor
 from wanflow.engine.runner import plan_job
 from wanflow.models.dit_loader import config_beside
-from wanflow.models.loading import open_state_dict
+from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.plugins import get_registry
 from wanflow.recipe import load_recipe
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from wanflow.errors import ModelLoadError
-from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 
 
 class Pickled:

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.residency import _is_file_backed, file_backed_ranges, materialize
 
 

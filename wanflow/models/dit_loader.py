@@ -21,7 +21,8 @@ from wanflow.models import dit_config, signature
 from wanflow.models.dit import WanDiT
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL
-from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 from wanflow.models.residency import materialize
 
 log = structlog.get_logger(__name__)

@@ -20,7 +20,8 @@ from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict, rename_keys
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 from wanflow.models.precision import adopt
 from wanflow.models.signature import identify
 

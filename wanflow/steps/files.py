@@ -17,7 +17,7 @@ DIT_VARIANTS = {
 
 def check_dit(files: Sequence[Path], architecture: str, component: str) -> None:
     """Refuse a DiT whose key/shape signature is another variant than the family's, naming both."""
-    from wanflow.models.loading import read_safetensors
+    from wanflow.models.checkpoint_files import read_safetensors
     from wanflow.models.signature import identify
 
     expected = DIT_VARIANTS.get(architecture)

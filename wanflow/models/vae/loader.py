@@ -11,7 +11,8 @@ import torch
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature
-from wanflow.models.loading import build_on_meta, load_state_into, open_state_dict
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.vae.autoencoder import VideoVAE
 from wanflow.models.vae.config import CONFIGS, VAEConfig
 from wanflow.models.vae.keys import apply_stages, diffusers_to_official
