@@ -207,10 +207,17 @@ def report(dtype_name: str, folder: Path, args: argparse.Namespace, cfg) -> None
     t_ours, t_ref = statistics.median(ours["times"]), statistics.median(ref["times"])
     cpu_ours, cpu_ref = statistics.median(ours["cpu_times"]), statistics.median(ref["cpu_times"])
     diff = (ours["output"] - ref["output"]).abs().max() / ref["output"].abs().max()
-    peak = gemm_peak(DTYPES[dtype_name], args.device)
-    print(f"\n[{dtype_name}]  GEMM peak {peak:.0f} GFLOP/s, forward {forward_gflop(cfg):.0f} GFLOP")
+    from wanflow.models.precision import compute_dtype
+
+    dtype = DTYPES[dtype_name]
+    kernel = compute_dtype(torch.empty(0, dtype=dtype, device=args.device))  # what wanflow multiplies in
+    peaks = {"diffusers": gemm_peak(dtype, args.device)}
+    peaks["wanflow"] = peaks["diffusers"] if kernel == dtype else gemm_peak(kernel, args.device)
+    print(f"\n[{dtype_name}]  GEMM peak {peaks['diffusers']:.0f} GFLOP/s"
+          + ("" if kernel == dtype else f" ({peaks['wanflow']:.0f} in {kernel}, which wanflow multiplies in)")
+          + f", forward {forward_gflop(cfg):.0f} GFLOP")
     for impl, r, t, cpu in (("wanflow", ours, t_ours, cpu_ours), ("diffusers", ref, t_ref, cpu_ref)):
-        frac = forward_gflop(cfg) / t / peak
+        frac = forward_gflop(cfg) / t / peaks[impl]
         memory = "GPU peak" if args.device.startswith("cuda") else "peak RSS"
         print(f"  {impl:<9} {t:7.2f} s wall, {cpu:7.2f} s CPU  {memory} {r['peak_mb']:8.0f} MB"
               f"  ({frac:.0%} of GEMM peak)")

@@ -31,6 +31,17 @@ def test_the_upcast_conv_equals_an_fp32_conv_of_the_bf16_values(monkeypatch):
     assert torch.equal(out, torch.nn.functional.conv3d(x.float(), w.float(), b.float(), 1, (0, 1, 1)).bfloat16())
 
 
+def test_the_blocked_upcast_linear_equals_one_fp32_product(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
+    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", 24)  # in 8 -> blocks of 3 rows and 3 outputs
+    g = torch.Generator().manual_seed(1)
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 5, 8), (7, 8), (7,)))
+    out = precision.linear(x, w, b)
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double())  # (2, 5, 7)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 7)
+    assert torch.allclose(out.double(), ref, rtol=2 ** -8, atol=1e-6)  # every block lands in place
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_a_bf16_vae_stores_bf16_and_convolves_in_the_kernel_dtype(monkeypatch, native):
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
