@@ -31,11 +31,12 @@ def test_the_upcast_conv_equals_an_fp32_conv_of_the_bf16_values(monkeypatch):
     assert torch.equal(out, torch.nn.functional.conv3d(x.float(), w.float(), b.float(), 1, (0, 1, 1)).bfloat16())
 
 
-def test_the_blocked_upcast_linear_equals_one_fp32_product(monkeypatch):
+@pytest.mark.parametrize(("width", "block"), [(8, 24), (2, 8)])  # 3x3 blocks; 4 outputs x 2 tokens
+def test_the_blocked_upcast_linear_equals_one_fp32_product(monkeypatch, width, block):
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
-    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", 24)  # in 8 -> blocks of 3 rows and 3 outputs
+    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", block)
     g = torch.Generator().manual_seed(1)
-    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 5, 8), (7, 8), (7,)))
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 5, width), (7, width), (7,)))
     out = precision.linear(x, w, b)
     ref = torch.nn.functional.linear(x.double(), w.double(), b.double())  # (2, 5, 7)
     assert out.dtype == torch.bfloat16 and out.shape == (2, 5, 7)

@@ -65,12 +65,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # (N, in)
     out = x.new_empty(rows.shape[0], weight.shape[0])  # (N, out) in x's dtype
-    step = max(1, BLOCK_ELEMENTS // x.shape[-1])
+    step = max(1, BLOCK_ELEMENTS // x.shape[-1])  # weight rows per block
+    row_step = max(1, BLOCK_ELEMENTS // max(x.shape[-1], min(step, weight.shape[0])))  # tokens per block
     for o in range(0, weight.shape[0], step):
         w = weight[o:o + step].to(work)
         b = None if bias is None else bias[o:o + step].to(work)
-        for r in range(0, rows.shape[0], step):
-            out[r:r + step, o:o + step] = F.linear(rows[r:r + step].to(work), w, b)
+        for r in range(0, rows.shape[0], row_step):
+            out[r:r + row_step, o:o + step] = F.linear(rows[r:r + row_step].to(work), w, b)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
