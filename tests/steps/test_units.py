@@ -45,3 +45,14 @@ def test_auto_runtime_follows_the_machine(monkeypatch, cuda, device, dtype):
     assert runtime.describe_runtime(values) == {"device": device, "dtype": dtype, "attention": "sdpa",
                                                 "noise_device": "cpu", "cpu_threads": "1"}
     assert runtime.runtime_of({**values, "runtime.dtype": "fp16"}) == (device, torch.float16)
+
+
+@pytest.mark.parametrize(("native", "compute"), [(False, "fp32"), (True, "bf16")])
+def test_a_cpu_bf16_run_records_what_it_multiplies_in(monkeypatch, native, compute):
+    from wanflow.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
+    values = {"runtime.device": "cpu", "runtime.dtype": "bf16", "runtime.attention": "sdpa",
+              "sampler.noise_device": "cpu"}
+    assert runtime.describe_runtime(values)["cpu_compute"] == compute  # part of every step key
+    assert "cpu_compute" not in runtime.describe_runtime({**values, "runtime.dtype": "fp32"})

@@ -44,6 +44,19 @@ def describe_runtime(values: Mapping[str, Any]) -> dict[str, str]:
     import torch
 
     device = effective_device(values["runtime.device"])
-    return {"device": device, "dtype": effective_dtype_name(values["runtime.dtype"], device),
-            "attention": str(values["runtime.attention"]), "noise_device": str(values["sampler.noise_device"]),
-            "cpu_threads": str(torch.get_num_threads())}
+    dtype = effective_dtype_name(values["runtime.dtype"], device)
+    described = {"device": device, "dtype": dtype, "attention": str(values["runtime.attention"]),
+                 "noise_device": str(values["sampler.noise_device"]), "cpu_threads": str(torch.get_num_threads())}
+    if device == "cpu" and dtype != "fp32":  # bf16 kernels, or fp32 sums over bf16 values
+        described["cpu_compute"] = _cpu_compute(dtype)
+    return described
+
+
+def _cpu_compute(dtype: str) -> str:
+    """What a reduced-precision CPU run multiplies in here (see wanflow.models.precision)."""
+    import torch
+
+    from wanflow.models.precision import compute_dtype
+
+    kernel = compute_dtype(torch.empty(0, dtype=torch_dtype(dtype)))
+    return next(name for name, attr in DTYPES.items() if getattr(torch, attr) == kernel)
