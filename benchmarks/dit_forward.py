@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 import attrs
 import torch
 import torch.nn.functional as F
+
+import process_memory  # beside this script
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LATENT = (1, 16, 5, 32, 32)
@@ -116,7 +117,7 @@ def child(impl: str, dtype_name: str, folder: Path, repeats: int, out: Path, dev
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = process_memory.peak_mb()  # its own, not the parent's (see process_memory)
     torch.save(result.float().cpu(), out.with_suffix(".pt"))
     out.write_text(json.dumps({"times": times, "cpu_times": cpu_times, "peak_mb": peak_mb}))
 

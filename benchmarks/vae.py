@@ -4,8 +4,9 @@ The real Wan2.1 VAE configuration (126.9 M parameters) with random weights: deco
 (1, 16, 5, 32, 32) latent to 17x256x256 and encode of such a video, untiled and tiled, fp32
 and bf16. Both sides load the same safetensors file (official keys; diffusers' through our key
 table) in their own subprocess, so each peak RSS is clean; both import diffusers, so the
-baselines are equal. Printed per case: median seconds, peak RSS, the RSS growth during the
-run (activations), the ratios wanflow/diffusers and the largest output difference.
+baselines are equal. Printed per case: median seconds, the process's own peak RSS (VmHWM, see
+process_memory.py), the RSS growth during the call (activations), the ratios wanflow/diffusers
+and the largest output difference.
 
 Tiling uses the same tiles on both sides: 160 px every 96 px at the default size (wanflow:
 TileSpec((20, 20), (12, 12)) in latents; diffusers: enable_tiling(160, 160, 96, 96)); wanflow
@@ -39,6 +40,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import process_memory  # beside this script
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LATENT = (1, 16, 5, 32, 32)  # --size changes the last two
@@ -130,6 +133,9 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated()
+    load_peak = process_memory.peak_mb()
+    process_memory.reset_peak()
+    held = process_memory.current_mb()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     out = fn(x)
@@ -142,8 +148,9 @@ def child(args: argparse.Namespace) -> None:
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
         memory = {"peak_mb": peak, "grow_mb": peak - held / 2**20}
-    else:
-        memory = {"peak_mb": after.ru_maxrss / 1024, "grow_mb": (after.ru_maxrss - before.ru_maxrss) / 1024}
+    else:  # the process's own peak (see process_memory), and how far the call rose above its start
+        run_peak = process_memory.peak_mb()
+        memory = {"peak_mb": max(load_peak, run_peak), "grow_mb": run_peak - held}
     print(json.dumps({"seconds": seconds, "cpu_s": cpu, **memory}))
 
 
