@@ -92,7 +92,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor, cache: FrameCache | None = None) -> Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
         h = conv1(F.silu(norm1(x), inplace=True), cache)
-        h = conv2(F.silu(norm2(h), inplace=True), cache)
+        h = F.silu(norm2(h), inplace=True)  # rebinding frees conv1's output before conv2 runs
+        h = conv2(h, cache)
         return h.add_(self.shortcut(x))
 
 
@@ -210,4 +211,5 @@ class CausalCoder(nn.Module):
             for layer in group:
                 x = layer(x, cache)
         norm, _, conv = self.head
-        return conv(F.silu(norm(x), inplace=True), cache)
+        x = F.silu(norm(x), inplace=True)  # the stage output is freed before the head conv runs
+        return conv(x, cache)
