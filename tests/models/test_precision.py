@@ -31,6 +31,26 @@ def test_the_upcast_conv_equals_an_fp32_conv_of_the_bf16_values(monkeypatch):
     assert torch.equal(out, torch.nn.functional.conv3d(x.float(), w.float(), b.float(), 1, (0, 1, 1)).bfloat16())
 
 
+@pytest.mark.parametrize(("taps", "stride", "block", "frames_seen"), [
+    (3, 1, 3 * 200, [3] * 5),       # one output frame per block: 3 input frames each
+    (3, 1, 4 * 200, [4, 4, 3]),     # two per block, the last one alone
+    (3, 2, 5 * 200, [5, 3]),        # time stride 2 (the downsampling time conv): 3 outputs
+    (1, 1, 1, [1] * 7),            # a budget below one frame still makes progress
+])
+def test_the_upcast_conv_runs_over_blocks_of_output_frames(monkeypatch, taps, stride, block, frames_seen):
+    monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
+    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", block)  # a frame of x: 2 x 4 x 5 x 5 = 200 elements
+    seen, real = [], torch.nn.functional.conv3d
+    monkeypatch.setattr(precision.F, "conv3d", lambda x, *a: seen.append(x.shape[2]) or real(x, *a))
+    g = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 4, 7, 5, 5), (6, 4, taps, 3, 3), (6,)))
+    out = precision.conv3d(x, w, b, (stride, 1, 1), (0, 1, 1))
+    ref = real(x.double(), w.double(), b.double(), (stride, 1, 1), (0, 1, 1))
+    assert seen == frames_seen
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert torch.allclose(out.double(), ref, rtol=2 ** -8, atol=1e-5)  # every frame lands in place
+
+
 @pytest.mark.parametrize(("width", "block"), [(8, 24), (2, 8)])  # 3x3 blocks; 4 outputs x 2 tokens
 def test_the_blocked_upcast_linear_equals_one_fp32_product(monkeypatch, width, block):
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)

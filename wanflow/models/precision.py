@@ -40,17 +40,42 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+#: fp32 elements per upcast block of `conv3d` and `linear` (16 MiB): bounds its extra memory at any size.
+BLOCK_ELEMENTS = 1 << 22
+
+
 def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
-    """`F.conv3d` computed in `compute_dtype(x)`, returned in x's dtype."""
+    """`F.conv3d` computed in `compute_dtype(x)`, returned in x's dtype.
+
+    When that means an upcast, it runs over blocks of output frames (each reading only the input
+    frames its kernel sees), so the fp32 copies stay near BLOCK_ELEMENTS however many frames and
+    pixels come in: upcasting a whole decoder chunk at 256 px would hold ~250 MB of fp32 copies
+    next to the bf16 tensors the user asked for to save memory.
+    """
     work = compute_dtype(x)
     if work == x.dtype:
         return F.conv3d(x, weight, bias, stride, padding)
-    bias = None if bias is None else bias.to(work)
-    return F.conv3d(x.to(work), weight.to(work), bias, stride, padding).to(x.dtype)
+    stride, padding = _triple(stride), _triple(padding)
+    w, b = weight.to(work), None if bias is None else bias.to(work)
+    taps, step = weight.shape[2], stride[0]
+    frames_out = (x.shape[2] + 2 * padding[0] - taps) // step + 1
+    frame = x[:, :, :1].numel()
+    per_block = max(1, (BLOCK_ELEMENTS // max(frame, 1) - taps) // step + 1)  # output frames
+    if padding[0] or per_block >= frames_out:  # one block (time padding never occurs in our layers)
+        return F.conv3d(x.to(work), w, b, stride, padding).to(x.dtype)
+    out = None
+    for first in range(0, frames_out, per_block):
+        last = min(frames_out, first + per_block)
+        block = x[:, :, first * step:(last - 1) * step + taps].to(work)
+        y = F.conv3d(block, w, b, stride, padding)
+        if out is None:
+            out = x.new_empty(*y.shape[:2], frames_out, *y.shape[3:])
+        out[:, :, first:last] = y
+    return out
 
 
-#: fp32 elements per upcast block of `linear` (16 MiB): bounds its extra memory at any size.
-BLOCK_ELEMENTS = 1 << 22
+def _triple(v) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
