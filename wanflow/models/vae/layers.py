@@ -73,9 +73,12 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
 
     def forward(self, x: Tensor, dim: int = 1) -> Tensor:
-        norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+        # Reductions of bf16/fp16 accumulate in fp32 inside torch already; asking for
+        # dtype=float32 would first copy all of x to fp32 (twice x's size, on a 256-px decode chunk
+        # the largest temporary of a bf16 run) for the same rounded norm.
+        norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
         gamma = self.gamma if dim == 1 else self.gamma.view(-1)
-        return (x / norm.clamp_min_(1e-12).to(x.dtype)).mul_(gamma * self.scale)
+        return (x / norm.clamp_min_(1e-12)).mul_(gamma * self.scale)
 
 
 class ResidualBlock(nn.Module):
