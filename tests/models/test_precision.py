@@ -31,24 +31,46 @@ def test_the_upcast_conv_equals_an_fp32_conv_of_the_bf16_values(monkeypatch):
     assert torch.equal(out, torch.nn.functional.conv3d(x.float(), w.float(), b.float(), 1, (0, 1, 1)).bfloat16())
 
 
-@pytest.mark.parametrize(("taps", "stride", "block", "frames_seen"), [
-    (3, 1, 3 * 200, [3] * 5),       # one output frame per block: 3 input frames each
-    (3, 1, 4 * 200, [4, 4, 3]),     # two per block, the last one alone
-    (3, 2, 5 * 200, [5, 3]),        # time stride 2 (the downsampling time conv): 3 outputs
-    (1, 1, 1, [1] * 7),            # a budget below one frame still makes progress
-])
-def test_the_upcast_conv_runs_over_blocks_of_output_frames(monkeypatch, taps, stride, block, frames_seen):
+@pytest.mark.parametrize(("kernel", "stride", "padding", "block", "weight_block", "blocks_seen"), [
+    ((3, 3, 3), 1, (0, 1, 1), 4 * 200, 10**6, [(4, 5, 6)] * 2 + [(3, 5, 6)]),  # 2 output frames per block
+    ((3, 3, 3), (2, 1, 1), (0, 1, 1), 5 * 200, 10**6, [(5, 5, 6), (3, 5, 6)]),  # time stride 2: 3 outputs
+    ((3, 3, 3), 1, (0, 1, 1), 3 * 200, 10**6, [(3, 5, 6), (3, 4, 6)] * 5),  # a frame too large: rows split
+    ((1, 3, 3), (1, 2, 2), 0, 3 * 40, 10**6, [(1, 3, 6)] * 14),  # the 2x down conv: 2 rows of 2 outputs
+    ((3, 3, 3), 1, (0, 1, 1), 10**6, 300, [(7, 5, 2)] * 3),  # 648 weights > 300: 3 blocks of 2 channels
+    ((1, 3, 3), 1, (0, 1, 1), 1, 1, [(1, 3, 1)] * 35 * 6),  # budgets below one row/channel: progress
+])  # rows: the input rows a block sees, with the zero rows of padding it reaches
+def test_the_upcast_conv_runs_over_blocks_of_frames_rows_and_channels(monkeypatch, kernel, stride, padding, block,
+                                                                      weight_block, blocks_seen):
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: False)
-    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", block)  # a frame of x: 2 x 4 x 5 x 5 = 200 elements
-    seen, real = [], torch.nn.functional.conv3d
-    monkeypatch.setattr(precision.F, "conv3d", lambda x, *a: seen.append(x.shape[2]) or real(x, *a))
+    monkeypatch.setattr(precision, "BLOCK_ELEMENTS", block)  # x: a row 2 x 4 x 5 = 40 elements, a frame 200
+    monkeypatch.setattr(precision, "WEIGHT_BLOCK_ELEMENTS", weight_block)
+    seen, kernel_call, real = [], precision._conv3d, torch.nn.functional.conv3d
+    monkeypatch.setattr(precision, "_conv3d", lambda x, w, *a: seen.append((*x.shape[2:4], w.shape[0])) or
+                        kernel_call(x, w, *a))
     g = torch.Generator().manual_seed(2)
-    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 4, 7, 5, 5), (6, 4, taps, 3, 3), (6,)))
-    out = precision.conv3d(x, w, b, (stride, 1, 1), (0, 1, 1))
-    ref = real(x.double(), w.double(), b.double(), (stride, 1, 1), (0, 1, 1))
-    assert seen == frames_seen
+    x, w, b = (torch.randn(*s, generator=g).bfloat16() for s in ((2, 4, 7, 5, 5), (6, 4, *kernel), (6,)))
+    out = precision.conv3d(x, w, b, stride, padding)
+    ref = real(x.double(), w.double(), b.double(), stride, padding)
+    assert seen == blocks_seen  # (frames, rows, output channels) of each block
     assert out.dtype == torch.bfloat16 and out.shape == ref.shape
-    assert torch.allclose(out.double(), ref, rtol=2 ** -8, atol=1e-5)  # every frame lands in place
+    assert torch.allclose(out.double(), ref, rtol=2 ** -8, atol=1e-5)  # every block lands in place
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_fp32_cpu_convs_take_onednn_below_torchs_size_line_with_the_same_values_and_grads(monkeypatch, onednn):
+    calls, real = [], torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(*s, generator=g).requires_grad_() for s in ((1, 8, 3, 6, 6), (5, 8, 3, 3, 3), (5,)))
+    monkeypatch.setattr(precision, "_onednn_ready", lambda: onednn)  # a torch built without oneDNN: False
+    out = precision.conv3d(x, w[:, :, 1:], b, (1, 2, 2), (0, 1, 1))  # 8 x 3 x 6 <= 20480: torch's im2col
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    ref = torch.nn.functional.conv3d(ref_inputs[0], ref_inputs[1][:, :, 1:], ref_inputs[2], (1, 2, 2), (0, 1, 1))
+    assert len(calls) == (1 if onednn else 0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (out * ref.detach()).sum().backward(), (ref * ref.detach()).sum().backward()  # training goes through it too
+    for mine, theirs in zip((x, w, b), ref_inputs):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("width", "block"), [(8, 24), (2, 8)])  # 3x3 blocks; 4 outputs x 2 tokens
@@ -67,8 +89,8 @@ def test_the_blocked_upcast_linear_equals_one_fp32_product(monkeypatch, width, b
 def test_a_bf16_vae_stores_bf16_and_convolves_in_the_kernel_dtype(monkeypatch, native):
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
     seen = []
-    real = torch.nn.functional.conv3d
-    monkeypatch.setattr(precision.F, "conv3d", lambda x, w, *a: seen.append((x.dtype, w.dtype)) or real(x, w, *a))
+    real = precision._conv3d
+    monkeypatch.setattr(precision, "_conv3d", lambda x, w, *a: seen.append((x.dtype, w.dtype)) or real(x, w, *a))
     vae = random_vae(TINY["wan2.1"]).to(torch.bfloat16)
     outputs = []
     hook = vae.decoder.conv1.register_forward_hook(lambda m, i, o: outputs.append(o.dtype))

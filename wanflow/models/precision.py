@@ -10,6 +10,8 @@ On such a CPU the layers keep storing bf16 (the memory the user asked for) but c
 fp32: inputs and weights are bf16 values, products are summed in fp32 and rounded back to bf16
 — what a GPU's bf16 kernels do as well, so results stay within bf16 rounding of the GPU's. GEMMs
 gain less (bf16 ~16 GFLOP/s against ~117 fp32 on the same machine) but the same way.
+
+The same module picks the fp32 conv3d kernel on the CPU: oneDNN at every size (see `_conv3d`).
 """
 
 from __future__ import annotations
@@ -42,36 +44,87 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 #: fp32 elements per upcast block of `conv3d` and `linear` (16 MiB): bounds its extra memory at any size.
 BLOCK_ELEMENTS = 1 << 22
+#: fp32 elements per upcast block of a conv3d weight (4 MiB; the largest Wan VAE weight has 4 M).
+WEIGHT_BLOCK_ELEMENTS = 1 << 20
 
 
 def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0) -> Tensor:
     """`F.conv3d` computed in `compute_dtype(x)`, returned in x's dtype.
 
-    When that means an upcast, it runs over blocks of output frames (each reading only the input
-    frames its kernel sees), so the fp32 copies stay near BLOCK_ELEMENTS however many frames and
-    pixels come in: upcasting a whole decoder chunk at 256 px would hold ~250 MB of fp32 copies
+    When that means an upcast, it runs over blocks: of output frames, of output rows where one
+    frame is larger than BLOCK_ELEMENTS, and of output channels where the weight is larger than
+    WEIGHT_BLOCK_ELEMENTS. Each block upcasts only the input its kernel sees and the weight rows it
+    needs, so the fp32 copies (and the layout copies oneDNN makes of them) stay near
+    BLOCK_ELEMENTS at any size: whole-chunk upcasts held ~250 MB of fp32 in a 256-px decode,
     next to the bf16 tensors the user asked for to save memory.
     """
     work = compute_dtype(x)
-    if work == x.dtype:
-        return F.conv3d(x, weight, bias, stride, padding)
     stride, padding = _triple(stride), _triple(padding)
-    w, b = weight.to(work), None if bias is None else bias.to(work)
-    taps, step = weight.shape[2], stride[0]
-    frames_out = (x.shape[2] + 2 * padding[0] - taps) // step + 1
-    frame = x[:, :, :1].numel()
-    per_block = max(1, (BLOCK_ELEMENTS // max(frame, 1) - taps) // step + 1)  # output frames
-    if padding[0] or per_block >= frames_out:  # one block (time padding never occurs in our layers)
-        return F.conv3d(x.to(work), w, b, stride, padding).to(x.dtype)
-    out = None
-    for first in range(0, frames_out, per_block):
-        last = min(frames_out, first + per_block)
-        block = x[:, :, first * step:(last - 1) * step + taps].to(work)
-        y = F.conv3d(block, w, b, stride, padding)
-        if out is None:
-            out = x.new_empty(*y.shape[:2], frames_out, *y.shape[3:])
-        out[:, :, first:last] = y
+    if work == x.dtype:
+        return _conv3d(x, weight, bias, stride, padding)
+    if padding[0]:  # time padding (never in our layers): one block
+        return _conv3d(x.to(work), weight.to(work), _to(bias, work), stride, padding).to(x.dtype)
+    (st, sh, sw), (_, ph, pw), (kt, kh, kw) = stride, padding, weight.shape[2:]
+    (frames, rows, cols), cout = x.shape[2:], weight.shape[0]
+    frames_out, rows_out = (frames - kt) // st + 1, (rows + 2 * ph - kh) // sh + 1
+    out = x.new_empty(x.shape[0], cout, frames_out, rows_out, (cols + 2 * pw - kw) // sw + 1)
+    row = x[:, :, :1, :1].numel()  # elements of one input row of one frame
+    t_step, h_step = _block(BLOCK_ELEMENTS // (row * rows), kt, st, frames_out), rows_out
+    if t_step == 1:  # one output frame is already too large: split its rows as well
+        h_step = _block(BLOCK_ELEMENTS // (row * kt), kh, sh, rows_out)
+    o_step = -(-cout // -(-weight.numel() // WEIGHT_BLOCK_ELEMENTS))  # channels per block, evenly split
+    for t0 in range(0, frames_out, t_step):
+        t1 = min(frames_out, t0 + t_step)
+        for h0 in range(0, rows_out, h_step):
+            h1 = min(rows_out, h0 + h_step)
+            block, row_pad = _input_rows(x[:, :, t0 * st:(t1 - 1) * st + kt], h0, h1, sh, kh, ph, work)
+            for o0 in range(0, cout, o_step):
+                w, b = weight[o0:o0 + o_step].to(work), _to(None if bias is None else bias[o0:o0 + o_step], work)
+                out[:, o0:o0 + o_step, t0:t1, h0:h1] = _conv3d(block, w, b, stride, (0, row_pad, pw))
     return out
+
+
+def _input_rows(x: Tensor, first: int, last: int, step: int, taps: int, pad: int, work: torch.dtype):
+    """The input rows that output rows [first, last) see, upcast; and the row padding left to the conv.
+
+    All rows: the conv pads them itself. Some: the zero rows of the padding that this block
+    reaches are added here, and the conv pads no rows.
+    """
+    top, bottom, rows = first * step - pad, (last - 1) * step + taps - pad, x.shape[3]
+    if top == -pad and bottom >= rows:
+        return x.to(work), pad
+    block = x[:, :, :, max(top, 0):min(bottom, rows)].to(work)
+    if top < 0 or bottom > rows:
+        block = F.pad(block, (0, 0, max(-top, 0), max(bottom - rows, 0)))
+    return block, 0
+
+
+def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, padding: tuple) -> Tensor:
+    """torch's conv3d, always through oneDNN for fp32 on the CPU.
+
+    torch picks oneDNN for an fp32 conv3d only when batch x channels x frames x rows > 20480 and
+    otherwise runs its im2col kernel, which on 2 AVX2 cores was 3x slower and held a workspace of
+    27 x the input (150 MB for a 96-channel, 3-frame, 56-row block) where oneDNN needs ~the input
+    and output. Single frames, low-resolution levels and small tiles fall under that line.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_ready():
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, (1, 1, 1), 1)
+    return F.conv3d(x, weight, bias, stride, padding)
+
+
+def _onednn_ready() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def _block(fits: int, taps: int, step: int, total: int) -> int:
+    """Outputs per block along one axis when `fits` inputs may be upcast at once (at least 1),
+    evenly split (a last block of a few rows would run the kernel at a fraction of its speed)."""
+    most = min(total, max(1, (fits - taps) // step + 1))
+    return -(-total // -(-total // most))
 
 
 def _triple(v) -> tuple[int, int, int]:
