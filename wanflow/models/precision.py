@@ -79,7 +79,8 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
             h1 = min(rows_out, h0 + h_step)
             block, row_pad = _input_rows(x[:, :, t0 * st:(t1 - 1) * st + kt], h0, h1, sh, kh, ph, work)
             for o0 in range(0, cout, o_step):
-                w, b = weight[o0:o0 + o_step].to(work), _to(None if bias is None else bias[o0:o0 + o_step], work)
+                w = weight[o0:o0 + o_step].to(work)
+                b = None if bias is None else bias[o0:o0 + o_step].to(work)
                 out[:, o0:o0 + o_step, t0:t1, h0:h1] = _conv3d(block, w, b, stride, (0, row_pad, pw))
     return out
 
