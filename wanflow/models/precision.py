@@ -59,11 +59,12 @@ def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     next to the bf16 tensors the user asked for to save memory.
     """
     work = compute_dtype(x)
-    stride, padding = _triple(stride), _triple(padding)
+    stride, padding = triple(stride), triple(padding)
     if work == x.dtype:
         return _conv3d(x, weight, bias, stride, padding)
     if padding[0]:  # time padding (never in our layers): one block
-        return _conv3d(x.to(work), weight.to(work), _to(bias, work), stride, padding).to(x.dtype)
+        bias = None if bias is None else bias.to(work)
+        return _conv3d(x.to(work), weight.to(work), bias, stride, padding).to(x.dtype)
     (st, sh, sw), (_, ph, pw), (kt, kh, kw) = stride, padding, weight.shape[2:]
     (frames, rows, cols), cout = x.shape[2:], weight.shape[0]
     frames_out, rows_out = (frames - kt) // st + 1, (rows + 2 * ph - kh) // sh + 1
@@ -100,10 +101,6 @@ def _input_rows(x: Tensor, first: int, last: int, step: int, taps: int, pad: int
     return block, 0
 
 
-def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
-
-
 def _conv3d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple, padding: tuple) -> Tensor:
     """torch's conv3d, always through oneDNN for fp32 on the CPU.
 
@@ -128,7 +125,8 @@ def _block(fits: int, taps: int, step: int, total: int) -> int:
     return -(-total // -(-total // most))
 
 
-def _triple(v) -> tuple[int, int, int]:
+def triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    """A conv argument (kernel, stride, padding) as one value per axis of (T, H, W)."""
     return (v, v, v) if isinstance(v, int) else tuple(v)
 
 

@@ -13,14 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wanflow.models.precision import compute_dtype, conv3d
+from wanflow.models.precision import compute_dtype, conv3d, triple
 from wanflow.models.vae.frame_cache import FrameCache, number_slots
 
 ResampleMode = Literal["upsample2d", "upsample3d", "downsample2d", "downsample3d"]
-
-
-def _triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
-    return (v, v, v) if isinstance(v, int) else tuple(v)
 
 
 def _prepend(x: Tensor, past: Tensor | None, frames: int) -> Tensor:
@@ -40,8 +36,8 @@ class CausalConv3d(nn.Conv3d):
 
     def __init__(self, cin: int, cout: int, kernel: int | tuple, stride: int | tuple = 1,
                  padding: int | tuple = 0):
-        pad = _triple(padding)
-        super().__init__(cin, cout, _triple(kernel), stride=stride, padding=(0, pad[1], pad[2]))
+        pad = triple(padding)
+        super().__init__(cin, cout, triple(kernel), stride=stride, padding=(0, pad[1], pad[2]))
         self.history = 2 * pad[0]  # frames before a chunk that its first outputs need
         self.cached = self.history > 0
         self.slot = -1
