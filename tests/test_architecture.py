@@ -12,16 +12,20 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "wanflow"
 
 #: layer -> the wanflow layers it may import (besides itself, `wanflow` and `wanflow.errors`).
+#: The table has no cycle, and neither have the imports (both tested): the plugin registry is
+#: consulted by recipe validation (families) and binds pipelines, so the steps never consult it;
+#: they get savers and solvers from the pipeline at planning.
 ALLOWED = {
-    "recipe": {"plugins"},  # the family registry, consulted lazily
-    "families": {"recipe"},
-    "plugins": {"recipe", "families", "steps"},  # steps only lazily, inside the pipelines hook
-    "engine": {"recipe", "plugins"},
+    "recipe": {"plugins", "families"},  # the family registry, consulted lazily
+    "families": set(),  # data: family specs
+    "plugins": {"families", "steps"},  # steps only lazily, inside the pipelines hook
+    "engine": set(),
     "models": set(),
     "sampling": set(),
-    "steps": {"recipe", "plugins", "engine", "models", "sampling", "families", "output", "sources"},
+    "steps": {"engine", "models", "sampling", "families", "output", "sources"},
     "output": set(),
-    "sources": {"recipe"},
+    "sources": {"families"},
+    "api": {"recipe", "plugins", "engine", "output"},
     "cli": None,  # the top: may import everything
     "__main__": {"cli"},
 }
@@ -70,6 +74,52 @@ def test_every_layer_exists_in_the_table():
 
 def test_imports_follow_the_flow_of_data():
     assert violations() == []
+
+
+def layer_graph() -> dict[str, set[str]]:
+    """layer -> the layers its modules really import (functions' lazy imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = layer_of(path)
+        for _, module in imports(path):
+            parts = module.split(".")
+            if parts[0] == "wanflow" and len(parts) > 1 and parts[1] not in (layer, "errors"):
+                graph.setdefault(layer, set()).add(parts[1])
+    return graph
+
+
+def cycles(graph: dict[str, set[str] | None]) -> list[list[str]]:
+    """Every cycle reachable in a layer graph, each once (as found by depth-first search)."""
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            found.append(path[path.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node) or ()):
+            visit(nxt, path + [node])
+        done.add(node)
+
+    for start in sorted(graph):
+        visit(start, [])
+    return found
+
+
+def test_the_layer_table_has_no_cycle():
+    table = {k: v for k, v in ALLOWED.items() if v is not None}
+    assert cycles(table) == []
+
+
+def test_no_import_cycle_between_layers():
+    graph = layer_graph()
+    graph.pop("cli", None)  # the top layer imports everything and nothing imports it
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
 
 
 def test_the_checker_catches_a_violation(tmp_path):

@@ -10,14 +10,14 @@ from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import write_recipe
 from wanflow.engine.plan import plan
 from wanflow.errors import ModelInputError, ModelLoadError
+from wanflow.plugins import get_registry
 from wanflow.recipe import load_recipe
 from wanflow.steps.denoise import Denoise
-from wanflow.steps.pipeline import PIPELINES
 
 
 def planned(recipe, *sets: str) -> dict:
     resolved = load_recipe(recipe, sets=sets)
-    return {s.name: s for s in plan(resolved.values, PIPELINES["wan"].steps(resolved), "t", str).steps}
+    return {s.name: s for s in plan(resolved.values, get_registry().pipeline(resolved.model).steps(resolved), "t", str).steps}
 
 
 def same(a, b) -> bool:

@@ -7,7 +7,7 @@ import torch
 
 from tests.e2e._layout import tiny, write_dit
 from tests.steps._ctx import Ctx, Stop
-from wanflow.sampling import expert_segments, make_schedule
+from wanflow.sampling import BUILTIN_SOLVERS, expert_segments, make_schedule, noised
 from wanflow.steps import denoise, model_pool
 from wanflow.steps.denoise import Denoise
 
@@ -16,8 +16,9 @@ PARAMS = {
     "sampler.cfg_high_noise": None, "sampler.boundary": 0.875, "sampler.seed": 0,
     "sampler.noise_device": "cpu", "sampler.denoising_strength": 1.0, "video.width": 16,
     "video.height": 16, "video.frames": 5, "runtime.device": "cpu", "runtime.dtype": "fp32",
-    "runtime.attention": "sdpa",
+    "runtime.attention": "sdpa", "sampler.strength_schedule": "rescale",
 }
+UNIPC = BUILTIN_SOLVERS["unipc"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def run(step: Denoise, params: dict, inputs: dict, w: dict, **kw) -> torch.Tenso
     return step.run(Ctx({**PARAMS, **params}, inputs, w, **kw))["latents"]
 
 
-T2V = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8)
+T2V = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, solver=UNIPC)
 
 
 def test_a_killed_run_resumes_bit_for_bit(dits, monkeypatch):
@@ -69,7 +70,7 @@ def test_cfg_one_never_asks_for_the_negative(dits):
 
 
 def test_a14b_runs_each_expert_alone_with_its_own_guidance(dits, monkeypatch):
-    step = Denoise(experts=(("dit_high_noise", 2), ("dit_low_noise", 2)), z_dim=16, latent_stride=8)
+    step = Denoise(experts=(("dit_high_noise", 2), ("dit_low_noise", 2)), z_dim=16, latent_stride=8, solver=UNIPC)
     w = {**weights("dit_high_noise", dits["high"]), **weights("dit_low_noise", dits["low"])}
     segments = expert_segments(make_schedule("unipc", 4, 5.0), 0.875)
     assert len(segments) == 2  # the test needs a switch inside the schedule
@@ -90,7 +91,7 @@ def test_a14b_runs_each_expert_alone_with_its_own_guidance(dits, monkeypatch):
 
 
 def test_ti2v_keeps_the_first_frame_latent(dits):
-    step = Denoise(experts=(("dit", 2),), z_dim=48, latent_stride=16, conditions=("z0",))
+    step = Denoise(experts=(("dit", 2),), z_dim=48, latent_stride=16, conditions=("z0",), solver=UNIPC)
     z0 = torch.randn(1, 48, 1, 1, 1, generator=torch.Generator().manual_seed(2))
     params = {"video.width": 32, "video.height": 32}
     out = run(step, params, {**texts(), "z0": {"z0": z0}}, weights("dit", dits["ti2v"]))
@@ -99,11 +100,39 @@ def test_ti2v_keeps_the_first_frame_latent(dits):
     assert not torch.allclose(out[:, :, 1:], torch.zeros(()))
 
 
-def test_video_to_video_keeps_the_input_at_strength_zero(dits):
-    step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("x0",))
+def test_video_to_video_keeps_more_of_the_input_at_lower_strength(dits):
+    step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("x0",), solver=UNIPC)
     x0 = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(3))
     inputs, w = {**texts(), "x0": {"x0": x0}}, weights("dit", dits["high"])
-    assert torch.equal(run(step, {"sampler.denoising_strength": 0.0}, inputs, w), x0)
-    half = run(step, {"sampler.denoising_strength": 0.5}, inputs, w)
-    full = run(step, {"sampler.denoising_strength": 1.0}, inputs, w)
-    assert (half - x0).norm() < (full - x0).norm()
+    truncate = {"sampler.strength_schedule": "truncate"}
+    assert torch.equal(run(step, {"sampler.denoising_strength": 0.0, **truncate}, inputs, w), x0)
+    for mode in ({}, truncate):
+        low = run(step, {"sampler.denoising_strength": 0.3, **mode}, inputs, w)
+        half = run(step, {"sampler.denoising_strength": 0.5, **mode}, inputs, w)
+        full = run(step, {"sampler.denoising_strength": 1.0, **mode}, inputs, w)
+        assert (low - x0).norm() < (half - x0).norm() < (full - x0).norm()
+
+
+def test_strength_rescales_the_grid_and_takes_every_step(dits):
+    """DiffSynth's rule: all `steps` steps on shift(linspace(strength, 0, N+1)[:-1]), starting from
+    (1 − σ0)·x0 + σ0·ε; diffusers' rule ("truncate") runs round(strength·N) steps of the full grid."""
+    x0 = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("x0",),
+                   solver=BUILTIN_SOLVERS["euler"])
+    params = {**PARAMS, "sampler.solver": "euler", "sampler.steps": 4, "sampler.denoising_strength": 0.5}
+    grid = torch.linspace(0.5, 0.0, 5, dtype=torch.float32)[:-1]
+    expected = 5.0 * grid / (1 + 4.0 * grid)
+    schedule = step.schedule(params)
+    assert torch.equal(schedule.sigmas[:-1], expected) and schedule.steps == 4
+    ctx = Ctx(params, {**texts(), "x0": {"x0": x0}}, weights("dit", dits["high"]))
+    step.run(ctx)
+    assert ctx.bars[0][0] == 4  # every step ran
+    first = step._start(params, schedule, {"x0": {"x0": x0}})
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(first.x, noised(x0, noise, float(expected[0])))
+    truncated = step.schedule({**params, "sampler.strength_schedule": "truncate"})
+    assert float(truncated.sigmas[0]) == 1.0  # the strength-1 grid; two of its steps are skipped
+    ctx = Ctx({**params, "sampler.strength_schedule": "truncate"}, {**texts(), "x0": {"x0": x0}},
+              weights("dit", dits["high"]))
+    step.run(ctx)
+    assert ctx.bars[0][0] == 2

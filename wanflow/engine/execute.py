@@ -74,7 +74,12 @@ class _Context:
         self.resumed_from: int | None = None
 
     def input(self, role: str) -> Any:
-        return self._ex.load(self._ps.spec.inputs[role])
+        """The output of the node planned for ``role``; a role the plan lacks is a bug (exit 1)."""
+        node = self._ps.spec.inputs.get(role)
+        if node is None:
+            raise LookupError(f"step {self._ps.name!r} asked for input {role!r}, but its plan gives "
+                              f"only {sorted(self._ps.spec.inputs)}: the pipeline planned it wrong")
+        return self._ex.load(node)
 
     def file(self, role: str) -> Path:
         return Path(self._ps.spec.files[role])

@@ -40,9 +40,12 @@ def _map_changes(old: Mapping[str, Any], new: Mapping[str, Any], what: str) -> l
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Every difference between the fingerprint a node had last time and the one it has now."""
     out: list[str] = []
-    for field in ("kind", "version", "plugin"):
+    for field in ("kind", "version", "plugin", "uses"):
         if old.get(field) != new.get(field):
             out.append(f"step {field} {show(old.get(field))} → {show(new.get(field))}")
+    oc, nc = old.get("config", {}), new.get("config", {})
+    out += [f"step setting `{k}` {show(oc.get(k))} → {show(nc.get(k))}"
+            for k in sorted(set(oc) | set(nc)) if oc.get(k) != nc.get(k)]
     old_env, new_env = old.get("env", {}), new.get("env", {})
     out += [f"{k} {old_env.get(k)} → {new_env.get(k)}"
             for k in sorted(set(old_env) | set(new_env)) if old_env.get(k) != new_env.get(k)]

@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from wanflow.engine.keys import is_policy_field
-from wanflow.engine.step import StepSpec
+from wanflow.engine.keys import canonical_json, is_policy_field
+from wanflow.engine.step import StepSpec, step_config
 from wanflow.errors import EngineError
 
 Digest = Callable[[Path], str]
@@ -24,6 +24,7 @@ class PlannedStep:
 
     spec: StepSpec
     params: Mapping[str, Any]
+    config: Mapping[str, Any]  # the step object's own configuration (step_config)
     files: Mapping[str, str]  # role -> sha256
     weights: Mapping[str, str]  # role -> sha256
 
@@ -34,9 +35,10 @@ class PlannedStep:
     def fingerprint(self, inputs: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any]:
         """Everything that decides this step's output, given its inputs' output digests."""
         step = self.spec.step
-        return {"kind": step.kind, "version": step.version, "params": dict(self.params),
-                "inputs": dict(inputs), "files": dict(self.files),
-                "weights": dict(self.weights), "plugin": self.spec.plugin, "env": dict(env)}
+        return {"kind": step.kind, "version": step.version, "config": dict(self.config),
+                "params": dict(self.params), "inputs": dict(inputs), "files": dict(self.files),
+                "weights": dict(self.weights), "plugin": self.spec.plugin,
+                "uses": list(self.spec.uses), "env": dict(env)}
 
 
 @attrs.frozen
@@ -88,11 +90,24 @@ def plan(values: Mapping[str, Any], specs: Sequence[StepSpec], scope: str,
     ordered = _topological(specs)
     steps = tuple(
         PlannedStep(spec=s, params=select_params(values, s.params_read, s.name),
+                    config=_config(s),
                     files={r: _hash(digest, p, s.name, r) for r, p in sorted(s.files.items())},
                     weights={r: _hash(digest, w.path, s.name, r)
                              for r, w in sorted(s.weights.items())})
         for s in ordered)
     return Plan(scope=scope, steps=steps, env=dict(env if env is not None else runtime_env()))
+
+
+def _config(spec: StepSpec) -> dict[str, Any]:
+    """The node's step configuration, checked keyable now rather than when it runs."""
+    config = step_config(spec.step)
+    try:
+        canonical_json(config)
+    except EngineError as exc:
+        raise EngineError(f"step {spec.name!r} ({spec.step.kind}): its configuration cannot be "
+                          f"part of its key ({exc}); give it plain values, or mark the field "
+                          "NOT_KEYED if it cannot change the step's output") from None
+    return config
 
 
 def _hash(digest: Digest, path: Path, node: str, role: str) -> str:

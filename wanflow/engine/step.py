@@ -59,6 +59,35 @@ class WeightFile:
     revision: str = ""
 
 
+#: Field metadata of a step attribute that must not enter its key (see :func:`step_config`).
+NOT_KEYED = {"key": False}
+
+#: Fields every step has; ``kind`` and ``version`` are keyed on their own, the other two are
+#: the engine's plumbing (what is read is keyed through the params, the output type is the kind's).
+_PROTOCOL_FIELDS = ("kind", "version", "reads", "output")
+
+
+def step_config(step: Any) -> dict[str, Any]:
+    """The step object's own configuration, which is part of its key.
+
+    Two nodes of one kind differ by their configuration (the conditioning mode, the prompt key,
+    the VAE version, the experts): without it in the key, two different computations over the
+    same inputs would share one cached output. An attrs step contributes every field except the
+    protocol ones and those marked ``metadata=NOT_KEYED`` (placement, and plugin objects whose
+    identity is keyed as ``name@version`` through :attr:`StepSpec.uses`). Any other step gives
+    ``key_config()``, or its public attributes.
+    """
+    if attrs.has(type(step)):
+        fields = attrs.fields(type(step))
+        return {f.name: getattr(step, f.name) for f in fields
+                if f.name not in _PROTOCOL_FIELDS and f.metadata.get("key", True)}
+    custom = getattr(step, "key_config", None)
+    if callable(custom):
+        return dict(custom())
+    return {k: v for k, v in vars(step).items()
+            if not k.startswith("_") and k not in _PROTOCOL_FIELDS and not callable(v)}
+
+
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value or {})
 
@@ -74,6 +103,9 @@ class StepSpec:
     weights: Mapping[str, WeightFile] = attrs.field(factory=dict, converter=_frozen_map)
     reads: tuple[str, ...] | None = None  # overrides step.reads for this node
     plugin: str = "wanflow"  # "name@version" of the plugin that provides the step kind
+    #: "name@version" of every other plugin whose code the step runs (a saver, a solver): an
+    #: upgraded plugin must not be served its old version's cached outputs.
+    uses: tuple[str, ...] = attrs.field(default=(), converter=lambda v: tuple(sorted(set(v))))
     archive_as: str | None = None  # file name of this output in the run archive
 
     @property
@@ -83,9 +115,22 @@ class StepSpec:
 
 
 class Pipeline(Protocol):
-    """What a model family registers: the steps that turn a resolved recipe into outputs."""
+    """What a model family registers: the steps that turn a resolved recipe into outputs.
+
+    A pipeline that needs plugin-provided parts (savers, solvers) also has
+    ``bind(catalog) -> Pipeline``; the registry binds it before handing it out, so the steps get
+    those parts at planning and never consult the registry themselves.
+    """
 
     def steps(self, resolved: Any) -> Sequence[StepSpec]: ...
+
+
+class Catalog(Protocol):
+    """What a bound pipeline may ask of the plugin registry at planning time."""
+
+    def provided(self, what: str, name: str) -> tuple[Any, str]:
+        """The registered ``what`` ("saver", "sampler") called ``name``, and "plugin@version"."""
+        ...
 
 
 def pipeline_problems(pipeline: Any, resolved: Any) -> list[str]:

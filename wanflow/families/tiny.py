@@ -3,7 +3,7 @@ with wanflow, seconds on a CPU. It draws noise-like video: it proves the machine
 
 from __future__ import annotations
 
-from wanflow.recipe.family import ComponentSpec, FamilySpec
+from wanflow.families.spec import ComponentSpec, FamilySpec
 
 SOURCE = "builtin:wanflow-tiny"
 

@@ -7,7 +7,7 @@ recipe can say so.
 
 from __future__ import annotations
 
-from wanflow.recipe.family import ComponentSpec, FamilySpec
+from wanflow.families.spec import ComponentSpec, FamilySpec
 
 #: The official shared negative prompt (Wan2.1 and Wan2.2 `sample_neg_prompt`).
 NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"

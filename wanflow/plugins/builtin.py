@@ -20,11 +20,15 @@ def wanflow_families() -> list:
     return [*wan.families(), tiny.family()]
 
 
+def _builtin_solver(name: str) -> Any:
+    return lambda: importlib.import_module("wanflow.sampling").BUILTIN_SOLVERS[name]
+
+
 @hookimpl
 def wanflow_samplers() -> list[SamplerEntry]:
-    return [SamplerEntry("euler", _lazy("wanflow.sampling", "get_solver"), "flow-matching Euler"),
-            SamplerEntry("unipc", _lazy("wanflow.sampling", "get_solver"), "UniPC (Zhao et al. 2023), official"),
-            SamplerEntry("dpm++", _lazy("wanflow.sampling", "get_solver"), "DPM-Solver++ 2M (Lu et al. 2022)")]
+    return [SamplerEntry("euler", _builtin_solver("euler"), "flow-matching Euler (DiffSynth's)"),
+            SamplerEntry("unipc", _builtin_solver("unipc"), "UniPC (Zhao et al. 2023), official"),
+            SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)")]
 
 
 @hookimpl

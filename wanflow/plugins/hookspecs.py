@@ -20,7 +20,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @attrs.frozen
 class SamplerEntry:
-    """A solver name and how to get its step function (loaded lazily: validation needs no torch)."""
+    """A solver name and how to get it (loaded lazily: validation needs no torch).
+
+    ``load()`` returns a ``wanflow.sampling.Solver``: a stateless ``step(state, model_fn, schedule)``
+    and ``schedule(steps, shift, strength)`` giving the σ grid (strength < 1: the grid starts at
+    strength·σ_max and still takes ``steps`` steps)."""
 
     name: str
     load: Callable[[], Any]

@@ -14,7 +14,7 @@ from wanflow import __version__
 from wanflow.errors import PluginError
 from wanflow.plugins import builtin
 from wanflow.plugins.hookspecs import PROJECT, Hooks, SamplerEntry, SaverEntry
-from wanflow.recipe.family import FamilySpec
+from wanflow.families.spec import FamilySpec
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +45,27 @@ class Registry:
         return sorted(self.samplers)
 
     def pipeline(self, family_name: str) -> Any:
+        """The family's pipeline, bound to this registry when it asks (``bind``) for savers and solvers."""
         family = self.families_by_name[family_name]
         if family.pipeline not in self.pipelines:
             from wanflow.errors import WanflowError
 
             raise WanflowError(f"{family_name}: no installed plugin provides its pipeline {family.pipeline!r}")
-        return self.pipelines[family.pipeline]
+        found = self.pipelines[family.pipeline]
+        bind = getattr(found, "bind", None)
+        return bind(self) if callable(bind) else found
+
+    def provided(self, what: str, name: str) -> tuple[Any, str]:
+        """A registered saver or sampler and "plugin@version" of the plugin that provides it ("" for
+        wanflow's own, whose step versions already key it)."""
+        table = {"saver": self.savers, "sampler": self.samplers}[what]
+        if name not in table:
+            from wanflow.errors import PluginError
+
+            raise PluginError(f"no installed plugin provides the {what} {name!r}; installed: "
+                              + ", ".join(sorted(table)))
+        owner = self.owners[(what, name)]
+        return table[name], "" if owner == builtin.NAME else f"{owner}@{self.plugin_versions[owner]}"
 
     def plugins(self) -> list[tuple[str, str]]:
         """(name, version) of every loaded plugin, for run locks and step keys."""

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from wanflow.errors import RecipeError
-from wanflow.recipe.family import FamilyLookup, FamilySpec
+from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.flatten import flatten, to_data
 from wanflow.recipe.problems import KeyPath, Problems, did_you_mean, display_path
 from wanflow.recipe.render import render_toml

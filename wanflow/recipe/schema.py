@@ -55,6 +55,9 @@ class Sampler:
         "cpu", why="CPU noise gives the same video for a seed on every machine")
     denoising_strength: float = setting(
         1.0, ge=0, le=1, why="1.0 starts from pure noise; < 1 keeps some of [inputs].video/image")
+    strength_schedule: Literal["rescale", "truncate"] = setting(
+        "rescale", why="DiffSynth's meaning: all `steps` steps on a grid from σ = strength to 0; "
+        "\"truncate\" is diffusers' (the strength-1 grid minus its first steps)")
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wanflow import SCHEMA_VERSION
-from wanflow.recipe.family import FamilyLookup, FamilySpec
+from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.problems import Problems, did_you_mean
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
 
@@ -59,7 +59,7 @@ def _check_sampler(recipe: Recipe, family: FamilySpec, families: FamilyLookup, p
     if s.solver not in known and not problems.is_bad(("sampler", "solver")):
         problems.add(("sampler", "solver"), s.solver, "unknown solver; use one of " + ", ".join(known)
                      + did_you_mean(s.solver, known))
-    elif s.solver not in family.solvers and s.solver in known:
+    elif family.solvers and s.solver not in family.solvers and s.solver in known:
         problems.add(("sampler", "solver"), s.solver, f"{family.name} supports " + ", ".join(family.solvers))
     if not family.experts:
         for key in ("cfg_high_noise", "boundary"):

@@ -26,7 +26,7 @@ class Solver:
 
     name: str
     step: StepFn
-    schedule: Callable[[int, float], Schedule]  # (steps, shift) → Schedule
+    schedule: Callable[[int, float, float], Schedule]  # (steps, shift, strength) → Schedule
 
 
 BUILTIN_SOLVERS: Mapping[str, Solver] = MappingProxyType(
@@ -46,9 +46,11 @@ def get_solver(name: str, registry: Mapping[str, Solver] = BUILTIN_SOLVERS) -> S
     return registry[name]
 
 
-def make_schedule(solver: str, steps: int, shift: float) -> Schedule:
-    """The schedule of ``solver`` for ``steps`` steps and flow ``shift``."""
-    return get_solver(solver).schedule(steps, shift)
+def make_schedule(solver: str | Solver, steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The schedule of ``solver`` for ``steps`` steps, flow ``shift`` and denoising ``strength``
+    (the grid starts at σ = strength·σ_max and takes all ``steps`` steps)."""
+    found = get_solver(solver) if isinstance(solver, str) else solver
+    return found.schedule(steps, shift, strength)
 
 
 def sample(

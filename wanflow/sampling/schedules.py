@@ -83,31 +83,51 @@ def _official_schedule(sigmas: np.ndarray) -> Schedule:
     return Schedule(sigmas=torch.from_numpy(full), timesteps=timesteps)
 
 
-def unipc_schedule(steps: int, shift: float) -> Schedule:
-    """The official FlowUniPCMultistepScheduler grid: linspace(0.999, 0, N+1)[:-1], shifted, 0."""
+def check_strength(strength: float) -> None:
+    """Refuse a denoising strength no grid can start from."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ModelInputError(
+            f"[sampler].denoising_strength = {strength!r}: a schedule needs a number in (0, 1] "
+            "(1.0 = from pure noise; 0.5 = keep half of the input's structure)"
+        )
+
+
+def unipc_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The official FlowUniPCMultistepScheduler grid: linspace(0.999·strength, 0, N+1)[:-1], shifted, 0.
+
+    ``strength`` < 1 starts the grid lower (σ_start = σ_max·strength, DiffSynth's rule with this
+    solver's σ_max) and still takes all N steps; strength 1 is the official grid exactly.
+    """
     check_steps_and_shift(steps, shift)
-    grid = np.linspace(UNIPC_SIGMA_MAX, 0.0, steps + 1)[:-1]  # (N,) float64
+    check_strength(strength)
+    grid = np.linspace(UNIPC_SIGMA_MAX * strength, 0.0, steps + 1)[:-1]  # (N,) float64
     return _official_schedule(shift_sigmas(grid, shift))
 
 
-def dpmpp_schedule(steps: int, shift: float) -> Schedule:
-    """The official DPM++ grid (``get_sampling_sigmas``): linspace(1, 0, N+1)[:N], shifted, 0."""
+def dpmpp_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The official DPM++ grid (``get_sampling_sigmas``): linspace(strength, 0, N+1)[:N], shifted, 0."""
     check_steps_and_shift(steps, shift)
-    grid = np.linspace(1.0, 0.0, steps + 1)[:steps]  # (N,) float64
+    check_strength(strength)
+    grid = np.linspace(float(strength), 0.0, steps + 1)[:steps]  # (N,) float64
     return _official_schedule(shift_sigmas(grid, shift))
 
 
-def euler_schedule(steps: int, shift: float) -> Schedule:
-    """DiffSynth's Wan grid: fp32 linspace(1, 0, N+1)[:-1], shifted, t = 1000·σ kept as fp32."""
+def euler_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """DiffSynth's Wan grid: fp32 linspace(strength, 0, N+1)[:-1], shifted, t = 1000·σ kept as fp32.
+
+    This is ``FlowMatchScheduler.set_timesteps_wan`` (σ_start = strength, all N steps taken).
+    """
     check_steps_and_shift(steps, shift)
-    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32)[:-1]  # (N,)
+    check_strength(strength)
+    grid = torch.linspace(float(strength), 0.0, steps + 1, dtype=torch.float32)[:-1]  # (N,)
     sigmas = shift * grid / (1 + (shift - 1) * grid)
     timesteps = sigmas * NUM_TRAIN_TIMESTEPS
     return Schedule(sigmas=torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps=timesteps)
 
 
 def denoise_start(steps: int, denoising_strength: float) -> int:
-    """Index of the first step for video-to-video: round(strength·N) steps run, the rest skipped.
+    """``strength_schedule = "truncate"`` (diffusers' img2img rule): the first step to run on the
+    strength-1 grid; round(strength·N) steps run, the rest are skipped.
 
     Strength 1 starts at step 0 (from pure noise); 0 runs no step and returns the input.
     """

@@ -16,7 +16,7 @@ import attrs
 import structlog
 
 from wanflow.errors import ModelLoadError
-from wanflow.recipe.family import ComponentSpec, FamilySpec
+from wanflow.families.spec import ComponentSpec, FamilySpec
 from wanflow.sources.files import Match, match, rel
 from wanflow.sources.spec import DEFAULT_REVISION, Source, cache_root, parse_source
 

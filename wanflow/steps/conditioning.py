@@ -14,7 +14,7 @@ import attrs
 
 from wanflow.steps import model_pool
 from wanflow.steps.media import image_tensor, video_tensor
-from wanflow.steps.runtime import runtime_of
+from wanflow.steps.component import component_runtime
 from wanflow.steps.text import RUNTIME_READS
 
 Mode = Literal["y", "z0", "x0"]
@@ -49,6 +49,7 @@ class EncodeConditioning:
     mode: Mode
     vae_version: str  # "wan2.1" | "wan2.2"
     roles: tuple[str, ...] = ("image",)
+    dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
     kind: str = "encode-conditioning"
     version: int = 1
     output: str = "tensors"
@@ -57,7 +58,7 @@ class EncodeConditioning:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = runtime_of(ctx.params)
+        device, dtype = component_runtime(ctx.params, self.dtype)
         vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device)
         pixels = self._pixels(ctx)[None].to(device=device, dtype=dtype)  # (1, 3, F', H, W)
         with torch.no_grad():

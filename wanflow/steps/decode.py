@@ -8,7 +8,7 @@ import attrs
 
 from wanflow.steps import model_pool
 from wanflow.steps.conditioning import VAE_READS, tile_spec
-from wanflow.steps.runtime import runtime_of
+from wanflow.steps.component import component_runtime
 from wanflow.steps.text import RUNTIME_READS
 
 
@@ -17,6 +17,7 @@ class Decode:
     """Frames (T, H, W, 3) uint8, with a progress bar over the VAE tiles."""
 
     vae_version: str  # "wan2.1" | "wan2.2"
+    dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
     kind: str = "decode"
     version: int = 1
     output: str = "tensors"
@@ -27,7 +28,7 @@ class Decode:
 
         from wanflow.output import to_uint8_frames
 
-        device, dtype = runtime_of(ctx.params)
+        device, dtype = component_runtime(ctx.params, self.dtype)
         vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device)
         latents = ctx.input("latents")["latents"].to(device=device, dtype=dtype)
         tiles = _TileBar(ctx)

@@ -12,8 +12,9 @@ from typing import Any
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
-from wanflow.steps.runtime import runtime_of
+from wanflow.steps.component import component_runtime
 
 #: Steps between solver-state checkpoints (each costs one write of the latent and its history).
 CHECKPOINT_EVERY = 5
@@ -36,19 +37,22 @@ class Denoise:
     z_dim: int  # latent channels of the family's VAE
     latent_stride: int  # pixels per latent along height and width
     conditions: tuple[str, ...] = ()  # input roles present besides "pos"/"neg": clip, y, z0, x0
+    #: The registry's solver for ``sampler.solver`` (a plugin's is keyed by name@version).
+    solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
     kind: str = "denoise"
-    version: int = 1
+    version: int = 2  # 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule
     output: str = "tensors"
     reads: tuple[str, ...] = DENOISE_READS
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        from wanflow.sampling import SolverState, make_schedule
+        from wanflow.sampling import SolverState
 
         p = ctx.params
-        device, _ = runtime_of(p)
-        schedule = make_schedule(p["sampler.solver"], p["sampler.steps"], p["sampler.shift"])
+        device, _ = component_runtime(p)
+        schedule = self.schedule(p)
         inputs = {r: ctx.input(r) for r in ("pos", *self.conditions)}
         if any(c != 1.0 for c in expert_cfgs(p, self.roles).values()):
             inputs["neg"] = ctx.input("neg")
@@ -66,17 +70,31 @@ class Denoise:
     def roles(self) -> tuple[str, ...]:
         return tuple(role for role, _ in self.experts)
 
+    def schedule(self, p: Mapping[str, Any]) -> Any:
+        """The σ grid: from σ_max·strength to 0 in ``steps`` steps when a source is kept
+        (``strength_schedule = "rescale"``, DiffSynth's rule), else the strength-1 grid."""
+        from wanflow.sampling import make_schedule
+
+        if self.solver is None:
+            raise RuntimeError("denoise: planned without a solver; the pipeline must pass one")
+        rescale = "x0" in self.conditions and p["sampler.strength_schedule"] == "rescale"
+        strength = float(p["sampler.denoising_strength"]) if rescale else 1.0
+        return make_schedule(self.solver, p["sampler.steps"], p["sampler.shift"], strength)
+
     def _start(self, p: Mapping[str, Any], schedule: Any, inputs: Mapping[str, Any]) -> Any:
-        """The solver state before the first step: seeded noise, or the input video noised (V2V)."""
-        from wanflow.sampling import denoise_start, initial_latent, initial_noise, start_state
+        """The solver state before the first step: seeded noise, or the kept input noised to the
+        grid's first σ (all steps run), or, for ``"truncate"``, to the σ of its first kept step."""
+        from wanflow.sampling import denoise_start, initial_noise, noised, start_state
 
         frames, h, w = p["video.frames"], p["video.height"], p["video.width"]
         s = self.latent_stride
         shape = (1, self.z_dim, (frames - 1) // 4 + 1, h // s, w // s)
         noise = initial_noise(shape, p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
-        x0 = inputs.get("x0", {}).get("x0")
-        start = denoise_start(schedule.steps, p["sampler.denoising_strength"]) if x0 is not None else 0
-        x = initial_latent(noise, schedule, start, x0)
+        if "x0" not in self.conditions:
+            return start_state(_clamped(noise, inputs), 0)
+        truncate = p["sampler.strength_schedule"] == "truncate"
+        start = denoise_start(schedule.steps, p["sampler.denoising_strength"]) if truncate else 0
+        x = noised(_tensor(inputs, "x0"), noise, schedule.sigma(start))
         return start_state(_clamped(x, inputs), start)
 
     def _segments(self, p: Mapping[str, Any], schedule: Any, start: int) -> list[tuple[str, int]]:
@@ -92,17 +110,17 @@ class Denoise:
     def _segment(self, ctx: Any, role: str, stop: int, state: Any, schedule: Any,
                  inputs: Mapping[str, Any], bar: Any) -> Any:
         """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
-        from wanflow.sampling import cfg_model, get_solver
+        from wanflow.sampling import cfg_model
 
         p = ctx.params
-        device, dtype = runtime_of(p)
+        device, dtype = component_runtime(p, dict(self.dtypes).get(role, "auto"))
         n = dict(self.experts)[role]
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
                              p["runtime.attention"])
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])
-        step = get_solver(p["sampler.solver"]).step
+        step = self.solver.step
         while state.index < stop:
             state = step(state, model_fn, schedule)
             state = attrs.evolve(state, x=_clamped(state.x, inputs))
@@ -126,10 +144,10 @@ def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str) -> An
     keys and values are projected once here (``prepare_context``) and reused by every step."""
     import torch
 
-    clip = inputs["clip"]["clip"].to(device) if "clip" in inputs else None
+    clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
     with torch.no_grad():
-        context = dit.prepare_context(inputs[text]["context"].to(device), clip)
-    y = inputs["y"]["y"].to(device) if "y" in inputs else None
+        context = dit.prepare_context(_tensor(inputs, text, "context").to(device), clip)
+    y = _tensor(inputs, "y").to(device) if "y" in inputs else None
     first_frame = "z0" in inputs
 
     def velocity(x: Any, t: Any) -> Any:
@@ -154,8 +172,18 @@ def _clamped(x: Any, inputs: Mapping[str, Any]) -> Any:
     if "z0" not in inputs:
         return x
     x = x.clone()
-    x[:, :, :1] = inputs["z0"]["z0"].to(device=x.device, dtype=x.dtype)  # (B, z, 1, h, w)
+    x[:, :, :1] = _tensor(inputs, "z0").to(device=x.device, dtype=x.dtype)  # (B, z, 1, h, w)
     return x
+
+
+def _tensor(inputs: Mapping[str, Any], role: str, name: str | None = None) -> Any:
+    """The tensor ``name`` (default: the role's name) of an input; an absent one is a planning bug."""
+    name = name or role
+    found = inputs[role]
+    if name not in found:
+        raise LookupError(f"denoise: input {role!r} holds {sorted(found)}, not {name!r}: the node "
+                          "planned for this role computes something else")
+    return found[name]
 
 
 def _moved(state: Any, device: str) -> Any:

@@ -8,7 +8,7 @@ import attrs
 
 from wanflow.steps import model_pool
 from wanflow.steps.media import image_tensor
-from wanflow.steps.runtime import runtime_of
+from wanflow.steps.component import component_runtime
 from wanflow.steps.text import RUNTIME_READS
 
 
@@ -17,6 +17,7 @@ class EncodeImage:
     """(n, 257, 1280) penultimate CLIP tokens of each image role, in order (image, end_image)."""
 
     roles: tuple[str, ...] = ("image",)
+    dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
     kind: str = "encode-image"
     version: int = 1
     output: str = "tensors"
@@ -25,7 +26,7 @@ class EncodeImage:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = runtime_of(ctx.params)
+        device, dtype = component_runtime(ctx.params, self.dtype)
         w, h = ctx.params["video.width"], ctx.params["video.height"]
         images = torch.stack([image_tensor(ctx.file(r), w, h)[:, 0] for r in self.roles])  # (n, 3, H, W)
         encoder = model_pool.image_encoder(ctx.weight("image_encoder"), dtype, device)

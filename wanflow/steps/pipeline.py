@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import structlog
 
-from wanflow.engine.step import StepSpec, WeightFile
+from wanflow.engine.step import Catalog, StepSpec, WeightFile
 from wanflow.errors import ModelInputError, RecipeError
 from wanflow.steps.checks import unsupported
 from wanflow.steps.conditioning import EncodeConditioning
@@ -45,6 +45,7 @@ class _Job:
 
     resolved: Any
     weights: Mapping[str, Weights]  # component -> role -> file
+    catalog: Catalog  # the plugin registry: savers and solvers, with their plugin@version
 
     @property
     def values(self) -> Mapping[str, Any]:
@@ -62,6 +63,16 @@ class _Job:
 
     def dits(self) -> tuple[str, ...]:
         return tuple(self.family.experts) or ("dit",)
+
+    def dtype(self, component: str) -> str:
+        """``[models.<component>].dtype`` ("auto" unless the recipe overrides the component)."""
+        override = self.resolved.recipe.models.get(component)
+        return override.dtype if override is not None else "auto"
+
+    def provided(self, what: str, name: str) -> tuple[Any, tuple[str, ...]]:
+        """A registered saver/sampler and the ``uses`` of a node that runs it."""
+        found, provider = self.catalog.provided(what, name)
+        return found, (provider,) if provider else ()
 
 
 def resolve_weights(resolved: Any) -> dict[str, Weights]:
@@ -85,9 +96,10 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
     te = job.weights["text_encoder"]
     weights = {"text_encoder": next(iter(te.values())),
                **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
-    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text"), weights=weights)]
+    dtype = job.dtype("text_encoder")
+    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", dtype), weights=weights)]
     if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
-        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative"), weights=weights))
+        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", dtype), weights=weights))
     return nodes
 
 
@@ -104,9 +116,10 @@ def _image_nodes(job: _Job) -> list[StepSpec]:
     nodes = []
     if "image_encoder" in job.weights:
         clip = {"image_encoder": next(iter(job.weights["image_encoder"].values()))}
-        nodes.append(StepSpec("encode-image", EncodeImage(roles), files=files, weights=clip))
+        nodes.append(StepSpec("encode-image", EncodeImage(roles, job.dtype("image_encoder")),
+                              files=files, weights=clip))
     mode = "y" if "image" in job.family.required_inputs else "z0"
-    step = EncodeConditioning(mode, _vae_version(job), roles)
+    step = EncodeConditioning(mode, _vae_version(job), roles, job.dtype("vae"))
     nodes.append(StepSpec("encode-conditioning:image", step, files=files, weights=vae))
     return nodes
 
@@ -124,7 +137,11 @@ def _source_nodes(job: _Job) -> list[StepSpec]:
         raise ModelInputError(
             f"{job.resolved.path}: [sampler].denoising_strength = {strength} keeps part of an input, "
             "but neither [inputs].video nor [inputs].image is set; set one, or use 1.0")
-    step = EncodeConditioning("x0", _vae_version(job), (role,))
+    if strength <= 0 and job.values["sampler.strength_schedule"] == "rescale":
+        raise RecipeError([f"{job.resolved.path}: [sampler].denoising_strength = {strength}: a grid "
+                           "from σ = 0 takes no step; use a value in (0, 1], or "
+                           '[sampler].strength_schedule = "truncate" to return the input unchanged'])
+    step = EncodeConditioning("x0", _vae_version(job), (role,), job.dtype("vae"))
     return [StepSpec("encode-conditioning:source", step, files={role: job.file(role)},
                      weights=_vae_weight(job))]
 
@@ -142,20 +159,20 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
     inputs = {roles[s.name]: s.name for s in upstream if s.name in roles}
     inputs |= {s.step.mode: s.name for s in upstream if isinstance(s.step, EncodeConditioning)}
     weights = {role: w for d in job.dits() for role, w in job.weights[d].items()}
+    entry, uses = job.provided("sampler", job.values["sampler.solver"])
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
                    z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
-                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})))
-    return StepSpec("denoise", step, inputs=inputs, weights=weights)
+                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry.load(),
+                   dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"))
+    return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
 def _output_nodes(job: _Job) -> list[StepSpec]:
-    from wanflow.plugins import get_registry
-
-    fmt = job.values["output.format"]
-    suffix = get_registry().savers[fmt].suffix
-    nodes = [StepSpec("decode", Decode(_vae_version(job)), inputs={"latents": "denoise"},
+    saver, uses = job.provided("saver", job.values["output.format"])
+    nodes = [StepSpec("decode", Decode(_vae_version(job), job.dtype("vae")), inputs={"latents": "denoise"},
                       weights=_vae_weight(job)),
-             StepSpec("save", SaveVideo(), inputs={"frames": "decode"}, archive_as=f"video{suffix}"),
+             StepSpec("save", SaveVideo(saver), inputs={"frames": "decode"}, uses=uses,
+                      archive_as=f"video{saver.suffix}"),
              StepSpec("save-metadata", SaveMetadata(), archive_as="video.json")]
     if job.values["output.png_frames"]:
         nodes.append(StepSpec("save-frames", SaveFrames(), inputs={"frames": "decode"},
@@ -173,16 +190,28 @@ def _check_memory(job: _Job) -> None:
 
 @attrs.frozen
 class WanPipeline:
-    """The steps of every Wan family (T2V, I2V, FLF2V, A14B, TI2V, V2V) and of the tiny one."""
+    """The steps of every Wan family (T2V, I2V, FLF2V, A14B, TI2V, V2V) and of the tiny one.
+
+    The registry hands it out bound to itself (``bind``): savers and solvers, plugin ones
+    included, are looked up here at planning and given to the steps with their plugin@version.
+    """
+
+    catalog: Catalog | None = None
+
+    def bind(self, catalog: Catalog) -> WanPipeline:
+        return attrs.evolve(self, catalog=catalog)
 
     def check(self, resolved: Any) -> list[str]:
         return unsupported(resolved)
 
     def steps(self, resolved: Any) -> list[StepSpec]:
+        if self.catalog is None:
+            raise RuntimeError("WanPipeline.steps: unbound; get it from the plugin registry "
+                               "(get_registry().pipeline(model)), which binds its savers and solvers")
         problems = unsupported(resolved)
         if problems:
             raise RecipeError(problems)
-        job = _Job(resolved, resolve_weights(resolved))
+        job = _Job(resolved, resolve_weights(resolved), self.catalog)
         _check_memory(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]

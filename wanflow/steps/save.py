@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
+
 
 def metadata(params: Mapping[str, Any]) -> dict[str, Any]:
     """What the video carries: the recipe digest and the seed (enough to find and re-run it)."""
@@ -28,23 +30,24 @@ def metadata(params: Mapping[str, Any]) -> dict[str, Any]:
 
 @attrs.frozen
 class SaveVideo:
-    """The encoded video file's bytes (mp4 by default; any registered saver)."""
+    """The encoded video file's bytes (mp4 by default; any registered saver).
 
+    The saver comes from the plugin registry at planning (a plugin's is keyed by its
+    name@version through the node's ``uses``), so this step never consults the registry."""
+
+    saver: Any = attrs.field(metadata=NOT_KEYED)  # a SaverEntry: suffix and how to load save()
     kind: str = "save"
     version: int = 1
     output: str = "bytes"
     reads: tuple[str, ...] = ("*",)
 
     def run(self, ctx: Any) -> bytes:
-        from wanflow.plugins import get_registry
-
         p = ctx.params
-        entry = get_registry().savers[p["output.format"]]
-        save = entry.load()
+        save = self.saver.load()
         frames = ctx.input("frames")["frames"].numpy()
         extra = {"quality": p["output.quality"]} if "quality" in inspect.signature(save).parameters else {}
         with tempfile.TemporaryDirectory(prefix="wanflow-save-") as tmp:
-            path = Path(tmp) / f"video{entry.suffix}"
+            path = Path(tmp) / f"video{self.saver.suffix}"
             save(frames, path, p["video.fps"], metadata(p), **extra)
             return path.read_bytes()
 

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from wanflow.steps import model_pool
-from wanflow.steps.runtime import runtime_of
+from wanflow.steps.component import component_runtime
 
 #: The params every model step reads: they change the numbers, so they are in the key.
 RUNTIME_READS = ("runtime.device", "runtime.dtype")
@@ -18,6 +18,7 @@ class EncodeText:
     """umT5 features of ``prompt_key``'s text, trimmed to its real tokens: (1, L, D)."""
 
     prompt_key: str = "prompt.text"  # or "prompt.negative"
+    dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
     kind: str = "encode-text"
     version: int = 1
     output: str = "tensors"
@@ -29,7 +30,7 @@ class EncodeText:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = runtime_of(ctx.params)
+        device, dtype = component_runtime(ctx.params, self.dtype)
         tokenizer_dir = ctx.weight("tokenizer.0").parent
         encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device)
         with torch.no_grad():

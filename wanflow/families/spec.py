@@ -40,7 +40,8 @@ class FamilySpec:
     accepted_inputs: frozenset[str] = frozenset()
     required_inputs: frozenset[str] = frozenset()
     spatial_factor: int = 16  # VAE stride × DiT patch: 16 for the Wan2.1 VAE, 32 for Wan2.2's
-    solvers: tuple[str, ...] = ("euler", "unipc", "dpm++")
+    #: The solvers this family is limited to; () = every registered solver, plugins' included.
+    solvers: tuple[str, ...] = ()
     sizes: tuple[tuple[int, int], ...] = ()  # officially supported (width, height); others warn
     experts: tuple[str, ...] = ()  # A14B: ("dit_high_noise", "dit_low_noise"); () for one DiT
     pipeline: str = "wan"  # the name of the pipeline that builds this family's steps
