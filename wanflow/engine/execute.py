@@ -129,7 +129,11 @@ class Executor:
         self._outputs = {ps.name: ps.spec.step.output for ps in plan.steps}
 
     def run(self) -> dict[str, StepResult]:
-        """Every node, in order."""
+        """Every node, in order (a plan made without some weights is refused before any runs)."""
+        absent = self.plan.absent_weights()
+        if absent:
+            raise EngineError("this plan was made without the weights of " + ", ".join(absent)
+                              + ": it can be explained but not run; run with downloads allowed")
         for ps in self.plan.steps:
             self._run_node(ps)
         return self.results

@@ -10,9 +10,10 @@ import attrs
 
 from wanflow.engine.cache import Cache
 from wanflow.engine.keys import key_of
-from wanflow.engine.plan import Plan, PlannedStep
+from wanflow.engine.plan import ABSENT, Plan, PlannedStep
 
 NEVER_RUN = "never run"
+NO_WEIGHTS = "weights not present"
 
 
 def dotted_label(key: str) -> str:
@@ -80,6 +81,8 @@ class Explanation:
         """``denoise  miss because [sampler].cfg 5.0 → 6.0``."""
         if self.status == "hit":
             return f"{self.node:<28} hit"
+        if self.reasons == (NO_WEIGHTS,):
+            return f"{self.node:<28} will run: {NO_WEIGHTS}"
         return f"{self.node:<28} miss because " + "; ".join(self.reasons)
 
 
@@ -99,6 +102,9 @@ def explain(plan: Plan, cache: Cache) -> list[Explanation]:
     out: list[Explanation] = []
     for ps in plan.steps:
         last = cache.index.last(plan.scope, ps.name)
+        if ABSENT in ps.weights.values():
+            out.append(Explanation(ps.name, ps.spec.step.kind, "miss", (NO_WEIGHTS,)))
+            continue
         waiting = [src for src in ps.spec.inputs.values() if src not in digests]
         if waiting:
             out.append(_waiting(ps, waiting, last, plan.env))

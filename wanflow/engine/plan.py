@@ -17,6 +17,9 @@ from wanflow.errors import EngineError
 
 Digest = Callable[[Path], str]
 
+#: The digest of a weight that is not on this machine (a plan made for explain or diff).
+ABSENT = "absent"
+
 
 @attrs.frozen
 class PlannedStep:
@@ -48,6 +51,10 @@ class Plan:
     scope: str
     steps: tuple[PlannedStep, ...]
     env: Mapping[str, str]
+
+    def absent_weights(self) -> list[str]:
+        """"node: role" of every weight this plan was made without (it cannot run)."""
+        return [f"{s.name}: {role}" for s in self.steps for role, d in s.weights.items() if d == ABSENT]
 
     def get(self, name: str) -> PlannedStep:
         return next(s for s in self.steps if s.name == name)
@@ -92,7 +99,7 @@ def plan(values: Mapping[str, Any], specs: Sequence[StepSpec], scope: str,
         PlannedStep(spec=s, params=select_params(values, s.params_read, s.name),
                     config=_config(s),
                     files={r: _hash(digest, p, s.name, r) for r, p in sorted(s.files.items())},
-                    weights={r: _hash(digest, w.path, s.name, r)
+                    weights={r: _hash(digest, w.path, s.name, r) if w.present else ABSENT
                              for r, w in sorted(s.weights.items())})
         for s in ordered)
     return Plan(scope=scope, steps=steps, env=dict(env if env is not None else runtime_env()))

@@ -57,6 +57,7 @@ class WeightFile:
     path: Path = attrs.field(converter=Path)
     source: str = "local"
     revision: str = ""
+    present: bool = True  # False: planned without it (explain, diff); such a plan cannot run
 
 
 #: Field metadata of a step attribute that must not enter its key (see :func:`step_config`).

@@ -16,7 +16,7 @@ import attrs
 import structlog
 
 from wanflow.engine.step import Catalog, StepSpec, WeightFile
-from wanflow.errors import ModelInputError, RecipeError
+from wanflow.errors import ModelInputError, ModelLoadError, RecipeError
 from wanflow.steps.checks import unsupported
 from wanflow.steps.conditioning import EncodeConditioning
 from wanflow.steps.decode import Decode
@@ -75,21 +75,42 @@ class _Job:
         return found, (provider,) if provider else ()
 
 
-def resolve_weights(resolved: Any) -> dict[str, Weights]:
-    """Every component's files (downloading what is missing), as weight roles ``<component>.<i>``."""
+def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
+    """Every component's files, as weight roles ``<component>.<i>``.
+
+    ``fetch``: download what is missing, and refuse with ONE message naming every component that
+    cannot be found. Without it (explain, diff, --dry-run) nothing is downloaded and a missing
+    component gets one placeholder weight marked not present: the plan is still made, and the
+    steps that need it are reported as "will run: weights not present".
+    """
     from wanflow.sources import resolve_component
 
     overrides = resolved.recipe.models
     base = Path(resolved.path).parent
     out: dict[str, Weights] = {}
+    missing: list[str] = []
     for name, component in resolved.family.components.items():
         o = overrides.get(name)
-        found = resolve_component(component, (o.source, o.files) if o else None, base_dir=base, name=name)
+        try:
+            found = resolve_component(component, (o.source, o.files) if o else None, base_dir=base,
+                                      name=name, offline=None if fetch else True)
+        except ModelLoadError as exc:
+            missing.append(str(exc))
+            source = o.source if o and o.source else component.source
+            out[name] = {f"{name}.0": WeightFile(Path(name), source, "", present=False)}
+            continue
         out[name] = {f"{name}.{i}": WeightFile(f, found.source, found.revision or "")
                      for i, f in enumerate(found.files)}
         if name in ("dit", "dit_high_noise", "dit_low_noise"):
             check_dit(found.files, component.architecture, name)
+    if missing and fetch:
+        raise ModelLoadError(f"{display_name(resolved)}: {len(missing)} model component(s) cannot be "
+                             "used yet:\n" + "\n".join(f"- {m}" for m in missing))
     return out
+
+
+def display_name(resolved: Any) -> str:
+    return str(getattr(resolved, "path", "") or resolved.name)
 
 
 def _text_nodes(job: _Job) -> list[StepSpec]:
@@ -183,6 +204,8 @@ def _output_nodes(job: _Job) -> list[StepSpec]:
 def _check_memory(job: _Job) -> None:
     """Refuse, before any model loads, a memory policy that cannot hold the weights it needs."""
     values = job.values
+    if not all(w.present for weights in job.weights.values() for w in weights.values()):
+        return  # planning only (explain, diff): the sizes are not known until the files are here
     files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()}
     budget = device_budget(values["memory.limit_gb"], effective_device(values["runtime.device"]))
     check_budget(values["memory.policy"], component_sizes(files), budget, str(job.resolved.path))
@@ -197,9 +220,15 @@ class WanPipeline:
     """
 
     catalog: Catalog | None = None
+    fetch: bool = True  # False: plan without downloading (missing weights marked not present)
 
     def bind(self, catalog: Catalog) -> WanPipeline:
         return attrs.evolve(self, catalog=catalog)
+
+    def planning_only(self) -> WanPipeline:
+        """This pipeline for explain, diff and --dry-run: it never downloads, and plans even
+        when weights are missing."""
+        return attrs.evolve(self, fetch=False)
 
     def check(self, resolved: Any) -> list[str]:
         return unsupported(resolved)
@@ -211,7 +240,7 @@ class WanPipeline:
         problems = unsupported(resolved)
         if problems:
             raise RecipeError(problems)
-        job = _Job(resolved, resolve_weights(resolved), self.catalog)
+        job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)
         _check_memory(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]

@@ -1,0 +1,79 @@
+"""Planning needs no weights: explain and diff plan offline, and a run that lacks weights says
+once which components are missing, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e._layout import write_models_root
+from tests.e2e.conftest import write_recipe
+from wanflow.engine.cache import Cache
+from wanflow.engine.execute import Executor
+from wanflow.engine.explain import explain
+from wanflow.engine.runner import plan_job
+from wanflow.errors import EngineError, ModelLoadError
+from wanflow.plugins import get_registry
+from wanflow.recipe import load_recipe
+
+
+@pytest.fixture()
+def partial_root(tmp_path, monkeypatch):
+    """A models root holding only Wan2.1-T2V-1.3B; WANFLOW_OFFLINE is NOT set."""
+    root = write_models_root(tmp_path / "models", families=("wan2.1-t2v-1.3b",))
+    monkeypatch.setenv("WANFLOW_MODELS", str(root))
+    monkeypatch.delenv("WANFLOW_OFFLINE", raising=False)
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def _no_download(monkeypatch):
+    import wanflow.sources.fetch as fetch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("planning tried to download")
+
+    monkeypatch.setattr(fetch, "modelscope_download", refuse)
+    monkeypatch.setattr(fetch, "modelscope_commit", refuse)
+
+
+def test_explain_plans_a_family_whose_weights_are_absent(partial_root, tmp_path, monkeypatch):
+    _no_download(monkeypatch)
+    resolved = load_recipe(write_recipe(tmp_path, "wan2.1-t2v-14b"))
+    pipeline = get_registry().pipeline(resolved.model).planning_only()
+    with Cache() as cache:
+        the_plan = plan_job(resolved, pipeline, cache)
+        lines = {e.node: e.line() for e in explain(the_plan, cache)}
+        assert "will run: weights not present" in lines["denoise"]
+        assert "will run: weights not present" in lines["encode-text:positive"]
+        assert "weights not present" not in lines["save-metadata"]
+        with pytest.raises(EngineError, match="can be explained but not run"):
+            Executor(the_plan, cache).run()
+
+
+def test_present_weights_plan_as_usual_without_downloads(partial_root, tmp_path, monkeypatch):
+    _no_download(monkeypatch)
+    resolved = load_recipe(write_recipe(tmp_path, "wan2.1-t2v-1.3b"))
+    pipeline = get_registry().pipeline(resolved.model).planning_only()
+    with Cache() as cache:
+        the_plan = plan_job(resolved, pipeline, cache)
+        assert the_plan.absent_weights() == []
+        assert all("not present" not in e.line() for e in explain(the_plan, cache))
+
+
+def test_a_run_names_every_missing_component_at_once(partial_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
+    resolved = load_recipe(write_recipe(tmp_path, "wan2.2-i2v-a14b", {"image": _image(tmp_path)}))
+    with pytest.raises(ModelLoadError) as caught:
+        get_registry().pipeline(resolved.model).steps(resolved)
+    message = str(caught.value)
+    for component in ("dit_high_noise", "dit_low_noise", "text_encoder", "vae"):
+        assert f"- {component}:" in message
+    assert "component(s) cannot be used yet" in message
+
+
+def _image(folder):
+    from PIL import Image
+
+    path = folder / "in.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
+    return path
