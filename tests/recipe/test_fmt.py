@@ -63,6 +63,42 @@ def test_messy_recipe_gets_canonical_order_numbers_and_keeps_comments():
     assert format_recipe(out) == out
 
 
+COMMENTED_TABLES = """\
+model = "wan2.1-t2v-1.3b"
+
+[sampler]
+steps = 3
+
+# the prompt, first in canonical form
+[prompt]
+text = "a cat"
+
+# the VAE override
+[models.vae]
+source = "a"
+# the DiT override
+[models.dit]
+source = "b"
+
+# memory last in the file, before [sampler] once formatted
+[memory]
+fp8 = false
+# a closing note
+"""
+
+
+def test_a_comment_above_a_table_stays_above_that_table():
+    out = format_recipe(COMMENTED_TABLES)
+    for comment, header in (("# the prompt, first in canonical form", "[prompt]"),
+                            ("# the VAE override", "[models.vae]"), ("# the DiT override", "[models.dit]"),
+                            ("# memory last in the file, before [sampler] once formatted", "[memory]")):
+        assert f"{comment}\n{header}\n" in out, (comment, out)
+    assert out.index("[prompt]") < out.index("[sampler]") < out.index("[memory]") < out.index("[models.dit]")
+    assert "[models]" not in out  # a comment must not give the super table a header of its own
+    assert out.endswith("# a closing note\n")
+    assert format_recipe(out) == out
+
+
 def _value(tp: typing.Any) -> st.SearchStrategy:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
@@ -115,3 +151,6 @@ def test_fmt_is_idempotent_and_preserves_meaning(text):
     once = format_recipe(text)
     assert format_recipe(once) == once
     assert tomllib.loads(once) == _normalised(tomllib.loads(text))
+    for table in TABLES:  # a comment written above a table is still right above it
+        if f"# about {table}\n[{table}]" in text:
+            assert f"# about {table}\n[{table}]\n" in once

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import tomlkit
 
+from wanflow.engine.archive import INCOMPLETE_PREFIX
 from wanflow.errors import RecipeError, WanflowError
 from wanflow.recipe import ResolvedRecipe, load_recipe
 from wanflow.recipe.canonical import format_file
 from wanflow.recipe.problems import display_path
+from wanflow.recipe.reasons import why
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +38,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def recipe_files(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expand to the .toml files under them (sorted)."""
+    """Files as given; folders expand to the .toml files under them (sorted), leaving out run
+    archives, the runs folder and hidden folders: an archive records what ran, it is not a recipe."""
     out: list[Path] = []
     for path in paths:
-        out.extend(sorted(path.rglob("*.toml")) if path.is_dir() else [path])
+        if path.is_dir() and is_run_record(path):
+            raise WanflowError(f"{display_path(path)}: is a run archive (or a folder of them), a record of what "
+                               "ran: it is neither validated nor formatted; `wanflow reproduce` checks an archive")
+        out.extend(_walk(path) if path.is_dir() else [path])
     return out
+
+
+def _walk(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_run_record(here / d))
+        found += [here / f for f in files if f.endswith(".toml")]
+    return sorted(found)
+
+
+def is_archive(folder: Path) -> bool:
+    """A run archive, complete or still being written (see ``wanflow.engine.archive``)."""
+    return folder.name.startswith(INCOMPLETE_PREFIX) or all(
+        (folder / name).is_file() for name in ("recipe.toml", "resolved.toml"))
+
+
+def is_run_record(folder: Path) -> bool:
+    """An archive, a recipe's folder of archives (``runs/NAME``: archives and sweep indexes only),
+    or the runs folder."""
+    if is_archive(folder) or folder.resolve() == _runs_dir().resolve():
+        return True
+    children = list(folder.iterdir())
+    return (any(c.is_dir() and is_archive(c) for c in children)
+            and all(c.is_dir() or (c.name.startswith("sweep-") and c.suffix == ".toml") for c in children))
+
+
+def _runs_dir() -> Path:
+    """Where `wanflow run` writes archives by default: ``WANFLOW_RUNS``, else ``./runs``."""
+    return Path(os.environ.get("WANFLOW_RUNS") or "runs")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -78,6 +114,9 @@ def _pipeline_problems(jobs: list[ResolvedRecipe]) -> list[str]:
 def cmd_fmt(args: argparse.Namespace) -> int:
     changed = []
     for path in recipe_files(args.files):
+        if path.parent.is_dir() and is_run_record(path.parent):
+            raise WanflowError(f"{display_path(path)}: belongs to a run archive, a record of what ran; "
+                               "`wanflow fmt` does not rewrite archives (format the recipe it came from)")
         text = _read(path)
         canonical = format_file(str(path))
         if canonical == text:
@@ -118,11 +157,63 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def annotated_toml(resolved: ResolvedRecipe) -> str:
-    """The resolved recipe with a trailing comment on every value saying where it came from."""
+    """The resolved recipe with a trailing comment on every value saying where it came from (and,
+    for a default, why it is the default), the unset optional settings, and the ``[sweep]``."""
     doc = tomlkit.parse(resolved.canonical_toml())
     _annotate(doc, "", resolved)
+    _add_unset(doc, resolved)
+    if resolved.sweep:
+        _add_sweep(doc, resolved)
     head = f"# {display_path(resolved.path)} resolved: family {resolved.model}\n"
     return head + tomlkit.dumps(doc)
+
+
+def _origin_comment(dotted: str, resolved: ResolvedRecipe) -> str:
+    origin = resolved.origins[dotted]
+    if origin == "family":
+        text = f"family {resolved.model}"
+    elif origin == "default":
+        reason = why(dotted)
+        text = f"default: {reason}" if reason else "default"
+    else:
+        text = origin
+    if any(dotted == k or dotted.startswith(k + ".") for k in resolved.sweep):
+        text += "; [sweep] replaces it in every job"
+    return text
+
+
+def _add_unset(doc: tomlkit.TOMLDocument, resolved: ResolvedRecipe) -> None:
+    """Optional settings left unset (TOML has no null), as comments in their table with their reason."""
+    accepted = resolved.family.accepted_inputs
+    for dotted, value in resolved.values.items():
+        parts = dotted.split(".")
+        if value is not None or len(parts) != 2 or parts[0] == "train":
+            continue
+        if parts[0] == "inputs" and parts[1] not in accepted:
+            continue  # inputs this family does not take are noise here
+        if parts[0] not in doc:
+            doc.add(parts[0], tomlkit.table())
+        swept = dotted in resolved.sweep
+        text = f"{parts[1]}: set by [sweep] in each job" if swept else f"{parts[1]} unset: {why(dotted) or 'optional'}"
+        _comment_before_blank(doc[parts[0]], text)
+
+
+def _comment_before_blank(table: tomlkit.items.Table, text: str) -> None:
+    """Append a comment line to a table, above the blank line that separates it from the next one."""
+    body = table.value.body
+    end = len(body)
+    while end and body[end - 1][0] is None and isinstance(body[end - 1][1], tomlkit.items.Whitespace):
+        end -= 1
+    body.insert(end, (None, tomlkit.comment(text)))
+
+
+def _add_sweep(doc: tomlkit.TOMLDocument, resolved: ResolvedRecipe) -> None:
+    table = tomlkit.table()
+    count = len(resolved.sweep_jobs())
+    table.add(tomlkit.comment(f"{count} jobs, one per combination; each sets these keys over the values above"))
+    for key, values in resolved.sweep.items():
+        table.add(key, tomlkit.item(list(values)))
+    doc.add("sweep", table)
 
 
 def _annotate(container: object, prefix: str, resolved: ResolvedRecipe) -> None:
@@ -136,8 +227,7 @@ def _annotate(container: object, prefix: str, resolved: ResolvedRecipe) -> None:
         elif isinstance(item, tomlkit.items.AoT):
             continue
         elif dotted in resolved.origins:
-            origin = resolved.origins[dotted]
-            item.comment(f"family {resolved.model}" if origin == "family" else origin)
+            item.comment(_origin_comment(dotted, resolved))
 
 
 def cmd_models(args: argparse.Namespace) -> int:

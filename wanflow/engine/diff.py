@@ -1,9 +1,17 @@
-"""Semantic difference of two recipes or archives, and the steps each change invalidates."""
+"""Semantic difference of two recipes or archives, and the steps each change invalidates.
+
+A step's key holds the params it reads and the digests of its weight files, so a change
+invalidates the steps that read it and, for the family (``model``) or a component's source,
+files or dtype (``models.X.*``), every step that runs those weights; then everything downstream.
+Given the other side's specs too (both sides planned), weights are compared file by file, as
+the planner keys them; without them, every step that uses the changed component counts.
+"""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -13,6 +21,10 @@ from wanflow.engine.keys import is_policy_field
 from wanflow.engine.step import StepSpec
 
 _MISSING = object()
+
+#: What a ``[models.X]`` field means when the table does not set it (the schema's ``ModelSource``
+#: defaults: the family's files, the run's dtype); the engine reads no schema, so they are here.
+MODEL_OVERRIDE_DEFAULTS: Mapping[str, Any] = {"dtype": "auto", "files": []}
 
 
 @attrs.frozen
@@ -39,11 +51,44 @@ def _reads(spec: StepSpec, key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pat) for pat in spec.params_read)
 
 
-def invalidated(specs: Sequence[StepSpec], key: str) -> tuple[str, ...]:
-    """The steps that read ``key`` and everything downstream of them (none for policy fields)."""
+def component_of(role: str) -> str:
+    """The model component a weight role belongs to (``dit.0`` -> ``dit``, ``vae`` -> ``vae``)."""
+    return role.split(".", 1)[0]
+
+
+def _weights_differ(b: StepSpec, a: StepSpec | None, digest: Callable[[Path], str] | None) -> bool:
+    if a is None or set(a.weights) != set(b.weights):
+        return True
+    if digest is not None:
+        return any(digest(a.weights[r].path) != digest(w.path) for r, w in b.weights.items())
+    return any(a.weights[r] != w for r, w in b.weights.items())
+
+
+def weight_users(key: str, specs: Sequence[StepSpec], specs_a: Sequence[StepSpec] | None = None,
+                 digest: Callable[[Path], str] | None = None) -> set[str]:
+    """The steps whose weights a change of ``key`` (``model`` or ``models.X.*``) may swap."""
+    parts = key.split(".")
+    if key == "model":
+        component = None
+    elif parts[0] == "models" and len(parts) >= 2:
+        component = parts[1]
+    else:
+        return set()
+    users = [s for s in specs if any(component in (None, component_of(r)) for r in s.weights)]
+    if specs_a is None:
+        return {s.name for s in users}
+    before = {s.name: s for s in specs_a}
+    return {s.name for s in users if _weights_differ(s, before.get(s.name), digest)}
+
+
+def invalidated(specs: Sequence[StepSpec], key: str, specs_a: Sequence[StepSpec] | None = None,
+                digest: Callable[[Path], str] | None = None) -> tuple[str, ...]:
+    """The steps that read ``key`` or run weights it swaps, and everything downstream of them
+    (none for policy fields). ``specs_a``: the other side's specs, to compare weights file by
+    file (by ``digest`` when given, else by path and source)."""
     if is_policy_field(key):
         return ()
-    hit = {s.name for s in specs if _reads(s, key)}
+    hit = {s.name for s in specs if _reads(s, key)} | weight_users(key, specs, specs_a, digest)
     changed = True
     while changed:
         grown = hit | {s.name for s in specs if any(src in hit for src in s.inputs.values())}
@@ -51,12 +96,24 @@ def invalidated(specs: Sequence[StepSpec], key: str) -> tuple[str, ...]:
     return tuple(s.name for s in specs if s.name in hit)
 
 
-def diff_values(a: Mapping[str, Any], b: Mapping[str, Any],
-                specs: Sequence[StepSpec]) -> tuple[Change, ...]:
-    """Every dotted key whose resolved value differs, in key order."""
-    keys = sorted(set(a) | set(b))
-    return tuple(Change(k, a.get(k, _MISSING), b.get(k, _MISSING), invalidated(specs, k))
-                 for k in keys if a.get(k, _MISSING) != b.get(k, _MISSING))
+def diff_values(a: Mapping[str, Any], b: Mapping[str, Any], specs: Sequence[StepSpec],
+                specs_a: Sequence[StepSpec] | None = None,
+                digest: Callable[[Path], str] | None = None) -> tuple[Change, ...]:
+    """Every dotted key whose resolved value differs, in key order (``specs``: side b's plan)."""
+    keys = set(a) | set(b)
+    keys = sorted(k for k in keys if not any(other.startswith(k + ".") for other in keys))  # no `models = {}`
+    return tuple(Change(k, a.get(k, _MISSING), b.get(k, _MISSING), invalidated(specs, k, specs_a, digest))
+                 for k in keys if _value(a, k) != _value(b, k))
+
+
+def _value(values: Mapping[str, Any], key: str) -> Any:
+    """A resolved value; an absent ``[models.X]`` field means its default (no override of it)."""
+    if key in values:
+        return values[key]
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "models":
+        return MODEL_OVERRIDE_DEFAULTS.get(parts[2], _MISSING)
+    return _MISSING
 
 
 def _val(v: Any) -> str:

@@ -60,17 +60,36 @@ def _comment_text(comment: Item) -> str:
     return (text[1:] if text.startswith(" ") else text).rstrip()
 
 
-def _groups(body: list) -> tuple[list[tuple[Any, Item, list[Item]]], list[Item]]:
-    """Pair every key with the comments just above it; return the groups and trailing comments."""
-    groups, pending = [], []
+def _groups(body: list, lead: list[Item] = ()) -> tuple[list[tuple[Any, Item, list[Item]]], list[Item]]:
+    """Pair every key with the comments just above it; return the groups and trailing comments.
+
+    TOML parsers file a comment written above a table header under the table before it (it comes
+    after that table's last key); it is taken back from there and given to the table it precedes.
+    """
+    groups, pending = [], list(lead)  # ``lead``: comments above this (super) table, for its first key
     for key, item in body:
         if key is None:
             if isinstance(item, Comment):
                 pending.append(item)
             continue
         groups.append((key, item, pending))
-        pending = []
+        pending = _take_trailing(item) if _is_table(item) else []
     return groups, pending
+
+
+def _take_trailing(item: Item) -> list[Item]:
+    """Remove and return the comments after a table's last key (in its last sub-table, if nested)."""
+    if isinstance(item, AoT):
+        return _take_trailing(item.body[-1]) if item.body else []
+    body = item.value.body
+    end = len(body)
+    while end and body[end - 1][0] is None:
+        end -= 1
+    tail = [entry for _, entry in body[end:] if isinstance(entry, Comment)]
+    if not tail and end and _is_table(body[end - 1][1]):
+        return _take_trailing(body[end - 1][1])
+    del body[end:]  # comments and blank lines only: no key's index moves
+    return tail
 
 
 def _rank(schema: type | None, names: list[str], top: bool) -> dict[str, int]:
@@ -81,18 +100,37 @@ def _rank(schema: type | None, names: list[str], top: bool) -> dict[str, int]:
         n: len(order) + i for i, n in enumerate(n for n in names if n not in order)}
 
 
-def _fill(container: Any, body: list, schema: type | None, top: bool = False) -> None:
-    groups, trailing = _groups(body)
+def _fill(container: Any, body: list, schema: type | None, top: bool = False, lead: list[Item] = ()) -> None:
+    groups, trailing = _groups(body, lead)
     rank = _rank(schema, [k.key for k, _, _ in groups], top)
     if schema is not None and typing.get_origin(schema) is None and not attrs.has(schema):
         schema = None
     groups.sort(key=lambda g: (_is_table(g[1]), rank[g[0].key] if schema is not dict else 0))
     for key, item, comments in groups:
-        for comment in comments:
-            container.add(tomlkit.comment(_comment_text(comment)))
-        container.add(key.key, _normalise(item, _field_type(schema, key.key)))
+        if isinstance(item, Table) and item.is_super_table():  # no header: its first sub-table takes them
+            item, comments = _normalise(item, _field_type(schema, key.key), comments), []
+        else:
+            item = _normalise(item, _field_type(schema, key.key))
+        _add(container, key.key, item, comments)
     for comment in trailing:
         container.add(tomlkit.comment(_comment_text(comment)))
+
+
+def _add(container: Any, key: str, item: Item, comments: list[Item]) -> None:
+    """Add a key with the comments written above it.
+
+    Above a table they go into its header's indentation: written into the enclosing table they
+    would end up under the wrong header (and a ``[models]`` of only sub-tables would grow one).
+    """
+    if comments and _is_table(item):
+        head = item.body[0] if isinstance(item, AoT) else item
+        body = container.body if isinstance(container, tomlkit.TOMLDocument) else container.value.body
+        blank = "\n" if body and not isinstance(body[-1][1], Whitespace) else ""
+        head.trivia.indent = blank + "".join(f"# {_comment_text(c)}\n" for c in comments)
+    else:
+        for comment in comments:
+            container.add(tomlkit.comment(_comment_text(comment)))
+    container.add(key, item)
 
 
 def _is_table(item: Item) -> bool:
@@ -120,10 +158,10 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
-def _normalise(item: Item, tp: Any) -> Item:
+def _normalise(item: Item, tp: Any, lead: list[Item] = ()) -> Item:
     tp = _unwrap(tp)
     if isinstance(item, Table):
-        return _table(item, tp)
+        return _table(item, tp, lead)
     if isinstance(item, AoT):
         inner = tp[1] if isinstance(tp, tuple) and tp[0] == "array" else None
         out = tomlkit.aot()
@@ -135,28 +173,26 @@ def _normalise(item: Item, tp: Any) -> Item:
     return _scalar(item, tp)
 
 
-def _table(item: Table, tp: Any) -> Table:
+def _table(item: Table, tp: Any, lead: list[Item] = ()) -> Table:
     if isinstance(tp, tuple) and tp[0] == "map":
         sub_schema: Any = ("map-of", tp[1])
     else:
         sub_schema = tp if isinstance(tp, type) and attrs.has(tp) else None
     table = tomlkit.table(is_super_table=item.is_super_table())
     if isinstance(sub_schema, tuple):
-        _fill_map(table, item.value.body, sub_schema[1])
+        _fill_map(table, item.value.body, sub_schema[1], lead)
     else:
-        _fill(table, item.value.body, sub_schema)
+        _fill(table, item.value.body, sub_schema, lead=lead)
     _copy_comment(item, table)
     return table
 
 
-def _fill_map(container: Any, body: list, value_schema: Any) -> None:
+def _fill_map(container: Any, body: list, value_schema: Any, lead: list[Item] = ()) -> None:
     """A table of named sub-tables ([models.dit], [models.vae]): sub-tables sorted by name."""
-    groups, trailing = _groups(body)
+    groups, trailing = _groups(body, lead)
     groups.sort(key=lambda g: g[0].key)
     for key, item, comments in groups:
-        for comment in comments:
-            container.add(tomlkit.comment(_comment_text(comment)))
-        container.add(key.key, _table(item, value_schema) if isinstance(item, Table) else item)
+        _add(container, key.key, _table(item, value_schema) if isinstance(item, Table) else item, comments)
     for comment in trailing:
         container.add(tomlkit.comment(_comment_text(comment)))
 

@@ -16,8 +16,9 @@ import attrs
 
 from wanflow.errors import RecipeError
 from wanflow.families.spec import FamilyLookup, FamilySpec
+from wanflow.recipe.aliases import dotted_hint
 from wanflow.recipe.flatten import flatten, to_data
-from wanflow.recipe.problems import KeyPath, Problems, did_you_mean, display_path
+from wanflow.recipe.problems import KeyPath, Problems, display_path
 from wanflow.recipe.render import render_toml
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
 from wanflow.recipe.source import Origin, apply_override, deep_copy, load_layers, parse_override
@@ -37,6 +38,7 @@ class ResolvedRecipe:
     origins: Mapping[str, str]  # dotted key -> default | family | include:<file> | recipe | --set | sweep
     job_label: str = ""  # "sampler.seed=1" for one job of a sweep
     jobs: tuple[ResolvedRecipe, ...] = ()
+    sweep: Mapping[str, tuple[Any, ...]] = attrs.field(factory=dict)  # [sweep] as written; {} in a job
 
     @property
     def name(self) -> str:
@@ -70,11 +72,29 @@ def load_recipe_text(text: str | None, *, path: str | Path, sets: Sequence[str] 
     path = Path(path).resolve()
     merged, origins = load_layers(path, text)
     overrides = [parse_override(item) for item in sets]
+    conflicts = swept_overrides(merged.get("sweep"), overrides, sets, origins)
     for (key, value), item in zip(overrides, sets):
         apply_override(merged, key, value)
         origins[key] = Origin("--set", f"--set {item}", Path.cwd())
     source_text = text if text is not None else path.read_text(encoding="utf-8")
-    return _resolve(merged, origins, path, source_text, families or _default_families())
+    return _resolve(merged, origins, path, source_text, families or _default_families(), early=conflicts)
+
+
+def swept_overrides(sweep: Any, overrides: Sequence[tuple[KeyPath, Any]], sets: Sequence[str],
+                    origins: Mapping[KeyPath, Origin]) -> list[str]:
+    """A ``--set`` of a key that ``[sweep]`` also sets: every job's sweep value would replace it."""
+    if not isinstance(sweep, dict):
+        return []
+    where = origins[("sweep",)].file if ("sweep",) in origins else "the recipe"
+    out = []
+    for (key, _), item in zip(overrides, sets):
+        dotted = ".".join(key)
+        for swept in sweep:
+            if swept == dotted or swept.startswith(dotted + ".") or dotted.startswith(swept + "."):
+                out.append(f'--set {item}: [sweep]."{swept}" in {where} also sets this key, and each job\'s '
+                           f"sweep value would replace the --set; remove one of them (drop the --set, or "
+                           f'"{swept}" from [sweep])')
+    return out
 
 
 def _default_families() -> FamilyLookup:
@@ -84,8 +104,9 @@ def _default_families() -> FamilyLookup:
 
 
 def _resolve(merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str, families: FamilyLookup,
-             label: str = "") -> ResolvedRecipe:
+             label: str = "", early: Sequence[str] = ()) -> ResolvedRecipe:
     problems = Problems(display_path(path), {k: o.file for k, o in origins.items()})
+    problems.items.extend(early)
     sweep = merged.pop("sweep", None)
     recipe = structure(Recipe, merged, (), problems)
     family = check_identity(recipe, families, problems) if recipe is not None else None
@@ -100,7 +121,7 @@ def _resolve(merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str
     if problems.items:
         raise RecipeError([f"{label}: {p}" if label else p for p in problems.items])
     return ResolvedRecipe(path, text, recipe, family, flatten(recipe), _origin_labels(recipe, family, origins),
-                          label, jobs)
+                          label, jobs, {k: tuple(v) for k, v in sweep.items()} if jobs else {})
 
 
 def _with_family(recipe: Recipe, family: FamilySpec, origins: Mapping[KeyPath, Origin], path: Path) -> Recipe:
@@ -179,7 +200,7 @@ def _check_sweep(sweep: Any, problems: Problems) -> bool:
     ok = True
     for key, values in sweep.items():
         if key not in known and not any(k.startswith(key + ".") for k in known):
-            problems.add(("sweep", key), values, "names no recipe field" + did_you_mean(key, known))
+            problems.add(("sweep", key), values, "names no recipe field" + dotted_hint(key, known))
             ok = False
         elif not isinstance(values, list) or not values:
             problems.add(("sweep", key), values, "must be a non-empty array of values to try")

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from wanflow.recipe.aliases import unknown_key_hint
 from wanflow.recipe.problems import KeyPath, Problems, did_you_mean, format_value
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -38,7 +39,8 @@ def structure(cls: type, data: Any, path: KeyPath, problems: Problems) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            problems.add(path + (key,), value, "unknown key" + did_you_mean(key, fields), show_value=False)
+            problems.add(path + (key,), value, "unknown key" + unknown_key_hint(path + (key,), fields),
+                         show_value=False)
             continue
         converted = convert(hints(cls)[key], value, path + (key,), problems, fields[key])
         if converted is not _BAD:

@@ -7,6 +7,7 @@ input files, inputs the family does not take, components it does not have.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from wanflow import SCHEMA_VERSION
@@ -30,12 +31,26 @@ def check_identity(recipe: Recipe, families: FamilyLookup, problems: Problems) -
 def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, problems: Problems,
                  paths: dict[tuple, tuple[str, Path]]) -> None:
     """Every cross-field, family and file check; problems are collected, nothing raised."""
+    _check_name(recipe.name, problems)
     _check_video(recipe, family, problems)
     _check_sampler(recipe, family, families, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
     _check_files(paths, problems)
+
+
+#: A run's folder name: no path separators, nothing a file system refuses, no leading dot.
+_FOLDER_NAME = re.compile(r'[^/\\<>:"|?*\x00-\x1f]+')
+
+
+def _check_name(name: str, problems: Problems) -> None:
+    """The name becomes ``runs/<name>/``: it must be one plain folder name that stays inside runs/."""
+    if _FOLDER_NAME.fullmatch(name) and not name.startswith(".") and name.strip() == name:
+        return
+    problems.add(("name",), name, "must be a plain folder name (it names the run's folder under runs/): "
+                 "no '/', '\\', '..', leading '.', surrounding spaces or any of < > : \" | ? *; "
+                 'e.g. name = "' + (re.sub(r'[^A-Za-z0-9_-]+', '-', name).strip('-.') or "my-run") + '"')
 
 
 def _check_video(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:

@@ -1,32 +1,125 @@
 """What the Wan pipeline cannot honour in a resolved recipe: reported by `wanflow validate`,
-refused by planning, never silently ignored. Pure: no model loads (torch only where a check
-must ask what the machine has)."""
+refused by planning, never silently ignored.
+
+Three kinds of problem, each naming the file and key: settings that a later version builds
+("not implemented yet"), settings this machine or these plugins cannot serve (CUDA, an attention
+backend, an output format), and input files that would only fail after minutes of work (see
+``input_checks``). No model loads here; torch is imported only to ask about a setting that
+needs it (``"cuda"``, an attention backend other than torch's own).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
-from wanflow.recipe.problems import display_path
+from wanflow.errors import WanflowError
+from wanflow.steps.input_checks import display_path, format_value, input_problems
+
+Where = Callable[[str], str]
+
+#: Output formats that first-party plugins add, so that a missing one can be named.
+PLUGIN_FORMATS = {"gif": "wanflow-gif"}
+
+#: The attention backend every torch has (``F.scaled_dot_product_attention``; the schema's
+#: default of ``[runtime].attention``): it needs no look-up.
+TORCH_ATTENTION = "sdpa"
 
 
-def unsupported(resolved: Any) -> list[str]:
-    """Settings this pipeline cannot honour yet: reported by validate, refused by planning, never ignored."""
-    values, problems = resolved.values, []
-
+def locator(resolved: Any) -> Where:
+    """``where(key)``: the file (or ``--set``) a resolved value came from, for messages."""
     def where(key: str) -> str:
         origin = resolved.origins.get(key, "")  # "recipe", "include:<file>", "--set" or "sweep"
         if origin.startswith("include:") or origin == "--set":
             return origin.removeprefix("include:")
         return display_path(resolved.path)
 
+    return where
+
+
+def unsupported(resolved: Any, catalog: Any = None) -> list[str]:
+    """Everything the pipeline cannot honour, all at once; ``catalog`` (the plugin registry, as
+    bound to the pipeline) answers which output formats are installed."""
+    where = locator(resolved)
+    return [*_not_implemented(resolved, where), *_machine_problems(resolved.values, where),
+            *_format_problems(resolved.values, where, catalog), *input_problems(resolved, where)]
+
+
+def _not_implemented(resolved: Any, where: Where) -> list[str]:
+    """Settings that validate as data but that no step honours yet."""
+    values, found = resolved.values, []
+    if resolved.recipe.train is not None:
+        found.append(f"{where('train.dataset')}: [train]: training is not implemented yet; remove the "
+                     "[train] table (a recipe with it would only generate a video)")
     if resolved.recipe.lora:
-        problems.append(f"{where('lora')}: [[lora]]: LoRA is not applied by the Wan pipeline yet; "
-                        "remove the [[lora]] tables to generate without them")
+        found.append(f"{where('lora')}: [[lora]]: LoRA is not applied by the Wan pipeline yet; "
+                     "remove the [[lora]] tables to generate without them")
     if values.get("runtime.teacache_threshold") is not None:
-        problems.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
-                        f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
-                        "remove the key (every step computed)")
+        found.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
+                     f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
+                     "remove the key (every step computed)")
     if values.get("memory.fp8"):
-        problems.append(f"{where('memory.fp8')}: [memory].fp8 = true: fp8 weight storage is not "
-                        "implemented yet; set it to false (weights stay in the compute dtype)")
-    return problems
+        found.append(f"{where('memory.fp8')}: [memory].fp8 = true: fp8 weight storage is not "
+                     "implemented yet; set it to false (weights stay in the compute dtype)")
+    policy = values.get("memory.policy")
+    if policy in ("stream", "disk"):
+        what = ("streaming blocks from CPU memory" if policy == "stream"
+                else "reading weights from disk block by block")
+        found.append(f'{where("memory.policy")}: [memory].policy = "{policy}": {what} is not implemented '
+                     'yet; use "offload" (one model on the device at a time) or "auto"')
+    return found
+
+
+def _machine_problems(values: Any, where: Where) -> list[str]:
+    """CUDA asked for on a machine without it; an attention backend that is not installed."""
+    found = []
+    asked = [k for k in ("runtime.device", "sampler.noise_device") if values.get(k) == "cuda"]
+    if asked and not cuda_available():
+        fixes = {"runtime.device": '"auto" (CUDA when present, else the CPU) or "cpu"',
+                 "sampler.noise_device": '"cpu" (the same noise for a seed on every machine)'}
+        for key in asked:
+            table, name = key.split(".")
+            found.append(f'{where(key)}: [{table}].{name} = "cuda": this machine has no CUDA device that '
+                         f"torch can use; use {fixes[key]}")
+    backend = values.get("runtime.attention", TORCH_ATTENTION)
+    if backend != TORCH_ATTENTION:
+        available = attention_backends()
+        if backend not in available:
+            found.append(f"{where('runtime.attention')}: [runtime].attention = {format_value(backend)}: no "
+                         f"attention backend of that name is installed (available: {', '.join(available)}); "
+                         f'use "{TORCH_ATTENTION}", or install the plugin that registers {format_value(backend)}')
+    return found
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imports torch: asked only when a recipe says "cuda")."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def attention_backends() -> list[str]:
+    """The registered attention kernels (imports torch with the models' attention module)."""
+    from wanflow.models.attention import KERNELS
+
+    return sorted(KERNELS)
+
+
+def _format_problems(values: Any, where: Where, catalog: Any) -> list[str]:
+    """An output format that no installed plugin saves (planning would fail after the downloads)."""
+    fmt = values.get("output.format")
+    if catalog is None or fmt is None:
+        return []
+    try:
+        catalog.provided("saver", fmt)
+        return []
+    except WanflowError:
+        installed = ", ".join(sorted(getattr(catalog, "savers", ()))) or "none"
+    hint = ""
+    if fmt in PLUGIN_FORMATS:
+        hint = f"; the {PLUGIN_FORMATS[fmt]} plugin provides it: pip install {PLUGIN_FORMATS[fmt]}"
+        if os.environ.get("WANFLOW_NO_PLUGINS", "") in ("1", "true", "yes"):
+            hint += " (plugins are turned off here: --no-plugins or WANFLOW_NO_PLUGINS=1)"
+    return [f"{where('output.format')}: [output].format = {format_value(fmt)}: no installed plugin saves "
+            f"this format (installed formats: {installed}){hint}"]

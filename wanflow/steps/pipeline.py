@@ -231,13 +231,13 @@ class WanPipeline:
         return attrs.evolve(self, fetch=False)
 
     def check(self, resolved: Any) -> list[str]:
-        return unsupported(resolved)
+        return unsupported(resolved, self.catalog)
 
     def steps(self, resolved: Any) -> list[StepSpec]:
         if self.catalog is None:
             raise RuntimeError("WanPipeline.steps: unbound; get it from the plugin registry "
                                "(get_registry().pipeline(model)), which binds its savers and solvers")
-        problems = unsupported(resolved)
+        problems = unsupported(resolved, self.catalog)
         if problems:
             raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)

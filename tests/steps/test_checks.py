@@ -1,0 +1,172 @@
+"""What the Wan pipeline cannot honour is found at validation, before any model loads: settings not
+built yet, what this machine or these plugins lack, and input files that cannot be read."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wanflow.errors import PluginError
+from wanflow.output import save_mp4
+from wanflow.recipe import load_recipe
+from wanflow.steps import checks, input_checks
+from wanflow.steps.checks import unsupported
+
+TINY = 'model = "wanflow-tiny"\n[prompt]\ntext = "a cat"\n'
+I2V = 'model = "wan2.1-i2v-14b-480p"\n[prompt]\ntext = "a cat"\n'
+TINY_DIT = Path(__file__).resolve().parents[2] / "wanflow" / "assets" / "wanflow-tiny" / "dit"
+
+
+def problems(tmp_path: Path, text: str, *sets: str, catalog: object = None) -> list[str]:
+    path = tmp_path / "r.toml"
+    path.write_text(text, encoding="utf-8")
+    return unsupported(load_recipe(path, sets=sets), catalog)
+
+
+@pytest.fixture(autouse=True)
+def _here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # messages name files relative to the working folder
+
+
+def test_a_plain_recipe_has_no_problem(tmp_path):
+    assert problems(tmp_path, TINY) == []
+
+
+def test_train_table_is_not_implemented_yet(tmp_path):
+    (tmp_path / "data.csv").write_text("video,prompt\n")
+    found = problems(tmp_path, 'model = "wanflow-tiny"\n[train]\ndataset = "data.csv"\n')
+    assert found == ["r.toml: [train]: training is not implemented yet; remove the [train] table "
+                     "(a recipe with it would only generate a video)"]
+
+
+@pytest.mark.parametrize("policy", ["stream", "disk"])
+def test_stream_and_disk_policies_are_not_implemented_yet(tmp_path, policy):
+    found = problems(tmp_path, TINY, f"memory.policy={policy}")
+    assert len(found) == 1 and found[0].startswith(f'--set: [memory].policy = "{policy}": ')
+    assert 'is not implemented yet; use "offload"' in found[0]
+    assert problems(tmp_path, TINY, "memory.policy=offload") == []
+
+
+def test_cuda_on_a_machine_without_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(checks, "cuda_available", lambda: False)
+    found = problems(tmp_path, TINY + '[runtime]\ndevice = "cuda"\n[sampler]\nnoise_device = "cuda"\n')
+    assert found == ['r.toml: [runtime].device = "cuda": this machine has no CUDA device that torch can use; '
+                     'use "auto" (CUDA when present, else the CPU) or "cpu"',
+                     'r.toml: [sampler].noise_device = "cuda": this machine has no CUDA device that torch can '
+                     'use; use "cpu" (the same noise for a seed on every machine)']
+    monkeypatch.setattr(checks, "cuda_available", lambda: True)
+    assert problems(tmp_path, TINY + '[runtime]\ndevice = "cuda"\n') == []
+
+
+def test_an_attention_backend_that_is_not_installed(tmp_path):
+    found = problems(tmp_path, TINY + '[runtime]\nattention = "flash"\n')
+    assert found == ['r.toml: [runtime].attention = "flash": no attention backend of that name is installed '
+                     '(available: math, sdpa); use "sdpa", or install the plugin that registers "flash"']
+    assert problems(tmp_path, TINY + '[runtime]\nattention = "math"\n') == []
+
+
+class _Catalog:
+    """The plugin registry as a bound pipeline sees it."""
+
+    def __init__(self, *formats: str):
+        self.savers = dict.fromkeys(formats)
+
+    def provided(self, what: str, name: str) -> tuple[object, str]:
+        if name not in self.savers:
+            raise PluginError(f"no installed plugin provides the {what} {name!r}")
+        return self.savers[name], ""
+
+
+def test_an_output_format_that_no_plugin_saves(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_NO_PLUGINS", "1")
+    found = problems(tmp_path, TINY + '[output]\nformat = "gif"\n', catalog=_Catalog("mp4"))
+    assert found == ['r.toml: [output].format = "gif": no installed plugin saves this format (installed '
+                     'formats: mp4); the wanflow-gif plugin provides it: pip install wanflow-gif (plugins are '
+                     'turned off here: --no-plugins or WANFLOW_NO_PLUGINS=1)']
+    assert problems(tmp_path, TINY + '[output]\nformat = "gif"\n', catalog=_Catalog("mp4", "gif")) == []
+
+
+def test_an_input_image_that_cannot_be_decoded(tmp_path):
+    (tmp_path / "noise.png").write_bytes(bytes(range(7, 250)))
+    found = problems(tmp_path, I2V + '[inputs]\nimage = "noise.png"\n')
+    assert len(found) == 1 and found[0].startswith('r.toml: [inputs].image = "noise.png": not a readable image')
+    assert "it looks like unknown binary data starting 07 08 09" in found[0]
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "noise.png")
+    assert problems(tmp_path, I2V + '[inputs]\nimage = "noise.png"\n') == []
+
+
+def test_a_truncated_image_is_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    found = problems(tmp_path, I2V + '[inputs]\nimage = "cut.png"\n')
+    assert len(found) == 1 and "not a readable image" in found[0] and "a PNG image" in found[0]
+
+
+def _video(path: Path, frames: int) -> None:
+    save_mp4(np.zeros((frames, 32, 32, 3), np.uint8), path, 8, {}, quality=0)
+
+
+def test_a_source_video_with_too_few_frames(tmp_path):
+    _video(tmp_path / "short.mp4", 6)
+    v2v = TINY + '[inputs]\nvideo = "short.mp4"\n[sampler]\ndenoising_strength = 0.5\n'
+    found = problems(tmp_path, v2v)
+    assert found == ['r.toml: [inputs].video = "short.mp4": the video has 6 frames, fewer than the 9 of '
+                     '[video].frames (video-to-video reads one input frame per output frame); use a longer '
+                     'video or set [video].frames = 5 (the largest 4n+1 ≤ 6)']
+    assert problems(tmp_path, v2v, "video.frames=5") == []
+
+
+def test_a_source_video_that_cannot_be_decoded(tmp_path):
+    (tmp_path / "clip.mp4").write_text("not a video")
+    found = problems(tmp_path, TINY + '[inputs]\nvideo = "clip.mp4"\n[sampler]\ndenoising_strength = 0.5\n')
+    assert len(found) == 1 and found[0].startswith('r.toml: [inputs].video = "clip.mp4": not a readable video (')
+    assert found[0].endswith("it looks like text, 11 bytes; use an mp4, mov, mkv or webm file")
+
+
+def test_a_folder_source_without_the_components_files(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "notes.txt").write_text("download here")
+    (tmp_path / "weights" / "old").mkdir()
+    found = problems(tmp_path, TINY + '[models.dit]\nsource = "weights"\n')
+    assert found == ['r.toml: [models.dit].source = "weights": is a folder without the dit files (nothing '
+                     'matches dit/*); it holds 2 entries: notes.txt, old/; name the weight file itself, or a '
+                     "folder laid out like the model's repository, or set [models.dit].files to the patterns "
+                     "of the files inside it"]
+
+
+def test_a_folder_laid_out_like_the_repository_is_a_valid_source(tmp_path):
+    shutil.copytree(TINY_DIT, tmp_path / "repo" / "dit")
+    assert problems(tmp_path, TINY + '[models.dit]\nsource = "repo"\n') == []
+    assert problems(tmp_path, TINY + '[models.dit]\nsource = "repo/dit"\nfiles = ["*"]\n') == []
+    (tmp_path / "repo" / "dit" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10" + bytes(7))
+    found = problems(tmp_path, TINY + '[models.dit]\nsource = "repo"\n')
+    assert found == ['r.toml: [models.dit].source = "repo": dit/diffusion_pytorch_model.safetensors is 8 bytes '
+                     "but its header alone needs 24: an interrupted download; download it again"]
+    single = problems(tmp_path, TINY + '[models.dit]\nsource = "repo/dit/diffusion_pytorch_model.safetensors"\n')
+    assert single == ['r.toml: [models.dit].source = "repo/dit/diffusion_pytorch_model.safetensors": is 8 bytes '
+                      "but its header alone needs 24: an interrupted download; download the file again"]
+
+
+def test_every_problem_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(checks, "cuda_available", lambda: False)
+    (tmp_path / "noise.png").write_bytes(b"\x89PNG broken")
+    text = (I2V + '[inputs]\nimage = "noise.png"\n[runtime]\ndevice = "cuda"\nattention = "sage"\n'
+            '[memory]\npolicy = "disk"\nfp8 = true\n')
+    assert len(problems(tmp_path, text)) == 5
+
+
+def test_media_answers_are_remembered_until_the_file_changes(tmp_path):
+    _video(tmp_path / "v.mp4", 9)
+    path = tmp_path / "v.mp4"
+    input_checks.video_frames.cache_clear()
+    assert input_checks.video_frames(path, 9, *input_checks._stamp(path)) == (9, "")
+    assert input_checks.video_frames(path, 20, *input_checks._stamp(path)) == (9, "")
+    assert input_checks.video_frames.cache_info().misses == 2

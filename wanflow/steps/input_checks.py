@@ -1,0 +1,163 @@
+"""Input files opened at validation, so that a bad one is refused before any model loads.
+
+An image is decoded; a video is decoded up to the frames the run needs (into ffmpeg's null
+output: nothing is copied out); a local model source is matched against the component's file patterns
+the way resolving its weights will. Each problem names the file and key, and says what the file
+or folder looks like instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wanflow.output.media import describe_file
+from wanflow.sources.files import file_problem, match
+
+Where = Callable[[str], str]
+
+#: Image inputs every Wan pipeline reads when they are set (CLIP and/or VAE conditioning).
+IMAGE_INPUTS = ("image", "end_image")
+
+
+def input_problems(resolved: Any, where: Where) -> list[str]:
+    """Every input image, source video and local model source the run will read, checked."""
+    values, found = resolved.values, []
+    for name in IMAGE_INPUTS:
+        if values.get(f"inputs.{name}") is not None:
+            found += _image_problems(f"inputs.{name}", Path(values[f"inputs.{name}"]), where)
+    if values.get("inputs.video") is not None and values["sampler.denoising_strength"] < 1:
+        found += _video_problems(Path(values["inputs.video"]), values["video.frames"], where)
+    for name, override in resolved.recipe.models.items():
+        found += _source_problems(name, override, resolved.family, where)
+    return found
+
+
+def display_path(path: Path | str) -> str:
+    """A path as messages show it: relative to the working folder when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def format_value(value: Any) -> str:
+    """A value as a recipe writes it (strings quoted), for messages."""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _label(key: str, path: Path | str) -> str:
+    table, _, name = key.rpartition(".")
+    return f"[{table}].{name} = {format_value(display_path(path))}"
+
+
+def _image_problems(key: str, path: Path, where: Where) -> list[str]:
+    if not path.is_file():
+        return []  # a missing file or a folder is a recipe problem, already reported
+    why = image_problem(path, *_stamp(path))
+    return [f"{where(key)}: {_label(key, path)}: {why}"] if why else []
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime) so that a remembered answer is dropped when the file changes."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def image_problem(path: Path, size: int, mtime_ns: int) -> str | None:
+    """Why an image cannot be decoded, or None (decoded fully: a truncated file fails here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return (f"not a readable image ({str(exc).strip() or type(exc).__name__}); it looks like "
+                f"{describe_file(path)}; use a PNG, JPEG or WebP file")
+    return None if width and height else f"the image is {width}x{height} pixels; use a non-empty image"
+
+
+def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
+    if not path.is_file():
+        return []
+    count, error = video_frames(path, frames, *_stamp(path))
+    key = "inputs.video"
+    if error and count < frames:
+        return [f"{where(key)}: {_label(key, path)}: not a readable video ({error}); it looks like "
+                f"{describe_file(path)}; use an mp4, mov, mkv or webm file"]
+    if count < frames:
+        usable = (count - 1) // 4 * 4 + 1 if count else 0
+        fix = f"set [video].frames = {usable} (the largest 4n+1 ≤ {count})" if usable else "use a video with frames"
+        return [f"{where(key)}: {_label(key, path)}: the video has {count} frames, fewer than the "
+                f"{frames} of [video].frames (video-to-video reads one input frame per output frame); "
+                f"use a longer video or {fix}"]
+    return []
+
+
+@functools.lru_cache(maxsize=64)
+def video_frames(path: Path, wanted: int, size: int, mtime_ns: int) -> tuple[int, str]:
+    """(frames of the first video stream decoded, up to ``wanted``; ffmpeg's complaint or "").
+
+    ffmpeg decodes into a null output: every frame is really decoded, none is copied out.
+    """
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-nostats", "-i", str(path),
+           "-map", "0:v:0", "-frames:v", str(wanted), "-f", "null", "-", "-progress", "pipe:1"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 0, f"ffmpeg could not read it: {exc}"
+    counts = re.findall(r"^frame=(\d+)$", done.stdout, flags=re.M)
+    if done.returncode != 0:
+        return (int(counts[-1]) if counts else 0), _ffmpeg_complaint(done.stderr)
+    return (int(counts[-1]) if counts else 0), ""
+
+
+def _ffmpeg_complaint(stderr: str) -> str:
+    """ffmpeg's first line that says what is wrong, without its ``[demuxer @ 0x…]`` prefixes."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    if any("matches no streams" in line for line in lines):
+        return "it holds no video stream"
+    return (lines[0] if lines else "ffmpeg failed")[:200]
+
+
+def _source_problems(name: str, override: Any, family: Any, where: Where) -> list[str]:
+    """A local ``[models.X].source``: a whole weight file, or a folder holding the component's files."""
+    text = override.source
+    if text.startswith(("modelscope:", "builtin:")):
+        return []
+    path, key = Path(text), f"models.{name}.source"
+    label = f"[models.{name}].source = {format_value(display_path(path))}"
+    if path.is_file():
+        why = file_problem(path)
+        return [f"{where(key)}: {label}: {why}; download the file again"] if why else []
+    if not path.is_dir() or name not in family.components:
+        return []  # missing paths and unknown components are recipe problems, already reported
+    patterns = tuple(override.files) or tuple(family.components[name].files)
+    found = match(path, patterns)
+    if found.missing:
+        return [f"{where(key)}: {label}: is a folder without the {name} files "
+                f"(nothing matches {', '.join(found.missing)}); it holds {folder_summary(path)}; name the "
+                f"weight file itself, or a folder laid out like the model's repository, or set "
+                f"[models.{name}].files to the patterns of the files inside it"]
+    return [f"{where(key)}: {label}: {rel} {why}; download it again" for rel, why in found.broken]
+
+
+def folder_summary(path: Path, shown: int = 6) -> str:
+    """``3 entries: a.bin, notes.txt, sub/`` — what a folder holds, for messages."""
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if not p.name.startswith("."))
+    if not entries:
+        return "nothing (it is empty)"
+    listed = ", ".join(entries[:shown]) + (", …" if len(entries) > shown else "")
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {listed}"
