@@ -11,7 +11,7 @@ import attrs
 import tomlkit
 
 from wanflow.engine import lock as lockfile
-from wanflow.engine.archive import ArchiveWriter, safe_relpath, utc_stamp
+from wanflow.engine.archive import ArchiveWriter, portable_resolved, safe_relpath, utc_stamp
 from wanflow.engine.cache import Cache
 from wanflow.engine.events import Bars, EventCallback, EventLog
 from wanflow.engine.execute import Executor, Session, StepResult
@@ -48,7 +48,39 @@ def plan_job(resolved: Resolved, pipeline: Pipeline, cache: Cache) -> Plan:
     GPU run."""
     scope = resolved.name + (f"|{job_label(resolved)}" if job_label(resolved) else "")
     env = {**runtime_env(), **describe_runtime(pipeline, resolved)}
-    return plan(resolved.values, list(pipeline.steps(resolved)), scope, cache.memo.digest, env)
+    values = keyed_values(resolved, cache.memo.digest)
+    return plan(values, list(pipeline.steps(resolved)), scope, cache.memo.digest, env)
+
+
+def keyed_values(resolved: Resolved, digest: Callable[[Path], str]) -> dict[str, Any]:
+    """The resolved values with every input file's path replaced by ``sha256:<its digest>``.
+
+    Where a file lies is not what it holds: a step that reads every value (the saver, whose
+    metadata carries the recipe digest) must give the same key and bytes for the same image in
+    another folder, e.g. an archive's ``inputs/`` on another machine."""
+    values = dict(resolved.values)
+    for key, path in resolved.input_files().items():
+        if Path(path).is_file():
+            _replace(values, key.split("."), f"sha256:{digest(Path(path))}")
+    return values
+
+
+def _replace(values: dict[str, Any], parts: list[str], new: str) -> None:
+    """Set a dotted key in flat values, also inside a list value (``lora.0.path``)."""
+    for n in range(len(parts), 0, -1):
+        head = ".".join(parts[:n])
+        if head in values:
+            values[head] = _set_in(values[head], parts[n:], new)
+            return
+
+
+def _set_in(node: Any, rest: list[str], new: str) -> Any:
+    if not rest:
+        return new
+    node = list(node) if isinstance(node, list) else dict(node)
+    at = int(rest[0]) if isinstance(node, list) else rest[0]
+    node[at] = _set_in(node[at], rest[1:], new)
+    return node
 
 
 @attrs.frozen
@@ -78,7 +110,8 @@ def run_job(resolved: Resolved, pipeline: Pipeline, cache: Cache, opts: RunOptio
     the_plan = plan_job(resolved, pipeline, cache)
     writer = ArchiveWriter(opts.runs_dir, resolved.name)
     writer.write_text("recipe.toml", resolved.text)
-    writer.write_text("resolved.toml", resolved.canonical_toml())
+    stored = writer.add_inputs(resolved.input_files(), cache.memo.digest)
+    writer.write_text("resolved.toml", portable_resolved(resolved.canonical_toml(), stored))
     events = EventLog(opts.on_event)
     events.attach(writer.tmp / "events.jsonl")
     try:
@@ -89,7 +122,7 @@ def run_job(resolved: Resolved, pipeline: Pipeline, cache: Cache, opts: RunOptio
         lock = lockfile.build_lock(
             name=resolved.name, job=job_label(resolved), plan=the_plan, results=ex.results,
             runtime=describe_runtime(pipeline, resolved), plugins=opts.plugins,
-            input_files=resolved.input_files(), digest=cache.memo.digest, outputs=outputs)
+            inputs_stored=stored, outputs=outputs)
         events.emit("run.done", hits=sum(r.hit for r in ex.results.values()),
                     misses=sum(not r.hit for r in ex.results.values()))
     finally:

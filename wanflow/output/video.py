@@ -4,6 +4,10 @@ Frames are uint8 (T, H, W, 3) RGB. libx264 with yuv420p (the pixel format every 
 needs even width and height: an odd size is padded by one row or column repeating the edge, and
 the real size is recorded as ``frame_size`` in the metadata. Every write goes to a temporary
 file in the same folder and is renamed into place, so a crash never leaves a half video.
+
+The bytes depend only on the frames, fps, quality and metadata, never on the machine: x264 picks
+its thread count from the CPU cores unless told, and its output (and the options string it writes
+into the stream) changes with that count; see ``DETERMINISTIC_PARAMS``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,15 @@ from wanflow.errors import ModelInputError, WanflowError
 log = structlog.get_logger(__name__)
 
 MAX_COMMENT = 60_000  # bytes; a command-line argument must stay far below Linux's 128 KiB limit
+X264_THREADS = 4  # fixed: x264 is deterministic for a given thread count, and "auto" follows the cores
+
+#: ffmpeg options that make the file a function of its inputs alone: a fixed x264 thread count,
+#: one thread for the RGB → YUV conversion, no version-bearing "encoder" tags, no copied metadata.
+DETERMINISTIC_PARAMS = ("-threads", str(X264_THREADS), "-filter_threads", "1",
+                        "-fflags", "+bitexact", "-flags", "+bitexact", "-map_metadata", "-1")
+
+#: Output suffixes ``wanflow reproduce`` decodes to compare frames when the bytes differ.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".gif")
 
 
 def check_frames(frames: np.ndarray) -> np.ndarray:
@@ -74,7 +87,8 @@ def _encode(frames: np.ndarray, path: Path, fps: float, crf: int, comment: str) 
     import imageio_ffmpeg
 
     _, h, w, _ = frames.shape
-    params = ["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart", "-metadata", f"comment={comment}"]
+    params = ["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart", *DETERMINISTIC_PARAMS,
+              "-metadata", f"comment={comment}"]
     writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
                                          pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
                                          output_params=params, ffmpeg_log_level="error")
@@ -84,6 +98,41 @@ def _encode(frames: np.ndarray, path: Path, fps: float, crf: int, comment: str) 
             writer.send(np.ascontiguousarray(frame))
     finally:
         writer.close()
+
+
+def read_frames(path: str | os.PathLike) -> np.ndarray:
+    """Every frame of a video as uint8 (T, H, W, 3) RGB, as ffmpeg decodes it (to compare two files)."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise WanflowError(f"{path}: no such video file; check the path")
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        w, h = next(reader)["size"]
+        frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise WanflowError(f"{path}: ffmpeg cannot decode it ({exc}); is it a whole video file?") from None
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)  # (T, H, W, 3)
+
+
+def describe_difference(old: str | os.PathLike, new: str | os.PathLike) -> str:
+    """For two videos whose bytes differ: are the decoded frames the same (only the encoder
+    differs), or which frame differs first and by how much ("" for files that are not videos)."""
+    if not str(old).lower().endswith(VIDEO_SUFFIXES):
+        return ""
+    try:
+        a, b = read_frames(old), read_frames(new)
+    except WanflowError as exc:
+        return f"frames not compared: {exc}"
+    if a.shape != b.shape:
+        return (f"frames differ ({a.shape[0]} frames of {a.shape[2]}×{a.shape[1]} → "
+                f"{b.shape[0]} of {b.shape[2]}×{b.shape[1]})")
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))  # (T, H, W, 3)
+    if not diff.any():
+        return "bytes differ but decoded frames are identical (encoder difference)"
+    first = int(np.flatnonzero(diff.reshape(len(diff), -1).max(axis=1))[0])
+    return f"frames differ (max abs diff {int(diff.max())}, first differing frame {first} of {len(a)})"
 
 
 def save_png_frames(frames: np.ndarray, folder: str | os.PathLike, stem: str = "frame") -> list[Path]:
