@@ -76,8 +76,8 @@ def test_a14b_runs_each_expert_alone_with_its_own_guidance(dits, monkeypatch):
     assert len(segments) == 2  # the test needs a switch inside the schedule
     loads, load = [], model_pool.dit
 
-    def recording(files, *args):
-        model = load(files, *args)
+    def recording(files, *args, **kwargs):
+        model = load(files, *args, **kwargs)
         loads.append((files[0].parent.name, sum(k[0] == "dit" for k in model_pool._POOL)))
         return model
 

@@ -92,3 +92,15 @@ def test_memory_budget_is_checked_before_any_model_loads():
     with pytest.raises(MemoryBudgetError, match=r"quickstart.toml: \[memory\].policy = 'auto'"):
         planned("memory.limit_gb=0.001")
     assert "denoise" in planned("memory.limit_gb=1")
+
+
+def test_every_model_step_gets_the_pool_budget_and_it_stays_out_of_the_keys():
+    from wanflow.steps.memory import GIB, Residency
+
+    nodes = planned("memory.limit_gb=3", "memory.policy=offload")
+    models = [n for n in nodes.values() if n.spec.step.kind in
+              ("encode-text", "encode-image", "encode-conditioning", "denoise", "decode")]
+    assert {n.spec.step.residency for n in models} == {Residency("offload", 3 * GIB)}
+    other = planned("memory.limit_gb=5", "memory.policy=offload")
+    assert all(nodes[n].config == other[n].config for n in nodes)
+    assert all("residency" not in nodes[n].config for n in nodes)

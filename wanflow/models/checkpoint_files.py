@@ -4,7 +4,9 @@ safetensors files are memory-mapped privately and sliced into views (nothing is 
 tensor is used; safetensors' own reader copies each tensor, hence this header parser); shards
 are read through their index json or folder; `.pth` files go through
 ``torch.load(mmap=True, weights_only=True)``, and a pickle that needs code is refused with a
-conversion command. What happens to the tensors next is `wanflow.models.loading`'s business.
+conversion command. Model loaders also take tensors already in memory (a state dict), checked
+the same way (`open_weights`). What happens to the tensors next is `wanflow.models.loading`'s
+business.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
 import structlog
 import torch
 from torch import Tensor
@@ -48,6 +51,31 @@ _CONVERT_HINT = (
     "'{stem}.safetensors')\"\n"
     "and point wanflow at the .safetensors file."
 )
+
+
+#: What a model loader takes: a checkpoint file (or shard index, or folder), or a state dict.
+Checkpoint = str | os.PathLike | Mapping[str, Tensor]
+
+
+@attrs.frozen
+class OpenedWeights:
+    """A checkpoint's tensors, what to call it in messages, and whether the tensors are the caller's.
+
+    The caller's tensors (``borrowed``) are copied into the model, never aliased or released, so
+    the model and the caller's dict never change each other.
+    """
+
+    state: dict[str, Tensor]
+    source: str
+    borrowed: bool
+
+
+def open_weights(checkpoint: Checkpoint) -> OpenedWeights:
+    """A file read lazily (`open_state_dict`), or a state dict checked to map names to tensors."""
+    if isinstance(checkpoint, Mapping):
+        source = f"the state dict passed in ({len(checkpoint)} entries)"
+        return OpenedWeights(tensor_dict(checkpoint, source), source, borrowed=True)
+    return OpenedWeights(open_state_dict(checkpoint), str(checkpoint), borrowed=False)
 
 
 def open_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -176,10 +204,10 @@ def read_torch(path: Path, *, legacy: bool = False) -> dict[str, Tensor]:
         ) from None
     if legacy:
         log.warning("legacy_torch_format", path=str(path), note="read into memory, not mmap")
-    return _tensor_dict(obj, path)
+    return tensor_dict(obj, path)
 
 
-def _tensor_dict(obj: object, path: Path) -> dict[str, Tensor]:
+def tensor_dict(obj: object, path: Path | str) -> dict[str, Tensor]:
     """Unwrap a lone wrapper key and insist that what remains maps names to tensors."""
     if isinstance(obj, Mapping) and len(obj) == 1 and next(iter(obj)) in WRAPPER_KEYS:
         obj = next(iter(obj.values()))

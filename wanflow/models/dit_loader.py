@@ -1,8 +1,9 @@
-"""Load a Wan DiT from official, diffusers or ComfyUI checkpoints, strictly and lazily.
+"""Load a Wan DiT from official, diffusers or ComfyUI checkpoints (files or a state dict), strictly.
 
 The layout is recognised from the keys (``wanflow.models.signature``), converted to the official
-names (``dit_keys``), the model is built on the meta device and the mapped tensors are assigned
-to it: no random init and no second copy of the weights.
+names (``dit_keys``), the model is built on the meta device and the tensors are assigned to it
+one by one, each cast to its dtype (fp32 islands stay fp32) on the way to the device: no random
+init, and never a second copy of the weights or the whole model at the file's precision.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import dit_config, signature
-from wanflow.models.dit import WanDiT
+from wanflow.models.checkpoint_files import OpenedWeights, open_state_dict, open_weights
+from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL
-from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
-from wanflow.models.residency import materialize
 
 log = structlog.get_logger(__name__)
 
@@ -34,31 +34,49 @@ TO_OFFICIAL = {"official": (), "diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": CO
 
 
 def load_dit(
-    paths: PathLike | Sequence[PathLike],
+    weights: PathLike | Sequence[PathLike] | Mapping[str, Tensor],
     config: DitConfig | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     attention_kernel: str = "sdpa",
 ) -> WanDiT:
-    """A ready WanDiT from a file, a sharded index/folder or a list of shards.
+    """A ready WanDiT from a file, a sharded index/folder, a list of shards, or a state dict.
 
     Without ``config`` it is read from the ``config.json`` beside the weights (official or
-    diffusers form), else from the weights' shapes. Mismatches raise ModelLoadError.
+    diffusers form), else from the weights' shapes (always so for a state dict). The model
+    computes in ``dtype`` except its fp32 islands. Mismatches raise ModelLoadError.
     """
-    files = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-    source = ", ".join(str(f) for f in files)
-    state = official_state(_merged(files), source)
+    opened = _opened(weights)
+    state = official_state(opened.state, opened.source)
     if config is None:
-        config = config_beside(files[0], state)
+        config = _shapes_config(state, opened.source) if opened.borrowed else config_beside(
+            weights_paths(weights)[0], state)
     model = build_on_meta(lambda: WanDiT(config, attention_kernel))
     expected = (
         f"Wan {config.model_type.upper()} DiT (dim {config.dim}, {config.num_layers} layers, "
         f"{config.in_dim} input channels{', CLIP tokens' if config.clip else ''})"
     )
-    load_state_into(model, state, source=source, expected=expected, device=device)
-    log.info("dit_loaded", source=source, model_type=config.model_type, dim=config.dim, dtype=str(dtype))
-    model.set_compute_dtype(dtype)
-    return materialize(model) if torch.device(device).type == "cpu" else model
+    load_state_into(model, state, source=opened.source, expected=expected, device=device,
+                    dtype=lambda name: torch.float32 if keeps_fp32(name) else dtype,
+                    borrowed=opened.borrowed)
+    log.info("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
+             dtype=str(dtype))
+    return model
+
+
+def weights_paths(weights: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One path or several, as a list."""
+    return [Path(p) for p in ([weights] if isinstance(weights, (str, os.PathLike)) else weights)]
+
+
+def _opened(weights: PathLike | Sequence[PathLike] | Mapping[str, Tensor]) -> OpenedWeights:
+    """A state dict as it is; files read lazily and merged."""
+    if isinstance(weights, Mapping):
+        return open_weights(weights)
+    files = weights_paths(weights)
+    if not files:
+        raise ModelLoadError("load_dit: no checkpoint file given; pass a file, shards or a state dict.")
+    return OpenedWeights(_merged(files), ", ".join(str(f) for f in files), borrowed=False)
 
 
 def official_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -88,9 +106,14 @@ def config_beside(path: Path, state: Mapping[str, Tensor]) -> DitConfig:
     folder = path if path.is_dir() else path.parent
     config_file = folder / "config.json"
     if not config_file.is_file():
-        log.info("dit_config_from_shapes", source=str(path), note="no config.json; head_dim 128 assumed")
-        return dit_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, str(path))
+        return _shapes_config(state, str(path))
     return read_config(config_file, has_clip="img_emb.proj.0.weight" in state)
+
+
+def _shapes_config(state: Mapping[str, Tensor], source: str) -> DitConfig:
+    """The architecture read off the weights' shapes, for weights without a config.json."""
+    log.info("dit_config_from_shapes", source=source, note="no config.json; head_dim 128 assumed")
+    return dit_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, source)
 
 
 def read_config(config_file: Path, *, has_clip: bool) -> DitConfig:

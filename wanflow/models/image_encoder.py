@@ -9,7 +9,6 @@ to 224x224 (no crop), CLIP normalisation, and the penultimate block's tokens wit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import attrs
@@ -20,7 +19,7 @@ from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 from wanflow.models.precision import adopt
 from wanflow.models.signature import identify
@@ -127,12 +126,13 @@ class ImageEncoder:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16,
+        cls, checkpoint: Checkpoint, *, dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cpu",
     ) -> ImageEncoder:
-        """Load the official open-clip `.pth` (whole model; only `visual.*` is used)."""
-        state = open_state_dict(path)
-        return cls(build_model(state, source=str(path), dtype=dtype, device=device))
+        """The official open-clip `.pth` or its state dict (whole model; only `visual.*` is used)."""
+        opened = open_weights(checkpoint)
+        return cls(build_model(opened.state, source=opened.source, dtype=dtype, device=device,
+                               borrowed=opened.borrowed))
 
     def preprocess(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 3, S, S) CLIP input: bicubic squash, no crop, normalise."""
@@ -156,9 +156,13 @@ class ImageEncoder:
 
 def build_model(
     state: Mapping[str, Tensor], *, source: str, dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", borrowed: bool = True,
 ) -> CLIPVisionModel:
-    """A `CLIPVisionModel` shaped after the checkpoint, built on meta and loaded strictly."""
+    """A `CLIPVisionModel` shaped after the checkpoint, built on meta and loaded strictly.
+
+    ``borrowed``: the tensors are the caller's, copied into the model (False: read from a file
+    by the loader, whose mapped pages may be released).
+    """
     found = identify(state)
     if found.kind != "clip" or found.layout != "official" or "visual.pos_embedding" not in state:
         raise ModelLoadError(
@@ -171,7 +175,8 @@ def build_model(
     model = build_on_meta(lambda: CLIPVisionModel(settings.to_transformers()))
     name = f"CLIP vision tower (width {settings.width}, {settings.num_layers} layers)"
     converted = to_transformers_keys(state, "vision_model." if tower(model) is not model else "")
-    load_state_into(model, converted, source=source, expected=name, dtype=dtype, device=device)
+    load_state_into(model, converted, source=source, expected=name, dtype=dtype, device=device,
+                    borrowed=borrowed)
     _rebuild_position_ids(model, device)
     return adopt(model).eval()  # bf16 on a CPU without bf16 kernels: fp32 GEMMs
 

@@ -1,9 +1,10 @@
 """Strict loading of checkpoint tensors onto meta-initialised modules, and key renaming.
 
 Modules are built on the meta device, so no memory is allocated and nothing is randomly
-initialised before the weights arrive; loading then assigns the file's tensors (views of the
-mapped file, see `wanflow.models.checkpoint_files`) to the module (``assign=True``) after
-checking every key and shape. Key tables are ordered (regex, replacement) pairs.
+initialised before the weights arrive; loading then checks every key and shape and assigns the
+tensors to the module (``assign=True``), each cast and moved on its own first
+(`wanflow.models.residency`), so that no second copy of the model exists at any time. Key
+tables are ordered (regex, replacement) pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature
 from wanflow.models.checkpoint_files import capped
+from wanflow.models.residency import DtypeChoice, place_all
 
 log = structlog.get_logger(__name__)
 
@@ -61,9 +63,15 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
 
 def load_state_into(
     module: nn.Module, state: Mapping[str, Tensor], *, source: str, expected: str,
-    dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+    dtype: DtypeChoice = None, device: torch.device | str | None = None, borrowed: bool = False,
 ) -> None:
-    """Check every key and shape, then assign the tensors (cast/moved if asked) to the module."""
+    """Check every key and shape, then assign the tensors to the module.
+
+    With ``dtype`` or ``device`` (or ``borrowed``: the tensors are the caller's), each tensor is
+    first placed on its own (cast, moved, in memory of its own, see `residency.place_all`);
+    without, the tensors are assigned as they are (views of a mapped file stay views).
+    ``dtype`` is one dtype for every floating tensor, or a function of the key.
+    """
     report = mismatch_report(module.state_dict(keep_vars=True), state)
     if report:
         looks = signature.identify(state).describe()
@@ -72,26 +80,10 @@ def load_state_into(
             f"This file looks like {looks}, not {_article(expected)}. Point this component at "
             "the right file, or choose the model family that matches the file."
         )
-    if dtype is not None or device is not None:
-        state = _cast_all(state, dtype, device)
+    if dtype is not None or device is not None or borrowed:
+        state = place_all(state, dtype, device, borrowed=borrowed)
     module.load_state_dict(state, strict=True, assign=True)
     log.debug("weights_loaded", source=source, expected=expected, tensors=len(state))
-
-
-def _cast_all(
-    state: Mapping[str, Tensor], dtype: torch.dtype | None, device: torch.device | str | None,
-) -> dict[str, Tensor]:
-    """Cast every tensor once: one tensor under two keys (tied weights) stays one tensor."""
-    done: dict[int, Tensor] = {}
-    for t in state.values():
-        if id(t) not in done:
-            done[id(t)] = _cast(t, dtype, device)
-    return {k: done[id(t)] for k, t in state.items()}
-
-
-def _cast(t: Tensor, dtype: torch.dtype | None, device: torch.device | str | None) -> Tensor:
-    """Floating tensors take the compute dtype; integer/bool tensors keep theirs."""
-    return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
 
 def mismatch_report(wanted: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str:

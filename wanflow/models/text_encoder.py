@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 from wanflow.models.precision import adopt
 from wanflow.models.signature import identify
@@ -127,14 +127,16 @@ class TextEncoder:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, tokenizer_dir: str | os.PathLike, *,
+        cls, checkpoint: Checkpoint, tokenizer_dir: str | os.PathLike, *,
         dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
     ) -> TextEncoder:
-        """Load the official `.pth` (or a converted safetensors) and the `google/umt5-xxl` tokenizer."""
-        state = open_state_dict(path)
-        model = build_model(state, source=str(path), dtype=dtype, device=device)
+        """The official `.pth` (or a converted safetensors, or its state dict) and the
+        `google/umt5-xxl` tokenizer."""
+        opened = open_weights(checkpoint)
+        model = build_model(opened.state, source=opened.source, dtype=dtype, device=device,
+                            borrowed=opened.borrowed)
         tokenizer = load_tokenizer(tokenizer_dir)
-        _check_vocab(tokenizer, model.config.vocab_size, tokenizer_dir, path)
+        _check_vocab(tokenizer, model.config.vocab_size, tokenizer_dir, opened.source)
         return cls(model, tokenizer)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -160,9 +162,13 @@ class TextEncoder:
 
 def build_model(
     state: Mapping[str, Tensor], *, source: str, dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", borrowed: bool = True,
 ) -> UMT5EncoderModel:
-    """A `UMT5EncoderModel` shaped after the state dict, built on meta and loaded strictly."""
+    """A `UMT5EncoderModel` shaped after the state dict, built on meta and loaded strictly.
+
+    ``borrowed``: the tensors are the caller's, copied into the model (False: read from a file
+    by the loader, whose mapped pages may be released).
+    """
     found = identify(state)
     if found.kind != "umt5":
         raise ModelLoadError(
@@ -176,7 +182,8 @@ def build_model(
         state = {"encoder.embed_tokens.weight": state["shared.weight"], **state}  # saved once when tied
     model = build_on_meta(lambda: UMT5EncoderModel(settings.to_transformers()))
     name = f"umT5 encoder (d_model {settings.d_model}, {settings.num_layers} layers)"
-    load_state_into(model, state, source=source, expected=name, dtype=dtype, device=device)
+    load_state_into(model, state, source=source, expected=name, dtype=dtype, device=device,
+                    borrowed=borrowed)
     return adopt(model).eval()  # bf16 on a CPU without bf16 kernels: fp32 GEMMs
 
 

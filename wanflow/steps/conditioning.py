@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
 from wanflow.steps.media import image_tensor, video_tensor
 from wanflow.steps.component import component_runtime
@@ -50,6 +51,8 @@ class EncodeConditioning:
     vae_version: str  # "wan2.1" | "wan2.2"
     roles: tuple[str, ...] = ("image",)
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-conditioning"
     version: int = 1
     output: str = "tensors"
@@ -59,7 +62,7 @@ class EncodeConditioning:
         import torch
 
         device, dtype = component_runtime(ctx.params, self.dtype)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device)
+        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
         pixels = self._pixels(ctx)[None].to(device=device, dtype=dtype)  # (1, 3, F', H, W)
         with torch.no_grad():
             latent = vae.encode(pixels, tile=tile_spec(ctx.params)).float().cpu()  # (1, z, T, h, w)

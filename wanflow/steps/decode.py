@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
 from wanflow.steps.conditioning import VAE_READS, tile_spec
 from wanflow.steps.component import component_runtime
@@ -18,6 +19,8 @@ class Decode:
 
     vae_version: str  # "wan2.1" | "wan2.2"
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "decode"
     version: int = 1
     output: str = "tensors"
@@ -29,7 +32,7 @@ class Decode:
         from wanflow.output import to_uint8_frames
 
         device, dtype = component_runtime(ctx.params, self.dtype)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device)
+        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
         latents = ctx.input("latents")["latents"].to(device=device, dtype=dtype)
         tiles = _TileBar(ctx)
         with torch.no_grad():

@@ -40,6 +40,8 @@ class Denoise:
     #: The registry's solver for ``sampler.solver`` (a plugin's is keyed by name@version).
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
     dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise"
     version: int = 2  # 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule
     output: str = "tensors"
@@ -116,7 +118,7 @@ class Denoise:
         device, dtype = component_runtime(p, dict(self.dtypes).get(role, "auto"))
         n = dict(self.experts)[role]
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
-                             p["runtime.attention"])
+                             p["runtime.attention"], self.residency)
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])

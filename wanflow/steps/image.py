@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
 from wanflow.steps.media import image_tensor
 from wanflow.steps.component import component_runtime
@@ -18,6 +19,8 @@ class EncodeImage:
 
     roles: tuple[str, ...] = ("image",)
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-image"
     version: int = 1
     output: str = "tensors"
@@ -29,5 +32,5 @@ class EncodeImage:
         device, dtype = component_runtime(ctx.params, self.dtype)
         w, h = ctx.params["video.width"], ctx.params["video.height"]
         images = torch.stack([image_tensor(ctx.file(r), w, h)[:, 0] for r in self.roles])  # (n, 3, H, W)
-        encoder = model_pool.image_encoder(ctx.weight("image_encoder"), dtype, device)
+        encoder = model_pool.image_encoder(ctx.weight("image_encoder"), dtype, device, self.residency)
         return {"clip": encoder.encode(images).cpu().contiguous()}  # (n, 257, 1280)

@@ -1,9 +1,12 @@
-"""A check, before any model loads, that the chosen memory policy can fit the family's weights.
+"""The memory a recipe allows: a check before any model loads, and the rule the model pool keeps.
 
 The placement layer proper (offload, streaming, fp8 storage) comes later; what the pipeline does
-today is load one model at a time (a DiT evicts the encoders, one A14B expert the other). So
-``none`` needs every component resident at once, the other policies at least the largest one.
-Sizes are the files' bytes, a lower bound of what the weights take in memory.
+today is keep whole models resident. Under ``none`` every component may stay resident at once;
+under every other policy one large model (a DiT or an encoder) at a time, so a DiT evicts the
+encoders and one A14B expert the other. So ``none`` needs every component to fit at once, the
+other policies at least the largest one. The check's sizes are the files' bytes, a lower bound
+of what the weights take in memory; the pool (`wanflow.steps.model_pool`) holds the loaded
+models to the same `Residency`, measured on the models themselves.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
+
 from wanflow.errors import WanflowError
 
 GIB = 1024**3
@@ -19,6 +24,23 @@ GIB = 1024**3
 
 class MemoryBudgetError(WanflowError):
     """The weights cannot fit the memory the recipe allows, under its policy."""
+
+
+@attrs.frozen
+class Residency:
+    """What the model pool may keep loaded at once: the recipe's policy and its budget in bytes.
+
+    Built at planning, with the budget `check_budget` checks (`device_budget`), and handed to the
+    model steps as a field that is not part of their key (it cannot change their output).
+    """
+
+    policy: str  # [memory].policy
+    budget_bytes: int  # [memory].limit_gb, else the device's memory
+
+    @property
+    def one_large_model(self) -> bool:
+        """Every policy but ``none`` keeps one large model (a DiT or an encoder) at a time."""
+        return self.policy != "none"
 
 
 def required_bytes(policy: str, component_bytes: Mapping[str, int]) -> int:

@@ -1,23 +1,51 @@
-"""Loaded models kept in-process by (files, dtype, device), so the jobs of a sweep share them.
+"""Loaded models kept in-process, so the jobs of a sweep share them, within the recipe's budget.
 
-Loading a DiT first releases every other DiT (A14B keeps one expert resident at a time) and the
-encoders (their outputs are cached steps; denoising needs the memory more).
+A model is pooled under everything that makes it what it is: its files (path, size, mtime,
+inode), dtype, device and the loader's own choices; a request that differs in any of them loads
+anew. What stays resident follows the `Residency` a step passes (see `wanflow.steps.memory`):
+
+- under every policy but ``none``, one large model (a DiT or an encoder) at a time: a DiT evicts
+  the encoders and the other A14B expert, an encoder the DiT;
+- under every policy, before a load the least recently used models leave until the new one
+  (its tensors' sizes at the target dtype, read off the file headers) fits in the budget, and
+  after it, until the measured models (their parameters and buffers) fit.
+
+Without a `Residency` the pool keeps its unbounded rule: a DiT releases the other DiTs and the
+encoders, nothing else leaves.
 """
 
 from __future__ import annotations
 
+import gc
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 
+from wanflow.steps.memory import Residency
 
 log = structlog.get_logger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
-_POOL: dict[tuple, Any] = {}
+#: Kinds of model of which policies other than ``none`` keep one resident at a time.
+LARGE_KINDS = ("dit", "text_encoder", "image_encoder")
+
+
+@attrs.frozen
+class Pooled:
+    """A loaded model, its kind (the key's first item) and the bytes of its weights."""
+
+    kind: str
+    model: Any
+    nbytes: int
+
+
+#: key -> model, least recently used first.
+_POOL: OrderedDict[tuple, Pooled] = OrderedDict()
 
 
 def weight_files(files: Sequence[Path]) -> list[Path]:
@@ -28,50 +56,127 @@ def weight_files(files: Sequence[Path]) -> list[Path]:
 def clear() -> None:
     """Release every pooled model (tests, and callers that need the memory back)."""
     _POOL.clear()
+    gc.collect()
 
 
-def _stamp(*paths: Path) -> tuple:
-    """Each file's path, size and mtime: a file replaced on disk is loaded again."""
-    return tuple((str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths)
+def resident() -> list[tuple[str, int]]:
+    """(kind, bytes) of each pooled model, least recently used first."""
+    return [(entry.kind, entry.nbytes) for entry in _POOL.values()]
 
 
-def _get(key: tuple, load: Callable[[], Any]) -> Any:
-    if key not in _POOL:
-        _POOL[key] = load()
-    return _POOL[key]
+def resident_bytes() -> int:
+    """Bytes of every pooled model's weights together."""
+    return sum(entry.nbytes for entry in _POOL.values())
 
 
-def dit(files: Sequence[Path], dtype: Any, device: str, attention: str) -> Any:
-    """A WanDiT; other DiTs (the other A14B expert) and the encoders are released first."""
+def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
+        residency: Residency | None = None) -> Any:
+    """A WanDiT from its shard files."""
     from wanflow.models.dit_loader import load_dit
 
+    weights = weight_files(files)
     key = ("dit", _stamp(*files), str(dtype), device, attention)
-    for other in [k for k in _POOL if k[0] in ("dit", "text_encoder", "image_encoder") and k != key]:
-        log.info("model_released", kind=other[0], files=[f for f, _, _ in other[1]])
-        del _POOL[other]
-    return _get(key, lambda: load_dit(weight_files(files), dtype=dtype, device=device,
-                                      attention_kernel=attention).eval().requires_grad_(False))
+    return _get(key, residency, lambda: _expected_bytes(weights, dtype),
+                lambda: load_dit(weights, dtype=dtype, device=device,
+                                 attention_kernel=attention).eval().requires_grad_(False))
 
 
-def text_encoder(path: Path, tokenizer_dir: Path, dtype: Any, device: str) -> Any:
+def text_encoder(path: Path, tokenizer_dir: Path, dtype: Any, device: str,
+                 residency: Residency | None = None) -> Any:
     """The umT5 encoder and its tokenizer."""
     from wanflow.models.text_encoder import TextEncoder
 
-    key = ("text_encoder", _stamp(path), str(tokenizer_dir), str(dtype), device)
-    return _get(key, lambda: TextEncoder.from_checkpoint(path, tokenizer_dir, dtype=dtype, device=device))
+    folder = Path(tokenizer_dir)
+    tokenizer_files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    key = ("text_encoder", _stamp(path), str(tokenizer_dir), _stamp(*tokenizer_files), str(dtype), device)
+    return _get(key, residency, lambda: _expected_bytes([path], dtype),
+                lambda: TextEncoder.from_checkpoint(path, tokenizer_dir, dtype=dtype, device=device))
 
 
-def image_encoder(path: Path, dtype: Any, device: str) -> Any:
+def image_encoder(path: Path, dtype: Any, device: str, residency: Residency | None = None) -> Any:
     """The CLIP vision tower of Wan2.1 I2V/FLF2V."""
     from wanflow.models.image_encoder import ImageEncoder
 
     key = ("image_encoder", _stamp(path), str(dtype), device)
-    return _get(key, lambda: ImageEncoder.from_checkpoint(path, dtype=dtype, device=device))
+    return _get(key, residency, lambda: _expected_bytes([path], dtype),
+                lambda: ImageEncoder.from_checkpoint(path, dtype=dtype, device=device))
 
 
-def vae(path: Path, version: str, dtype: Any, device: str) -> Any:
+def vae(path: Path, version: str, dtype: Any, device: str, residency: Residency | None = None) -> Any:
     """A Wan VAE of the family's version (widths other than the released ones are read off the file)."""
     from wanflow.models.vae.loader import load_vae
 
     key = ("vae", _stamp(path), version, str(dtype), device)
-    return _get(key, lambda: load_vae(path, version, dtype=dtype, device=device))
+    return _get(key, residency, lambda: _expected_bytes([path], dtype),
+                lambda: load_vae(path, version, dtype=dtype, device=device))
+
+
+def _stamp(*paths: Path) -> tuple:
+    """Each file's path, size, mtime and inode: a file replaced on disk is loaded again."""
+    stats = [(str(p), Path(p).stat()) for p in paths]
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
+
+
+def _get(key: tuple, residency: Residency | None, expected: Callable[[], int],
+         load: Callable[[], Any]) -> Any:
+    """The pooled model under ``key``, loaded (after making room) on a miss."""
+    if residency is None:
+        _release_unbounded(key)
+    if key in _POOL:
+        _POOL.move_to_end(key)
+    else:
+        if residency is not None:
+            _make_room(residency, key[0], expected())
+        model = load()
+        _POOL[key] = Pooled(key[0], model, model_bytes(model))
+    if residency is not None:  # measured sizes, and a later job may allow less than an earlier
+        _make_room(residency, key[0], 0, keep=key)
+    return _POOL[key].model
+
+
+def _release_unbounded(key: tuple) -> None:
+    """Without a budget: a DiT releases the other DiTs and the encoders."""
+    if key[0] == "dit":
+        _release([k for k, entry in _POOL.items() if entry.kind in LARGE_KINDS and k != key])
+
+
+def _make_room(residency: Residency, kind: str, need: int, keep: tuple | None = None) -> None:
+    """Release models, least recently used first, until ``need`` more bytes fit the budget."""
+    others = [k for k in _POOL if k != keep]
+    if residency.one_large_model and kind in LARGE_KINDS:
+        _release([k for k in others if _POOL[k].kind in LARGE_KINDS])
+        others = [k for k in others if k in _POOL]
+    while others and resident_bytes() + need > residency.budget_bytes:
+        _release([others.pop(0)])
+    if keep is not None and resident_bytes() > residency.budget_bytes:  # it alone, once measured
+        log.warning("model_over_budget", kind=kind, resident_bytes=resident_bytes(),
+                    budget_bytes=residency.budget_bytes, policy=residency.policy)
+
+
+def _release(keys: Sequence[tuple]) -> None:
+    """Drop the pool's hold on these models and collect, so their memory is free for the next."""
+    for key in keys:
+        entry = _POOL.pop(key)
+        log.info("model_released", kind=entry.kind, bytes=entry.nbytes)
+    if keys:
+        gc.collect()
+
+
+def model_bytes(model: Any) -> int:
+    """Bytes of a loaded model's parameters and buffers, each storage once."""
+    module = getattr(model, "model", model)  # the encoders wrap their network as .model
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in [*module.parameters(), *module.buffers()]}
+    return sum(storages.values())
+
+
+def _expected_bytes(paths: Sequence[Path], dtype: Any) -> int:
+    """What the files' tensors take once loaded in ``dtype`` (floating ones cast, the rest as stored)."""
+    from wanflow.models.checkpoint_files import open_state_dict
+
+    total = 0
+    for path in paths:
+        for tensor in open_state_dict(path).values():
+            size = dtype.itemsize if tensor.is_floating_point() else tensor.element_size()
+            total += tensor.numel() * size
+    return total

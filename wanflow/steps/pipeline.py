@@ -23,7 +23,7 @@ from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
 from wanflow.steps.image import EncodeImage
-from wanflow.steps.memory import check_budget, component_sizes, device_budget
+from wanflow.steps.memory import Residency, check_budget, component_sizes, device_budget
 from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText
@@ -46,6 +46,7 @@ class _Job:
     resolved: Any
     weights: Mapping[str, Weights]  # component -> role -> file
     catalog: Catalog  # the plugin registry: savers and solvers, with their plugin@version
+    residency: Any = None  # what the model pool may keep loaded (memory.Residency), when known
 
     @property
     def values(self) -> Mapping[str, Any]:
@@ -117,10 +118,11 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
     te = job.weights["text_encoder"]
     weights = {"text_encoder": next(iter(te.values())),
                **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
-    dtype = job.dtype("text_encoder")
-    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", dtype), weights=weights)]
+    dtype, pool = job.dtype("text_encoder"), job.residency
+    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", dtype, pool), weights=weights)]
     if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
-        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", dtype), weights=weights))
+        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", dtype, pool),
+                              weights=weights))
     return nodes
 
 
@@ -137,10 +139,10 @@ def _image_nodes(job: _Job) -> list[StepSpec]:
     nodes = []
     if "image_encoder" in job.weights:
         clip = {"image_encoder": next(iter(job.weights["image_encoder"].values()))}
-        nodes.append(StepSpec("encode-image", EncodeImage(roles, job.dtype("image_encoder")),
-                              files=files, weights=clip))
+        clip_step = EncodeImage(roles, job.dtype("image_encoder"), residency=job.residency)
+        nodes.append(StepSpec("encode-image", clip_step, files=files, weights=clip))
     mode = "y" if "image" in job.family.required_inputs else "z0"
-    step = EncodeConditioning(mode, _vae_version(job), roles, job.dtype("vae"))
+    step = EncodeConditioning(mode, _vae_version(job), roles, job.dtype("vae"), residency=job.residency)
     nodes.append(StepSpec("encode-conditioning:image", step, files=files, weights=vae))
     return nodes
 
@@ -162,7 +164,7 @@ def _source_nodes(job: _Job) -> list[StepSpec]:
         raise RecipeError([f"{job.resolved.path}: [sampler].denoising_strength = {strength}: a grid "
                            "from σ = 0 takes no step; use a value in (0, 1], or "
                            '[sampler].strength_schedule = "truncate" to return the input unchanged'])
-    step = EncodeConditioning("x0", _vae_version(job), (role,), job.dtype("vae"))
+    step = EncodeConditioning("x0", _vae_version(job), (role,), job.dtype("vae"), residency=job.residency)
     return [StepSpec("encode-conditioning:source", step, files={role: job.file(role)},
                      weights=_vae_weight(job))]
 
@@ -184,14 +186,15 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
                    z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
                    conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry.load(),
-                   dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"))
+                   dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
+                   residency=job.residency)
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
 def _output_nodes(job: _Job) -> list[StepSpec]:
     saver, uses = job.provided("saver", job.values["output.format"])
-    nodes = [StepSpec("decode", Decode(_vae_version(job), job.dtype("vae")), inputs={"latents": "denoise"},
-                      weights=_vae_weight(job)),
+    decode = Decode(_vae_version(job), job.dtype("vae"), residency=job.residency)
+    nodes = [StepSpec("decode", decode, inputs={"latents": "denoise"}, weights=_vae_weight(job)),
              StepSpec("save", SaveVideo(saver), inputs={"frames": "decode"}, uses=uses,
                       archive_as=f"video{saver.suffix}"),
              StepSpec("save-metadata", SaveMetadata(), archive_as="video.json")]
@@ -201,14 +204,16 @@ def _output_nodes(job: _Job) -> list[StepSpec]:
     return nodes
 
 
-def _check_memory(job: _Job) -> None:
-    """Refuse, before any model loads, a memory policy that cannot hold the weights it needs."""
+def _residency(job: _Job) -> Residency | None:
+    """Refuse, before any model loads, a memory policy that cannot hold the weights it needs; the
+    policy and budget the model pool then keeps to (None when planning without the weights)."""
     values = job.values
     if not all(w.present for weights in job.weights.values() for w in weights.values()):
-        return  # planning only (explain, diff): the sizes are not known until the files are here
+        return None  # planning only (explain, diff): the sizes are not known until the files are here
     files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()}
     budget = device_budget(values["memory.limit_gb"], effective_device(values["runtime.device"]))
     check_budget(values["memory.policy"], component_sizes(files), budget, str(job.resolved.path))
+    return Residency(values["memory.policy"], budget)
 
 
 @attrs.frozen
@@ -241,7 +246,7 @@ class WanPipeline:
         if problems:
             raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)
-        _check_memory(job)
+        job = attrs.evolve(job, residency=_residency(job))
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
 

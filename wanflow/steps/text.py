@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
 from wanflow.steps.component import component_runtime
 
@@ -19,6 +20,8 @@ class EncodeText:
 
     prompt_key: str = "prompt.text"  # or "prompt.negative"
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-text"
     version: int = 1
     output: str = "tensors"
@@ -32,7 +35,8 @@ class EncodeText:
 
         device, dtype = component_runtime(ctx.params, self.dtype)
         tokenizer_dir = ctx.weight("tokenizer.0").parent
-        encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device)
+        encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device,
+                                           self.residency)
         with torch.no_grad():
             out = encoder.encode([ctx.params[self.prompt_key]])
         length = int(out.lengths[0])

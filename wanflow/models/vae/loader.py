@@ -1,8 +1,7 @@
-"""Load a Wan VAE checkpoint (official `.pth`/safetensors or diffusers layout), strictly and lazily."""
+"""Load a Wan VAE (official `.pth`/safetensors or diffusers layout, a file or a state dict), strictly."""
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import attrs
@@ -11,7 +10,7 @@ import torch
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature
-from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.vae.autoencoder import VideoVAE
 from wanflow.models.vae.config import CONFIGS, VAEConfig
@@ -23,20 +22,21 @@ _LABEL = {"wan2.1": "Wan2.1 VAE (z_dim 16, 8x spatial)", "wan2.2": "Wan2.2 VAE (
 
 
 def load_vae(
-    path: str | os.PathLike,
+    checkpoint: Checkpoint,
     expected: Literal["wan2.1", "wan2.2"] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     *,
     config: VAEConfig | None = None,
 ) -> VideoVAE:
-    """A ready VideoVAE: recognised by its keys, checked against `expected`, loaded strictly.
+    """A ready VideoVAE from a file or a state dict: recognised by its keys, checked against
+    `expected`, loaded strictly, each tensor cast on its way to `device`.
 
     `config` defaults to the released architecture of the recognised version, with the base
     widths read off the tensors (so smaller, non-released files load too); pass one to insist.
     """
-    source = str(path)
-    state = open_state_dict(path)
+    opened = open_weights(checkpoint)
+    source, state = opened.source, opened.state
     found = signature.identify(state)
     if found.kind != "vae":
         want = _LABEL[expected] if expected else "a Wan VAE"
@@ -49,7 +49,8 @@ def load_vae(
         state = apply_stages(state, diffusers_to_official(config or CONFIGS[found.variant]))
     config = config or config_from_state(state, found.variant)
     vae = build_on_meta(lambda: VideoVAE(config))
-    load_state_into(vae, state, source=source, expected=_LABEL[config.version], dtype=dtype, device=device)
+    load_state_into(vae, state, source=source, expected=_LABEL[config.version], dtype=dtype, device=device,
+                    borrowed=opened.borrowed)
     log.info("vae_loaded", source=source, version=config.version, layout=found.layout, dtype=str(dtype))
     return vae.eval().requires_grad_(False)
 
