@@ -9,10 +9,10 @@ from tests.e2e._layout import REPOS
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import write_recipe
 from wanflow.engine.plan import plan
-from wanflow.errors import ModelInputError, ModelLoadError
+from wanflow.engine.execute import Executor
+from wanflow.errors import ModelLoadError, RecipeError
 from wanflow.plugins import get_registry
 from wanflow.recipe import load_recipe
-from wanflow.steps.denoise import Denoise
 
 
 def planned(recipe, *sets: str) -> dict:
@@ -69,16 +69,16 @@ def test_a_dit_of_another_variant_is_refused_at_planning(env, models_root, tmp_p
     assert "needs a wan2.1-t2v DiT" in text and "Wan2.1 I2V DiT" in text
 
 
-def test_an_unreadable_image_fails_before_denoising(env, tmp_path, monkeypatch):
+def test_an_unreadable_image_is_refused_before_any_step_runs(env, tmp_path, monkeypatch):
     bad = tmp_path / "photo.png"
     bad.write_text("not an image")
     recipe = write_recipe(tmp_path, "wan2.2-i2v-a14b", {"image": bad})
 
     def never(*_):
-        raise AssertionError("denoise ran")
+        raise AssertionError("a step ran")
 
-    monkeypatch.setattr(Denoise, "run", never)
-    with pytest.raises(ModelInputError, match="photo.png"):
+    monkeypatch.setattr(Executor, "run", never)
+    with pytest.raises(RecipeError, match="photo.png"):
         run(recipe, env)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wanflow.errors import ModelInputError, WanflowError
-from wanflow.output import read_mp4_metadata, read_mp4_tags, save_mp4, save_png_frames
+from wanflow.output import read_mp4_metadata, save_mp4, save_png_frames
 from wanflow.output import video
 from wanflow.output.video import describe_difference, parse_ffmetadata, read_frames
 
