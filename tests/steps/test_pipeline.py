@@ -104,3 +104,35 @@ def test_every_model_step_gets_the_pool_budget_and_it_stays_out_of_the_keys():
     other = planned("memory.limit_gb=5", "memory.policy=offload")
     assert all(nodes[n].config == other[n].config for n in nodes)
     assert all("residency" not in nodes[n].config for n in nodes)
+
+
+def test_a_component_dtype_reaches_its_steps_and_only_their_keys():
+    base, bf16 = planned(), planned("models.vae.dtype=bf16")
+    assert bf16["decode"].config["dtype"] == "bf16" and base["decode"].config["dtype"] == "auto"
+    changed = {n for n in base if base[n].config != bf16[n].config}
+    assert changed == {"decode"}  # the quickstart has no image: the VAE only decodes
+    text = planned("models.text_encoder.dtype=fp16")
+    assert {n for n in base if base[n].config != text[n].config} == {"encode-text:positive",
+                                                                      "encode-text:negative"}
+
+
+def test_a_component_dtype_is_the_dtype_its_model_is_loaded_in(monkeypatch):
+    import torch
+
+    from tests.steps._ctx import Ctx
+    from wanflow.steps import model_pool
+    from wanflow.steps.decode import Decode
+
+    asked = []
+
+    def vae(path, version, dtype, device, residency=None):
+        asked.append(dtype)
+        raise RuntimeError("stop after the load")
+
+    monkeypatch.setattr(model_pool, "vae", vae)
+    params = {"runtime.device": "cpu", "runtime.dtype": "fp32", "vae.tiled": False,
+              "vae.tile_size": (30, 52), "vae.tile_stride": (15, 26)}
+    for dtype, expected in (("bf16", torch.bfloat16), ("auto", torch.float32)):
+        with pytest.raises(RuntimeError, match="stop after the load"):
+            Decode("wan2.1", dtype).run(Ctx(params, {}, {"vae": Path("vae.pth")}))
+        assert asked[-1] == expected

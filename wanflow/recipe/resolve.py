@@ -153,7 +153,7 @@ def file_paths(recipe: Recipe) -> dict[KeyPath, Path]:
     if recipe.train is not None:
         out[("train", "dataset")] = Path(recipe.train.dataset)
     for name, model in recipe.models.items():
-        if ":" not in model.source.split("/")[0] or Path(model.source).exists():
+        if model.source and (":" not in model.source.split("/")[0] or Path(model.source).exists()):
             out[("models", name, "source")] = Path(model.source)
     return out
 

@@ -124,7 +124,8 @@ class Output:
 
 @attrs.frozen
 class ModelSource:
-    source: str = setting(why="modelscope:ORG/REPO@REVISION, or a local file or folder")
+    source: str = setting("", why="modelscope:ORG/REPO@REVISION, or a local file or folder; "
+                          "empty: the family's (to change only the dtype)")
     files: tuple[str, ...] = setting(factory=tuple, why="glob patterns inside the source; () = the family's")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting("auto", why="compute dtype of this component")
 

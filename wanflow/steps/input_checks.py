@@ -135,7 +135,7 @@ def _ffmpeg_complaint(stderr: str) -> str:
 def _source_problems(name: str, override: Any, family: Any, where: Where) -> list[str]:
     """A local ``[models.X].source``: a whole weight file, or a folder holding the component's files."""
     text = override.source
-    if text.startswith(("modelscope:", "builtin:")):
+    if not text or text.startswith(("modelscope:", "builtin:")):  # "": the family's source
         return []
     path, key = Path(text), f"models.{name}.source"
     label = f"[models.{name}].source = {format_value(display_path(path))}"
