@@ -25,7 +25,8 @@ ALLOWED = {
     "steps": {"engine", "models", "sampling", "families", "output", "sources"},
     "output": set(),
     "sources": {"families"},
-    "api": {"recipe", "plugins", "engine", "output"},
+    "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door
+    "": {"api"},  # `wanflow/__init__.py` exports the API lazily (importing wanflow stays cheap)
     "cli": None,  # the top: may import everything
     "__main__": {"cli"},
 }

@@ -68,7 +68,7 @@ def test_a_plugin_solver_validates_for_every_family(env, tmp_path):
         resolved = load_recipe(recipe, families=registry)
         specs = registry.pipeline(name).steps(resolved)
         denoise = next(s for s in specs if s.name == "denoise")
-        assert denoise.step.solver.name == "squared-euler" and denoise.uses == ("squares@1.0",)
+        assert denoise.step.solver.load().name == "squared-euler" and denoise.uses == ("squares@1.0",)
 
 
 def test_a_plugin_solver_and_saver_run_and_their_versions_key_their_steps(env, tmp_path):

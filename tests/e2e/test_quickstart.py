@@ -26,8 +26,8 @@ def test_quickstart_runs_then_hits(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WANFLOW_OFFLINE", "1")
     runs = tmp_path / "runs"
-    assert main(["run", str(QUICKSTART), "--runs-dir", str(runs), "--quiet"]) == 0
-    assert main(["run", str(QUICKSTART), "--runs-dir", str(runs), "--quiet"]) == 0
+    assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
+    assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
     assert re.findall(r"\((\d+) hit, (\d+) computed\)", out) == [("0", "6"), ("6", "0")]
     first, second = archives(runs)

@@ -227,6 +227,9 @@ def load_text(text: str, path: Path) -> FakeResolved:
                 flat[f"{prefix}{k}"] = v
 
     walk({k: v for k, v in doc.items() if k not in ("name", "model")}, "")
+    for k, v in flat.items():  # as the real loader does: input paths relative to the recipe's folder
+        if k.startswith("inputs.") and isinstance(v, str) and v and not Path(v).is_absolute():
+            flat[k] = str(Path(path).parent / v)
     return FakeResolved(flat, doc["name"], doc["model"], path)
 
 

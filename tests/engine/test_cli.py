@@ -38,12 +38,12 @@ def cli(world, tmp_path, monkeypatch, capsys):
 
 
 def test_run_explain_runs_and_diff_end_to_end(cli, counts, tmp_path) -> None:
-    rc, out = cli("run", "a.toml", "--quiet", "--explain")
+    rc, out = cli("run", "a.toml", "--explain")
     assert rc == 0 and "never run" in out and "(0 hit, 6 computed)" in out
     rc, out = cli("explain", "b.toml")
     assert "denoise                      miss because [sampler].cfg 5.0 → 6.0" in out
     assert count(counts, "denoise") == 1  # explain never runs anything
-    rc, out = cli("run", "b.toml", "--quiet")
+    rc, out = cli("run", "b.toml")
     assert "(3 hit, 3 computed)" in out
     rc, out = cli("runs")
     assert out.count("runs/fake/") == 2 and "incomplete" not in out
@@ -72,7 +72,7 @@ def test_cache_commands_find_and_heal_a_flipped_byte(cli, counts, tmp_path) -> N
     video.write_bytes(bytes(raw))
     rc, out = cli("cache", "verify")
     assert rc == 1 and "1 corrupt" in out and f"corrupt: {video.parent.name}{video.name}" in out
-    rc, out = cli("run", "a.toml", "--quiet")
+    rc, out = cli("run", "a.toml")
     assert "(5 hit, 1 computed)" in out and count(counts, "save") == 2
     assert cli("cache", "verify")[0] == 0
     rc, out = cli("cache", "stats")
@@ -116,11 +116,11 @@ def test_real_recipe_loader_run_explain_reproduce_diff(world, tmp_path, monkeypa
         assert args.func(args) in (0, 1)
         return capsys.readouterr().out
 
-    assert "(0 hit, 5 computed)" in call("run", "q.toml", "--quiet")
+    assert "(0 hit, 5 computed)" in call("run", "q.toml")
     out = call("explain", "q.toml", "--set", "sampler.cfg=7.5")
     (line,) = [ln for ln in out.splitlines() if ln.startswith("denoise")]
     assert line.endswith("→ 7.5") and "[sampler].cfg" in line
-    assert "(5 hit, 0 computed)" in call("run", "q.toml", "--quiet", "--set", "memory.policy=offload")
+    assert "(5 hit, 0 computed)" in call("run", "q.toml", "--set", "memory.policy=offload")
     first, second = sorted((tmp_path / "runs" / "quickstart").iterdir())
     assert "video.mp4: bit-identical" in call("reproduce", str(first), "--no-cache", "--quiet")
     assert count(counts, "denoise") == 2

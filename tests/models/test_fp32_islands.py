@@ -2,10 +2,10 @@
 
 The official Wan model computes the timestep embedding, ``modulation + e0`` and the use of the
 resulting shift/scale/gate vectors in fp32 (under ``autocast(dtype=torch.float32)``); bf16 there
-rounds away part of the timestep's effect on every block. These tests follow the data rather than the code: every value
-computed from the timestep and the island weights alone must be at least fp32, and every
-operation that applies such a value to the bf16 activations must compute in fp32 (its result
-is cast back to bf16 only afterwards).
+rounds away part of the timestep's effect on every block. These tests follow the data rather
+than the code: every value computed from the timestep and the island weights alone must be at
+least fp32, and every operation that applies such a value to the bf16 activations must compute
+in fp32 (its result is cast back to bf16 only afterwards).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class IslandTrace(TorchFunctionMode):
                 self.activation[id(t)] = t
             if from_island:
                 self.mixed += 1
-                self.broken += [f"{name} applied an island value in {t.dtype}" for t in made if t.dtype in REDUCED]
+                self.broken += [f"{name} applied an island value in {t.dtype}"
+                                for t in made if t.dtype in REDUCED]
         return out
 
 
@@ -93,6 +94,9 @@ def bf16_model(variant: str, seed: int = 0) -> WanDiT:
 @pytest.mark.parametrize("native", [False, True], ids=["upcast-kernels", "bf16-kernels"])
 @pytest.mark.parametrize("variant", ["t2v", "i2v", "ti2v"])
 def test_the_timestep_path_never_leaves_fp32(monkeypatch, variant, native):
+    """In a bf16 model, with bf16 or upcasting CPU kernels: the sinusoid, e, e0, modulation + e0
+    and every shift/scale/gate are fp32 (or wider), and each modulate/gate that applies them to
+    the bf16 activations computes in fp32."""
     monkeypatch.setattr(precision, "cpu_has_native", lambda _: native)
     model = bf16_model(variant)
     inp = inputs(model.cfg, seed=3, grid=(2, 4, 4))

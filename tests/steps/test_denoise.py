@@ -8,6 +8,7 @@ import torch
 from tests.e2e._layout import tiny, write_dit
 from tests.steps._ctx import Ctx, Stop
 from wanflow.sampling import BUILTIN_SOLVERS, expert_segments, make_schedule, noised
+from wanflow.plugins import SamplerEntry
 from wanflow.steps import denoise, model_pool
 from wanflow.steps.denoise import Denoise
 
@@ -18,7 +19,7 @@ PARAMS = {
     "video.height": 16, "video.frames": 5, "runtime.device": "cpu", "runtime.dtype": "fp32",
     "runtime.attention": "sdpa", "sampler.strength_schedule": "rescale",
 }
-UNIPC = BUILTIN_SOLVERS["unipc"]
+UNIPC = SamplerEntry("unipc", lambda: BUILTIN_SOLVERS["unipc"])
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_strength_rescales_the_grid_and_takes_every_step(dits):
     (1 − σ0)·x0 + σ0·ε; diffusers' rule ("truncate") runs round(strength·N) steps of the full grid."""
     x0 = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(3))
     step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("x0",),
-                   solver=BUILTIN_SOLVERS["euler"])
+                   solver=SamplerEntry("euler", lambda: BUILTIN_SOLVERS["euler"]))
     params = {**PARAMS, "sampler.solver": "euler", "sampler.steps": 4, "sampler.denoising_strength": 0.5}
     grid = torch.linspace(0.5, 0.0, 5, dtype=torch.float32)[:-1]
     expected = 5.0 * grid / (1 + 4.0 * grid)

@@ -7,7 +7,6 @@ Exit codes: 0 success, 2 a problem the user can fix (printed as a message, no tr
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -23,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wanflow", description="Declarative, cached runs of the Wan video models.")
     parser.add_argument("--version", action="version", version=f"wanflow {__version__}")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug events too")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every engine event too (debug)")
     parser.add_argument("--no-plugins", action="store_true", help="ignore installed third-party plugins")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from wanflow.cli import engine_cmds, recipe_cmds
@@ -39,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from wanflow import logs
 
-    logs.configure(json=args.log_json, level=logging.DEBUG if args.verbose else logging.INFO)
+    logs.configure(json=args.log_json, level=logs.level_for(
+        verbose=args.verbose, quiet=getattr(args, "quiet", False), json=args.log_json))
     if args.no_plugins:
         os.environ["WANFLOW_NO_PLUGINS"] = "1"
     try:

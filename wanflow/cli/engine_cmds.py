@@ -84,12 +84,30 @@ def _cache() -> Any:
 
 
 def _options(args: argparse.Namespace) -> Any:
+    """How to run: quiet (no bars, no step lines), and JSON logs keep stderr to JSON lines."""
     from wanflow.engine.runner import RunOptions
     from wanflow.plugins import get_registry
 
+    quiet = getattr(args, "quiet", False)
+    readable = not quiet and not getattr(args, "log_json", False)
     return RunOptions(runs_dir=_runs_dir(args), no_cache=getattr(args, "no_cache", False),
-                      quiet=getattr(args, "quiet", False), plugins=_plugins(),
-                      on_event=get_registry().notify)
+                      quiet=not readable, plugins=_plugins(),
+                      on_event=_events(get_registry().notify, readable))
+
+
+def _events(notify: Any, readable: bool) -> Any:
+    """The plugins' hook, plus one line per step on the terminal unless quiet or JSON."""
+    if not readable:
+        return notify
+    from wanflow.logs import StepLines
+
+    lines = StepLines()
+
+    def on_event(event: dict[str, Any]) -> None:
+        lines(event)
+        notify(event)
+
+    return on_event
 
 
 def _explain_lines(resolved: Any, cache: Any) -> list[str]:
@@ -123,9 +141,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _cache() as cache:
         if args.explain:
             _out("\n".join(_explain_lines(resolved, cache)))
-        for o in run_recipe(resolved, _pipeline_for, cache, _options(args)):
+        outcomes = run_recipe(resolved, _pipeline_for, cache, _options(args))
+    from wanflow.api import final_output
+
+    if not args.quiet:
+        for o in outcomes:
             hits = sum(r.hit for r in o.results.values())
             _out(f"{o.archive}  ({hits} hit, {len(o.results) - hits} computed)")
+    for o in outcomes:  # last: what a script captures (`--quiet` prints nothing else)
+        _out(str(final_output(o)))
     return 0
 
 
@@ -148,21 +172,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    """Re-run an archive; exit 1 when an output is not bit-identical."""
+    """Check an archive's inputs and weights, recompute it; exit 1 when an output is not bit-identical."""
     from wanflow.engine.reproduce import reproduce
+    from wanflow.output.video import describe_difference
 
     with _cache() as cache:
-        rep = reproduce(Path(args.archive), _load_text, _pipeline_for, cache, _options(args))
+        rep = reproduce(Path(args.archive), _load_text, _pipeline_for, cache, _options(args),
+                        use_cache=args.use_cache, allow_changes=args.allow_changes,
+                        describe=describe_difference)
     _out("\n".join(rep.lines()))
     return 0 if rep.identical else 1
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Bring a run archive (folder, .tar or .tar.gz) from elsewhere into the runs folder."""
-    from wanflow.engine.archive import import_archive
+    """Bring a run archive (folder, .tar or .tar.gz) from elsewhere into the runs folder, inputs checked."""
+    from wanflow.engine.archive import import_archive, open_archive
+    from wanflow.engine.reproduce import weight_status
 
     target = import_archive(Path(args.archive), _runs_dir(args))
-    _out(f"imported {args.archive} -> {target}")
+    _out(f"imported {args.archive} -> {target} (its inputs are whole)")
+    with _cache() as cache, _offline():
+        _out("\n".join(weight_status(open_archive(target), _load_text, _pipeline_for, cache)))
     _out(f"check it with: wanflow reproduce {target}")
     return 0
 
@@ -229,7 +259,7 @@ def register(sub: Any) -> None:
     p.add_argument("--explain", action="store_true", help="say per step hit/miss and why first")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
     p.add_argument("--no-cache", action="store_true", help="recompute every step")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the output's final path")
     p.add_argument("--runs-dir", help="where run archives go (default ./runs or $WANFLOW_RUNS)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("explain", help="say which steps would re-run and why, without running")
@@ -239,13 +269,18 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="?", help="only this recipe name")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_runs)
-    p = sub.add_parser("reproduce", help="re-run an archive and check the outputs bit for bit")
+    p = sub.add_parser("reproduce", help="check an archive's inputs and weights, recompute it, compare bit for bit")
     p.add_argument("archive")
-    p.add_argument("--no-cache", action="store_true", help="recompute every step")
+    reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument("--use-cache", action="store_true",
+                       help="reuse cached step outputs instead of recomputing every step (fast, proves less)")
+    reuse.add_argument("--no-cache", action="store_true", help="recompute every step (the default)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="run even when a weight differs from the archive's, to see what changes")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_reproduce)
-    p = sub.add_parser("import", help="copy a run archive (folder or tar) into the runs folder")
+    p = sub.add_parser("import", help="copy a run archive (folder or tar) into the runs folder, inputs checked")
     p.add_argument("archive")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_import)

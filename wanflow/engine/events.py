@@ -1,4 +1,8 @@
-"""Structured run events: structlog, an ``events.jsonl`` stream, a callback, progress bars."""
+"""Structured run events: structlog, an ``events.jsonl`` stream, a callback, progress bars.
+
+Engine events are logged at DEBUG: a terminal shows them with ``-v`` (and ``--log-json``); by
+default the CLI renders them as one line per step instead (``wanflow.logs.StepLines``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 
 class EventLog:
-    """Every engine event goes to structlog, to the run's ``events.jsonl`` and to a callback."""
+    """Every engine event goes to structlog (DEBUG), to the run's ``events.jsonl`` and to a callback."""
 
     def __init__(self, on_event: EventCallback | None = None):
         self.events: list[dict[str, Any]] = []
@@ -35,7 +39,7 @@ class EventLog:
         """Record one event."""
         ev = {"event": event, "ts": round(time.time(), 6), **fields}
         self.events.append(ev)
-        log.info(event, **fields)
+        log.debug(event, **fields)
         if self._sink is not None:
             self._write(ev)
         if self._on_event is not None:
@@ -63,7 +67,8 @@ class _NullBar:
 
 
 class Bars:
-    """Makes the progress bars that long steps drive; silent when quiet."""
+    """Makes the progress bars that long steps drive; silent when quiet, and when stderr is not a
+    terminal (a bar redrawn with carriage returns is noise in a CI log or a file)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
@@ -73,4 +78,4 @@ class Bars:
             return _NullBar()
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)

@@ -59,7 +59,7 @@ def load_dit(
     load_state_into(model, state, source=opened.source, expected=expected, device=device,
                     dtype=lambda name: torch.float32 if keeps_fp32(name) else dtype,
                     borrowed=opened.borrowed)
-    log.info("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
+    log.debug("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
              dtype=str(dtype))
     return model
 

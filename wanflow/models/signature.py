@@ -16,8 +16,12 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import attrs
-from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only: planning reads headers without importing torch
+    from torch import Tensor
 
 #: ComfyUI single files carry the DiT's keys under this prefix.
 COMFYUI_PREFIX = "model.diffusion_model."

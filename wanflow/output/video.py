@@ -69,7 +69,7 @@ def save_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, metadata: 
     sidecar = path.with_suffix(".json")
     text = json.dumps(meta, sort_keys=True, ensure_ascii=False, indent=2, default=str) + "\n"
     _atomic(sidecar, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    log.info("video written", path=str(path), frames=len(frames), size=f"{w}x{h}", fps=fps, crf=quality)
+    log.debug("video written", frames=len(frames), size=f"{w}x{h}", fps=fps, crf=quality)
     return [path, sidecar]
 
 

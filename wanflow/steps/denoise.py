@@ -37,7 +37,8 @@ class Denoise:
     z_dim: int  # latent channels of the family's VAE
     latent_stride: int  # pixels per latent along height and width
     conditions: tuple[str, ...] = ()  # input roles present besides "pos"/"neg": clip, y, z0, x0
-    #: The registry's solver for ``sampler.solver`` (a plugin's is keyed by name@version).
+    #: The registry's entry for ``sampler.solver`` (a plugin's is keyed by name@version through
+    #: the node's ``uses``); loaded when the step runs, so planning never imports torch.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
     dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
     #: What the model pool may keep loaded (placement only: never part of the key).
@@ -81,7 +82,7 @@ class Denoise:
             raise RuntimeError("denoise: planned without a solver; the pipeline must pass one")
         rescale = "x0" in self.conditions and p["sampler.strength_schedule"] == "rescale"
         strength = float(p["sampler.denoising_strength"]) if rescale else 1.0
-        return make_schedule(self.solver, p["sampler.steps"], p["sampler.shift"], strength)
+        return make_schedule(self.solver.load(), p["sampler.steps"], p["sampler.shift"], strength)
 
     def _start(self, p: Mapping[str, Any], schedule: Any, inputs: Mapping[str, Any]) -> Any:
         """The solver state before the first step: seeded noise, or the kept input noised to the
@@ -122,7 +123,7 @@ class Denoise:
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])
-        step = self.solver.step
+        step = self.solver.load().step
         while state.index < stop:
             state = step(state, model_fn, schedule)
             state = attrs.evolve(state, x=_clamped(state.x, inputs))

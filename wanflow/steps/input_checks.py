@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wanflow.output.media import describe_file
 from wanflow.sources.files import file_problem, match
 
 Where = Callable[[str], str]
@@ -76,6 +75,8 @@ def image_problem(path: Path, size: int, mtime_ns: int) -> str | None:
     """Why an image cannot be decoded, or None (decoded fully: a truncated file fails here)."""
     from PIL import Image, UnidentifiedImageError
 
+    from wanflow.output.media import describe_file  # numpy: only when an input is checked
+
     try:
         with Image.open(path) as im:
             im.load()
@@ -92,6 +93,8 @@ def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
     count, error = video_frames(path, frames, *_stamp(path))
     key = "inputs.video"
     if error and count < frames:
+        from wanflow.output.media import describe_file
+
         return [f"{where(key)}: {_label(key, path)}: not a readable video ({error}); it looks like "
                 f"{describe_file(path)}; use an mp4, mov, mkv or webm file"]
     if count < frames:

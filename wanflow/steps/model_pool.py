@@ -157,7 +157,7 @@ def _release(keys: Sequence[tuple]) -> None:
     """Drop the pool's hold on these models and collect, so their memory is free for the next."""
     for key in keys:
         entry = _POOL.pop(key)
-        log.info("model_released", kind=entry.kind, bytes=entry.nbytes)
+        log.debug("model_released", kind=entry.kind, bytes=entry.nbytes)
     if keys:
         gc.collect()
 

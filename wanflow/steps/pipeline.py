@@ -185,7 +185,7 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
     entry, uses = job.provided("sampler", job.values["sampler.solver"])
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
                    z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
-                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry.load(),
+                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
                    residency=job.residency)
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from wanflow.plugins import SaverEntry, hookimpl
+
+if TYPE_CHECKING:  # loaded on every wanflow command: numpy and Pillow only when saving
+    import numpy as np
 
 __version__ = "0.1.0"
 
 
 def save_gif(frames: np.ndarray, path: Path, fps: float, metadata: Mapping[str, object]) -> list[Path]:
     """Write frames (T, H, W, 3) uint8 as a looping GIF; the metadata goes in the GIF comment."""
+    import numpy as np
+    from PIL import Image
+
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
     images = [Image.fromarray(frame) for frame in frames]

@@ -51,7 +51,7 @@ def load_vae(
     vae = build_on_meta(lambda: VideoVAE(config))
     load_state_into(vae, state, source=source, expected=_LABEL[config.version], dtype=dtype, device=device,
                     borrowed=opened.borrowed)
-    log.info("vae_loaded", source=source, version=config.version, layout=found.layout, dtype=str(dtype))
+    log.debug("vae_loaded", source=source, version=config.version, layout=found.layout, dtype=str(dtype))
     return vae.eval().requires_grad_(False)
 
 
