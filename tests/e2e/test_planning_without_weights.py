@@ -77,3 +77,23 @@ def _image(folder):
     path = folder / "in.png"
     Image.new("RGB", (32, 32), (200, 10, 10)).save(path)
     return path
+
+
+def test_explain_dry_run_and_diff_work_offline_without_the_weights(partial_root, tmp_path,
+                                                                    monkeypatch, capsys):
+    from wanflow.cli import main
+
+    _no_download(monkeypatch)
+    recipe = write_recipe(tmp_path, "wan2.1-t2v-14b")
+    assert main(["explain", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "denoise" in out and "will run: weights not present" in out
+    assert "not on this machine: dit, text_encoder, tokenizer, vae" in out
+    assert "WANFLOW_OFFLINE" not in out
+    assert main(["run", str(recipe), "--dry-run"]) == 0
+    assert "denoise" in capsys.readouterr().out
+    other = tmp_path / "other.toml"
+    other.write_text(recipe.read_text().replace("wan2.1-t2v-14b", "wan2.1-t2v-1.3b"))
+    assert main(["diff", str(recipe), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "model" in out and "denoise" in out and "encode-text:positive" in out

@@ -50,6 +50,14 @@ def _pipeline_for(model: str) -> Any:
     return get_registry().pipeline(model)
 
 
+def _planning(model: str) -> Any:
+    """The family's pipeline for explain, diff and --dry-run: it never downloads, and plans even
+    when some weights are not on this machine (those steps "will run: weights not present")."""
+    pipeline = _pipeline_for(model)
+    only = getattr(pipeline, "planning_only", None)
+    return only() if callable(only) else pipeline
+
+
 def _plugins() -> tuple[tuple[str, str], ...]:
     """Every loaded plugin and its version, for the lock."""
     from wanflow.plugins import get_registry
@@ -114,11 +122,16 @@ def _explain_lines(resolved: Any, cache: Any) -> list[str]:
     from wanflow.engine.explain import explain
     from wanflow.engine.runner import plan_job
 
-    lines = []
+    lines, absent = [], set()
     for job in resolved.sweep_jobs():
         if getattr(job, "job_label", ""):
             lines.append(f"[{job.job_label}]")
-        lines += [e.line() for e in explain(plan_job(job, _pipeline_for(job.model), cache), cache)]
+        the_plan = plan_job(job, _planning(job.model), cache)
+        absent |= {where.split(": ")[1].split(".")[0] for where in the_plan.absent_weights()}
+        lines += [e.line() for e in explain(the_plan, cache)]
+    if absent:
+        lines.append(f"not on this machine: {', '.join(sorted(absent))}; `wanflow run` downloads "
+                     "them (`wanflow models --files` lists every file and where it goes)")
     return lines
 
 
@@ -130,8 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for job in resolved.sweep_jobs():
             _out(f"{job.name} {getattr(job, 'job_label', '')}".rstrip())
-            with _offline():
-                specs = _pipeline_for(job.model).steps(job)
+            specs = _planning(job.model).steps(job)
             for spec in specs:
                 src = ", ".join(f"{r}←{s}" for r, s in spec.inputs.items())
                 _out(f"  {spec.name:<28} {spec.step.kind}  {src}".rstrip())
@@ -156,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Say which steps would hit and why the others would miss, without running."""
     resolved = _load(args.file, tuple(args.set))
-    with _cache() as cache, _offline():
+    with _cache() as cache:
         _out("\n".join(_explain_lines(resolved, cache)))
     return 0
 
@@ -215,11 +227,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wanflow.engine.diff import DiffReport, diff_values, render_md, render_text
     from wanflow.engine.lock import lock_differences
 
+    from wanflow.engine.runner import keyed_values
+
     (ra, la), (rb, lb) = _side(args.a), _side(args.b)
-    with _offline():
-        specs = list(_pipeline_for(rb.model).steps(rb))
+    specs = list(_planning(rb.model).steps(rb))
+    specs_a = list(_planning(ra.model).steps(ra))
     lock_diffs = tuple(lock_differences(la, lb)) if la is not None and lb is not None else ()
-    rep = DiffReport(args.a, args.b, diff_values(ra.values, rb.values, specs), lock_diffs)
+    with _cache() as cache:  # inputs compared by content: two archives keep one image in two places
+        a, b = keyed_values(ra, cache.memo.digest), keyed_values(rb, cache.memo.digest)
+        changes = diff_values(a, b, specs, specs_a, cache.memo.digest)
+    rep = DiffReport(args.a, args.b, changes, lock_diffs)
     _out(render_md(rep) if args.format == "md" else render_text(rep))
     return 0
 

@@ -24,7 +24,7 @@ _MISSING = object()
 
 #: What a ``[models.X]`` field means when the table does not set it (the schema's ``ModelSource``
 #: defaults: the family's files, the run's dtype); the engine reads no schema, so they are here.
-MODEL_OVERRIDE_DEFAULTS: Mapping[str, Any] = {"dtype": "auto", "files": []}
+MODEL_OVERRIDE_DEFAULTS: Mapping[str, Any] = {"source": "", "dtype": "auto", "files": []}
 
 
 @attrs.frozen
@@ -59,6 +59,8 @@ def component_of(role: str) -> str:
 def _weights_differ(b: StepSpec, a: StepSpec | None, digest: Callable[[Path], str] | None) -> bool:
     if a is None or set(a.weights) != set(b.weights):
         return True
+    if any(not w.present for w in (*a.weights.values(), *b.weights.values())):
+        return True  # a side planned without its weights: they may differ
     if digest is not None:
         return any(digest(a.weights[r].path) != digest(w.path) for r, w in b.weights.items())
     return any(a.weights[r] != w for r, w in b.weights.items())
