@@ -130,3 +130,26 @@ def test_unknown_solver_names_the_known_ones():
 def test_expert_boundary_outside_unit_interval_is_refused():
     with pytest.raises(ModelInputError, match="boundary"):
         expert_plan(unipc_schedule(10, 5.0), 875)
+
+
+def _diffsynth_wan_sigmas(steps: int, shift: float, strength: float) -> np.ndarray:
+    """DiffSynth's `FlowMatchScheduler.set_timesteps_wan`, as published: σ_start = strength
+    (σ_min 0, σ_max 1), σ = linspace(σ_start, 0, N+1)[:-1], σ' = s·σ/(1+(s−1)·σ)."""
+    sigma = np.linspace(strength, 0.0, steps + 1)[:-1]
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+@pytest.mark.parametrize("solver", ["euler", "unipc", "dpm++"])
+@pytest.mark.parametrize("strength", [0.3, 0.55, 0.8, 0.999])
+def test_every_solver_walks_diffsynths_strength_grid_with_every_step(solver, strength):
+    steps, shift = 20, 5.0
+    schedule = make_schedule(solver, steps, shift, strength)
+    assert schedule.steps == steps  # all steps, from σ = shift(strength)
+    expected = _diffsynth_wan_sigmas(steps, shift, strength)
+    assert np.allclose(schedule.sigmas[:-1].numpy(), expected, rtol=0, atol=1e-6)
+    assert float(schedule.sigmas[-1]) == 0.0
+
+
+@pytest.mark.parametrize("solver", ["euler", "unipc", "dpm++"])
+def test_strength_one_is_each_solvers_own_grid(solver):
+    assert torch.equal(make_schedule(solver, 12, 3.0, 1.0).sigmas, make_schedule(solver, 12, 3.0).sigmas)

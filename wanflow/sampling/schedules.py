@@ -93,14 +93,15 @@ def check_strength(strength: float) -> None:
 
 
 def unipc_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
-    """The official FlowUniPCMultistepScheduler grid: linspace(0.999·strength, 0, N+1)[:-1], shifted, 0.
+    """The official FlowUniPCMultistepScheduler grid: linspace(min(strength, 0.999), 0, N+1)[:-1],
+    shifted, 0.
 
-    ``strength`` < 1 starts the grid lower (σ_start = σ_max·strength, DiffSynth's rule with this
-    solver's σ_max) and still takes all N steps; strength 1 is the official grid exactly.
+    ``strength`` < 1 starts the grid at σ = strength (DiffSynth's rule) and still takes all N
+    steps; strength 1 is the official grid exactly (its σ_max is 0.999, not 1).
     """
     check_steps_and_shift(steps, shift)
     check_strength(strength)
-    grid = np.linspace(UNIPC_SIGMA_MAX * strength, 0.0, steps + 1)[:-1]  # (N,) float64
+    grid = np.linspace(min(float(strength), UNIPC_SIGMA_MAX), 0.0, steps + 1)[:-1]  # (N,) float64
     return _official_schedule(shift_sigmas(grid, shift))
 
 

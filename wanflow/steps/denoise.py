@@ -74,7 +74,7 @@ class Denoise:
         return tuple(role for role, _ in self.experts)
 
     def schedule(self, p: Mapping[str, Any]) -> Any:
-        """The σ grid: from σ_max·strength to 0 in ``steps`` steps when a source is kept
+        """The σ grid: from σ = strength to 0 in ``steps`` steps when a source is kept
         (``strength_schedule = "rescale"``, DiffSynth's rule), else the strength-1 grid."""
         from wanflow.sampling import make_schedule
 
