@@ -24,7 +24,7 @@ class SamplerEntry:
 
     ``load()`` returns a ``wanflow.sampling.Solver``: a stateless ``step(state, model_fn, schedule)``
     and ``schedule(steps, shift, strength)`` giving the σ grid (strength < 1: the grid starts at
-    strength·σ_max and still takes ``steps`` steps)."""
+    σ = strength and still takes ``steps`` steps)."""
 
     name: str
     load: Callable[[], Any]

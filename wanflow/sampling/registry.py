@@ -48,7 +48,7 @@ def get_solver(name: str, registry: Mapping[str, Solver] = BUILTIN_SOLVERS) -> S
 
 def make_schedule(solver: str | Solver, steps: int, shift: float, strength: float = 1.0) -> Schedule:
     """The schedule of ``solver`` for ``steps`` steps, flow ``shift`` and denoising ``strength``
-    (the grid starts at σ = strength·σ_max and takes all ``steps`` steps)."""
+    (the grid starts at σ = strength and takes all ``steps`` steps)."""
     found = get_solver(solver) if isinstance(solver, str) else solver
     return found.schedule(steps, shift, strength)
 
