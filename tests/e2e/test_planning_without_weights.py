@@ -97,3 +97,23 @@ def test_explain_dry_run_and_diff_work_offline_without_the_weights(partial_root,
     assert main(["diff", str(recipe), str(other)]) == 0
     out = capsys.readouterr().out
     assert "model" in out and "denoise" in out and "encode-text:positive" in out
+
+
+def test_every_job_of_a_sweep_is_planned_before_the_first_runs(tmp_path, monkeypatch):
+    """A refusal that only planning can give (no saver for the second job's format) comes before
+    any step of the first job runs."""
+    from tests.e2e._run import run
+    from wanflow.errors import RecipeError
+
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text('model = "wanflow-tiny"\n[prompt]\ntext = "a red ball"\n[sampler]\nseed = 1\n'
+                      '[sweep]\n"output.format" = ["mp4", "webm"]\n')
+
+    def never(*_):
+        raise AssertionError("a step ran")
+
+    monkeypatch.setattr(Executor, "run", never)
+    with pytest.raises(RecipeError, match="webm"):
+        run(recipe, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("COMPLETE"))

@@ -105,9 +105,9 @@ class RunOptions:
 
 
 def run_job(resolved: Resolved, pipeline: Pipeline, cache: Cache, opts: RunOptions,
-            session: Session | None = None) -> RunOutcome:
+            session: Session | None = None, the_plan: Plan | None = None) -> RunOutcome:
     """Run one job and archive it; an interrupted run leaves only an incomplete folder."""
-    the_plan = plan_job(resolved, pipeline, cache)
+    the_plan = the_plan if the_plan is not None else plan_job(resolved, pipeline, cache)
     writer = ArchiveWriter(opts.runs_dir, resolved.name)
     writer.write_text("recipe.toml", resolved.text)
     stored = writer.add_inputs(resolved.input_files(), cache.memo.digest)
@@ -149,10 +149,16 @@ def run_key(results: Mapping[str, StepResult]) -> str:
 
 def run_recipe(resolved: Resolved, pipeline_for: Callable[[str], Pipeline], cache: Cache,
                opts: RunOptions) -> list[RunOutcome]:
-    """Every job of a recipe; steps shared between jobs run once; a sweep gets an index."""
+    """Every job of a recipe; steps shared between jobs run once; a sweep gets an index.
+
+    Every job is planned before the first one runs: a problem in the last job of a sweep (a
+    missing weight, a refused setting) is reported before minutes of work on the first."""
     jobs = resolved.sweep_jobs()
     session = Session(opts.no_cache)
-    outcomes = [run_job(job, pipeline_for(job.model), cache, opts, session) for job in jobs]
+    pipelines = [pipeline_for(job.model) for job in jobs]
+    plans = [plan_job(job, pipeline, cache) for job, pipeline in zip(jobs, pipelines, strict=True)]
+    outcomes = [run_job(job, pipeline, cache, opts, session, the_plan)
+                for job, pipeline, the_plan in zip(jobs, pipelines, plans, strict=True)]
     if len(jobs) > 1:
         write_sweep_index(opts.runs_dir, resolved.name, jobs, outcomes)
     return outcomes
