@@ -6,6 +6,8 @@ Anything else is a bug in wanflow and is printed with its traceback (exit 1).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class WanflowError(Exception):
     """An error the user can fix; its message says what is wrong and how to fix it."""
@@ -37,3 +39,12 @@ class ArchiveError(EngineError):
 
 class PluginError(WanflowError):
     """A plugin failed to register, or two plugins claim the same name."""
+
+
+def display_path(path: Path | str) -> str:
+    """A path as messages show it: relative to the working folder when inside it, else as given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

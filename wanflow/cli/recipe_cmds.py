@@ -11,10 +11,9 @@ from pathlib import Path
 import tomlkit
 
 from wanflow.engine.archive import INCOMPLETE_PREFIX
-from wanflow.errors import RecipeError, WanflowError
+from wanflow.errors import RecipeError, WanflowError, display_path
 from wanflow.recipe import ResolvedRecipe, load_recipe
 from wanflow.recipe.canonical import format_file
-from wanflow.recipe.problems import display_path
 from wanflow.recipe.reasons import why
 
 

@@ -15,9 +15,18 @@ from typing import Any
 
 import attrs
 import tomlkit
-from tomlkit.items import AoT, Comment, Float, InlineTable, Integer, Item, Table, Whitespace
+from tomlkit.items import (
+    AoT,
+    Comment,
+    Float,
+    InlineTable,
+    Integer,
+    Item,
+    Table,
+    Whitespace,
+)
 
-from wanflow.recipe.problems import display_path
+from wanflow.errors import display_path
 from wanflow.recipe.schema import Recipe
 from wanflow.recipe.source import parse_toml
 from wanflow.recipe.structure import hints

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import attrs
 
@@ -75,12 +74,3 @@ class Problems:
 
     def is_bad(self, path: KeyPath) -> bool:
         return any(path[: len(bad)] == bad for bad in self.bad_paths)
-
-
-def display_path(path: Path | str) -> str:
-    """A path as short as possible for messages: relative to the working directory when inside it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)

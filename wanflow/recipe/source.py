@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from wanflow.errors import RecipeError
-from wanflow.recipe.problems import KeyPath, display_path
+from wanflow.errors import RecipeError, display_path
+from wanflow.recipe.problems import KeyPath
 
 if sys.version_info >= (3, 11):
     import tomllib

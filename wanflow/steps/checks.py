@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from wanflow.errors import WanflowError
-from wanflow.steps.input_checks import display_path, format_value, input_problems
+from wanflow.errors import WanflowError, display_path
+from wanflow.steps.input_checks import format_value, input_problems
 
 Where = Callable[[str], str]
 
@@ -52,9 +52,6 @@ def _not_implemented(resolved: Any, where: Where) -> list[str]:
     if resolved.recipe.train is not None:
         found.append(f"{where('train.dataset')}: [train]: training is not implemented yet; remove the "
                      "[train] table (a recipe with it would only generate a video)")
-    if resolved.recipe.lora:
-        found.append(f"{where('lora')}: [[lora]]: LoRA is not applied by the Wan pipeline yet; "
-                     "remove the [[lora]] tables to generate without them")
     if values.get("runtime.teacache_threshold") is not None:
         found.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
                      f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "

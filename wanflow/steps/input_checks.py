@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wanflow.errors import display_path
 from wanflow.sources.files import file_problem, match
 
 Where = Callable[[str], str]
@@ -34,15 +35,6 @@ def input_problems(resolved: Any, where: Where) -> list[str]:
     for name, override in resolved.recipe.models.items():
         found += _source_problems(name, override, resolved.family, where)
     return found
-
-
-def display_path(path: Path | str) -> str:
-    """A path as messages show it: relative to the working folder when inside it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
 
 
 def format_value(value: Any) -> str:
