@@ -14,14 +14,20 @@ from typing import Any
 
 import attrs
 
-from wanflow.errors import RecipeError
+from wanflow.errors import RecipeError, display_path
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.aliases import dotted_hint
 from wanflow.recipe.flatten import flatten, to_data
-from wanflow.recipe.problems import KeyPath, Problems, display_path
+from wanflow.recipe.problems import KeyPath, Problems
 from wanflow.recipe.render import render_toml
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
-from wanflow.recipe.source import Origin, apply_override, deep_copy, load_layers, parse_override
+from wanflow.recipe.source import (
+    Origin,
+    apply_override,
+    deep_copy,
+    load_layers,
+    parse_override,
+)
 from wanflow.recipe.structure import structure
 from wanflow.recipe.validate import check_identity, check_recipe
 
@@ -98,7 +104,9 @@ def swept_overrides(sweep: Any, overrides: Sequence[tuple[KeyPath, Any]], sets: 
 
 
 def _default_families() -> FamilyLookup:
-    from wanflow.plugins import get_registry  # the registry is configuration, consulted lazily
+    from wanflow.plugins import (
+        get_registry,  # the registry is configuration, consulted lazily
+    )
 
     return get_registry()
 
@@ -149,7 +157,8 @@ def file_paths(recipe: Recipe) -> dict[KeyPath, Path]:
         if node is not None:
             out[("inputs", *dotted.split("."))] = Path(node)
     for i, lora in enumerate(recipe.lora):
-        out[("lora", i, "path")] = Path(lora.path)
+        if lora.path:
+            out[("lora", i, "path")] = Path(lora.path)
     if recipe.train is not None:
         out[("train", "dataset")] = Path(recipe.train.dataset)
     for name, model in recipe.models.items():
