@@ -22,7 +22,8 @@ ALLOWED = {
     "engine": set(),
     "models": set(),
     "sampling": set(),
-    "steps": {"engine", "models", "sampling", "families", "output", "sources"},
+    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora"},
+    "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},
     "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door

@@ -47,8 +47,8 @@ def write_recipe(folder: Path, model: str, inputs: dict | None = None, **tables:
            "prompt": {"text": "a red ball bouncing", "negative": "blurry"},
            "video": {"width": 32, "height": 32, "frames": 5},
            "sampler": {"steps": 2, "seed": 0}}
-    for table, values in tables.items():
-        doc[table] = {**doc.get(table, {}), **values}
+    for table, values in tables.items():  # a list is an array of tables ([[lora]])
+        doc[table] = values if isinstance(values, list) else {**doc.get(table, {}), **values}
     if inputs:
         doc["inputs"] = {k: str(v) for k, v in inputs.items()}
     path = folder / f"{doc['name']}.toml"

@@ -132,9 +132,15 @@ class ModelSource:
 
 @attrs.frozen
 class Lora:
-    path: str = setting(why="a LoRA .safetensors file")
+    path: str = setting("", why="a LoRA .safetensors file of any trainer (its key dialect is detected)")
+    source: str = setting("", why="modelscope:ORG/REPO@REVISION holding the file; empty: `path` is local")
+    file: str = setting("", why="with `source`: the file's name (or a glob matching one file) in it")
     scale: float = setting(1.0, why="full strength, as trained")
-    target: str = setting("dit", why="the component the LoRA patches")
+    target: str = setting("dit", why="the DiT; on A14B both experts (or dit_high_noise / dit_low_noise)")
+    scale_high_noise: float | None = setting(
+        None, why="A14B only: the high-noise expert's scale (None: `scale`; 0: not applied to it)")
+    scale_low_noise: float | None = setting(
+        None, why="A14B only: the low-noise expert's scale (None: `scale`; 0: not applied to it)")
 
 
 @attrs.frozen

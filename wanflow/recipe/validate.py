@@ -7,6 +7,7 @@ input files, inputs the family does not take, components it does not have.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
+    _check_loras(recipe, family, problems)
     _check_files(paths, problems)
 
 
@@ -120,6 +122,32 @@ def _check_models(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
             problems.add(("models", name), None, f"{family.name} has no component {name!r}; its components are "
                          + ", ".join(sorted(family.components)) + did_you_mean(name, family.components),
                          show_value=False)
+
+
+def _check_loras(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """Where each LoRA comes from, what it patches, and finite scales."""
+    experts = tuple(family.experts)
+    targets = ("dit", *experts)
+    for i, lora in enumerate(recipe.lora):
+        if bool(lora.path) == bool(lora.source):
+            problems.add(("lora", i, "path"), lora.path, "give exactly one of `path` (a local file) and "
+                         "`source` (modelscope:ORG/REPO) with `file`")
+        if lora.source and not lora.source.startswith("modelscope:"):
+            problems.add(("lora", i, "source"), lora.source, "must be modelscope:ORG/REPO[@REVISION]; "
+                         "for a local file use `path`")
+        if lora.source and not lora.file:
+            problems.add(("lora", i, "file"), lora.file, "name the LoRA file inside `source`")
+        if lora.target not in targets:
+            problems.add(("lora", i, "target"), lora.target, f"{family.name} takes LoRAs on "
+                         + ", ".join(targets) + did_you_mean(lora.target, targets))
+        for field in ("scale", "scale_high_noise", "scale_low_noise"):
+            value = getattr(lora, field)
+            if value is not None and not math.isfinite(value):
+                problems.add(("lora", i, field), value, "must be a finite number (1.0 = as trained)")
+        for field in ("scale_high_noise", "scale_low_noise"):
+            if getattr(lora, field) is not None and not experts:
+                problems.add(("lora", i, field), getattr(lora, field), f"only for the A14B families "
+                             f"(two experts); {family.name} has one DiT: use `scale`")
 
 
 def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> None:

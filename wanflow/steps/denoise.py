@@ -41,6 +41,8 @@ class Denoise:
     #: the node's ``uses``); loaded when the step runs, so planning never imports torch.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
     dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
+    #: (LoRA weight role, DiT role, scale) in recipe order; the files' digests are weights.
+    loras: tuple[tuple[str, str, float], ...] = ()
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise"
@@ -118,8 +120,9 @@ class Denoise:
         p = ctx.params
         device, dtype = component_runtime(p, dict(self.dtypes).get(role, "auto"))
         n = dict(self.experts)[role]
+        loras = tuple((ctx.weight(lora), scale) for lora, dit_role, scale in self.loras if dit_role == role)
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
-                             p["runtime.attention"], self.residency)
+                             p["runtime.attention"], self.residency, loras)
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])

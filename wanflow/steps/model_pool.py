@@ -70,15 +70,27 @@ def resident_bytes() -> int:
 
 
 def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
-        residency: Residency | None = None) -> Any:
-    """A WanDiT from its shard files."""
+        residency: Residency | None = None, loras: Sequence[tuple[Path, float]] = ()) -> Any:
+    """A WanDiT from its shard files, with ``loras`` (file, scale) merged in order.
+
+    A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
+    DiT another job of a sweep uses is never mutated."""
     from wanflow.models.dit_loader import load_dit
 
     weights = weight_files(files)
-    key = ("dit", _stamp(*files), str(dtype), device, attention)
-    return _get(key, residency, lambda: _expected_bytes(weights, dtype),
-                lambda: load_dit(weights, dtype=dtype, device=device,
-                                 attention_kernel=attention).eval().requires_grad_(False))
+    patches = tuple((_stamp(path), float(scale)) for path, scale in loras)
+    key = ("dit", _stamp(*files), str(dtype), device, attention, patches)
+
+    def load() -> Any:
+        model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention)
+        if loras:
+            from wanflow.lora import merge, read_lora
+
+            merge(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
+                  labels=[Path(path).name for path, _ in loras])
+        return model.eval().requires_grad_(False)
+
+    return _get(key, residency, lambda: _expected_bytes(weights, dtype), load)
 
 
 def text_encoder(path: Path, tokenizer_dir: Path, dtype: Any, device: str,

@@ -22,6 +22,7 @@ from wanflow.steps.conditioning import EncodeConditioning
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
+from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.image import EncodeImage
 from wanflow.steps.memory import Residency, check_budget, component_sizes, device_budget
 from wanflow.steps.runtime import describe_runtime, effective_device
@@ -104,6 +105,9 @@ def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
                      for i, f in enumerate(found.files)}
         if name in ("dit", "dit_high_noise", "dit_low_noise"):
             check_dit(found.files, component.architecture, name)
+    if resolved.recipe.lora:
+        out["lora"], lora_missing = resolve_loras(resolved, fetch)
+        missing += lora_missing
     if missing and fetch:
         raise ModelLoadError(f"{display_name(resolved)}: {len(missing)} model component(s) cannot be "
                              "used yet:\n" + "\n".join(f"- {m}" for m in missing))
@@ -182,12 +186,14 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
     inputs = {roles[s.name]: s.name for s in upstream if s.name in roles}
     inputs |= {s.step.mode: s.name for s in upstream if isinstance(s.step, EncodeConditioning)}
     weights = {role: w for d in job.dits() for role, w in job.weights[d].items()}
+    loras = lora_uses(job.resolved, job.dits())
+    weights |= {role: job.weights["lora"][role] for role, _, _ in loras}
     entry, uses = job.provided("sampler", job.values["sampler.solver"])
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
                    z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
                    conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
-                   residency=job.residency)
+                   loras=loras, residency=job.residency)
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
@@ -202,6 +208,16 @@ def _output_nodes(job: _Job) -> list[StepSpec]:
         nodes.append(StepSpec("save-frames", SaveFrames(), inputs={"frames": "decode"},
                               archive_as="frames.zip"))
     return nodes
+
+
+def _report_loras(job: _Job) -> None:
+    """Check every LoRA against its DiT before anything loads, and say what each patches."""
+    uses = lora_uses(job.resolved, job.dits())
+    if not uses or not all(w.present for weights in job.weights.values() for w in weights.values()):
+        return
+    dits = {d: [w.path for w in job.weights[d].values()] for d in job.dits()}
+    for line in check_loras(uses, job.weights["lora"], dits, job.family.name):
+        log.info("lora", applied=line)
 
 
 def _residency(job: _Job) -> Residency | None:
@@ -247,6 +263,7 @@ class WanPipeline:
             raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)
         job = attrs.evolve(job, residency=_residency(job))
+        _report_loras(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
 
