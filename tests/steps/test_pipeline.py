@@ -70,8 +70,7 @@ def test_png_frames_add_a_frames_output():
     assert dict(nodes["save-frames"].spec.inputs) == {"frames": "decode"}
 
 
-@pytest.mark.parametrize(("setting", "named"), [("runtime.teacache_threshold=0.1", "teacache_threshold"),
-                                                ("memory.fp8=true", "fp8")])
+@pytest.mark.parametrize(("setting", "named"), [("runtime.teacache_threshold=0.1", "teacache_threshold")])
 def test_settings_not_implemented_are_refused_not_ignored(setting, named):
     with pytest.raises(RecipeError, match=rf"--set: \[(runtime|memory)\]\.{named} = .*not implemented yet; "):
         planned(setting)
@@ -136,3 +135,9 @@ def test_a_component_dtype_is_the_dtype_its_model_is_loaded_in(monkeypatch):
         with pytest.raises(RuntimeError, match="stop after the load"):
             Decode("wan2.1", dtype).run(Ctx(params, {}, {"vae": Path("vae.pth")}))
         assert asked[-1] == expected
+
+
+def test_fp8_storage_is_in_the_denoise_key_only():
+    base, fp8 = planned(), planned("memory.fp8=true")
+    assert fp8["denoise"].config["storage"] == "fp8" and base["denoise"].config["storage"] == "compute"
+    assert {n for n in base if base[n].config != fp8[n].config} == {"denoise"}

@@ -22,6 +22,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from wanflow.errors import ModelInputError
 from wanflow.lora.delta import AnyDelta, LoraFile, LowRank
 from wanflow.lora.report import PatchReport, plan_patches
 from wanflow.models.precision import linear
@@ -42,6 +43,12 @@ def merge(
     """
     report, terms = _plan(model, loras, scales, model_name, labels)
     params = dict(model.named_parameters())
+    stored = [name for name in terms if params[name].dtype not in COMPUTE_DTYPES]
+    if stored:
+        raise ModelInputError(
+            f"{len(stored)} parameters the LoRA patches are stored in {params[stored[0]].dtype} (fp8 "
+            f"storage, e.g. {stored[0]}): merged, the LoRA would be lost in their rounding; apply it on "
+            "the fly (attach), as the pipeline does for fp8 weights")
     with torch.no_grad():
         for name, pairs in terms.items():
             params[name].copy_(patched_value(params[name], pairs))
@@ -70,6 +77,11 @@ def attach(
         rest = [(d, s) for d, s in pairs if not (linear_weight and isinstance(d, LowRank))]
         if low_rank:
             handles.append(module.register_forward_hook(LowRankPath(low_rank, module.weight)))
+        if rest and getattr(module, attr).dtype not in COMPUTE_DTYPES:
+            kinds = sorted({type(d).__name__ for d, _ in rest})
+            raise ModelInputError(
+                f"{name} is stored in fp8: only low-rank LoRA factors can be applied to it on the fly, "
+                f"and this LoRA has {', '.join(kinds)} deltas for it; set [memory].fp8 = false to use it")
         if rest:
             swap = Swap(attr, rest, getattr(module, attr).device)
             handles.append(module.register_forward_pre_hook(swap.put))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Collection
 from typing import NamedTuple
 
 import torch
@@ -226,8 +227,11 @@ class WanDiT(nn.Module):
             self.img_emb = ImageEmbedding(cfg)
 
     def set_compute_dtype(self, dtype: torch.dtype) -> WanDiT:
-        """Cast the weights to dtype, keeping the fp32 islands (``keeps_fp32``) in fp32."""
+        """Cast the weights to dtype, keeping the fp32 islands (``keeps_fp32``) in fp32 and weights
+        stored in fp8 (``wanflow.models.fp8``) in fp8: they are dequantised in each forward."""
         for name, param in self.named_parameters():
+            if param.dtype.itemsize == 1 and param.dtype.is_floating_point:  # fp8 storage
+                continue
             target = torch.float32 if keeps_fp32(name) else dtype
             if param.dtype != target:
                 param.data = param.data.to(target)
@@ -240,7 +244,7 @@ class WanDiT(nn.Module):
 
     def forward(
         self, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
-        clip_fea: Tensor | None = None, y: Tensor | None = None,
+        clip_fea: Tensor | None = None, y: Tensor | None = None, skip_blocks: Collection[int] = (),
     ) -> Tensor:
         """Velocity (B, out_dim, F, H, W) fp32.
 
@@ -250,8 +254,11 @@ class WanDiT(nn.Module):
             context: umT5 features (B, <=512, 4096), zero-padded here to 512 and not masked;
                 or ``prepare_context(...)`` of them (then clip_fea is already inside).
             clip_fea: CLIP tokens (B, 257, 1280); FLF2V (B, 514, 1280) or (2B, 257, 1280).
+            skip_blocks: indices of blocks left out, their input passed on unchanged (the
+                weakened pass of skip-layer guidance); empty for the full model.
         """
         x, clip_fea = self._check_inputs(x, t, context, clip_fea, y)
+        _check_skip_blocks(skip_blocks, len(self.blocks))
         frames, height, width = x.shape[2:]
         pt, ph, pw = self.cfg.patch_size
         grid = (frames // pt, height // ph, width // pw)
@@ -263,8 +270,9 @@ class WanDiT(nn.Module):
             per_block = context.kv
         else:
             per_block = (self.embed_context(context, clip_fea),) * len(self.blocks)
-        for block, block_context in zip(self.blocks, per_block):
-            tokens = self._run_block(block, tokens, e0, block_context, rope)
+        for index, (block, block_context) in enumerate(zip(self.blocks, per_block)):
+            if index not in skip_blocks:
+                tokens = self._run_block(block, tokens, e0, block_context, rope)
         return self.unpatchify(self.head(tokens, e), grid)
 
     def prepare_context(self, context: Tensor, clip_fea: Tensor | None = None) -> PreparedContext:
@@ -353,6 +361,16 @@ def _check_latent(x: Tensor, cfg: DitConfig) -> None:
         raise ModelInputError(
             f"x: frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
             f"{cfg.patch_size}; crop or pad the latents."
+        )
+
+
+def _check_skip_blocks(skip_blocks: Collection[int], num_layers: int) -> None:
+    """Blocks to skip must exist: a wrong index would otherwise skip nothing, silently."""
+    outside = [i for i in skip_blocks
+               if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_layers]
+    if outside:
+        raise ModelInputError(
+            f"skip_blocks: {outside} outside this DiT's blocks 0..{num_layers - 1} ({num_layers} layers)."
         )
 
 

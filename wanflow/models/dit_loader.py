@@ -4,6 +4,9 @@ The layout is recognised from the keys (``wanflow.models.signature``), converted
 names (``dit_keys``), the model is built on the meta device and the tensors are assigned to it
 one by one, each cast to its dtype (fp32 islands stay fp32) on the way to the device: no random
 init, and never a second copy of the weights or the whole model at the file's precision.
+
+Scaled-fp8 checkpoints (fp8 tensors with ``<name>.scale_weight``) load the same way: kept in fp8
+with ``storage="fp8"``, dequantised tensor by tensor otherwise (``wanflow.models.fp8``).
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import structlog
 import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import dit_config, signature
+from wanflow.models import dit_config, fp8, signature
 from wanflow.models.checkpoint_files import OpenedWeights, open_state_dict, open_weights
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
@@ -32,6 +36,9 @@ PathLike = str | os.PathLike
 #: Layout -> the key table that turns it into the official layout.
 TO_OFFICIAL = {"official": (), "diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}
 
+#: How the weights are stored: all in the compute dtype, or the blocks' Linear weights in fp8.
+Storage = Literal["compute", "fp8"]
+
 
 def load_dit(
     weights: PathLike | Sequence[PathLike] | Mapping[str, Tensor],
@@ -39,15 +46,23 @@ def load_dit(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     attention_kernel: str = "sdpa",
+    storage: Storage = "compute",
 ) -> WanDiT:
     """A ready WanDiT from a file, a sharded index/folder, a list of shards, or a state dict.
 
     Without ``config`` it is read from the ``config.json`` beside the weights (official or
     diffusers form), else from the weights' shapes (always so for a state dict). The model
-    computes in ``dtype`` except its fp32 islands. Mismatches raise ModelLoadError.
+    computes in ``dtype`` except its fp32 islands. ``storage="fp8"`` stores the blocks' Linear
+    weights in float8 e4m3 with a scale (``wanflow.models.fp8``): taken as they are from a
+    scaled-fp8 file, quantised tensor by tensor from any other. Mismatches raise ModelLoadError.
     """
+    if storage not in ("compute", "fp8"):
+        raise ValueError(f"load_dit: storage={storage!r}; expected 'compute' or 'fp8'")
+    if storage == "fp8":
+        fp8.require_fp8(device)
     opened = _opened(weights)
-    state = official_state(opened.state, opened.source)
+    scaled = fp8.split_scales(official_state(opened.state, opened.source), opened.source)
+    state = scaled.weights
     if config is None:
         config = _shapes_config(state, opened.source) if opened.borrowed else config_beside(
             weights_paths(weights)[0], state)
@@ -56,12 +71,21 @@ def load_dit(
         f"Wan {config.model_type.upper()} DiT (dim {config.dim}, {config.num_layers} layers, "
         f"{config.in_dim} input channels{', CLIP tokens' if config.clip else ''})"
     )
-    load_state_into(model, state, source=opened.source, expected=expected, device=device,
-                    dtype=lambda name: torch.float32 if keeps_fp32(name) else dtype,
-                    borrowed=opened.borrowed)
+    dtypes = _island_dtypes(dtype)
+    if storage == "fp8" or scaled.quantised:
+        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes,
+                        device=device, borrowed=opened.borrowed, fp8=storage == "fp8")
+    else:
+        load_state_into(model, state, source=opened.source, expected=expected, device=device,
+                        dtype=dtypes, borrowed=opened.borrowed)
     log.debug("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
-             dtype=str(dtype))
+             dtype=str(dtype), storage=storage)
     return model
+
+
+def _island_dtypes(dtype: torch.dtype):
+    """Each parameter's dtype by name: fp32 for the fp32 islands, ``dtype`` for the rest."""
+    return lambda name: torch.float32 if keeps_fp32(name) else dtype
 
 
 def weights_paths(weights: PathLike | Sequence[PathLike]) -> list[Path]:

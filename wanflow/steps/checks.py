@@ -56,9 +56,6 @@ def _not_implemented(resolved: Any, where: Where) -> list[str]:
         found.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
                      f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
                      "remove the key (every step computed)")
-    if values.get("memory.fp8"):
-        found.append(f"{where('memory.fp8')}: [memory].fp8 = true: fp8 weight storage is not "
-                     "implemented yet; set it to false (weights stay in the compute dtype)")
     policy = values.get("memory.policy")
     if policy in ("stream", "disk"):
         what = ("streaming blocks from CPU memory" if policy == "stream"
@@ -79,6 +76,8 @@ def _machine_problems(values: Any, where: Where) -> list[str]:
             table, name = key.split(".")
             found.append(f'{where(key)}: [{table}].{name} = "cuda": this machine has no CUDA device that '
                          f"torch can use; use {fixes[key]}")
+    if values.get("memory.fp8"):
+        found += _fp8_problems(values, where)
     backend = values.get("runtime.attention", TORCH_ATTENTION)
     if backend != TORCH_ATTENTION:
         available = attention_backends()
@@ -87,6 +86,18 @@ def _machine_problems(values: Any, where: Where) -> list[str]:
                          f"attention backend of that name is installed (available: {', '.join(available)}); "
                          f'use "{TORCH_ATTENTION}", or install the plugin that registers {format_value(backend)}')
     return found
+
+
+def _fp8_problems(values: Any, where: Where) -> list[str]:
+    """fp8 storage on a torch or device that cannot hold float8 weights."""
+    from wanflow.models.fp8 import Fp8UnsupportedError, require_fp8
+    from wanflow.steps.runtime import effective_device
+
+    try:
+        require_fp8(effective_device(values.get("runtime.device", "auto")))
+    except Fp8UnsupportedError as exc:
+        return [f"{where('memory.fp8')}: [memory].fp8 = true: {exc}; set it to false"]
+    return []
 
 
 def cuda_available() -> bool:

@@ -43,6 +43,7 @@ class Denoise:
     dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
     #: (LoRA weight role, DiT role, scale) in recipe order; the files' digests are weights.
     loras: tuple[tuple[str, str, float], ...] = ()
+    storage: str = "compute"  # "fp8": block weights stored in fp8 ([memory].fp8; changes the numbers)
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise"
@@ -122,7 +123,7 @@ class Denoise:
         n = dict(self.experts)[role]
         loras = tuple((ctx.weight(lora), scale) for lora, dit_role, scale in self.loras if dit_role == role)
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
-                             p["runtime.attention"], self.residency, loras)
+                             p["runtime.attention"], self.residency, loras, self.storage)
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])

@@ -70,23 +70,27 @@ def resident_bytes() -> int:
 
 
 def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
-        residency: Residency | None = None, loras: Sequence[tuple[Path, float]] = ()) -> Any:
-    """A WanDiT from its shard files, with ``loras`` (file, scale) merged in order.
+        residency: Residency | None = None, loras: Sequence[tuple[Path, float]] = (),
+        storage: str = "compute") -> Any:
+    """A WanDiT from its shard files, with ``loras`` (file, scale) applied in order.
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
-    DiT another job of a sweep uses is never mutated."""
+    DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
+    in fp8; LoRAs are then applied on the fly (a merge would be lost in fp8's rounding)."""
     from wanflow.models.dit_loader import load_dit
 
     weights = weight_files(files)
     patches = tuple((_stamp(path), float(scale)) for path, scale in loras)
-    key = ("dit", _stamp(*files), str(dtype), device, attention, patches)
+    key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage)
 
     def load() -> Any:
-        model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention)
+        model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
+                         storage=storage)
         if loras:
-            from wanflow.lora import merge, read_lora
+            from wanflow.lora import attach, merge, read_lora
 
-            merge(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
+            apply = attach if storage == "fp8" else merge
+            apply(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
                   labels=[Path(path).name for path, _ in loras])
         return model.eval().requires_grad_(False)
 

@@ -193,7 +193,8 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
                    z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
                    conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
-                   loras=loras, residency=job.residency)
+                   loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
+                   residency=job.residency)
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
