@@ -22,7 +22,8 @@ ALLOWED = {
     "engine": set(),
     "models": set(),
     "sampling": set(),
-    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora"},
+    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory"},
+    "memory": {"models"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},

@@ -3,6 +3,8 @@ once which components are missing, before anything runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.e2e._layout import write_models_root
@@ -117,3 +119,15 @@ def test_every_job_of_a_sweep_is_planned_before_the_first_runs(tmp_path, monkeyp
     with pytest.raises(RecipeError, match="webm"):
         run(recipe, tmp_path / "runs")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("COMPLETE"))
+
+
+def test_wanflow_plan_prints_the_placement_or_refuses_with_the_numbers(tmp_path, monkeypatch, capsys):
+    from wanflow.cli import main
+
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    quickstart = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
+    assert main(["plan", str(quickstart)]) == 0
+    out = capsys.readouterr().out
+    assert "dit: in RAM" in out and "step denoise: peak host" in out
+    assert main(["plan", str(quickstart), "--set", "memory.limit_gb=0.001"]) == 2
+    assert "the cheapest change that fits: a host budget of" in capsys.readouterr().err

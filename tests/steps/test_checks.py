@@ -42,12 +42,9 @@ def test_train_table_is_not_implemented_yet(tmp_path):
                      "(a recipe with it would only generate a video)"]
 
 
-@pytest.mark.parametrize("policy", ["stream", "disk"])
-def test_stream_and_disk_policies_are_not_implemented_yet(tmp_path, policy):
-    found = problems(tmp_path, TINY, f"memory.policy={policy}")
-    assert len(found) == 1 and found[0].startswith(f'--set: [memory].policy = "{policy}": ')
-    assert 'is not implemented yet; use "offload"' in found[0]
-    assert problems(tmp_path, TINY, "memory.policy=offload") == []
+@pytest.mark.parametrize("policy", ["stream", "disk", "offload"])
+def test_every_memory_policy_is_honoured(tmp_path, policy):
+    assert problems(tmp_path, TINY, f"memory.policy={policy}") == []
 
 
 def test_cuda_on_a_machine_without_it(tmp_path, monkeypatch):
@@ -159,8 +156,8 @@ def test_every_problem_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(checks, "cuda_available", lambda: False)
     (tmp_path / "noise.png").write_bytes(b"\x89PNG broken")
     text = (I2V + '[inputs]\nimage = "noise.png"\n[runtime]\ndevice = "cuda"\nattention = "sage"\n'
-            '[memory]\npolicy = "disk"\nfp8 = true\n')
-    assert len(problems(tmp_path, text)) == 5
+            '[memory]\npolicy = "disk"\n')
+    assert len(problems(tmp_path, text)) == 3  # the image, CUDA, the attention backend
 
 
 def test_media_answers_are_remembered_until_the_file_changes(tmp_path):

@@ -173,6 +173,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The memory plan of every job, before anything loads (a plan that cannot fit: exit 2)."""
+    resolved = _load(args.file, tuple(args.set))
+    for job in resolved.sweep_jobs():
+        if getattr(job, "job_label", ""):
+            _out(f"[{job.job_label}]")
+        found = _planning(job.model).memory_plan(job)
+        _out("\n".join(found.explain()) if found is not None else
+             "weights not on this machine: sizes unknown (`wanflow run` downloads them)")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     """List run archives."""
     from wanflow.engine.archive import list_runs
@@ -282,6 +294,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("explain", help="say which steps would re-run and why, without running")
     recipe_args(p)
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("plan", help="where each model's weights will live and each step's predicted peak memory")
+    recipe_args(p)
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("runs", help="list run archives")
     p.add_argument("name", nargs="?", help="only this recipe name")
     p.add_argument("--runs-dir")

@@ -24,7 +24,7 @@ _MISSING = object()
 
 #: What a ``[models.X]`` field means when the table does not set it (the schema's ``ModelSource``
 #: defaults: the family's files, the run's dtype); the engine reads no schema, so they are here.
-MODEL_OVERRIDE_DEFAULTS: Mapping[str, Any] = {"source": "", "dtype": "auto", "files": []}
+MODEL_OVERRIDE_DEFAULTS: Mapping[str, Any] = {"source": "", "dtype": "auto", "device": "auto", "files": []}
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ from wanflow.errors import EngineError
 EXCLUDED_POLICY_FIELDS: tuple[str, ...] = (
     "memory.policy",
     "memory.limit_gb",
+    "memory.host_limit_gb",
     "memory.placement",
     "memory.offload",
     "memory.stream",

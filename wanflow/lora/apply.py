@@ -118,6 +118,12 @@ def patched_value(param: Tensor, terms: Terms) -> Tensor:
     return value.to(param.dtype)
 
 
+def _real(device: torch.device) -> torch.device:
+    """Where factors can live: a block streamed by the memory policy holds meta placeholders
+    between its calls, so its LoRA factors wait on the CPU and follow the weights when they come."""
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def on_device(delta: AnyDelta, device: torch.device) -> AnyDelta:
     """The delta with its factors on `device` (the factors move, so ΔW is built there)."""
     moved = {f.name: value.to(device) for f in attrs.fields(type(delta))
@@ -136,7 +142,8 @@ class LowRankPath:
         dtype = weight.dtype if weight.dtype in COMPUTE_DTYPES else torch.float32
         down = torch.cat([d.down.float() * (d.scale * s) for d, s in terms])  # (R, in)
         up = torch.cat([d.up.float().flatten(1) for d, _ in terms], dim=1)  # (out, R)
-        self.down, self.up = down.to(weight.device, dtype), up.to(weight.device, dtype)
+        device = _real(weight.device)
+        self.down, self.up = down.to(device, dtype), up.to(device, dtype)
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         x = args[0]
@@ -154,7 +161,8 @@ class Swap:
     nothing is stored beyond the factors, and ΔW exists only during the call."""
 
     def __init__(self, name: str, terms: Terms, device: torch.device):
-        self.name, self.device = name, device
+        self.name, device = name, _real(device)
+        self.device = device
         self.terms = [(on_device(d, device), s) for d, s in terms]
         self.saved: list[Tensor] = []
 

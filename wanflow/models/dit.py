@@ -25,21 +25,12 @@ from torch.utils.checkpoint import checkpoint
 
 from wanflow.errors import ModelInputError
 from wanflow.models.attention import attention, check_kernel
-from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS, DitConfig
+from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS, DitConfig, keeps_fp32
 from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import apply_rope, rope_table
 
 #: Cross-attention keys and values of one block: (k, v) or (k, v, k_img, v_img), each (B, Lc, H, d).
 KeyValues = tuple[Tensor, ...]
-
-#: Parameters kept in fp32 whatever the compute dtype (time embedding, modulation, head).
-FP32_PREFIXES = ("time_embedding.", "time_projection.", "head.")
-
-
-def keeps_fp32(name: str) -> bool:
-    """Whether a parameter belongs to an fp32 island (its name as in the state dict)."""
-    return name.startswith(FP32_PREFIXES) or name.endswith(".modulation")
-
 
 # ----------------------------------------------------------------------------- helpers
 

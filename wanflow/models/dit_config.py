@@ -194,3 +194,13 @@ VARIANTS: dict[str, DitConfig] = {
     "wan2.2-i2v-a14b": WAN22_I2V_A14B,
     "wan2.2-ti2v-5b": WAN22_TI2V_5B,
 }
+
+
+#: Parameters kept in fp32 whatever the compute dtype (time embedding, modulation, head). Here,
+#: beside the config and free of torch, so memory planning can size a checkpoint from its header.
+FP32_PREFIXES = ("time_embedding.", "time_projection.", "head.")
+
+
+def keeps_fp32(name: str) -> bool:
+    """Whether a parameter belongs to an fp32 island (its name as in the state dict)."""
+    return name.startswith(FP32_PREFIXES) or name.endswith(".modulation")

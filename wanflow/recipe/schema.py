@@ -102,7 +102,9 @@ class Vae:
 class Memory:
     policy: Literal["none", "offload", "stream", "disk", "auto"] = setting(
         "auto", why="pick the fastest placement that fits the device")
-    limit_gb: float | None = setting(None, gt=0, why="None: use what the device reports as free")
+    limit_gb: float | None = setting(None, gt=0, why="the device (GPU) budget; None: the device's memory")
+    host_limit_gb: float | None = setting(
+        None, gt=0, why="the host (RAM) budget; None: the machine's memory less 10 % (a CPU run: limit_gb)")
     fp8: bool = setting(False, why="store DiT weights in fp8 (compute in bf16); changes the numbers")
 
 
@@ -128,6 +130,8 @@ class ModelSource:
                           "empty: the family's (to change only the dtype)")
     files: tuple[str, ...] = setting(factory=tuple, why="glob patterns inside the source; () = the family's")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting("auto", why="compute dtype of this component")
+    device: Literal["auto", "cpu"] = setting(
+        "auto", why="cpu: run this component on the CPU in a GPU run (the official --t5_cpu)")
 
 
 @attrs.frozen

@@ -56,12 +56,6 @@ def _not_implemented(resolved: Any, where: Where) -> list[str]:
         found.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
                      f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
                      "remove the key (every step computed)")
-    policy = values.get("memory.policy")
-    if policy in ("stream", "disk"):
-        what = ("streaming blocks from CPU memory" if policy == "stream"
-                else "reading weights from disk block by block")
-        found.append(f'{where("memory.policy")}: [memory].policy = "{policy}": {what} is not implemented '
-                     'yet; use "offload" (one model on the device at a time) or "auto"')
     return found
 
 

@@ -51,6 +51,7 @@ class EncodeConditioning:
     vae_version: str  # "wan2.1" | "wan2.2"
     roles: tuple[str, ...] = ("image",)
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-conditioning"
@@ -61,7 +62,7 @@ class EncodeConditioning:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = component_runtime(ctx.params, self.dtype)
+        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
         vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
         pixels = self._pixels(ctx)[None].to(device=device, dtype=dtype)  # (1, 3, F', H, W)
         with torch.no_grad():

@@ -19,6 +19,7 @@ class Decode:
 
     vae_version: str  # "wan2.1" | "wan2.2"
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "decode"
@@ -31,7 +32,7 @@ class Decode:
 
         from wanflow.output import to_uint8_frames
 
-        device, dtype = component_runtime(ctx.params, self.dtype)
+        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
         vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
         latents = ctx.input("latents")["latents"].to(device=device, dtype=dtype)
         tiles = _TileBar(ctx)

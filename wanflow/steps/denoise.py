@@ -46,6 +46,8 @@ class Denoise:
     storage: str = "compute"  # "fp8": block weights stored in fp8 ([memory].fp8; changes the numbers)
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: (DiT role, tier of each block) where the memory plan streams blocks (placement: not keyed).
+    tiers: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "denoise"
     version: int = 2  # 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule
     output: str = "tensors"
@@ -123,7 +125,8 @@ class Denoise:
         n = dict(self.experts)[role]
         loras = tuple((ctx.weight(lora), scale) for lora, dit_role, scale in self.loras if dit_role == role)
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
-                             p["runtime.attention"], self.residency, loras, self.storage)
+                             p["runtime.attention"], self.residency, loras, self.storage,
+                             dict(self.tiers).get(role, ()))
         cond = _model_fn(dit, inputs, "pos", device)
         uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])

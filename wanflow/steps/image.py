@@ -19,6 +19,7 @@ class EncodeImage:
 
     roles: tuple[str, ...] = ("image",)
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-image"
@@ -29,7 +30,7 @@ class EncodeImage:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = component_runtime(ctx.params, self.dtype)
+        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
         w, h = ctx.params["video.width"], ctx.params["video.height"]
         images = torch.stack([image_tensor(ctx.file(r), w, h)[:, 0] for r in self.roles])  # (n, 3, H, W)
         encoder = model_pool.image_encoder(ctx.weight("image_encoder"), dtype, device, self.residency)

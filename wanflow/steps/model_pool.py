@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import structlog
 
+from wanflow.errors import ModelInputError
 from wanflow.steps.memory import Residency
 
 log = structlog.get_logger(__name__)
@@ -71,30 +72,63 @@ def resident_bytes() -> int:
 
 def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         residency: Residency | None = None, loras: Sequence[tuple[Path, float]] = (),
-        storage: str = "compute") -> Any:
+        storage: str = "compute", tiers: Sequence[str] = ()) -> Any:
     """A WanDiT from its shard files, with ``loras`` (file, scale) applied in order.
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
     DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
-    in fp8; LoRAs are then applied on the fly (a merge would be lost in fp8's rounding)."""
+    in fp8; LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
+    are when ``tiers`` (the memory plan) streams blocks in and out: a streamed block is read again
+    from its file, where a merged LoRA is not."""
     from wanflow.models.dit_loader import load_dit
 
     weights = weight_files(files)
     patches = tuple((_stamp(path), float(scale)) for path, scale in loras)
-    key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage)
+    key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers))
 
     def load() -> Any:
-        model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
-                         storage=storage)
+        if tiers and storage == "fp8":
+            raise ModelInputError("[memory].fp8 with blocks streamed by the memory policy is not "
+                                  "supported yet; raise the budget, or set fp8 = false")
+        if tiers:
+            model = _placed_dit(weights, tiers, dtype, device, attention)
+        else:
+            model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
+                             storage=storage)
         if loras:
             from wanflow.lora import attach, merge, read_lora
 
-            apply = attach if storage == "fp8" else merge
+            apply = attach if storage == "fp8" or tiers else merge
             apply(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
                   labels=[Path(path).name for path, _ in loras])
         return model.eval().requires_grad_(False)
 
     return _get(key, residency, lambda: _expected_bytes(weights, dtype), load)
+
+
+def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, device: str,
+                attention: str) -> Any:
+    """A DiT whose blocks sit in the memory plan's tiers; the placement's hooks live with it."""
+    from wanflow.memory.streamed import load_placed_dit
+
+    config = _config_of(weights)
+    model, placement = load_placed_dit(weights, config, tiers, dtype=dtype, device=device,
+                                       attention_kernel=attention)
+    model.placement = placement  # the hooks stay registered as long as the pooled model lives
+    return model
+
+
+def _config_of(weights: Sequence[Path]) -> Any:
+    """The DiT config beside the weights (config.json), else read off the header shapes."""
+    from wanflow.models.dit_config import from_shapes
+    from wanflow.models.dit_loader import read_config
+    from wanflow.steps.files import dit_shapes
+
+    beside = Path(weights[0]).parent / "config.json"
+    shapes = dit_shapes(weights)
+    if beside.is_file():
+        return read_config(beside, has_clip="img_emb.proj.0.weight" in shapes)
+    return from_shapes(shapes, str(weights[0]))
 
 
 def text_encoder(path: Path, tokenizer_dir: Path, dtype: Any, device: str,

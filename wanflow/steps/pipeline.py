@@ -24,7 +24,7 @@ from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
 from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.image import EncodeImage
-from wanflow.steps.memory import Residency, check_budget, component_sizes, device_budget
+from wanflow.steps.memory import Residency
 from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText
@@ -48,6 +48,7 @@ class _Job:
     weights: Mapping[str, Weights]  # component -> role -> file
     catalog: Catalog  # the plugin registry: savers and solvers, with their plugin@version
     residency: Any = None  # what the model pool may keep loaded (memory.Residency), when known
+    memory: Any = None  # the memory plan (wanflow.memory.planner.MemoryPlan), when known
 
     @property
     def values(self) -> Mapping[str, Any]:
@@ -70,6 +71,16 @@ class _Job:
         """``[models.<component>].dtype`` ("auto" unless the recipe overrides the component)."""
         override = self.resolved.recipe.models.get(component)
         return override.dtype if override is not None else "auto"
+
+    def device(self, component: str) -> str:
+        """``[models.<component>].device`` ("auto": the run's device)."""
+        override = self.resolved.recipe.models.get(component)
+        return override.device if override is not None else "auto"
+
+    def placed(self, component: str) -> dict[str, Any]:
+        """The per-component fields of a model step: dtype and device (keyed), pool budget (not)."""
+        return {"dtype": self.dtype(component), "device": self.device(component),
+                "residency": self.residency}
 
     def provided(self, what: str, name: str) -> tuple[Any, tuple[str, ...]]:
         """A registered saver/sampler and the ``uses`` of a node that runs it."""
@@ -122,10 +133,11 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
     te = job.weights["text_encoder"]
     weights = {"text_encoder": next(iter(te.values())),
                **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
-    dtype, pool = job.dtype("text_encoder"), job.residency
-    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", dtype, pool), weights=weights)]
+    own = {"dtype": job.dtype("text_encoder"), "device": job.device("text_encoder"),
+           "residency": job.residency}
+    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", **own), weights=weights)]
     if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
-        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", dtype, pool),
+        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", **own),
                               weights=weights))
     return nodes
 
@@ -143,10 +155,10 @@ def _image_nodes(job: _Job) -> list[StepSpec]:
     nodes = []
     if "image_encoder" in job.weights:
         clip = {"image_encoder": next(iter(job.weights["image_encoder"].values()))}
-        clip_step = EncodeImage(roles, job.dtype("image_encoder"), residency=job.residency)
+        clip_step = EncodeImage(roles, **job.placed("image_encoder"))
         nodes.append(StepSpec("encode-image", clip_step, files=files, weights=clip))
     mode = "y" if "image" in job.family.required_inputs else "z0"
-    step = EncodeConditioning(mode, _vae_version(job), roles, job.dtype("vae"), residency=job.residency)
+    step = EncodeConditioning(mode, _vae_version(job), roles, **job.placed("vae"))
     nodes.append(StepSpec("encode-conditioning:image", step, files=files, weights=vae))
     return nodes
 
@@ -168,7 +180,7 @@ def _source_nodes(job: _Job) -> list[StepSpec]:
         raise RecipeError([f"{job.resolved.path}: [sampler].denoising_strength = {strength}: a grid "
                            "from σ = 0 takes no step; use a value in (0, 1], or "
                            '[sampler].strength_schedule = "truncate" to return the input unchanged'])
-    step = EncodeConditioning("x0", _vae_version(job), (role,), job.dtype("vae"), residency=job.residency)
+    step = EncodeConditioning("x0", _vae_version(job), (role,), **job.placed("vae"))
     return [StepSpec("encode-conditioning:source", step, files={role: job.file(role)},
                      weights=_vae_weight(job))]
 
@@ -194,13 +206,13 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
                    conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
                    loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
-                   residency=job.residency)
+                   residency=job.residency, tiers=_tiers(job.memory, job.dits()))
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
 def _output_nodes(job: _Job) -> list[StepSpec]:
     saver, uses = job.provided("saver", job.values["output.format"])
-    decode = Decode(_vae_version(job), job.dtype("vae"), residency=job.residency)
+    decode = Decode(_vae_version(job), **job.placed("vae"))
     nodes = [StepSpec("decode", decode, inputs={"latents": "denoise"}, weights=_vae_weight(job)),
              StepSpec("save", SaveVideo(saver), inputs={"frames": "decode"}, uses=uses,
                       archive_as=f"video{saver.suffix}"),
@@ -221,16 +233,39 @@ def _report_loras(job: _Job) -> None:
         log.info("lora", applied=line)
 
 
-def _residency(job: _Job) -> Residency | None:
-    """Refuse, before any model loads, a memory policy that cannot hold the weights it needs; the
-    policy and budget the model pool then keeps to (None when planning without the weights)."""
-    values = job.values
+def job_memory_plan(job: _Job) -> Any:
+    """The job's memory plan (``wanflow.memory``), refused before any model loads when nothing
+    fits; None when planning without the weights (their sizes are not known)."""
+    from wanflow.steps.memory_plan import memory_plan
+    from wanflow.steps.runtime import effective_dtype_name
+
     if not all(w.present for weights in job.weights.values() for w in weights.values()):
-        return None  # planning only (explain, diff): the sizes are not known until the files are here
-    files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()}
-    budget = device_budget(values["memory.limit_gb"], effective_device(values["runtime.device"]))
-    check_budget(values["memory.policy"], component_sizes(files), budget, str(job.resolved.path))
-    return Residency(values["memory.policy"], budget)
+        return None
+    device = effective_device(job.values["runtime.device"])
+    dtype = effective_dtype_name(job.values["runtime.dtype"], device)
+    return memory_plan(job, device, dtype, _vae_version(job))
+
+
+def _residency(job: _Job, plan: Any) -> Residency | None:
+    """What the model pool keeps to: the plan's policy and the budget of the device it loads on."""
+    if plan is None:
+        return None
+    budgets = plan.budgets
+    return Residency(plan.policy, budgets.device_bytes if budgets.device_bytes is not None
+                     else budgets.host_bytes)
+
+
+def _tiers(plan: Any, dits: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each DiT's block tiers where some block is not resident ("host": copied in per block,
+    "disk": read from the mapped file per block); empty when every block stays resident."""
+    if plan is None:
+        return ()
+    out = []
+    for dit in dits:
+        tiers = tuple(plan.placement(dit).blocks)
+        if any(t != "device" for t in tiers):
+            out.append((dit, tiers))
+    return tuple(out)
 
 
 @attrs.frozen
@@ -263,10 +298,15 @@ class WanPipeline:
         if problems:
             raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)
-        job = attrs.evolve(job, residency=_residency(job))
+        plan = job_memory_plan(job)
+        job = attrs.evolve(job, residency=_residency(job, plan), memory=plan)
         _report_loras(job)
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
+
+    def memory_plan(self, resolved: Any) -> Any:
+        """The memory plan of a job (``wanflow plan``); None when weights are missing here."""
+        return job_memory_plan(_Job(resolved, resolve_weights(resolved, self.fetch), self.catalog))
 
     def describe(self, resolved: Any) -> dict[str, str]:
         """The lock's runtime table: effective device, dtype, attention backend and noise device."""

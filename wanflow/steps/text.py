@@ -20,6 +20,7 @@ class EncodeText:
 
     prompt_key: str = "prompt.text"  # or "prompt.negative"
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-text"
@@ -33,7 +34,7 @@ class EncodeText:
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = component_runtime(ctx.params, self.dtype)
+        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
         tokenizer_dir = ctx.weight("tokenizer.0").parent
         encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device,
                                            self.residency)

@@ -1,0 +1,55 @@
+"""Live tensor bytes of a CPU run, measured at every operation: the peak a planner predicts.
+
+RSS is the wrong measure at tiny sizes (the interpreter and torch take hundreds of MB, and
+glibc keeps freed memory), so the tests count tensors instead: a dispatch mode records each
+storage an operation creates (freed when its storage is), and at every operation adds the
+bytes of the model's parameters that hold memory at that moment (meta placeholders hold none;
+a view of a mapped checkpoint counts its own bytes, which touching it makes resident). Storages
+shared by several tensors, or by a view and its base, count once.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers that hold memory now (each data pointer once)."""
+    seen: dict[int, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        if not t.is_meta and t.numel():
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak of (tensors created inside the mode and still alive) + the model's weights."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.live: dict[int, int] = {}
+        self.peak = 0
+        self.peak_weights = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        owned = {p.untyped_storage()._cdata for p in self.model.parameters() if not p.is_meta}
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and not t.is_meta}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and not t.is_meta and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key in self.live or key in owned or key in inputs:
+                    continue
+                self.live[key] = storage.nbytes()
+                weakref.finalize(storage, self.live.pop, key, None)
+        weights = weight_bytes(self.model)
+        self.peak_weights = max(self.peak_weights, weights)
+        self.peak = max(self.peak, sum(self.live.values()) + weights)
+        return out

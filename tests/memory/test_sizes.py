@@ -1,0 +1,56 @@
+"""Component sizes read off safetensors headers (no tensor read, no torch in the module)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wanflow.errors import ModelLoadError
+from wanflow.memory.sizes import component_size, read_header
+from wanflow.models.dit import keeps_fp32
+from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL
+
+from ..models._dit_fixtures import random_state, tiny_config, write_checkpoint
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers", "comfyui"])
+def test_dit_sizes_per_block_at_the_stored_dtype(tmp_path, layout):
+    cfg = tiny_config("t2v", num_layers=3, text_dim=64)
+    state = random_state(cfg)  # fp32 file, sized as a bf16 model with fp32 islands
+    path = write_checkpoint(tmp_path, cfg, state, layout=layout)
+    table = {"official": (), "diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}[layout]
+
+    def official_fp32(key: str) -> bool:  # the caller names the islands in the file's layout
+        for pattern, replacement in table:
+            if re.fullmatch(pattern, key):
+                return keeps_fp32(re.fullmatch(pattern, key).expand(replacement))
+        return keeps_fp32(key)
+
+    size = component_size("dit", read_header(path), 2, keeps_fp32=official_fp32, blocks=True)
+    stored = {k: v.numel() * (4 if keeps_fp32(k) else 2) for k, v in state.items()}
+    assert size.block_bytes == tuple(
+        sum(b for k, b in stored.items() if k.startswith(f"blocks.{i}.")) for i in range(3))
+    assert size.weight_bytes == sum(stored.values())
+    assert size.largest_tensor_bytes == max(stored.values())
+    matrices = [v for k, v in state.items() if k.startswith("blocks.0.") and v.ndim == 2]
+    assert size.fp8_block_bytes[0] == size.block_bytes[0] - sum(m.numel() * 2 - m.numel() - 4 * m.shape[0]
+                                                                for m in matrices)
+
+
+def test_unreadable_header_is_a_model_load_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ModelLoadError, match="cannot read a safetensors header"):
+        read_header(bad)
+
+
+def test_planning_modules_do_not_import_torch(tmp_path):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    code = ("import sys; import wanflow.memory.planner, wanflow.memory.sizes, wanflow.memory.estimates; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

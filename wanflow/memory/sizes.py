@@ -1,0 +1,139 @@
+"""What each component's weights take in memory, read off safetensors headers without torch.
+
+A safetensors file begins with an 8-byte length and a JSON header giving every tensor's dtype
+and shape, so the planner can size a 28 GB DiT from a few kilobytes, before anything loads and
+without importing torch. Sizes are at the dtype the weights will be *stored* in once loaded
+(the compute dtype, with the DiT's fp32 islands kept in fp32), not the file's dtype: a bf16
+model loaded from an fp32 file takes half the file's bytes.
+
+DiT blocks are recognised by a ``blocks.N.`` segment in the key, which the official, diffusers
+and ComfyUI (``model.diffusion_model.blocks.N.``) layouts all share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import attrs
+
+from wanflow.errors import ModelLoadError
+
+#: safetensors dtype names -> bytes per element.
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+#: Bytes of one per-row scale of fp8 storage (an fp32 per output row).
+FP8_SCALE_BYTES = 4
+
+
+@attrs.frozen
+class TensorInfo:
+    """One tensor of a checkpoint header: its safetensors dtype name and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@attrs.frozen
+class ComponentSize:
+    """A component's weight bytes once loaded; a DiT's split into its blocks and the rest.
+
+    ``fp8_*`` are the same sizes with the block matrices stored as float8 (one byte per element
+    plus one fp32 scale per row), so the planner can say whether fp8 storage would fit.
+    """
+
+    name: str
+    weight_bytes: int
+    block_bytes: tuple[int, ...] = ()  # DiT blocks in execution order; () = moved as one piece
+    largest_tensor_bytes: int = 0  # what a tensor-by-tensor load holds in passing
+    fp8_weight_bytes: int | None = None  # None: fp8 storage is not offered for this component
+    fp8_block_bytes: tuple[int, ...] = ()
+
+    @property
+    def non_block_bytes(self) -> int:
+        """Weights outside the blocks (embeddings, head): resident whenever the DiT runs."""
+        return self.weight_bytes - sum(self.block_bytes)
+
+    def as_fp8(self) -> ComponentSize:
+        """The same component stored in fp8 (itself when fp8 is not offered)."""
+        if self.fp8_weight_bytes is None:
+            return self
+        return attrs.evolve(self, weight_bytes=self.fp8_weight_bytes, block_bytes=self.fp8_block_bytes,
+                            fp8_weight_bytes=None, fp8_block_bytes=())
+
+
+def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """name -> (dtype, shape) of every tensor of one safetensors file (the header only)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        return {name: TensorInfo(entry["dtype"], tuple(entry["shape"]))
+                for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, struct.error, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(
+            f"{path}: cannot read a safetensors header to size it ({err}); check the file is a "
+            "complete .safetensors file."
+        ) from None
+
+
+def read_headers(paths: Iterable[str | os.PathLike]) -> dict[str, TensorInfo]:
+    """Every tensor of several shards (the ``.safetensors`` files among ``paths``)."""
+    out: dict[str, TensorInfo] = {}
+    for path in paths:
+        if Path(path).suffix == ".safetensors":
+            out.update(read_header(path))
+    return out
+
+
+def stored_bytes(info: TensorInfo, itemsize: int) -> int:
+    """Bytes a tensor takes at ``itemsize`` per element (integer tensors keep their own)."""
+    size = itemsize if info.dtype in _FLOATING else DTYPE_BYTES[info.dtype]
+    return info.numel * size
+
+
+def block_index(name: str) -> int | None:
+    """N of a ``blocks.N.`` key, else None."""
+    found = _BLOCK.search(name)
+    return int(found.group(1)) if found else None
+
+
+def component_size(
+    name: str, tensors: Mapping[str, TensorInfo], itemsize: int, *,
+    keeps_fp32: Callable[[str], bool] = lambda key: False, blocks: bool = False,
+) -> ComponentSize:
+    """Bytes of a component's tensors stored at ``itemsize`` (``keeps_fp32`` ones at 4).
+
+    ``blocks``: split by ``blocks.N.`` (the DiT), and offer fp8 sizes for the block matrices.
+    """
+    per_block: dict[int, int] = {}
+    fp8_per_block: dict[int, int] = {}
+    total = largest = 0
+    for key, info in tensors.items():
+        size = stored_bytes(info, 4 if keeps_fp32(key) else itemsize)
+        total, largest = total + size, max(largest, size)
+        index = block_index(key) if blocks else None
+        if index is not None:
+            per_block[index] = per_block.get(index, 0) + size
+            fp8 = len(info.shape) == 2 and info.dtype in _FLOATING and not keeps_fp32(key)
+            fp8_size = info.numel + info.shape[0] * FP8_SCALE_BYTES if fp8 else size
+            fp8_per_block[index] = fp8_per_block.get(index, 0) + fp8_size
+    order = sorted(per_block)
+    block_bytes = tuple(per_block[i] for i in order)
+    fp8_blocks = tuple(fp8_per_block[i] for i in order)
+    fp8_total = total - sum(block_bytes) + sum(fp8_blocks) if blocks else None
+    return ComponentSize(name, total, block_bytes, largest, fp8_total, fp8_blocks if blocks else ())

@@ -1,0 +1,67 @@
+"""Load a DiT straight into a placement: disk-tier blocks are never read at load time.
+
+Loading a 28 GB DiT and then dropping most of it would need the 28 GB first. Here the model is
+built on the meta device, the checkpoint is mapped (views, nothing read), and only the weights
+outside disk-tier blocks are read, cast and moved, tensor by tensor (`wanflow.models.residency`):
+resident ones straight to the compute device, host-tier ones to host memory. Disk-tier blocks
+keep meta placeholders that carry their compute dtype; `BlockPlacement` reads them when they run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from wanflow.errors import ModelLoadError
+from wanflow.memory.mapped import map_safetensors
+from wanflow.memory.placement import BlockPlacement
+from wanflow.models.checkpoint_files import open_state_dict
+from wanflow.models.dit import WanDiT, keeps_fp32
+from wanflow.models.dit_config import DitConfig
+from wanflow.models.dit_loader import official_state
+from wanflow.models.loading import build_on_meta, mismatch_report
+from wanflow.models.residency import place_all
+
+
+def open_dit_views(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
+    """Official name -> view of the mapped file(s), whatever the layout; nothing is read.
+
+    safetensors files are mapped read-only (`mapped.map_safetensors`), so a file larger than
+    RAM plus swap maps too; other formats go through the loaders' reader.
+    """
+    state: dict[str, Tensor] = {}
+    for path in paths:
+        part = map_safetensors(path) if str(path).endswith(".safetensors") else open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier file ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    return official_state(state, ", ".join(str(p) for p in paths))
+
+
+def load_placed_dit(
+    paths: Sequence[str | os.PathLike], config: DitConfig, tiers: Sequence[str],
+    dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+    attention_kernel: str = "sdpa",
+) -> tuple[WanDiT, BlockPlacement]:
+    """A WanDiT whose blocks sit in ``tiers`` (see `BlockPlacement`), and the placement's handle."""
+    views = open_dit_views(paths)
+    model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
+    report = mismatch_report(model.state_dict(keep_vars=True), views)
+    if report:
+        raise ModelLoadError(f"{', '.join(map(str, paths))}: does not fit the Wan DiT config:\n{report}")
+
+    def tier_of(name: str) -> str:
+        return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if keeps_fp32(name) else dtype
+
+    for tier, where in (("device", device), ("host", "cpu")):
+        part = {k: v for k, v in views.items() if tier_of(k) == tier}
+        model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
+    handle = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
+    return model, handle
