@@ -35,11 +35,12 @@ def test_validate_ok_and_bad(tmp_path, capsys):
 
 def test_validate_reports_what_the_pipeline_cannot_honour_yet(tmp_path, capsys):
     path = tmp_path / "r.toml"
-    path.write_text(GOOD + "[memory]\nfp8 = true\n")  # fp8 storage is honoured: no problem of its own
-    assert main(["validate", str(path), "--set", "runtime.teacache_threshold=0.2"]) == 2
+    path.write_text(GOOD + "[memory]\nfp8 = true\n[train]\ndataset = \"data.csv\"\n")
+    (tmp_path / "data.csv").write_text("video,prompt\n")
+    assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "fp8" not in err
-    assert "--set: [runtime].teacache_threshold = 0.2: TeaCache is not implemented yet" in err
+    assert "fp8" not in err  # fp8 storage is honoured: no problem of its own
+    assert "r.toml: [train]: training is not implemented yet" in err
     assert "Traceback" not in err
 
 

@@ -17,7 +17,7 @@ BASIC = 'model = "toy-t2v"\n[prompt]\ntext = "a cat"\n'
 
 
 def test_every_diffsynth_name_points_at_a_real_key():
-    assert len(DIFFSYNTH_NAMES) == 47
+    assert len(DIFFSYNTH_NAMES) == 48
     assert {target for target, _ in DIFFSYNTH_NAMES.values()} <= set(schema_keys())
     for name in ("cfg_scale", "num_inference_steps", "switch_DiT_boundary", "sigma_shift", "tiled",
                  "tile_size", "tile_stride", "height", "width", "num_frames", "prompt", "negative_prompt",
@@ -51,7 +51,7 @@ def test_diffsynth_names_in_a_wrong_table_and_in_set(tmp_path, monkeypatch):
     assert ("r.toml: [sampler].rand_device: unknown key; did you mean [sampler].noise_device? "
             "(DiffSynth's rand_device)") in problems
     assert ("--set tea_cache_l1_thresh=0.2: tea_cache_l1_thresh: unknown key; did you mean "
-            "[runtime].teacache_threshold? (DiffSynth's tea_cache_l1_thresh)") in problems
+            "[sampler.cache].threshold? (DiffSynth's tea_cache_l1_thresh") in " ".join(problems)
 
 
 def test_a_typo_still_gets_the_closest_key_of_its_table(tmp_path):

@@ -17,7 +17,11 @@ PARAMS = {
     "sampler.cfg_high_noise": None, "sampler.boundary": 0.875, "sampler.seed": 0,
     "sampler.noise_device": "cpu", "sampler.denoising_strength": 1.0, "video.width": 16,
     "video.height": 16, "video.frames": 5, "runtime.device": "cpu", "runtime.dtype": "fp32",
-    "runtime.attention": "sdpa", "sampler.strength_schedule": "rescale",
+    "runtime.attention": "sdpa", "sampler.strength_schedule": "rescale", "model": "wan2.1-t2v-1.3b",
+    "sampler.cache.method": "none", "sampler.cache.threshold": None, "sampler.cache.target_speedup": None,
+    "sampler.cache.mode": "e", "sampler.cache.coefficients": "auto", "sampler.cache.calibrated": (),
+    "sampler.cache.ratios_cond": (), "sampler.cache.ratios_uncond": (), "sampler.cache.max_skips": 2,
+    "sampler.cache.retention": 0.2,
 }
 UNIPC = SamplerEntry("unipc", lambda: BUILTIN_SOLVERS["unipc"])
 
@@ -137,3 +141,27 @@ def test_strength_rescales_the_grid_and_takes_every_step(dits):
               weights("dit", dits["high"]))
     step.run(ctx)
     assert ctx.bars[0][0] == 2
+
+
+def test_a_step_cache_never_skipping_equals_no_cache_and_a_skipping_one_resumes_bit_for_bit(dits, monkeypatch):
+    from wanflow.models import dit_cache
+
+    w = weights("dit", dits["high"])
+    plain = run(T2V, {"sampler.steps": 6}, texts(), w)
+    never = run(T2V, {"sampler.steps": 6, "sampler.cache.method": "first-block",
+                      "sampler.cache.threshold": 0.0}, texts(), w)
+    assert torch.equal(never, plain)
+    calls = []
+    real = dit_cache.run_blocks
+    monkeypatch.setattr(dit_cache, "run_blocks", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    skipping = {"sampler.steps": 6, "sampler.cache.method": "first-block", "sampler.cache.threshold": 10.0}
+    cached = run(T2V, skipping, texts(), w)
+    stacks = sum(first == 1 for first in calls)  # runs of blocks 1..N-1 (block 0 always runs)
+    assert stacks < 2 * 6 and not torch.equal(cached, plain)  # steps were skipped, numbers changed
+    monkeypatch.setattr(denoise, "CHECKPOINT_EVERY", 2)
+    killed = Ctx({**PARAMS, **skipping}, texts(), w, stop_after=4)
+    with pytest.raises(Stop):
+        T2V.run(killed)
+    assert any(k.startswith(denoise.CACHE_PREFIX) for k in killed.partial[1])
+    resumed = T2V.run(Ctx({**PARAMS, **skipping}, texts(), w, partial=killed.partial))["latents"]
+    assert torch.equal(resumed, cached)

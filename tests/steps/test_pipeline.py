@@ -70,12 +70,6 @@ def test_png_frames_add_a_frames_output():
     assert dict(nodes["save-frames"].spec.inputs) == {"frames": "decode"}
 
 
-@pytest.mark.parametrize(("setting", "named"), [("runtime.teacache_threshold=0.1", "teacache_threshold")])
-def test_settings_not_implemented_are_refused_not_ignored(setting, named):
-    with pytest.raises(RecipeError, match=rf"--set: \[(runtime|memory)\]\.{named} = .*not implemented yet; "):
-        planned(setting)
-
-
 def test_memory_budget_is_checked_before_any_model_loads():
     from wanflow.steps.memory import GIB, MemoryBudgetError, check_budget, required_bytes
 

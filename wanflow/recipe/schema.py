@@ -40,6 +40,22 @@ class Video:
 
 
 @attrs.frozen
+class StepCache:
+    method: Literal["none", "teacache", "first-block", "magcache"] = setting(
+        "none", why="every step computed; a cache skips the block stack where the rule allows")
+    threshold: float | None = setting(None, ge=0, why="the rule's threshold (None with target_speedup)")
+    target_speedup: float | None = setting(
+        None, ge=1, why="TeaCache: solve the threshold for this many times fewer DiT passes")
+    mode: Literal["e", "e0"] = setting("e", why="TeaCache's signal: the time embedding (its default)")
+    coefficients: str = setting("auto", why="TeaCache: the published set of the detected DiT, or 'calibrated'")
+    calibrated: tuple[float, ...] = setting(factory=tuple, why="a calibration's polynomial, highest power first")
+    ratios_cond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, conditional pass")
+    ratios_uncond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, unconditional pass")
+    max_skips: int = setting(2, ge=1, why="MagCache's K: consecutive skips at most")
+    retention: float = setting(0.2, ge=0, le=1, why="MagCache: fraction of first steps always computed")
+
+
+@attrs.frozen
 class Sampler:
     solver: Solver = setting("unipc", family=True, why="the official Wan sampler")
     steps: int = setting(50, family=True, ge=1, le=1000, why="official Wan2.1 step count")
@@ -55,6 +71,7 @@ class Sampler:
         "cpu", why="CPU noise gives the same video for a seed on every machine")
     denoising_strength: float = setting(
         1.0, ge=0, le=1, why="1.0 starts from pure noise; < 1 keeps some of [inputs].video/image")
+    cache: StepCache = setting(factory=StepCache, why="table")
     strength_schedule: Literal["rescale", "truncate"] = setting(
         "rescale", why="DiffSynth's meaning: all `steps` steps on a grid from σ = strength to 0; "
         "\"truncate\" is diffusers' (the strength-1 grid minus its first steps)")
@@ -114,7 +131,6 @@ class Runtime:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting(
         "auto", why="bf16 on CUDA, fp32 on CPU (CPU bf16 is slower for small models)")
     attention: str = setting("sdpa", why="torch's fused attention; sage/flash come from plugins")
-    teacache_threshold: float | None = setting(None, ge=0, why="None disables step caching")
 
 
 @attrs.frozen

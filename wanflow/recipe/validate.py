@@ -39,6 +39,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
     _check_loras(recipe, family, problems)
+    _check_cache(recipe, family, problems)
     _check_files(paths, problems)
 
 
@@ -148,6 +149,29 @@ def _check_loras(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
             if getattr(lora, field) is not None and not experts:
                 problems.add(("lora", i, field), getattr(lora, field), f"only for the A14B families "
                              f"(two experts); {family.name} has one DiT: use `scale`")
+
+
+def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """A step cache's settings that only make sense together, and models without TeaCache data."""
+    c, key = recipe.sampler.cache, ("sampler", "cache")
+    if c.method == "none":
+        return
+    if (c.threshold is None) == (c.target_speedup is None):
+        problems.add((*key, "threshold"), c.threshold, "give exactly one of threshold and target_speedup")
+    if c.target_speedup is not None and c.method != "teacache":
+        problems.add((*key, "target_speedup"), c.target_speedup, "only TeaCache's plan is known before "
+                     f"sampling; give {c.method} a threshold")
+    if c.method == "magcache" and not (c.ratios_cond and c.ratios_uncond):
+        problems.add((*key, "ratios_cond"), list(c.ratios_cond), "MagCache needs the ratios of a calibration "
+                     "run on this model (ratios_cond and ratios_uncond)")
+    if (c.coefficients == "calibrated") != bool(c.calibrated):
+        problems.add((*key, "calibrated"), list(c.calibrated), 'give the fitted polynomial exactly when '
+                     'coefficients = "calibrated"')
+    wan22 = any(comp.architecture.startswith("wan2.2") for name, comp in family.components.items()
+                if name.startswith("dit"))
+    if c.method == "teacache" and wan22 and c.coefficients != "calibrated":
+        problems.add((*key, "method"), c.method, f"{family.name} has no published TeaCache coefficients "
+                     '(Wan2.1\'s do not fit it); calibrate them (docs/step-cache.md) or use "first-block"')
 
 
 def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> None:

@@ -52,10 +52,6 @@ def _not_implemented(resolved: Any, where: Where) -> list[str]:
     if resolved.recipe.train is not None:
         found.append(f"{where('train.dataset')}: [train]: training is not implemented yet; remove the "
                      "[train] table (a recipe with it would only generate a video)")
-    if values.get("runtime.teacache_threshold") is not None:
-        found.append(f"{where('runtime.teacache_threshold')}: [runtime].teacache_threshold = "
-                     f"{values['runtime.teacache_threshold']}: TeaCache is not implemented yet; "
-                     "remove the key (every step computed)")
     return found
 
 

@@ -11,15 +11,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import structlog
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.steps import model_pool
 from wanflow.steps.component import component_runtime
 
+log = structlog.get_logger(__name__)
+
 #: Steps between solver-state checkpoints (each costs one write of the latent and its history).
 CHECKPOINT_EVERY = 5
+#: Key prefix of the step cache's state inside a checkpoint (resumed bit for bit with the solver's).
+CACHE_PREFIX = "cache."
 DENOISE_READS = ("sampler.*", "video.width", "video.height", "video.frames",
-                 "runtime.device", "runtime.dtype", "runtime.attention")
+                 "runtime.device", "runtime.dtype", "runtime.attention", "model")
 
 
 def expert_cfgs(params: Mapping[str, Any], experts: tuple[str, ...]) -> dict[str, float]:
@@ -65,12 +70,15 @@ class Denoise:
         if any(c != 1.0 for c in expert_cfgs(p, self.roles).values()):
             inputs["neg"] = ctx.input("neg")
         resumed = ctx.load_partial()
-        state = SolverState.from_tensors(resumed[1]) if resumed else self._start(p, schedule, inputs)
+        saved = dict(resumed[1]) if resumed else {}
+        cache_state = {k.removeprefix(CACHE_PREFIX): saved.pop(k) for k in list(saved) if k.startswith(CACHE_PREFIX)}
+        state = SolverState.from_tensors(saved) if resumed else self._start(p, schedule, inputs)
         state = _moved(state, device)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             for role, stop in self._segments(p, schedule, state.index):
-                state = self._segment(ctx, role, stop, state, schedule, inputs, bar)
+                state = self._segment(ctx, role, stop, state, schedule, inputs, bar, cache_state)
+                cache_state = {}  # a later segment (the other A14B expert) starts its own cache
         bar.close()
         return {"latents": state.x.float().cpu().contiguous()}
 
@@ -116,7 +124,7 @@ class Denoise:
                 for seg in expert_segments(schedule, p["sampler.boundary"], start)]
 
     def _segment(self, ctx: Any, role: str, stop: int, state: Any, schedule: Any,
-                 inputs: Mapping[str, Any], bar: Any) -> Any:
+                 inputs: Mapping[str, Any], bar: Any, resumed_cache: Mapping[str, Any]) -> Any:
         """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
         from wanflow.sampling import cfg_model
 
@@ -127,8 +135,9 @@ class Denoise:
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
                              p["runtime.attention"], self.residency, loras, self.storage,
                              dict(self.tiers).get(role, ()))
-        cond = _model_fn(dit, inputs, "pos", device)
-        uncond = _model_fn(dit, inputs, "neg", device) if "neg" in inputs else _no_negative
+        cache = self._cache(p, dit, schedule, state, stop, resumed_cache)
+        cond = _model_fn(dit, inputs, "pos", device, cache, "cond")
+        uncond = _model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs else _no_negative
         model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])
         step = self.solver.load().step
         while state.index < stop:
@@ -136,8 +145,37 @@ class Denoise:
             state = attrs.evolve(state, x=_clamped(state.x, inputs))
             bar.update(1)
             if state.index % CHECKPOINT_EVERY == 0 or state.index == stop:
-                ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
+                saved = {k: v.cpu() for k, v in state.to_tensors().items()}
+                if cache is not None and state.index < stop:  # the cache lives within its segment
+                    saved |= {f"{CACHE_PREFIX}{k}": v.cpu() for k, v in cache.state_tensors().items()}
+                ctx.save_partial(state.index, saved)
         return state
+
+    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, stop: int,
+               resumed: Mapping[str, Any]) -> Any:
+        """The step cache of this segment (``[sampler.cache]``), restored when resuming inside it."""
+        settings = cache_settings(p)
+        if settings is None:
+            return None
+        from wanflow.models.dit_cache import time_signals
+        from wanflow.sampling.step_cache_settings import make_step_cache
+        from wanflow.sampling.teacache import DitArchitecture
+
+        device = next(dit.parameters()).device
+        ts = [self._model_t(state.x, schedule.timesteps[i], dit).to(device) for i in range(schedule.steps)]
+        needs_signals = settings.method == "teacache"
+        cache = make_step_cache(settings, schedule.timesteps, start=state.index, stop=stop,
+                                arch=DitArchitecture.of(dit.cfg, experts=len(self.experts)),
+                                family=p["model"], signals=time_signals(dit, ts) if needs_signals else None)
+        if resumed:
+            cache.load_state_tensors(resumed)
+        if cache.plan is not None:
+            log.info("step_cache", method=settings.method, plan=str(cache.plan))
+        return cache
+
+    def _model_t(self, x: Any, t: Any, dit: Any) -> Any:
+        """The timestep tensor the model gets at ``t``: (1,), or per token for TI2V."""
+        return _token_timesteps(x, t, dit.cfg.patch_size) if "z0" in self.conditions else t.reshape(1)
 
 
 def _no_negative(x: Any, t: Any) -> Any:
@@ -147,7 +185,22 @@ def _no_negative(x: Any, t: Any) -> Any:
                       "negative encode node (cfg = 1 when planned)")
 
 
-def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str) -> Any:
+def cache_settings(p: Mapping[str, Any]) -> Any:
+    """``[sampler.cache]`` as the sampling layer's settings, or None for ``method = "none"``."""
+    if p["sampler.cache.method"] == "none":
+        return None
+    from wanflow.sampling.step_cache_settings import StepCacheSettings
+
+    ratios = tuple((branch, tuple(p[f"sampler.cache.ratios_{branch}"])) for branch in ("cond", "uncond")
+                   if p[f"sampler.cache.ratios_{branch}"])
+    return StepCacheSettings(
+        p["sampler.cache.method"], p["sampler.cache.threshold"], p["sampler.cache.target_speedup"],
+        p["sampler.cache.mode"], p["sampler.cache.coefficients"], tuple(p["sampler.cache.calibrated"]),
+        ratios, p["sampler.cache.max_skips"], p["sampler.cache.retention"]).check()
+
+
+def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str, cache: Any = None,
+              branch: str = "cond") -> Any:
     """(x, t) -> velocity, with this prompt's context and the image conditioning bound in.
 
     The text and image tokens do not change between steps, so every block's cross-attention
@@ -162,7 +215,12 @@ def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str) -> An
 
     def velocity(x: Any, t: Any) -> Any:
         tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
-        return dit(x.to(device), tt.to(device), context, y=y).float()
+        if cache is None:
+            return dit(x.to(device), tt.to(device), context, y=y).float()
+        from wanflow.models.dit_cache import cached_forward
+
+        return cached_forward(dit, x.to(device), tt.to(device), context, y=y, cache=cache,
+                              branch=branch).float()
 
     return velocity
 

@@ -1,0 +1,48 @@
+"""[sampler.cache] through the real pipeline: keyed, honoured, refused where it cannot apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e._run import computed, run
+from tests.e2e.conftest import write_recipe
+from tests.e2e.test_key_identity import planned, static_keys
+from wanflow.errors import RecipeError
+from wanflow.recipe import load_recipe
+
+
+def quick(folder, cache: dict | None = None):
+    path = folder / "q.toml"
+    body = 'name = "q"\nmodel = "wanflow-tiny"\n[prompt]\ntext = "a red ball"\n[sampler]\nseed = 2\nsteps = 6\n'
+    if cache:
+        body += "[sampler.cache]\n" + "".join(f"{k} = {v}\n" for k, v in cache.items())
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_a_cache_setting_reruns_denoise_and_after_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    base = run(quick(tmp_path), tmp_path / "runs")
+    cached = run(quick(tmp_path, {"method": '"first-block"', "threshold": 5.0}), tmp_path / "runs")
+    assert computed(cached) == {"denoise", "decode", "save", "save-metadata"}
+    assert cached.results["denoise"].digest != base.results["denoise"].digest
+    other = run(quick(tmp_path, {"method": '"first-block"', "threshold": 6.0}), tmp_path / "runs")
+    assert other.results["denoise"].key != cached.results["denoise"].key
+
+
+@pytest.mark.parametrize(("cache", "message"), [
+    ({"method": '"teacache"', "threshold": 0.1, "target_speedup": 2.0}, "exactly one of threshold and target"),
+    ({"method": '"first-block"', "target_speedup": 2.0}, "only TeaCache's plan is known"),
+    ({"method": '"magcache"', "threshold": 0.1}, "MagCache needs the ratios"),
+])
+def test_cache_settings_that_cannot_work_are_refused_at_validation(tmp_path, cache, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(quick(tmp_path, cache))
+
+
+def test_teacache_on_wan22_needs_calibrated_coefficients(env, tmp_path):
+    recipe = write_recipe(tmp_path, "wan2.2-t2v-a14b", sampler={"cache": {"method": "teacache", "threshold": 0.1}})
+    with pytest.raises(RecipeError, match="no published TeaCache coefficients"):
+        load_recipe(recipe)
+    fine = write_recipe(tmp_path, "wan2.1-t2v-1.3b", sampler={"cache": {"method": "teacache", "threshold": 0.1}})
+    assert static_keys(planned(fine))["denoise"]
