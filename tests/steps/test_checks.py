@@ -167,3 +167,13 @@ def test_media_answers_are_remembered_until_the_file_changes(tmp_path):
     assert input_checks.video_frames(path, 9, *input_checks._stamp(path)) == (9, "")
     assert input_checks.video_frames(path, 20, *input_checks._stamp(path)) == (9, "")
     assert input_checks.video_frames.cache_info().misses == 2
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (("sampler.cfg_zero_init_steps=1",), "zero-init belongs to CFG-Zero*"),
+    (("sampler.slg_blocks=[1]", "sampler.slg_start=0.9", "sampler.slg_end=0.5"), "ends before it starts"),
+    (("sampler.cfg_zero_star=true", "sampler.cfg=1"), "cfg = 1 runs none"),
+])
+def test_guidance_settings_that_cannot_act_are_refused(tmp_path, sets, message):
+    found = problems(tmp_path, TINY, *sets)
+    assert len(found) == 1 and message in found[0] and found[0].startswith("--set: [sampler].")

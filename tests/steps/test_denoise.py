@@ -21,7 +21,9 @@ PARAMS = {
     "sampler.cache.method": "none", "sampler.cache.threshold": None, "sampler.cache.target_speedup": None,
     "sampler.cache.mode": "e", "sampler.cache.coefficients": "auto", "sampler.cache.calibrated": (),
     "sampler.cache.ratios_cond": (), "sampler.cache.ratios_uncond": (), "sampler.cache.max_skips": 2,
-    "sampler.cache.retention": 0.2,
+    "sampler.cache.retention": 0.2, "sampler.cfg_merge": False, "sampler.cfg_zero_star": False,
+    "sampler.cfg_zero_init_steps": 0, "sampler.slg_blocks": (), "sampler.slg_scale": 1.0,
+    "sampler.slg_start": 0.1, "sampler.slg_end": 1.0, "sampler.slg_mode": "uncond",
 }
 UNIPC = SamplerEntry("unipc", lambda: BUILTIN_SOLVERS["unipc"])
 
@@ -165,3 +167,21 @@ def test_a_step_cache_never_skipping_equals_no_cache_and_a_skipping_one_resumes_
     assert any(k.startswith(denoise.CACHE_PREFIX) for k in killed.partial[1])
     resumed = T2V.run(Ctx({**PARAMS, **skipping}, texts(), w, partial=killed.partial))["latents"]
     assert torch.equal(resumed, cached)
+
+
+def test_guidance_options_reach_the_sampler(dits):
+    """cfg_merge gives the two-pass numbers to fp32 rounding; CFG-Zero*, its zero-init and
+    skip-layer guidance each change the result; SLG on a block the DiT lacks is refused."""
+    from wanflow.errors import ModelInputError
+
+    w = weights("dit", dits["high"])
+    plain = run(T2V, {}, texts(), w)
+    merged = run(T2V, {"sampler.cfg_merge": True}, texts(), w)
+    torch.testing.assert_close(merged, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
+    for option in ({"sampler.cfg_zero_star": True},
+                   {"sampler.cfg_zero_star": True, "sampler.cfg_zero_init_steps": 1},
+                   {"sampler.slg_blocks": (1,), "sampler.slg_start": 0.0},
+                   {"sampler.slg_blocks": (0,), "sampler.slg_start": 0.0, "sampler.slg_mode": "extra"}):
+        assert not torch.allclose(run(T2V, option, texts(), w), plain), option
+    with pytest.raises(ModelInputError, match="blocks"):
+        run(T2V, {"sampler.slg_blocks": (7,)}, texts(), w)

@@ -72,6 +72,18 @@ class Sampler:
     denoising_strength: float = setting(
         1.0, ge=0, le=1, why="1.0 starts from pure noise; < 1 keeps some of [inputs].video/image")
     cache: StepCache = setting(factory=StepCache, why="table")
+    cfg_merge: bool = setting(False, why="DiffSynth's cfg_merge: prompt and negative in one batch-2 "
+                              "forward (faster where memory allows; the same numbers to fp32 rounding)")
+    cfg_zero_star: bool = setting(False, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
+                                  "its optimal scale")
+    cfg_zero_init_steps: int = setting(0, ge=0, why="CFG-Zero*: first steps with zero velocity "
+                                       "(the authors use 1)")
+    slg_blocks: tuple[int, ...] = setting(factory=tuple, why="skip-layer guidance off; e.g. [9]")
+    slg_scale: float = setting(1.0, ge=0, why="skip-layer guidance strength (1: the ComfyUI wrapper's)")
+    slg_start: float = setting(0.1, ge=0, le=1, why="fraction of the steps where skip-layer guidance starts")
+    slg_end: float = setting(1.0, ge=0, le=1, why="fraction of the steps where it ends (inclusive)")
+    slg_mode: Literal["uncond", "extra"] = setting(
+        "uncond", why="uncond: the negative pass skips the blocks (the wrapper); extra: SD3.5's extra pass")
     strength_schedule: Literal["rescale", "truncate"] = setting(
         "rescale", why="DiffSynth's meaning: all `steps` steps on a grid from σ = strength to 0; "
         "\"truncate\" is diffusers' (the strength-1 grid minus its first steps)")

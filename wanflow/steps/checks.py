@@ -43,6 +43,7 @@ def unsupported(resolved: Any, catalog: Any = None) -> list[str]:
     bound to the pipeline) answers which output formats are installed."""
     where = locator(resolved)
     return [*_not_implemented(resolved, where), *_machine_problems(resolved.values, where),
+            *_guidance_problems(resolved.values, where),
             *_format_problems(resolved.values, where, catalog), *input_problems(resolved, where)]
 
 
@@ -88,6 +89,24 @@ def _fp8_problems(values: Any, where: Where) -> list[str]:
     except Fp8UnsupportedError as exc:
         return [f"{where('memory.fp8')}: [memory].fp8 = true: {exc}; set it to false"]
     return []
+
+
+def _guidance_problems(values: Any, where: Where) -> list[str]:
+    """CFG-Zero* and skip-layer guidance settings that cannot act (checked only when set: the
+    checks live with the sampler, which imports torch)."""
+    zero_star, zero_init = values.get("sampler.cfg_zero_star"), values.get("sampler.cfg_zero_init_steps")
+    blocks = values.get("sampler.slg_blocks") or ()
+    if not (zero_star or zero_init or blocks):
+        return []
+    from wanflow.sampling.guidance import check_slg, check_zero_star, key_name
+
+    cfgs = [values["sampler.cfg"]] + ([values["sampler.cfg_high_noise"]]
+                                      if values.get("sampler.cfg_high_noise") is not None else [])
+    found = list(check_zero_star(bool(zero_star), int(zero_init or 0), values["sampler.steps"], cfgs))
+    if blocks:
+        found += check_slg(tuple(blocks), values["sampler.slg_scale"], values["sampler.slg_start"],
+                           values["sampler.slg_end"], values["sampler.slg_mode"], cfgs)
+    return [f"{where(p.key)}: {key_name(p.key)} = {format_value(p.value)}: {p.message}" for p in found]
 
 
 def cuda_available() -> bool:

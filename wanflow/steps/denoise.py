@@ -126,8 +126,6 @@ class Denoise:
     def _segment(self, ctx: Any, role: str, stop: int, state: Any, schedule: Any,
                  inputs: Mapping[str, Any], bar: Any, resumed_cache: Mapping[str, Any]) -> Any:
         """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
-        from wanflow.sampling import cfg_model
-
         p = ctx.params
         device, dtype = component_runtime(p, dict(self.dtypes).get(role, "auto"))
         n = dict(self.experts)[role]
@@ -136,9 +134,7 @@ class Denoise:
                              p["runtime.attention"], self.residency, loras, self.storage,
                              dict(self.tiers).get(role, ()))
         cache = self._cache(p, dit, schedule, state, stop, resumed_cache)
-        cond = _model_fn(dit, inputs, "pos", device, cache, "cond")
-        uncond = _model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs else _no_negative
-        model_fn = cfg_model(cond, uncond, expert_cfgs(p, self.roles)[role])
+        model_fn = self._guided(p, role, dit, inputs, device, cache, schedule)
         step = self.solver.load().step
         while state.index < stop:
             state = step(state, model_fn, schedule)
@@ -150,6 +146,30 @@ class Denoise:
                     saved |= {f"{CACHE_PREFIX}{k}": v.cpu() for k, v in cache.state_tensors().items()}
                 ctx.save_partial(state.index, saved)
         return state
+
+    def _guided(self, p: Mapping[str, Any], role: str, dit: Any, inputs: Mapping[str, Any],
+                device: str, cache: Any, schedule: Any) -> Any:
+        """The guided model function of this expert: CFG, or the recipe's guidance options
+        (cfg_merge, CFG-Zero*, skip-layer guidance), over passes bound to this DiT."""
+        from wanflow.sampling.guidance import Guidance, Passes, SkipLayerGuidance, check_slg, guided_model, refuse
+
+        slg = None
+        if p["sampler.slg_blocks"]:
+            slg = SkipLayerGuidance(tuple(p["sampler.slg_blocks"]), float(p["sampler.slg_scale"]),
+                                    float(p["sampler.slg_start"]), float(p["sampler.slg_end"]), p["sampler.slg_mode"])
+            refuse(check_slg(slg.blocks, slg.scale, slg.start, slg.end, slg.mode, (),
+                             num_layers=dit.cfg.num_layers))
+        cfg = expert_cfgs(p, self.roles)[role]
+        guidance = Guidance(cfg, batched=bool(p["sampler.cfg_merge"]) and "neg" in inputs,
+                            zero_star=bool(p["sampler.cfg_zero_star"]),
+                            zero_init_steps=int(p["sampler.cfg_zero_init_steps"]), slg=slg)
+        passes = Passes(
+            cond=_model_fn(dit, inputs, "pos", device, cache, "cond"),
+            uncond=_model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs else None,
+            pair=_pair_fn(dit, inputs, device, cache) if guidance.batched else None,
+            skip=_model_fn(dit, inputs, slg.prompt, device, skip_blocks=slg.blocks)
+            if slg is not None and slg.prompt in inputs else None)
+        return guided_model(passes, guidance, schedule)
 
     def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, stop: int,
                resumed: Mapping[str, Any]) -> Any:
@@ -178,13 +198,6 @@ class Denoise:
         return _token_timesteps(x, t, dit.cfg.patch_size) if "z0" in self.conditions else t.reshape(1)
 
 
-def _no_negative(x: Any, t: Any) -> Any:
-    from wanflow.errors import EngineError
-
-    raise EngineError("denoise: guidance asked for the negative prompt, but the plan has no "
-                      "negative encode node (cfg = 1 when planned)")
-
-
 def cache_settings(p: Mapping[str, Any]) -> Any:
     """``[sampler.cache]`` as the sampling layer's settings, or None for ``method = "none"``."""
     if p["sampler.cache.method"] == "none":
@@ -199,8 +212,38 @@ def cache_settings(p: Mapping[str, Any]) -> Any:
         ratios, p["sampler.cache.max_skips"], p["sampler.cache.retention"]).check()
 
 
+def _pair_fn(dit: Any, inputs: Mapping[str, Any], device: str, cache: Any) -> Any:
+    """The prompt and the negative in one batch-2 forward (DiffSynth's cfg_merge): both contexts
+    are zero-padded to 512 tokens, so their prepared keys/values join along the batch."""
+    import torch
+
+    from wanflow.models.dit import PreparedContext
+
+    clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
+    with torch.no_grad():
+        pos = dit.prepare_context(_tensor(inputs, "pos", "context").to(device), clip)
+        neg = dit.prepare_context(_tensor(inputs, "neg", "context").to(device), clip)
+    pair = PreparedContext(tuple(tuple(torch.cat([a, b]) for a, b in zip(kp, kn, strict=True))
+                                 for kp, kn in zip(pos.kv, neg.kv, strict=True)), 2 * pos.batch)
+    y = _tensor(inputs, "y").to(device) if "y" in inputs else None
+    first_frame = "z0" in inputs
+
+    def velocity(x: Any, t: Any) -> Any:
+        rows = x.shape[0]
+        tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
+        tt = tt.expand(rows, *tt.shape[1:]) if first_frame else tt.repeat(rows)
+        yy = None if y is None else y.expand(rows, *y.shape[1:])
+        if cache is None:
+            return dit(x.to(device), tt.to(device), pair, y=yy).float()
+        from wanflow.models.dit_cache import cached_forward
+
+        return cached_forward(dit, x.to(device), tt.to(device), pair, y=yy, cache=cache, branch="pair").float()
+
+    return velocity
+
+
 def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str, cache: Any = None,
-              branch: str = "cond") -> Any:
+              branch: str = "cond", skip_blocks: tuple[int, ...] = ()) -> Any:
     """(x, t) -> velocity, with this prompt's context and the image conditioning bound in.
 
     The text and image tokens do not change between steps, so every block's cross-attention
@@ -215,8 +258,8 @@ def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str, cache
 
     def velocity(x: Any, t: Any) -> Any:
         tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
-        if cache is None:
-            return dit(x.to(device), tt.to(device), context, y=y).float()
+        if cache is None or skip_blocks:
+            return dit(x.to(device), tt.to(device), context, y=y, skip_blocks=skip_blocks).float()
         from wanflow.models.dit_cache import cached_forward
 
         return cached_forward(dit, x.to(device), tt.to(device), context, y=y, cache=cache,
