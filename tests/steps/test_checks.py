@@ -177,3 +177,8 @@ def test_media_answers_are_remembered_until_the_file_changes(tmp_path):
 def test_guidance_settings_that_cannot_act_are_refused(tmp_path, sets, message):
     found = problems(tmp_path, TINY, *sets)
     assert len(found) == 1 and message in found[0] and found[0].startswith("--set: [sampler].")
+
+
+def test_sliding_windows_larger_than_the_clip_are_refused(tmp_path):
+    found = problems(tmp_path, TINY, "sampler.sliding_window_size=9", "sampler.sliding_window_stride=4")
+    assert len(found) == 1 and "sliding_window_size" in found[0]

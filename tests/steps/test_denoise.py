@@ -24,6 +24,7 @@ PARAMS = {
     "sampler.cache.retention": 0.2, "sampler.cfg_merge": False, "sampler.cfg_zero_star": False,
     "sampler.cfg_zero_init_steps": 0, "sampler.slg_blocks": (), "sampler.slg_scale": 1.0,
     "sampler.slg_start": 0.1, "sampler.slg_end": 1.0, "sampler.slg_mode": "uncond",
+    "sampler.sliding_window_size": None, "sampler.sliding_window_stride": None,
 }
 UNIPC = SamplerEntry("unipc", lambda: BUILTIN_SOLVERS["unipc"])
 
@@ -185,3 +186,15 @@ def test_guidance_options_reach_the_sampler(dits):
         assert not torch.allclose(run(T2V, option, texts(), w), plain), option
     with pytest.raises(ModelInputError, match="blocks"):
         run(T2V, {"sampler.slg_blocks": (7,)}, texts(), w)
+
+
+def test_sliding_windows_equal_the_whole_pass_when_one_window_covers_the_clip(dits):
+    w = weights("dit", dits["high"])
+    params = {"video.frames": 13}  # 4 latent frames
+    whole = run(T2V, params, texts(), w)
+    covering = run(T2V, {**params, "sampler.sliding_window_size": 4, "sampler.sliding_window_stride": 2},
+                   texts(), w)
+    assert torch.equal(covering, whole)
+    windowed = run(T2V, {**params, "sampler.sliding_window_size": 2, "sampler.sliding_window_stride": 1},
+                   texts(), w)
+    assert windowed.shape == whole.shape and not torch.allclose(windowed, whole)

@@ -72,6 +72,10 @@ class Sampler:
     denoising_strength: float = setting(
         1.0, ge=0, le=1, why="1.0 starts from pure noise; < 1 keeps some of [inputs].video/image")
     cache: StepCache = setting(factory=StepCache, why="table")
+    sliding_window_size: int | None = setting(
+        None, ge=1, why="latent frames per window (DiffSynth's unit); None: the whole clip in one pass")
+    sliding_window_stride: int | None = setting(
+        None, ge=1, why="latent frames between window starts (≤ the size, so windows overlap)")
     cfg_merge: bool = setting(False, why="DiffSynth's cfg_merge: prompt and negative in one batch-2 "
                               "forward (faster where memory allows; the same numbers to fp32 rounding)")
     cfg_zero_star: bool = setting(False, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "

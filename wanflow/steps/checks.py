@@ -49,7 +49,7 @@ def unsupported(resolved: Any, catalog: Any = None) -> list[str]:
 
 def _not_implemented(resolved: Any, where: Where) -> list[str]:
     """Settings that validate as data but that no step honours yet."""
-    values, found = resolved.values, []
+    found: list[str] = []
     if resolved.recipe.train is not None:
         found.append(f"{where('train.dataset')}: [train]: training is not implemented yet; remove the "
                      "[train] table (a recipe with it would only generate a video)")
@@ -96,13 +96,17 @@ def _guidance_problems(values: Any, where: Where) -> list[str]:
     checks live with the sampler, which imports torch)."""
     zero_star, zero_init = values.get("sampler.cfg_zero_star"), values.get("sampler.cfg_zero_init_steps")
     blocks = values.get("sampler.slg_blocks") or ()
-    if not (zero_star or zero_init or blocks):
+    size, stride = values.get("sampler.sliding_window_size"), values.get("sampler.sliding_window_stride")
+    if not (zero_star or zero_init or blocks or size is not None or stride is not None):
         return []
     from wanflow.sampling.guidance import check_slg, check_zero_star, key_name
+    from wanflow.sampling.windows import check_windows
 
     cfgs = [values["sampler.cfg"]] + ([values["sampler.cfg_high_noise"]]
                                       if values.get("sampler.cfg_high_noise") is not None else [])
     found = list(check_zero_star(bool(zero_star), int(zero_init or 0), values["sampler.steps"], cfgs))
+    if size is not None or stride is not None:
+        found += check_windows(size, stride, (values["video.frames"] - 1) // 4 + 1)
     if blocks:
         found += check_slg(tuple(blocks), values["sampler.slg_scale"], values["sampler.slg_start"],
                            values["sampler.slg_end"], values["sampler.slg_mode"], cfgs)

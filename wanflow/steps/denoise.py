@@ -164,11 +164,12 @@ class Denoise:
                             zero_star=bool(p["sampler.cfg_zero_star"]),
                             zero_init_steps=int(p["sampler.cfg_zero_init_steps"]), slg=slg)
         passes = Passes(
-            cond=_model_fn(dit, inputs, "pos", device, cache, "cond"),
-            uncond=_model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs else None,
-            pair=_pair_fn(dit, inputs, device, cache) if guidance.batched else None,
-            skip=_model_fn(dit, inputs, slg.prompt, device, skip_blocks=slg.blocks)
-            if slg is not None and slg.prompt in inputs else None)
+            cond=_windowed(_model_fn(dit, inputs, "pos", device, cache, "cond"), p),
+            uncond=_windowed(_model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs
+                             else None, p),
+            pair=_windowed(_pair_fn(dit, inputs, device, cache) if guidance.batched else None, p),
+            skip=_windowed(_model_fn(dit, inputs, slg.prompt, device, skip_blocks=slg.blocks)
+                           if slg is not None and slg.prompt in inputs else None, p))
         return guided_model(passes, guidance, schedule)
 
     def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, stop: int,
@@ -228,11 +229,11 @@ def _pair_fn(dit: Any, inputs: Mapping[str, Any], device: str, cache: Any) -> An
     y = _tensor(inputs, "y").to(device) if "y" in inputs else None
     first_frame = "z0" in inputs
 
-    def velocity(x: Any, t: Any) -> Any:
-        rows = x.shape[0]
-        tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
+    def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
+        rows, window = x.shape[0], slice(0, x.shape[2]) if frames is None else frames
+        tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0) if first_frame else t.reshape(1)
         tt = tt.expand(rows, *tt.shape[1:]) if first_frame else tt.repeat(rows)
-        yy = None if y is None else y.expand(rows, *y.shape[1:])
+        yy = None if y is None else y[:, :, window].expand(rows, -1, -1, -1, -1)
         if cache is None:
             return dit(x.to(device), tt.to(device), pair, y=yy).float()
         from wanflow.models.dit_cache import cached_forward
@@ -256,25 +257,39 @@ def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str, cache
     y = _tensor(inputs, "y").to(device) if "y" in inputs else None
     first_frame = "z0" in inputs
 
-    def velocity(x: Any, t: Any) -> Any:
-        tt = _token_timesteps(x, t, dit.cfg.patch_size) if first_frame else t.reshape(1)
+    def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
+        """``frames``: the latent frames of a sliding window (x holds only those)."""
+        window = slice(0, x.shape[2]) if frames is None else frames
+        tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0) if first_frame else t.reshape(1)
+        yy = None if y is None else y[:, :, window]
         if cache is None or skip_blocks:
-            return dit(x.to(device), tt.to(device), context, y=y, skip_blocks=skip_blocks).float()
+            return dit(x.to(device), tt.to(device), context, y=yy, skip_blocks=skip_blocks).float()
         from wanflow.models.dit_cache import cached_forward
 
-        return cached_forward(dit, x.to(device), tt.to(device), context, y=y, cache=cache,
+        return cached_forward(dit, x.to(device), tt.to(device), context, y=yy, cache=cache,
                               branch=branch).float()
 
     return velocity
 
 
-def _token_timesteps(x: Any, t: Any, patch: tuple[int, int, int]) -> Any:
-    """TI2V: per-token timesteps (1, L), zero on the given first frame's tokens."""
+def _windowed(fn: Any, p: Mapping[str, Any]) -> Any:
+    """``fn`` over sliding windows of latent frames (``[sampler].sliding_window_*``), or whole."""
+    size, stride = p["sampler.sliding_window_size"], p["sampler.sliding_window_stride"]
+    if fn is None or size is None:
+        return fn
+    from wanflow.sampling.windows import windowed_model
+
+    return windowed_model(fn, size, stride)
+
+
+def _token_timesteps(x: Any, t: Any, patch: tuple[int, int, int], first: bool = True) -> Any:
+    """TI2V: per-token timesteps (1, L), zero on the given first frame's tokens (``first``: x
+    starts at the clip's first frame; a later sliding window has none)."""
     import torch
 
     _, _, frames, h, w = x.shape
     grid = torch.ones(frames // patch[0], h // patch[1], w // patch[2])  # (f, h, w) tokens
-    grid[0] = 0
+    grid[0] = 0 if first else 1
     return (grid.flatten() * t.float())[None]  # (1, L)
 
 
