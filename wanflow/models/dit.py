@@ -121,6 +121,17 @@ class CrossAttention(nn.Module):
         return self.o(out.flatten(2))  # (B, L, D)
 
 
+class StackInputs(NamedTuple):
+    """Everything the forward computes before its first block."""
+
+    tokens: Tensor  # (B, L, D) patch-embedded latents, compute dtype
+    e: Tensor  # (B, 1|L, D) fp32
+    e0: Tensor  # (B, 1|L, 6, D) fp32
+    rope: tuple[Tensor, Tensor]
+    per_block: tuple  # one context (or its prepared keys/values) per block
+    grid: tuple[int, int, int]  # tokens along frames, height, width
+
+
 class PreparedContext(NamedTuple):
     """Every block's cross-attention keys/values, computed once per prompt and reused every step."""
 
@@ -248,8 +259,20 @@ class WanDiT(nn.Module):
             skip_blocks: indices of blocks left out, their input passed on unchanged (the
                 weakened pass of skip-layer guidance); empty for the full model.
         """
-        x, clip_fea = self._check_inputs(x, t, context, clip_fea, y)
         _check_skip_blocks(skip_blocks, len(self.blocks))
+        inputs = self.embed_inputs(x, t, context, clip_fea, y)
+        tokens = self.run_blocks(inputs, inputs.tokens, 0, len(self.blocks), skip_blocks)
+        return self.head_output(inputs, tokens)
+
+    def embed_inputs(
+        self, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
+        clip_fea: Tensor | None = None, y: Tensor | None = None,
+    ) -> StackInputs:
+        """The forward up to the blocks: checks, patch embedding, time embedding, RoPE, context.
+
+        Split out (with ``run_blocks`` and ``head_output``) so a step cache can run or skip the
+        block stack around exactly this code."""
+        x, clip_fea = self._check_inputs(x, t, context, clip_fea, y)
         frames, height, width = x.shape[2:]
         pt, ph, pw = self.cfg.patch_size
         grid = (frames // pt, height // ph, width // pw)
@@ -261,10 +284,20 @@ class WanDiT(nn.Module):
             per_block = context.kv
         else:
             per_block = (self.embed_context(context, clip_fea),) * len(self.blocks)
-        for index, (block, block_context) in enumerate(zip(self.blocks, per_block)):
+        return StackInputs(tokens, e, e0, rope, tuple(per_block), grid)
+
+    def run_blocks(self, inputs: StackInputs, tokens: Tensor, start: int, stop: int,
+                   skip_blocks: Collection[int] = ()) -> Tensor:
+        """Blocks [start, stop) applied to ``tokens`` (B, L, D), leaving out ``skip_blocks``."""
+        for index in range(start, stop):
             if index not in skip_blocks:
-                tokens = self._run_block(block, tokens, e0, block_context, rope)
-        return self.unpatchify(self.head(tokens, e), grid)
+                tokens = self._run_block(self.blocks[index], tokens, inputs.e0, inputs.per_block[index],
+                                         inputs.rope)
+        return tokens
+
+    def head_output(self, inputs: StackInputs, tokens: Tensor) -> Tensor:
+        """The head and unpatchify: velocity (B, out_dim, F, H, W) fp32."""
+        return self.unpatchify(self.head(tokens, inputs.e), inputs.grid)
 
     def prepare_context(self, context: Tensor, clip_fea: Tensor | None = None) -> PreparedContext:
         """Embed the prompt (and images) and project every block's keys/values once, for all steps.

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from wanflow.models import dit as dit_module
 from wanflow.models.dit import PreparedContext, WanDiT
-from wanflow.models.rope import rope_table
 
 
 class CacheSignals(NamedTuple):
@@ -57,50 +56,24 @@ class BlockCache(Protocol):
         ...
 
 
-class StackInputs(NamedTuple):
-    """Everything ``WanDiT.forward`` computes before its first block."""
-
-    tokens: Tensor  # (B, L, D) patch-embedded latents, compute dtype
-    e: Tensor  # (B, 1|L, D) fp32
-    e0: Tensor  # (B, 1|L, 6, D) fp32
-    rope: tuple[Tensor, Tensor]
-    per_block: tuple  # one context (or its prepared keys/values) per block
-    grid: tuple[int, int, int]  # tokens along frames, height, width
+StackInputs = dit_module.StackInputs
 
 
-def embed_inputs(
-    dit: WanDiT, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
-    clip_fea: Tensor | None = None, y: Tensor | None = None,
-) -> StackInputs:
-    """The forward up to the blocks: checks, patch embedding, time embedding, RoPE, context."""
-    x, clip_fea = dit._check_inputs(x, t, context, clip_fea, y)
-    pt, ph, pw = dit.cfg.patch_size
-    grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-    tokens = dit.patch_embedding(x.to(dit.compute_dtype))  # (B, D, f, h, w)
-    tokens = tokens.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
-    e, e0 = dit.embed_time(t)
-    rope = rope_table(grid, dit.cfg.head_dim, x.device, dit.compute_dtype)
-    if isinstance(context, PreparedContext):
-        per_block = context.kv
-    else:
-        per_block = (dit.embed_context(context, clip_fea),) * len(dit.blocks)
-    return StackInputs(tokens, e, e0, rope, per_block, grid)
+def embed_inputs(dit: WanDiT, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
+                 clip_fea: Tensor | None = None, y: Tensor | None = None) -> StackInputs:
+    """``WanDiT.embed_inputs``: the forward up to the blocks."""
+    return dit.embed_inputs(x, t, context, clip_fea, y)
 
 
-def run_blocks(
-    dit: WanDiT, inputs: StackInputs, tokens: Tensor, start: int, stop: int, skip_blocks: Collection[int] = ()
-) -> Tensor:
-    """Blocks [start, stop) applied to ``tokens`` (B, L, D), leaving out ``skip_blocks``."""
-    for index in range(start, stop):
-        if index in skip_blocks:
-            continue
-        tokens = dit._run_block(dit.blocks[index], tokens, inputs.e0, inputs.per_block[index], inputs.rope)
-    return tokens
+def run_blocks(dit: WanDiT, inputs: StackInputs, tokens: Tensor, start: int, stop: int,
+               skip_blocks: Collection[int] = ()) -> Tensor:
+    """``WanDiT.run_blocks``: blocks [start, stop) leaving out ``skip_blocks``."""
+    return dit.run_blocks(inputs, tokens, start, stop, skip_blocks)
 
 
 def head_output(dit: WanDiT, inputs: StackInputs, tokens: Tensor) -> Tensor:
-    """The head and unpatchify: velocity (B, out_dim, F, H, W) fp32."""
-    return dit.unpatchify(dit.head(tokens, inputs.e), inputs.grid)
+    """``WanDiT.head_output``: the head and unpatchify."""
+    return dit.head_output(inputs, tokens)
 
 
 def cached_forward(
