@@ -47,15 +47,20 @@ def read_table(path: Path) -> Table:
         return read_folder(path)
     reader = {".csv": read_csv, ".json": read_json, ".jsonl": read_jsonl}.get(path.suffix.lower())
     if reader is None:
-        return Table(path, (), (), (f"{display_path(path)}: not a metadata file (it ends in "
-                                    f"{path.suffix or 'no suffix'}); use a .csv, .json or .jsonl file, "
-                                    "or a folder of media with .txt captions",))
+        return _refused(path, f"{display_path(path)}: not a metadata file (it ends in "
+                               f"{path.suffix or 'no suffix'}); use a .csv, .json or .jsonl file, "
+                               "or a folder of media with .txt captions")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        return Table(path, (), (), (f"{display_path(path)}: cannot be read as UTF-8 text ({exc}); "
-                                    "save it as UTF-8",))
+        return _refused(path, f"{display_path(path)}: cannot be read as UTF-8 text ({exc}); "
+                               "save it as UTF-8")
     return reader(path, text)
+
+
+def _refused(path: Path, why: str) -> Table:
+    """A table with no rows: the whole file is unusable, for the reason given."""
+    return Table(path, (), (), (why,))
 
 
 def _values(raw: Mapping) -> dict[str, str]:
@@ -100,11 +105,11 @@ def read_json(path: Path, text: str) -> Table:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return Table(path, (), (), (f"{name}: not valid JSON ({exc}); fix it, or use one object per line "
-                                    "in a .jsonl file",))
+        return _refused(path, f"{name}: not valid JSON ({exc}); fix it, or use one object per line "
+                               "in a .jsonl file")
     if not isinstance(data, list):
-        return Table(path, (), (), (f"{name}: holds a JSON {type(data).__name__}, not a list of objects; "
-                                    'write [{"video": ..., "prompt": ...}, ...]',))
+        return _refused(path, f"{name}: holds a JSON {type(data).__name__}, not a list of objects; "
+                               'write [{"video": ..., "prompt": ...}, ...]')
     return _object_rows(path, [(n, f"{name} row {n}", item) for n, item in enumerate(data, start=1)])
 
 
@@ -134,7 +139,11 @@ def _object_rows(path: Path, items: list[tuple[int, str, object]]) -> Table:
 
 
 def read_folder(path: Path) -> Table:
-    """Every image and video under ``path`` (sorted), each captioned by the ``.txt`` of the same stem."""
+    """Every image and video under ``path`` (sorted), each captioned by the ``.txt`` of the same stem.
+
+    A ``.json`` of the same stem is the clip's metadata sidecar and is left alone; any other file is
+    reported, so that a clip in an unsupported format is not silently left out.
+    """
     files = sorted((p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)),
                    key=lambda p: p.relative_to(path).as_posix())
     media = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
@@ -160,6 +169,8 @@ def _folder_row(number: int, media: Path, root: Path) -> Row:
 
 def _stray(p: Path, root: Path, stems: set[Path]) -> str | None:
     rel = p.relative_to(root).as_posix()
+    if p.suffix.lower() == ".json" and p.with_suffix("") in stems:
+        return None  # the clip's metadata sidecar (wanflow writes one beside every video)
     if p.suffix.lower() == ".txt":
         if p.with_suffix("") in stems:
             return None

@@ -1,0 +1,273 @@
+"""A training dataset, checked whole before any model loads: every bad row is reported at once.
+
+Metadata uses DiffSynth's columns (``video`` or ``image``, ``prompt``, and the extra inputs a family
+takes), or a folder of media with ``.txt`` captions (see ``wanflow.train.metadata``). Every file a row
+names is opened: images decoded, videos decoded up to the frames training reads. The result is a
+tuple of frozen samples of plain values, so a later step can key each sample's encodes by the file's
+digest and the preprocessing parameters (target size, frame count, which frame).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import attrs
+
+from wanflow.errors import WanflowError, display_path
+from wanflow.train.buckets import BucketRow, Sizing, Target, bucket_table, target_for
+from wanflow.train.metadata import IMAGE_SUFFIXES, Row, Table, read_table
+from wanflow.train.probe import Media, probe_media
+
+
+class DatasetError(WanflowError):
+    """A dataset cannot be trained on; carries every problem found, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
+        super().__init__(f"the training dataset has {count}:\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+@attrs.frozen
+class Column:
+    """An extra-input column: the family input it feeds and what its value is."""
+
+    family_input: str  # the name in ``FamilySpec.accepted_inputs``
+    kind: str  # "image" | "video" | "audio": a file; "value": passed as written
+
+
+#: DiffSynth's extra-input columns, by the family input each one feeds.
+COLUMNS: Mapping[str, Column] = {
+    "input_image": Column("image", "image"),
+    "end_image": Column("end_image", "image"),
+    "control_video": Column("control_video", "video"),
+    "reference_image": Column("reference_image", "image"),
+    "vace_video": Column("vace", "video"),
+    "vace_video_mask": Column("vace", "video"),
+    "vace_reference_image": Column("vace", "image"),
+    "pose_video": Column("pose_video", "video"),
+    "face_video": Column("face_video", "video"),
+    "input_audio": Column("audio", "audio"),
+    "camera_control_direction": Column("camera", "value"),
+    "motion_bucket_id": Column("motion_bucket", "value"),
+}
+MEDIA_COLUMNS = ("video", "image")
+KNOWN_COLUMNS = (*MEDIA_COLUMNS, "prompt", *COLUMNS)
+
+
+@attrs.frozen
+class InputRef:
+    """An input file, or one frame of the sample's own clip (DiffSynth's first/last-frame default)."""
+
+    path: str  # absolute
+    frame: int | None = None  # index into the sample's clip; None: the whole file
+
+
+@attrs.frozen
+class Sample:
+    """One training sample, in plain values: what to read, at which size, in which bucket."""
+
+    index: int  # 0-based position in the dataset
+    row: int  # 1-based row of the metadata (or position in the sorted folder)
+    kind: str  # "video" | "image"
+    media: str  # absolute path of the clip or image
+    prompt: str
+    inputs: tuple[tuple[str, InputRef], ...]  # (column, file), sorted by column
+    values: tuple[tuple[str, str], ...]  # (column, value) for value columns, sorted
+    target: Target
+    bucket: str
+
+    def input(self, column: str) -> InputRef | None:
+        return dict(self.inputs).get(column)
+
+
+@attrs.frozen
+class Dataset:
+    """The checked samples, how often an epoch repeats them, and the bucket table."""
+
+    source: str
+    samples: tuple[Sample, ...]
+    repeat: int
+    buckets: tuple[BucketRow, ...]
+
+    def epoch(self) -> tuple[Sample, ...]:
+        """One epoch: every sample ``repeat`` times, in dataset order (shuffling is the trainer's)."""
+        return self.samples * self.repeat
+
+
+@attrs.frozen
+class _Context:
+    table: Table
+    base: Path
+    sizing: Sizing
+    accepted: frozenset[str]
+    required: frozenset[str]
+    family: str
+
+
+def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Collection[str],
+                 required_inputs: Collection[str] = (), family: str = "the family",
+                 base_path: str | Path | None = None, repeat: int = 1) -> Dataset:
+    """Read and check a dataset; raises ``DatasetError`` listing every problem.
+
+    Args:
+        accepted_inputs, required_inputs: the family's (``FamilySpec``), e.g. {"image"} for I2V.
+        base_path: where relative media paths resolve (default: the metadata file's folder).
+    """
+    path = Path(metadata)
+    problems = [f"{p}; fix the dataset sizing" for p in sizing.problems()]
+    if repeat < 1:
+        problems.append(f"repeat = {repeat}: must be at least 1")
+    if not path.exists():
+        raise DatasetError(problems + [(f"{display_path(path)}: no such metadata file or folder; name a .csv, "
+                                       ".json or .jsonl file, or a folder of media with .txt captions")])
+    table = read_table(path)
+    base = Path(base_path) if base_path is not None else (path if path.is_dir() else path.parent)
+    if not base.is_dir():
+        problems.append(f"base_path = {display_path(base)}: no such folder; name the folder media paths are "
+                        "relative to")
+    ctx = _Context(table, base.resolve(), sizing, frozenset(accepted_inputs), frozenset(required_inputs), family)
+    problems += list(table.problems) + _column_problems(ctx)
+    if problems and (sizing.problems() or not base.is_dir()):
+        raise DatasetError(problems)  # no row can be sized or found
+    samples = []
+    for row in table.rows:
+        sample, found = _sample(row, len(samples), ctx)
+        problems += found
+        samples += [sample] if sample else []
+    if not table.rows and not problems:
+        problems.append(f"{display_path(path)}: holds no rows; add a row per clip (video or image, prompt)")
+    if problems:
+        raise DatasetError(problems)
+    return Dataset(str(path.resolve()), tuple(samples), repeat, bucket_table(s.target for s in samples))
+
+
+def _rows_naming(table: Table, column: str) -> str:
+    numbers = [row.number for row in table.rows if column in row.values]
+    shown = ", ".join(map(str, numbers[:5])) + (", …" if len(numbers) > 5 else "")
+    return f"row{'s' * (len(numbers) != 1)} {shown}" if numbers else "the header"
+
+
+def _column_problems(ctx: _Context) -> list[str]:
+    """Unknown columns, and columns of inputs the family does not take (each reported once)."""
+    name, found = display_path(ctx.table.source), []
+    for column in ctx.table.columns:
+        where = f"{name} column {column!r} ({_rows_naming(ctx.table, column)})"
+        if column not in KNOWN_COLUMNS:
+            close = difflib.get_close_matches(column, KNOWN_COLUMNS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            found.append(f"{where}: unknown column; {hint}known columns: {', '.join(KNOWN_COLUMNS)}")
+        elif column in COLUMNS and COLUMNS[column].family_input not in ctx.accepted:
+            takes = ", ".join(sorted(ctx.accepted)) or "no extra inputs"
+            found.append(f"{where}: {ctx.family} does not take the {COLUMNS[column].family_input!r} input "
+                         f"(it takes {takes}); remove the column or train another family")
+    return found
+
+
+def _sample(row: Row, index: int, ctx: _Context) -> tuple[Sample | None, list[str]]:
+    named = [c for c in MEDIA_COLUMNS if c in row.values]
+    if len(named) != 1:
+        why = ("names both a video and an image; a row trains on one, so split it into two rows" if named
+               else "names no clip; set the video column (or image) to the clip's path")
+        return None, [f"{row.where}: {why}"] + _prompt_problems(row)
+    column = named[0]
+    kind = "image" if Path(row.values[column]).suffix.lower() in IMAGE_SUFFIXES else "video"
+    media, found = _media(row, column, ctx, kind=kind)
+    found += _prompt_problems(row)
+    target = None
+    if media is not None:
+        target = target_for(media.width, media.height, media.frames if kind == "video" else None, ctx.sizing)
+        if target is None:
+            found.append(_too_short(row, column, media, ctx.sizing))
+    inputs, values, input_found = _inputs(row, target, ctx)
+    found += input_found
+    if found or target is None:
+        return None, found
+    return Sample(index, row.number, kind, media.path, row.values["prompt"].strip(),
+                  _defaults(inputs, media.path, target, ctx), values, target, target.bucket), []
+
+
+def _label(row: Row, column: str) -> str:
+    return f"{row.where}: {column} = {row.values[column]!r}"
+
+
+def _media(row: Row, column: str, ctx: _Context, frames: int | None = None,
+           kind: str | None = None) -> tuple[Media | None, list[str]]:
+    """The probed file a column names (DiffSynth routes a clip by its suffix: an image is one frame)."""
+    path = Path(row.values[column]).expanduser()
+    path = path if path.is_absolute() else ctx.base / path
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        return None, [(f"{_label(row, column)}: {display_path(path)} {what}; fix the path (relative paths resolve "
+                      f"against {display_path(ctx.base)})")]
+    kind = kind or COLUMNS[column].kind
+    wanted = ctx.sizing.max_frames if frames is None else frames
+    media, why = probe_media(path, kind, wanted)
+    return (media, []) if media else (None, [f"{_label(row, column)}: {why}"])
+
+
+def _prompt_problems(row: Row) -> list[str]:
+    prompt = row.values.get("prompt")
+    if prompt is None and row.prompt_source.startswith("caption"):
+        return [f"{row.where}: {row.prompt_source} does not exist; write the clip's prompt into it"]
+    if prompt is None or not prompt.strip():
+        return [f"{row.where}: {row.prompt_source} is empty; write the clip's prompt there"]
+    return []
+
+
+def _too_short(row: Row, column: str, media: Media, sizing: Sizing) -> str:
+    allowed = (f"the frame buckets {', '.join(map(str, sizing.frame_buckets))}" if sizing.frame_buckets
+               else f"min_frames = {sizing.min_frames}")
+    return (f"{_label(row, column)}: the video has {media.frames} frames, too short for {allowed}; "
+            "use a longer clip, remove the row, or lower the minimum")
+
+
+def _inputs(row: Row, target: Target | None, ctx: _Context) -> tuple[dict, tuple, list[str]]:
+    """The row's extra inputs: files checked (videos must cover the clip's frames), values kept."""
+    files, values, found = {}, [], []
+    for column in sorted(c for c in row.values if c in COLUMNS and COLUMNS[c].family_input in ctx.accepted):
+        if COLUMNS[column].kind == "value":
+            values.append((column, row.values[column]))
+            continue
+        frames = target.frames if target is not None and COLUMNS[column].kind == "video" else 1
+        media, why = _media(row, column, ctx, frames)
+        found += why
+        if media is not None and COLUMNS[column].kind == "video" and target is not None and media.frames < frames:
+            found.append(f"{_label(row, column)}: has {media.frames} frames, fewer than the {target.frames} the "
+                         "clip trains on; use a control video at least as long as the clip")
+        elif media is not None:
+            files[column] = InputRef(media.path)
+    found += _missing_required(row, ctx)
+    return files, tuple(values), found
+
+
+def _missing_required(row: Row, ctx: _Context) -> list[str]:
+    """Required inputs that neither the row nor a frame of its clip supplies."""
+    defaulted = {COLUMNS[c].family_input for c in _frame_defaults(ctx)}
+    given = {COLUMNS[c].family_input for c in row.values if c in COLUMNS}
+    columns = {spec.family_input: c for c, spec in reversed(COLUMNS.items())}
+    return [f"{row.where}: {ctx.family} requires the {name!r} input; set the {columns.get(name, name)} column"
+            for name in sorted(ctx.required - defaulted - given)]
+
+
+def _frame_defaults(ctx: _Context) -> dict[str, str]:
+    """Columns filled from the clip when a row leaves them empty (DiffSynth's rule), by which frame.
+
+    ``input_image`` is the first frame wherever the family takes an image (I2V, FLF2V, TI2V train
+    on it); ``end_image`` the last frame only where the family requires one (FLF2V), so an I2V
+    family that merely accepts an end image does not learn to always see one.
+    """
+    out = {}
+    if "image" in ctx.accepted:
+        out["input_image"] = "first"
+    if "end_image" in ctx.required:
+        out["end_image"] = "last"
+    return out
+
+
+def _defaults(files: dict, media: str, target: Target, ctx: _Context) -> tuple[tuple[str, InputRef], ...]:
+    for column, which in _frame_defaults(ctx).items():
+        files.setdefault(column, InputRef(media, 0 if which == "first" else target.frames - 1))
+    return tuple(sorted(files.items()))
