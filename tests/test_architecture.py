@@ -27,7 +27,7 @@ ALLOWED = {
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},
-    "train": {"families", "steps", "output"},  # the dataset reuses the input checks (lazily)
+    "train": {"families", "output"},  # the dataset reuses the input checks (lazily)
     "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door
     "": {"api"},  # `wanflow/__init__.py` exports the API lazily (importing wanflow stays cheap)
     "cli": None,  # the top: may import everything

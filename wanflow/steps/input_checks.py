@@ -8,14 +8,12 @@ or folder looks like instead.
 
 from __future__ import annotations
 
-import functools
-import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from wanflow.errors import display_path
+from wanflow.output.probe import image_problem, video_frames
 from wanflow.sources.files import file_problem, match
 
 Where = Callable[[str], str]
@@ -62,23 +60,6 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-@functools.lru_cache(maxsize=64)
-def image_problem(path: Path, size: int, mtime_ns: int) -> str | None:
-    """Why an image cannot be decoded, or None (decoded fully: a truncated file fails here)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from wanflow.output.media import describe_file  # numpy: only when an input is checked
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return (f"not a readable image ({str(exc).strip() or type(exc).__name__}); it looks like "
-                f"{describe_file(path)}; use a PNG, JPEG or WebP file")
-    return None if width and height else f"the image is {width}x{height} pixels; use a non-empty image"
-
-
 def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
     if not path.is_file():
         return []
@@ -96,35 +77,6 @@ def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
                 f"{frames} of [video].frames (video-to-video reads one input frame per output frame); "
                 f"use a longer video or {fix}"]
     return []
-
-
-@functools.lru_cache(maxsize=64)
-def video_frames(path: Path, wanted: int, size: int, mtime_ns: int) -> tuple[int, str]:
-    """(frames of the first video stream decoded, up to ``wanted``; ffmpeg's complaint or "").
-
-    ffmpeg decodes into a null output: every frame is really decoded, none is copied out.
-    """
-    import imageio_ffmpeg
-
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-nostats", "-i", str(path),
-           "-map", "0:v:0", "-frames:v", str(wanted), "-f", "null", "-", "-progress", "pipe:1"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 0, f"ffmpeg could not read it: {exc}"
-    counts = re.findall(r"^frame=(\d+)$", done.stdout, flags=re.M)
-    if done.returncode != 0:
-        return (int(counts[-1]) if counts else 0), _ffmpeg_complaint(done.stderr)
-    return (int(counts[-1]) if counts else 0), ""
-
-
-def _ffmpeg_complaint(stderr: str) -> str:
-    """ffmpeg's first line that says what is wrong, without its ``[demuxer @ 0x…]`` prefixes."""
-    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in stderr.splitlines()]
-    lines = [line for line in lines if line]
-    if any("matches no streams" in line for line in lines):
-        return "it holds no video stream"
-    return (lines[0] if lines else "ffmpeg failed")[:200]
 
 
 def _source_problems(name: str, override: Any, family: Any, where: Where) -> list[str]:

@@ -1,6 +1,6 @@
 """Opening a dataset's media: size and usable frame count, or why the file cannot be read.
 
-Reuses the input checks of generation (``wanflow.steps.input_checks``): an image is decoded fully,
+Reuses the input checks of generation (``wanflow.output.probe``): an image is decoded fully,
 a video is decoded (into ffmpeg's null output) up to the frames training reads, and answers are
 remembered by (path, size, mtime) so a re-check of an unchanged dataset is cheap.
 """
@@ -28,7 +28,7 @@ class Media:
 
 def probe_media(path: Path, kind: str, wanted_frames: int) -> tuple[Media | None, str]:
     """(Media, "") or (None, why it cannot be used and what to use instead)."""
-    from wanflow.steps.input_checks import image_problem, video_frames
+    from wanflow.output.probe import image_problem, video_frames
 
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns)
