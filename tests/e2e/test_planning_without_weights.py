@@ -38,10 +38,14 @@ def _no_download(monkeypatch):
     monkeypatch.setattr(fetch, "modelscope_commit", refuse)
 
 
+def _planning(tmp_path, model: str):
+    resolved = load_recipe(write_recipe(tmp_path, model))
+    return resolved, get_registry().pipeline(resolved.model).planning_only()
+
+
 def test_explain_plans_a_family_whose_weights_are_absent(partial_root, tmp_path, monkeypatch):
     _no_download(monkeypatch)
-    resolved = load_recipe(write_recipe(tmp_path, "wan2.1-t2v-14b"))
-    pipeline = get_registry().pipeline(resolved.model).planning_only()
+    resolved, pipeline = _planning(tmp_path, "wan2.1-t2v-14b")
     with Cache() as cache:
         the_plan = plan_job(resolved, pipeline, cache)
         lines = {e.node: e.line() for e in explain(the_plan, cache)}
@@ -54,8 +58,7 @@ def test_explain_plans_a_family_whose_weights_are_absent(partial_root, tmp_path,
 
 def test_present_weights_plan_as_usual_without_downloads(partial_root, tmp_path, monkeypatch):
     _no_download(monkeypatch)
-    resolved = load_recipe(write_recipe(tmp_path, "wan2.1-t2v-1.3b"))
-    pipeline = get_registry().pipeline(resolved.model).planning_only()
+    resolved, pipeline = _planning(tmp_path, "wan2.1-t2v-1.3b")
     with Cache() as cache:
         the_plan = plan_job(resolved, pipeline, cache)
         assert the_plan.absent_weights() == []

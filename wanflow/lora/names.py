@@ -40,20 +40,22 @@ def official_module(module: str) -> str:
     Official names pass unchanged (the diffusers rules never match them); names neither table
     knows (``vace_blocks.0.…``) pass unchanged too, so a model that has them can still use them.
     """
-    probe = module + ".weight"
-    renamed = _rename(probe, DIFFUSERS_TO_OFFICIAL)
-    if renamed != probe:
-        return renamed.removesuffix(".weight")
-    return _rename(module, DIFFUSERS_TO_OFFICIAL)
+    return _rename_module(module, DIFFUSERS_TO_OFFICIAL)
 
 
 def diffusers_module(module: str) -> str:
     """An official module name in diffusers spelling (``blocks.0.self_attn.o`` → ``…attn1.to_out.0``)."""
+    return _rename_module(module, OFFICIAL_TO_DIFFUSERS)
+
+
+def _rename_module(module: str, table: tuple[tuple[str, str], ...]) -> str:
+    """A module name through a parameter-key table: tried as ``<module>.weight`` first (the tables
+    are written for parameter keys), else as it stands."""
     probe = module + ".weight"
-    renamed = _rename(probe, OFFICIAL_TO_DIFFUSERS)
+    renamed = _rename(probe, table)
     if renamed != probe:
         return renamed.removesuffix(".weight")
-    return _rename(module, OFFICIAL_TO_DIFFUSERS)
+    return _rename(module, table)
 
 
 def is_diffusers_spelling(module: str) -> bool:
