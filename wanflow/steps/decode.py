@@ -22,12 +22,20 @@ class Decode:
     device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
+    peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "decode"
     version: int = 1
     output: str = "tensors"
     reads: tuple[str, ...] = (*VAE_READS, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.oom import reported_oom
+
+        with reported_oom(self.kind, self.peak):
+            return self._compute(ctx)
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
         import torch
 
         from wanflow.output import to_uint8_frames

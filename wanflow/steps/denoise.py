@@ -53,12 +53,20 @@ class Denoise:
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: (DiT role, tier of each block) where the memory plan streams blocks (placement: not keyed).
     tiers: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), metadata=NOT_KEYED)
+    #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
+    peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise"
     version: int = 2  # 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule
     output: str = "tensors"
     reads: tuple[str, ...] = DENOISE_READS
 
     def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.oom import reported_oom
+
+        with reported_oom(self.kind, self.peak):
+            return self._compute(ctx)
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
         import torch
 
         from wanflow.sampling import SolverState

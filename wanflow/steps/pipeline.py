@@ -77,6 +77,12 @@ class _Job:
         override = self.resolved.recipe.models.get(component)
         return override.device if override is not None else "auto"
 
+    def peak(self, step: str) -> Any:
+        """The memory plan's predicted peak of a step ("encode-text", "denoise", "decode")."""
+        if self.memory is None:
+            return None
+        return next((p for p in self.memory.peaks if p.step == step), None)
+
     def placed(self, component: str) -> dict[str, Any]:
         """The per-component fields of a model step: dtype and device (keyed), pool budget (not)."""
         return {"dtype": self.dtype(component), "device": self.device(component),
@@ -134,7 +140,7 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
     weights = {"text_encoder": next(iter(te.values())),
                **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
     own = {"dtype": job.dtype("text_encoder"), "device": job.device("text_encoder"),
-           "residency": job.residency}
+           "residency": job.residency, "peak": job.peak("encode-text")}
     nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", **own), weights=weights)]
     if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
         nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", **own),
@@ -206,13 +212,13 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
                    conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
                    loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
-                   residency=job.residency, tiers=_tiers(job.memory, job.dits()))
+                   residency=job.residency, tiers=_tiers(job.memory, job.dits()), peak=job.peak("denoise"))
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
 def _output_nodes(job: _Job) -> list[StepSpec]:
     saver, uses = job.provided("saver", job.values["output.format"])
-    decode = Decode(_vae_version(job), **job.placed("vae"))
+    decode = Decode(_vae_version(job), **job.placed("vae"), peak=job.peak("decode"))
     nodes = [StepSpec("decode", decode, inputs={"latents": "denoise"}, weights=_vae_weight(job)),
              StepSpec("save", SaveVideo(saver), inputs={"frames": "decode"}, uses=uses,
                       archive_as=f"video{saver.suffix}"),

@@ -23,6 +23,8 @@ class EncodeText:
     device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
+    peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-text"
     version: int = 1
     output: str = "tensors"
@@ -32,6 +34,12 @@ class EncodeText:
         return (self.prompt_key, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.oom import reported_oom
+
+        with reported_oom(self.kind, self.peak):
+            return self._compute(ctx)
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
         import torch
 
         device, dtype = component_runtime(ctx.params, self.dtype, self.device)
