@@ -23,7 +23,7 @@ ALLOWED = {
     "models": set(),
     "sampling": set(),
     "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory"},
-    "memory": {"models"},  # the memory planner (pure) and the placement of weights at run time
+    "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},

@@ -20,7 +20,7 @@ from tests.e2e._run import computed, run
 from wanflow.engine.cache import Cache
 from wanflow.engine.execute import Executor
 from wanflow.errors import ModelLoadError
-from wanflow.steps import model_pool
+from wanflow.memory import pool as model_pool
 
 TINY_DIT = Path(wanflow.__file__).parent / "assets" / "wanflow-tiny" / "dit"
 TARGETS = ("blocks.0.self_attn.q", "blocks.1.cross_attn.v", "blocks.0.ffn.0")

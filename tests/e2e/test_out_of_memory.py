@@ -9,7 +9,7 @@ import torch
 
 from wanflow.cli import main
 from wanflow.models.dit import WanDiT
-from wanflow.steps import model_pool
+from wanflow.memory import pool as model_pool
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 

@@ -49,7 +49,7 @@ def diffusers_y(resolved, ex) -> torch.Tensor:
     """I2V conditioning as diffusers' pipeline builds it: frame mask, then AutoencoderKLWan's latent."""
     from tests.models.vae._fixtures import diffusers_twin
     from wanflow.output import load_image, to_model_image
-    from wanflow.steps import model_pool
+    from wanflow.memory import pool as model_pool
 
     v = resolved.values
     frames, h, w = v["video.frames"], v["video.height"], v["video.width"]

@@ -10,8 +10,8 @@ import torch
 from structlog.testing import capture_logs
 
 from tests.e2e._layout import tiny, write_dit, write_shared
-from wanflow.steps import model_pool
-from wanflow.steps.memory import Residency
+from wanflow.memory import pool as model_pool
+from wanflow.memory.pool import Residency
 
 FP32 = torch.float32
 

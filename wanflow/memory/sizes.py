@@ -17,7 +17,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -137,3 +137,25 @@ def component_size(
     fp8_blocks = tuple(fp8_per_block[i] for i in order)
     fp8_total = total - sum(block_bytes) + sum(fp8_blocks) if blocks else None
     return ComponentSize(name, total, block_bytes, largest, fp8_total, fp8_blocks if blocks else ())
+
+
+def dit_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
+    """Official parameter name -> shape of a DiT's safetensors shards, from their headers alone
+    (any supported layout renamed to the official keys): what a LoRA is checked against at planning."""
+    import re
+
+    from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
+
+    state = read_headers(Path(f) for f in files if Path(f).suffix == ".safetensors")
+    table = {"diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}.get(
+        next((layout for layout, marker in LAYOUT_MARKERS.items() if marker in state), "official"), ())
+    rules = [(re.compile(pattern), replacement) for pattern, replacement in table]
+
+    def official(name: str) -> str:
+        for rx, replacement in rules:
+            match = rx.fullmatch(name)
+            if match:
+                return match.expand(replacement)
+        return name
+
+    return {official(name): entry.shape for name, entry in state.items()}

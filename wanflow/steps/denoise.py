@@ -14,7 +14,7 @@ import attrs
 import structlog
 
 from wanflow.engine.step import NOT_KEYED
-from wanflow.steps import model_pool
+from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
 
 log = structlog.get_logger(__name__)

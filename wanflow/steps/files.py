@@ -52,30 +52,6 @@ def read_header(path: Path) -> dict[str, HeaderEntry]:
         raise ModelLoadError(f"{path}: corrupt safetensors header ({err!r:.120}); download it again") from None
 
 
-def dit_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
-    """Official parameter name -> shape of a DiT's safetensors shards, from their headers alone
-    (any supported layout renamed to the official keys): what a LoRA is checked against at planning."""
-    import re
-
-    from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
-
-    state: dict[str, HeaderEntry] = {}
-    for shard in (Path(f) for f in files if Path(f).suffix == ".safetensors"):
-        state.update(read_header(shard))
-    table = {"diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}.get(
-        next((layout for layout, marker in LAYOUT_MARKERS.items() if marker in state), "official"), ())
-    rules = [(re.compile(pattern), replacement) for pattern, replacement in table]
-
-    def official(name: str) -> str:
-        for rx, replacement in rules:
-            match = rx.fullmatch(name)
-            if match:
-                return match.expand(replacement)
-        return name
-
-    return {official(name): entry.shape for name, entry in state.items()}
-
-
 def check_dit(files: Sequence[Path], architecture: str, component: str) -> None:
     """Refuse a DiT whose key/shape signature is another variant than the family's, naming both."""
     from wanflow.models.signature import identify

@@ -73,7 +73,7 @@ def check_loras(uses: Sequence[LoraUse], loras: Mapping[str, WeightFile],
     """Read every LoRA and check it against the DiT it patches (shapes from the headers); the
     report's lines. Raises, naming the LoRA and what it looks made for, when one cannot apply."""
     from wanflow.lora import plan_patches, read_lora
-    from wanflow.steps.files import dit_shapes
+    from wanflow.memory.sizes import dit_shapes
 
     lines: list[str] = []
     for dit in dict.fromkeys(d for _, d, _ in uses):

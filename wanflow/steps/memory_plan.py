@@ -18,7 +18,7 @@ from wanflow.memory.estimates import dit_forward_bytes, latent_grid, text_encode
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
 from wanflow.memory.sizes import ComponentSize, component_size, read_headers
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
-from wanflow.steps.files import dit_shapes
+from wanflow.memory.sizes import dit_shapes
 
 GIB = 1024**3
 #: Host memory kept free for the OS, the interpreter and the libraries when no budget is given.

@@ -24,7 +24,7 @@ from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
 from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.image import EncodeImage
-from wanflow.steps.memory import Residency
+from wanflow.memory.pool import Residency
 from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText

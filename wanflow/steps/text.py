@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import NOT_KEYED
-from wanflow.steps import model_pool
+from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
 
 #: The params every model step reads: they change the numbers, so they are in the key.

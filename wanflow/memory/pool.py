@@ -2,7 +2,7 @@
 
 A model is pooled under everything that makes it what it is: its files (path, size, mtime,
 inode), dtype, device and the loader's own choices; a request that differs in any of them loads
-anew. What stays resident follows the `Residency` a step passes (see `wanflow.steps.memory`):
+anew. What stays resident follows the `Residency` a step passes (from the memory plan):
 
 - under every policy but ``none``, one large model (a DiT or an encoder) at a time: a DiT evicts
   the encoders and the other A14B expert, an encoder the DiT;
@@ -26,7 +26,6 @@ import attrs
 import structlog
 
 from wanflow.errors import ModelInputError
-from wanflow.steps.memory import Residency
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +33,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 #: Kinds of model of which policies other than ``none`` keep one resident at a time.
 LARGE_KINDS = ("dit", "text_encoder", "image_encoder")
+
+
+@attrs.frozen
+class Residency:
+    """What the model pool may keep loaded at once: the recipe's policy and its budget in bytes.
+
+    Built at planning from the memory plan (its policy and the budget of the device models load
+    on) and handed to the model steps as a field that is not part of their key.
+    """
+
+    policy: str  # [memory].policy
+    budget_bytes: int  # [memory].limit_gb, else the device's memory
+
+    @property
+    def one_large_model(self) -> bool:
+        """Every policy but ``none`` keeps one large model (a DiT or an encoder) at a time."""
+        return self.policy != "none"
 
 
 @attrs.frozen
@@ -122,7 +138,7 @@ def _config_of(weights: Sequence[Path]) -> Any:
     """The DiT config beside the weights (config.json), else read off the header shapes."""
     from wanflow.models.dit_config import from_shapes
     from wanflow.models.dit_loader import read_config
-    from wanflow.steps.files import dit_shapes
+    from wanflow.memory.sizes import dit_shapes
 
     beside = Path(weights[0]).parent / "config.json"
     shapes = dit_shapes(weights)
