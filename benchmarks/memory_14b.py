@@ -118,7 +118,7 @@ def model_inputs():
 # ----------------------------------------------------------------------------- children
 
 
-def child_stream(path: Path, budget: int, out: Path) -> dict:
+def child_stream(path: Path, budget: int, out: Path, prepared: bool = False) -> dict:
     """Plan under the budget, load through the placement, one forward; the peak is this process's."""
     import torch
 
@@ -129,7 +129,7 @@ def child_stream(path: Path, budget: int, out: Path) -> dict:
     cfg = config()
     baseline = int(process_memory.current_mb() * 2**20)  # the interpreter and torch themselves
     size = sizes.component_size("dit", sizes.read_headers([path]), 2, keeps_fp32=keeps_fp32, blocks=True)
-    activation = estimates.dit_forward_bytes(cfg, LATENT[2:], 2)
+    activation = estimates.dit_forward_bytes(cfg, LATENT[2:], 2, prepared_contexts=int(prepared))
     plan = planner.plan(planner.Budgets(None, budget - baseline), "disk", [size],
                         [planner.StepDemand("forward", ("dit",), activation)])
     tiers = plan.placement("dit").blocks
@@ -138,6 +138,13 @@ def child_stream(path: Path, budget: int, out: Path) -> dict:
     model, _handle = load_placed_dit([path], cfg, tiers, torch.bfloat16, "cpu")
     loaded = time.perf_counter() - start
     x, t, context = model_inputs()
+    prepare = 0.0
+    if prepared:  # as the denoise step runs: the prompt's keys/values once, then every step's forward
+        start = time.perf_counter()
+        with torch.inference_mode():
+            context = model.prepare_context(context)
+        prepare = time.perf_counter() - start
+        drop_cache(path)
     start = time.perf_counter()
     with torch.inference_mode():
         y = model(x, t, context)
@@ -145,7 +152,7 @@ def child_stream(path: Path, budget: int, out: Path) -> dict:
     torch.save(y, out)
     return {"plan": plan.explain(), "predicted_host": plan.peaks[0].host_bytes + baseline,
             "baseline": baseline, "resident_blocks": tiers.count("device"), "load_s": loaded,
-            "forward_s": forward, "peak": int(process_memory.peak_mb() * 2**20)}
+            "prepare_s": prepare, "forward_s": forward, "peak": int(process_memory.peak_mb() * 2**20)}
 
 
 def child_reference(path: Path, out: Path) -> dict:
@@ -192,6 +199,7 @@ def child_reference(path: Path, out: Path) -> dict:
 def run_child(args: argparse.Namespace, role: str, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", role, "--path", str(args.path),
            "--budget-gib", str(args.budget_gib), "--layers", str(args.layers), "--out", str(out)]
+    cmd += ["--prepared"] if args.prepared else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{role} child failed:\n{done.stderr[-4000:]}")
@@ -204,6 +212,8 @@ def main() -> None:
     parser.add_argument("--budget-gib", type=float, default=4.0)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint file afterwards")
     parser.add_argument("--layers", type=int, default=40, help="fewer blocks for a quick trial")
+    parser.add_argument("--prepared", action="store_true",
+                        help="time the forward of a denoise step: the prompt's keys/values prepared once first")
     parser.add_argument("--child", choices=("stream", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -211,7 +221,7 @@ def main() -> None:
     LAYERS = args.layers
     budget = int(args.budget_gib * GIB)
     if args.child:
-        result = (child_stream(args.path, budget, args.out) if args.child == "stream"
+        result = (child_stream(args.path, budget, args.out, args.prepared) if args.child == "stream"
                   else child_reference(args.path, args.out))
         print(json.dumps(result))
         return
@@ -237,13 +247,19 @@ def bench(args: argparse.Namespace, budget: int) -> None:
     outs = args.path.parent / "stream.pt", args.path.parent / "reference.pt"
     stream = run_child(args, "stream", outs[0])
     print("\n".join(stream["plan"]))
+    if args.prepared:
+        print(f"stream: context keys/values prepared once in {stream['prepare_s']:.1f} s (every block read)")
     print(f"stream: load {stream['load_s']:.1f} s, forward {stream['forward_s']:.1f} s "
           f"({stream['forward_s'] / read_s:.2f}x the cold read); peak RSS "
           f"{stream['peak'] / GIB:.2f} GiB of the {budget / GIB:.2f} GiB budget "
           f"({'within' if stream['peak'] <= budget else 'OVER'}); planner predicted "
           f"{stream['predicted_host'] / GIB:.2f} GiB (process baseline {stream['baseline'] / GIB:.2f} GiB)")
     reference = run_child(args, "reference", outs[1])
-    same = torch.equal(torch.load(outs[0]), torch.load(outs[1]))
+    a, b = torch.load(outs[0]), torch.load(outs[1])
+    same = torch.equal(a, b)
+    if not same:
+        print(f"max |stream - reference| = {(a.float() - b.float()).abs().max().item():.3g} "
+              f"(of max |reference| {b.float().abs().max().item():.3g})")
     print(f"reference (block by block, no placement): forward {reference['forward_s']:.1f} s, "
           f"peak RSS {reference['peak'] / GIB:.2f} GiB; outputs bit-identical: {same}")
     for out in outs:
