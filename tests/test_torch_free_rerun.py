@@ -17,7 +17,8 @@ import pytest
 import tomlkit
 
 from wanflow.errors import ModelLoadError
-from wanflow.steps.files import check_dit, read_header
+from wanflow.memory.sizes import read_header
+from wanflow.steps.files import check_dit
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"

@@ -44,8 +44,11 @@ def test_dit_sizes_per_block_at_the_stored_dtype(tmp_path, layout):
 
 def test_unreadable_header_is_a_model_load_error(tmp_path):
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    bad.write_bytes(b"\x09\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ModelLoadError, match="cannot read a safetensors header"):
+        read_header(bad)
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # a header longer than the file
+    with pytest.raises(ModelLoadError, match="not a complete safetensors file"):
         read_header(bad)
 
 

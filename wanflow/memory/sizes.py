@@ -75,20 +75,29 @@ class ComponentSize:
                             fp8_weight_bytes=None, fp8_block_bytes=())
 
 
+#: A safetensors header larger than this is not one (the format caps it at 100 MB).
+MAX_HEADER_BYTES = 100 * 2**20
+
+
 def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """name -> (dtype, shape) of every tensor of one safetensors file (the header only)."""
+    """name -> (dtype, shape) of every tensor of one safetensors file, from its JSON header alone
+    (no torch, no tensor data): what planning reads, a fully cached rerun included."""
     path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+            raise ModelLoadError(f"{path}: not a complete safetensors file ({size} bytes; its header "
+                                 "does not fit): download it again")
+        raw = f.read(length)
     try:
-        with path.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        return {name: TensorInfo(entry["dtype"], tuple(entry["shape"]))
+        header = json.loads(raw)
+        return {name: TensorInfo(str(entry["dtype"]), tuple(int(n) for n in entry["shape"]))
                 for name, entry in header.items() if name != "__metadata__"}
-    except (OSError, struct.error, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise ModelLoadError(
-            f"{path}: cannot read a safetensors header to size it ({err}); check the file is a "
-            "complete .safetensors file."
-        ) from None
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{path}: cannot read a safetensors header ({err!r:.120}); the file is "
+                             "corrupt: download it again") from None
 
 
 def read_headers(paths: Iterable[str | os.PathLike]) -> dict[str, TensorInfo]:
@@ -144,7 +153,11 @@ def dit_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
     (any supported layout renamed to the official keys): what a LoRA is checked against at planning."""
     import re
 
-    from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
+    from wanflow.models.dit_keys import (
+        COMFYUI_TO_OFFICIAL,
+        DIFFUSERS_TO_OFFICIAL,
+        LAYOUT_MARKERS,
+    )
 
     state = read_headers(Path(f) for f in files if Path(f).suffix == ".safetensors")
     table = {"diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}.get(
