@@ -199,3 +199,16 @@ def test_sliding_windows_equal_the_whole_pass_when_one_window_covers_the_clip(di
     windowed = run(T2V, {**params, "sampler.sliding_window_size": 2, "sampler.sliding_window_stride": 1},
                    texts(), w)
     assert windowed.shape == whole.shape and not torch.allclose(windowed, whole)
+
+
+def test_each_prompt_is_prepared_once_whatever_the_passes(dits, monkeypatch):
+    """Guidance, cfg_merge's pair and the skip-layer pass share each prompt's prepared keys/values
+    (under a streaming memory plan every preparation reads every block again)."""
+    from wanflow.models.dit import WanDiT
+
+    calls = []
+    real = WanDiT.prepare_context
+    monkeypatch.setattr(WanDiT, "prepare_context", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    run(T2V, {"sampler.cfg_merge": True, "sampler.slg_blocks": (1,), "sampler.slg_start": 0.0,
+              "sampler.slg_scale": 0.5}, texts(), weights("dit", dits["high"]))
+    assert len(calls) == 2  # the prompt and the negative, once each

@@ -171,12 +171,12 @@ class Denoise:
         guidance = Guidance(cfg, batched=bool(p["sampler.cfg_merge"]) and "neg" in inputs,
                             zero_star=bool(p["sampler.cfg_zero_star"]),
                             zero_init_steps=int(p["sampler.cfg_zero_init_steps"]), slg=slg)
+        bound = _Conditioning(dit, inputs, device)
         passes = Passes(
-            cond=_windowed(_model_fn(dit, inputs, "pos", device, cache, "cond"), p),
-            uncond=_windowed(_model_fn(dit, inputs, "neg", device, cache, "uncond") if "neg" in inputs
-                             else None, p),
-            pair=_windowed(_pair_fn(dit, inputs, device, cache) if guidance.batched else None, p),
-            skip=_windowed(_model_fn(dit, inputs, slg.prompt, device, skip_blocks=slg.blocks)
+            cond=_windowed(bound.model_fn("pos", cache, "cond"), p),
+            uncond=_windowed(bound.model_fn("neg", cache, "uncond") if "neg" in inputs else None, p),
+            pair=_windowed(bound.model_fn("pair", cache, "pair") if guidance.batched else None, p),
+            skip=_windowed(bound.model_fn(slg.prompt, skip_blocks=slg.blocks)
                            if slg is not None and slg.prompt in inputs else None, p))
         return guided_model(passes, guidance, schedule)
 
@@ -190,12 +190,14 @@ class Denoise:
         from wanflow.sampling.step_cache_settings import make_step_cache
         from wanflow.sampling.teacache import DitArchitecture
 
-        device = next(dit.parameters()).device
-        ts = [self._model_t(state.x, schedule.timesteps[i], dit).to(device) for i in range(schedule.steps)]
-        needs_signals = settings.method == "teacache"
+        signals = None
+        if settings.method == "teacache":  # its plan is solved from every step's time embedding
+            device = next(dit.parameters()).device
+            ts = [self._model_t(state.x, t, dit).to(device) for t in schedule.timesteps]
+            signals = time_signals(dit, ts)
         cache = make_step_cache(settings, schedule.timesteps, start=state.index, stop=stop,
                                 arch=DitArchitecture.of(dit.cfg, experts=len(self.experts)),
-                                family=p["model"], signals=time_signals(dit, ts) if needs_signals else None)
+                                family=p["model"], signals=signals)
         if resumed:
             cache.load_state_tensors(resumed)
         if cache.plan is not None:
@@ -221,63 +223,62 @@ def cache_settings(p: Mapping[str, Any]) -> Any:
         ratios, p["sampler.cache.max_skips"], p["sampler.cache.retention"]).check()
 
 
-def _pair_fn(dit: Any, inputs: Mapping[str, Any], device: str, cache: Any) -> Any:
-    """The prompt and the negative in one batch-2 forward (DiffSynth's cfg_merge): both contexts
-    are zero-padded to 512 tokens, so their prepared keys/values join along the batch."""
-    import torch
+class _Conditioning:
+    """One DiT with this job's conditioning bound in, serving every pass of a segment.
 
-    from wanflow.models.dit import PreparedContext
+    The text and image tokens do not change between steps, so every block's cross-attention keys
+    and values are projected once per prompt (``prepare_context``), on first use, and shared by
+    the passes that read that prompt (the guidance pass, cfg_merge's pair, the skip-layer pass):
+    under a memory plan that streams blocks, each preparation reads every block once more."""
 
-    clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
-    with torch.no_grad():
-        pos = dit.prepare_context(_tensor(inputs, "pos", "context").to(device), clip)
-        neg = dit.prepare_context(_tensor(inputs, "neg", "context").to(device), clip)
-    pair = PreparedContext(tuple(tuple(torch.cat([a, b]) for a, b in zip(kp, kn, strict=True))
-                                 for kp, kn in zip(pos.kv, neg.kv, strict=True)), 2 * pos.batch)
-    y = _tensor(inputs, "y").to(device) if "y" in inputs else None
-    first_frame = "z0" in inputs
+    def __init__(self, dit: Any, inputs: Mapping[str, Any], device: str):
+        self.dit, self.inputs, self.device = dit, inputs, device
+        self.clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
+        self.y = _tensor(inputs, "y").to(device) if "y" in inputs else None
+        self.first_frame = "z0" in inputs
+        self._prepared: dict[str, Any] = {}
 
-    def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
-        rows, window = x.shape[0], slice(0, x.shape[2]) if frames is None else frames
-        tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0) if first_frame else t.reshape(1)
-        tt = tt.expand(rows, *tt.shape[1:]) if first_frame else tt.repeat(rows)
-        yy = None if y is None else y[:, :, window].expand(rows, -1, -1, -1, -1)
-        if cache is None:
-            return dit(x.to(device), tt.to(device), pair, y=yy).float()
-        from wanflow.models.dit_cache import cached_forward
+    def context(self, text: str) -> Any:
+        """The prepared context of "pos" or "neg", or of "pair": both joined along the batch
+        (DiffSynth's cfg_merge; both are zero-padded to 512 tokens, so they join as they are)."""
+        if text not in self._prepared:
+            import torch
 
-        return cached_forward(dit, x.to(device), tt.to(device), pair, y=yy, cache=cache, branch="pair").float()
+            if text == "pair":
+                from wanflow.models.dit import PreparedContext
 
-    return velocity
+                pos, neg = self.context("pos"), self.context("neg")
+                self._prepared[text] = PreparedContext(
+                    tuple(tuple(torch.cat([a, b]) for a, b in zip(kp, kn, strict=True))
+                          for kp, kn in zip(pos.kv, neg.kv, strict=True)), 2 * pos.batch)
+            else:
+                with torch.no_grad():
+                    self._prepared[text] = self.dit.prepare_context(
+                        _tensor(self.inputs, text, "context").to(self.device), self.clip)
+        return self._prepared[text]
 
+    def model_fn(self, text: str, cache: Any = None, branch: str = "cond",
+                 skip_blocks: tuple[int, ...] = ()) -> Any:
+        """(x, t[, frames]) -> velocity of the prompt ``text`` ("pos", "neg", or "pair": x holds
+        [cond; uncond] rows); ``frames``: the latent frames of a sliding window x holds."""
+        dit, device = self.dit, self.device
 
-def _model_fn(dit: Any, inputs: Mapping[str, Any], text: str, device: str, cache: Any = None,
-              branch: str = "cond", skip_blocks: tuple[int, ...] = ()) -> Any:
-    """(x, t) -> velocity, with this prompt's context and the image conditioning bound in.
+        def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
+            rows, window = x.shape[0], slice(0, x.shape[2]) if frames is None else frames
+            if self.first_frame:
+                tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0).expand(rows, -1)
+            else:
+                tt = t.reshape(1).repeat(rows)
+            y = None if self.y is None else self.y[:, :, window].expand(rows, -1, -1, -1, -1)
+            context = self.context(text)
+            if cache is None or skip_blocks:
+                return dit(x.to(device), tt.to(device), context, y=y, skip_blocks=skip_blocks).float()
+            from wanflow.models.dit_cache import cached_forward
 
-    The text and image tokens do not change between steps, so every block's cross-attention
-    keys and values are projected once here (``prepare_context``) and reused by every step."""
-    import torch
+            return cached_forward(dit, x.to(device), tt.to(device), context, y=y, cache=cache,
+                                  branch=branch).float()
 
-    clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
-    with torch.no_grad():
-        context = dit.prepare_context(_tensor(inputs, text, "context").to(device), clip)
-    y = _tensor(inputs, "y").to(device) if "y" in inputs else None
-    first_frame = "z0" in inputs
-
-    def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
-        """``frames``: the latent frames of a sliding window (x holds only those)."""
-        window = slice(0, x.shape[2]) if frames is None else frames
-        tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0) if first_frame else t.reshape(1)
-        yy = None if y is None else y[:, :, window]
-        if cache is None or skip_blocks:
-            return dit(x.to(device), tt.to(device), context, y=yy, skip_blocks=skip_blocks).float()
-        from wanflow.models.dit_cache import cached_forward
-
-        return cached_forward(dit, x.to(device), tt.to(device), context, y=yy, cache=cache,
-                              branch=branch).float()
-
-    return velocity
+        return velocity
 
 
 def _windowed(fn: Any, p: Mapping[str, Any]) -> Any:
@@ -297,7 +298,8 @@ def _token_timesteps(x: Any, t: Any, patch: tuple[int, int, int], first: bool = 
 
     _, _, frames, h, w = x.shape
     grid = torch.ones(frames // patch[0], h // patch[1], w // patch[2])  # (f, h, w) tokens
-    grid[0] = 0 if first else 1
+    if first:
+        grid[0] = 0
     return (grid.flatten() * t.float())[None]  # (1, L)
 
 
