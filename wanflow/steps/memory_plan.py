@@ -14,11 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wanflow.memory.estimates import dit_forward_bytes, latent_grid, text_encode_bytes, vae_decode_bytes
+from wanflow.memory.estimates import (
+    dit_forward_bytes,
+    latent_grid,
+    text_encode_bytes,
+    vae_decode_bytes,
+)
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
-from wanflow.memory.sizes import ComponentSize, component_size, read_headers
+from wanflow.memory.sizes import ComponentSize, component_size, dit_shapes, read_headers
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
-from wanflow.memory.sizes import dit_shapes
+from wanflow.steps.denoise import expert_cfgs
 
 GIB = 1024**3
 #: Host memory kept free for the OS, the interpreter and the libraries when no budget is given.
@@ -68,8 +73,8 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
     v = job.values
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, vae_version)
-    guided = v["sampler.cfg"] != 1.0 or (v.get("sampler.cfg_high_noise") or 1.0) != 1.0
     dits = tuple(d for d in DIT_ROLES if d in job.weights)
+    guided = any(cfg != 1.0 for cfg in expert_cfgs(v, dits).values())
     tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
     stride = 8 if vae_version == "wan2.1" else 16
     pixels_tile = (min(tile[0] * stride, height), min(tile[1] * stride, width)) if tile else None
