@@ -14,8 +14,8 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
-from wanflow.steps.media import image_tensor, video_tensor
 from wanflow.steps.component import component_runtime
+from wanflow.steps.media import image_tensor, video_tensor
 from wanflow.steps.text import RUNTIME_READS
 
 Mode = Literal["y", "z0", "x0"]

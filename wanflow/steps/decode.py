@@ -8,8 +8,8 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
-from wanflow.steps.conditioning import VAE_READS, tile_spec
 from wanflow.steps.component import component_runtime
+from wanflow.steps.conditioning import VAE_READS, tile_spec
 from wanflow.steps.text import RUNTIME_READS
 
 

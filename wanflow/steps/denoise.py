@@ -159,7 +159,14 @@ class Denoise:
                 device: str, cache: Any, schedule: Any) -> Any:
         """The guided model function of this expert: CFG, or the recipe's guidance options
         (cfg_merge, CFG-Zero*, skip-layer guidance), over passes bound to this DiT."""
-        from wanflow.sampling.guidance import Guidance, Passes, SkipLayerGuidance, check_slg, guided_model, refuse
+        from wanflow.sampling.guidance import (
+            Guidance,
+            Passes,
+            SkipLayerGuidance,
+            check_slg,
+            guided_model,
+            refuse,
+        )
 
         slg = None
         if p["sampler.slg_blocks"]:

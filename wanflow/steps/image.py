@@ -8,8 +8,8 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
-from wanflow.steps.media import image_tensor
 from wanflow.steps.component import component_runtime
+from wanflow.steps.media import image_tensor
 from wanflow.steps.text import RUNTIME_READS
 
 

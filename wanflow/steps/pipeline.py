@@ -17,14 +17,14 @@ import structlog
 
 from wanflow.engine.step import Catalog, StepSpec, WeightFile
 from wanflow.errors import ModelInputError, ModelLoadError, RecipeError
+from wanflow.memory.pool import Residency
 from wanflow.steps.checks import unsupported
 from wanflow.steps.conditioning import EncodeConditioning
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
-from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.image import EncodeImage
-from wanflow.memory.pool import Residency
+from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText
@@ -69,13 +69,15 @@ class _Job:
 
     def dtype(self, component: str) -> str:
         """``[models.<component>].dtype`` ("auto" unless the recipe overrides the component)."""
-        override = self.resolved.recipe.models.get(component)
-        return override.dtype if override is not None else "auto"
+        return self._override(component, "dtype")
 
     def device(self, component: str) -> str:
         """``[models.<component>].device`` ("auto": the run's device)."""
+        return self._override(component, "device")
+
+    def _override(self, component: str, field: str) -> str:
         override = self.resolved.recipe.models.get(component)
-        return override.device if override is not None else "auto"
+        return getattr(override, field) if override is not None else "auto"
 
     def peak(self, step: str) -> Any:
         """The memory plan's predicted peak of a step ("encode-text", "denoise", "decode")."""
