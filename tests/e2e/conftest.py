@@ -17,27 +17,35 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models_root(tmp_path_factory.mktemp("models"))
 
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two small PNGs of another aspect ratio than the video (they get resized and centre-cropped)."""
+def write_images(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """Two random 40x56 PNGs, "first" and "last" (another aspect ratio than the videos: resized
+    and centre-cropped), from seeds ``seed`` and ``seed + 1``."""
     from PIL import Image
 
-    folder = tmp_path_factory.mktemp("inputs")
     out = {}
     for i, name in enumerate(("first", "last")):
-        rng = np.random.default_rng(i)
-        pixels = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        pixels = np.random.default_rng(seed + i).integers(0, 256, (40, 56, 3), dtype=np.uint8)
         out[name] = folder / f"{name}.png"
         Image.fromarray(pixels).save(out[name])
     return out
 
 
-@pytest.fixture()
-def env(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """WANFLOW_MODELS at the tiny repositories, offline, and a fresh cache; returns the runs dir."""
+def use_models(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WANFLOW_MODELS at the tiny repositories, offline, and a fresh cache under ``tmp_path``."""
     monkeypatch.setenv("WANFLOW_MODELS", str(models_root))
     monkeypatch.setenv("WANFLOW_OFFLINE", "1")
     monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_images(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture()
+def env(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny repositories, offline, a fresh cache; returns the runs dir."""
+    use_models(models_root, tmp_path, monkeypatch)
     return tmp_path / "runs"
 
 

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import pytest
 import torch
 
 from tests.e2e._layout import REPOS, write_models_root
-from tests.e2e.conftest import write_recipe
+from tests.e2e.conftest import use_models, write_images, write_recipe
 from wanflow.engine.cache import Cache
 from wanflow.engine.execute import Executor
 from wanflow.engine.runner import plan_job
@@ -47,24 +46,13 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two random 40x56 PNGs (another aspect ratio than the video: resized and cropped)."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("inputs")
-    out = {}
-    for i, name in enumerate(("first", "last")):
-        pixels = np.random.default_rng(10 + i).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-        out[name] = folder / f"{name}.png"
-        Image.fromarray(pixels).save(out[name])
-    return out
+    return write_images(tmp_path_factory.mktemp("inputs"), seed=10)
 
 
 @pytest.fixture()
 def env(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """WANFLOW_MODELS at the tiny repositories, offline, and a fresh cache; returns a work folder."""
-    monkeypatch.setenv("WANFLOW_MODELS", str(models_root))
-    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
-    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    """The tiny repositories, offline, a fresh cache; returns a work folder."""
+    use_models(models_root, tmp_path, monkeypatch)
     return tmp_path
 
 
