@@ -22,12 +22,12 @@ ALLOWED = {
     "engine": set(),
     "models": set(),
     "sampling": set(),
-    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory"},
+    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train"},
     "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},
-    "train": {"families", "output"},  # the dataset reuses the input checks (lazily)
+    "train": {"families", "output", "models", "lora", "sampling"},  # dataset, objective, loop, adapters
     "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door
     "": {"api"},  # `wanflow/__init__.py` exports the API lazily (importing wanflow stays cheap)
     "cli": None,  # the top: may import everything

@@ -21,7 +21,7 @@ def planned(recipe, *sets: str) -> dict:
 
 
 def same(a, b) -> bool:
-    return a.params == b.params and a.files == b.files and a.weights == b.weights
+    return a.params == b.params and a.config == b.config and a.files == b.files and a.weights == b.weights
 
 
 def test_i2v_prompt_and_tiling_changes_rekey_only_their_readers(env, images, tmp_path):

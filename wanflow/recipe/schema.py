@@ -181,26 +181,56 @@ class Lora:
 
 @attrs.frozen
 class Train:
-    dataset: str = setting(why="CSV/JSON/JSONL metadata naming videos or images and prompts")
+    """A training stage: the dataset, what is trained and how; see docs/training.md."""
+
+    dataset: str = setting(why="CSV/JSON/JSONL metadata naming videos or images and prompts, or a folder "
+                           "of media with .txt captions")
+    base_path: str = setting("", why="empty: media paths resolve against the metadata file's folder")
+    repeat: int = setting(1, ge=1, why="each sample once per epoch")
+    width: int = setting(0, ge=0, why="0 (with height 0): dynamic resolution under max_pixels")
+    height: int = setting(0, ge=0, why="0 (with width 0): dynamic resolution under max_pixels")
+    max_pixels: int = setting(1024 * 1024, ge=1, why="DiffSynth's default budget for dynamic resolution")
+    aspect_ratios: tuple[float, ...] = setting(factory=tuple, why="none: each clip keeps its own aspect")
+    frames: int = setting(81, ge=1, why="5 s at 16 fps; a clip trains on the largest 4n+1 that fits")
+    frame_buckets: tuple[int, ...] = setting(factory=tuple, why="none: any 4n+1 up to `frames`")
+    task: Literal["sft", "direct_distill"] = setting(
+        "sft", why="flow-matching fine-tuning; direct_distill trains a few-step sampler on teacher videos")
     method: Literal["lora", "full"] = setting("lora", why="LoRA trains in a fraction of the memory")
-    steps: int = setting(1000, ge=1, why="a short first fine-tune")
+    components: tuple[str, ...] = setting(factory=tuple, why="none: the family's DiT (both A14B experts)")
+    steps: int = setting(1000, ge=1, why="a short first fine-tune (optimizer steps)")
     learning_rate: float = setting(1e-4, gt=0, why="the usual LoRA rate for Wan")
+    weight_decay: float = setting(0.01, ge=0, why="AdamW's decay, DiffSynth's default")
+    max_grad_norm: float = setting(0.0, ge=0, why="0: no clipping (DiffSynth clips nothing)")
     batch_size: int = setting(1, ge=1, why="video batches rarely fit more on one GPU")
     gradient_accumulation: int = setting(1, ge=1, why="raise for a larger effective batch")
     lora_rank: int = setting(32, ge=1, why="DiffSynth's default rank for Wan LoRA")
     lora_alpha: float = setting(32.0, gt=0, why="alpha = rank keeps the update scale at 1")
     lora_targets: tuple[str, ...] = setting(("q", "k", "v", "o", "ffn.0", "ffn.2"),
                                             why="attention and FFN projections of every block")
+    lora_init: str = setting("", why="empty: a fresh LoRA (B = 0); else a LoRA file to continue from")
+    preset_lora: str = setting("", why="empty: none; else a LoRA merged into the base first "
+                               "(differential training)")
+    preset_lora_scale: float = setting(1.0, why="the preset LoRA at full strength")
     optimizer: Literal["adamw", "adamw8bit", "prodigy"] = setting("adamw", why="the standard choice")
     schedule: Literal["constant", "cosine", "linear"] = setting("constant", why="simple to reason about")
     warmup_steps: int = setting(0, ge=0, why="no warm-up unless asked")
     checkpoint_every: int = setting(250, ge=1, why="lose at most a quarter of a short run")
+    seed: int = setting(0, ge=0, why="data order, timesteps and noise are a function of it")
+    timestep_range: tuple[float, float] = setting(
+        (0.0, 1.0), ge=0, le=1, why="the whole schedule, as fractions counted from the noisiest "
+        "(DiffSynth's boundaries: [0, 0.417] is T2V-A14B's high-noise expert)")
+    shift: float = setting(5.0, gt=0, why="DiffSynth's training shift for Wan")
+    loss_weighting: Literal["diffsynth", "uniform"] = setting(
+        "diffsynth", why="DiffSynth's bell-shaped weight over timesteps")
     validation_prompts: tuple[str, ...] = setting(factory=tuple, why="none: no validation videos")
-    timestep_range: tuple[float, float] = setting((0.0, 1.0), ge=0, le=1,
-                                                  why="the whole schedule; narrow it for one A14B expert")
+    validate_every: int = setting(0, ge=0, why="0: validate once, at the end")
+    validation_samples: int = setting(0, ge=0, why="0: no held-out samples, no validation loss")
     distribution: Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = setting(
         "none", why="one process unless asked")
+    processes: int = setting(1, ge=1, why="with a distribution: processes to launch (GPUs, or CPU workers)")
     gradient_checkpointing: bool = setting(True, why="trades compute for the memory of 81 frames")
+    offload_activations: bool = setting(False, why="keep checkpointed activations on the device")
+    export_dialect: str = setting("diffsynth", why="DiffSynth's LoRA keys; `wanflow lora convert` makes others")
 
 
 @attrs.frozen

@@ -127,10 +127,20 @@ def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
     if resolved.recipe.lora:
         out["lora"], lora_missing = resolve_loras(resolved, fetch)
         missing += lora_missing
+    if resolved.recipe.train is not None:
+        out["train_files"] = _train_files(resolved)
     if missing and fetch:
         raise ModelLoadError(f"{display_name(resolved)}: {len(missing)} model component(s) cannot be "
                              "used yet:\n" + "\n".join(f"- {m}" for m in missing))
     return out
+
+
+def _train_files(resolved: Any) -> Weights:
+    """The LoRA files a training stage starts from (``lora_init``) or merges first (``preset_lora``)."""
+    t = resolved.recipe.train
+    base = Path(resolved.path).parent
+    return {name: WeightFile(base / getattr(t, name), "local") for name in ("lora_init", "preset_lora")
+            if getattr(t, name)}
 
 
 def display_name(resolved: Any) -> str:
@@ -143,10 +153,11 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
                **{f"tokenizer.{i}": w for i, w in enumerate(job.weights["tokenizer"].values())}}
     own = {"dtype": job.dtype("text_encoder"), "device": job.device("text_encoder"),
            "residency": job.residency, "peak": job.peak("encode-text")}
-    nodes = [StepSpec("encode-text:positive", EncodeText("prompt.text", **own), weights=weights)]
+    text = EncodeText("prompt.text", job.values["prompt.text"], **own)
+    nodes = [StepSpec("encode-text:positive", text, weights=weights)]
     if any(c != 1.0 for c in expert_cfgs(job.values, job.dits()).values()):
-        nodes.append(StepSpec("encode-text:negative", EncodeText("prompt.negative", **own),
-                              weights=weights))
+        negative = EncodeText("prompt.negative", job.values["prompt.negative"], **own)
+        nodes.append(StepSpec("encode-text:negative", negative, weights=weights))
     return nodes
 
 
@@ -309,6 +320,10 @@ class WanPipeline:
         plan = job_memory_plan(job)
         job = attrs.evolve(job, residency=_residency(job, plan), memory=plan)
         _report_loras(job)
+        if resolved.recipe.train is not None:
+            from wanflow.steps.train_plan import training_nodes
+
+            return training_nodes(job, _vae_version(job), Z_DIM[_vae_version(job)])
         upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
         return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
 

@@ -18,7 +18,11 @@ RUNTIME_READS = ("runtime.device", "runtime.dtype")
 class EncodeText:
     """umT5 features of ``prompt_key``'s text, trimmed to its real tokens: (1, L, D)."""
 
-    prompt_key: str = "prompt.text"  # or "prompt.negative"
+    #: Where the text comes from ("prompt.text", "prompt.negative"): a param the node reads when
+    #: ``text`` is None. The pipeline passes the text itself, so a prompt encoded for a video and
+    #: the same prompt of a training sample are one node of the cache (same key).
+    prompt_key: str = attrs.field(default="prompt.text", metadata=NOT_KEYED)
+    text: str | None = None
     dtype: str = "auto"  # [models.<component>].dtype; "auto" follows [runtime].dtype
     device: str = "auto"  # [models.<component>].device; "cpu" runs it on the CPU
     #: What the model pool may keep loaded (placement only: never part of the key).
@@ -31,7 +35,7 @@ class EncodeText:
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return (self.prompt_key, *RUNTIME_READS)
+        return RUNTIME_READS if self.text is not None else (self.prompt_key, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from wanflow.steps.oom import reported_oom
@@ -47,6 +51,6 @@ class EncodeText:
         encoder = model_pool.text_encoder(ctx.weight("text_encoder"), tokenizer_dir, dtype, device,
                                            self.residency)
         with torch.no_grad():
-            out = encoder.encode([ctx.params[self.prompt_key]])
+            out = encoder.encode([self.text if self.text is not None else ctx.params[self.prompt_key]])
         length = int(out.lengths[0])
         return {"context": out.embeddings[:, :length].cpu().contiguous()}  # (1, L, D)

@@ -1,0 +1,195 @@
+"""What the train and export steps do when they run (imports torch; planning never imports it)."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from wanflow.memory import pool as model_pool
+from wanflow.steps.component import component_runtime
+from wanflow.train.adapters import (
+    full_state,
+    inject_lora,
+    merge_preset,
+    start_from,
+    unfreeze,
+)
+from wanflow.train.batch import Batch, collate
+from wanflow.train.loop import Expert, Settings, Trainer
+from wanflow.train.order import batch_order
+
+log = structlog.get_logger(__name__)
+
+
+def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
+    p = ctx.params
+    device, compute = component_runtime(p)
+    model_pool.clear()  # the encoders are done: their memory goes to training
+    experts = [_expert(step, ctx, role, n, device, compute) for role, n in step.experts]
+    settings = Settings.from_params(p, _distill_sigmas(step, p))
+    train = tuple(i for i, _, held in step.samples if not held)
+    held_out = tuple(i for i, _, held in step.samples if held)
+    buckets = {i: bucket for i, bucket, _ in step.samples}
+    order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train,
+                        p["train.batch_size"], p["train.seed"])
+
+    def fetch(indices: tuple[int, ...]) -> Batch:
+        return collate([_sample(ctx, i, step.conditions) for i in indices], device, step.first_frame)
+
+    validation = _Validation(step, ctx, device, held_out, fetch)
+    trainer = Trainer(experts, settings, order, fetch, validation if validation.active else None)
+    validation.trainer = trainer
+    resumed = ctx.load_partial()
+    if resumed is not None:
+        trainer.load_state(bytes(resumed[1]))
+        log.info("train.resumed", step=trainer.step, of=settings.steps)
+    bar = ctx.progress(settings.steps - trainer.step, desc="train", unit="step")
+    trainer.run(lambda done, state: ctx.save_partial(done, state), bar)
+    bar.close()
+    if step_is_lora(p):
+        out = {name: param.detach().float().cpu().contiguous() for name, param in trainer.params.items()}
+    else:
+        out = {f"{e.role}/{n}": t for e in experts for n, t in full_state(e.model).items()}
+    out["history"] = torch.tensor(trainer.history, dtype=torch.float64).reshape(-1, 4)
+    out.update({k: v.contiguous() for k, v in trainer.kept.items()})
+    return out
+
+
+def step_is_lora(p: Any) -> bool:
+    return p["train.method"] == "lora"
+
+
+def _expert(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
+    from wanflow.models.dit_loader import load_dit
+
+    p = ctx.params
+    lora = step_is_lora(p)
+    # LoRA: the frozen base computes in the run's dtype, the adapter keeps fp32 (peft upcasts it);
+    # full fine-tuning: fp32 master weights, bf16 compute through autocast on CUDA.
+    dtype = compute if lora else torch.float32
+    files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
+    model = load_dit(files, dtype=dtype, device=device,
+                     attention_kernel=p["runtime.attention"])
+    model.requires_grad_(False)
+    if "preset_lora" in step.init:
+        merge_preset(model, ctx.weight("preset_lora"), float(p["train.preset_lora_scale"]))
+    if lora:
+        inject_lora(model, tuple(p["train.lora_targets"]), int(p["train.lora_rank"]),
+                    float(p["train.lora_alpha"]), int(p["train.seed"]))
+        if "lora_init" in step.init:
+            start_from(model, ctx.weight("lora_init"))
+    else:
+        unfreeze(model)
+    model.gradient_checkpointing = bool(p["train.gradient_checkpointing"])
+    model.train()
+    if not step.boundary:
+        return Expert(role, model)
+    if role == "dit_high_noise":
+        return Expert(role, model, t_min=step.boundary)
+    return Expert(role, model, t_max=step.boundary)
+
+
+def _sample(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {"context": ctx.input(f"text.{index}")["context"], "x0": ctx.input(f"x0.{index}")["x0"]}
+    for c in conditions:
+        out[c] = ctx.input(f"{c}.{index}")[c]
+    return out
+
+
+def _distill_sigmas(step: Any, p: Any) -> list[float]:
+    """direct_distill: the σ grid of the student sampler ([sampler].steps and shift)."""
+    if p["train.task"] != "direct_distill":
+        return []
+    from wanflow.sampling import make_schedule
+
+    return make_schedule(step.solver.load(), p["sampler.steps"], p["sampler.shift"]).sigmas.tolist()
+
+
+class _Validation:
+    """Validation after chosen steps: one video per prompt from fixed noise, and the held-out loss."""
+
+    def __init__(self, step: Any, ctx: Any, device: str, held_out: tuple[int, ...], fetch: Any):
+        self.step, self.ctx, self.device, self.fetch = step, ctx, device, fetch
+        self.held_out = held_out
+        self.trainer: Trainer | None = None
+        self.active = bool(step.validation_prompts or held_out)
+
+    def __call__(self, at: int) -> tuple[dict[str, torch.Tensor], float]:
+        kept = {f"validation/{at}/{k}": self._video(k) for k in range(self.step.validation_prompts)}
+        loss = self.trainer.validation_loss([self.fetch((i,)) for i in self.held_out]) if self.held_out else math.nan
+        if self.held_out:
+            log.info("train.validation", step=at, val_loss=round(loss, 5))
+        return kept, loss
+
+    def _video(self, k: int) -> torch.Tensor:
+        from wanflow.sampling import initial_noise, make_schedule, sample
+        from wanflow.sampling.guidance import cfg_model
+
+        p, step = self.ctx.params, self.step
+        frames, h, w = p["video.frames"], p["video.height"], p["video.width"]
+        s = step.latent_stride
+        shape = (1, step.z_dim, (frames - 1) // 4 + 1, h // s, w // s)
+        noise = initial_noise(shape, int(p["train.seed"]) + k).to(self.device)
+        schedule = make_schedule(step.solver.load(), p["sampler.steps"], p["sampler.shift"])
+        pos = self.ctx.input(f"val.pos.{k}")["context"].to(self.device)
+        neg = self.ctx.input("val.neg")["context"].to(self.device) if float(p["sampler.cfg"]) != 1.0 else None
+
+        def model_for(t: torch.Tensor) -> torch.nn.Module:
+            experts = self.trainer.experts
+            if len(experts) == 1:
+                return experts[0].model
+            return next(e.model for e in experts if e.t_min <= float(t) < e.t_max)
+
+        def cond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model_for(t)(x, t.reshape(1).to(x.device), pos).float()
+
+        def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model_for(t)(x, t.reshape(1).to(x.device), neg).float()
+
+        fn = cfg_model(cond, uncond, float(p["sampler.cfg"])) if neg is not None else cond
+        with torch.no_grad():
+            state = sample(step.solver.load(), fn, noise, schedule)
+        return state.x.float().cpu()
+
+
+def export_bytes(step: Any, ctx: Any) -> bytes:
+    """The trained weights of ``step.role`` as safetensors bytes."""
+    from safetensors.torch import save
+
+    trained = ctx.input("trained")
+    prefix = f"{step.role}/"
+    tensors = {k.removeprefix(prefix): v for k, v in trained.items() if k.startswith(prefix)}
+    header = dict(step.header)
+    if step.method == "full":
+        header |= {"wanflow.method": "full", "wanflow.steps": str(ctx.params["train.steps"])}
+        return save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=header)
+    return _lora_bytes(tensors, step, ctx, header)
+
+
+def _lora_bytes(tensors: dict[str, torch.Tensor], step: Any, ctx: Any, header: dict[str, str]) -> bytes:
+    """Factors named ``<module>.lora_A.default.weight`` (peft's names) as a LoRA file in the dialect."""
+    from wanflow.lora.delta import LoraFile, LowRank
+    from wanflow.lora.write import write_lora
+
+    p = ctx.params
+    alpha = float(p["train.lora_alpha"])
+    deltas = {}
+    for key, down in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        up = tensors[key.replace(".lora_A.", ".lora_B.")]
+        deltas[f"{module}.weight"] = LowRank(down=down, up=up, alpha=None if alpha == down.shape[0] else alpha)
+    header |= {"wanflow.method": "lora", "wanflow.steps": str(p["train.steps"]),
+               "wanflow.lora_rank": str(p["train.lora_rank"]), "wanflow.lora_alpha": f"{alpha:g}"}
+    lora = LoraFile("wanflow", deltas)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_lora(lora, Path(tmp) / "lora.safetensors", step.dialect,
+                          base_model=header.get("wanflow.base_model"),
+                          recipe_digest=header.get("wanflow.recipe_digest"), metadata=header)
+        return path.read_bytes()

@@ -1,0 +1,113 @@
+"""What a training run trains: LoRA adapters injected by peft, or whole components.
+
+LoRA: peft's ``LoraConfig`` + ``inject_adapter_in_model`` on the DiT, DiffSynth's way (A Kaiming,
+B zero, so the first step starts from the base model; suffix matching of the target names).
+Optionally the adapter starts from a LoRA file (``lora_init``) and a preset LoRA is merged into
+the base first (differential training). The trained adapter is read back as wanflow's canonical
+``LoraFile`` (official parameter names), which every LoRA dialect can be written from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wanflow.errors import ModelInputError
+from wanflow.lora.delta import LoraFile, LowRank
+
+ADAPTER = "default"
+
+
+def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: float, seed: int) -> list[str]:
+    """Add a LoRA adapter on every Linear whose name ends with a target; freeze everything else.
+
+    Returns the names of the adapted modules. Peft's initialisation draws from the global RNG,
+    so it runs under a fork of it seeded by ``seed``: the same recipe gives the same start.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    matched = adapted_modules(model, targets)
+    if not matched:
+        raise ModelInputError(f"[train].lora_targets = {list(targets)} match no Linear layer of the DiT; "
+                              "use names such as q, k, v, o, ffn.0, ffn.2")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                        init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    return matched
+
+
+def adapted_modules(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """Linear modules peft's suffix rule matches: the name is a target or ends with '.' + target."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+
+
+def _lora_pairs(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module, float]]:
+    """Official module name -> (lora_A, lora_B, scaling) of every peft LoRA layer."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
+            out[name] = (module.lora_A[ADAPTER], module.lora_B[ADAPTER], float(module.scaling[ADAPTER]))
+    return out
+
+
+def trained_lora(model: nn.Module, alpha: float, metadata: dict[str, str] | None = None) -> LoraFile:
+    """The adapter as a canonical LoRA: ΔW = B·A·alpha/rank for each adapted weight."""
+    deltas = {f"{name}.weight": LowRank(down=a.weight.detach().float().cpu().contiguous(),
+                                        up=b.weight.detach().float().cpu().contiguous(), alpha=float(alpha))
+              for name, (a, b, _) in _lora_pairs(model).items()}
+    return LoraFile("wanflow", deltas, metadata=dict(metadata or {}))
+
+
+def start_from(model: nn.Module, path: Path) -> None:
+    """Set the adapter to a LoRA file's factors (``lora_init``), keeping its ΔW exactly.
+
+    The file's factors are rescaled from its alpha/rank to the adapter's scaling, so the model
+    starts where the file leaves it; the ranks must agree.
+    """
+    from wanflow.lora.read import read_lora
+
+    lora = read_lora(path)
+    pairs = _lora_pairs(model)
+    unknown = [p for p in lora.deltas if p.removesuffix(".weight") not in pairs]
+    if unknown:
+        raise ModelInputError(f"[train].lora_init = {path}: {len(unknown)} of its deltas patch modules the "
+                              f"adapter does not train (e.g. {unknown[0]}); train the same lora_targets")
+    with torch.no_grad():
+        for parameter, delta in lora.deltas.items():
+            a, b, scaling = pairs[parameter.removesuffix(".weight")]
+            if not isinstance(delta, LowRank) or delta.rank != a.weight.shape[0]:
+                raise ModelInputError(f"[train].lora_init = {path}: {parameter} is not a rank-"
+                                      f"{a.weight.shape[0]} low-rank pair; set lora_rank to the file's rank")
+            a.weight.copy_(delta.down.reshape(a.weight.shape))
+            b.weight.copy_(delta.up.reshape(b.weight.shape) * (delta.scale / scaling))
+
+
+def merge_preset(model: nn.Module, path: Path, scale: float) -> None:
+    """Fold a LoRA into the base weights before the adapter is added (differential training)."""
+    from wanflow.lora.apply import merge
+    from wanflow.lora.read import read_lora
+
+    merge(model, [read_lora(path)], [scale], model_name="the DiT", labels=[f"preset LoRA {path.name}"])
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Full fine-tuning: every parameter of the component trains."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A fully fine-tuned component's weights under their official names."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.state_dict().items()}

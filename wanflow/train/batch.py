@@ -1,0 +1,92 @@
+"""A micro-batch of encoded samples, and the loss of a DiT on it.
+
+Samples arrive as the cached outputs of their encode steps: umT5 features (1, L, D), the clip's
+latent x0 (1, z, T, h, w), and where the family takes them, the I2V conditioning y and CLIP
+tokens. A batch stacks samples of one bucket (one size); prompts of different lengths are
+zero-padded, which is what the DiT does to every prompt anyway (to 512 tokens, unmasked).
+
+Two objectives: ``sft`` (flow matching, DiffSynth's FlowMatchSFTLoss, with TI2V's first frame
+kept clean and left out of the loss) and ``direct_distill`` (run the few-step sampler with
+gradients and regress the final latent on the teacher's video).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from wanflow.train.objective import Draw, noised, velocity_target, weighted_mse
+
+
+@attrs.frozen(eq=False)
+class Batch:
+    """Encoded samples of one size, on the training device."""
+
+    context: torch.Tensor  # (B, L, D) zero-padded
+    x0: torch.Tensor  # (B, z, T, h, w) fp32
+    y: torch.Tensor | None = None  # (B, 4 + z, T, h, w): I2V / FLF2V
+    clip: torch.Tensor | None = None  # (B·n, 257, 1280): Wan2.1 I2V / FLF2V
+    first_frame: bool = False  # TI2V: frame 0 is the given image (kept clean)
+
+    @property
+    def size(self) -> int:
+        return int(self.x0.shape[0])
+
+
+def collate(samples: Sequence[dict[str, torch.Tensor]], device: str, first_frame: bool = False) -> Batch:
+    """Stack encoded samples (each a dict with context, x0 and optionally y, clip)."""
+    longest = max(s["context"].shape[1] for s in samples)
+    context = torch.cat([F.pad(s["context"], (0, 0, 0, longest - s["context"].shape[1])) for s in samples])
+
+    def stacked(name: str) -> torch.Tensor | None:
+        if name not in samples[0]:
+            return None
+        return torch.cat([s[name] for s in samples]).to(device)
+
+    return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame)
+
+
+def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """(B,) timesteps, or per token (B, L) with 0 on the clean first frame (TI2V)."""
+    if not batch.first_frame:
+        return t
+    _, _, frames, h, w = batch.x0.shape
+    grid = torch.ones(frames // patch[0], h // patch[1], w // patch[2], device=t.device)
+    grid[0] = 0
+    return grid.flatten()[None] * t[:, None]
+
+
+def velocity(dit: torch.nn.Module, batch: Batch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The DiT's velocity at noisy latents ``x`` and timesteps ``t`` (B,), fp32."""
+    timesteps = token_timesteps(batch, t.to(x.device), dit.cfg.patch_size)
+    return dit(x, timesteps, batch.context, clip_fea=batch.clip, y=batch.y).float()
+
+
+def sft_loss(dit: torch.nn.Module, batch: Batch, d: Draw) -> torch.Tensor:
+    """Weighted MSE between the predicted velocity and ε − x0 at the drawn noise levels."""
+    x0 = batch.x0
+    noise = d.noise.to(x0.device)
+    x = noised(x0, noise, d.sigma)
+    target = velocity_target(x0, noise)
+    if batch.first_frame:  # TI2V: the first latent frame is the clean image, not learned
+        x = torch.cat([x0[:, :, :1], x[:, :, 1:]], dim=2)
+    pred = velocity(dit, batch, x, d.t)
+    if batch.first_frame:
+        pred, target = pred[:, :, 1:], target[:, :, 1:]
+    return weighted_mse(pred, target, d.weight)
+
+
+def distill_loss(dit: torch.nn.Module, batch: Batch, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Run the Euler sampler over ``sigmas`` from ``noise`` with gradients; MSE to the teacher x0."""
+    x = noise.to(batch.x0.device)
+    if batch.first_frame:
+        x = torch.cat([batch.x0[:, :, :1], x[:, :, 1:]], dim=2)
+    for i in range(len(sigmas) - 1):
+        t = torch.full((batch.size,), float(sigmas[i]) * 1000.0, device=x.device)
+        x = x + velocity(dit, batch, x, t) * float(sigmas[i + 1] - sigmas[i])
+        if batch.first_frame:
+            x = torch.cat([batch.x0[:, :, :1], x[:, :, 1:]], dim=2)
+    return F.mse_loss(x.float(), batch.x0.float())
