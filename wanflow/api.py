@@ -227,10 +227,12 @@ def _as_message(_logger: Any, _method: str, event: Mapping[str, Any]) -> str:
 
 
 def final_output(outcome: RunOutcome) -> Path:
-    """The file a run is for: the output of its ``save`` step in the archive (else the archive)."""
-    for ps in outcome.plan.steps:
-        if ps.spec.step.kind == "save" and ps.spec.archive_as:
-            return outcome.archive / "outputs" / ps.spec.archive_as
+    """The file a run is for: the output of its ``save`` step in the archive, or of a training
+    run's (first) ``export``; else the archive."""
+    for kind in ("export", "save"):
+        for ps in outcome.plan.steps:
+            if ps.spec.step.kind == kind and ps.spec.archive_as:
+                return outcome.archive / "outputs" / ps.spec.archive_as
     return outcome.archive
 
 

@@ -30,6 +30,9 @@ def _with_seed(resolved: Any, path: str, sets: tuple[str, ...]) -> Any:
 
     from wanflow.sampling import draw_seed
 
+    train = getattr(resolved.recipe, "train", None)
+    if train is not None:  # a training run's videos are drawn from the training seed
+        return _load(path, (*sets, f"sampler.seed={train.seed}"))
     seed = draw_seed()
     structlog.get_logger(__name__).info("seed.drawn", seed=seed, recipe=path,
                                         note="recorded in resolved.toml and the lock")

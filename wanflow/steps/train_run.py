@@ -12,14 +12,9 @@ import torch
 
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
-from wanflow.train.adapters import (
-    full_state,
-    inject_lora,
-    merge_preset,
-    start_from,
-    unfreeze,
-)
+from wanflow.train.adapters import full_state
 from wanflow.train.batch import Batch, collate
+from wanflow.train.build import build_expert
 from wanflow.train.loop import Expert, Settings, Trainer
 from wanflow.train.order import batch_order
 
@@ -65,33 +60,9 @@ def step_is_lora(p: Any) -> bool:
 
 
 def _expert(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
-    from wanflow.models.dit_loader import load_dit
-
-    p = ctx.params
-    lora = step_is_lora(p)
-    # LoRA: the frozen base computes in the run's dtype, the adapter keeps fp32 (peft upcasts it);
-    # full fine-tuning: fp32 master weights, bf16 compute through autocast on CUDA.
-    dtype = compute if lora else torch.float32
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
-    model = load_dit(files, dtype=dtype, device=device,
-                     attention_kernel=p["runtime.attention"])
-    model.requires_grad_(False)
-    if "preset_lora" in step.init:
-        merge_preset(model, ctx.weight("preset_lora"), float(p["train.preset_lora_scale"]))
-    if lora:
-        inject_lora(model, tuple(p["train.lora_targets"]), int(p["train.lora_rank"]),
-                    float(p["train.lora_alpha"]), int(p["train.seed"]))
-        if "lora_init" in step.init:
-            start_from(model, ctx.weight("lora_init"))
-    else:
-        unfreeze(model)
-    model.gradient_checkpointing = bool(p["train.gradient_checkpointing"])
-    model.train()
-    if not step.boundary:
-        return Expert(role, model)
-    if role == "dit_high_noise":
-        return Expert(role, model, t_min=step.boundary)
-    return Expert(role, model, t_max=step.boundary)
+    init = {name: ctx.weight(name) for name in step.init}
+    return build_expert(role, files, ctx.params, init, device, compute, step.boundary)
 
 
 def _sample(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:

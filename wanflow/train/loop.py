@@ -27,6 +27,9 @@ from wanflow.train.order import BatchOrder
 
 log = structlog.get_logger(__name__)
 
+#: The draws of the validation loss come from their own stream, never from a training step's.
+VALIDATION_STREAM = 0x7A11D
+
 
 @attrs.frozen
 class Settings:
@@ -118,8 +121,10 @@ class Trainer:
 
     def __init__(self, experts: Sequence[Expert], settings: Settings, order: BatchOrder,
                  fetch: Callable[[tuple[int, ...]], Batch],
-                 validate: Callable[[int], tuple[dict[str, torch.Tensor], float]] | None = None):
+                 validate: Callable[[int], tuple[dict[str, torch.Tensor], float]] | None = None,
+                 rank: int = 0, world: int = 1):
         self.experts, self.settings, self.order, self.fetch = list(experts), settings, order, fetch
+        self.rank, self.world = rank, world
         self.validate = validate
         self.schedule = TrainingSchedule.build(settings.shift, settings.loss_weighting)
         self.range = self.schedule.index_range(settings.timestep_range)
@@ -189,9 +194,10 @@ class Trainer:
         for micro in range(s.gradient_accumulation):
             number = self.step * s.gradient_accumulation + micro
             t0 = time.perf_counter()
-            batch = self.fetch(self.order.batch(number))
+            positions, indices = self.shard(self.order.batch(number))
+            batch = self.fetch(indices)
             t1 = time.perf_counter()
-            loss = self._loss(batch, generator(s.seed, self.step, micro)) / s.gradient_accumulation
+            loss = self._loss(batch, (self.step, micro), positions) / s.gradient_accumulation
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
@@ -207,15 +213,24 @@ class Trainer:
         timings.optimizer += time.perf_counter() - t4
         return total
 
-    def _loss(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
+    def shard(self, batch: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """This process's part of a global batch: (positions in the batch, dataset indices)."""
+        per = -(-len(batch) // self.world)
+        positions = tuple(range(self.rank * per, min(len(batch), (self.rank + 1) * per)))
+        return positions, tuple(batch[j] for j in positions)
+
+    def _loss(self, batch: Batch, stream: tuple[int, ...], positions: tuple[int, ...]) -> torch.Tensor:
+        """The micro-batch's loss; every draw is seeded by (seed, *stream[, position])."""
+        s = self.settings
         context = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) \
-            if self.settings.offload_activations else _nothing()
+            if s.offload_activations else _nothing()
         with context:
-            if self.settings.task == "direct_distill":
-                noise = torch.randn(batch.x0.shape, generator=gen, dtype=torch.float32)
-                return distill_loss(self.experts[0].model, batch, noise, self.settings.distill_sigmas)
-            expert, index_range = self._route(gen)
-            d = draw(self.schedule, batch.x0, index_range, gen)
+            if s.task == "direct_distill":
+                noise = torch.cat([torch.randn(batch.x0[:1].shape, generator=generator(s.seed, *stream, j))
+                                   for j in positions])
+                return distill_loss(self.experts[0].model, batch, noise, s.distill_sigmas)
+            expert, index_range = self._route(generator(s.seed, *stream))
+            d = draw(self.schedule, batch.x0, index_range, s.seed, stream, positions)
             return sft_loss(expert.model, batch, d)
 
     def _route(self, gen: torch.Generator) -> tuple[Expert, tuple[int, int]]:
@@ -236,16 +251,7 @@ class Trainer:
         if not batches:
             return math.nan
         with torch.no_grad():
-            losses = []
-            for j, batch in enumerate(batches):
-                gen = generator(self.settings.seed, 0x7A11D, j)
-                if self.settings.task == "direct_distill":
-                    noise = torch.randn(batch.x0.shape, generator=gen, dtype=torch.float32)
-                    losses.append(float(distill_loss(self.experts[0].model, batch, noise,
-                                                     self.settings.distill_sigmas)))
-                    continue
-                expert, index_range = self._route(gen)
-                losses.append(float(sft_loss(expert.model, batch, draw(self.schedule, batch.x0, index_range, gen))))
+            losses = [float(self._loss(batch, (VALIDATION_STREAM, j), (0,))) for j, batch in enumerate(batches)]
         return sum(losses) / len(losses)
 
 

@@ -12,6 +12,8 @@ resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 import torch
 
@@ -68,13 +70,23 @@ class Draw:
     noise: torch.Tensor  # like x0, fp32
 
 
-def draw(schedule: TrainingSchedule, x0: torch.Tensor, index_range: tuple[int, int],
-         gen: torch.Generator) -> Draw:
-    """Timestep indices uniform in ``index_range`` and Gaussian noise shaped like ``x0``."""
+def draw(schedule: TrainingSchedule, x0: torch.Tensor, index_range: tuple[int, int], seed: int,
+         stream: tuple[int, ...], positions: Sequence[int]) -> Draw:
+    """A timestep index uniform in ``index_range`` and Gaussian noise for each sample of a batch.
+
+    Sample ``positions[j]`` (its place in the global batch) draws from its own generator, seeded
+    by (seed, *stream, position): the same sample gets the same draw whether the batch runs in one
+    process or is split across several.
+    """
     lo, hi = index_range
-    index = torch.randint(lo, hi, (x0.shape[0],), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
-    return Draw(index, schedule.sigmas[index], schedule.timesteps[index], schedule.weights[index], noise)
+    indices, noises = [], []
+    for j, position in enumerate(positions):
+        gen = generator(seed, *stream, position)
+        indices.append(torch.randint(lo, hi, (1,), generator=gen))
+        noises.append(torch.randn(x0[j:j + 1].shape, generator=gen, dtype=torch.float32))
+    index = torch.cat(indices)
+    return Draw(index, schedule.sigmas[index], schedule.timesteps[index], schedule.weights[index],
+                torch.cat(noises))
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

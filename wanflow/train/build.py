@@ -1,0 +1,45 @@
+"""The models a training run trains, built the same way in one process or in each of several."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wanflow.train.adapters import inject_lora, merge_preset, start_from, unfreeze
+from wanflow.train.loop import Expert
+
+
+def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], init: Mapping[str, Path],
+                 device: str, compute: torch.dtype, boundary: float) -> Expert:
+    """One DiT ready to train: loaded, preset LoRA merged, adapter injected (or unfrozen).
+
+    LoRA: the frozen base computes in the run's dtype and the adapter keeps fp32 (peft upcasts
+    it). Full fine-tuning: fp32 master weights (bf16 compute through autocast on CUDA).
+    ``init`` maps "lora_init" / "preset_lora" to their files when the recipe names them;
+    ``boundary`` (A14B) is the t where the high-noise expert hands over, 0 for one DiT.
+    """
+    from wanflow.models.dit_loader import load_dit
+
+    lora = params["train.method"] == "lora"
+    model = load_dit(list(files), dtype=compute if lora else torch.float32, device=device,
+                     attention_kernel=params["runtime.attention"])
+    model.requires_grad_(False)
+    if "preset_lora" in init:
+        merge_preset(model, init["preset_lora"], float(params["train.preset_lora_scale"]))
+    if lora:
+        inject_lora(model, tuple(params["train.lora_targets"]), int(params["train.lora_rank"]),
+                    float(params["train.lora_alpha"]), int(params["train.seed"]))
+        if "lora_init" in init:
+            start_from(model, init["lora_init"])
+    else:
+        unfreeze(model)
+    model.gradient_checkpointing = bool(params["train.gradient_checkpointing"])
+    model.train()
+    if not boundary:
+        return Expert(role, model)
+    if role == "dit_high_noise":
+        return Expert(role, model, t_min=boundary)
+    return Expert(role, model, t_max=boundary)
