@@ -39,8 +39,9 @@ def test_validate_reports_what_the_pipeline_cannot_honour_yet(tmp_path, capsys):
     (tmp_path / "data.csv").write_text("video,prompt\n")
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "fp8" not in err  # fp8 storage is honoured: no problem of its own
-    assert "r.toml: [train]: training is not implemented yet" in err
+    # fp8 storage of a LoRA's frozen base needs CUDA (it computes through fp8 kernels there)
+    assert "[memory].fp8 = true: training computes with an fp8-stored base only on a CUDA device" in err
+    assert "r.toml: [train].dataset: " in err and "data.csv: holds no rows" in err  # checked, not refused
     assert "Traceback" not in err
 
 
@@ -156,7 +157,7 @@ def test_validate_reports_every_setting_it_cannot_honour_at_once(workdir, capsys
     assert main(["validate", "r.toml"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    for expected in ("r.toml: [train]: training is not implemented yet",
+    for expected in ("r.toml: [train].dataset: data.csv: holds no rows",
                      'r.toml: [runtime].attention = "flash": no attention backend of that name is installed',
                      'r.toml: [sampler].noise_device = "cuda": this machine has no CUDA device',
                      'r.toml: [models.dit].source = "weights": is a folder without the dit files '
@@ -182,11 +183,11 @@ def test_run_refuses_an_unreadable_source_video_before_any_step(workdir, capsys)
     assert not (workdir / "runs").exists()
 
 
-def test_run_refuses_a_train_table_instead_of_generating(workdir, capsys):
+def test_run_refuses_an_empty_training_dataset_before_any_step(workdir, capsys):
     (workdir / "data.csv").write_text("video,prompt\n")
     (workdir / "r.toml").write_text('model = "wanflow-tiny"\n[train]\ndataset = "data.csv"\n')
     assert main(["run", "r.toml"]) == 2
-    assert "r.toml: [train]: training is not implemented yet" in capsys.readouterr().err
+    assert "r.toml: [train].dataset: data.csv: holds no rows; add a row per clip (video or image, prompt)" in capsys.readouterr().err
     assert not (workdir / "runs").exists()
 
 

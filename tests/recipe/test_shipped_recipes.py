@@ -10,7 +10,10 @@ from wanflow.plugins import build_registry
 from wanflow.recipe import load_recipe
 from wanflow.recipe.canonical import format_file
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
+#: Generation recipes; the training ones (train-*.toml) need a dataset and are validated with one
+#: in tests/recipe/test_train_validation.py.
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.toml")
+                 if not p.name.startswith("train-"))
 
 
 def test_every_builtin_family_has_a_recipe():

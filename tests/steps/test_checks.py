@@ -35,11 +35,10 @@ def test_a_plain_recipe_has_no_problem(tmp_path):
     assert problems(tmp_path, TINY) == []
 
 
-def test_train_table_is_not_implemented_yet(tmp_path):
+def test_a_train_table_has_its_dataset_checked(tmp_path):
     (tmp_path / "data.csv").write_text("video,prompt\n")
     found = problems(tmp_path, 'model = "wanflow-tiny"\n[train]\ndataset = "data.csv"\n')
-    assert found == ["r.toml: [train]: training is not implemented yet; remove the [train] table "
-                     "(a recipe with it would only generate a video)"]
+    assert found == ["r.toml: [train].dataset: data.csv: holds no rows; add a row per clip (video or image, prompt)"]
 
 
 @pytest.mark.parametrize("policy", ["stream", "disk", "offload"])

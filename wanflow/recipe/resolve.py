@@ -29,6 +29,7 @@ from wanflow.recipe.source import (
     parse_override,
 )
 from wanflow.recipe.structure import structure
+from wanflow.recipe.train_rules import TRAIN_PATHS
 from wanflow.recipe.validate import check_identity, check_recipe
 
 
@@ -160,7 +161,9 @@ def file_paths(recipe: Recipe) -> dict[KeyPath, Path]:
         if lora.path:
             out[("lora", i, "path")] = Path(lora.path)
     if recipe.train is not None:
-        out[("train", "dataset")] = Path(recipe.train.dataset)
+        for field in TRAIN_PATHS:
+            if getattr(recipe.train, field):
+                out[("train", field)] = Path(getattr(recipe.train, field))
     for name, model in recipe.models.items():
         if model.source and (":" not in model.source.split("/")[0] or Path(model.source).exists()):
             out[("models", name, "source")] = Path(model.source)

@@ -15,6 +15,7 @@ from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.problems import Problems, did_you_mean
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
+from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
 
 
 def check_identity(recipe: Recipe, families: FamilyLookup, problems: Problems) -> FamilySpec | None:
@@ -40,6 +41,8 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_models(recipe, family, problems)
     _check_loras(recipe, family, problems)
     _check_cache(recipe, family, problems)
+    if recipe.train is not None:
+        check_train(recipe, family, problems)
     _check_files(paths, problems)
 
 
@@ -109,7 +112,9 @@ def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
             problems.add(("inputs", name), getattr(recipe.inputs, name),
                          f"{family.name} does not take this input (it takes: {takes}); remove it "
                          "or choose a family that does")
-    for name in sorted(family.required_inputs):
+    # A training stage's samples bring their own inputs; its validation videos need the recipe's.
+    needs_inputs = recipe.train is None or bool(recipe.train.validation_prompts)
+    for name in sorted(family.required_inputs) if needs_inputs else ():
         if getattr(recipe.inputs, name) is None and not problems.is_bad(("inputs", name)):
             problems.add(("inputs", name), None, f"is required by {family.name}; add {name} = \"path\" "
                          "under [inputs]", show_value=False)
@@ -178,9 +183,15 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
 
 
 def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> None:
+    """Every named path exists; a file where a file is meant, a folder where a folder is."""
     for key, (written, path) in paths.items():
+        folder_ok = key[0] == "models" or (key[0] == "train" and key[-1] in TRAIN_FOLDERS)
         if not path.exists():
-            problems.add(key, written, f"no such file ({path}); fix the path (a relative path starts "
+            what = "file or folder" if folder_ok else "file"
+            problems.add(key, written, f"no such {what} ({path}); fix the path (a relative path starts "
                          "at the folder of the recipe that names it)")
-        elif path.is_dir() and key[0] != "models":
+        elif path.is_dir() and not folder_ok:
             problems.add(key, written, "is a folder; name a file")
+        elif key == ("train", "base_path") and not path.is_dir():
+            problems.add(key, written, "is a file; name the folder that the dataset's media paths are "
+                         "relative to (or remove it: they resolve against the metadata file's folder)")

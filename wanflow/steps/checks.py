@@ -48,11 +48,13 @@ def unsupported(resolved: Any, catalog: Any = None) -> list[str]:
 
 
 def _not_implemented(resolved: Any, where: Where) -> list[str]:
-    """Settings that validate as data but that no step honours yet."""
+    """Settings that validate as data but that no step can honour: a training stage's dataset,
+    packages and weights that would only fail once models load."""
     found: list[str] = []
     if resolved.recipe.train is not None:
-        found.append(f"{where('train.dataset')}: [train]: training is not implemented yet; remove the "
-                     "[train] table (a recipe with it would only generate a video)")
+        from wanflow.steps.train_checks import train_problems
+
+        found += train_problems(resolved, where)
     return found
 
 

@@ -1,0 +1,220 @@
+"""A `[train]` table is checked whole at validation: every bad setting is refused with its file, key and
+fix (exit 2, no traceback), and every shipped training recipe validates on a generated dataset without
+any weights on the machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.test_dataset import _video
+from wanflow.cli import main
+from wanflow.errors import RecipeError
+from wanflow.plugins import build_registry
+from wanflow.recipe import load_recipe
+from wanflow.recipe.canonical import format_file
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_RECIPES = sorted((ROOT / "recipes").glob("train-*.toml"))
+T2V = 'model = "wan2.1-t2v-1.3b"\n[train]\ndataset = "data.csv"\n'
+A14B = 'model = "wan2.2-t2v-a14b"\n[train]\ndataset = "data.csv"\n'
+
+
+@pytest.fixture(autouse=True)
+def _here(tmp_path, monkeypatch):
+    """Recipes in tmp_path, messages relative to it, no weights anywhere (validation needs none)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data.csv").write_text("video,prompt\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """A folder of two captioned 9-frame clips: a dataset every shipped training recipe can size."""
+    root = tmp_path_factory.mktemp("clips")
+    for i in range(2):
+        _video(root / f"clip{i}.mp4", 9, 64, 48)
+        (root / f"clip{i}.txt").write_text(f"clip number {i}", encoding="utf-8")
+    return root
+
+
+def refused(tmp_path: Path, text: str, *sets: str) -> list[str]:
+    path = tmp_path / "r.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, sets=sets)
+    return caught.value.problems
+
+
+def test_a_plain_training_recipe_resolves(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(T2V, encoding="utf-8")
+    resolved = load_recipe(path)
+    assert resolved.recipe.train.dataset == str(tmp_path / "data.csv")  # absolute, like every input
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    ("frames = 80", "r.toml: [train].frames = 80: must be 4n+1 (77 or 81)"),
+    ("width = 832", "r.toml: [train].height = 0: set both width and height for a fixed size, or neither"),
+    ("width = 840\nheight = 480", "r.toml: [train].width = 840: must be a multiple of 16 for wan2.1-t2v-1.3b"),
+    ("frame_buckets = [9, 10, 85]", "r.toml: [train].frame_buckets = [9, 10, 85]: 10, 85: each bucket must be "
+                                    "4n+1 and at most [train].frames (81)"),
+    ("width = 832\nheight = 480\naspect_ratios = [1.5]", "r.toml: [train].aspect_ratios = [1.5]: only applies to "
+                                                         "dynamic resolution"),
+    ("max_pixels = 100", "r.toml: [train].max_pixels = 100: is smaller than one 16×16 tile; use at least 256"),
+    ('components = ["vae"]', "r.toml: [train].components = [\"vae\"]: 'vae' cannot be trained: a LoRA is trained "
+                             "on a DiT"),
+    ('method = "full"\ncomponents = ["text_encoder"]', "'text_encoder' cannot be trained: full fine-tuning trains "
+                                                       "DiTs, and the encoders run once per sample as cached steps"),
+    ('components = ["dit_high_noise"]', "r.toml: [train].components = [\"dit_high_noise\"]: wan2.1-t2v-1.3b has no "
+                                        "component 'dit_high_noise'"),
+    ('components = ["dit", "dit"]', "names 'dit' twice; list each component once"),
+    ("lora_targets = []", "r.toml: [train].lora_targets = []: is empty, so the LoRA would change nothing"),
+    ('lora_targets = ["q", " "]', "r.toml: [train].lora_targets = [\"q\", \" \"]: holds an empty name"),
+    ('method = "full"\nlora_init = "data.csv"', 'r.toml: [train].lora_init = "data.csv": continues a LoRA, but '
+                                                'method = "full" trains the weights themselves'),
+    ('method = "full"\nexport_dialect = "comfyui"', 'r.toml: [train].export_dialect = "comfyui": names a LoRA '
+                                                    'dialect, but method = "full" writes DiT weights'),
+    ("preset_lora_scale = 0.5", "r.toml: [train].preset_lora_scale = 0.5: has no preset LoRA to scale"),
+    ('lora_init = "data.csv"\npreset_lora = "data.csv"', 'r.toml: [train].preset_lora = "data.csv": is also '
+                                                          'lora_init'),
+    ("timestep_range = [0.6, 0.2]", "r.toml: [train].timestep_range = [0.6, 0.2]: must be [min, max] with "
+                                    "min < max"),
+    ("timestep_range = [0.5, 0.5]", "r.toml: [train].timestep_range = [0.5, 0.5]: must be [min, max] with "
+                                    "min < max"),
+    ("timestep_range = [0.0, 1.5]", "r.toml: [train].timestep_range = 1.5: must be ≤ 1"),
+    ("steps = 100\nwarmup_steps = 100", "r.toml: [train].warmup_steps = 100: is not below [train].steps (100)"),
+    ("steps = 100\nvalidate_every = 200", "r.toml: [train].validate_every = 200: is more than [train].steps (100)"),
+    ("validate_every = 50", "r.toml: [train].validate_every = 50: has nothing to validate"),
+    ('validation_prompts = ["a cat", ""]', "r.toml: [train].validation_prompts = [\"a cat\", \"\"]: holds an "
+                                           "empty prompt"),
+    ("processes = 2", "r.toml: [train].processes = 2: needs a distribution to share the work"),
+    ("gradient_checkpointing = false\noffload_activations = true",
+     "r.toml: [train].offload_activations = true: offloads the activations that gradient checkpointing keeps"),
+    ("learning_rate = inf", "r.toml: [train].learning_rate = inf: must be a finite number"),
+    ("lora_alpha = inf", "r.toml: [train].lora_alpha = inf: must be a finite number"),
+])
+def test_a_bad_setting_is_refused_naming_its_key_and_the_fix(tmp_path, lines, expected):
+    problems = refused(tmp_path, T2V + lines + "\n")
+    assert any(expected in p for p in problems), "\n".join(problems)
+
+
+def test_fp8_storage_is_refused_for_full_fine_tuning(tmp_path):
+    problems = refused(tmp_path, T2V + 'method = "full"\n[memory]\nfp8 = true\n')
+    assert problems == ['r.toml: [memory].fp8 = true: stores frozen weights in fp8, but [train].method = "full" '
+                        'trains the DiT itself; set fp8 = false, or train a LoRA (method = "lora")']
+
+
+def test_sizes_are_multiples_of_the_familys_spatial_factor(tmp_path):
+    ti2v = T2V.replace("wan2.1-t2v-1.3b", "wan2.2-ti2v-5b")
+    problems = refused(tmp_path, ti2v + "width = 848\nheight = 480\n")
+    assert problems == ["r.toml: [train].width = 848: must be a multiple of 32 for wan2.2-ti2v-5b (VAE stride × "
+                        "patch size): use 832 or 864"]
+
+
+def test_a14b_components_are_the_experts(tmp_path):
+    problems = refused(tmp_path, A14B + 'components = ["dit"]\n')
+    assert problems == ["r.toml: [train].components = [\"dit\"]: wan2.2-t2v-a14b has no component 'dit' (its "
+                        "components: dit_high_noise, dit_low_noise, text_encoder, tokenizer, vae); its DiTs are "
+                        "dit_high_noise and dit_low_noise"]
+    path = tmp_path / "r.toml"
+    path.write_text(A14B + 'components = ["dit_low_noise"]\n', encoding="utf-8")
+    assert load_recipe(path).recipe.train.components == ("dit_low_noise",)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    problems = refused(tmp_path, T2V + "frames = 80\nprocesses = 2\nlearning_rate = inf\n"
+                                       'timestep_range = [0.9, 0.1]\n')
+    assert len(problems) == 4, "\n".join(problems)
+
+
+def test_paths_resolve_against_the_recipe_folder_and_folders_go_where_folders_may(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "init.safetensors").write_bytes(b"")
+    problems = refused(tmp_path, T2V.replace("data.csv", "clips") + 'base_path = "data.csv"\n'
+                       'lora_init = "clips"\npreset_lora = "gone.safetensors"\n')
+    assert problems == [
+        'r.toml: [train].base_path = "data.csv": is a file; name the folder that the dataset\'s media paths are '
+        "relative to (or remove it: they resolve against the metadata file's folder)",
+        'r.toml: [train].lora_init = "clips": is a folder; name a file',
+        f'r.toml: [train].preset_lora = "gone.safetensors": no such file ({tmp_path / "gone.safetensors"}); fix '
+        "the path (a relative path starts at the folder of the recipe that names it)"]
+    path = tmp_path / "r.toml"
+    path.write_text(T2V.replace("data.csv", "clips") + 'base_path = "clips"\nlora_init = "init.safetensors"\n',
+                    encoding="utf-8")
+    train = load_recipe(path).recipe.train
+    assert (train.dataset, train.base_path, train.lora_init) == (
+        str(tmp_path / "clips"), str(tmp_path / "clips"), str(tmp_path / "init.safetensors"))
+
+
+def test_a_missing_or_empty_dataset_is_named(tmp_path):
+    assert refused(tmp_path, T2V.replace("data.csv", "nope/metadata.csv")) == [
+        f'r.toml: [train].dataset = "nope/metadata.csv": no such file or folder '
+        f"({tmp_path / 'nope' / 'metadata.csv'}); fix the path (a relative path starts at the folder of the "
+        "recipe that names it)"]
+    assert refused(tmp_path, T2V.replace("data.csv", "")) == [
+        'r.toml: [train].dataset = "": is empty; name the metadata file (.csv, .json or .jsonl) or a folder of '
+        "media with .txt captions"]
+
+
+def test_a_training_recipe_needs_the_familys_inputs_only_for_validation_videos(tmp_path):
+    i2v = T2V.replace("wan2.1-t2v-1.3b", "wan2.1-i2v-14b-480p")
+    path = tmp_path / "r.toml"
+    path.write_text(i2v, encoding="utf-8")
+    assert load_recipe(path).recipe.inputs.image is None  # the samples bring their first frames
+    problems = refused(tmp_path, i2v + 'validation_prompts = ["a cat"]\n')
+    assert problems == ['r.toml: [inputs].image: is required by wan2.1-i2v-14b-480p; add image = "path" under '
+                        "[inputs]"]
+
+
+def test_validate_exits_2_naming_file_and_key_without_a_traceback(tmp_path, capsys):
+    (tmp_path / "r.toml").write_text(T2V + "frames = 80\nprocesses = 2\n", encoding="utf-8")
+    assert main(["validate", "r.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "r.toml: [train].frames = 80: must be 4n+1" in err
+    assert "r.toml: [train].processes = 2: needs a distribution" in err
+    assert "Traceback" not in err
+
+
+def test_the_command_line_refuses_a_bad_set_of_a_train_key(tmp_path):
+    (tmp_path / "r.toml").write_text(T2V, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "wanflow", "validate", "r.toml", "--set",
+                           "train.timestep_range=[0.7, 0.3]"], capture_output=True, text=True, env=env, check=False,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "--set train.timestep_range=[0.7, 0.3]: [train].timestep_range = [0.7, 0.3]: must be [min, max]" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_four_training_recipes_ship_one_per_family_kind():
+    families = build_registry(entry_points=False)
+    models = {p.stem: load_recipe(p, families=families, sets=["train.dataset=."]).model for p in TRAIN_RECIPES}
+    assert sorted(models.values()) == ["wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b", "wan2.2-t2v-a14b",
+                                       "wan2.2-ti2v-5b"]
+
+
+@pytest.mark.parametrize("path", TRAIN_RECIPES, ids=[p.stem for p in TRAIN_RECIPES])
+def test_a_shipped_training_recipe_validates_on_a_generated_dataset_without_weights(path, clips, capsys):
+    text = path.read_text(encoding="utf-8")
+    assert format_file(str(path)) == text  # canonical
+    written = load_recipe(path, sets=[f"train.dataset={clips}"]).recipe
+    assert written.sampler.seed == 0 and written.train is not None
+    assert 'dataset = "data/' in text and "/metadata.csv\"" in text  # a dataset folder beside the recipe
+    assert main(["validate", str(path), "--set", f"train.dataset={clips}"]) == 0, capsys.readouterr().err
+    assert f"ok: {path}" in capsys.readouterr().out
+    assert list((Path(os.environ["WANFLOW_MODELS"])).iterdir()) == []  # nothing was downloaded
+
+
+def test_the_a14b_recipe_trains_both_experts():
+    a14b = next(p for p in TRAIN_RECIPES if "a14b" in p.stem)
+    resolved = load_recipe(a14b, sets=["train.dataset=."])
+    assert resolved.recipe.train.components == ("dit_high_noise", "dit_low_noise")

@@ -1,0 +1,159 @@
+"""Checks of a ``[train]`` table that need only the recipe and its family (no files, no packages).
+
+What needs the dataset, the DiT's weights or an installed engine is checked by the pipeline
+(``wanflow.steps.train_checks``), also before any model loads. Every problem names the key,
+the value and the fix, and all of them are reported together with the rest of the recipe's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from wanflow.families.spec import FamilySpec
+from wanflow.recipe.problems import Problems, did_you_mean
+from wanflow.recipe.schema import Recipe, Train
+
+#: ``[train]`` settings that name files or folders, resolved against the recipe's folder.
+TRAIN_PATHS = ("dataset", "base_path", "lora_init", "preset_lora")
+#: Those that may (dataset) or must (base_path) name a folder.
+TRAIN_FOLDERS = ("dataset", "base_path")
+#: Float settings that must be finite (TOML allows inf and nan; the range checks let inf through).
+_FINITE = ("learning_rate", "weight_decay", "max_grad_norm", "lora_alpha", "shift", "preset_lora_scale")
+
+
+def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """Every recipe-only problem of ``[train]``; problems are collected, nothing raised."""
+    t = recipe.train
+    if not t.dataset.strip():
+        _add(problems, "dataset", t.dataset, "is empty; name the metadata file (.csv, .json or .jsonl) or a "
+             "folder of media with .txt captions")
+    _check_sizes(t, family, problems)
+    _check_components(t, family, problems)
+    _check_method(recipe, problems)
+    _check_schedule(t, problems)
+    _check_validation(t, problems)
+    _check_runtime(t, problems)
+    for name in _FINITE:
+        if not math.isfinite(getattr(t, name)) and not problems.is_bad(("train", name)):
+            _add(problems, name, getattr(t, name), "must be a finite number")
+
+
+def dit_roles(family: FamilySpec) -> tuple[str, ...]:
+    """The family's DiTs: its two experts on A14B, else ``dit``."""
+    return tuple(family.experts) or tuple(c for c in ("dit",) if c in family.components)
+
+
+def _add(problems: Problems, key: str, value: object, message: str) -> None:
+    problems.add(("train", key), list(value) if isinstance(value, tuple) else value, message)
+
+
+def _check_sizes(t: Train, family: FamilySpec, problems: Problems) -> None:
+    """Clip sizes: what ``wanflow.train.Sizing`` would refuse, named by their ``[train]`` keys."""
+    f = family.spatial_factor
+    if bool(t.width) != bool(t.height):
+        key, value = ("width", t.width) if not t.width else ("height", t.height)
+        _add(problems, key, value, "set both width and height for a fixed size, or neither (0) for dynamic "
+             "resolution under max_pixels")
+    for key in ("width", "height"):
+        v = getattr(t, key)
+        if v % f and not problems.is_bad(("train", key)):
+            lo = max(f, v - v % f)
+            _add(problems, key, v, f"must be a multiple of {f} for {family.name} (VAE stride × patch size): "
+                 f"use {lo} or {lo + f}")
+    if t.width and t.aspect_ratios:
+        _add(problems, "aspect_ratios", t.aspect_ratios, "only applies to dynamic resolution; with a fixed "
+             "width and height every clip is cropped to that size: remove one of them")
+    if t.max_pixels < f * f and not problems.is_bad(("train", "max_pixels")):
+        _add(problems, "max_pixels", t.max_pixels, f"is smaller than one {f}×{f} tile; use at least {f * f}")
+    bad = [a for a in t.aspect_ratios if not (a > 0 and math.isfinite(a))]
+    if bad:
+        _add(problems, "aspect_ratios", t.aspect_ratios, "each must be a positive width/height ratio, "
+             "e.g. 1.777 for 16:9")
+    if (t.frames - 1) % 4 and not problems.is_bad(("train", "frames")):
+        lo = t.frames - (t.frames - 1) % 4
+        _add(problems, "frames", t.frames, f"must be 4n+1 ({lo} or {lo + 4}): the causal VAE encodes the "
+             "first frame alone and then groups of 4")
+    wrong = [n for n in t.frame_buckets if n < 1 or (n - 1) % 4 or n > t.frames]
+    if wrong:
+        _add(problems, "frame_buckets", t.frame_buckets, f"{', '.join(map(str, wrong))}: each bucket must be "
+             f"4n+1 and at most [train].frames ({t.frames})")
+
+
+def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
+    """What is trained: components the family has, each once, and DiTs only."""
+    dits = dit_roles(family)
+    seen: set[str] = set()
+    for name in t.components:
+        if name in seen:
+            _add(problems, "components", t.components, f"names {name!r} twice; list each component once")
+        seen.add(name)
+        if name not in family.components:
+            hint = (f"; its DiTs are {' and '.join(dits)}" if name == "dit" and family.experts
+                    else did_you_mean(name, family.components))
+            _add(problems, "components", t.components, f"{family.name} has no component {name!r} (its "
+                 f"components: {', '.join(sorted(family.components))}){hint}")
+        elif name not in dits:
+            what = "a LoRA is trained on a DiT" if t.method == "lora" else "full fine-tuning trains DiTs"
+            _add(problems, "components", t.components, f"{name!r} cannot be trained: {what}, and the encoders "
+                 f"run once per sample as cached steps; use {' and/or '.join(map(repr, dits))}")
+
+
+def _check_method(recipe: Recipe, problems: Problems) -> None:
+    """LoRA settings that LoRA training needs, and ones that would be ignored."""
+    t = recipe.train
+    if t.preset_lora_scale != 1.0 and not t.preset_lora:
+        _add(problems, "preset_lora_scale", t.preset_lora_scale, "has no preset LoRA to scale; set "
+             "preset_lora, or remove preset_lora_scale")
+    if t.lora_init and t.lora_init == t.preset_lora:
+        _add(problems, "preset_lora", t.preset_lora, "is also lora_init: the base would already hold the "
+             "LoRA being continued; keep one of them")
+    if t.method == "lora":
+        if not t.lora_targets:
+            _add(problems, "lora_targets", t.lora_targets, "is empty, so the LoRA would change nothing; name "
+                 'the modules, e.g. ["q", "k", "v", "o", "ffn.0", "ffn.2"] (DiffSynth\'s)')
+        elif any(not name.strip() for name in t.lora_targets):
+            _add(problems, "lora_targets", t.lora_targets, "holds an empty name; remove it")
+        return
+    if t.lora_init:
+        _add(problems, "lora_init", t.lora_init, 'continues a LoRA, but method = "full" trains the weights '
+             'themselves; use method = "lora", or remove lora_init')
+    if t.export_dialect != "diffsynth":
+        _add(problems, "export_dialect", t.export_dialect, 'names a LoRA dialect, but method = "full" writes '
+             "DiT weights with the official key names; remove it")
+    if recipe.memory.fp8:
+        problems.add(("memory", "fp8"), True, 'stores frozen weights in fp8, but [train].method = "full" '
+                     'trains the DiT itself; set fp8 = false, or train a LoRA (method = "lora")')
+
+
+def _check_schedule(t: Train, problems: Problems) -> None:
+    """The timestep range and the learning-rate warm-up."""
+    low, high = t.timestep_range
+    if low >= high and not problems.is_bad(("train", "timestep_range")):
+        _add(problems, "timestep_range", t.timestep_range, "must be [min, max] with min < max, as fractions "
+             "of the schedule in [0, 1] (e.g. [0, 0.417] for T2V-A14B's high-noise expert)")
+    if t.warmup_steps >= t.steps:
+        _add(problems, "warmup_steps", t.warmup_steps, f"is not below [train].steps ({t.steps}), so the "
+             f"learning rate would never finish warming up; use fewer than {t.steps}")
+
+
+def _check_validation(t: Train, problems: Problems) -> None:
+    """Validation cadence and prompts."""
+    if t.validate_every > t.steps:
+        _add(problems, "validate_every", t.validate_every, f"is more than [train].steps ({t.steps}), so "
+             f"it would never validate during training; use at most {t.steps}, or 0 (once, at the end)")
+    elif t.validate_every and not (t.validation_prompts or t.validation_samples):
+        _add(problems, "validate_every", t.validate_every, "has nothing to validate; add validation_prompts "
+             "(sample videos) or validation_samples (a held-out loss), or remove it")
+    if any(not p.strip() for p in t.validation_prompts):
+        _add(problems, "validation_prompts", t.validation_prompts, "holds an empty prompt; write what each "
+             "validation video shows, or remove the empty entry")
+
+
+def _check_runtime(t: Train, problems: Problems) -> None:
+    """Processes and activation offloading that only make sense with something else set."""
+    if t.processes > 1 and t.distribution == "none":
+        _add(problems, "processes", t.processes, 'needs a distribution to share the work; set [train].'
+             'distribution = "ddp" (or "fsdp", "deepspeed-zero2", "deepspeed-zero3"), or processes = 1')
+    if t.offload_activations and not t.gradient_checkpointing:
+        _add(problems, "offload_activations", True, "offloads the activations that gradient checkpointing "
+             "keeps, but gradient_checkpointing is false; turn it on, or offload_activations off")
