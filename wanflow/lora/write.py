@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from wanflow.lora.delta import AnyDelta, Full, LoHa, LoKr, LoraFile, LowRank
 from wanflow.lora.describe import delta_type, made_for, module_of
@@ -25,6 +24,7 @@ from wanflow.lora.dialects import WRITE_SPECS, LoraFormatError, WriteSpec
 from wanflow.lora.names import diffusers_module, dotted_module, underscored_module
 from wanflow.lora.peft_config import ADAPTER_METADATA_KEY, config_json
 from wanflow.models.checkpoint_files import capped
+from wanflow.models.stable_safetensors import save_stable
 
 _KIND_OF_TYPE = {"low-rank": "lowrank", "LoHa": "loha", "LoKr": "lokr", "full": "full"}
 
@@ -50,7 +50,7 @@ def write_lora(
         header[ADAPTER_METADATA_KEY] = config_json(peft_modules, lora_bias=any(k.endswith(".lora_B.bias") for k in tensors))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=header)
+    partial.write_bytes(save_stable({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
     os.replace(partial, path)
     return path
 

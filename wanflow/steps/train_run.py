@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 
 def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     p = ctx.params
+    if p["train.distribution"] != "none":
+        from wanflow.steps.train_distributed import run_distributed
+        return run_distributed(step, ctx)
     device, compute = component_runtime(p)
     model_pool.clear()  # the encoders are done: their memory goes to training
     experts = [_expert(step, ctx, role, n, device, compute) for role, n in step.experts]
@@ -44,7 +47,7 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
         trainer.load_state(bytes(resumed[1]))
         log.info("train.resumed", step=trainer.step, of=settings.steps)
     bar = ctx.progress(settings.steps - trainer.step, desc="train", unit="step")
-    trainer.run(lambda done, state: ctx.save_partial(done, state), bar)
+    trainer.run(lambda done, state: _checkpoint(ctx, done, state, settings.steps), bar)
     bar.close()
     if step_is_lora(p):
         out = {name: param.detach().float().cpu().contiguous() for name, param in trainer.params.items()}
@@ -53,6 +56,12 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     out["history"] = torch.tensor(trainer.history, dtype=torch.float64).reshape(-1, 4)
     out.update({k: v.contiguous() for k, v in trainer.kept.items()})
     return out
+
+
+def _checkpoint(ctx: Any, done: int, state: bytes, steps: int) -> None:
+    ctx.save_partial(done, state)
+    if done < steps:
+        log.info("train.checkpoint", step=done, of=steps, note="a killed run resumes from here")
 
 
 def step_is_lora(p: Any) -> bool:
@@ -130,7 +139,7 @@ class _Validation:
 
 def export_bytes(step: Any, ctx: Any) -> bytes:
     """The trained weights of ``step.role`` as safetensors bytes."""
-    from safetensors.torch import save
+    from wanflow.models.stable_safetensors import save_stable, sorted_metadata
 
     trained = ctx.input("trained")
     prefix = f"{step.role}/"
@@ -138,8 +147,8 @@ def export_bytes(step: Any, ctx: Any) -> bytes:
     header = dict(step.header)
     if step.method == "full":
         header |= {"wanflow.method": "full", "wanflow.steps": str(ctx.params["train.steps"])}
-        return save({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=header)
-    return _lora_bytes(tensors, step, ctx, header)
+        return save_stable({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=header)
+    return sorted_metadata(_lora_bytes(tensors, step, ctx, header))
 
 
 def _lora_bytes(tensors: dict[str, torch.Tensor], step: Any, ctx: Any, header: dict[str, str]) -> bytes:

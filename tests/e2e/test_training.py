@@ -1,0 +1,132 @@
+"""Training end to end on tiny official-layout families: what a user of `[train]` relies on."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.e2e._run import computed, run
+from tests.e2e._train import write_dataset, write_train_recipe
+from tests.e2e.conftest import write_recipe
+
+
+def _history(outcome) -> list[dict[str, str]]:
+    text = (outcome.archive / "outputs" / "loss.csv").read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _tensors(path) -> dict:
+    return load_file(str(path))
+
+
+def test_lora_training_lowers_the_held_out_loss_and_the_lora_changes_generation(env, tmp_path):
+    # the same clip twice: one copy trains, the other is held out, so the validation loss
+    # measures (at fixed draws) how well the model has learnt that clip
+    metadata = write_dataset(tmp_path / "data", [("red", 1), ("red", 1)])
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=30, learning_rate=5e-3,
+                                validate_every=10, validation_samples=1, checkpoint_every=10)
+    outcome = run(recipe, env)
+    rows = _history(outcome)
+    val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    assert len(rows) == 30 and len(val) == 3
+    assert val[-1] < 0.8 * val[0], val
+    lora = outcome.archive / "outputs" / "lora.safetensors"
+    with safe_open(str(lora), "pt") as f:
+        keys, header = list(f.keys()), f.metadata()
+    assert "blocks.0.self_attn.q.lora_A.default.weight" in keys  # DiffSynth's layout
+    assert header["wanflow.method"] == "lora" and header["wanflow.steps"] == "30"
+    assert header["wanflow.base_model"].startswith("wan2.1-t2v-1.3b")
+
+    (tmp_path / "with-lora").mkdir()
+    a = run(write_recipe(tmp_path, "wan2.1-t2v-1.3b"), env)
+    b = run(write_recipe(tmp_path / "with-lora", "wan2.1-t2v-1.3b", lora=[{"path": str(lora)}]), env)
+    assert (a.archive / "outputs" / "video.mp4").read_bytes() != (b.archive / "outputs" / "video.mp4").read_bytes()
+
+
+def test_a_second_run_with_another_learning_rate_re_encodes_nothing(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, validation_prompts=["a red square moving right"])
+    first = run(recipe, env)
+    encodes = {n for n in first.results if n.startswith("train/")}
+    assert len(encodes) == 9  # 4 prompts, 4 clips, 1 validation prompt
+    second = run(recipe, env, "train.learning_rate=0.002")
+    assert not computed(second) & encodes
+    assert "train" in computed(second)
+    third = run(recipe, env, "train.width=16", "train.height=16")  # a changed crop re-encodes the clips only
+    assert {n for n in computed(third) if n.startswith("train/")} == {f"train/x0:{i}" for i in range(4)}
+
+
+def test_validation_prompt_shares_its_encode_with_a_generation_of_that_prompt(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, validation_prompts=["a red ball bouncing"])
+    run(recipe, env)
+    generation = run(write_recipe(tmp_path, "wan2.1-t2v-1.3b"), env)  # its prompt is "a red ball bouncing"
+    assert "encode-text:positive" not in computed(generation)
+
+
+def test_a14b_trains_both_experts_in_one_run_and_writes_a_lora_for_each(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    outcome = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, steps=12), env)
+    outputs = outcome.archive / "outputs"
+    for expert in ("high_noise", "low_noise"):
+        tensors = _tensors(outputs / f"lora_{expert}.safetensors")
+        ups = [t for k, t in tensors.items() if ".lora_B." in k]
+        assert ups and any(bool(t.abs().sum() > 0) for t in ups), f"the {expert} expert never trained"
+
+
+def test_full_fine_tuning_exports_every_weight_under_the_official_names(env, tmp_path, models_root):
+    metadata = write_dataset(tmp_path / "data")
+    outcome = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, method="full", steps=2), env)
+    trained = _tensors(outcome.archive / "outputs" / "dit.safetensors")
+    base_file = next((models_root / "Wan-AI" / "Wan2.1-T2V-1.3B").glob("diffusion_pytorch_model*.safetensors"))
+    base = _tensors(base_file)
+    assert set(trained) == set(base)
+    changed = [k for k in base if not np.array_equal(trained[k].float().numpy(), base[k].float().numpy())]
+    assert "blocks.0.self_attn.q.weight" in changed
+
+
+def test_lora_init_continues_from_a_file_and_a_preset_lora_changes_what_is_learnt(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    first = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="first"), env)
+    lora = first.archive / "outputs" / "lora.safetensors"
+    # a vanishing learning rate: the exported adapter is the file it started from
+    resumed = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="init", lora_init=str(lora),
+                                     learning_rate=1e-30, steps=1), env)
+    start, end = _tensors(lora), _tensors(resumed.archive / "outputs" / "lora.safetensors")
+    assert set(start) == set(end)
+    assert all(np.allclose(start[k].numpy(), end[k].numpy(), atol=1e-6) for k in start)
+    # differential: the same training over base + preset learns something else
+    plain = _tensors(run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="plain", steps=2), env)
+                     .archive / "outputs" / "lora.safetensors")
+    preset = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="plain", steps=2,
+                                    preset_lora=str(lora)), env)
+    diff = _tensors(preset.archive / "outputs" / "lora.safetensors")
+    assert "train" in computed(preset)
+    assert any(not np.array_equal(plain[k].numpy(), diff[k].numpy()) for k in plain)
+
+
+def test_direct_distillation_trains_a_few_step_student(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    outcome = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, task="direct_distill", steps=3), env)
+    rows = _history(outcome)
+    assert len(rows) == 3 and all(np.isfinite(float(r["loss"])) for r in rows)
+    ups = [t for k, t in _tensors(outcome.archive / "outputs" / "lora.safetensors").items() if ".lora_B." in k]
+    assert any(bool(t.abs().sum() > 0) for t in ups)
+
+
+@pytest.mark.parametrize("model, encodes", [
+    ("wan2.1-i2v-14b-480p", {"text", "x0", "y", "clip"}),
+    ("wan2.2-ti2v-5b", {"text", "x0"}),
+])
+def test_image_families_train_on_their_first_frame_conditioning(env, tmp_path, model, encodes):
+    metadata = write_dataset(tmp_path / "data", [("red", 1), ("blue", -1)])
+    size = {"width": 64, "height": 64} if model == "wan2.2-ti2v-5b" else {}
+    outcome = run(write_train_recipe(tmp_path, model, metadata, steps=2, **size), env)
+    kinds = {n.split("/")[1].split(":")[0] for n in outcome.results if n.startswith("train/")}
+    assert kinds == encodes
+    assert (outcome.archive / "outputs" / "lora.safetensors").stat().st_size > 0
