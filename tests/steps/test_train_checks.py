@@ -113,7 +113,8 @@ def test_held_out_samples_and_the_batch_must_leave_something_to_train_on(tmp_pat
         "r.toml: [train].validation_samples = 2: the dataset has 2 samples, so none would be left to train on; "
         "use at most 1"]
     assert problems(tmp_path, TINY + "validation_samples = 1\nbatch_size = 2\n") == [
-        "r.toml: [train].batch_size = 2: an epoch holds only 1 training sample; use at most 1, or add samples"]
+        "r.toml: [train].batch_size = 2: an epoch holds only 1 training sample; use a batch of at most 1, or add "
+        "samples"]
     assert problems(tmp_path, TINY + "validation_samples = 1\nbatch_size = 2\nrepeat = 2\n") == []
 
 
@@ -127,8 +128,21 @@ def test_held_out_samples_and_the_batch_must_leave_something_to_train_on(tmp_pat
 ])
 def test_a_distribution_whose_engine_is_not_installed(tmp_path, monkeypatch, distribution, absent, expected):
     monkeypatch.setattr(train_checks, "installed", lambda module: module not in absent)
-    found = problems(tmp_path, TINY + f'distribution = "{distribution}"\nprocesses = 2\n')
+    found = [p for p in problems(tmp_path, TINY + f'distribution = "{distribution}"\nprocesses = 2\n')
+             if "not installed" in p]
     assert (found == []) if expected is None else (len(found) == 1 and expected in found[0]), found
+
+
+def test_fsdp_and_deepspeed_are_refused_without_cuda_and_deepspeed_over_two_experts(tmp_path):
+    for distribution in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        found = problems(tmp_path, TINY + f'distribution = "{distribution}"\nprocesses = 2\n')
+        assert found == [f'r.toml: [train].distribution = "{distribution}": FSDP and DeepSpeed run only on CUDA GPUs '
+                         '(on the CPU accelerate would fall back to DDP); use "ddp" here, or train on a machine '
+                         "with GPUs"]
+    assert problems(tmp_path, TINY + 'distribution = "ddp"\nprocesses = 2\n') == []
+    a14b = 'model = "wan2.2-t2v-a14b"\n[train]\ndataset = "clips"\n'
+    found = problems(tmp_path, a14b + 'distribution = "deepspeed-zero2"\nprocesses = 2\n')
+    assert any("DeepSpeed wraps one model and wan2.2-t2v-a14b trains two experts" in p for p in found), found
 
 
 def test_the_engines_are_looked_up_for_real():

@@ -45,7 +45,8 @@ def installed(module: str) -> bool:
 def train_problems(resolved: Any, where: Where) -> list[str]:
     """Every problem of the training stage that needs a file or a package, all at once."""
     t = resolved.recipe.train
-    return [*_package_problems(t, where), *_dialect_problems(t, where), *_fp8_problems(resolved.values, where),
+    return [*_package_problems(t, where), *_engine_problems(resolved, where), *_dialect_problems(t, where),
+            *_fp8_problems(resolved.values, where),
             *_lora_file_problems(t, where), *target_problems(resolved, trained_dits(resolved), where),
             *_dataset_problems(resolved, where)]
 
@@ -74,6 +75,25 @@ def _package_problems(t: Any, where: Where) -> list[str]:
     if t.method == "lora" and not installed(LORA_PACKAGE):
         found.append(f"{where('train.method')}: [train].method = \"lora\": LoRA training runs on "
                      f'{LORA_PACKAGE}, which is not installed; pip install {LORA_PACKAGE}')
+    return found
+
+
+def _engine_problems(resolved: Any, where: Where) -> list[str]:
+    """FSDP and DeepSpeed where they cannot run: without CUDA (accelerate would quietly run DDP
+    instead), and DeepSpeed over A14B's two DiTs (one engine wraps one model)."""
+    t = resolved.recipe.train
+    if t.distribution in ("none", "ddp"):
+        return []
+    found = []
+    device = effective_device(resolved.values["runtime.device"])
+    if device != "cuda":
+        found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
+                     "FSDP and DeepSpeed run only on CUDA GPUs (on the CPU accelerate would fall back to DDP); "
+                     'use "ddp" here, or train on a machine with GPUs')
+    if t.distribution.startswith("deepspeed") and len(trained_dits(resolved)) > 1:
+        found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
+                     f"DeepSpeed wraps one model and {resolved.family.name} trains two experts in one run; "
+                     'use "ddp" or "fsdp", or train one expert with components = ["dit_high_noise"]')
     return found
 
 
@@ -165,7 +185,7 @@ def _dataset_problems(resolved: Any, where: Where) -> list[str]:
     elif t.batch_size > (len(samples) - t.validation_samples) * t.repeat:
         left = (len(samples) - t.validation_samples) * t.repeat
         found.append(f"{where('train.batch_size')}: [train].batch_size = {t.batch_size}: an epoch holds only "
-                     f"{left} training sample{'s' * (left != 1)}; use at most {left}, or add samples")
+                     f"{left} training sample{'s' * (left != 1)}; use a batch of at most {left}, or add samples")
     return found
 
 

@@ -28,8 +28,8 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
         return run_distributed(step, ctx)
     device, compute = component_runtime(p)
     model_pool.clear()  # the encoders are done: their memory goes to training
-    experts = [_expert(step, ctx, role, n, device, compute) for role, n in step.experts]
-    settings = Settings.from_params(p, _distill_sigmas(step, p))
+    experts = [expert_for(step, ctx, role, n, device, compute) for role, n in step.experts]
+    settings = Settings.from_params(p, distill_sigmas(step, p))
     train = tuple(i for i, _, held in step.samples if not held)
     held_out = tuple(i for i, _, held in step.samples if held)
     buckets = {i: bucket for i, bucket, _ in step.samples}
@@ -37,9 +37,9 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
                         p["train.batch_size"], p["train.seed"])
 
     def fetch(indices: tuple[int, ...]) -> Batch:
-        return collate([_sample(ctx, i, step.conditions) for i in indices], device, step.first_frame)
+        return collate([sample_tensors(ctx, i, step.conditions) for i in indices], device, step.first_frame)
 
-    validation = _Validation(step, ctx, device, held_out, fetch)
+    validation = Validation(step, ctx, device, held_out, fetch)
     trainer = Trainer(experts, settings, order, fetch, validation if validation.active else None)
     validation.trainer = trainer
     resumed = ctx.load_partial()
@@ -68,20 +68,20 @@ def step_is_lora(p: Any) -> bool:
     return p["train.method"] == "lora"
 
 
-def _expert(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
+def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
     return build_expert(role, files, ctx.params, init, device, compute, step.boundary)
 
 
-def _sample(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def sample_tensors(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
     out = {"context": ctx.input(f"text.{index}")["context"], "x0": ctx.input(f"x0.{index}")["x0"]}
     for c in conditions:
         out[c] = ctx.input(f"{c}.{index}")[c]
     return out
 
 
-def _distill_sigmas(step: Any, p: Any) -> list[float]:
+def distill_sigmas(step: Any, p: Any) -> list[float]:
     """direct_distill: the σ grid of the student sampler ([sampler].steps and shift)."""
     if p["train.task"] != "direct_distill":
         return []
@@ -90,7 +90,7 @@ def _distill_sigmas(step: Any, p: Any) -> list[float]:
     return make_schedule(step.solver.load(), p["sampler.steps"], p["sampler.shift"]).sigmas.tolist()
 
 
-class _Validation:
+class Validation:
     """Validation after chosen steps: one video per prompt from fixed noise, and the held-out loss."""
 
     def __init__(self, step: Any, ctx: Any, device: str, held_out: tuple[int, ...], fetch: Any):

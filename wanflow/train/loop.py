@@ -87,6 +87,29 @@ class Expert:
     t_max: float = math.inf
 
 
+class Alone:
+    """How the loop's processes act together, for one process: there is nothing to share.
+
+    A distributed run swaps in its own (``wanflow.train.worker.Accelerated``); these four methods
+    are the only places where the loop differs between one process and several.
+    """
+
+    def share(self, shard: int, batch: int) -> float:
+        """The factor on a shard's mean loss that makes the processes' average the batch's mean."""
+        return 1.0
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Back-propagate a micro-batch's loss (``last``: the optimizer step's final micro-batch)."""
+        loss.backward()
+
+    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def mean(self, value: float) -> float:
+        """A logged number averaged over the processes."""
+        return value
+
+
 def make_optimizer(settings: Settings, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if settings.optimizer == "adamw8bit":
         import bitsandbytes as bnb
@@ -125,6 +148,7 @@ class Trainer:
                  rank: int = 0, world: int = 1):
         self.experts, self.settings, self.order, self.fetch = list(experts), settings, order, fetch
         self.rank, self.world = rank, world
+        self.together: Alone = Alone()  # a distributed run sets its own before training
         self.validate = validate
         self.schedule = TrainingSchedule.build(settings.shift, settings.loss_weighting)
         self.range = self.schedule.index_range(settings.timestep_range)
@@ -194,12 +218,18 @@ class Trainer:
         for micro in range(s.gradient_accumulation):
             number = self.step * s.gradient_accumulation + micro
             t0 = time.perf_counter()
-            positions, indices = self.shard(self.order.batch(number))
+            whole = self.order.batch(number)
+            positions, indices = self.shard(whole)
+            share = self.together.share(len(positions), len(whole))
+            if not positions:  # a short last batch leaves this process nothing: its first sample, weighted 0
+                positions, indices = (0,), whole[:1]
             batch = self.fetch(indices)
             t1 = time.perf_counter()
             loss = self._loss(batch, (self.step, micro), positions) / s.gradient_accumulation
+            if share != 1.0:
+                loss = loss * share
             t2 = time.perf_counter()
-            loss.backward()
+            self.together.backward(loss, last=micro == s.gradient_accumulation - 1)
             t3 = time.perf_counter()
             timings.data += t1 - t0
             timings.forward += t2 - t1
@@ -207,11 +237,11 @@ class Trainer:
             total += float(loss.detach())
         t4 = time.perf_counter()
         if s.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(list(self.params.values()), s.max_grad_norm)
+            self.together.clip(list(self.params.values()), s.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         timings.optimizer += time.perf_counter() - t4
-        return total
+        return self.together.mean(total)
 
     def shard(self, batch: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """This process's part of a global batch: (positions in the batch, dataset indices)."""
