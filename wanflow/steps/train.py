@@ -28,7 +28,7 @@ TRAIN_READS = tuple(f"train.{k}" for k in (
     "gradient_accumulation", "lora_rank", "lora_alpha", "lora_targets", "preset_lora_scale", "optimizer",
     "schedule", "warmup_steps", "checkpoint_every", "seed", "timestep_range", "shift", "loss_weighting",
     "validate_every", "validation_samples", "distribution", "processes", "gradient_checkpointing",
-    "offload_activations"))
+    "offload_activations")) + ("memory.fp8",)
 #: What validation sampling reads (its videos are outputs of the step).
 SAMPLER_READS = ("sampler.steps", "sampler.shift", "sampler.cfg", "sampler.solver", "video.width",
                  "video.height", "video.frames", "runtime.attention")

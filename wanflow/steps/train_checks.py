@@ -46,7 +46,7 @@ def train_problems(resolved: Any, where: Where) -> list[str]:
     """Every problem of the training stage that needs a file or a package, all at once."""
     t = resolved.recipe.train
     return [*_package_problems(t, where), *_engine_problems(resolved, where), *_dialect_problems(t, where),
-            *_fp8_problems(resolved.values, where),
+
             *_lora_file_problems(t, where), *target_problems(resolved, trained_dits(resolved), where),
             *_dataset_problems(resolved, where)]
 
@@ -107,18 +107,6 @@ def _dialect_problems(t: Any, where: Where) -> list[str]:
         return []
     return [f"{where('train.export_dialect')}: [train].export_dialect = {format_value(t.export_dialect)}: "
             f"wanflow writes LoRAs as {', '.join(WRITABLE)}; use one of them"]
-
-
-def _fp8_problems(values: Mapping[str, Any], where: Where) -> list[str]:
-    """fp8 storage of the frozen base while training: only where training runs on CUDA."""
-    if not values.get("memory.fp8"):
-        return []
-    device = effective_device(values.get("runtime.device", "auto"))
-    if device == "cuda":
-        return []
-    return [f"{where('memory.fp8')}: [memory].fp8 = true: training computes with an fp8-stored base only on a "
-            f"CUDA device, and this run would train on the {device.upper()}; set fp8 = false (or train on a "
-            "machine with a GPU)"]
 
 
 def _lora_file_problems(t: Any, where: Where) -> list[str]:

@@ -38,9 +38,26 @@ def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: floa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        _fp32_adapters(model, seed)
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_A." in name or ".lora_B." in name)
     return matched
+
+
+def _fp32_adapters(model: nn.Module, seed: int) -> None:
+    """Every adapter in fp32, initialised from ``seed`` in module order, whatever the base's dtype.
+
+    peft casts an adapter to its base weight's dtype, which over an fp8-stored base would train
+    factors of 3 mantissa bits; and the draws of its own initialisation depend on that dtype. So
+    the factors are cast to fp32 and initialised again here: a LoRA over an fp8 base starts
+    exactly where one over a bf16 or fp32 base does.
+    """
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
+            module.lora_A[ADAPTER].float()
+            module.lora_B[ADAPTER].float()
+            module.reset_lora_parameters(ADAPTER, True)
 
 
 def adapted_modules(model: nn.Module, targets: Sequence[str]) -> list[str]:

@@ -24,8 +24,9 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
     from wanflow.models.dit_loader import load_dit
 
     lora = params["train.method"] == "lora"
+    fp8 = lora and bool(params.get("memory.fp8"))  # the frozen base stored in fp8 (never a bf16 copy)
     model = load_dit(list(files), dtype=compute if lora else torch.float32, device=device,
-                     attention_kernel=params["runtime.attention"])
+                     attention_kernel=params["runtime.attention"], storage="fp8" if fp8 else "compute")
     model.requires_grad_(False)
     if "preset_lora" in init:
         merge_preset(model, init["preset_lora"], float(params["train.preset_lora_scale"]))
