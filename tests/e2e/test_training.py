@@ -6,8 +6,8 @@ import csv
 import io
 
 import numpy as np
-import torch
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 

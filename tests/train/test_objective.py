@@ -6,7 +6,13 @@ import math
 
 import torch
 
-from wanflow.train.objective import TrainingSchedule, draw, noised, velocity_target, weighted_mse
+from wanflow.train.objective import (
+    TrainingSchedule,
+    draw,
+    noised,
+    velocity_target,
+    weighted_mse,
+)
 
 
 def test_schedule_is_diffsynths_shifted_grid_with_its_bell_weights():
