@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+import structlog
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -145,3 +146,48 @@ def test_fp8_storage_of_the_frozen_base_trains_an_fp32_adapter(env, tmp_path):
     # the same fp32 initialisation, trained over a base rounded to fp8: close, not equal
     assert any(not torch.equal(a[k], b[k]) for k in downs)
     assert all(torch.allclose(a[k], b[k], atol=0.05) for k in downs)
+
+
+def test_a_clip_damaged_after_validation_is_skipped_and_reported_not_fatal(env, tmp_path, monkeypatch):
+    import wanflow.steps.train_plan as train_plan
+    from wanflow.train import load_dataset
+
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=2)
+    checked = {}
+
+    def dataset_then_damage(resolved):  # the dataset passes its checks, then a file breaks
+        from wanflow.steps.train_data import sizing_of
+
+        found = load_dataset(metadata, sizing=sizing_of(resolved), accepted_inputs=resolved.family.accepted_inputs)
+        (tmp_path / "data" / "clips" / "1_green.mp4").write_bytes(b"\0" * 2048)
+        checked["done"] = True
+        return found
+
+    monkeypatch.setattr(train_plan, "training_dataset", dataset_then_damage)
+    with structlog.testing.capture_logs() as logs:
+        outcome = run(recipe, env)
+    assert checked and (outcome.archive / "outputs" / "lora.safetensors").exists()
+    skipped = [e for e in logs if e["event"] == "train.samples_skipped"]
+    assert [(e["count"], e["samples"]) for e in skipped] == [(1, [1])]
+    assert any(e["event"] == "train.sample_unreadable" and "1_green.mp4" in e["files"] for e in logs)
+
+
+def test_training_is_refused_when_no_sample_can_be_decoded(env, tmp_path, monkeypatch):
+    import wanflow.steps.train_plan as train_plan
+    from wanflow.errors import ModelInputError
+    from wanflow.train import load_dataset
+
+    metadata = write_dataset(tmp_path / "data", [("red", 1)])
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=2)
+
+    def dataset_then_damage(resolved):
+        from wanflow.steps.train_data import sizing_of
+
+        found = load_dataset(metadata, sizing=sizing_of(resolved), accepted_inputs=resolved.family.accepted_inputs)
+        (tmp_path / "data" / "clips" / "0_red.mp4").write_bytes(b"\0" * 2048)
+        return found
+
+    monkeypatch.setattr(train_plan, "training_dataset", dataset_then_damage)
+    with pytest.raises(ModelInputError, match="none of the 1 training samples' media could be decoded"):
+        run(recipe, env)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+import structlog
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
@@ -21,7 +22,16 @@ from wanflow.steps.conditioning import VAE_READS, frame_mask, tile_spec
 from wanflow.steps.text import RUNTIME_READS
 from wanflow.train.metadata import IMAGE_SUFFIXES
 
+log = structlog.get_logger(__name__)
 What = Literal["x0", "y", "clip"]
+
+
+def _has_file(ctx: Any, role: str) -> bool:
+    try:
+        ctx.file(role)
+    except KeyError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -44,6 +54,22 @@ class EncodeSample:
     reads: tuple[str, ...] = (*VAE_READS, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
+        """The encode, or ``{"unreadable": …}`` when the sample's media cannot be decoded (a file
+        damaged after validation): training skips that sample and says so, rather than failing
+        hours in. The marker is keyed by the file's content, so a repaired file encodes anew."""
+        import torch
+
+        from wanflow.errors import ModelInputError
+
+        try:
+            return self._encode(ctx)
+        except (ModelInputError, OSError, RuntimeError, ValueError) as exc:
+            files = ", ".join(str(ctx.file(r)) for r in ("media", "image", "end_image") if _has_file(ctx, r))
+            log.warning("train.sample_unreadable", files=files, error=str(exc).splitlines()[0][:200],
+                        note="the sample is left out of training")
+            return {"unreadable": torch.ones(1)}
+
+    def _encode(self, ctx: Any) -> dict[str, Any]:
         import torch
 
         device, dtype = component_runtime(ctx.params, self.dtype, self.device)

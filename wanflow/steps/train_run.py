@@ -30,8 +30,9 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     model_pool.clear()  # the encoders are done: their memory goes to training
     experts = [expert_for(step, ctx, role, n, device, compute) for role, n in step.experts]
     settings = Settings.from_params(p, distill_sigmas(step, p))
-    train = tuple(i for i, _, held in step.samples if not held)
-    held_out = tuple(i for i, _, held in step.samples if held)
+    unreadable = unreadable_samples(step, ctx)
+    train = tuple(i for i, _, held in step.samples if not held and i not in unreadable)
+    held_out = tuple(i for i, _, held in step.samples if held and i not in unreadable)
     buckets = {i: bucket for i, bucket, _ in step.samples}
     order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train,
                         p["train.batch_size"], p["train.seed"])
@@ -56,6 +57,22 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     out["history"] = torch.tensor(trainer.history, dtype=torch.float64).reshape(-1, 4)
     out.update({k: v.contiguous() for k, v in trainer.kept.items()})
     return out
+
+
+def unreadable_samples(step: Any, ctx: Any) -> set[int]:
+    """Samples whose media could not be decoded (their encodes say so): left out and reported;
+    refused when no sample is left to train on."""
+    from wanflow.errors import ModelInputError
+
+    roles = ("x0", *step.conditions)
+    bad = {i for i, _, _ in step.samples if any("unreadable" in ctx.input(f"{r}.{i}") for r in roles)}
+    if bad:
+        log.warning("train.samples_skipped", count=len(bad), samples=sorted(bad)[:20],
+                    note="their media could not be decoded; see train.sample_unreadable above")
+    if not {i for i, _, held in step.samples if not held} - bad:
+        raise ModelInputError(f"training: none of the {len(step.samples)} training samples' media could be "
+                              "decoded; check the dataset's files (wanflow validate reads them all)")
+    return bad
 
 
 def _checkpoint(ctx: Any, done: int, state: bytes, steps: int) -> None:

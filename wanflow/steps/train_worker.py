@@ -86,6 +86,7 @@ def train(job: Path, rank: int) -> None:
         expert_for,
         sample_tensors,
         step_is_lora,
+        unreadable_samples,
     )
     from wanflow.train.batch import Batch, collate
     from wanflow.train.loop import Settings
@@ -107,8 +108,9 @@ def train(job: Path, rank: int) -> None:
     build_on = "cpu" if p["train.distribution"] == "deepspeed-zero3" else device  # ZeRO-3 partitions from the CPU
     experts = [expert_for(step, ctx, role, n, build_on, compute) for role, n in step.experts]
     settings = Settings.from_params(p, distill_sigmas(step, p))
-    train_set = tuple(i for i, _, held in step.samples if not held)
-    held_out = tuple(i for i, _, held in step.samples if held)
+    unreadable = unreadable_samples(step, ctx)
+    train_set = tuple(i for i, _, held in step.samples if not held and i not in unreadable)
+    held_out = tuple(i for i, _, held in step.samples if held and i not in unreadable)
     buckets = {i: bucket for i, bucket, _ in step.samples}
     # batch_size is per process: a global batch holds one micro-batch for each
     order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train_set,
