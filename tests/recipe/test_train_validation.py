@@ -218,3 +218,10 @@ def test_the_a14b_recipe_trains_both_experts():
     a14b = next(p for p in TRAIN_RECIPES if "a14b" in p.stem)
     resolved = load_recipe(a14b, sets=["train.dataset=."])
     assert resolved.recipe.train.components == ("dit_high_noise", "dit_low_noise")
+
+
+def test_a_streaming_memory_policy_is_refused_for_training(tmp_path):
+    problems = refused(tmp_path, T2V + '[memory]\npolicy = "stream"\n')
+    assert problems == ['r.toml: [memory].policy = "stream": streams the DiT\'s blocks during generation, but the '
+                        "train step keeps the DiT it trains resident (streaming frozen blocks while training is not "
+                        'built yet); use "none", "offload" or "auto"']

@@ -33,6 +33,10 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     _check_schedule(t, problems)
     _check_validation(t, problems)
     _check_runtime(t, problems)
+    if recipe.memory.policy in ("stream", "disk"):
+        problems.add(("memory", "policy"), recipe.memory.policy, "streams the DiT's blocks during generation, "
+                     "but the train step keeps the DiT it trains resident (streaming frozen blocks while "
+                     'training is not built yet); use "none", "offload" or "auto"')
     for name in _FINITE:
         if not math.isfinite(getattr(t, name)) and not problems.is_bad(("train", name)):
             _add(problems, name, getattr(t, name), "must be a finite number")
