@@ -50,12 +50,19 @@ def test_lora_training_lowers_the_held_out_loss_and_the_lora_changes_generation(
     assert (a.archive / "outputs" / "video.mp4").read_bytes() != (b.archive / "outputs" / "video.mp4").read_bytes()
 
 
-def test_a_second_run_with_another_learning_rate_re_encodes_nothing(env, tmp_path):
+def test_a_second_run_with_another_learning_rate_re_encodes_nothing(env, tmp_path, capsys):
     metadata = write_dataset(tmp_path / "data")
     recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, validation_prompts=["a red square moving right"])
     first = run(recipe, env)
     encodes = {n for n in first.results if n.startswith("train/")}
     assert len(encodes) == 9  # 4 prompts, 4 clips, 1 validation prompt
+    from wanflow.cli import main
+
+    assert main(["explain", str(recipe), "--set", "train.learning_rate=0.002"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    verdict = {line.split()[0]: line for line in lines if line.strip() and not line.startswith(" ")}
+    assert all(verdict[n].split()[1] == "hit" for n in encodes), lines
+    assert "miss because [train].learning_rate 0.001 → 0.002" in verdict["train"]
     second = run(recipe, env, "train.learning_rate=0.002")
     assert not computed(second) & encodes
     assert "train" in computed(second)
