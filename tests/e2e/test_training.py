@@ -130,6 +130,8 @@ def test_direct_distillation_trains_a_few_step_student(env, tmp_path):
 
 @pytest.mark.parametrize("model, encodes", [
     ("wan2.1-i2v-14b-480p", {"text", "x0", "y", "clip"}),
+    ("wan2.1-flf2v-14b-720p", {"text", "x0", "y", "clip"}),
+    ("wan2.2-i2v-a14b", {"text", "x0", "y"}),
     ("wan2.2-ti2v-5b", {"text", "x0"}),
 ])
 def test_image_families_train_on_their_first_frame_conditioning(env, tmp_path, model, encodes):
@@ -138,7 +140,12 @@ def test_image_families_train_on_their_first_frame_conditioning(env, tmp_path, m
     outcome = run(write_train_recipe(tmp_path, model, metadata, steps=2, **size), env)
     kinds = {n.split("/")[1].split(":")[0] for n in outcome.results if n.startswith("train/")}
     assert kinds == encodes
-    assert (outcome.archive / "outputs" / "lora.safetensors").stat().st_size > 0
+    exports = sorted(p.name for p in (outcome.archive / "outputs").glob("lora*.safetensors"))
+    assert exports == (["lora_high_noise.safetensors", "lora_low_noise.safetensors"] if "a14b" in model
+                       else ["lora.safetensors"])
+    if model.startswith("wan2.1-flf2v"):  # the last frame is given too: its frame mask marks it
+        plan = {s.name: s for s in outcome.plan.steps}
+        assert [r for r, _ in plan["train/y:0"].spec.step.images] == ["image", "end_image"]
 
 
 def test_fp8_storage_of_the_frozen_base_trains_an_fp32_adapter(env, tmp_path):
