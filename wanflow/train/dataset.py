@@ -10,7 +10,7 @@ digest and the preprocessing parameters (target size, frame count, which frame).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -105,16 +105,19 @@ class _Context:
     accepted: frozenset[str]
     required: frozenset[str]
     family: str
+    probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media
 
 
 def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Collection[str],
                  required_inputs: Collection[str] = (), family: str = "the family",
-                 base_path: str | Path | None = None, repeat: int = 1) -> Dataset:
+                 base_path: str | Path | None = None, repeat: int = 1,
+                 probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media) -> Dataset:
     """Read and check a dataset; raises ``DatasetError`` listing every problem.
 
     Args:
         accepted_inputs, required_inputs: the family's (``FamilySpec``), e.g. {"image"} for I2V.
         base_path: where relative media paths resolve (default: the metadata file's folder).
+        probe: opens one media file (``probe_media``'s contract); a caller may remember answers.
     """
     path = Path(metadata)
     problems = [f"{p}; fix the dataset sizing" for p in sizing.problems()]
@@ -128,7 +131,8 @@ def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Colle
     if not base.is_dir():
         problems.append(f"base_path = {display_path(base)}: no such folder; name the folder media paths are "
                         "relative to")
-    ctx = _Context(table, base.resolve(), sizing, frozenset(accepted_inputs), frozenset(required_inputs), family)
+    ctx = _Context(table, base.resolve(), sizing, frozenset(accepted_inputs), frozenset(required_inputs), family,
+                   probe)
     problems += list(table.problems) + _column_problems(ctx)
     if problems and (sizing.problems() or not base.is_dir()):
         raise DatasetError(problems)  # no row can be sized or found
@@ -204,7 +208,7 @@ def _media(row: Row, column: str, ctx: _Context, frames: int | None = None,
                       f"against {display_path(ctx.base)})")]
     kind = kind or COLUMNS[column].kind
     wanted = ctx.sizing.max_frames if frames is None else frames
-    media, why = probe_media(path, kind, wanted)
+    media, why = ctx.probe(path, kind, wanted)
     return (media, []) if media else (None, [f"{_label(row, column)}: {why}"])
 
 
