@@ -17,7 +17,7 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
     """One DiT ready to train: loaded, preset LoRA merged, adapter injected (or unfrozen).
 
     LoRA: the frozen base computes in the run's dtype and the adapter keeps fp32 (peft upcasts
-    it). Full fine-tuning: fp32 master weights (bf16 compute through autocast on CUDA).
+    it). Full fine-tuning: fp32 weights, computed in fp32 (a bf16 autocast path is not built).
     ``init`` maps "lora_init" / "preset_lora" to their files when the recipe names them;
     ``boundary`` (A14B) is the t where the high-noise expert hands over, 0 for one DiT.
     """
