@@ -205,3 +205,32 @@ def test_training_is_refused_when_no_sample_can_be_decoded(env, tmp_path, monkey
     monkeypatch.setattr(train_plan, "training_dataset", dataset_then_damage)
     with pytest.raises(ModelInputError, match="none of the 1 training samples' media could be decoded"):
         run(recipe, env)
+
+
+def test_offloaded_activations_go_through_save_on_cpu_and_change_no_number_or_key(env, tmp_path, monkeypatch):
+    metadata = write_dataset(tmp_path / "data")
+    plain = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="act", steps=2), env)
+    used = []
+    real = torch.autograd.graph.save_on_cpu
+
+    def recording(*args, **kwargs):
+        used.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", recording)
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "another-cache"))  # the same key must run again
+    offloaded = run(write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, name="act", steps=2,
+                                       offload_activations=True), env)
+    assert len(used) == 2  # one per optimizer step's micro-batch
+    assert offloaded.results["train"].key == plain.results["train"].key  # placement is not keyed
+    a, b = (o.archive / "outputs" / "lora.safetensors" for o in (plain, offloaded))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_checkpointing_cadence_and_activation_recompute_do_not_rekey_training(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=2)
+    run(recipe, env)
+    again = run(recipe, env, "train.checkpoint_every=1", "train.gradient_checkpointing=false")
+    assert not computed(again) & {"train", "export:dit"}
+    assert "train" in computed(run(recipe, env, "train.seed=1"))

@@ -21,14 +21,16 @@ import attrs
 from wanflow.engine.step import NOT_KEYED
 from wanflow.steps.text import RUNTIME_READS
 
+#: [train] settings that only change how the run executes, never its numbers: where activations
+#: live and when they are recomputed, how often the state is checkpointed. Out of every key.
+EXECUTION_ONLY = ("gradient_checkpointing", "offload_activations", "checkpoint_every")
 #: The [train] settings that change the trained numbers (paths are keyed by content elsewhere:
 #: the samples through their encodes, LoRA files as weights).
 TRAIN_READS = tuple(f"train.{k}" for k in (
     "task", "method", "steps", "learning_rate", "weight_decay", "max_grad_norm", "batch_size",
     "gradient_accumulation", "lora_rank", "lora_alpha", "lora_targets", "preset_lora_scale", "optimizer",
-    "schedule", "warmup_steps", "checkpoint_every", "seed", "timestep_range", "shift", "loss_weighting",
-    "validate_every", "validation_samples", "distribution", "processes", "gradient_checkpointing",
-    "offload_activations")) + ("memory.fp8",)
+    "schedule", "warmup_steps", "seed", "timestep_range", "shift", "loss_weighting",
+    "validate_every", "validation_samples", "distribution", "processes")) + ("memory.fp8",)
 #: What validation sampling reads (its videos are outputs of the step).
 SAMPLER_READS = ("sampler.steps", "sampler.shift", "sampler.cfg", "sampler.solver", "video.width",
                  "video.height", "video.frames", "runtime.attention")
@@ -48,6 +50,8 @@ class TrainModel:
     latent_stride: int
     init: tuple[str, ...] = ()  # weight roles present: "lora_init", "preset_lora"
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
+    #: ("train.<setting>", value) of the EXECUTION_ONLY settings: honoured, never keyed.
+    execution: tuple[tuple[str, Any], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "train"
     version: int = 1
     output: str = "tensors"
@@ -57,6 +61,10 @@ class TrainModel:
         from wanflow.steps.train_run import run_training
 
         return run_training(self, ctx)
+
+    def run_params(self, ctx: Any) -> dict[str, Any]:
+        """The keyed params with the execution-only settings added: what the loop reads."""
+        return {**ctx.params, **dict(self.execution)}
 
 
 @attrs.frozen

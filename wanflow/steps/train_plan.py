@@ -16,6 +16,7 @@ from wanflow.steps.decode import Decode
 from wanflow.steps.save import SaveVideo
 from wanflow.steps.text import EncodeText
 from wanflow.steps.train import (
+    EXECUTION_ONLY,
     ExportWeights,
     LossHistory,
     TrainModel,
@@ -91,7 +92,8 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         samples=tuple((s.index, s.bucket, s.index in held) for s in dataset.samples),
         conditions=conditions, first_frame=takes_image and not y_mode, boundary=boundary,
         validation_prompts=len(t.validation_prompts), z_dim=z_dim,
-        latent_stride=family.spatial_factor // 2, init=init, solver=solver)
+        latent_stride=family.spatial_factor // 2, init=init, solver=solver,
+        execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY))
     nodes.append(StepSpec("train", train, inputs=inputs, weights=weights, uses=uses))
     nodes += _outputs(job, t, dits, vae_version, vae, vae_own)
     return nodes
@@ -146,8 +148,8 @@ def _outputs(job: Any, t: Any, dits: tuple[str, ...], vae_version: str, vae: Any
 def _header(job: Any) -> tuple[tuple[str, str], ...]:
     """What the exported file says about itself: the base model and the digest of the settings."""
     values = job.values
-    train = {k: v for k, v in values.items() if k.startswith("train.") and k not in
-             ("train.dataset", "train.base_path", "train.lora_init", "train.preset_lora")}
+    skipped = ("dataset", "base_path", "lora_init", "preset_lora", *EXECUTION_ONLY)
+    train = {k: v for k, v in values.items() if k.startswith("train.") and k.removeprefix("train.") not in skipped}
     sources = sorted({w.source for d in job.dits() for w in job.weights[d].values()})
     return (("wanflow.base_model", f"{job.family.name} ({', '.join(sources)})"),
             ("wanflow.recipe_digest", digest_bytes(canonical_json(train).encode())))

@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
-    p = ctx.params
+    p = step.run_params(ctx)
     if p["train.distribution"] != "none":
         from wanflow.steps.train_distributed import run_distributed
         return run_distributed(step, ctx)
@@ -88,7 +88,7 @@ def step_is_lora(p: Any) -> bool:
 def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
-    return build_expert(role, files, ctx.params, init, device, compute, step.boundary)
+    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary)
 
 
 def sample_tensors(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
