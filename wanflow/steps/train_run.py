@@ -16,7 +16,7 @@ from wanflow.train.adapters import full_state
 from wanflow.train.batch import Batch, collate
 from wanflow.train.build import build_expert
 from wanflow.train.loop import Expert, Settings, Trainer
-from wanflow.train.order import batch_order
+from wanflow.train.order import BatchOrder, batch_order
 
 log = structlog.get_logger(__name__)
 
@@ -30,12 +30,7 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     model_pool.clear()  # the encoders are done: their memory goes to training
     experts = [expert_for(step, ctx, role, n, device, compute) for role, n in step.experts]
     settings = Settings.from_params(p, distill_sigmas(step, p))
-    unreadable = unreadable_samples(step, ctx)
-    train = tuple(i for i, _, held in step.samples if not held and i not in unreadable)
-    held_out = tuple(i for i, _, held in step.samples if held and i not in unreadable)
-    buckets = {i: bucket for i, bucket, _ in step.samples}
-    order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train,
-                        p["train.batch_size"], p["train.seed"])
+    held_out, order = data_order(step, ctx, p)
 
     def fetch(indices: tuple[int, ...]) -> Batch:
         return collate([sample_tensors(ctx, i, step.conditions) for i in indices], device, step.first_frame)
@@ -57,6 +52,18 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     out["history"] = torch.tensor(trainer.history, dtype=torch.float64).reshape(-1, 4)
     out.update({k: v.contiguous() for k, v in trainer.kept.items()})
     return out
+
+
+def data_order(step: Any, ctx: Any, p: Any, world: int = 1) -> tuple[tuple[int, ...], BatchOrder]:
+    """(the held-out samples, the batch order of the training ones), unreadable samples left out.
+    ``batch_size`` is per process: a global batch of ``world`` processes holds one shard for each."""
+    unreadable = unreadable_samples(step, ctx)
+    train = tuple(i for i, _, held in step.samples if not held and i not in unreadable)
+    held_out = tuple(i for i, _, held in step.samples if held and i not in unreadable)
+    buckets = {i: bucket for i, bucket, _ in step.samples}
+    order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train,
+                        int(p["train.batch_size"]) * world, p["train.seed"])
+    return held_out, order
 
 
 def unreadable_samples(step: Any, ctx: Any) -> set[int]:

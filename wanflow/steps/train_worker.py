@@ -82,15 +82,14 @@ def train(job: Path, rank: int) -> None:
     from wanflow.steps.component import component_runtime
     from wanflow.steps.train_run import (
         Validation,
+        data_order,
         distill_sigmas,
         expert_for,
         sample_tensors,
         step_is_lora,
-        unreadable_samples,
     )
     from wanflow.train.batch import Batch, collate
     from wanflow.train.loop import Settings
-    from wanflow.train.order import batch_order
     from wanflow.train.worker import (
         Accelerated,
         DistributedTrainer,
@@ -108,13 +107,7 @@ def train(job: Path, rank: int) -> None:
     build_on = "cpu" if p["train.distribution"] == "deepspeed-zero3" else device  # ZeRO-3 partitions from the CPU
     experts = [expert_for(step, ctx, role, n, build_on, compute) for role, n in step.experts]
     settings = Settings.from_params(p, distill_sigmas(step, p))
-    unreadable = unreadable_samples(step, ctx)
-    train_set = tuple(i for i, _, held in step.samples if not held and i not in unreadable)
-    held_out = tuple(i for i, _, held in step.samples if held and i not in unreadable)
-    buckets = {i: bucket for i, bucket, _ in step.samples}
-    # batch_size is per process: a global batch holds one micro-batch for each
-    order = batch_order([buckets.get(i, "") for i in range(max(buckets) + 1)], train_set,
-                        int(p["train.batch_size"]) * together.world, p["train.seed"])
+    held_out, order = data_order(step, ctx, p, together.world)
 
     def fetch(indices: tuple[int, ...]) -> Batch:
         return collate([sample_tensors(ctx, i, step.conditions) for i in indices], device, step.first_frame)
