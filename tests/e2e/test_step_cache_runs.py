@@ -20,19 +20,21 @@ def quick(folder, cache: dict | None = None):
     return path
 
 
-def test_a_cache_setting_reruns_denoise_and_after_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ['"first-block"', '"easycache"'])
+def test_a_cache_setting_reruns_denoise_and_after_only(tmp_path, monkeypatch, method):
     monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
     base = run(quick(tmp_path), tmp_path / "runs")
-    cached = run(quick(tmp_path, {"method": '"first-block"', "threshold": 5.0}), tmp_path / "runs")
+    cached = run(quick(tmp_path, {"method": method, "threshold": 5.0}), tmp_path / "runs")
     assert computed(cached) == {"denoise", "decode", "save", "save-metadata"}
     assert cached.results["denoise"].digest != base.results["denoise"].digest
-    other = run(quick(tmp_path, {"method": '"first-block"', "threshold": 6.0}), tmp_path / "runs")
+    other = run(quick(tmp_path, {"method": method, "threshold": 6.0}), tmp_path / "runs")
     assert other.results["denoise"].key != cached.results["denoise"].key
 
 
 @pytest.mark.parametrize(("cache", "message"), [
     ({"method": '"teacache"', "threshold": 0.1, "target_speedup": 2.0}, "exactly one of threshold and target"),
     ({"method": '"first-block"', "target_speedup": 2.0}, "only TeaCache's plan is known"),
+    ({"method": '"easycache"', "target_speedup": 2.0}, "only TeaCache's plan is known"),
     ({"method": '"magcache"', "threshold": 0.1}, "MagCache needs the ratios"),
 ])
 def test_cache_settings_that_cannot_work_are_refused_at_validation(tmp_path, cache, message):

@@ -42,6 +42,11 @@ class BlockCache(Protocol):
         """The schedule step this call of ``branch`` evaluates (checked against ``t``)."""
         ...
 
+    def reused_output(self, step: int, branch: str, x: Tensor) -> Tensor | None:
+        """Asked first, with the raw input latent: an output standing in for the whole call
+        (EasyCache), or None to run the forward."""
+        ...
+
     def decide(self, step: int, branch: str, signals: CacheSignals) -> bool:
         """True: run the block stack; False: add ``cached_residual(branch)`` instead."""
         ...
@@ -89,6 +94,9 @@ def cached_forward(
     state: the conditional, unconditional and skip-layer residuals differ).
     """
     step = cache.step_for(branch, t)
+    reused = cache.reused_output(step, branch, x)
+    if reused is not None:
+        return reused
     inputs = embed_inputs(dit, x, t, context, clip_fea, y)
     dit_module._check_skip_blocks(skip_blocks, len(dit.blocks))
     tokens, first = inputs.tokens, 0

@@ -41,7 +41,7 @@ class Video:
 
 @attrs.frozen
 class StepCache:
-    method: Literal["none", "teacache", "first-block", "magcache"] = setting(
+    method: Literal["none", "teacache", "first-block", "magcache", "easycache"] = setting(
         "none", why="every step computed; a cache skips the block stack where the rule allows")
     threshold: float | None = setting(None, ge=0, why="the rule's threshold (None with target_speedup)")
     target_speedup: float | None = setting(
@@ -52,7 +52,8 @@ class StepCache:
     ratios_cond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, conditional pass")
     ratios_uncond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, unconditional pass")
     max_skips: int = setting(2, ge=1, why="MagCache's K: consecutive skips at most")
-    retention: float = setting(0.2, ge=0, le=1, why="MagCache: fraction of first steps always computed")
+    retention: float = setting(0.2, ge=0, le=1, why="MagCache, EasyCache: fraction of first steps always "
+                               "computed (both default to 0.2)")
 
 
 @attrs.frozen

@@ -156,6 +156,18 @@ def _check_loras(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
                              f"(two experts); {family.name} has one DiT: use `scale`")
 
 
+#: [sampler.cache] keys of the other methods that EasyCache does not read, with the fix for each.
+_EASYCACHE_UNUSED = {
+    "mode": "TeaCache's signal; EasyCache decides from the latent itself: remove it",
+    "coefficients": "TeaCache's polynomial; EasyCache needs no coefficients: remove it",
+    "calibrated": "TeaCache's polynomial; EasyCache needs no calibration: remove it",
+    "ratios_cond": "MagCache's calibrated ratios; EasyCache needs no calibration: remove them",
+    "ratios_uncond": "MagCache's calibrated ratios; EasyCache needs no calibration: remove them",
+    "max_skips": "MagCache's K; EasyCache has no cap on consecutive skips (a lower threshold skips "
+                 "less): remove it",
+}
+
+
 def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """A step cache's settings that only make sense together, and models without TeaCache data."""
     c, key = recipe.sampler.cache, ("sampler", "cache")
@@ -164,7 +176,8 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
     if recipe.sampler.slg_blocks or recipe.sampler.sliding_window_size is not None:
         problems.add((*key, "method"), c.method, "a step cache cannot run with skip-layer guidance or "
                      "sliding windows yet (each pass and window would need a cache of its own); drop one")
-    if (c.threshold is None) == (c.target_speedup is None):
+    refused = problems.is_bad((*key, "threshold")) or problems.is_bad((*key, "target_speedup"))
+    if (c.threshold is None) == (c.target_speedup is None) and not refused:  # a refused value reads as None
         problems.add((*key, "threshold"), c.threshold, "give exactly one of threshold and target_speedup")
     if c.target_speedup is not None and c.method != "teacache":
         problems.add((*key, "target_speedup"), c.target_speedup, "only TeaCache's plan is known before "
@@ -172,9 +185,15 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
     if c.method == "magcache" and not (c.ratios_cond and c.ratios_uncond):
         problems.add((*key, "ratios_cond"), list(c.ratios_cond), "MagCache needs the ratios of a calibration "
                      "run on this model (ratios_cond and ratios_uncond)")
-    if (c.coefficients == "calibrated") != bool(c.calibrated):
+    if c.method != "easycache" and (c.coefficients == "calibrated") != bool(c.calibrated):
         problems.add((*key, "calibrated"), list(c.calibrated), 'give the fitted polynomial exactly when '
                      'coefficients = "calibrated"')
+    if c.method == "easycache":  # keys EasyCache does not read would change the key, not the video
+        defaults = type(c)()
+        for name, fix in _EASYCACHE_UNUSED.items():
+            if getattr(c, name) != getattr(defaults, name):
+                value = getattr(c, name)
+                problems.add((*key, name), list(value) if isinstance(value, tuple) else value, fix)
     wan22 = any(comp.architecture.startswith("wan2.2") for name, comp in family.components.items()
                 if name.startswith("dit"))
     if c.method == "teacache" and wan22 and c.coefficients != "calibrated":

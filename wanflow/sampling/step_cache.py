@@ -1,7 +1,8 @@
 """Step caching: per denoising step and guidance branch, run the DiT's block stack or reuse it.
 
-Three rules decide when the residual the block stack added at the last computed step may stand
-in for a new computation (the model side, ``wanflow.models.dit_cache``, does the running):
+Rules decide when what the DiT computed at the last computed step may stand in for a new
+computation (the model side, ``wanflow.models.dit_cache``, does the running); the first three
+reuse the residual of the block stack, EasyCache the output of the whole call:
 
 - **TeaCache** (Liu et al. 2024, "Timestep Embedding Tells: It's Time to Cache", arXiv:2411.19108;
   the authors' TeaCache4Wan2.1): accumulate a polynomial rescaling of the relative L1 change of the
@@ -13,9 +14,13 @@ in for a new computation (the model side, ``wanflow.models.dit_cache``, does the
   Needs no coefficients, so it works for every Wan model.
 - **MagCache** (Ma et al. 2025, MagCache4Wan2.1): accumulate the error of the calibrated ratio of
   residual magnitudes between steps; skip while it stays under the threshold and at most K steps.
+- **EasyCache** (Zhou et al. 2025, ``wanflow.sampling.easycache``): predict the output's change
+  from the raw input's, at a rate measured between computed steps; a skipped call reuses the
+  whole DiT's last transformation ``y − x`` (``StepCache.reused_output``), not only the blocks'.
 
 Each branch ("cond", "uncond", or one name for a batched pair) keeps its own accumulator and
-residual, as in the reference implementations. Thresholds of 0 never skip.
+residual, as in the reference implementations (EasyCache's unconditional pass follows the
+conditional decision, as in its own). Thresholds of 0 never skip.
 """
 
 from __future__ import annotations
@@ -207,9 +212,15 @@ class StepCache:
         state.next_step += 1
         return step
 
+    def reused_output(self, step: int, branch: str, x: torch.Tensor) -> torch.Tensor | None:
+        """Asked before the forward with the DiT's raw input: an output standing in for the whole
+        call, or None to run it. These rules only ever skip the block stack, so always None."""
+        return None
+
     def decide(self, step: int, branch: str, signals: Signals) -> bool:
         """True: run the blocks; False: reuse the cached residual."""
         state = self.state(branch)
+        _to_device(state, signals.e.device)
         compute = self.rule.decide(state, step, self.start, self.last, signals)
         if not compute and state.residual is None:
             raise ModelInputError(f"step cache ({branch}): step {step} skipped with no residual cached")
@@ -250,6 +261,15 @@ class StepCache:
                 name, int(next_step), acc, ratio, err, int(skips), tensors.get(f"{name}.signal"),
                 tensors.get(f"{name}.residual"), tensors[f"{name}.computed"].tolist(),
             )
+
+
+def _to_device(state: BranchState, device: torch.device) -> None:
+    """Bring a branch's tensors to the compute device: a state restored from a checkpoint comes
+    back on the CPU (a no-op when they are there already)."""
+    for field in ("signal", "residual"):
+        value = getattr(state, field)
+        if value is not None and value.device != device:
+            setattr(state, field, value.to(device))
 
 
 @attrs.frozen

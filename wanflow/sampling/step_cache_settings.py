@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from wanflow.errors import ModelInputError
+from wanflow.sampling.easycache import EasyCache, EasyCacheRule
 from wanflow.sampling.step_cache import (
     FirstBlockRule,
     MagCacheRule,
@@ -27,17 +28,26 @@ from wanflow.sampling.teacache import (
     teacache_set,
 )
 
-METHODS = ("teacache", "first-block", "magcache")
+METHODS = ("teacache", "first-block", "magcache", "easycache")
 TEACACHE_MODES = ("e", "e0")
 #: Where the settings live in a recipe; messages name these keys.
 SECTION = "[sampler.cache]"
+#: Settings of the other methods that EasyCache does not read, with the fix for each.
+EASYCACHE_UNUSED = {
+    "mode": "TeaCache's signal; EasyCache decides from the latent itself: remove it",
+    "coefficients": "TeaCache's polynomial; EasyCache needs no coefficients: remove it",
+    "calibrated": "TeaCache's polynomial; EasyCache needs no calibration: remove it",
+    "ratios": "MagCache's calibrated ratios; EasyCache needs no calibration: remove them",
+    "max_skips": "MagCache's K; EasyCache has no cap on consecutive skips (a lower threshold skips less): "
+                 "remove it",
+}
 
 
 @attrs.frozen
 class StepCacheSettings:
     """How to cache; every field is a plain value, so ``key()`` can join the denoise step's key."""
 
-    method: str  # "teacache" | "first-block" | "magcache"
+    method: str  # "teacache" | "first-block" | "magcache" | "easycache"
     threshold: float | None = None  # None: solve it from target_speedup (TeaCache)
     target_speedup: float | None = None  # TeaCache: at least this many times fewer block-stack runs
     mode: str = "e"  # TeaCache signal: "e" (time embedding) or "e0" (modulation; retains 5 steps)
@@ -45,7 +55,7 @@ class StepCacheSettings:
     calibrated: tuple[float, ...] = ()  # TeaCache: a calibration's polynomial, highest power first
     ratios: tuple[tuple[str, tuple[float, ...]], ...] = ()  # MagCache: (branch, γ per step) pairs
     max_skips: int = 2  # MagCache's K (its default)
-    retention: float = 0.2  # MagCache: fraction of steps always computed first (its default)
+    retention: float = 0.2  # MagCache, EasyCache: fraction of steps always computed first (both default 0.2)
 
     def key(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples as lists)."""
@@ -68,7 +78,7 @@ class StepCacheSettings:
                            f"give {self.method} a threshold")
         if self.mode not in TEACACHE_MODES:
             out.append(f"{SECTION}.mode = {self.mode!r}: choose one of {list(TEACACHE_MODES)}")
-        if (self.coefficients == "calibrated") != bool(self.calibrated):
+        if self.method != "easycache" and (self.coefficients == "calibrated") != bool(self.calibrated):
             out.append(f"{SECTION}.calibrated: give the fitted polynomial exactly when coefficients = \"calibrated\"")
         if self.method == "magcache" and not self.ratios:
             out.append(f"{SECTION}.ratios: MagCache needs the ratios of a calibration run on this model")
@@ -76,7 +86,16 @@ class StepCacheSettings:
             out.append(f"{SECTION}.max_skips = {self.max_skips!r}: must be an integer ≥ 1")
         if not _finite_at_least(self.retention, 0.0) or self.retention > 1:
             out.append(f"{SECTION}.retention = {self.retention!r}: must be a number in [0, 1]")
+        if self.method == "easycache":
+            out += [f"{SECTION}.{name} = {value!r}: {why}" for name, value, why in self.unused_by_easycache()]
         return out
+
+    def unused_by_easycache(self) -> list[tuple[str, Any, str]]:
+        """(key, value, fix) of every setting EasyCache does not read that differs from its
+        default: keyed but without effect, so refused rather than ignored."""
+        defaults = {f.name: f.default for f in attrs.fields(StepCacheSettings)}
+        return [(name, getattr(self, name), why) for name, why in EASYCACHE_UNUSED.items()
+                if getattr(self, name) != defaults[name]]
 
     def check(self) -> StepCacheSettings:
         """Refuse invalid settings, all problems at once; returns self for chaining."""
@@ -118,6 +137,8 @@ def make_step_cache(
     stop = len(timesteps) if stop is None else stop
     if settings.method == "first-block":
         return StepCache(FirstBlockRule(float(settings.threshold)), timesteps, start, stop)
+    if settings.method == "easycache":
+        return EasyCache(EasyCacheRule(float(settings.threshold), settings.retention), timesteps, start, stop)
     if settings.method == "magcache":
         rule = MagCacheRule(_resampled(settings.ratios, len(timesteps)), float(settings.threshold),
                             settings.max_skips, settings.retention)
