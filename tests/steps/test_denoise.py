@@ -212,3 +212,24 @@ def test_each_prompt_is_prepared_once_whatever_the_passes(dits, monkeypatch):
     run(T2V, {"sampler.cfg_merge": True, "sampler.slg_blocks": (1,), "sampler.slg_start": 0.0,
               "sampler.slg_scale": 0.5}, texts(), weights("dit", dits["high"]))
     assert len(calls) == 2  # the prompt and the negative, once each
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("teacache", {"sampler.cache.threshold": 0.5, "sampler.cache.coefficients": "calibrated",
+                  "sampler.cache.calibrated": (0.0, 0.0, 0.0, 1.0, 0.0)}),
+    ("magcache", {"sampler.cache.threshold": 0.5, "sampler.cache.ratios_cond": (1.0,) * 8,
+                  "sampler.cache.ratios_uncond": (1.0,) * 8}),
+    ("easycache", {"sampler.cache.threshold": 0.5}),
+])
+def test_a_cache_resumed_mid_run_skips_the_steps_an_uninterrupted_run_skips(dits, monkeypatch, method, extra):
+    """The cache's warm-up and plan count from the segment's first step, not from the resume
+    point: a resumed run must not compute a step the uninterrupted run skipped."""
+    w = weights("dit", dits["high"])
+    settings = {"sampler.steps": 8, "sampler.cache.method": method, **extra}
+    whole = run(T2V, settings, texts(), w)
+    monkeypatch.setattr(denoise, "CHECKPOINT_EVERY", 2)
+    killed = Ctx({**PARAMS, **settings}, texts(), w, stop_after=4)
+    with pytest.raises(Stop):
+        T2V.run(killed)
+    resumed = T2V.run(Ctx({**PARAMS, **settings}, texts(), w, partial=killed.partial))["latents"]
+    assert torch.equal(resumed, whole)

@@ -84,8 +84,8 @@ class Denoise:
         state = _moved(state, device)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
-            for role, stop in self._segments(p, schedule, state.index):
-                state = self._segment(ctx, role, stop, state, schedule, inputs, bar, cache_state)
+            for role, begin, stop in self._segments_from(p, schedule, state.index):
+                state = self._segment(ctx, role, begin, stop, state, schedule, inputs, bar, cache_state)
                 cache_state = {}  # a later segment (the other A14B expert) starts its own cache
         bar.close()
         return {"latents": state.x.float().cpu().contiguous()}
@@ -121,6 +121,27 @@ class Denoise:
         x = noised(_tensor(inputs, "x0"), noise, schedule.sigma(start))
         return start_state(_clamped(x, inputs), start)
 
+    def _segments_from(self, p: Mapping[str, Any], schedule: Any, index: int) -> list[tuple[str, int, int]]:
+        """(DiT role, first step, stop) of each segment still to run from step ``index``.
+
+        A segment's first step is where it began in an uninterrupted run, not where a resumed run
+        picks it up: a step cache's warm-up and plan count from it, so a resumed run skips and
+        computes exactly the steps an uninterrupted one does."""
+        begin, out = self._first_step(p, schedule), []
+        for role, stop in self._segments(p, schedule, begin):
+            if stop > index:
+                out.append((role, begin, stop))
+            begin = stop
+        return out
+
+    def _first_step(self, p: Mapping[str, Any], schedule: Any) -> int:
+        """The step an uninterrupted run starts at: 0, or the first kept step under "truncate"."""
+        from wanflow.sampling import denoise_start
+
+        if "x0" in self.conditions and p["sampler.strength_schedule"] == "truncate":
+            return denoise_start(schedule.steps, p["sampler.denoising_strength"])
+        return 0
+
     def _segments(self, p: Mapping[str, Any], schedule: Any, start: int) -> list[tuple[str, int]]:
         """(DiT role, stop step) per run of steps; A14B switches expert at the boundary."""
         from wanflow.sampling import Expert, expert_segments
@@ -131,7 +152,7 @@ class Denoise:
         return [(names[seg.expert], seg.stop)
                 for seg in expert_segments(schedule, p["sampler.boundary"], start)]
 
-    def _segment(self, ctx: Any, role: str, stop: int, state: Any, schedule: Any,
+    def _segment(self, ctx: Any, role: str, begin: int, stop: int, state: Any, schedule: Any,
                  inputs: Mapping[str, Any], bar: Any, resumed_cache: Mapping[str, Any]) -> Any:
         """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
         p = ctx.params
@@ -141,7 +162,7 @@ class Denoise:
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
                              p["runtime.attention"], self.residency, loras, self.storage,
                              dict(self.tiers).get(role, ()))
-        cache = self._cache(p, dit, schedule, state, stop, resumed_cache)
+        cache = self._cache(p, dit, schedule, state, begin, stop, resumed_cache)
         model_fn = self._guided(p, role, dit, inputs, device, cache, schedule)
         step = self.solver.load().step
         while state.index < stop:
@@ -187,7 +208,7 @@ class Denoise:
                            if slg is not None and slg.prompt in inputs else None, p))
         return guided_model(passes, guidance, schedule)
 
-    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, stop: int,
+    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, begin: int, stop: int,
                resumed: Mapping[str, Any]) -> Any:
         """The step cache of this segment (``[sampler.cache]``), restored when resuming inside it."""
         settings = cache_settings(p)
@@ -202,7 +223,7 @@ class Denoise:
             device = next(dit.parameters()).device
             ts = [self._model_t(state.x, t, dit).to(device) for t in schedule.timesteps]
             signals = time_signals(dit, ts)
-        cache = make_step_cache(settings, schedule.timesteps, start=state.index, stop=stop,
+        cache = make_step_cache(settings, schedule.timesteps, start=begin, stop=stop,
                                 arch=DitArchitecture.of(dit.cfg, experts=len(self.experts)),
                                 family=p["model"], signals=signals)
         if resumed:
