@@ -7,9 +7,9 @@ import torch
 
 from tests.e2e._layout import tiny, write_dit
 from tests.steps._ctx import Ctx, Stop
-from wanflow.sampling import BUILTIN_SOLVERS, expert_segments, make_schedule, noised
-from wanflow.plugins import SamplerEntry
 from wanflow.memory import pool as model_pool
+from wanflow.plugins import SamplerEntry
+from wanflow.sampling import BUILTIN_SOLVERS, expert_segments, make_schedule, noised
 from wanflow.steps import denoise
 from wanflow.steps.denoise import Denoise
 
