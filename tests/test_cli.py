@@ -150,7 +150,7 @@ def workdir(tmp_path, monkeypatch):
 def test_validate_reports_every_setting_it_cannot_honour_at_once(workdir, capsys):
     (workdir / "data.csv").write_text("video,prompt\n")
     (workdir / "weights").mkdir()
-    (workdir / "r.toml").write_text(TINY + '[runtime]\nattention = "flash"\n[memory]\npolicy = "stream"\n'
+    (workdir / "r.toml").write_text(TINY + '[runtime]\nattention = "flash"\n'
                                     '[models.dit]\nsource = "weights"\n[train]\ndataset = "data.csv"\n'
                                     '[sampler]\nnoise_device = "cuda"\n')
     assert main(["validate", "r.toml"]) == 2

@@ -5,25 +5,51 @@ checkpoint headers (each component's bytes, the DiT's per block) and the activat
 ``wanflow.memory.estimates`` at the recipe's size. ``wanflow.memory.planner`` decides; a plan that
 cannot fit is refused here, with the numbers and the cheapest change, before any weight is read.
 Placement never changes the numbers, so none of this is in a step key.
+
+A training job adds its train step (``train_step_peak``): the DiTs it trains stay resident
+whatever the policy, with their trained state and the activations of the dataset's largest bucket
+(``wanflow.memory.train_estimate``); a train step that cannot fit is refused the same way, naming
+the [train] changes that would fit.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from wanflow.errors import display_path
 from wanflow.memory.estimates import (
+    FP32,
     dit_forward_bytes,
+    dit_tokens,
     latent_grid,
     text_encode_bytes,
     vae_decode_bytes,
 )
-from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
+from wanflow.memory.planner import (
+    Budgets,
+    MemoryPlan,
+    MemoryPlanError,
+    StepDemand,
+    StepPeak,
+    plan,
+)
 from wanflow.memory.sizes import ComponentSize, component_size, dit_shapes, read_headers
+from wanflow.memory.train_estimate import (
+    Trained,
+    TrainPeak,
+    TrainSetup,
+    lora_adapters,
+    train_peak,
+)
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
 from wanflow.steps.denoise import expert_cfgs
+from wanflow.steps.train_targets import matches
 
 GIB = 1024**3
 #: Host memory kept free for the OS, the interpreter and the libraries when no budget is given.
@@ -106,10 +132,152 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
     v = job.values
     itemsize = ITEMSIZE.get(dtype_name, 4)
     files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()
-             if name != "lora"}
+             if name not in ("lora", "train_files")}  # LoRA files patch a DiT; they are not models
     dit = next(d for d in DIT_ROLES if d in files)
     config = from_shapes(dit_shapes(files[dit]), str(files[dit][0]))
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
-    return plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
-                step_demands(job, config, itemsize, vae_version), host_compute=on_host)
+    found = plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
+                 step_demands(job, config, itemsize, vae_version), host_compute=on_host)
+    if job.resolved.recipe.train is None:
+        return found
+    train = train_step_peak(job, config, itemsize, device, vae_version, found.budgets)
+    return attrs.evolve(found, peaks=(*found.peaks, train))
+
+
+# ----------------------------------------------------------------------------- the train step
+
+
+@attrs.frozen
+class TrainJob:
+    """What the train step's estimate reads from a training job; ``peak`` re-estimates it with
+    changed [train] settings (the changes a refusal offers)."""
+
+    config: DitConfig
+    dit_files: Mapping[str, Sequence[Path]]  # every DiT the step holds (A14B: both experts)
+    grid: tuple[int, int, int]  # the largest bucket's latent grid
+    bucket: str  # its name, WIDTHxHEIGHTxFRAMES
+    itemsize: int  # the run's compute dtype
+    device_run: bool
+    accumulation: int
+    processes: int  # processes holding a whole replica each (a distributed run)
+    targets: tuple[str, ...]
+    rank: int
+    method: str
+    batch: int
+    checkpointing: bool
+    offload: bool
+    fp8: bool
+    forwards: int  # DiT passes per micro-batch (direct distillation: the student's steps)
+
+    def peak(self, **changes: Any) -> TrainPeak:
+        job = attrs.evolve(self, **changes)
+        lora = job.method == "lora"
+        dits, adapters = [], None
+        for role, files in job.dit_files.items():
+            size = component_sizes({role: files}, job.itemsize if lora else FP32, job.fp8 and lora)[0]
+            shapes = dit_shapes(files)
+            if lora:
+                adapters, params, block = lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+            else:
+                params, block = _parameter_count(shapes), _parameter_count(shapes, "blocks.0.")
+            dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
+        setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
+                           job.offload, adapters, per_token_time=job.config.model_type == "ti2v",
+                           forwards=job.forwards)
+        loading = max(component_sizes({"dit": f}, FP32, False)[0].largest_tensor_bytes
+                      for f in job.dit_files.values())
+        found = train_peak(job.config, setup, dits, device_run=job.device_run,
+                           accumulation=job.accumulation, loading_bytes=loading)
+        return attrs.evolve(found, host_bytes=found.host_bytes * job.processes)
+
+
+def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str) -> TrainJob:
+    """The train step's inputs: the [train] settings, the DiTs' files and the dataset's largest bucket."""
+    from wanflow.steps.train_data import training_dataset
+
+    v, t = job.values, job.resolved.recipe.train
+    targets = [s.target for s in training_dataset(job.resolved).samples]
+    grids = {s: latent_grid(s.frames, s.height, s.width, vae_version) for s in targets}
+    largest = max(targets, key=lambda s: (dit_tokens(config, grids[s]), s))
+    files = {d: [w.path for w in job.weights[d].values()] for d in job.dits()}
+    return TrainJob(config, files, grids[largest], largest.bucket, itemsize, device != "cpu",
+                    t.gradient_accumulation, t.processes if t.distribution != "none" else 1,
+                    tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size, t.gradient_checkpointing,
+                    t.offload_activations, bool(v["memory.fp8"]),
+                    int(v["sampler.steps"]) if t.task == "direct_distill" else 1)
+
+
+def train_step_peak(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str,
+                    budgets: Budgets) -> StepPeak:
+    """The train step's predicted peak, or MemoryPlanError naming the [train] changes that fit."""
+    train = train_job(job, config, itemsize, device, vae_version)
+    found = train.peak()
+    if _fits(found, budgets):
+        return StepPeak("train", found.device_bytes, found.host_bytes)
+    raise _train_refusal(getattr(job.resolved, "path", None), train, found, budgets)
+
+
+def _fits(peak: TrainPeak, budgets: Budgets) -> bool:
+    return peak.host_bytes <= budgets.host_bytes and (
+        budgets.device_bytes is None or peak.device_bytes <= budgets.device_bytes)
+
+
+def _train_fixes(train: TrainJob, budgets: Budgets) -> list[str]:
+    """Single [train] or [memory] changes that fit, cheapest first."""
+    changes: list[tuple[str, dict[str, Any]]] = []
+    if not train.checkpointing:
+        changes.append(("[train].gradient_checkpointing = true", {"checkpointing": True}))
+    if train.device_run and not train.offload:
+        changes.append(("[train].offload_activations = true", {"offload": True}))
+    smaller = next((b for b in range(train.batch - 1, 0, -1) if _fits(train.peak(batch=b), budgets)), None)
+    if smaller is not None:
+        text = f"[train].batch_size = {smaller} (gradient_accumulation keeps the effective batch)"
+        changes.append((text, {"batch": smaller}))
+    if train.method == "lora" and not train.fp8:
+        changes.append(("[memory].fp8 = true (the frozen base stored in fp8)", {"fp8": True}))
+    if train.method == "full":
+        changes.append(('[train].method = "lora"', {"method": "lora"}))
+    return [text for text, change in changes if _fits(train.peak(**change), budgets)]
+
+
+def _train_refusal(path: Any, train: TrainJob, peak: TrainPeak, budgets: Budgets) -> MemoryPlanError:
+    """The error when the train step cannot fit: where it falls short, what it holds, what would fit."""
+    device_short = budgets.device_bytes is not None and peak.device_bytes > budgets.device_bytes
+    host_short = peak.host_bytes > budgets.host_bytes
+    short = [f"{_gib(peak.device_bytes)} of device memory, the budget is {_gib(budgets.device_bytes)}"] * \
+        device_short + [f"{_gib(peak.host_bytes)} of host memory, the budget is {_gib(budgets.host_bytes)}"] * host_short
+    dits = len(train.dit_files)
+    parts = (f"{_gib(peak.weights)} weights of {dits} DiT{'s' * (dits > 1)}, {_gib(peak.state)} trained state, "
+             f"{_gib(peak.activations)} activations of {train.batch} clip{'s' * (train.batch > 1)} of the "
+             f"largest bucket {train.bucket}" + (f"; {_gib(peak.checkpoint)} to build a checkpoint" if host_short else ""))
+    budget = " and ".join([f"a device budget ([memory].limit_gb) of {_gib(peak.device_bytes)}"] * device_short +
+                          [f"a host budget ([memory].host_limit_gb) of {_gib(peak.host_bytes)}"] * host_short)
+    fixes = [*_train_fixes(train, budgets), budget]
+    advice = f"the cheapest change that fits: {fixes[0]}" + (
+        f" (also: {'; '.join(fixes[1:])})" if fixes[1:] else "")
+    if len(fixes) == 1:
+        advice = (f"no [train] change alone fits: combine gradient_checkpointing, offload_activations, batch_size 1, "
+                  f"fp8 storage or LoRA, train on smaller clips ([train].max_pixels, width/height, frames), "
+                  f"or use {budget}")
+    where = f"{display_path(path)}: " if path else ""
+    return MemoryPlanError(f"{where}[train]: the train step needs {' and '.join(short)} ({parts}); {advice}.",
+                           fixes)
+
+
+def _linears(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Every Linear of a DiT (a 2-D ``.weight``): module name -> (out, in)."""
+    return {k.removesuffix(".weight"): s for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2}
+
+
+def _adapted(shapes: Mapping[str, tuple[int, ...]], targets: Sequence[str]) -> list[str]:
+    """The Linears a LoRA's targets match (peft's suffix rule, as the training run applies it)."""
+    return [name for name in _linears(shapes) if any(matches(name, t) for t in targets)]
+
+
+def _parameter_count(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> int:
+    return sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix))
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / GIB:.2f} GiB"

@@ -50,6 +50,8 @@ class TrainModel:
     latent_stride: int
     init: tuple[str, ...] = ()  # weight roles present: "lora_init", "preset_lora"
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
+    #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
+    peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: ("train.<setting>", value) of the EXECUTION_ONLY settings: honoured, never keyed.
     execution: tuple[tuple[str, Any], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "train"
@@ -58,9 +60,11 @@ class TrainModel:
     reads: tuple[str, ...] = (*TRAIN_READS, *SAMPLER_READS, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.oom import reported_oom
         from wanflow.steps.train_run import run_training
 
-        return run_training(self, ctx)
+        with reported_oom(self.kind, self.peak):
+            return run_training(self, ctx)
 
     def run_params(self, ctx: Any) -> dict[str, Any]:
         """The keyed params with the execution-only settings added: what the loop reads."""

@@ -93,7 +93,7 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         conditions=conditions, first_frame=takes_image and not y_mode, boundary=boundary,
         validation_prompts=len(t.validation_prompts), z_dim=z_dim,
         latent_stride=family.spatial_factor // 2, init=init, solver=solver,
-        execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY))
+        execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY), peak=job.peak("train"))
     nodes.append(StepSpec("train", train, inputs=inputs, weights=weights, uses=uses))
     nodes += _outputs(job, t, dits, vae_version, vae, vae_own)
     return nodes
