@@ -74,7 +74,7 @@ class RMSNorm(nn.Module):
         # 256 px, and 1.6x the time) for the same rounded norm.
         norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
         gamma = self.gamma if dim == 1 else self.gamma.view(-1)
-        return (x / norm.clamp_min_(1e-12)).mul_(gamma * self.scale)
+        return (x / norm.clamp_min(1e-12)).mul_(gamma * self.scale)
 
 
 class ResidualBlock(nn.Module):
