@@ -13,7 +13,14 @@ from scripts.shapes import classify as cls
 from scripts.shapes import render, vocabulary
 from scripts.shapes.classify import UNKNOWN, Classification, classify
 from scripts.shapes.dataset import Clip, plan_clips, write_dataset
-from scripts.shapes.evaluate import Graded, LabelsError, accuracy, grade, read_labels, report
+from scripts.shapes.evaluate import (
+    Graded,
+    LabelsError,
+    accuracy,
+    grade,
+    read_labels,
+    report,
+)
 from wanflow.output.video import read_frames
 
 ROOT = Path(__file__).resolve().parents[2]
