@@ -10,6 +10,7 @@ first full match wins and unmatched keys are kept. The official layout is wanflo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 #: (official, diffusers) name pairs inside ``blocks.N.``; a trailing '.' means 'and below'.
 BLOCK_PAIRS: tuple[tuple[str, str], ...] = (
@@ -89,3 +90,13 @@ LAYOUT_MARKERS: dict[str, str] = {
     "diffusers": "condition_embedder.time_proj.weight",
     "comfyui": COMFYUI_PREFIX + "patch_embedding.weight",
 }
+
+
+def renamed_key(key: str, rules: Iterable[tuple[re.Pattern[str], str]]) -> str:
+    """The first rule that matches the whole key renames it; no rule, no change (the loader's
+    rule, shared with checks that read a checkpoint's header without torch)."""
+    for rx, replacement in rules:
+        match = rx.fullmatch(key)
+        if match:
+            return match.expand(replacement)
+    return key

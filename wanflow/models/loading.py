@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature
 from wanflow.models.checkpoint_files import capped
+from wanflow.models.dit_keys import renamed_key
 from wanflow.models.residency import DtypeChoice, place_all
 
 log = structlog.get_logger(__name__)
@@ -36,20 +37,11 @@ def rename_keys(state: Mapping[str, T], table: Sequence[tuple[str, str]]) -> dic
     out: dict[str, T] = {}
     origin: dict[str, str] = {}
     for key, value in state.items():
-        new = _renamed(key, rules)
+        new = renamed_key(key, rules)
         if new in out:
             raise ModelLoadError(f"keys {origin[new]!r} and {key!r} both become {new!r}.")
         out[new], origin[new] = value, key
     return out
-
-
-def _renamed(key: str, rules: Sequence[tuple[re.Pattern[str], str]]) -> str:
-    """The first rule that matches the whole key renames it; no rule, no change."""
-    for rx, replacement in rules:
-        match = rx.fullmatch(key)
-        if match:
-            return match.expand(replacement)
-    return key
 
 
 # ----------------------------------------------------------------------------- modules

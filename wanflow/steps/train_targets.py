@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from wanflow.models.dit_keys import (
     COMFYUI_PREFIX,
     DIFFUSERS_TO_OFFICIAL,
     LAYOUT_MARKERS,
+    renamed_key,
 )
 
 Where = Callable[[str], str]
@@ -90,16 +91,7 @@ def official_names(header: Mapping[str, TensorInfo]) -> dict[str, TensorInfo]:
     if LAYOUT_MARKERS["diffusers"] not in header:
         return dict(header)
     rules = [(re.compile(pattern), replacement) for pattern, replacement in DIFFUSERS_TO_OFFICIAL]
-    return {_renamed(k, rules): v for k, v in header.items()}
-
-
-def _renamed(key: str, rules: Iterable[tuple[re.Pattern[str], str]]) -> str:
-    """The first rule matching the whole key renames it (the loader's rule, for names only)."""
-    for rx, replacement in rules:
-        hit = rx.fullmatch(key)
-        if hit:
-            return hit.expand(replacement)
-    return key
+    return {renamed_key(k, rules): v for k, v in header.items()}
 
 
 def _message(target: str, roles: Sequence[str], present: Mapping[str, DitModules], where: Where) -> str:
