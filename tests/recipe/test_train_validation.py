@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._offline import offline_here
 from tests.train.test_dataset import _video
 from wanflow.cli import main
 from wanflow.errors import RecipeError
@@ -27,11 +28,7 @@ A14B = 'model = "wan2.2-t2v-a14b"\n[train]\ndataset = "data.csv"\n'
 @pytest.fixture(autouse=True)
 def _here(tmp_path, monkeypatch):
     """Recipes in tmp_path, messages relative to it, no weights anywhere (validation needs none)."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path / "models"))
-    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
-    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    offline_here(tmp_path, monkeypatch)
     (tmp_path / "data.csv").write_text("video,prompt\n", encoding="utf-8")
 
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
+from tests._offline import offline_here
 from tests.train.test_dataset import _video
 from wanflow.families.spec import FamilySpec
 from wanflow.memory.sizes import TensorInfo
@@ -32,11 +33,7 @@ A14B = ('model = "wan2.2-t2v-a14b"\n[models.dit_high_noise]\nsource = "high.safe
 @pytest.fixture(autouse=True)
 def _here(tmp_path, monkeypatch):
     """Messages name files relative to tmp_path; no downloaded weights; every package "installed"."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()
-    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path / "models"))
-    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
-    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    offline_here(tmp_path, monkeypatch)
     monkeypatch.setattr(train_checks, "installed", lambda module: True)
     (tmp_path / "clips").mkdir()
     for i in range(2):
