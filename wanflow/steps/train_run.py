@@ -163,7 +163,7 @@ class Validation:
 
 def export_bytes(step: Any, ctx: Any) -> bytes:
     """The trained weights of ``step.role`` as safetensors bytes."""
-    from wanflow.models.stable_safetensors import save_stable, sorted_metadata
+    from wanflow.models.stable_safetensors import save_stable
 
     trained = ctx.input("trained")
     prefix = f"{step.role}/"
@@ -172,7 +172,7 @@ def export_bytes(step: Any, ctx: Any) -> bytes:
     if step.method == "full":
         header |= {"wanflow.method": "full", "wanflow.steps": str(ctx.params["train.steps"])}
         return save_stable({k: v.contiguous() for k, v in sorted(tensors.items())}, metadata=header)
-    return sorted_metadata(_lora_bytes(tensors, step, ctx, header))
+    return _lora_bytes(tensors, step, ctx, header)  # through write_lora: metadata already sorted
 
 
 def _lora_bytes(tensors: dict[str, torch.Tensor], step: Any, ctx: Any, header: dict[str, str]) -> bytes:

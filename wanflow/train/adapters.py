@@ -3,8 +3,8 @@
 LoRA: peft's ``LoraConfig`` + ``inject_adapter_in_model`` on the DiT, DiffSynth's way (A Kaiming,
 B zero, so the first step starts from the base model; suffix matching of the target names).
 Optionally the adapter starts from a LoRA file (``lora_init``) and a preset LoRA is merged into
-the base first (differential training). The trained adapter is read back as wanflow's canonical
-``LoraFile`` (official parameter names), which every LoRA dialect can be written from.
+the base first (differential training). The trained factors keep peft's names
+(``<module>.lora_A.default.weight``); the export step writes them in any LoRA dialect.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from wanflow.errors import ModelInputError
-from wanflow.lora.delta import LoraFile, LowRank
+from wanflow.lora.delta import LowRank
 
 ADAPTER = "default"
 
@@ -75,14 +75,6 @@ def _lora_pairs(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module, float
     return out
 
 
-def trained_lora(model: nn.Module, alpha: float, metadata: dict[str, str] | None = None) -> LoraFile:
-    """The adapter as a canonical LoRA: ΔW = B·A·alpha/rank for each adapted weight."""
-    deltas = {f"{name}.weight": LowRank(down=a.weight.detach().float().cpu().contiguous(),
-                                        up=b.weight.detach().float().cpu().contiguous(), alpha=float(alpha))
-              for name, (a, b, _) in _lora_pairs(model).items()}
-    return LoraFile("wanflow", deltas, metadata=dict(metadata or {}))
-
-
 def start_from(model: nn.Module, path: Path) -> None:
     """Set the adapter to a LoRA file's factors (``lora_init``), keeping its ΔW exactly.
 
@@ -113,10 +105,6 @@ def merge_preset(model: nn.Module, path: Path, scale: float) -> None:
     from wanflow.lora.read import read_lora
 
     merge(model, [read_lora(path)], [scale], model_name="the DiT", labels=[f"preset LoRA {path.name}"])
-
-
-def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def unfreeze(model: nn.Module) -> None:

@@ -12,6 +12,7 @@ gradient (AdamW leaves parameters without one untouched, state included).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
@@ -253,7 +254,7 @@ class Trainer:
         """The micro-batch's loss; every draw is seeded by (seed, *stream[, position])."""
         s = self.settings
         context = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) \
-            if s.offload_activations else _nothing()
+            if s.offload_activations else contextlib.nullcontext()
         with context:
             if s.task == "direct_distill":
                 noise = torch.cat([torch.randn(batch.x0[:1].shape, generator=generator(s.seed, *stream, j))
@@ -283,11 +284,3 @@ class Trainer:
         with torch.no_grad():
             losses = [float(self._loss(batch, (VALIDATION_STREAM, j), (0,))) for j, batch in enumerate(batches)]
         return sum(losses) / len(losses)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
