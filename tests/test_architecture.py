@@ -22,12 +22,14 @@ ALLOWED = {
     "engine": set(),
     "models": set(),
     "sampling": set(),
-    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train"},
+    "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train",
+              "audio"},
     "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
     "sources": {"families"},
-    "train": {"families", "output", "models", "lora", "sampling"},  # dataset, objective, loop, adapters
+    "train": {"families", "output", "models", "lora", "sampling", "audio"},  # dataset, objective, loop, adapters
+    "audio": set(),  # decoding, probing and encoding speech for audio-driven families
     "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door
     "": {"api"},  # `wanflow/__init__.py` exports the API lazily (importing wanflow stays cheap)
     "cli": None,  # the top: may import everything
