@@ -17,13 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wanflow"
 #: they get savers and solvers from the pipeline at planning.
 ALLOWED = {
     "recipe": {"plugins", "families"},  # the family registry, consulted lazily
-    "families": set(),  # data: family specs
+    "families": {"conditioners"},  # data: family specs and the conditioning they declare
+    "conditioners": set(),  # the torch-free registry of conditioning kinds a family may declare
     "plugins": {"families", "steps"},  # steps only lazily, inside the pipelines hook
     "engine": set(),
     "models": set(),
     "sampling": set(),
     "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train",
-              "audio"},
+              "audio", "conditioners"},
     "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": set(),
@@ -35,7 +36,7 @@ ALLOWED = {
     "cli": None,  # the top: may import everything
     "__main__": {"cli"},
 }
-NO_TORCH = ("recipe", "families", "plugins")
+NO_TORCH = ("recipe", "families", "plugins", "conditioners")
 
 
 def layer_of(path: Path) -> str:

@@ -1,7 +1,7 @@
 """What a recipe needs to know about a model family, and how validation asks for it.
 
-A family is data (components, official defaults, accepted inputs, sizes, solvers), never a branch
-in a pipeline. Families are registered through plugin hooks; validation only sees the
+A family is data (components, official defaults, accepted inputs, sizes, solvers, conditioners),
+never a branch in a pipeline. Families are registered through plugin hooks; validation only sees the
 ``FamilyLookup`` protocol, so this module stays free of torch and of the plugin machinery.
 """
 
@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
+
+from wanflow.conditioners import Conditioner
 
 #: Every conditioning input a recipe can name in ``[inputs]``; a family accepts a subset.
 KNOWN_INPUTS = (
@@ -45,6 +47,9 @@ class FamilySpec:
     sizes: tuple[tuple[int, int], ...] = ()  # officially supported (width, height); others warn
     experts: tuple[str, ...] = ()  # A14B: ("dit_high_noise", "dit_low_noise"); () for one DiT
     pipeline: str = "wan"  # the name of the pipeline that builds this family's steps
+    #: How the family's inputs reach its DiT, in order (channels join the latent in this order);
+    #: each a registered kind (``wanflow.conditioners``). () = text only.
+    conditioners: tuple[Conditioner, ...] = ()
 
 
 class FamilyLookup(Protocol):

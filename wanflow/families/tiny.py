@@ -3,6 +3,7 @@ with wanflow, seconds on a CPU. It draws noise-like video: it proves the machine
 
 from __future__ import annotations
 
+from wanflow.conditioners import conditioner
 from wanflow.families.spec import ComponentSpec, FamilySpec
 
 SOURCE = "builtin:wanflow-tiny"
@@ -17,4 +18,4 @@ def family() -> FamilySpec:
          "vae": ComponentSpec("vae", SOURCE, ("vae/*",), "wan2.1-vae-tiny")},
         {"video.width": 64, "video.height": 64, "video.frames": 9, "video.fps": 8, "sampler.solver": "euler",
          "sampler.steps": 8, "sampler.shift": 3.0, "sampler.cfg": 3.0, "prompt.negative": "blurry, static"},
-        frozenset({"video"}), spatial_factor=16)
+        frozenset({"video"}), spatial_factor=16, conditioners=(conditioner("source-latent"),))

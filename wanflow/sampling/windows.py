@@ -21,7 +21,8 @@ from wanflow.sampling.guidance import SettingProblem, key_name, refuse
 from wanflow.sampling.state import ModelFn
 
 #: (x of the window (B, C, n, H, W), t, the frames of the clip it covers) → its velocity (B, C, n, H, W).
-#: The slice lets the function cut per-frame conditioning (I2V's y, TI2V's frame-0 timesteps) to match.
+#: The slice lets the function cut the per-frame parts of the model call (extra channels, per-token
+#: timesteps, the DiT extras' frames) to match.
 WindowFn = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
 
 #: Video frames per latent frame after the first (both Wan VAEs): latent = (frames − 1) / 4 + 1.

@@ -1,9 +1,10 @@
-"""encode-conditioning: VAE latents of the input image(s) or video, with the I2V frame mask.
+"""encode-conditioning: VAE latents of input images or a video, the engine step of the base kinds.
 
-``y`` (Wan2.1 I2V/FLF2V, Wan2.2 I2V-A14B): a 4-channel mask marking the given frames, then the
-latent of [image, zeros…(, end image)]: 4 + z channels joined to the noisy latent. ``z0``
-(TI2V-5B): the first frame's latent, clamped after every step. ``x0`` (video-to-video): the
-input video's latent (or a still image's), noised to the start of the schedule.
+Three layouts of the clip the VAE encodes, one per base conditioner kind: ``y`` (image-channels:
+Wan2.1 I2V/FLF2V, Wan2.2 I2V-A14B, Wan-Fun InP) a 4-channel mask marking the given frames, then
+the latent of [image, zeros…(, end image)]; ``z0`` (first-frame-latent: TI2V-5B) the first
+frame's latent; ``x0`` (source-latent: video-to-video) the input video's latent, or a still
+image's held for every frame. The helpers here are shared by every conditioner that encodes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import attrs
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
-from wanflow.steps.media import image_tensor, video_tensor
+from wanflow.steps.media import image_tensor, padded_clip, video_tensor
 from wanflow.steps.text import RUNTIME_READS
 
 Mode = Literal["y", "z0", "x0"]
 VAE_READS = ("vae.tiled", "vae.tile_size", "vae.tile_stride")
+#: What every step that VAE-encodes conditioning reads: the clip's size, tiling and runtime.
+ENCODE_READS = ("video.width", "video.height", "video.frames", *VAE_READS, *RUNTIME_READS)
 
 
 def tile_spec(params: Any) -> Any:
@@ -43,6 +46,17 @@ def frame_mask(frames: int, height: int, width: int, last: bool) -> Any:
     return msk.view(1, msk.shape[1] // 4, 4, height, width).transpose(1, 2)[0]  # (4, T, h, w)
 
 
+def encode(step: Any, ctx: Any, pixels: Any) -> Any:
+    """(1, z, T, h, w) fp32 latents of pixels (3, F, H, W) in [-1, 1], with the VAE, dtype, device
+    and pool budget of ``step`` (its ``vae_version``, ``dtype``, ``device``, ``residency``)."""
+    import torch
+
+    device, dtype = component_runtime(ctx.params, step.dtype, step.device)
+    vae = model_pool.vae(ctx.weight("vae"), step.vae_version, dtype, device, step.residency)
+    with torch.no_grad():
+        return vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params)).float().cpu()
+
+
 @attrs.frozen
 class EncodeConditioning:
     """One conditioning latent (``mode``) from the input files, encoded with the family's VAE."""
@@ -57,16 +71,12 @@ class EncodeConditioning:
     kind: str = "encode-conditioning"
     version: int = 1
     output: str = "tensors"
-    reads: tuple[str, ...] = ("video.width", "video.height", "video.frames", *VAE_READS, *RUNTIME_READS)
+    reads: tuple[str, ...] = ENCODE_READS
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
-        pixels = self._pixels(ctx)[None].to(device=device, dtype=dtype)  # (1, 3, F', H, W)
-        with torch.no_grad():
-            latent = vae.encode(pixels, tile=tile_spec(ctx.params)).float().cpu()  # (1, z, T, h, w)
+        latent = encode(self, ctx, self._pixels(ctx))  # (1, z, T, h, w)
         if self.mode != "y":
             return {self.mode: latent.contiguous()}
         mask = frame_mask(ctx.params["video.frames"], *latent.shape[-2:], last=len(self.roles) > 1)
@@ -74,8 +84,6 @@ class EncodeConditioning:
 
     def _pixels(self, ctx: Any) -> Any:
         """The clip the VAE encodes: the video, the first frame alone, or image(s) padded with zeros."""
-        import torch
-
         p = ctx.params
         w, h, frames = p["video.width"], p["video.height"], p["video.frames"]
         if self.mode == "x0" and self.roles == ("video",):
@@ -83,7 +91,4 @@ class EncodeConditioning:
         if self.mode == "x0":  # a still image held for every frame
             return image_tensor(ctx.file(self.roles[0]), w, h).expand(3, frames, h, w)
         images = [image_tensor(ctx.file(r), w, h) for r in self.roles]  # each (3, 1, H, W)
-        if self.mode == "z0":
-            return images[0]
-        gap = torch.zeros(3, frames - len(images), h, w)
-        return torch.cat([images[0], gap, *images[1:]], dim=1)  # (3, F, H, W)
+        return images[0] if self.mode == "z0" else padded_clip(images, frames)

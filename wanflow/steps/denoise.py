@@ -2,7 +2,9 @@
 
 The solver state is checkpointed through the engine every few steps, so a killed run resumes
 bit for bit. Guidance wraps the model (``cfg = 1`` never evaluates the negative prompt); A14B
-runs the high-noise expert's steps, releases it, then loads the low-noise one.
+runs the high-noise expert's steps, releases it, then loads the low-noise one. Conditioning
+arrives as the job's model call (``cond_call``), gathered from the conditioners' hand-offs: this
+loop does not know which family it samples.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Any
 import attrs
 import structlog
 
+from wanflow.conditioners import starts_from_latent
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
+from wanflow.steps.cond_call import token_timesteps as _token_timesteps  # noqa: F401 (its old name)
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +45,9 @@ class Denoise:
     experts: tuple[tuple[str, int], ...]  # (weight role prefix, number of files): ("dit", 2)
     z_dim: int  # latent channels of the family's VAE
     latent_stride: int  # pixels per latent along height and width
-    conditions: tuple[str, ...] = ()  # input roles present besides "pos"/"neg": clip, y, z0, x0
+    #: The denoise input roles of the job's conditioners, in the family's declared order (the
+    #: order their channels join x); each names its kind (``wanflow.conditioners``).
+    conditions: tuple[str, ...] = ()
     #: The registry's entry for ``sampler.solver`` (a plugin's is keyed by name@version through
     #: the node's ``uses``); loaded when the step runs, so planning never imports torch.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
@@ -56,7 +62,9 @@ class Denoise:
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise"
-    version: int = 2  # 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule
+    #: 2: denoising_strength < 1 rescales the grid (all steps), DiffSynth's rule; 3: conditions
+    #: in declared order, handed over by the conditioners.
+    version: int = 3
     output: str = "tensors"
     reads: tuple[str, ...] = DENOISE_READS
 
@@ -70,13 +78,16 @@ class Denoise:
         import torch
 
         from wanflow.sampling import SolverState
+        from wanflow.steps.cond_kinds import model_call
 
         p = ctx.params
         device, _ = component_runtime(p)
         schedule = self.schedule(p)
-        inputs = {r: ctx.input(r) for r in ("pos", *self.conditions)}
+        texts = {"pos": ctx.input("pos")}
         if any(c != 1.0 for c in expert_cfgs(p, self.roles).values()):
-            inputs["neg"] = ctx.input("neg")
+            texts["neg"] = ctx.input("neg")
+        inputs = {r: ctx.input(r) for r in self.conditions}
+        call = model_call(self.conditions, inputs)
         resumed = ctx.load_partial()
         saved = dict(resumed[1]) if resumed else {}
         cache_state = {k.removeprefix(CACHE_PREFIX): saved.pop(k) for k in list(saved) if k.startswith(CACHE_PREFIX)}
@@ -85,10 +96,10 @@ class Denoise:
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             for role, begin, stop in self._segments_from(p, schedule, state.index):
-                state = self._segment(ctx, role, begin, stop, state, schedule, inputs, bar, cache_state)
+                state = self._segment(ctx, role, begin, stop, state, schedule, (texts, call), bar, cache_state)
                 cache_state = {}  # a later segment (the other A14B expert) starts its own cache
         bar.close()
-        return {"latents": state.x.float().cpu().contiguous()}
+        return {"latents": call.kept(state.x).float().cpu().contiguous()}
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -101,25 +112,30 @@ class Denoise:
 
         if self.solver is None:
             raise RuntimeError("denoise: planned without a solver; the pipeline must pass one")
-        rescale = "x0" in self.conditions and p["sampler.strength_schedule"] == "rescale"
+        rescale = self.keeps_source and p["sampler.strength_schedule"] == "rescale"
         strength = float(p["sampler.denoising_strength"]) if rescale else 1.0
         return make_schedule(self.solver.load(), p["sampler.steps"], p["sampler.shift"], strength)
+
+    @property
+    def keeps_source(self) -> bool:
+        """Whether a conditioner hands over a starting latent ([sampler].denoising_strength < 1)."""
+        return starts_from_latent(self.conditions)
 
     def _start(self, p: Mapping[str, Any], schedule: Any, inputs: Mapping[str, Any]) -> Any:
         """The solver state before the first step: seeded noise, or the kept input noised to the
         grid's first σ (all steps run), or, for ``"truncate"``, to the σ of its first kept step."""
-        from wanflow.sampling import denoise_start, initial_noise, noised, start_state
+        from wanflow.sampling import initial_noise, noised, start_state
+        from wanflow.steps.cond_kinds import model_call
 
+        call = model_call(self.conditions, inputs)
         frames, h, w = p["video.frames"], p["video.height"], p["video.width"]
         s = self.latent_stride
-        shape = (1, self.z_dim, (frames - 1) // 4 + 1, h // s, w // s)
+        shape = (1, self.z_dim, (frames - 1) // 4 + 1 + call.drop_frames, h // s, w // s)
         noise = initial_noise(shape, p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
-        if "x0" not in self.conditions:
-            return start_state(_clamped(noise, inputs), 0)
-        truncate = p["sampler.strength_schedule"] == "truncate"
-        start = denoise_start(schedule.steps, p["sampler.denoising_strength"]) if truncate else 0
-        x = noised(_tensor(inputs, "x0"), noise, schedule.sigma(start))
-        return start_state(_clamped(x, inputs), start)
+        if call.start is None:
+            return start_state(call.clamped(noise), 0)
+        start = self._first_step(p, schedule)
+        return start_state(call.clamped(noised(call.start, noise, schedule.sigma(start))), start)
 
     def _segments_from(self, p: Mapping[str, Any], schedule: Any, index: int) -> list[tuple[str, int, int]]:
         """(DiT role, first step, stop) of each segment still to run from step ``index``.
@@ -138,7 +154,7 @@ class Denoise:
         """The step an uninterrupted run starts at: 0, or the first kept step under "truncate"."""
         from wanflow.sampling import denoise_start
 
-        if "x0" in self.conditions and p["sampler.strength_schedule"] == "truncate":
+        if self.keeps_source and p["sampler.strength_schedule"] == "truncate":
             return denoise_start(schedule.steps, p["sampler.denoising_strength"])
         return 0
 
@@ -153,8 +169,9 @@ class Denoise:
                 for seg in expert_segments(schedule, p["sampler.boundary"], start)]
 
     def _segment(self, ctx: Any, role: str, begin: int, stop: int, state: Any, schedule: Any,
-                 inputs: Mapping[str, Any], bar: Any, resumed_cache: Mapping[str, Any]) -> Any:
-        """Steps up to ``stop`` with one DiT resident, checkpointing as they go."""
+                 conditioning: tuple[Mapping[str, Any], Any], bar: Any, resumed_cache: Mapping[str, Any]) -> Any:
+        """Steps up to ``stop`` with one DiT resident, checkpointing as they go; ``conditioning``
+        is (the encoded prompts, the model call)."""
         p = ctx.params
         device, dtype = component_runtime(p, dict(self.dtypes).get(role, "auto"))
         n = dict(self.experts)[role]
@@ -162,12 +179,13 @@ class Denoise:
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
                              p["runtime.attention"], self.residency, loras, self.storage,
                              dict(self.tiers).get(role, ()))
-        cache = self._cache(p, dit, schedule, state, begin, stop, resumed_cache)
-        model_fn = self._guided(p, role, dit, inputs, device, cache, schedule)
+        texts, call = conditioning
+        cache = self._cache(p, dit, schedule, state, call, (begin, stop), resumed_cache)
+        model_fn = self._guided(p, role, dit, texts, call, device, cache, schedule)
         step = self.solver.load().step
         while state.index < stop:
             state = step(state, model_fn, schedule)
-            state = attrs.evolve(state, x=_clamped(state.x, inputs))
+            state = attrs.evolve(state, x=call.clamped(state.x))
             bar.update(1)
             if state.index % CHECKPOINT_EVERY == 0 or state.index == stop:
                 saved = {k: v.cpu() for k, v in state.to_tensors().items()}
@@ -176,7 +194,7 @@ class Denoise:
                 ctx.save_partial(state.index, saved)
         return state
 
-    def _guided(self, p: Mapping[str, Any], role: str, dit: Any, inputs: Mapping[str, Any],
+    def _guided(self, p: Mapping[str, Any], role: str, dit: Any, texts: Mapping[str, Any], call: Any,
                 device: str, cache: Any, schedule: Any) -> Any:
         """The guided model function of this expert: CFG, or the recipe's guidance options
         (cfg_merge, CFG-Zero*, skip-layer guidance), over passes bound to this DiT."""
@@ -188,6 +206,7 @@ class Denoise:
             guided_model,
             refuse,
         )
+        from wanflow.steps.dit_passes import BoundDit
 
         slg = None
         if p["sampler.slg_blocks"]:
@@ -196,20 +215,20 @@ class Denoise:
             refuse(check_slg(slg.blocks, slg.scale, slg.start, slg.end, slg.mode, (),
                              num_layers=dit.cfg.num_layers))
         cfg = expert_cfgs(p, self.roles)[role]
-        guidance = Guidance(cfg, batched=bool(p["sampler.cfg_merge"]) and "neg" in inputs,
+        guidance = Guidance(cfg, batched=bool(p["sampler.cfg_merge"]) and "neg" in texts,
                             zero_star=bool(p["sampler.cfg_zero_star"]),
                             zero_init_steps=int(p["sampler.cfg_zero_init_steps"]), slg=slg)
-        bound = _Conditioning(dit, inputs, device)
+        bound = BoundDit(dit, texts, call, device)
         passes = Passes(
             cond=_windowed(bound.model_fn("pos", cache, "cond"), p),
-            uncond=_windowed(bound.model_fn("neg", cache, "uncond") if "neg" in inputs else None, p),
+            uncond=_windowed(bound.model_fn("neg", cache, "uncond") if "neg" in texts else None, p),
             pair=_windowed(bound.model_fn("pair", cache, "pair") if guidance.batched else None, p),
             skip=_windowed(bound.model_fn(slg.prompt, skip_blocks=slg.blocks)
-                           if slg is not None and slg.prompt in inputs else None, p))
+                           if slg is not None and slg.prompt in texts else None, p))
         return guided_model(passes, guidance, schedule)
 
-    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, begin: int, stop: int,
-               resumed: Mapping[str, Any]) -> Any:
+    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, call: Any,
+               span: tuple[int, int], resumed: Mapping[str, Any]) -> Any:
         """The step cache of this segment (``[sampler.cache]``), restored when resuming inside it."""
         settings = cache_settings(p)
         if settings is None:
@@ -221,9 +240,10 @@ class Denoise:
         signals = None
         if settings.method == "teacache":  # its plan is solved from every step's time embedding
             device = next(dit.parameters()).device
-            ts = [self._model_t(state.x, t, dit).to(device) for t in schedule.timesteps]
+            whole = slice(0, state.x.shape[2])
+            ts = [call.timesteps(state.x, t, dit.cfg.patch_size, whole).to(device) for t in schedule.timesteps]
             signals = time_signals(dit, ts)
-        cache = make_step_cache(settings, schedule.timesteps, start=begin, stop=stop,
+        cache = make_step_cache(settings, schedule.timesteps, start=span[0], stop=span[1],
                                 arch=DitArchitecture.of(dit.cfg, experts=len(self.experts)),
                                 family=p["model"], signals=signals)
         if resumed:
@@ -231,10 +251,6 @@ class Denoise:
         if cache.plan is not None:
             log.info("step_cache", method=settings.method, plan=str(cache.plan))
         return cache
-
-    def _model_t(self, x: Any, t: Any, dit: Any) -> Any:
-        """The timestep tensor the model gets at ``t``: (1,), or per token for TI2V."""
-        return _token_timesteps(x, t, dit.cfg.patch_size) if "z0" in self.conditions else t.reshape(1)
 
 
 def cache_settings(p: Mapping[str, Any]) -> Any:
@@ -251,64 +267,6 @@ def cache_settings(p: Mapping[str, Any]) -> Any:
         ratios, p["sampler.cache.max_skips"], p["sampler.cache.retention"]).check()
 
 
-class _Conditioning:
-    """One DiT with this job's conditioning bound in, serving every pass of a segment.
-
-    The text and image tokens do not change between steps, so every block's cross-attention keys
-    and values are projected once per prompt (``prepare_context``), on first use, and shared by
-    the passes that read that prompt (the guidance pass, cfg_merge's pair, the skip-layer pass):
-    under a memory plan that streams blocks, each preparation reads every block once more."""
-
-    def __init__(self, dit: Any, inputs: Mapping[str, Any], device: str):
-        self.dit, self.inputs, self.device = dit, inputs, device
-        self.clip = _tensor(inputs, "clip").to(device) if "clip" in inputs else None
-        self.y = _tensor(inputs, "y").to(device) if "y" in inputs else None
-        self.first_frame = "z0" in inputs
-        self._prepared: dict[str, Any] = {}
-
-    def context(self, text: str) -> Any:
-        """The prepared context of "pos" or "neg", or of "pair": both joined along the batch
-        (DiffSynth's cfg_merge; both are zero-padded to 512 tokens, so they join as they are)."""
-        if text not in self._prepared:
-            import torch
-
-            if text == "pair":
-                from wanflow.models.dit import PreparedContext
-
-                pos, neg = self.context("pos"), self.context("neg")
-                self._prepared[text] = PreparedContext(
-                    tuple(tuple(torch.cat([a, b]) for a, b in zip(kp, kn, strict=True))
-                          for kp, kn in zip(pos.kv, neg.kv, strict=True)), 2 * pos.batch)
-            else:
-                with torch.no_grad():
-                    self._prepared[text] = self.dit.prepare_context(
-                        _tensor(self.inputs, text, "context").to(self.device), self.clip)
-        return self._prepared[text]
-
-    def model_fn(self, text: str, cache: Any = None, branch: str = "cond",
-                 skip_blocks: tuple[int, ...] = ()) -> Any:
-        """(x, t[, frames]) -> velocity of the prompt ``text`` ("pos", "neg", or "pair": x holds
-        [cond; uncond] rows); ``frames``: the latent frames of a sliding window x holds."""
-        dit, device = self.dit, self.device
-
-        def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
-            rows, window = x.shape[0], slice(0, x.shape[2]) if frames is None else frames
-            if self.first_frame:
-                tt = _token_timesteps(x, t, dit.cfg.patch_size, window.start == 0).expand(rows, -1)
-            else:
-                tt = t.reshape(1).repeat(rows)
-            y = None if self.y is None else self.y[:, :, window].expand(rows, -1, -1, -1, -1)
-            context = self.context(text)
-            if cache is None or skip_blocks:
-                return dit(x.to(device), tt.to(device), context, y=y, skip_blocks=skip_blocks).float()
-            from wanflow.models.dit_cache import cached_forward
-
-            return cached_forward(dit, x.to(device), tt.to(device), context, y=y, cache=cache,
-                                  branch=branch).float()
-
-        return velocity
-
-
 def _windowed(fn: Any, p: Mapping[str, Any]) -> Any:
     """``fn`` over sliding windows of latent frames (``[sampler].sliding_window_*``), or whole."""
     size, stride = p["sampler.sliding_window_size"], p["sampler.sliding_window_stride"]
@@ -317,37 +275,6 @@ def _windowed(fn: Any, p: Mapping[str, Any]) -> Any:
     from wanflow.sampling.windows import windowed_model
 
     return windowed_model(fn, size, stride)
-
-
-def _token_timesteps(x: Any, t: Any, patch: tuple[int, int, int], first: bool = True) -> Any:
-    """TI2V: per-token timesteps (1, L), zero on the given first frame's tokens (``first``: x
-    starts at the clip's first frame; a later sliding window has none)."""
-    import torch
-
-    _, _, frames, h, w = x.shape
-    grid = torch.ones(frames // patch[0], h // patch[1], w // patch[2])  # (f, h, w) tokens
-    if first:
-        grid[0] = 0
-    return (grid.flatten() * t.float())[None]  # (1, L)
-
-
-def _clamped(x: Any, inputs: Mapping[str, Any]) -> Any:
-    """TI2V: put the first frame's latent back after every step (and before the first)."""
-    if "z0" not in inputs:
-        return x
-    x = x.clone()
-    x[:, :, :1] = _tensor(inputs, "z0").to(device=x.device, dtype=x.dtype)  # (B, z, 1, h, w)
-    return x
-
-
-def _tensor(inputs: Mapping[str, Any], role: str, name: str | None = None) -> Any:
-    """The tensor ``name`` (default: the role's name) of an input; an absent one is a planning bug."""
-    name = name or role
-    found = inputs[role]
-    if name not in found:
-        raise LookupError(f"denoise: input {role!r} holds {sorted(found)}, not {name!r}: the node "
-                          "planned for this role computes something else")
-    return found[name]
 
 
 def _moved(state: Any, device: str) -> Any:

@@ -1,4 +1,4 @@
-"""encode-image: CLIP tokens of the first (and last) frame for Wan2.1 I2V and FLF2V."""
+"""encode-image: CLIP tokens of the given images (the clip-tokens conditioner's step)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
 from wanflow.steps.media import image_tensor
 from wanflow.steps.text import RUNTIME_READS
+
+#: Tokens per image and their width: the penultimate layer of CLIP ViT-H/14 at 224 px.
+CLIP_TOKENS, CLIP_WIDTH = 257, 1280
 
 
 @attrs.frozen

@@ -1,9 +1,10 @@
 """Input files opened at validation, so that a bad one is refused before any model loads.
 
-An image is decoded; a video is decoded up to the frames the run needs (into ffmpeg's null
-output: nothing is copied out); a local model source is matched against the component's file patterns
-the way resolving its weights will. Each problem names the file and key, and says what the file
-or folder looks like instead.
+An image is decoded and must not hide transparent pixels; a video read one frame per output frame
+(a source, a control video) is decoded up to the frames the run needs (into ffmpeg's null output:
+nothing is copied out); a mask must have the size of the video it masks; a local model source is
+matched against the component's file patterns the way resolving its weights will. Each problem
+names the file and key, and says what the file or folder looks like instead.
 """
 
 from __future__ import annotations
@@ -15,21 +16,31 @@ from typing import Any
 from wanflow.errors import display_path
 from wanflow.output.probe import image_problem, video_frames
 from wanflow.sources.files import file_problem, match
+from wanflow.steps.input_probe import pixel_size, transparent_pixels
 
 Where = Callable[[str], str]
 
-#: Image inputs every Wan pipeline reads when they are set (CLIP and/or VAE conditioning).
-IMAGE_INPUTS = ("image", "end_image")
+#: Image inputs the conditioners read when they are set (CLIP and/or VAE conditioning).
+IMAGE_INPUTS = ("image", "end_image", "reference_image")
+#: Videos a mask may belong to, in the order it is compared with them (the first one set).
+MASKED_VIDEOS = ("video", "control_video")
 
 
 def input_problems(resolved: Any, where: Where) -> list[str]:
-    """Every input image, source video and local model source the run will read, checked."""
+    """Every input image, video, mask and local model source the run will read, checked."""
     values, found = resolved.values, []
     for name in IMAGE_INPUTS:
         if values.get(f"inputs.{name}") is not None:
             found += _image_problems(f"inputs.{name}", Path(values[f"inputs.{name}"]), where)
+    frames = values["video.frames"]
     if values.get("inputs.video") is not None and values["sampler.denoising_strength"] < 1:
-        found += _video_problems(Path(values["inputs.video"]), values["video.frames"], where)
+        found += _video_problems("inputs.video", Path(values["inputs.video"]), frames, where,
+                                 "video-to-video reads one input frame per output frame")
+    if values.get("inputs.control_video") is not None:
+        found += _video_problems("inputs.control_video", Path(values["inputs.control_video"]), frames, where,
+                                 "the control video steers each output frame with one of its own")
+    if values.get("inputs.mask") is not None:
+        found += _mask_problems(values, where)
     for name, override in resolved.recipe.models.items():
         found += _source_problems(name, override, resolved.family, where)
     return found
@@ -51,7 +62,27 @@ def _image_problems(key: str, path: Path, where: Where) -> list[str]:
     if not path.is_file():
         return []  # a missing file or a folder is a recipe problem, already reported
     why = image_problem(path, *_stamp(path))
+    if why is None and (hidden := transparent_pixels(path, *_stamp(path))):
+        why = (f"the image has an alpha channel with {hidden} transparent pixel{'s' * (hidden > 1)}, which "
+               "the model would see as whatever colour they hold; flatten it onto the background you "
+               "want (e.g. white) and save it as RGB")
     return [f"{where(key)}: {_label(key, path)}: {why}"] if why else []
+
+
+def _mask_problems(values: Any, where: Where) -> list[str]:
+    """A mask must cover the video it masks pixel for pixel: both are resized and cropped to the
+    clip, so masks of another size or aspect ratio would mark the wrong pixels."""
+    key, path = "inputs.mask", Path(values["inputs.mask"])
+    video = next((n for n in MASKED_VIDEOS if values.get(f"inputs.{n}") is not None), None)
+    if video is None or not path.is_file() or not Path(values[f"inputs.{video}"]).is_file():
+        return []
+    other = Path(values[f"inputs.{video}"])
+    mine, theirs = pixel_size(path, *_stamp(path)), pixel_size(other, *_stamp(other))
+    if mine is None or theirs is None or mine == theirs:
+        return []
+    return [f"{where(key)}: {_label(key, path)}: the mask is {mine[0]}x{mine[1]} pixels and "
+            f"[inputs].{video} is {theirs[0]}x{theirs[1]}; use a mask of the video's size, so that "
+            f"it marks the same pixels once both are resized to [video].width x height"]
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -60,11 +91,11 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
+def _video_problems(key: str, path: Path, frames: int, where: Where, why: str) -> list[str]:
+    """A video read one frame per output frame must be readable and hold enough frames."""
     if not path.is_file():
         return []
     count, error = video_frames(path, frames, *_stamp(path))
-    key = "inputs.video"
     if error and count < frames:
         from wanflow.output.media import describe_file
 
@@ -74,8 +105,7 @@ def _video_problems(path: Path, frames: int, where: Where) -> list[str]:
         usable = (count - 1) // 4 * 4 + 1 if count else 0
         fix = f"set [video].frames = {usable} (the largest 4n+1 ≤ {count})" if usable else "use a video with frames"
         return [f"{where(key)}: {_label(key, path)}: the video has {count} frames, fewer than the "
-                f"{frames} of [video].frames (video-to-video reads one input frame per output frame); "
-                f"use a longer video or {fix}"]
+                f"{frames} of [video].frames ({why}); use a longer video or {fix}"]
     return []
 
 

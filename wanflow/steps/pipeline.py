@@ -1,8 +1,8 @@
 """The Wan pipeline: from a resolved recipe and its family's data to the DAG of real steps.
 
-encode-text (positive; negative unless every cfg is 1) → encode-image (CLIP, Wan2.1 I2V/FLF2V)
-→ encode-conditioning (image latents / first frame / input video) → denoise → decode → save.
-What runs is read off the family (components, required and accepted inputs, VAE), not branched
+encode-text (positive; negative unless every cfg is 1) → one node per declared conditioner the
+job gives work (CLIP tokens, image channels, first frame, control video, input video…) → denoise
+→ decode → save. What runs is read off the family (components, conditioners, VAE), not branched
 on its name. Importing this module does not import torch.
 """
 
@@ -15,15 +15,15 @@ from typing import Any
 import attrs
 import structlog
 
+from wanflow.conditioners import starts_from_latent
 from wanflow.engine.step import Catalog, StepSpec, WeightFile
-from wanflow.errors import ModelInputError, ModelLoadError, RecipeError
+from wanflow.errors import ModelLoadError, RecipeError
 from wanflow.memory.pool import Residency
 from wanflow.steps.checks import unsupported
-from wanflow.steps.conditioning import EncodeConditioning
+from wanflow.steps.cond_kinds import nodes as conditioner_nodes
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
-from wanflow.steps.image import EncodeImage
 from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
 from wanflow.steps.runtime import describe_runtime, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
@@ -95,6 +95,23 @@ class _Job:
         found, provider = self.catalog.provided(what, name)
         return found, (provider,) if provider else ()
 
+    @property
+    def vae_version(self) -> str:
+        return vae_version(self.family.components["vae"].architecture)
+
+    @property
+    def z_dim(self) -> int:
+        return Z_DIM[self.vae_version]
+
+    def vae_weight(self) -> Weights:
+        return {"vae": next(iter(self.weights["vae"].values()))}
+
+    def latent_shape(self, channels: int) -> tuple[int, int, int, int, int]:
+        """(1, channels, T, h, w) of this job's clip in latent frames and VAE pixels."""
+        stride = self.family.spatial_factor // 2  # VAE pixels per latent (the DiT patches 2×2)
+        v = self.values
+        return (1, channels, (v["video.frames"] - 1) // 4 + 1, v["video.height"] // stride, v["video.width"] // stride)
+
 
 def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
     """Every component's files, as weight roles ``<component>.<i>``.
@@ -161,68 +178,29 @@ def _text_nodes(job: _Job) -> list[StepSpec]:
     return nodes
 
 
-def _image_roles(job: _Job) -> tuple[str, ...]:
-    return ("image", "end_image") if job.given("end_image") else ("image",)
+def _conditioning_nodes(job: _Job) -> list[tuple[str, StepSpec]]:
+    """(denoise role, node) of each declared conditioner the job gives work, in declared order.
 
-
-def _image_nodes(job: _Job) -> list[StepSpec]:
-    """CLIP tokens when the family has an image encoder; image latents for I2V (y) or TI2V (z0)."""
-    if not job.given("image"):
-        return []
-    roles, vae = _image_roles(job), _vae_weight(job)
-    files = {r: job.file(r) for r in roles}
-    nodes = []
-    if "image_encoder" in job.weights:
-        clip = {"image_encoder": next(iter(job.weights["image_encoder"].values()))}
-        clip_step = EncodeImage(roles, **job.placed("image_encoder"))
-        nodes.append(StepSpec("encode-image", clip_step, files=files, weights=clip))
-    mode = "y" if "image" in job.family.required_inputs else "z0"
-    step = EncodeConditioning(mode, _vae_version(job), roles, **job.placed("vae"))
-    nodes.append(StepSpec("encode-conditioning:image", step, files=files, weights=vae))
-    return nodes
-
-
-def _source_nodes(job: _Job) -> list[StepSpec]:
-    """Video-to-video (or a still image): the latent of what ``denoising_strength < 1`` keeps."""
+    A kept source (``denoising_strength < 1``) that no conditioner of the family starts from
+    would be silently ignored: refused instead."""
+    found = conditioner_nodes(job, job.family.conditioners)
     strength = job.values["sampler.denoising_strength"]
-    role = "video" if job.given("video") else "image" if job.given("image") else None
-    if strength >= 1.0:
-        if job.given("video"):
-            log.warning("video.ignored", reason="denoising_strength = 1.0 starts from pure noise",
-                        fix="set [sampler].denoising_strength < 1 to keep the input video's structure")
-        return []
-    if role is None:
-        raise ModelInputError(
-            f"{job.resolved.path}: [sampler].denoising_strength = {strength} keeps part of an input, "
-            "but neither [inputs].video nor [inputs].image is set; set one, or use 1.0")
-    if strength <= 0 and job.values["sampler.strength_schedule"] == "rescale":
-        raise RecipeError([f"{job.resolved.path}: [sampler].denoising_strength = {strength}: a grid "
-                           "from σ = 0 takes no step; use a value in (0, 1], or "
-                           '[sampler].strength_schedule = "truncate" to return the input unchanged'])
-    step = EncodeConditioning("x0", _vae_version(job), (role,), **job.placed("vae"))
-    return [StepSpec("encode-conditioning:source", step, files={role: job.file(role)},
-                     weights=_vae_weight(job))]
+    if strength < 1.0 and not starts_from_latent(c.role for c in job.family.conditioners):
+        raise RecipeError([(f"{job.resolved.path}: [sampler].denoising_strength = {strength}: the family "
+                            f"{job.family.name} cannot start from an input; use 1.0")])
+    return found
 
 
-def _vae_weight(job: _Job) -> Weights:
-    return {"vae": next(iter(job.weights["vae"].values()))}
-
-
-def _vae_version(job: _Job) -> str:
-    return vae_version(job.family.components["vae"].architecture)
-
-
-def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
-    roles = {"encode-text:positive": "pos", "encode-text:negative": "neg", "encode-image": "clip"}
-    inputs = {roles[s.name]: s.name for s in upstream if s.name in roles}
-    inputs |= {s.step.mode: s.name for s in upstream if isinstance(s.step, EncodeConditioning)}
+def _denoise_node(job: _Job, texts: list[StepSpec], conditioning: list[tuple[str, StepSpec]]) -> StepSpec:
+    roles = {"encode-text:positive": "pos", "encode-text:negative": "neg"}
+    inputs = {roles[s.name]: s.name for s in texts} | {role: s.name for role, s in conditioning}
     weights = {role: w for d in job.dits() for role, w in job.weights[d].items()}
     loras = lora_uses(job.resolved, job.dits())
     weights |= {role: job.weights["lora"][role] for role, _, _ in loras}
     entry, uses = job.provided("sampler", job.values["sampler.solver"])
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
-                   z_dim=Z_DIM[_vae_version(job)], latent_stride=job.family.spatial_factor // 2,
-                   conditions=tuple(sorted(set(inputs) - {"pos", "neg"})), solver=entry,
+                   z_dim=job.z_dim, latent_stride=job.family.spatial_factor // 2,
+                   conditions=tuple(role for role, _ in conditioning), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
                    loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
                    residency=job.residency, tiers=_tiers(job.memory, job.dits()), peak=job.peak("denoise"))
@@ -231,8 +209,8 @@ def _denoise_node(job: _Job, upstream: list[StepSpec]) -> StepSpec:
 
 def _output_nodes(job: _Job) -> list[StepSpec]:
     saver, uses = job.provided("saver", job.values["output.format"])
-    decode = Decode(_vae_version(job), **job.placed("vae"), peak=job.peak("decode"))
-    nodes = [StepSpec("decode", decode, inputs={"latents": "denoise"}, weights=_vae_weight(job)),
+    decode = Decode(job.vae_version, **job.placed("vae"), peak=job.peak("decode"))
+    nodes = [StepSpec("decode", decode, inputs={"latents": "denoise"}, weights=job.vae_weight()),
              StepSpec("save", SaveVideo(saver), inputs={"frames": "decode"}, uses=uses,
                       archive_as=f"video{saver.suffix}"),
              StepSpec("save-metadata", SaveMetadata(), archive_as="video.json")]
@@ -262,7 +240,7 @@ def job_memory_plan(job: _Job) -> Any:
         return None
     device = effective_device(job.values["runtime.device"])
     dtype = effective_dtype_name(job.values["runtime.dtype"], device)
-    return memory_plan(job, device, dtype, _vae_version(job))
+    return memory_plan(job, device, dtype, job.vae_version)
 
 
 def _residency(job: _Job, plan: Any) -> Residency | None:
@@ -323,9 +301,10 @@ class WanPipeline:
         if resolved.recipe.train is not None:
             from wanflow.steps.train_plan import training_nodes
 
-            return training_nodes(job, _vae_version(job), Z_DIM[_vae_version(job)])
-        upstream = [*_text_nodes(job), *_image_nodes(job), *_source_nodes(job)]
-        return [*upstream, _denoise_node(job, upstream), *_output_nodes(job)]
+            return training_nodes(job, job.vae_version, job.z_dim)
+        texts, conditioning = _text_nodes(job), _conditioning_nodes(job)
+        return [*texts, *(s for _, s in conditioning), _denoise_node(job, texts, conditioning),
+                *_output_nodes(job)]
 
     def memory_plan(self, resolved: Any) -> Any:
         """The memory plan of a job (``wanflow plan``); None when weights are missing here."""

@@ -1,0 +1,104 @@
+"""The registered kinds of conditioner: what each reads, what it hands the model, its options.
+
+A kind is named once here (torch-free, so families, validation and docs can speak of it) and
+implemented once in ``wanflow.steps`` (its cached step and its hand-off). Its ``role`` is the
+name its tensors arrive under at the denoise step, so a role names exactly one kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+#: The parts of the per-job model call a conditioner can fill (``wanflow.steps.cond_call``):
+#: extra input channels (y), extra context tokens (CLIP), DiT extras (VACE, reference, camera,
+#: modulation), per-token timesteps, a latent clamp after every step, the starting latent, and
+#: latent frames dropped after sampling.
+HANDS = ("channels", "tokens", "extras", "timesteps", "clamp", "start", "drop")
+
+
+@attrs.frozen
+class Option:
+    """One option of a kind: its allowed values, the first being the default, and why it exists."""
+
+    name: str
+    choices: tuple[object, ...]
+    why: str
+
+    @property
+    def default(self) -> object:
+        return self.choices[0]
+
+
+@attrs.frozen
+class Kind:
+    """A kind of conditioner, as families declare it and validation checks it."""
+
+    name: str  # "image-channels"
+    role: str  # the denoise step's input role of its tensors: "y"
+    summary: str
+    reads: tuple[str, ...]  # the [inputs] it reads (each optional unless the family requires it)
+    hands: frozenset[str]  # the parts of the model call it fills (HANDS)
+    options: tuple[Option, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        unknown = sorted(self.hands - set(HANDS))
+        if unknown:
+            raise ValueError(f"conditioner kind {self.name!r}: hands {unknown}, not parts of a model "
+                             f"call; choose from {list(HANDS)}")
+
+    def option(self, name: str) -> Option:
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise ValueError(f"conditioner kind {self.name!r} has no option {name!r}; its options: "
+                         f"{[o.name for o in self.options] or 'none'}")
+
+
+_WITHOUT_IMAGE = Option("without_image", ("skip", "zeros"),
+                        "no start image: plan nothing (the family requires one), or hand over zeros "
+                        "(the Fun models, trained with and without a start image)")
+
+KINDS: Mapping[str, Kind] = {k.name: k for k in (
+    Kind("clip-tokens", "clip", "CLIP tokens (257 per image) of the start (and end) image, joined "
+         "to the text context of every cross-attention", ("image", "end_image"), frozenset({"tokens"}),
+         (Option("images", ("given", "first"), "every given image (FLF2V), or the start image alone "
+                 "(Wan-Fun InP: its end image is not CLIP-encoded)"), _WITHOUT_IMAGE)),
+    Kind("image-channels", "y", "I2V channels: a 4-channel mask of the given pixel frames, then the "
+         "VAE latents of [start, zeros…(, end)]", ("image", "end_image"), frozenset({"channels"}),
+         (_WITHOUT_IMAGE,)),
+    Kind("start-latent", "start_image", "the VAE latent of the start image at latent frame 0 and a "
+         "fill after it (Wan2.1 Fun Control); zeros without a start image", ("image",),
+         frozenset({"channels"}),
+         (Option("fill", ("zeros", "grey"), "after frame 0: zeros (the Fun authors' code and training), "
+                 "or the VAE latents of mid-grey frames (DiffSynth)"),)),
+    Kind("control-latents", "control", "the VAE latents of the control video (depth, pose, canny…), "
+         "one input frame per output frame", ("control_video",), frozenset({"channels"})),
+    Kind("first-frame-latent", "z0", "the start image's latent kept as latent frame 0: clamped after "
+         "every step, its tokens at timestep 0 (TI2V)", ("image",), frozenset({"timesteps", "clamp"})),
+    Kind("source-latent", "x0", "the latent of the input video (or a still image held) that "
+         "[sampler].denoising_strength < 1 starts from", ("video", "image"), frozenset({"start"})),
+)}
+
+
+def kind_named(name: str) -> Kind:
+    """The registered kind ``name``; an unknown name lists the known ones."""
+    if name not in KINDS:
+        raise ValueError(f"no conditioner kind {name!r}; registered kinds: {', '.join(sorted(KINDS))}")
+    return KINDS[name]
+
+
+def kind_of_role(role: str) -> Kind:
+    """The kind whose tensors arrive under the denoise input ``role``."""
+    for kind in KINDS.values():
+        if kind.role == role:
+            return kind
+    raise ValueError(f"no conditioner kind hands its tensors over as {role!r}; roles: "
+                     f"{', '.join(sorted(k.role for k in KINDS.values()))}")
+
+
+def starts_from_latent(roles: Iterable[str]) -> bool:
+    """Whether one of the conditioners of these roles sets the starting latent (a kept source)."""
+    return any("start" in kind_of_role(role).hands for role in roles)
+

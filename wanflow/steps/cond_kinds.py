@@ -1,0 +1,46 @@
+"""Every conditioner kind's implementation, by the name ``wanflow.conditioners`` registers it under.
+
+Adding a kind: name it in ``wanflow.conditioners.kinds``, write its step and hand-off in a
+``cond_*`` module, list it here, and declare it in a family. Denoise and the pipeline need no
+change: they go through ``nodes`` and ``model_call``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from wanflow.conditioners import Conditioner, kind_of_role
+from wanflow.steps.cond_call import Implementation, ModelCall
+from wanflow.steps.cond_clip import CLIP_TOKENS_KIND
+from wanflow.steps.cond_control import CONTROL_LATENTS
+from wanflow.steps.cond_image import FIRST_FRAME_LATENT, IMAGE_CHANNELS
+from wanflow.steps.cond_source import SOURCE_LATENT
+from wanflow.steps.cond_start import START_LATENT
+
+IMPLEMENTATIONS: Mapping[str, Implementation] = {
+    "clip-tokens": CLIP_TOKENS_KIND,
+    "image-channels": IMAGE_CHANNELS,
+    "start-latent": START_LATENT,
+    "control-latents": CONTROL_LATENTS,
+    "first-frame-latent": FIRST_FRAME_LATENT,
+    "source-latent": SOURCE_LATENT,
+}
+
+
+def nodes(job: Any, declared: Iterable[Conditioner]) -> list[tuple[str, Any]]:
+    """(denoise input role, StepSpec) of every declared conditioner this job gives work, in order."""
+    out = []
+    for conditioner in declared:
+        spec = IMPLEMENTATIONS[conditioner.kind].node(job, conditioner)
+        if spec is not None:
+            out.append((conditioner.role, spec))
+    return out
+
+
+def model_call(roles: Iterable[str], inputs: Mapping[str, Any]) -> ModelCall:
+    """The model call of a job: each role's tensors handed over by its kind, in ``roles``' order."""
+    call = ModelCall()
+    for role in roles:
+        call = IMPLEMENTATIONS[kind_of_role(role).name].hand_off(inputs[role], call)
+    return call
