@@ -66,7 +66,7 @@ def test_a_dit_of_another_variant_is_refused_at_planning(env, models_root, tmp_p
         planned(recipe)
     text = str(err.value)
     assert "[models.dit]" in text and "diffusion_pytorch_model-00001-of-00002.safetensors" in text
-    assert "needs a wan2.1-t2v DiT" in text and "Wan2.1 I2V DiT" in text
+    assert "needs a Wan T2V DiT (wan2.1-t2v-1.3b)" in text and "Wan2.1 I2V DiT" in text
 
 
 def test_an_unreadable_image_is_refused_before_any_step_runs(env, tmp_path, monkeypatch):

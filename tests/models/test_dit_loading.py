@@ -116,8 +116,16 @@ def test_a_vae_is_not_a_dit(tmp_path):
 def test_unknown_config_keys_are_refused(tmp_path):
     cfg = tiny_config("t2v")
     path = write_checkpoint(tmp_path, cfg, random_state(cfg))
+    (tmp_path / "config.json").write_text(json.dumps({**official_json(cfg), "pose_patch_embedding": [0]}))
+    with pytest.raises(ModelLoadError, match=r"config.json: config keys \['pose_patch_embedding'\]"):
+        load_dit(path)
+
+
+def test_vace_layers_in_a_config_beside_plain_weights_are_refused(tmp_path):
+    cfg = tiny_config("t2v")
+    path = write_checkpoint(tmp_path, cfg, random_state(cfg))
     (tmp_path / "config.json").write_text(json.dumps({**official_json(cfg), "vace_layers": [0]}))
-    with pytest.raises(ModelLoadError, match=r"config.json: config keys \['vace_layers'\]"):
+    with pytest.raises(ModelLoadError, match="config names VACE layers, but the weights hold no VACE blocks"):
         load_dit(path)
 
 

@@ -5,6 +5,11 @@ Latents are cut into (1, 2, 2) patches; each block applies time-modulated self-a
 attention to CLIP image tokens), and a time-modulated feed-forward. Module names equal the
 official checkpoint keys, so official weights load with no conversion.
 
+The derivative releases add parts the config names (``wanflow.models.vace``,
+``wanflow.models.fun_parts``): VACE blocks whose hints join the block stack, ``ref_conv``
+reference tokens, a camera adapter; their per-forward inputs, and the speed-control modulation
+offset, arrive in one ``DitExtras``. Without extras the forward is the base model's.
+
 Precision: the time embedding, the modulation vectors and the head stay in fp32 whatever the
 compute dtype (see ``keeps_fp32``); norms compute their statistics in fp32. On a CPU without
 bf16/fp16 kernels the projections and the patch embedding multiply in fp32 over the stored
@@ -24,10 +29,22 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wanflow.errors import ModelInputError
+from wanflow.models import dit_checks as checks
+from wanflow.models import fun_parts, vace
 from wanflow.models.attention import attention, check_kernel
-from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS, DitConfig, keeps_fp32
+from wanflow.models.dit_config import (
+    CLIP_DIM,
+    CLIP_TOKENS,
+    REF_CONV_IN_DIM,
+    DitConfig,
+    keeps_fp32,
+)
+from wanflow.models.dit_extras import DitExtras
 from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import apply_rope, rope_table
+
+#: What a forward without extras reads: nothing.
+NO_EXTRAS = DitExtras()
 
 #: Cross-attention keys and values of one block: (k, v) or (k, v, k_img, v_img), each (B, Lc, H, d).
 KeyValues = tuple[Tensor, ...]
@@ -51,6 +68,12 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
     """x + y * gate with the fp32 gate, returned in x's dtype."""
     return torch.addcmul(x, y, gate).to(x.dtype)
+
+
+def modulated(e0: Tensor, modulation: Tensor | None) -> Tensor:
+    """The blocks' modulation e0 (B, 1|L, 6, D) plus a speed-control offset (B, 6, D), in fp32;
+    the head's time embedding takes no offset."""
+    return e0 if modulation is None else e0 + modulation.to(e0.dtype).unsqueeze(1)
 
 
 def layer_norm(x: Tensor, eps: float) -> Tensor:
@@ -129,7 +152,9 @@ class StackInputs(NamedTuple):
     e0: Tensor  # (B, 1|L, 6, D) fp32
     rope: tuple[Tensor, Tensor]
     per_block: tuple  # one context (or its prepared keys/values) per block
-    grid: tuple[int, int, int]  # tokens along frames, height, width
+    grid: tuple[int, int, int]  # the video's tokens along frames, height, width
+    prefix: int = 0  # reference tokens before the video's (Wan-Fun ref_conv), dropped before the head
+    hints: vace.Hints | None = None  # the VACE branch of this forward, run as the blocks need it
 
 
 class PreparedContext(NamedTuple):
@@ -137,6 +162,7 @@ class PreparedContext(NamedTuple):
 
     kv: tuple[KeyValues, ...]  # one (k, v[, k_img, v_img]) per block, each (B, Lc, H, d)
     batch: int
+    vace_kv: tuple[KeyValues, ...] = ()  # the same for each VACE block
 
 
 # ----------------------------------------------------------------------------- block and head
@@ -227,6 +253,13 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         if cfg.clip:
             self.img_emb = ImageEmbedding(cfg)
+        if cfg.vace_layers:
+            self.vace_patch_embedding = Conv3d(cfg.vace_in_dim, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+            self.vace_blocks = nn.ModuleList(vace.vace_block(Block, cfg, i == 0) for i in range(len(cfg.vace_layers)))
+        if cfg.ref_conv:
+            self.ref_conv = nn.Conv2d(REF_CONV_IN_DIM, cfg.dim, cfg.patch_size[1:], stride=cfg.patch_size[1:])
+        if cfg.camera_in_dim:
+            self.control_adapter = fun_parts.CameraAdapter(cfg.camera_in_dim, cfg.dim, cfg.patch_size[1:])
 
     def set_compute_dtype(self, dtype: torch.dtype) -> WanDiT:
         """Cast the weights to dtype, keeping the fp32 islands (``keeps_fp32``) in fp32 and weights
@@ -247,6 +280,7 @@ class WanDiT(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
         clip_fea: Tensor | None = None, y: Tensor | None = None, skip_blocks: Collection[int] = (),
+        extras: DitExtras | None = None,
     ) -> Tensor:
         """Velocity (B, out_dim, F, H, W) fp32.
 
@@ -257,58 +291,83 @@ class WanDiT(nn.Module):
                 or ``prepare_context(...)`` of them (then clip_fea is already inside).
             clip_fea: CLIP tokens (B, 257, 1280); FLF2V (B, 514, 1280) or (2B, 257, 1280).
             skip_blocks: indices of blocks left out, their input passed on unchanged (the
-                weakened pass of skip-layer guidance); empty for the full model.
+                weakened pass of skip-layer guidance; a VACE hint is still added after a
+                skipped block); empty for the full model.
+            extras: the inputs of the derivative parts (``DitExtras``); required where the
+                weights need one (a VACE DiT its context), refused where they have no use for it.
         """
-        _check_skip_blocks(skip_blocks, len(self.blocks))
-        inputs = self.embed_inputs(x, t, context, clip_fea, y)
+        checks.check_skip_blocks(skip_blocks, len(self.blocks))
+        inputs = self.embed_inputs(x, t, context, clip_fea, y, extras)
         tokens = self.run_blocks(inputs, inputs.tokens, 0, len(self.blocks), skip_blocks)
         return self.head_output(inputs, tokens)
 
     def embed_inputs(
         self, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
-        clip_fea: Tensor | None = None, y: Tensor | None = None,
+        clip_fea: Tensor | None = None, y: Tensor | None = None, extras: DitExtras | None = None,
     ) -> StackInputs:
-        """The forward up to the blocks: checks, patch embedding, time embedding, RoPE, context.
+        """The forward up to the blocks: checks, patch embedding (camera adapter and reference
+        tokens included), time embedding, RoPE, context, and the VACE branch ready to run.
 
         Split out (with ``run_blocks`` and ``head_output``) so a step cache can run or skip the
         block stack around exactly this code."""
         x, clip_fea = self._check_inputs(x, t, context, clip_fea, y)
+        extras = checks.check_extras(self.cfg, NO_EXTRAS if extras is None else extras, x.shape)
         frames, height, width = x.shape[2:]
         pt, ph, pw = self.cfg.patch_size
         grid = (frames // pt, height // ph, width // pw)
         tokens = self.patch_embedding(x.to(self.compute_dtype))  # (B, D, f, h, w)
+        if extras.camera is not None:
+            tokens = tokens + self.control_adapter(extras.camera).to(tokens.dtype)  # (B, D, f, h, w)
         tokens = tokens.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
+        prefix = 0
+        if extras.reference is not None:  # one frame of tokens before the video's: RoPE frame 0
+            reference = fun_parts.reference_tokens(self.ref_conv, extras.reference).to(tokens.dtype)
+            prefix, tokens = reference.shape[1], torch.cat([reference, tokens], dim=1)  # (B, h*w + L, D)
+            t = fun_parts.padded_timesteps(t, prefix)
         e, e0 = self.embed_time(t)
-        rope = rope_table(grid, self.cfg.head_dim, x.device, self.compute_dtype)
+        e0 = modulated(e0, extras.modulation)
+        rope = rope_table((grid[0] + bool(prefix), *grid[1:]), self.cfg.head_dim, x.device, self.compute_dtype)
         if isinstance(context, PreparedContext):
-            per_block = context.kv
+            per_block, vace_contexts = context.kv, context.vace_kv
         else:
-            per_block = (self.embed_context(context, clip_fea),) * len(self.blocks)
-        return StackInputs(tokens, e, e0, rope, tuple(per_block), grid)
+            embedded = self.embed_context(context, clip_fea)
+            per_block, vace_contexts = (embedded,) * len(self.blocks), (embedded,) * len(self.cfg.vace_layers)
+        hints = None
+        if extras.vace_context is not None:
+            c = vace.context_tokens(self.vace_patch_embedding, extras.vace_context.to(self.compute_dtype),
+                                    tokens.shape[1])  # (B, L, D)
+            hints = vace.Hints(self.vace_blocks, self.cfg.vace_layers,
+                               vace.scales(extras.vace_scale, len(self.vace_blocks)),
+                               c, tokens, e0, vace_contexts, rope, self._run_block)
+        return StackInputs(tokens, e, e0, rope, tuple(per_block), grid, prefix, hints)
 
     def run_blocks(self, inputs: StackInputs, tokens: Tensor, start: int, stop: int,
                    skip_blocks: Collection[int] = ()) -> Tensor:
-        """Blocks [start, stop) applied to ``tokens`` (B, L, D), leaving out ``skip_blocks``."""
+        """Blocks [start, stop) applied to ``tokens`` (B, L, D), leaving out ``skip_blocks``;
+        each VACE hint joins after its block."""
         for index in range(start, stop):
             if index not in skip_blocks:
                 tokens = self._run_block(self.blocks[index], tokens, inputs.e0, inputs.per_block[index],
                                          inputs.rope)
+            if inputs.hints is not None:
+                tokens = inputs.hints.after_block(index, tokens)
         return tokens
 
     def head_output(self, inputs: StackInputs, tokens: Tensor) -> Tensor:
-        """The head and unpatchify: velocity (B, out_dim, F, H, W) fp32."""
-        return self.unpatchify(self.head(tokens, inputs.e), inputs.grid)
+        """The head and unpatchify, reference tokens dropped: velocity (B, out_dim, F, H, W) fp32."""
+        return self.unpatchify(self.head(tokens, inputs.e)[:, inputs.prefix:], inputs.grid)
 
     def prepare_context(self, context: Tensor, clip_fea: Tensor | None = None) -> PreparedContext:
         """Embed the prompt (and images) and project every block's keys/values once, for all steps.
 
         Holds 2 (4 with CLIP) x num_layers x (B, image_len + 512, dim) tensors.
         """
-        _check_context(context, context.shape[0], self.cfg)
-        clip_fea = _shape_clip(clip_fea, context.shape[0], self.cfg)
+        checks.check_context(context, context.shape[0], self.cfg)
+        clip_fea = checks.shape_clip(clip_fea, context.shape[0], self.cfg)
         embedded = self.embed_context(context, clip_fea)
         kv = tuple(b.cross_attn.project(embedded, self.cfg.image_len) for b in self.blocks)
-        return PreparedContext(kv, context.shape[0])
+        vace_kv = tuple(b.cross_attn.project(embedded, self.cfg.image_len) for b in getattr(self, "vace_blocks", ()))
+        return PreparedContext(kv, context.shape[0], vace_kv)
 
     def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """fp32 time embedding e (B, 1|L, D) for the head and e0 (B, 1|L, 6, D) for the blocks."""
@@ -361,82 +420,11 @@ class WanDiT(nn.Module):
                     f"y: shape {tuple(y.shape)} must match x {tuple(x.shape)} except in channels."
                 )
             x = torch.cat([x, y.to(x.dtype)], dim=1)
-        _check_latent(x, cfg)
+        checks.check_latent(x, cfg)
         tokens = math.prod(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
-        _check_timesteps(t, x.shape[0], tokens)
+        checks.check_timesteps(t, x.shape[0], tokens)
         if isinstance(context, PreparedContext):
-            _check_prepared(context, clip_fea, x.shape[0])
+            checks.check_prepared(context, clip_fea, x.shape[0])
             return x, None
-        _check_context(context, x.shape[0], cfg)
-        return x, _shape_clip(clip_fea, x.shape[0], cfg)
-
-
-def _check_latent(x: Tensor, cfg: DitConfig) -> None:
-    """Channels must add up to in_dim and sizes must divide into patches."""
-    if x.shape[1] != cfg.in_dim:
-        need = (
-            f"{cfg.out_dim} latent channels plus a {cfg.in_dim - cfg.out_dim}-channel y"
-            if cfg.in_dim != cfg.out_dim else f"{cfg.in_dim} latent channels and no y"
-        )
-        raise ModelInputError(
-            f"x: {x.shape[1]} channels (x and y together); this {cfg.model_type} DiT takes {need}."
-        )
-    if any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
-        raise ModelInputError(
-            f"x: frames/height/width {tuple(x.shape[2:])} must be multiples of the patch size "
-            f"{cfg.patch_size}; crop or pad the latents."
-        )
-
-
-def _check_skip_blocks(skip_blocks: Collection[int], num_layers: int) -> None:
-    """Blocks to skip must exist: a wrong index would otherwise skip nothing, silently."""
-    outside = [i for i in skip_blocks
-               if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_layers]
-    if outside:
-        raise ModelInputError(
-            f"skip_blocks: {outside} outside this DiT's blocks 0..{num_layers - 1} ({num_layers} layers)."
-        )
-
-
-def _check_timesteps(t: Tensor, batch: int, tokens: int) -> None:
-    """t is (B,) or per token (B, L)."""
-    if tuple(t.shape) not in ((batch,), (batch, tokens)):
-        raise ModelInputError(
-            f"t: shape {tuple(t.shape)}; expected ({batch},) or per token ({batch}, {tokens})."
-        )
-
-
-def _check_context(context: Tensor, batch: int, cfg: DitConfig) -> None:
-    """Text context (B, <= text_len, text_dim)."""
-    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != cfg.text_dim:
-        raise ModelInputError(
-            f"context: shape {tuple(context.shape)}; expected ({batch}, <={cfg.text_len}, {cfg.text_dim})."
-        )
-    if context.shape[1] > cfg.text_len:
-        raise ModelInputError(
-            f"context: {context.shape[1]} tokens; at most {cfg.text_len} (truncate the prompt)."
-        )
-
-
-def _check_prepared(context: PreparedContext, clip_fea: Tensor | None, batch: int) -> None:
-    """A prepared context already holds the image tokens and fixes the batch size."""
-    if clip_fea is not None:
-        raise ModelInputError("clip_fea: pass it to prepare_context(), not with a prepared context.")
-    if context.batch != batch:
-        raise ModelInputError(f"context: prepared for batch {context.batch}, but x has batch {batch}.")
-
-
-def _shape_clip(clip_fea: Tensor | None, batch: int, cfg: DitConfig) -> Tensor | None:
-    """CLIP tokens are required exactly when the DiT has img_emb; FLF2V pairs are joined."""
-    if not cfg.clip:
-        if clip_fea is not None:
-            raise ModelInputError(f"clip_fea: this {cfg.model_type} DiT takes no CLIP image tokens.")
-        return None
-    want = (batch, cfg.image_len, CLIP_DIM)
-    if clip_fea is None:
-        raise ModelInputError(f"clip_fea: this {cfg.model_type} DiT needs CLIP tokens {want}.")
-    if cfg.model_type == "flf2v" and tuple(clip_fea.shape) == (2 * batch, CLIP_TOKENS, CLIP_DIM):
-        clip_fea = clip_fea.reshape(want)  # (B, 514, 1280): first image then last image
-    if tuple(clip_fea.shape) != want:
-        raise ModelInputError(f"clip_fea: shape {tuple(clip_fea.shape)}; expected {want}.")
-    return clip_fea
+        checks.check_context(context, x.shape[0], cfg)
+        return x, checks.shape_clip(clip_fea, x.shape[0], cfg)

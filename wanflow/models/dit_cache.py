@@ -9,7 +9,9 @@ hands the cache the fresh residual or adds the cached one. The decision rules li
 ``wanflow.sampling.step_cache``; this module knows them only through :class:`BlockCache`.
 
 ``cached_forward`` makes the same calls as ``WanDiT.forward`` in the same order, so a cache that
-never skips reproduces the plain forward bit for bit (tested).
+never skips reproduces the plain forward bit for bit (tested). A VACE branch belongs to the block
+stack: its blocks run as the main blocks reach their hints, so a skipped stack skips them too
+and the cached residual holds the hints of the step that computed it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from wanflow.models import dit as dit_module
 from wanflow.models.dit import PreparedContext, WanDiT
+from wanflow.models.dit_extras import DitExtras
 
 
 class CacheSignals(NamedTuple):
@@ -65,9 +68,10 @@ StackInputs = dit_module.StackInputs
 
 
 def embed_inputs(dit: WanDiT, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
-                 clip_fea: Tensor | None = None, y: Tensor | None = None) -> StackInputs:
+                 clip_fea: Tensor | None = None, y: Tensor | None = None,
+                 extras: DitExtras | None = None) -> StackInputs:
     """``WanDiT.embed_inputs``: the forward up to the blocks."""
-    return dit.embed_inputs(x, t, context, clip_fea, y)
+    return dit.embed_inputs(x, t, context, clip_fea, y, extras)
 
 
 def run_blocks(dit: WanDiT, inputs: StackInputs, tokens: Tensor, start: int, stop: int,
@@ -84,10 +88,10 @@ def head_output(dit: WanDiT, inputs: StackInputs, tokens: Tensor) -> Tensor:
 def cached_forward(
     dit: WanDiT, x: Tensor, t: Tensor, context: Tensor | PreparedContext,
     clip_fea: Tensor | None = None, y: Tensor | None = None, skip_blocks: Collection[int] = (), *,
-    cache: BlockCache, branch: str,
+    cache: BlockCache, branch: str, extras: DitExtras | None = None,
 ) -> Tensor:
-    """``dit(x, t, context, clip_fea, y, skip_blocks)`` with the block stack run or skipped as
-    ``cache`` decides.
+    """``dit(x, t, context, clip_fea, y, skip_blocks, extras)`` with the block stack run or
+    skipped as ``cache`` decides.
 
     A First-Block-Cache always runs block 0 and caches the residual of blocks 1..N-1; the others
     cache the residual of the whole stack. ``branch`` names the guidance pass (each keeps its own
@@ -97,8 +101,8 @@ def cached_forward(
     reused = cache.reused_output(step, branch, x)
     if reused is not None:
         return reused
-    inputs = embed_inputs(dit, x, t, context, clip_fea, y)
-    dit_module._check_skip_blocks(skip_blocks, len(dit.blocks))
+    inputs = embed_inputs(dit, x, t, context, clip_fea, y, extras)
+    dit_module.checks.check_skip_blocks(skip_blocks, len(dit.blocks))
     tokens, first = inputs.tokens, 0
     first_residual = None
     if cache.uses_first_block:
@@ -115,8 +119,10 @@ def cached_forward(
     return velocity
 
 
-def time_signals(dit: WanDiT, timesteps: Sequence[Tensor]) -> list[CacheSignals]:
+def time_signals(dit: WanDiT, timesteps: Sequence[Tensor], extras: DitExtras | None = None) -> list[CacheSignals]:
     """The time-embedding signals of every step, computed before sampling as the forward computes
-    them (``embed_time`` of the same ``t``): what a TeaCache plan is solved from."""
+    them (``embed_time`` of the same ``t``, with the extras' modulation offset): what a TeaCache
+    plan is solved from."""
+    modulation = None if extras is None else extras.modulation
     with torch.no_grad():
-        return [CacheSignals(*dit.embed_time(t)) for t in timesteps]
+        return [CacheSignals(e, dit_module.modulated(e0, modulation)) for e, e0 in map(dit.embed_time, timesteps)]

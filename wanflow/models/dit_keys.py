@@ -5,6 +5,11 @@ first full match wins and unmatched keys are kept. The official layout is wanflo
 - diffusers ``WanTransformer3DModel``: other names, and its cross-attention LayerNorm is
   ``norm2`` where the official one is ``norm3`` (the FFN norm has no weights in either).
 - ComfyUI repackaged single files: the official keys behind ``model.diffusion_model.``.
+- Krea Realtime's single file: the official keys behind ``model.``.
+
+The derivative parts follow the same rules: a VACE block (``vace_blocks.N.``) is renamed as a
+main block, its ``before_proj``/``after_proj`` are diffusers' ``proj_in``/``proj_out``;
+``vace_patch_embedding``, ``ref_conv`` and ``control_adapter`` keep their names in every layout.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ BLOCK_PAIRS: tuple[tuple[str, str], ...] = (
     ("modulation", "scale_shift_table"),
 )
 
+#: (official, diffusers) pairs that only VACE blocks have.
+VACE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("before_proj.", "proj_in."),
+    ("after_proj.", "proj_out."),
+)
+
 #: (official, diffusers) pairs outside the blocks.
 TOP_PAIRS: tuple[tuple[str, str], ...] = (
     ("patch_embedding.", "patch_embedding."),
@@ -55,11 +66,15 @@ TOP_PAIRS: tuple[tuple[str, str], ...] = (
 #: The prefix ComfyUI puts before every official key in its repackaged single files.
 COMFYUI_PREFIX = "model.diffusion_model."
 
+#: The prefix of every key in Krea Realtime's single file.
+KREA_PREFIX = "model."
 
-def _rule(source: str, target: str, in_block: bool) -> tuple[str, str]:
-    """One regex rule: a trailing '.' captures the rest of the key; blocks capture their index."""
-    head, head_out = (r"blocks\.(\d+)\.", r"blocks.\1.") if in_block else ("", "")
-    group = 2 if in_block else 1
+
+def _rule(source: str, target: str, block: str) -> tuple[str, str]:
+    """One regex rule: a trailing '.' captures the rest of the key; blocks ('blocks' or
+    'vace_blocks'; '' outside them) capture their index."""
+    head, head_out = (rf"{block}\.(\d+)\.", rf"{block}.\1.") if block else ("", "")
+    group = 2 if block else 1
     if source.endswith("."):
         return head + re.escape(source) + r"(.+)", head_out + target + rf"\{group}"
     return head + re.escape(source), head_out + target
@@ -68,10 +83,11 @@ def _rule(source: str, target: str, in_block: bool) -> tuple[str, str]:
 def _table(to_official: bool) -> tuple[tuple[str, str], ...]:
     """Both directions come from the same pairs, so they cannot drift apart."""
     rules = []
-    for pairs, in_block in ((BLOCK_PAIRS, True), (TOP_PAIRS, False)):
+    scopes = ((BLOCK_PAIRS, "blocks"), (VACE_PAIRS + BLOCK_PAIRS, "vace_blocks"), (TOP_PAIRS, ""))
+    for pairs, block in scopes:
         for official, diffusers in pairs:
             src, dst = (diffusers, official) if to_official else (official, diffusers)
-            rules.append(_rule(src, dst, in_block))
+            rules.append(_rule(src, dst, block))
     return tuple(rules)
 
 
@@ -84,11 +100,20 @@ OFFICIAL_TO_DIFFUSERS: tuple[tuple[str, str], ...] = _table(to_official=False)
 #: ComfyUI repackaged single file -> official keys.
 COMFYUI_TO_OFFICIAL: tuple[tuple[str, str], ...] = ((re.escape(COMFYUI_PREFIX) + "(.+)", r"\1"),)
 
+#: Krea Realtime's ``model.``-prefixed file -> official keys.
+KREA_TO_OFFICIAL: tuple[tuple[str, str], ...] = ((re.escape(KREA_PREFIX) + "(.+)", r"\1"),)
+
+#: Layout (as ``wanflow.models.signature.identify`` names it) -> the table to official keys.
+TO_OFFICIAL: dict[str, tuple[tuple[str, str], ...]] = {
+    "official": (), "diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL, "krea": KREA_TO_OFFICIAL,
+}
+
 #: A key present only in each layout, used to tell them apart.
 LAYOUT_MARKERS: dict[str, str] = {
     "official": "patch_embedding.weight",
     "diffusers": "condition_embedder.time_proj.weight",
     "comfyui": COMFYUI_PREFIX + "patch_embedding.weight",
+    "krea": KREA_PREFIX + "patch_embedding.weight",
 }
 
 

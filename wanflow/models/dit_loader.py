@@ -1,7 +1,8 @@
-"""Load a Wan DiT from official, diffusers or ComfyUI checkpoints (files or a state dict), strictly.
+"""Load a Wan DiT from official, diffusers, ComfyUI or Krea checkpoints (files or a state dict), strictly.
 
 The layout is recognised from the keys (``wanflow.models.signature``), converted to the official
-names (``dit_keys``), the model is built on the meta device and the tensors are assigned to it
+names (``dit_keys``), the derivative parts (VACE, ``ref_conv``, camera adapter) read off the
+weights, the model is built on the meta device and the tensors are assigned to it
 one by one, each cast to its dtype (fp32 islands stay fp32) on the way to the device: no random
 init, and never a second copy of the weights or the whole model at the file's precision.
 
@@ -26,15 +27,12 @@ from wanflow.models import dit_config, fp8, signature
 from wanflow.models.checkpoint_files import OpenedWeights, open_state_dict, open_weights
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
-from wanflow.models.dit_keys import COMFYUI_TO_OFFICIAL, DIFFUSERS_TO_OFFICIAL
+from wanflow.models.dit_keys import TO_OFFICIAL
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 
 log = structlog.get_logger(__name__)
 
 PathLike = str | os.PathLike
-
-#: Layout -> the key table that turns it into the official layout.
-TO_OFFICIAL = {"official": (), "diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}
 
 #: How the weights are stored: all in the compute dtype, or the blocks' Linear weights in fp8.
 Storage = Literal["compute", "fp8"]
@@ -47,6 +45,7 @@ def load_dit(
     device: torch.device | str = "cpu",
     attention_kernel: str = "sdpa",
     storage: Storage = "compute",
+    architecture: str | None = None,
 ) -> WanDiT:
     """A ready WanDiT from a file, a sharded index/folder, a list of shards, or a state dict.
 
@@ -54,23 +53,24 @@ def load_dit(
     diffusers form), else from the weights' shapes (always so for a state dict). The model
     computes in ``dtype`` except its fp32 islands. ``storage="fp8"`` stores the blocks' Linear
     weights in float8 e4m3 with a scale (``wanflow.models.fp8``): taken as they are from a
-    scaled-fp8 file, quantised tensor by tensor from any other. Mismatches raise ModelLoadError.
+    scaled-fp8 file, quantised tensor by tensor from any other. ``architecture`` (a family's
+    name for its DiT, see ``signature.ARCHITECTURES``) refuses a file of another kind before
+    anything is built. Mismatches raise ModelLoadError.
     """
     if storage not in ("compute", "fp8"):
         raise ValueError(f"load_dit: storage={storage!r}; expected 'compute' or 'fp8'")
     if storage == "fp8":
         fp8.require_fp8(device)
     opened = _opened(weights)
+    if architecture is not None:
+        check_architecture(opened.state, architecture, opened.source)
     scaled = fp8.split_scales(official_state(opened.state, opened.source), opened.source)
     state = scaled.weights
     if config is None:
         config = _shapes_config(state, opened.source) if opened.borrowed else config_beside(
             weights_paths(weights)[0], state)
     model = build_on_meta(lambda: WanDiT(config, attention_kernel))
-    expected = (
-        f"Wan {config.model_type.upper()} DiT (dim {config.dim}, {config.num_layers} layers, "
-        f"{config.in_dim} input channels{', CLIP tokens' if config.clip else ''})"
-    )
+    expected = f"Wan {config.model_type.upper()} DiT ({describe_config(config)})"
     dtypes = _island_dtypes(dtype)
     if storage == "fp8" or scaled.quantised:
         fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes,
@@ -81,6 +81,26 @@ def load_dit(
     log.debug("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
              dtype=str(dtype), storage=storage)
     return model
+
+
+def describe_config(config: DitConfig) -> str:
+    """'dim 1536, 30 layers, 16 input channels, 15 VACE blocks' for messages."""
+    parts = [f"dim {config.dim}", f"{config.num_layers} layers", f"{config.in_dim} input channels"]
+    parts += ["CLIP tokens"] if config.clip else []
+    parts += [f"{len(config.vace_layers)} VACE blocks"] if config.vace_layers else []
+    parts += ["ref_conv"] if config.ref_conv else []
+    parts += ["camera adapter"] if config.camera_in_dim else []
+    return ", ".join(parts)
+
+
+def check_architecture(state: Mapping[str, Tensor], architecture: str, source: str) -> None:
+    """Refuse a file whose keys and shapes are not the ``architecture`` a family asks for."""
+    problem = signature.architecture_mismatch(architecture, signature.identify(state))
+    if problem:
+        raise ModelLoadError(
+            f"{source}: this model {problem}. Point the component at the right checkpoint, or pick "
+            "the family that matches the file."
+        )
 
 
 def _island_dtypes(dtype: torch.dtype):
@@ -131,7 +151,8 @@ def config_beside(path: Path, state: Mapping[str, Tensor]) -> DitConfig:
     config_file = folder / "config.json"
     if not config_file.is_file():
         return _shapes_config(state, str(path))
-    return read_config(config_file, has_clip="img_emb.proj.0.weight" in state)
+    config = read_config(config_file, has_clip="img_emb.proj.0.weight" in state)
+    return dit_config.with_parts(config, {k: tuple(v.shape) for k, v in state.items()}, str(config_file))
 
 
 def _shapes_config(state: Mapping[str, Tensor], source: str) -> DitConfig:

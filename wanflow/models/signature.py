@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # annotations only: planning reads headers without importing 
 #: ComfyUI single files carry the DiT's keys under this prefix.
 COMFYUI_PREFIX = "model.diffusion_model."
 
+#: Krea Realtime's single file carries the official keys under this prefix.
+KREA_PREFIX = "model."
+
 #: Every released Wan DiT has head_dim 128.
 WAN_HEAD_DIM = 128
 
@@ -46,9 +49,53 @@ VARIANT_LABELS = {
     "fun-control-camera": "Wan2.1 Fun Control-Camera",
     "wan2.2-fun-control": "Wan2.2 Fun Control",
     "wan2.2-fun-control-camera": "Wan2.2 Fun Control-Camera",
+    "motion-controller": "speed-control motion controller",
     "wan2.1": "Wan2.1",
     "wan2.2": "Wan2.2",
 }
+
+
+#: A family's DiT architecture name -> the variant ``identify`` reports for its file and the
+#: details it must show (derivative parts). Files of the same shapes share a variant: Wan2.1-Fun
+#: 14B InP is a Wan2.1 I2V 14B to its keys, Wan2.2-Fun A14B InP a Wan2.2 I2V-A14B, Krea Realtime
+#: a Wan T2V 14B (behind ``model.``).
+ARCHITECTURES: dict[str, tuple[str, Mapping[str, object]]] = {
+    "wan2.1-t2v-1.3b": ("wan2.1-t2v", {}), "wan2.1-t2v-14b": ("wan2.1-t2v", {}),
+    "wan2.1-i2v-14b": ("wan2.1-i2v", {}), "wan2.1-flf2v-14b": ("wan2.1-flf2v", {}),
+    "wan2.2-t2v-a14b": ("wan2.1-t2v", {}), "wan2.2-i2v-a14b": ("wan2.2-i2v", {}),
+    "wan2.2-ti2v-5b": ("wan2.2-ti2v", {}), "wanflow-tiny-dit": ("wan2.1-t2v", {}),
+    "wan2.1-vace-1.3b": ("vace", {}), "wan2.1-vace-14b": ("vace", {}), "wan2.2-vace-fun-a14b": ("vace", {}),
+    "wan2.1-fun-inp-1.3b": ("fun-inp", {}), "wan2.1-fun-inp-14b": ("wan2.1-i2v", {}),
+    "wan2.1-fun-v1.1-inp-1.3b": ("fun-inp", {}), "wan2.1-fun-v1.1-inp-14b": ("wan2.1-i2v", {}),
+    "wan2.1-fun-control-1.3b": ("fun-control", {"ref_conv": False}),
+    "wan2.1-fun-control-14b": ("fun-control", {"ref_conv": False}),
+    "wan2.1-fun-v1.1-control-1.3b": ("fun-control", {"ref_conv": True}),
+    "wan2.1-fun-v1.1-control-14b": ("fun-control", {"ref_conv": True}),
+    "wan2.1-fun-v1.1-control-camera-1.3b": ("fun-control-camera", {}),
+    "wan2.1-fun-v1.1-control-camera-14b": ("fun-control-camera", {}),
+    "wan2.2-fun-inp-a14b": ("wan2.2-i2v", {}),
+    "wan2.2-fun-control-a14b": ("wan2.2-fun-control", {}),
+    "wan2.2-fun-control-camera-a14b": ("wan2.2-fun-control-camera", {}),
+    "krea-realtime-video-14b": ("wan2.1-t2v", {}),
+    "wan2.1-motion-controller": ("motion-controller", {}),
+}
+
+#: Detail -> (what it says when True, when False), for mismatch messages.
+_DETAIL_WORDS = {"ref_conv": ("with ref_conv (V1.1)", "without ref_conv (V1.0)")}
+
+
+def architecture_mismatch(architecture: str, found: CheckpointSignature) -> str | None:
+    """Why a file of signature ``found`` cannot serve a family's ``architecture``, or None when
+    it can (or the architecture is not one of ``ARCHITECTURES``: a plugin's, checked by its loader)."""
+    if architecture not in ARCHITECTURES:
+        return None
+    variant, details = ARCHITECTURES[architecture]
+    if found.variant == variant and all(found.details.get(k) == v for k, v in details.items()):
+        return None
+    wanted = " ".join([VARIANT_LABELS.get(variant, variant)]
+                      + [_DETAIL_WORDS[k][0 if v else 1] for k, v in details.items()])
+    kind = "" if variant == "motion-controller" else " DiT"
+    return f"needs a {wanted}{kind} ({architecture}), but the file looks like {found.describe()}"
 
 
 @attrs.frozen
@@ -67,7 +114,9 @@ class CheckpointSignature:
         if self.kind == "dit":
             size = f"{d['size']}, " if d.get("size") else ""
             inner = f"{size}dim {d['dim']}, {d['num_layers']} layers, {d['in_dim']} input channels"
-            return f"a {label} DiT ({inner}; {self.layout} key layout)"
+            return f"a {label} DiT ({inner}{_parts(d)}; {self.layout} key layout)"
+        if self.kind == "motion-controller":
+            return f"a {label} (dim {d['dim']}; {self.layout} key layout)"
         if self.kind == "vae":
             return f"a {label} VAE (z_dim {d['z_dim']}; {self.layout} key layout)"
         if self.kind == "umt5":
@@ -80,15 +129,29 @@ class CheckpointSignature:
         return str(d.get("summary", "an unrecognised checkpoint"))
 
 
+def _parts(d: Mapping[str, object]) -> str:
+    """The derivative parts of a DiT, for its description: ', 15 VACE blocks, ref_conv'."""
+    parts = [f"{d['vace_layers']} VACE blocks"] if d.get("vace_layers") else []
+    parts += ["ref_conv"] if d.get("ref_conv") else []
+    parts += ["camera adapter"] if d.get("camera_in_dim") else []
+    return "".join(", " + p for p in parts)
+
+
+def unprefixed(state: Mapping[str, Tensor]) -> tuple[str, Mapping[str, Tensor]]:
+    """(layout, state without its prefix): ComfyUI's ``model.diffusion_model.`` on any key, or
+    Krea's ``model.`` on every key; ("official", state) when neither."""
+    keys = list(state)
+    for prefix, layout, test in ((COMFYUI_PREFIX, "comfyui", any), (KREA_PREFIX, "krea", all)):
+        if keys and test(k.startswith(prefix) for k in keys):
+            return layout, {k.removeprefix(prefix): v for k, v in state.items()}
+    return "official", state
+
+
 def identify(state: Mapping[str, Tensor]) -> CheckpointSignature:
-    """Classify a state dict (DiT, VAE, umT5, CLIP) by its marker keys and shapes."""
+    """Classify a state dict (DiT, VAE, umT5, CLIP, motion controller) by its marker keys and shapes."""
+    layout, state = unprefixed(state)
     keys = set(state)
-    layout = "official"
-    if any(k.startswith(COMFYUI_PREFIX) for k in keys):
-        layout = "comfyui"
-        state = {k.removeprefix(COMFYUI_PREFIX): v for k, v in state.items()}
-        keys = set(state)
-    for recogniser in (_dit, _vae, _umt5, _clip):
+    for recogniser in (_dit, _vae, _umt5, _clip, _motion_controller):
         found = recogniser(state, keys, layout)
         if found is not None:
             return found
@@ -128,6 +191,8 @@ def _dit(state: Mapping[str, Tensor], keys: set[str], layout: str) -> Checkpoint
         "num_heads": dim // WAN_HEAD_DIM,
         "size": DIT_SIZES.get((dim, layers)),
         "vace_layers": _count(keys, r"vace_blocks\.(\d+)\."),
+        "ref_conv": "ref_conv.weight" in keys,
+        "camera_in_dim": (_shape(state, "control_adapter.conv.weight") or (0, 0))[1] // 64,
     }
     ffn = _shape(state, "blocks.0.ffn.net.0.proj.weight" if diffusers else "blocks.0.ffn.0.weight")
     details["ffn_dim"] = ffn[0] if ffn else None
@@ -156,6 +221,19 @@ def _dit_variant(keys: set[str], details: dict[str, object], diffusers: bool) ->
     if details["out_dim"] == 48:
         return "wan2.2-ti2v"
     return "wan2.2-i2v" if in_dim == 36 else "wan2.1-t2v"
+
+
+#: The key set of the speed-control motion controller (an MLP stored alone).
+_MOTION_KEYS = {f"linear.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
+
+
+def _motion_controller(state: Mapping[str, Tensor], keys: set[str], layout: str) -> CheckpointSignature | None:
+    """DiffSynth's speed-control controller: linear.0 (D, 256), linear.2 (D, D), linear.4 (6D, D)."""
+    if keys != _MOTION_KEYS:
+        return None
+    dim, freq_dim = _shape(state, "linear.0.weight")
+    return CheckpointSignature("motion-controller", "motion-controller", layout,
+                               {"dim": dim, "freq_dim": freq_dim})
 
 
 # ----------------------------------------------------------------------------- VAE
