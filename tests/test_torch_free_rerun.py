@@ -25,7 +25,7 @@ QUICKSTART = ROOT / "recipes" / "quickstart.toml"
 TINY = ROOT / "wanflow" / "assets" / "wanflow-tiny"
 SMALL = ["--set", "video.frames=1", "--set", "video.width=16", "--set", "video.height=16",
          "--set", "sampler.steps=1"]
-VALUES = {"runtime.device": "auto", "runtime.dtype": "auto", "runtime.attention": "sdpa",
+VALUES = {"runtime.device": "auto", "runtime.dtype": "auto", "runtime.attention": "sdpa", "runtime.compile": "none",
           "sampler.noise_device": "cpu"}
 #: Runs code in a fresh interpreter and reports, last, whether torch got imported.
 REPORT = "import json, sys\n{code}\nprint(json.dumps({{'torch': 'torch' in sys.modules, **result}}))\n"
@@ -101,7 +101,7 @@ def test_the_dit_check_reads_headers_without_torch(tmp_path):
     code = (f"from wanflow.steps.files import check_dit\ncheck_dit([{str(dit)!r}], 'wanflow-tiny-dit', 'dit')\n"
             "result = {}")
     assert not python(code, fresh_env(tmp_path))["torch"]
-    with pytest.raises(ModelLoadError, match=r"needs a wan2.1-t2v DiT, but the file looks like a Wan2.1 VAE"):
+    with pytest.raises(ModelLoadError, match=r"needs a Wan T2V DiT \(wanflow-tiny-dit\), but the file looks like a Wan2.1 VAE"):
         check_dit([vae], "wanflow-tiny-dit", "dit")
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(dit.read_bytes()[:100])

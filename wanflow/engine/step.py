@@ -133,6 +133,14 @@ class Catalog(Protocol):
         """The registered ``what`` ("saver", "sampler") called ``name``, and "plugin@version"."""
         ...
 
+    def attention_backend(self, name: str) -> Any:
+        """The registered attention backend ``name`` (its kernel is loaded when a step runs)."""
+        ...
+
+    def attention_uses(self, name: str) -> tuple[str, ...]:
+        """What a step attending with ``name`` is keyed on beyond the name: plugin and package versions."""
+        ...
+
 
 def pipeline_problems(pipeline: Any, resolved: Any) -> list[str]:
     """What the pipeline cannot honour in this recipe (optional hook; pure: no files, no models).

@@ -17,6 +17,10 @@ encoders, nothing else leaves.
 from __future__ import annotations
 
 import gc
+import importlib.util
+import os
+import shutil
+import sysconfig
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,24 +92,34 @@ def resident_bytes() -> int:
 
 def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         residency: Residency | None = None, loras: Sequence[tuple[Path, float]] = (),
-        storage: str = "compute", tiers: Sequence[str] = ()) -> Any:
+        storage: str = "compute", tiers: Sequence[str] = (), compile_mode: str = "none",
+        kernel: Callable[..., Any] | None = None) -> Any:
     """A WanDiT from its shard files, with ``loras`` (file, scale) applied in order.
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
     DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
     in fp8; LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
     are when ``tiers`` (the memory plan) streams blocks in and out: a streamed block is read again
-    from its file, where a merged LoRA is not."""
+    from its file, where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
+    compiles each block with torch.compile; ``kernel`` is a plugin's attention kernel, made
+    usable under the name ``attention`` (wanflow's own kernels need none)."""
     from wanflow.models.dit_loader import load_dit
 
+    if kernel is not None:
+        from wanflow.models.attention import use_kernel
+
+        use_kernel(attention, kernel)
     weights = weight_files(files)
     patches = tuple((_stamp(path), float(scale)) for path, scale in loras)
-    key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers))
+    key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers), compile_mode)
 
     def load() -> Any:
         if tiers and storage == "fp8":
             raise ModelInputError("[memory].fp8 with blocks streamed by the memory policy is not "
                                   "supported yet; raise the budget, or set fp8 = false")
+        if tiers and compile_mode != "none":
+            raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
+                                  'policy is not supported yet; raise the budget, or set compile = "none"')
         if tiers:
             model = _placed_dit(weights, tiers, dtype, device, attention)
         else:
@@ -117,9 +131,43 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
             apply = attach if storage == "fp8" or tiers else merge
             apply(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
                   labels=[Path(path).name for path, _ in loras])
+        if compile_mode == "blocks":
+            compile_blocks(model)
         return model.eval().requires_grad_(False)
 
     return _get(key, residency, lambda: _expected_bytes(weights, dtype), load)
+
+
+def compile_blocks(model: Any) -> Any:
+    """torch.compile each DiT block in place, for fixed shapes (a new latent size compiles anew).
+
+    The blocks hold nearly all of a forward's time; the embeddings and the head stay eager. Fused
+    kernels may round differently in the last bits, so ``[runtime].compile`` is keyed."""
+    for block in model.blocks:
+        block.compile(dynamic=False)
+    return model
+
+
+def compile_problems(device: str) -> list[str]:
+    """Why torch.compile cannot run on ``device`` here; empty when it can. Looked up on disk, not
+    imported, so validation stays fast."""
+    spec = importlib.util.find_spec("torch")
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    if not any((Path(folder) / "_inductor").is_dir() for folder in folders):
+        return ["this torch has no compiler (torch._inductor is missing)"]
+    if device.startswith("cuda"):
+        if importlib.util.find_spec("triton") is None:
+            return ["torch compiles CUDA kernels with Triton, which is not installed (pip install triton)"]
+        return []
+    found = []
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None:
+        found.append(f"torch compiles CPU kernels with a C++ compiler, and {cxx} is not found "
+                     "(install g++, or name yours in CXX)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        found.append("torch compiles CPU kernels against Python's C headers, which are not installed "
+                     "(install python3-dev)")
+    return found
 
 
 def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, device: str,

@@ -1,11 +1,18 @@
-"""Named, pluggable attention kernels, so faster backends can be chosen without touching models.
+"""Named attention kernels, so faster backends can be chosen without touching models.
 
 Every kernel takes q, k, v laid out (B, L, H, D) and returns (B, Lq, H, D). This is the layout
 that the projections produce, so models never reshape for a particular kernel.
+
+Besides torch's own kernels (``sdpa``, ``math``, ``cudnn``), two come from packages that only
+build on CUDA machines: ``flash3`` (FlashAttention 3, Hopper GPUs, module ``flash_attn_interface``)
+and ``sage`` (SageAttention, module ``sageattention``). They are usable in a process only where
+their package is installed. What each needs of the device and dtype is said by
+:func:`backend_problems`, which validation asks before any model loads.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 
@@ -17,6 +24,9 @@ from wanflow.errors import ModelInputError
 
 #: q, k, v (B, L, H, D) -> (B, Lq, H, D); no mask, default 1/sqrt(D) scale (as Wan attends).
 AttentionKernel = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: Recipe dtypes the half-precision-only kernels accept.
+HALF_DTYPES = ("bf16", "fp16")
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -32,21 +42,80 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out.to(q.dtype)  # (B, Lq, H, D)
 
 
-KERNELS: dict[str, AttentionKernel] = {"sdpa": sdpa, "math": math_attention}
+def cudnn_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """torch's SDPA held to its cuDNN backend (fast on Hopper); it fails rather than falling back,
+    so the numbers are always cuDNN's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return sdpa(q, k, v)
+
+
+def flash3_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """FlashAttention 3 (Shah et al. 2024), which reads (B, L, H, D) as it is."""
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # some releases also return the log-sum-exp
+
+
+def sage_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """SageAttention (Zhang et al. 2024): INT8 QK^T, fp16 PV; (B, L, H, D) is its "NHD" layout."""
+    from sageattention import sageattn
+
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+
+
+#: Built-in kernels that need a package besides torch: name -> (module, kernel, how to install).
+OPTIONAL_KERNELS: dict[str, tuple[str, AttentionKernel, str]] = {
+    "flash3": ("flash_attn_interface", flash3_attention,
+               "build it from FlashAttention's hopper/ folder: cd flash-attention/hopper && python setup.py install"),
+    "sage": ("sageattention", sage_attention, "pip install sageattention"),
+}
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _builtin_kernels() -> dict[str, AttentionKernel]:
+    kernels: dict[str, AttentionKernel] = {"sdpa": sdpa, "math": math_attention, "cudnn": cudnn_attention}
+    kernels |= {name: kernel for name, (module, kernel, _) in OPTIONAL_KERNELS.items() if installed(module)}
+    return kernels
+
+
+#: The kernels usable in this process, by name.
+KERNELS: dict[str, AttentionKernel] = _builtin_kernels()
 
 
 def register_kernel(name: str, kernel: AttentionKernel) -> None:
-    """Add a backend (e.g. sage or flash) under a new name; names are never silently replaced."""
+    """Add a backend (e.g. a plugin's) under a new name; names are never silently replaced."""
     if name in KERNELS:
         raise ModelInputError(f"attention kernel {name!r} is already registered; pick another name.")
     KERNELS[name] = kernel
 
 
+def use_kernel(name: str, kernel: AttentionKernel) -> str:
+    """Make a plugin's kernel usable under its name: registered once, the same kernel again is a
+    no-op, and a different kernel under a taken name is refused."""
+    if KERNELS.get(name) is not kernel:
+        register_kernel(name, kernel)
+    return name
+
+
 def check_kernel(name: str) -> str:
     """Fail early, listing the choices, when a kernel name is not registered."""
     if name not in KERNELS:
+        why = ""
+        if name in OPTIONAL_KERNELS:
+            module, _, install = OPTIONAL_KERNELS[name]
+            why = f" (its module {module} is not installed: {install})"
         raise ModelInputError(
-            f"attention kernel {name!r} is not registered; choose one of {sorted(KERNELS)}."
+            f"attention kernel {name!r} is not registered{why}; choose one of {sorted(KERNELS)}."
         )
     return name
 
@@ -54,3 +123,59 @@ def check_kernel(name: str) -> str:
 def attention(q: Tensor, k: Tensor, v: Tensor, kernel: str = "sdpa") -> Tensor:
     """Attend with the named kernel: q (B, Lq, H, D), k/v (B, Lk, H, D) -> (B, Lq, H, D)."""
     return KERNELS[check_kernel(kernel)](q, k, v)
+
+
+# ----------------------------------------------------------------------------- what runs where
+
+
+def _needs_cuda(device: str) -> list[str]:
+    if not device.startswith("cuda"):
+        return [f"it needs a CUDA device (this run's device is {device})"]
+    if not torch.cuda.is_available():
+        return ["it needs a CUDA device, and torch sees none on this machine"]
+    return []
+
+
+def _needs_half(dtype: str) -> list[str]:
+    return [] if dtype in HALF_DTYPES else [f"it computes in bf16 or fp16 only (the DiT runs in {dtype})"]
+
+
+def _capability(device: str) -> tuple[int, int]:
+    index = torch.device(device).index
+    return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
+
+
+def _needs_sm(device: str, low: int, high: int | None, what: str) -> list[str]:
+    """A GPU of compute capability major in [low, high] (asked only where CUDA is there)."""
+    major, minor = _capability(device)
+    if major < low or (high is not None and major > high):
+        return [f"it needs {what} (this GPU is sm{major}{minor})"]
+    return []
+
+
+def _needs_module(name: str) -> list[str]:
+    module, _, install = OPTIONAL_KERNELS[name]
+    return [] if installed(module) else [f"its module {module} is not installed ({install})"]
+
+
+def backend_problems(name: str, device: str, dtype: str) -> list[str]:
+    """Why the built-in backend ``name`` cannot run on ``device`` ("cpu", "cuda", "cuda:1") with
+    the DiT in ``dtype`` ("bf16", "fp16", "fp32"); empty when it can."""
+    if name in ("sdpa", "math"):
+        return []
+    if name not in ("cudnn", *OPTIONAL_KERNELS):
+        raise ModelInputError(f"{name!r} is not a built-in attention backend")
+    found = _needs_module(name) if name in OPTIONAL_KERNELS else []
+    cuda = _needs_cuda(device)
+    found += cuda + _needs_half(dtype)
+    if cuda:
+        return found
+    if name == "cudnn":
+        if not torch.backends.cudnn.is_available():
+            found.append("torch was built without cuDNN")
+        found += _needs_sm(device, 8, None, "an Ampere or newer GPU (sm80+)")
+    elif name == "flash3":
+        found += _needs_sm(device, 9, 9, "a Hopper GPU (sm90: H100, H200, H20)")
+    elif name == "sage":
+        found += _needs_sm(device, 8, None, "an Ampere or newer GPU (sm80+)")
+    return found

@@ -1,4 +1,4 @@
-"""wanflow's own families, samplers and savers, registered through the public hooks."""
+"""wanflow's own families, samplers, savers and attention backends, registered through the public hooks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from wanflow.families import tiny, wan
-from wanflow.plugins.hookspecs import SamplerEntry, SaverEntry, hookimpl
+from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
 
@@ -41,3 +41,24 @@ def wanflow_pipelines() -> dict[str, Any]:
 @hookimpl
 def wanflow_savers() -> list[SaverEntry]:
     return [SaverEntry("mp4", ".mp4", _lazy("wanflow.output.video", "save_mp4"), "H.264 through imageio-ffmpeg")]
+
+
+def _attention(name: str, description: str, packages: tuple[str, ...] = ()) -> AttentionEntry:
+    """A kernel of ``wanflow.models.attention`` (imported, with torch, only when asked)."""
+    module = "wanflow.models.attention"
+    kernels = {"sdpa": "sdpa", "math": "math_attention", "cudnn": "cudnn_attention",
+               "flash3": "flash3_attention", "sage": "sage_attention"}
+
+    def problems(device: str, dtype: str) -> list[str]:
+        return importlib.import_module(module).backend_problems(name, device, dtype)
+
+    return AttentionEntry(name, "1", _lazy(module, kernels[name]), problems, packages, description)
+
+
+@hookimpl
+def wanflow_attention_backends() -> list[AttentionEntry]:
+    return [_attention("sdpa", "torch's scaled-dot-product attention, its fastest kernel for the device"),
+            _attention("math", "softmax(QK^T/sqrt(D))V in fp32: the slow, readable reference"),
+            _attention("cudnn", "torch's SDPA held to the cuDNN kernel (CUDA, bf16/fp16, sm80+)"),
+            _attention("flash3", "FlashAttention 3 (Hopper GPUs, bf16/fp16)", ("flash_attn_3", "flashattn-hopper")),
+            _attention("sage", "SageAttention: INT8 QK^T (CUDA, bf16/fp16, sm80+)", ("sageattention",))]

@@ -1,6 +1,6 @@
 """The plugin hooks: what a plugin can add to wanflow (DESIGN.md §9).
 
-Built-in families, samplers and savers register through these same hooks. A plugin is any
+Built-in families, samplers, savers and attention backends register through these same hooks. A plugin is any
 object or module with ``@hookimpl`` functions, advertised under the ``wanflow`` entry-point
 group. Every name it registers must be new: a collision is an error naming both plugins.
 """
@@ -41,6 +41,26 @@ class SaverEntry:
     description: str = ""
 
 
+@attrs.frozen
+class AttentionEntry:
+    """An attention backend, selectable as ``[runtime].attention``.
+
+    ``load()`` returns the kernel: ``(q, k, v) -> out``, each (B, L, H, D), no mask, scale
+    1/sqrt(D). ``problems(device, dtype)`` says why it cannot run on ``device`` ("cpu", "cuda",
+    "cuda:N") with the DiT in ``dtype`` ("bf16", "fp16", "fp32"): empty when it can; validation
+    asks it before any model loads. Both are called lazily, so planning needs no torch.
+    ``version`` is bumped when the kernel's numbers change; it and the installed versions of
+    ``packages`` (distribution names the kernel comes from) are part of the denoise step's key.
+    """
+
+    name: str
+    version: str
+    load: Callable[[], Callable[..., Any]]
+    problems: Callable[[str, str], list[str]]
+    packages: tuple[str, ...] = ()
+    description: str = ""
+
+
 class Hooks:
     """Hook specifications; each returns what the plugin adds (``None`` or empty for nothing)."""
 
@@ -55,6 +75,10 @@ class Hooks:
     @hookspec
     def wanflow_savers(self) -> list[SaverEntry]:
         """Output formats this plugin provides, selectable as ``[output].format``."""
+
+    @hookspec
+    def wanflow_attention_backends(self) -> list[AttentionEntry]:
+        """Attention backends this plugin provides, selectable as ``[runtime].attention``."""
 
     @hookspec
     def wanflow_pipelines(self) -> Mapping[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -13,7 +14,7 @@ import structlog
 from wanflow import __version__
 from wanflow.errors import PluginError
 from wanflow.plugins import builtin
-from wanflow.plugins.hookspecs import PROJECT, Hooks, SamplerEntry, SaverEntry
+from wanflow.plugins.hookspecs import PROJECT, AttentionEntry, Hooks, SamplerEntry, SaverEntry
 from wanflow.families.spec import FamilySpec
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,7 @@ class Registry:
     savers: dict[str, SaverEntry]
     pipelines: dict[str, Any]
     step_kinds: dict[str, Any]
+    attention: dict[str, AttentionEntry]
     owners: dict[tuple[str, str], str]  # (what, name) -> plugin name
     plugin_versions: dict[str, str]
     manager: pluggy.PluginManager
@@ -66,6 +68,25 @@ class Registry:
                               + ", ".join(sorted(table)))
         owner = self.owners[(what, name)]
         return table[name], "" if owner == builtin.NAME else f"{owner}@{self.plugin_versions[owner]}"
+
+    def attention_backend(self, name: str) -> AttentionEntry:
+        """The registered attention backend ``name``; an unknown name names the installed ones."""
+        if name not in self.attention:
+            raise PluginError(f"no installed plugin provides the attention backend {name!r}; installed: "
+                              + ", ".join(sorted(self.attention)))
+        return self.attention[name]
+
+    def attention_uses(self, name: str) -> tuple[str, ...]:
+        """What of the backend ``name`` a step that attends with it is keyed on, beside the name it
+        reads from ``[runtime].attention``: a plugin's "plugin@version" and the backend's own
+        "attention.<name>@version" (wanflow's own kernels are versioned with the step that runs
+        them, as its solvers are), and "package@version" of each installed package the kernel
+        comes from (FlashAttention 3, SageAttention): a new release may change the numbers."""
+        entry = self.attention_backend(name)
+        owner = self.owners[("attention backend", name)]
+        uses = [] if owner == builtin.NAME else [f"{owner}@{self.plugin_versions[owner]}",
+                                                 f"attention.{name}@{entry.version}"]
+        return tuple(uses + [f"{p}@{v}" for p, v in ((p, _installed_version(p)) for p in entry.packages) if v])
 
     def plugins(self) -> list[tuple[str, str]]:
         """(name, version) of every loaded plugin, for run locks and step keys."""
@@ -115,8 +136,17 @@ def _collect(pm: pluggy.PluginManager, versions: dict[str, str]) -> Registry:
     savers = _gather(pm, "wanflow_savers", "saver", lambda s: s.name, owners)
     pipelines = _gather(pm, "wanflow_pipelines", "pipeline", None, owners)
     step_kinds = _gather(pm, "wanflow_step_kinds", "step kind", lambda s: s.kind, owners)
+    attention = _gather(pm, "wanflow_attention_backends", "attention backend", lambda a: a.name, owners)
     log.debug("plugins.loaded", plugins=sorted(versions))
-    return Registry(families, samplers, savers, pipelines, step_kinds, owners, versions, pm)
+    return Registry(families, samplers, savers, pipelines, step_kinds, attention, owners, versions, pm)
+
+
+def _installed_version(distribution: str) -> str:
+    """The installed version of a distribution, "" when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _gather(pm: pluggy.PluginManager, hook: str, what: str, name_of: Any, owners: dict) -> dict[str, Any]:

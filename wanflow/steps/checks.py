@@ -42,7 +42,7 @@ def unsupported(resolved: Any, catalog: Any = None) -> list[str]:
     """Everything the pipeline cannot honour, all at once; ``catalog`` (the plugin registry, as
     bound to the pipeline) answers which output formats are installed."""
     where = locator(resolved)
-    return [*_not_implemented(resolved, where), *_machine_problems(resolved.values, where),
+    return [*_not_implemented(resolved, where), *_machine_problems(resolved.values, where, catalog),
             *_guidance_problems(resolved.values, where),
             *_format_problems(resolved.values, where, catalog), *input_problems(resolved, where)]
 
@@ -58,8 +58,9 @@ def _not_implemented(resolved: Any, where: Where) -> list[str]:
     return found
 
 
-def _machine_problems(values: Any, where: Where) -> list[str]:
-    """CUDA asked for on a machine without it; an attention backend that is not installed."""
+def _machine_problems(values: Any, where: Where, catalog: Any = None) -> list[str]:
+    """CUDA asked for on a machine without it; an attention backend that is not installed or
+    cannot run on this run's device and dtype; blocks compiled where the compiler cannot run."""
     found = []
     asked = [k for k in ("runtime.device", "sampler.noise_device") if values.get(k) == "cuda"]
     if asked and not cuda_available():
@@ -72,13 +73,42 @@ def _machine_problems(values: Any, where: Where) -> list[str]:
     if values.get("memory.fp8"):
         found += _fp8_problems(values, where)
     backend = values.get("runtime.attention", TORCH_ATTENTION)
-    if backend != TORCH_ATTENTION:
-        available = attention_backends()
-        if backend not in available:
-            found.append(f"{where('runtime.attention')}: [runtime].attention = {format_value(backend)}: no "
-                         f"attention backend of that name is installed (available: {', '.join(available)}); "
-                         f'use "{TORCH_ATTENTION}", or install the plugin that registers {format_value(backend)}')
+    if backend != TORCH_ATTENTION:  # torch's own runs everywhere: no look-up, no torch import
+        found += _attention_problems(backend, values, where, catalog)
+    if values.get("runtime.compile", "none") != "none":
+        from wanflow.memory.pool import compile_problems
+        from wanflow.steps.runtime import effective_device
+
+        found += [f'{where("runtime.compile")}: [runtime].compile = {format_value(values["runtime.compile"])}: '
+                  f'{why}; set it to "none"'
+                  for why in compile_problems(effective_device(values.get("runtime.device", "auto")))]
     return found
+
+
+def _attention_problems(backend: str, values: Any, where: Where, catalog: Any) -> list[str]:
+    """``[runtime].attention`` naming no installed backend, or one that cannot run on this run's
+    device with the DiT's dtype (each backend says why: its package, CUDA, the GPU, the dtype)."""
+    from wanflow.steps.runtime import effective_device, effective_dtype_name
+
+    device = effective_device(values.get("runtime.device", "auto"))
+    overridden = {v for k, v in values.items() if k.startswith("models.dit") and k.endswith(".dtype")
+                  and v != "auto"}
+    dtypes = sorted(overridden or {effective_dtype_name(values.get("runtime.dtype", "auto"), device)})
+    checks = attention_backends(catalog)
+
+    def why_not(name: str) -> list[str]:
+        return list(dict.fromkeys(reason for dtype in dtypes for reason in checks[name](device, dtype)))
+
+    here = ", ".join(name for name in sorted(checks) if not why_not(name))
+    stated = f"{where('runtime.attention')}: [runtime].attention = {format_value(backend)}"
+    if backend not in checks:
+        return [f"{stated}: no attention backend of that name is installed (available: {here}); "
+                f'use "{TORCH_ATTENTION}", or install the plugin that registers {format_value(backend)}']
+    reasons = why_not(backend)
+    if reasons:
+        return [f"{stated}: cannot run here: {'; '.join(reasons)} (available here: {here}); "
+                f'use "{TORCH_ATTENTION}" (the default), or run where it can']
+    return []
 
 
 def _fp8_problems(values: Any, where: Where) -> list[str]:
@@ -122,11 +152,18 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def attention_backends() -> list[str]:
-    """The registered attention kernels (imports torch with the models' attention module)."""
-    from wanflow.models.attention import KERNELS
+def attention_backends(catalog: Any = None) -> dict[str, Callable[[str, str], list[str]]]:
+    """Each installed attention backend and its ``problems(device, dtype)``: the plugin registry's
+    when the pipeline is bound to one, else wanflow's own kernels (imports torch)."""
+    if isinstance(getattr(catalog, "attention", None), dict):
+        return {name: entry.problems for name, entry in catalog.attention.items()}
+    import functools
 
-    return sorted(KERNELS)
+    from wanflow.models.attention import KERNELS, OPTIONAL_KERNELS, backend_problems
+
+    builtin = ("sdpa", "math", "cudnn", *OPTIONAL_KERNELS)
+    checks = {name: functools.partial(backend_problems, name) for name in builtin}
+    return checks | {name: (lambda device, dtype: []) for name in KERNELS if name not in checks}
 
 
 def _format_problems(values: Any, where: Where, catalog: Any) -> list[str]:

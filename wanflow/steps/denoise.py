@@ -28,7 +28,7 @@ CHECKPOINT_EVERY = 5
 #: Key prefix of the step cache's state inside a checkpoint (resumed bit for bit with the solver's).
 CACHE_PREFIX = "cache."
 DENOISE_READS = ("sampler.*", "video.width", "video.height", "video.frames",
-                 "runtime.device", "runtime.dtype", "runtime.attention", "model")
+                 "runtime.device", "runtime.dtype", "runtime.attention", "runtime.compile", "model")
 
 
 def expert_cfgs(params: Mapping[str, Any], experts: tuple[str, ...]) -> dict[str, float]:
@@ -57,6 +57,9 @@ class Denoise:
     storage: str = "compute"  # "fp8": block weights stored in fp8 ([memory].fp8; changes the numbers)
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The registry's entry for ``[runtime].attention`` when a plugin provides it (its identity is
+    #: keyed through the node's ``uses``); None for wanflow's own kernels.
+    attention: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: (DiT role, tier of each block) where the memory plan streams blocks (placement: not keyed).
     tiers: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
@@ -178,7 +181,8 @@ class Denoise:
         loras = tuple((ctx.weight(lora), scale) for lora, dit_role, scale in self.loras if dit_role == role)
         dit = model_pool.dit([ctx.weight(f"{role}.{i}") for i in range(n)], dtype, device,
                              p["runtime.attention"], self.residency, loras, self.storage,
-                             dict(self.tiers).get(role, ()))
+                             dict(self.tiers).get(role, ()), compile_mode=p["runtime.compile"],
+                             kernel=None if self.attention is None else self.attention.load())
         texts, call = conditioning
         cache = self._cache(p, dit, schedule, state, call, (begin, stop), resumed_cache)
         model_fn = self._guided(p, role, dit, texts, call, device, cache, schedule)
@@ -242,7 +246,7 @@ class Denoise:
             device = next(dit.parameters()).device
             whole = slice(0, state.x.shape[2])
             ts = [call.timesteps(state.x, t, dit.cfg.patch_size, whole).to(device) for t in schedule.timesteps]
-            signals = time_signals(dit, ts)
+            signals = time_signals(dit, ts, call.dit_extras(whole, 1, device))
         cache = make_step_cache(settings, schedule.timesteps, start=span[0], stop=span[1],
                                 arch=DitArchitecture.of(dit.cfg, experts=len(self.experts)),
                                 family=p["model"], signals=signals)

@@ -198,12 +198,15 @@ def _denoise_node(job: _Job, texts: list[StepSpec], conditioning: list[tuple[str
     loras = lora_uses(job.resolved, job.dits())
     weights |= {role: job.weights["lora"][role] for role, _, _ in loras}
     entry, uses = job.provided("sampler", job.values["sampler.solver"])
+    attention = job.values["runtime.attention"]
+    uses += job.catalog.attention_uses(attention)  # a plugin backend's version changes the numbers
     step = Denoise(experts=tuple((d, len(job.weights[d])) for d in job.dits()),
                    z_dim=job.z_dim, latent_stride=job.family.spatial_factor // 2,
                    conditions=tuple(role for role, _ in conditioning), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
                    loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
-                   residency=job.residency, tiers=_tiers(job.memory, job.dits()), peak=job.peak("denoise"))
+                   residency=job.residency, tiers=_tiers(job.memory, job.dits()), peak=job.peak("denoise"),
+                   attention=job.catalog.attention_backend(attention))
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)
 
 
