@@ -1,0 +1,83 @@
+"""Load a Wan2.2-Animate DiT from its official, diffusers or ComfyUI checkpoint, strictly.
+
+An Animate checkpoint is recognised by its parts' keys (``pose_patch_embedding.*``,
+``motion_encoder.*``, ``face_encoder.*``, ``face_adapter.*``), whichever layout names them;
+every size is read off the shapes (``animate_config.from_shapes``). The model is built on the
+meta device and each tensor assigned to it on its way to the device, as ``dit_loader`` does:
+the blur kernels of the official file included, the QR direction basis kept in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+import torch
+from torch import Tensor
+
+from wanflow.errors import ModelLoadError
+from wanflow.models import animate_config, animate_keys, signature
+from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.dit_config import keeps_fp32
+from wanflow.models.dit_keys import DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
+from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
+
+log = structlog.get_logger(__name__)
+
+
+def load_animate_dit(
+    weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    attention_kernel: str = "sdpa",
+) -> AnimateDiT:
+    """A ready AnimateDiT from a checkpoint file, a sharded index or its folder, or a state dict.
+
+    It computes in ``dtype`` except its fp32 islands (the DiT's, the motion direction basis and
+    the blur kernels). A file that is not an Animate checkpoint raises ModelLoadError saying
+    what it looks like instead."""
+    opened = open_weights(weights)
+    state = official_state(opened.state, opened.source)
+    config = animate_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source)
+    model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
+    expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
+    load_state_into(model, state, source=opened.source, expected=expected, device=device, dtype=_dtypes(dtype),
+                    borrowed=opened.borrowed)
+    log.debug("animate_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype))
+    return model
+
+
+def official_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Any supported layout of an Animate checkpoint under the official keys."""
+    _, state = signature.unprefixed(state)  # ComfyUI's prefix off; the layout is told below
+    require_animate(state, source)
+    if LAYOUT_MARKERS["diffusers"] not in state:
+        return dict(state)
+    dit = rename_keys({k: v for k, v in state.items() if not animate_keys.is_part(k)}, DIFFUSERS_TO_OFFICIAL)
+    parts = animate_keys.to_official({k: v for k, v in state.items() if animate_keys.is_part(k)}, source)
+    return dit | parts
+
+
+def require_animate(state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse a checkpoint without Animate's parts (saying what it is) or with only some of them."""
+    present = [p.rstrip(".") for p in animate_keys.PART_PREFIXES if any(k.startswith(p) for k in state)]
+    if not present:
+        raise ModelLoadError(
+            f"{source}: not a Wan2.2 Animate checkpoint: it has no pose_patch_embedding, motion_encoder, "
+            f"face_encoder or face_adapter tensors; it looks like {signature.identify(state).describe()}. "
+            "Point the Animate DiT at Wan2.2-Animate-14B's diffusion_pytorch_model*.safetensors."
+        )
+    missing = [p.rstrip(".") for p in animate_keys.PART_PREFIXES if p.rstrip(".") not in present]
+    if missing:
+        raise ModelLoadError(
+            f"{source}: an incomplete Wan2.2 Animate checkpoint: it has {', '.join(present)} tensors but no "
+            f"{', '.join(missing)} tensors. A shard is probably missing: pass the index json or the folder "
+            "holding every shard."
+        )
+
+
+def _dtypes(dtype: torch.dtype):
+    """Each tensor's dtype by name: fp32 for the fp32 islands, ``dtype`` for the rest."""
+    def choose(name: str) -> torch.dtype:
+        fp32 = keeps_fp32(name) or name == DIRECTION_KEY or name.endswith(".kernel")
+        return torch.float32 if fp32 else dtype
+    return choose
