@@ -1,0 +1,78 @@
+"""Load the LongCat-Video DiT from its released layout (``dit/`` shards + index), strictly.
+
+The released folder holds ``config.json``, ``diffusion_pytorch_model-0000N-of-0000M.safetensors``
+and ``diffusion_pytorch_model.safetensors.index.json``; the folder, the index, one single
+safetensors file or a state dict are all accepted. The keys are LongCat's own and load with no
+conversion; a file of another model (a Wan DiT above all, which shares the text encoder and VAE
+of LongCat-Video) is refused, saying what it looks like. The model is built on the meta device
+and the tensors are assigned one by one, each cast to its dtype (fp32 islands stay fp32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+import torch
+from torch import Tensor
+
+from wanflow.errors import ModelLoadError
+from wanflow.models import longcat_config, signature
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.loading import build_on_meta, load_state_into
+from wanflow.models.longcat import LongCatDiT
+from wanflow.models.longcat_config import LongCatConfig
+
+log = structlog.get_logger(__name__)
+
+
+def load_longcat_dit(
+    weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    attention_kernel: str = "sdpa",
+) -> LongCatDiT:
+    """A ready LongCatDiT from the ``dit/`` folder, its index json, one safetensors file, or a
+    state dict. The sizes come from the weights; ``text_tokens_zero_pad`` from the config.json
+    beside them (True, the released value, when there is none). Mismatches raise ModelLoadError."""
+    opened = open_weights(weights)
+    config = longcat_config_of(opened.state, opened.source)
+    if not opened.borrowed:
+        config = _with_config_beside(config, Path(os.fspath(weights)))
+    model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
+    expected = f"LongCat-Video DiT ({config.describe()})"
+    load_state_into(model, opened.state, source=opened.source, expected=expected, device=device,
+                    dtype=lambda name: torch.float32 if longcat_config.keeps_fp32(name) else dtype,
+                    borrowed=opened.borrowed)
+    log.debug("longcat_dit_loaded", source=opened.source, hidden=config.hidden_size, depth=config.depth,
+              dtype=str(dtype), zero_pad=config.text_tokens_zero_pad)
+    return model
+
+
+def longcat_config_of(state: Mapping[str, Tensor], source: str) -> LongCatConfig:
+    """The config read off a state dict's shapes, refusing a file that is not LongCat-Video's."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if not longcat_config.is_longcat(shapes):
+        raise ModelLoadError(
+            f"{source}: expected a LongCat-Video DiT (keys x_embedder.*, t_embedder.*, "
+            f"y_embedder.*, blocks.N.attn.qkv.*), but this looks like {signature.identify(state).describe()}. "
+            "Point the component at LongCat-Video's dit/ folder (or its index json)."
+        )
+    return longcat_config.from_shapes(shapes, source)
+
+
+def _with_config_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
+    """Apply the config.json in the weights' folder, if there is one."""
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_file.is_file():
+        log.info("longcat_config_default", source=str(path),
+                 note="no config.json beside the weights; text_tokens_zero_pad = true (the released value)")
+        return config
+    try:
+        doc = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    return longcat_config.with_config_json(config, doc, str(config_file))
