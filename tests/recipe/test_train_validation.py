@@ -192,21 +192,42 @@ def test_the_command_line_refuses_a_bad_set_of_a_train_key(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_four_training_recipes_ship_one_per_family_kind():
+@pytest.fixture(scope="module")
+def quickstart_init(tmp_path_factory) -> Path:
+    """What recipes/train-quickstart.toml starts from (``init_dit``'s output), in a small size."""
+    from scripts.quickstart import init_dit
+
+    root = tmp_path_factory.mktemp("quickstart-init")
+    init_dit.write_dit(root / "dit", init_dit.quickstart_config(dim=64, layers=2, heads=1, ffn=64), 0)
+    return root
+
+
+def _sets(path: Path, clips: Path, init: Path) -> list[str]:
+    """A generated dataset, and for the quickstart recipe (which trains from a written starting point,
+    not from downloaded weights) that starting point, with a batch the two generated clips can fill."""
+    quickstart = [f"models.dit.source={init}", "train.batch_size=2"] if path.stem == "train-quickstart" else []
+    return [f"train.dataset={clips}", *quickstart]
+
+
+def test_training_recipes_ship_one_per_family_kind_and_one_for_the_quickstart_model():
     families = build_registry(entry_points=False)
-    models = {p.stem: load_recipe(p, families=families, sets=["train.dataset=."]).model for p in TRAIN_RECIPES}
+    models = {p.stem: load_recipe(p, families=families, sets=_sets(p, Path("."), Path("."))).model
+              for p in TRAIN_RECIPES}
     assert sorted(models.values()) == ["wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b", "wan2.2-t2v-a14b",
-                                       "wan2.2-ti2v-5b"]
+                                       "wan2.2-ti2v-5b", "wanflow-tiny"]
 
 
 @pytest.mark.parametrize("path", TRAIN_RECIPES, ids=[p.stem for p in TRAIN_RECIPES])
-def test_a_shipped_training_recipe_validates_on_a_generated_dataset_without_weights(path, clips, capsys):
+def test_a_shipped_training_recipe_validates_on_a_generated_dataset_without_weights(path, clips, quickstart_init,
+                                                                                     capsys):
     text = path.read_text(encoding="utf-8")
     assert format_file(str(path)) == text  # canonical
-    written = load_recipe(path, sets=[f"train.dataset={clips}"]).recipe
+    sets = _sets(path, clips, quickstart_init)
+    written = load_recipe(path, sets=sets).recipe
     assert written.sampler.seed == 0 and written.train is not None
     assert 'dataset = "data/' in text and "/metadata.csv\"" in text  # a dataset folder beside the recipe
-    assert main(["validate", str(path), "--set", f"train.dataset={clips}"]) == 0, capsys.readouterr().err
+    flags = [a for s in sets for a in ("--set", s)]
+    assert main(["validate", str(path), *flags]) == 0, capsys.readouterr().err
     assert f"ok: {path}" in capsys.readouterr().out
     assert list((Path(os.environ["WANFLOW_MODELS"])).iterdir()) == []  # nothing was downloaded
 

@@ -139,6 +139,27 @@ def test_vae_training_is_deterministic_and_its_file_loads_in_wanflow(tmp_path):
     assert torch.equal(got, want)
 
 
+
+def test_an_interrupted_vae_training_resumes_to_the_same_weights(tmp_path):
+    settings = attrs.evolve(tv.VAETraining(), steps=4, image_steps=2, image_batch=1, batch=1, window=5)
+    whole, history = tv.train(0, settings, **TINY_VAE, log_every=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(step, vae):
+        if step == 2:
+            raise Stop
+
+    checkpoint = tmp_path / "vae.ckpt"
+    with pytest.raises(Stop):
+        tv.train(0, settings, **TINY_VAE, log_every=1, on_log=stop_after_two, checkpoint=checkpoint)
+    resumed, resumed_history = tv.train(0, settings, **TINY_VAE, log_every=1, checkpoint=checkpoint)
+    assert resumed_history == history
+    assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+    with pytest.raises(SystemExit, match="other settings"):
+        tv.train(0, attrs.evolve(settings, lr=1e-3), **TINY_VAE, log_every=1, checkpoint=checkpoint)
+
 # ----------------------------------------------------------------------------- text encoder
 
 
