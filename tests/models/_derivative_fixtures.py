@@ -77,8 +77,10 @@ def import_diffsynth() -> types.SimpleNamespace:
         )
         from diffsynth.pipelines.wan_video import model_fn_wan_video
     finally:
-        if finder is not None:
+        if finder is not None:  # the stand-ins must not outlive the import: diffusers probes torchvision too
             sys.meta_path.remove(finder)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
     return types.SimpleNamespace(WanModel=WanModel, model_fn=model_fn_wan_video,
                                  MotionController=WanMotionControllerModel)
 

@@ -107,3 +107,18 @@ def test_a_missing_tensor_is_named(tmp_path):
     del state["blocks.1.cross_attn.kv_linear.bias"]
     with pytest.raises(ModelLoadError, match=r"missing \(1\): blocks\.1\.cross_attn\.kv_linear\.bias"):
         load_longcat_dit(released_layout(tmp_path, state))
+
+
+def test_a_longcat_file_is_recognised_as_longcat_not_as_an_unknown_checkpoint(tmp_path):
+    from wanflow.models.signature import identify
+    from wanflow.steps.files import check_dit
+
+    state = tiny().state_dict()
+    found = identify(state)
+    assert (found.kind, found.variant) == ("dit", "longcat-video")
+    assert "LongCat-Video" in found.describe()
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    check_dit([path], "longcat-video", "dit")  # the family's own file passes
+    with pytest.raises(ModelLoadError, match="looks like a LongCat-Video DiT"):
+        check_dit([path], "wan2.1-t2v-1.3b", "dit")

@@ -292,9 +292,11 @@ DERIVATIVE_VARIANTS: dict[str, DitConfig] = {
 
 #: Parameters kept in fp32 whatever the compute dtype (time embedding, modulation, head). Here,
 #: beside the config and free of torch, so memory planning can size a checkpoint from its header.
-FP32_PREFIXES = ("time_embedding.", "time_projection.", "head.")  # VACE blocks' ".modulation" too
+#: VACE blocks' ".modulation" too; Animate's motion direction basis and its fixed blur kernels
+#: (computed in fp32 by the authors' code).
+FP32_PREFIXES = ("time_embedding.", "time_projection.", "head.", "motion_encoder.dec.direction.")
 
 
 def keeps_fp32(name: str) -> bool:
     """Whether a parameter belongs to an fp32 island (its name as in the state dict)."""
-    return name.startswith(FP32_PREFIXES) or name.endswith(".modulation")
+    return name.startswith(FP32_PREFIXES) or name.endswith((".modulation", ".kernel"))

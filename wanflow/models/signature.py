@@ -43,6 +43,7 @@ VARIANT_LABELS = {
     "wan2.2-i2v": "Wan2.2 I2V-A14B",
     "wan2.2-ti2v": "Wan2.2 TI2V",
     "wan2.2-animate": "Wan2.2 Animate",
+    "longcat-video": "LongCat-Video",
     "vace": "Wan2.1 VACE",
     "fun-inp": "Wan2.1 Fun InP",
     "fun-control": "Wan2.1 Fun Control",
@@ -78,6 +79,8 @@ ARCHITECTURES: dict[str, tuple[str, Mapping[str, object]]] = {
     "wan2.2-fun-control-camera-a14b": ("wan2.2-fun-control-camera", {}),
     "krea-realtime-video-14b": ("wan2.1-t2v", {}),
     "wan2.1-motion-controller": ("motion-controller", {}),
+    "wan2.2-animate-14b": ("wan2.2-animate", {}),
+    "longcat-video": ("longcat-video", {}),
 }
 
 #: Detail -> (what it says when True, when False), for mismatch messages.
@@ -151,7 +154,7 @@ def identify(state: Mapping[str, Tensor]) -> CheckpointSignature:
     """Classify a state dict (DiT, VAE, umT5, CLIP, motion controller) by its marker keys and shapes."""
     layout, state = unprefixed(state)
     keys = set(state)
-    for recogniser in (_dit, _vae, _umt5, _clip, _motion_controller):
+    for recogniser in (_dit, _longcat, _vae, _umt5, _clip, _motion_controller):
         found = recogniser(state, keys, layout)
         if found is not None:
             return found
@@ -221,6 +224,15 @@ def _dit_variant(keys: set[str], details: dict[str, object], diffusers: bool) ->
     if details["out_dim"] == 48:
         return "wan2.2-ti2v"
     return "wan2.2-i2v" if in_dim == 36 else "wan2.1-t2v"
+
+
+def _longcat(state: Mapping[str, Tensor], keys: set[str], layout: str) -> CheckpointSignature | None:
+    """LongCat-Video's own DiT (its own names: ``x_embedder``, fused ``attn.qkv``), not a Wan DiT."""
+    patch = _shape(state, "x_embedder.proj.weight")  # (dim, in_channels, 1, 2, 2)
+    if patch is None or "blocks.0.attn.qkv.weight" not in keys:
+        return None
+    details = {"dim": patch[0], "in_dim": patch[1], "num_layers": _count(keys, r"blocks\.(\d+)\.")}
+    return CheckpointSignature("dit", "longcat-video", layout, details)
 
 
 #: The key set of the speed-control motion controller (an MLP stored alone).
