@@ -66,7 +66,11 @@ def build(out: Path, seed: int = 0, settings: FamilySettings = FamilySettings())
             say(line)
 
     start = time.perf_counter()
-    vae, _ = train_vae.train(seed, settings.vae, settings.vae_dim, log_every=0)
+    # The VAE trains for an hour or two on a CPU: its whole state is kept beside the family's
+    # folders (no family glob reads it), and a killed build resumes it where it stopped.
+    checkpoint = out / "vae-training.ckpt"
+    vae, _ = train_vae.train(seed, settings.vae, settings.vae_dim, log_every=100, checkpoint=checkpoint)
+    checkpoint.unlink(missing_ok=True)  # done: the folder holds the family's files only
     path = save_weights(vae.state_dict(), out / VAE_FILE)
     say(f"VAE trained in {time.perf_counter() - start:.0f} s ({settings.vae.steps} steps)")
     if settings.check:

@@ -194,10 +194,15 @@ def test_the_command_line_refuses_a_bad_set_of_a_train_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def quickstart_init(tmp_path_factory) -> Path:
-    """What recipes/train-quickstart.toml starts from (``init_dit``'s output), in a small size."""
-    from scripts.quickstart import init_dit
+    """What recipes/train-quickstart.toml starts from (``build_family``'s output: text encoder, VAE,
+    the DiT's initialisation), here the shipped text encoder and VAE and a small initial DiT."""
+    import shutil
+
+    from scripts.quickstart import build_family, init_dit
 
     root = tmp_path_factory.mktemp("quickstart-init")
+    for part in ("text_encoder", "vae", "tokenizer"):
+        shutil.copytree(build_family.ASSETS / part, root / part)
     init_dit.write_dit(root / "dit", init_dit.quickstart_config(dim=64, layers=2, heads=1, ffn=64), 0)
     return root
 
@@ -205,7 +210,8 @@ def quickstart_init(tmp_path_factory) -> Path:
 def _sets(path: Path, clips: Path, init: Path) -> list[str]:
     """A generated dataset, and for the quickstart recipe (which trains from a written starting point,
     not from downloaded weights) that starting point, with a batch the two generated clips can fill."""
-    quickstart = [f"models.dit.source={init}", "train.batch_size=2"] if path.stem == "train-quickstart" else []
+    quickstart = [f"models.{c}.source={init}" for c in ("dit", "text_encoder", "vae")] + ["train.batch_size=2"]
+    quickstart = quickstart if path.stem == "train-quickstart" else []
     return [f"train.dataset={clips}", *quickstart]
 
 
