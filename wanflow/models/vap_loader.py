@@ -1,0 +1,85 @@
+"""Load a Video-As-Prompt DiT from the released (diffusers-named) file or wanflow's own layout.
+
+The release is one ``WanTransformer3DMOTModel`` checkpoint, usually sharded behind
+``diffusion_pytorch_model.safetensors.index.json``. It is recognised by its reference-stream
+keys (``*_mot_ref``), renamed by ``vap_keys``, and sized by its shapes; the ``config.json``
+beside it, where there is one, gives the head count and the joined blocks, checked against the
+weights. The model is built on the meta device and each tensor assigned on its way to the
+device, fp32 islands kept in fp32, as ``dit_loader`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+import torch
+from torch import Tensor
+
+from wanflow.errors import ModelLoadError
+from wanflow.models import signature, vap_config, vap_keys
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.loading import build_on_meta, load_state_into
+from wanflow.models.vap import HeadTimestep, VapDiT
+from wanflow.models.vap_config import MOT_PREFIX, VapConfig
+
+log = structlog.get_logger(__name__)
+
+
+def load_vap_dit(
+    weights: Checkpoint, config: VapConfig | None = None, dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu", attention_kernel: str = "sdpa", head_timestep: HeadTimestep = "main",
+) -> VapDiT:
+    """A ready VapDiT from a checkpoint file, a sharded index or its folder, or a state dict.
+
+    Without ``config`` the sizes come from the config.json beside a file, else from the shapes
+    (head width 128 assumed). A file that is not a Video-As-Prompt checkpoint raises
+    ModelLoadError saying what it looks like. ``head_timestep="reference"`` reproduces
+    DiffSynth 2.1.12's head modulation (see ``wanflow.models.vap``)."""
+    opened = open_weights(weights)
+    state = wanflow_state(opened.state, opened.source)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if config is None:
+        doc = None if opened.borrowed else config_json_beside(Path(os.fspath(weights)))
+        config = (vap_config.from_shapes(shapes, opened.source) if doc is None
+                  else vap_config.from_diffusers(doc, shapes, opened.source))
+    model = build_on_meta(lambda: VapDiT(config, attention_kernel, head_timestep))
+    expected = f"Video-As-Prompt DiT ({vap_config.describe(config)})"
+    load_state_into(model, state, source=opened.source, expected=expected, device=device,
+                    dtype=lambda name: torch.float32 if vap_config.keeps_fp32(name) else dtype,
+                    borrowed=opened.borrowed)
+    log.debug("vap_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype))
+    return model
+
+
+def wanflow_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """The released layout or wanflow's, under wanflow's names; anything else is refused."""
+    released = any(vap_keys.is_released_mot_key(k) for k in state)
+    if released:
+        return vap_keys.to_wanflow(state)
+    if any(k.startswith(MOT_PREFIX) for k in state):
+        return dict(state)
+    raise ModelLoadError(
+        f"{source}: not a Video-As-Prompt checkpoint: it has no reference-stream tensors (*_mot_ref, or "
+        f"wanflow's mot.*); it looks like {signature.identify(state).describe()}. Point the Video-As-Prompt DiT "
+        "at ByteDance/Video-As-Prompt-Wan2.1-14B's transformer/diffusion_pytorch_model*.safetensors "
+        "(the index json or the folder)."
+    )
+
+
+def config_json_beside(path: Path) -> dict | None:
+    """The config.json in the weights' folder (a folder, an index json or a file in it), or None."""
+    folder = path if path.is_dir() else path.parent
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        doc = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    return doc
