@@ -1,0 +1,87 @@
+"""Load the Wan2.2-S2V DiT from its released layout (sharded safetensors + index), strictly.
+
+The release's root folder holds ``config.json`` and ``diffusion_pytorch_model-0000N-of-0000M
+.safetensors`` with their ``.index.json`` (beside the T5, VAE and wav2vec2 files); the folder,
+the index, one safetensors file (ComfyUI's repackaged single file included) or a state dict are
+accepted. The keys are the official ones and load with no conversion. Every size is read off the
+shapes (``s2v_config.from_shapes``); the heads and the audio injectors' blocks come from the
+config.json beside the weights, or are the release's. A file of another model (a Wan T2V DiT
+above all, which S2V's shares all its base keys with) is refused, saying what it looks like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from torch import Tensor
+
+from wanflow.errors import ModelLoadError
+from wanflow.models import s2v_config, signature
+from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.loading import build_on_meta, load_state_into
+from wanflow.models.s2v import S2VDiT
+
+log = structlog.get_logger(__name__)
+
+
+def load_s2v_dit(
+    weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    attention_kernel: str = "sdpa",
+) -> S2VDiT:
+    """A ready S2VDiT from the release folder, its index json, one safetensors file, or a state
+    dict. It computes in ``dtype`` except its fp32 islands (the DiT's and the audio encoder).
+    A file that is not an S2V checkpoint raises ModelLoadError saying what it looks like instead."""
+    opened = open_weights(weights)
+    _, state = signature.unprefixed(opened.state)  # ComfyUI's prefix off
+    require_s2v(state, opened.source)
+    fields = {} if opened.borrowed else _fields_beside(Path(os.fspath(weights)))
+    config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source, **fields)
+    model = build_on_meta(lambda: S2VDiT(config, attention_kernel))
+    load_state_into(model, state, source=opened.source, expected=f"Wan2.2 S2V DiT ({config.describe()})",
+                    device=device, dtype=lambda name: torch.float32 if s2v_config.keeps_fp32(name) else dtype,
+                    borrowed=opened.borrowed)
+    log.debug("s2v_dit_loaded", source=opened.source, dim=config.dit.dim, layers=config.dit.num_layers,
+              inject_layers=list(config.inject_layers), dtype=str(dtype))
+    return model
+
+
+def require_s2v(state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse a checkpoint without S2V's parts (saying what it is) or with only some of them."""
+    present = [p.rstrip(".") for p in s2v_config.PART_PREFIXES if any(k.startswith(p) for k in state)]
+    if not present:
+        raise ModelLoadError(
+            f"{source}: not a Wan2.2 S2V checkpoint: it has no casual_audio_encoder, audio_injector, "
+            f"cond_encoder, frame_packer or trainable_cond_mask tensors; it looks like "
+            f"{signature.identify(state).describe()}. Point the S2V DiT at Wan2.2-S2V-14B's "
+            "diffusion_pytorch_model*.safetensors (or their index json)."
+        )
+    missing = [p.rstrip(".") for p in s2v_config.PART_PREFIXES if p.rstrip(".") not in present]
+    if missing:
+        raise ModelLoadError(
+            f"{source}: an incomplete Wan2.2 S2V checkpoint: it has {', '.join(present)} tensors but no "
+            f"{', '.join(missing)} tensors. A shard is probably missing: pass the index json or the folder "
+            "holding every shard."
+        )
+
+
+def _fields_beside(path: Path) -> dict[str, Any]:
+    """What the config.json in the weights' folder says of the heads and the injector blocks;
+    {} where there is none (the release's)."""
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_file.is_file():
+        log.info("s2v_config_default", source=str(path),
+                 note="no config.json beside the weights; heads of 128 and the released injector blocks")
+        return {}
+    try:
+        doc = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    return s2v_config.config_fields(doc, str(config_file))
