@@ -185,7 +185,7 @@ def test_fun_versions_and_kinds_are_told_apart():
     assert "without ref_conv (V1.0)" in architecture_mismatch("wan2.1-fun-control-1.3b", v11)
     assert "looks like a Wan2.1 Fun Control-Camera DiT" in architecture_mismatch("wan2.1-fun-inp-1.3b", camera)
     assert architecture_mismatch("a-plugin-architecture", camera) is None
-    assert len(ARCHITECTURES) == 28
+    assert len(ARCHITECTURES) == 30
 
 
 def test_released_architectures_match_their_own_shapes():

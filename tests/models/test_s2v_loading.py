@@ -124,3 +124,12 @@ def test_bf16_loading_keeps_the_audio_encoder_and_the_islands_fp32(tmp_path):
     assert dtypes["casual_audio_encoder.weights"] == dtypes["casual_audio_encoder.encoder.conv3.conv.weight"] == torch.float32
     assert dtypes["blocks.1.modulation"] == dtypes["head.head.weight"] == torch.float32
     assert dtypes["audio_injector.injector.0.q.weight"] == dtypes["frame_packer.proj_4x.weight"] == torch.bfloat16
+
+
+def test_an_s2v_file_is_described_as_s2v_to_other_loaders():
+    from wanflow.models.signature import architecture_mismatch, identify
+
+    found = identify(seeded_state())
+    assert found.variant == "wan2.2-s2v" and "Wan2.2 S2V" in found.describe()
+    assert architecture_mismatch("wan2.2-s2v-14b", found) is None
+    assert "looks like a Wan2.2 S2V DiT" in architecture_mismatch("wan2.1-t2v-14b", found)

@@ -92,3 +92,16 @@ def test_a_missing_reference_tensor_is_named():
     del state["mot.blocks.4.cross_attn.k_img.weight"]
     with pytest.raises(ModelLoadError, match=r"missing \(1\).*mot\.blocks\.4\.cross_attn\.k_img\.weight"):
         load_vap_dit(state, config=cfg)
+
+
+def test_a_video_as_prompt_file_is_described_as_one_to_other_loaders():
+    from wanflow.models.signature import architecture_mismatch, identify
+
+    from .test_vap_parity import seeded_state, tiny_config
+
+    ours = seeded_state(tiny_config(), 0)
+    for state in (ours, vap_keys.to_diffusers(ours)):
+        found = identify(state)
+        assert found.variant == "video-as-prompt" and "Video-As-Prompt" in found.describe()
+        assert architecture_mismatch("video-as-prompt-wan2.1-14b", found) is None
+        assert "looks like a Video-As-Prompt" in architecture_mismatch("wan2.1-i2v-14b", found)

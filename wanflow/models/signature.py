@@ -43,6 +43,8 @@ VARIANT_LABELS = {
     "wan2.2-i2v": "Wan2.2 I2V-A14B",
     "wan2.2-ti2v": "Wan2.2 TI2V",
     "wan2.2-animate": "Wan2.2 Animate",
+    "wan2.2-s2v": "Wan2.2 S2V",
+    "video-as-prompt": "Video-As-Prompt (Wan2.1 I2V + MoT)",
     "longcat-video": "LongCat-Video",
     "vace": "Wan2.1 VACE",
     "fun-inp": "Wan2.1 Fun InP",
@@ -81,6 +83,8 @@ ARCHITECTURES: dict[str, tuple[str, Mapping[str, object]]] = {
     "wan2.1-motion-controller": ("motion-controller", {}),
     "wan2.2-animate-14b": ("wan2.2-animate", {}),
     "longcat-video": ("longcat-video", {}),
+    "wan2.2-s2v-14b": ("wan2.2-s2v", {}),
+    "video-as-prompt-wan2.1-14b": ("video-as-prompt", {}),
 }
 
 #: Detail -> (what it says when True, when False), for mismatch messages.
@@ -213,6 +217,10 @@ def _dit_variant(keys: set[str], details: dict[str, object], diffusers: bool) ->
         return "vace"
     if "pose_patch_embedding.weight" in keys:
         return "wan2.2-animate"
+    if "casual_audio_encoder.weights" in keys:  # (sic: the released name)
+        return "wan2.2-s2v"
+    if "patch_embedding_mot_ref.weight" in keys or any(k.startswith("mot.blocks.") for k in keys):
+        return "video-as-prompt"
     if any(k.startswith("control_adapter.") for k in keys):
         return "fun-control-camera" if has_image else "wan2.2-fun-control-camera"
     if "ref_conv.weight" in keys or in_dim in (48, 52) and details["out_dim"] == 16:
