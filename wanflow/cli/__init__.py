@@ -25,10 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every engine event too (debug)")
     parser.add_argument("--no-plugins", action="store_true", help="ignore installed third-party plugins")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from wanflow.cli import engine_cmds, lora_cmds, recipe_cmds
+    from wanflow.cli import cache_cmds, engine_cmds, lora_cmds, recipe_cmds
 
     recipe_cmds.register(sub)
     engine_cmds.register(sub)
+    cache_cmds.register(sub)  # `cache calibrate` joins the engine's `cache` command
     lora_cmds.register(sub)
     return parser
 
