@@ -62,9 +62,11 @@ _WITHOUT_IMAGE = Option("without_image", ("skip", "zeros"),
 
 KINDS: Mapping[str, Kind] = {k.name: k for k in (
     Kind("clip-tokens", "clip", "CLIP tokens (257 per image) of the start (and end) image, joined "
-         "to the text context of every cross-attention", ("image", "end_image"), frozenset({"tokens"}),
-         (Option("images", ("given", "first"), "every given image (FLF2V), or the start image alone "
-                 "(Wan-Fun InP: its end image is not CLIP-encoded)"), _WITHOUT_IMAGE)),
+         "to the text context of every cross-attention", ("image", "end_image", "reference_image"),
+         frozenset({"tokens"}),
+         (Option("images", ("given", "first", "reference"), "every given image (FLF2V), the start image "
+                 "alone (Wan-Fun InP: its end image is not CLIP-encoded), or the reference image when "
+                 "one is given, else the start image (Wan2.1-Fun Control)"), _WITHOUT_IMAGE)),
     Kind("image-channels", "y", "I2V channels: a 4-channel mask of the given pixel frames, then the "
          "VAE latents of [start, zeros…(, end)]", ("image", "end_image"), frozenset({"channels"}),
          (_WITHOUT_IMAGE,)),
@@ -79,6 +81,22 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
          "every step, its tokens at timestep 0 (TI2V)", ("image",), frozenset({"timesteps", "clamp"})),
     Kind("source-latent", "x0", "the latent of the input video (or a still image held) that "
          "[sampler].denoising_strength < 1 starts from", ("video", "image"), frozenset({"start"})),
+    Kind("reference-latent", "reference", "the VAE latent of the reference image (one frame of the "
+         "video's size), made into tokens by ref_conv (Fun V1.1 / Wan2.2 Control)", ("reference_image",),
+         frozenset({"extras"}),
+         (Option("without_reference", ("zeros", "skip"), "no reference image: a zero latent (the Fun "
+                 "authors' code and training), or no reference tokens at all (DiffSynth)"),)),
+    Kind("camera-plucker", "camera", "the Plücker embedding of the camera poses ([inputs.camera]: a "
+         "direction and speed, or a pose file), four pixel frames per latent frame, for the camera "
+         "adapter (Fun Control-Camera)", ("camera",), frozenset({"extras"}),
+         (Option("directions", ("translate", "tilt"), "a direction moves the camera centre (the Fun "
+                 "authors' preset pose files), or shears the rotation so the rays tilt (DiffSynth)"),)),
+    Kind("motion-bucket", "motion", "the speed-control motion controller's offset of every block's "
+         "modulation for [inputs].motion_bucket", ("motion_bucket",), frozenset({"extras"})),
+    Kind("vace-context", "vace", "the 96-channel VACE context ([inputs.vace]: video, mask, reference "
+         "images): E(video·(1−m)), E(video·m) and the 8×8 mask, each reference image a leading latent "
+         "frame [E(ref), 0, 0] that is also added to the noise and dropped after sampling; the hints' "
+         "scale", ("vace",), frozenset({"extras", "drop"})),
 )}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import tiny, wan
+from wanflow.families import fun, tiny, vace, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,7 +17,7 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), tiny.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), tiny.family()]
 
 
 def _builtin_solver(name: str) -> Any:

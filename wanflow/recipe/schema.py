@@ -98,7 +98,9 @@ class Sampler:
 class Camera:
     direction: Literal["Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown",
                        "ZoomIn", "ZoomOut"] = setting("Left", why="Fun Camera's preset motions")
-    speed: float = setting(0.0185, gt=0, why="Fun Camera's default speed per frame")
+    speed: float = setting(1 / 54, gt=0, why="the Fun authors' preset step per frame (1/54)")
+    pose_file: str | None = setting(None, why="camera poses (CameraCtrl's 19 numbers a row) instead "
+                                    "of direction and speed")
 
 
 @attrs.frozen
@@ -107,6 +109,11 @@ class Vace:
     mask: str | None = setting(None, why="where VACE may change the control video")
     reference: str | None = setting(None, why="reference image(s) for VACE subject consistency")
     scale: float = setting(1.0, ge=0, why="strength of the VACE hints, as in the official code")
+    binarize_mask: bool = setting(True, why="the VACE authors and diffusers cut the mask at 0.5; "
+                                  "false keeps soft values, as DiffSynth does")
+    reference_resize: Literal["letterbox", "stretch"] = setting(
+        "letterbox", why="the VACE authors fit the reference inside a white canvas keeping its aspect; "
+        "stretch resizes it to the video size, as DiffSynth's examples do")
 
 
 @attrs.frozen
@@ -260,4 +267,5 @@ class Recipe:
 
 #: Input fields whose values are file paths (checked for existence, digested by the engine).
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
-               "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference")
+               "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
+               "camera.pose_file")

@@ -103,6 +103,15 @@ def _check_vae(recipe: Recipe, problems: Problems) -> None:
             problems.add(("vae", "tile_size"), list(v.tile_size), "tile sizes and strides must be ≥ 1")
 
 
+def _required_input_example(name: str) -> str:
+    """How a required input is written: a file path, a table, or motion_bucket's number."""
+    if name in FILE_INPUTS:
+        return f'{name} = "path"'
+    if name == "motion_bucket":
+        return "motion_bucket = N (0 slow … 100 fast)"
+    return f"an [inputs.{name}] table"
+
+
 def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     given = [name for name in (f.split(".")[0] for f in FILE_INPUTS + ("camera", "vace", "motion_bucket"))
              if getattr(recipe.inputs, name) is not None]
@@ -116,8 +125,8 @@ def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     needs_inputs = recipe.train is None or bool(recipe.train.validation_prompts)
     for name in sorted(family.required_inputs) if needs_inputs else ():
         if getattr(recipe.inputs, name) is None and not problems.is_bad(("inputs", name)):
-            problems.add(("inputs", name), None, f"is required by {family.name}; add {name} = \"path\" "
-                         "under [inputs]", show_value=False)
+            problems.add(("inputs", name), None, f"is required by {family.name}; add "
+                         f"{_required_input_example(name)} under [inputs]", show_value=False)
     if not recipe.prompt.text.strip() and recipe.train is None and not problems.is_bad(("prompt", "text")):
         problems.add(("prompt", "text"), recipe.prompt.text, "is required: say what to generate")
 

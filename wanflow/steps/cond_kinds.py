@@ -12,11 +12,15 @@ from typing import Any
 
 from wanflow.conditioners import Conditioner, kind_of_role
 from wanflow.steps.cond_call import Implementation, ModelCall
+from wanflow.steps.cond_camera import CAMERA_PLUCKER
 from wanflow.steps.cond_clip import CLIP_TOKENS_KIND
 from wanflow.steps.cond_control import CONTROL_LATENTS
 from wanflow.steps.cond_image import FIRST_FRAME_LATENT, IMAGE_CHANNELS
+from wanflow.steps.cond_motion import MOTION_BUCKET
+from wanflow.steps.cond_reference import REFERENCE_LATENT
 from wanflow.steps.cond_source import SOURCE_LATENT
 from wanflow.steps.cond_start import START_LATENT
+from wanflow.steps.cond_vace import VACE_CONTEXT
 
 IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "clip-tokens": CLIP_TOKENS_KIND,
@@ -25,6 +29,10 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "control-latents": CONTROL_LATENTS,
     "first-frame-latent": FIRST_FRAME_LATENT,
     "source-latent": SOURCE_LATENT,
+    "reference-latent": REFERENCE_LATENT,
+    "camera-plucker": CAMERA_PLUCKER,
+    "motion-bucket": MOTION_BUCKET,
+    "vace-context": VACE_CONTEXT,
 }
 
 

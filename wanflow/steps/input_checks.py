@@ -16,6 +16,7 @@ from typing import Any
 from wanflow.errors import display_path
 from wanflow.output.probe import image_problem, video_frames
 from wanflow.sources.files import file_problem, match
+from wanflow.steps.camera_poses import camera_problems
 from wanflow.steps.input_probe import pixel_size, transparent_pixels
 
 Where = Callable[[str], str]
@@ -41,6 +42,9 @@ def input_problems(resolved: Any, where: Where) -> list[str]:
                                  "the control video steers each output frame with one of its own")
     if values.get("inputs.mask") is not None:
         found += _mask_problems(values, where)
+    if values.get("inputs.camera.pose_file") is not None:
+        found += camera_problems(values, resolved.origins, where)
+    found += _vace_problems(values, where)
     for name, override in resolved.recipe.models.items():
         found += _source_problems(name, override, resolved.family, where)
     return found
@@ -138,3 +142,43 @@ def folder_summary(path: Path, shown: int = 6) -> str:
         return "nothing (it is empty)"
     listed = ", ".join(entries[:shown]) + (", …" if len(entries) > shown else "")
     return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {listed}"
+
+
+def _vace_problems(values: Any, where: Where) -> list[str]:
+    """``[inputs.vace]``: a finite scale; opaque reference images; a video (and a mask video) with
+    a frame for every output frame; a mask of the video's size, and never a mask without it."""
+    import math
+
+    from wanflow.steps.input_probe import IMAGE_SUFFIXES
+
+    found, frames = [], values["video.frames"]
+    scale = values.get("inputs.vace.scale")
+    if scale is not None and not math.isfinite(scale):
+        found.append(f"{where('inputs.vace.scale')}: [inputs.vace].scale = {scale!r}: must be a finite "
+                     "number ≥ 0 (1.0 adds the VACE hints at full strength)")
+    refs = values.get("inputs.vace.reference")
+    for ref in [refs] if isinstance(refs, str) else list(refs or ()):
+        found += _image_problems("inputs.vace.reference", Path(ref), where)
+    video, mask = values.get("inputs.vace.video"), values.get("inputs.vace.mask")
+    if video is not None:
+        found += _video_problems("inputs.vace.video", Path(video), frames, where,
+                                 "VACE reads one video frame per output frame")
+    if mask is None:
+        return found
+    if video is None:
+        return [*found, f"{where('inputs.vace.mask')}: {_label('inputs.vace.mask', mask)}: a mask marks "
+                "which pixels of [inputs.vace].video to regenerate, and no video is set; set "
+                "[inputs.vace].video, or remove the mask to generate every pixel"]
+    if Path(mask).suffix.lower() not in IMAGE_SUFFIXES:
+        found += _video_problems("inputs.vace.mask", Path(mask), frames, where,
+                                 "a mask video marks each output frame with one of its own")
+    mine, theirs = Path(mask), Path(video)
+    if not mine.is_file() or not theirs.is_file():
+        return found
+    sizes = pixel_size(mine, *_stamp(mine)), pixel_size(theirs, *_stamp(theirs))
+    if None not in sizes and sizes[0] != sizes[1]:
+        (mw, mh), (vw, vh) = sizes
+        found.append(f"{where('inputs.vace.mask')}: {_label('inputs.vace.mask', mask)}: the mask is {mw}x{mh} "
+                     f"pixels and [inputs.vace].video is {vw}x{vh}; use a mask of the video's size, so that "
+                     "it marks the same pixels once both are resized to [video].width x height")
+    return found
