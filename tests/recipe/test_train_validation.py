@@ -249,3 +249,22 @@ def test_a_streaming_memory_policy_is_refused_for_training(tmp_path):
     assert problems == ['r.toml: [memory].policy = "stream": streams the DiT\'s blocks during generation, but the '
                         "train step keeps the DiT it trains resident (streaming frozen blocks while training is not "
                         'built yet); use "none", "offload" or "auto"']
+
+
+@pytest.mark.parametrize(("family", "reads"), [
+    ("wan2.1-fun-1.3b-control", "control-latents"), ("wan2.1-vace-1.3b", "vace-context"),
+    ("wan2.1-1.3b-speedcontrol", "motion-bucket"), ("wan2.1-fun-1.3b-inp", "image-channels(without_image='zeros')"),
+])
+def test_a_family_whose_conditioning_training_does_not_build_is_refused(tmp_path, family, reads):
+    problems = refused(tmp_path, f'model = "{family}"\n[train]\ndataset = "data.csv"\n')
+    assert any(p.startswith(f'r.toml: model = "{family}": cannot be trained with [train] yet: its DiT reads')
+               and reads in p for p in problems), problems
+
+
+def test_the_base_families_conditioning_is_trainable():
+    from wanflow.recipe.train_rules import TRAINABLE_CONDITIONING
+
+    registry = build_registry(entry_points=False)
+    for name in ("wan2.1-t2v-1.3b", "wan2.1-i2v-14b-480p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b",
+                 "wan2.2-ti2v-5b", "wanflow-tiny"):
+        assert all(c.kind in TRAINABLE_CONDITIONING and not c.options for c in registry.family(name).conditioners)

@@ -27,6 +27,7 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if not t.dataset.strip():
         _add(problems, "dataset", t.dataset, "is empty; name the metadata file (.csv, .json or .jsonl) or a "
              "folder of media with .txt captions")
+    _check_conditioning(family, problems)
     _check_sizes(t, family, problems)
     _check_components(t, family, problems)
     _check_method(recipe, problems)
@@ -40,6 +41,23 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     for name in _FINITE:
         if not math.isfinite(getattr(t, name)) and not problems.is_bad(("train", name)):
             _add(problems, name, getattr(t, name), "must be a finite number")
+
+
+#: The conditioning the training stage assembles per sample (text, the I2V/FLF2V mask and image
+#: latents, CLIP tokens, TI2V's clean first frame), with each kind's default options.
+TRAINABLE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
+
+
+def _check_conditioning(family: FamilySpec, problems: Problems) -> None:
+    """A family whose DiT reads conditioning the training stage does not assemble (a control video, a
+    VACE context, a camera, a reference latent, a motion bucket, non-default options) is refused:
+    its samples would reach the DiT without those inputs."""
+    other = [c.kind + ("(" + ", ".join(f"{k}={v!r}" for k, v in c.options) + ")" if c.options else "")
+             for c in family.conditioners if c.kind not in TRAINABLE_CONDITIONING or c.options]
+    if other:
+        problems.add(("model",), family.name, f"cannot be trained with [train] yet: its DiT reads "
+                     f"{', '.join(other)}, which the training stage does not build from dataset columns; train a "
+                     "base family (wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, …) instead")
 
 
 def dit_roles(family: FamilySpec) -> tuple[str, ...]:
