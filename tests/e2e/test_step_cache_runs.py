@@ -48,3 +48,13 @@ def test_teacache_on_wan22_needs_calibrated_coefficients(env, tmp_path):
         load_recipe(recipe)
     fine = write_recipe(tmp_path, "wan2.1-t2v-1.3b", sampler={"cache": {"method": "teacache", "threshold": 0.1}})
     assert static_keys(planned(fine))["denoise"]
+
+
+def test_magcache_with_merged_guidance_passes_is_refused_naming_cfg_merge(tmp_path):
+    ratios = "[1.0, 0.99, 0.98, 0.97, 0.96, 0.95]"
+    path = quick(tmp_path, {"method": '"magcache"', "threshold": 0.5, "ratios_cond": ratios, "ratios_uncond": ratios})
+    load_recipe(path)  # separate passes: each has its ratios
+    path.write_text(path.read_text(encoding="utf-8").replace("steps = 6\n", "steps = 6\ncfg_merge = true\n"),
+                    encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"\[sampler\].cfg_merge = true: .*set cfg_merge = false"):
+        load_recipe(path)

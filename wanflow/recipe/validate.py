@@ -194,6 +194,10 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
     if c.method == "magcache" and not (c.ratios_cond and c.ratios_uncond):
         problems.add((*key, "ratios_cond"), list(c.ratios_cond), "MagCache needs the ratios of a calibration "
                      "run on this model (ratios_cond and ratios_uncond)")
+    if c.method == "magcache" and recipe.sampler.cfg_merge:
+        problems.add(("sampler", "cfg_merge"), True, "runs the conditional and unconditional passes as one, "
+                     "but MagCache's ratios are calibrated per pass (ratios_cond, ratios_uncond); set "
+                     "cfg_merge = false (same numbers) or use another [sampler.cache].method")
     if c.method != "easycache" and (c.coefficients == "calibrated") != bool(c.calibrated):
         problems.add((*key, "calibrated"), list(c.calibrated), 'give the fitted polynomial exactly when '
                      'coefficients = "calibrated"')
