@@ -15,13 +15,12 @@ import structlog
 import torch
 from torch import Tensor
 
-from wanflow.errors import ModelLoadError
 from wanflow.models import animate_config, animate_keys, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
 from wanflow.models.checkpoint_files import Checkpoint, open_weights
 from wanflow.models.dit_config import keeps_fp32
 from wanflow.models.dit_keys import DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
-from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
+from wanflow.models.loading import build_on_meta, load_state_into, rename_keys, require_parts
 
 log = structlog.get_logger(__name__)
 
@@ -59,20 +58,8 @@ def official_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor
 
 def require_animate(state: Mapping[str, Tensor], source: str) -> None:
     """Refuse a checkpoint without Animate's parts (saying what it is) or with only some of them."""
-    present = [p.rstrip(".") for p in animate_keys.PART_PREFIXES if any(k.startswith(p) for k in state)]
-    if not present:
-        raise ModelLoadError(
-            f"{source}: not a Wan2.2 Animate checkpoint: it has no pose_patch_embedding, motion_encoder, "
-            f"face_encoder or face_adapter tensors; it looks like {signature.identify(state).describe()}. "
-            "Point the Animate DiT at Wan2.2-Animate-14B's diffusion_pytorch_model*.safetensors."
-        )
-    missing = [p.rstrip(".") for p in animate_keys.PART_PREFIXES if p.rstrip(".") not in present]
-    if missing:
-        raise ModelLoadError(
-            f"{source}: an incomplete Wan2.2 Animate checkpoint: it has {', '.join(present)} tensors but no "
-            f"{', '.join(missing)} tensors. A shard is probably missing: pass the index json or the folder "
-            "holding every shard."
-        )
+    require_parts(state, animate_keys.PART_PREFIXES, source, "Wan2.2 Animate",
+                  "Point the Animate DiT at Wan2.2-Animate-14B's diffusion_pytorch_model*.safetensors.")
 
 
 def _dtypes(dtype: torch.dtype):

@@ -47,6 +47,25 @@ def rename_keys(state: Mapping[str, T], table: Sequence[tuple[str, str]]) -> dic
 # ----------------------------------------------------------------------------- modules
 
 
+def require_parts(state: Mapping[str, Tensor], prefixes: Sequence[str], source: str, model: str,
+                  fix: str) -> None:
+    """Refuse a checkpoint of a derivative model (Animate, S2V, …) that has none of the parts its
+    ``prefixes`` name (saying what the file looks like instead, then ``fix``) or only some of them
+    (a missing shard, usually)."""
+    names = [p.rstrip(".") for p in prefixes]
+    present = [n for n, p in zip(names, prefixes, strict=True) if any(k.startswith(p) for k in state)]
+    if not present:
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+        raise ModelLoadError(f"{source}: not a {model} checkpoint: it has no {listed} tensors; it looks like "
+                             f"{signature.identify(state).describe()}. {fix}")
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ModelLoadError(
+            f"{source}: an incomplete {model} checkpoint: it has {', '.join(present)} tensors but no "
+            f"{', '.join(missing)} tensors. A shard is probably missing: pass the index json or the folder "
+            "holding every shard.")
+
+
 def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     """Build a module on the meta device: no memory and no random init before the weights."""
     with torch.device("meta"):

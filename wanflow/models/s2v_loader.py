@@ -24,7 +24,7 @@ from torch import Tensor
 from wanflow.errors import ModelLoadError
 from wanflow.models import s2v_config, signature
 from wanflow.models.checkpoint_files import Checkpoint, open_weights
-from wanflow.models.loading import build_on_meta, load_state_into
+from wanflow.models.loading import build_on_meta, load_state_into, require_parts
 from wanflow.models.s2v import S2VDiT
 
 log = structlog.get_logger(__name__)
@@ -53,21 +53,8 @@ def load_s2v_dit(
 
 def require_s2v(state: Mapping[str, Tensor], source: str) -> None:
     """Refuse a checkpoint without S2V's parts (saying what it is) or with only some of them."""
-    present = [p.rstrip(".") for p in s2v_config.PART_PREFIXES if any(k.startswith(p) for k in state)]
-    if not present:
-        raise ModelLoadError(
-            f"{source}: not a Wan2.2 S2V checkpoint: it has no casual_audio_encoder, audio_injector, "
-            f"cond_encoder, frame_packer or trainable_cond_mask tensors; it looks like "
-            f"{signature.identify(state).describe()}. Point the S2V DiT at Wan2.2-S2V-14B's "
-            "diffusion_pytorch_model*.safetensors (or their index json)."
-        )
-    missing = [p.rstrip(".") for p in s2v_config.PART_PREFIXES if p.rstrip(".") not in present]
-    if missing:
-        raise ModelLoadError(
-            f"{source}: an incomplete Wan2.2 S2V checkpoint: it has {', '.join(present)} tensors but no "
-            f"{', '.join(missing)} tensors. A shard is probably missing: pass the index json or the folder "
-            "holding every shard."
-        )
+    require_parts(state, s2v_config.PART_PREFIXES, source, "Wan2.2 S2V",
+                  "Point the S2V DiT at Wan2.2-S2V-14B's diffusion_pytorch_model*.safetensors (or their index json).")
 
 
 def _fields_beside(path: Path) -> dict[str, Any]:
