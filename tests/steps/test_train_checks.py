@@ -237,3 +237,30 @@ def test_problems_of_every_kind_come_together(tmp_path, monkeypatch):
                      'export_dialect = "kohya"\n')
     assert [p.split(": ")[1] for p in found] == ['[train].optimizer = "prodigy"', '[train].export_dialect = "kohya"',
                                                  "[train].lora_targets", "[train].dataset"]
+
+
+def test_a_derivative_family_s_bad_columns_are_refused_at_validation_with_row_and_column(tmp_path):
+    (tmp_path / "meta.csv").write_text(
+        "video,prompt,camera_control_direction,camera_control_speed\n"
+        "clips/clip0.mp4,a clip,Sideways,0.01\nclips/clip1.mp4,another,Left,-1\n", encoding="utf-8")
+    found = problems(tmp_path, 'model = "wan2.1-fun-v1.1-1.3b-control-camera"\n[train]\ndataset = "meta.csv"\n'
+                     "width = 32\nheight = 32\nframes = 5\n")
+    assert found == [
+        "r.toml: [train].dataset: meta.csv row 1 (line 2): camera_control_direction = 'Sideways': is not a camera "
+        "direction; use one of Left, Right, Up, Down, LeftUp, LeftDown, RightUp, RightDown, ZoomIn, ZoomOut",
+        "r.toml: [train].dataset: meta.csv row 2 (line 3): camera_control_speed = '-1': must be a finite number > 0 "
+        "(the camera's step per frame; 1/54 is the default)"]
+
+
+def test_rows_of_one_bucket_with_different_inputs_cannot_share_a_batch(tmp_path):
+    _video(tmp_path / "control.mp4", 9, 64, 48)
+    (tmp_path / "meta.csv").write_text("video,prompt,control_video,reference_image\n"
+                                       "clips/clip0.mp4,a clip,control.mp4,\nclips/clip1.mp4,another,control.mp4,ref.png\n",
+                                       encoding="utf-8")
+    Image.new("RGB", (32, 32)).save(tmp_path / "ref.png")
+    recipe = 'model = "wan2.1-fun-v1.1-1.3b-control"\n[train]\ndataset = "meta.csv"\nwidth = 32\nheight = 32\nframes = 5\n'
+    assert problems(tmp_path, recipe) == []
+    found = problems(tmp_path, recipe + "batch_size = 2\n")
+    assert found == ["r.toml: [train].batch_size = 2: in bucket 32x32x5 some rows give reference_image and others "
+                     "leave it empty, so their conditioning differs and they cannot share a batch; give every row the "
+                     "same input columns, or use batch_size = 1"]

@@ -27,7 +27,7 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if not t.dataset.strip():
         _add(problems, "dataset", t.dataset, "is empty; name the metadata file (.csv, .json or .jsonl) or a "
              "folder of media with .txt captions")
-    _check_conditioning(family, problems)
+    _check_conditioning(recipe, family, problems)
     _check_sizes(t, family, problems)
     _check_components(t, family, problems)
     _check_method(recipe, problems)
@@ -43,21 +43,71 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
             _add(problems, name, getattr(t, name), "must be a finite number")
 
 
-#: The conditioning the training stage assembles per sample (text, the I2V/FLF2V mask and image
-#: latents, CLIP tokens, TI2V's clean first frame), with each kind's default options.
-TRAINABLE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
+#: Conditioner kinds the training stage builds from dataset columns: the base encodes (text, the
+#: I2V/FLF2V channels, CLIP tokens, TI2V's clean first frame) and, for the derivative families,
+#: every kind through its inference step (``wanflow.steps.train_conditioning``). A kind not
+#: listed here has no dataset column yet, and its family is refused.
+TRAINABLE_CONDITIONING = frozenset({
+    "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
+    "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket"})
+#: The base encodes' kinds, with their default options; anything else conditions through the
+#: family's declared conditioners, whose validation videos are not built.
+BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
+#: DiT architectures whose sampler is not the flow-matching one the training objective assumes:
+#: Krea Realtime is a block-causal few-step generator distilled with Self-Forcing; fine-tuning it
+#: with the SFT objective (full-sequence, bidirectional) trains another model than the one it is.
+CAUSAL_ARCHITECTURES = ("krea",)
 
 
-def _check_conditioning(family: FamilySpec, problems: Problems) -> None:
-    """A family whose DiT reads conditioning the training stage does not assemble (a control video, a
-    VACE context, a camera, a reference latent, a motion bucket, non-default options) is refused:
-    its samples would reach the DiT without those inputs."""
-    other = [c.kind + ("(" + ", ".join(f"{k}={v!r}" for k, v in c.options) + ")" if c.options else "")
-             for c in family.conditioners if c.kind not in TRAINABLE_CONDITIONING or c.options]
+def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """A family whose DiT reads conditioning the training stage cannot build from dataset columns,
+    or whose sampler is a causal distilled one, is refused: its samples would reach the DiT
+    without those inputs, or train another model than the one it is. Validation videos of a
+    derivative family are refused too: they would be sampled without its conditioning."""
+    causal = [c.architecture for c in family.components.values()
+              if c.kind == "dit" and c.architecture.startswith(CAUSAL_ARCHITECTURES)]
+    if causal:
+        problems.add(("model",), family.name, f"cannot be trained with [train]: its DiT ({causal[0]}) is a "
+                     "block-causal few-step generator distilled with Self-Forcing (DMD), and the training "
+                     "stage's flow-matching objective trains a full-sequence bidirectional model; fine-tune "
+                     "wan2.1-t2v-14b instead")
+        return
+    other = sorted({c.kind for c in family.conditioners if c.kind not in TRAINABLE_CONDITIONING})
     if other:
         problems.add(("model",), family.name, f"cannot be trained with [train] yet: its DiT reads "
                      f"{', '.join(other)}, which the training stage does not build from dataset columns; train a "
                      "base family (wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, …) instead")
+        return
+    declared = any(c.kind not in BASE_CONDITIONING or c.options for c in family.conditioners)
+    if declared:
+        _check_sample_inputs(recipe, problems)
+    if declared and recipe.train.validation_prompts:
+        _add(problems, "validation_prompts", recipe.train.validation_prompts, f"{family.name} is conditioned "
+             "by per-sample inputs (its dataset columns), and validation videos are sampled from a prompt "
+             "alone; use validation_samples for a held-out loss, and a generation recipe with the exported "
+             "weights and the inputs to see videos")
+
+
+#: ``[inputs]`` keys of a generation and the dataset column that gives each to a training sample.
+SAMPLE_COLUMNS = {"image": "input_image", "end_image": "end_image", "control_video": "control_video",
+                  "reference_image": "reference_image", "camera": "camera_control_direction (or camera_pose_file)",
+                  "motion_bucket": "motion_bucket_id"}
+VACE_COLUMNS = {"video": "vace_video", "mask": "vace_video_mask", "reference": "vace_reference_image"}
+
+
+def _check_sample_inputs(recipe: Recipe, problems: Problems) -> None:
+    """``[inputs]`` a derivative family's training would not read: each sample takes its own
+    columns (``[inputs.vace]``'s scale, binarize_mask and reference_resize apply to every sample)."""
+    inputs = recipe.inputs
+    given = [(("inputs", name), getattr(inputs, name), column) for name, column in SAMPLE_COLUMNS.items()
+             if getattr(inputs, name) is not None]
+    if inputs.vace is not None:
+        given += [(("inputs", "vace", name), getattr(inputs.vace, name), column) for name, column in VACE_COLUMNS.items()
+                  if getattr(inputs.vace, name) is not None]
+    for path, value, column in given:
+        shown = value if isinstance(value, (str, int, float)) else "(a table)"
+        problems.add(path, shown, f"is not read by training: each sample takes its own from the dataset's "
+                     f"{column} column; move it into the dataset, or remove it")
 
 
 def dit_roles(family: FamilySpec) -> tuple[str, ...]:

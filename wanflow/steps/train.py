@@ -49,6 +49,9 @@ class TrainModel:
     z_dim: int
     latent_stride: int
     init: tuple[str, ...] = ()  # weight roles present: "lora_init", "preset_lora"
+    #: Families trained through their declared conditioners: (sample, the conditioner roles of its
+    #: encodes, in declared order); their tensors arrive as inputs "<role>.<sample>".
+    conditioned: tuple[tuple[int, tuple[str, ...]], ...] = ()
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
@@ -65,6 +68,15 @@ class TrainModel:
 
         with reported_oom(self.kind, self.peak):
             return run_training(self, ctx)
+
+    def conditioning(self, index: int) -> tuple[str, ...]:
+        """The conditioner roles of sample ``index``'s encodes (families trained through their
+        declared conditioners; () otherwise)."""
+        return dict(self.conditioned).get(index, ())
+
+    def encodes(self, index: int) -> tuple[str, ...]:
+        """Every per-sample encode of sample ``index`` besides its text: x0, y/clip, conditioners."""
+        return ("x0", *self.conditions, *self.conditioning(index))
 
     def run_params(self, ctx: Any) -> dict[str, Any]:
         """The keyed params with the execution-only settings added: what the loop reads."""

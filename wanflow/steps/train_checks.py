@@ -20,6 +20,7 @@ from wanflow.errors import ModelLoadError, display_path
 from wanflow.memory.sizes import TensorInfo, read_header
 from wanflow.steps.input_checks import format_value
 from wanflow.steps.runtime import effective_device
+from wanflow.steps.train_conditioning import declared_conditioning
 from wanflow.steps.train_targets import matches, target_problems
 
 Where = Callable[[str], str]
@@ -165,7 +166,9 @@ def _dataset_problems(resolved: Any, where: Where) -> list[str]:
     except DatasetError as exc:
         return [f"{label}: {p}" for p in exc.problems]
     t, samples = resolved.recipe.train, dataset.samples
-    found = video_only_problems(dataset, resolved.family, label)
+    found = video_only_problems(dataset, resolved.family, label) + pose_file_problems(dataset, label)
+    if t.batch_size > 1 and declared_conditioning(resolved.family):
+        found += mixed_conditioning_problems(dataset, t.batch_size, where)
     if t.validation_samples >= len(samples):
         found.append(f"{where('train.validation_samples')}: [train].validation_samples = {t.validation_samples}: "
                      f"the dataset has {len(samples)} sample{'s' * (len(samples) != 1)}, so none would be left "
@@ -175,6 +178,42 @@ def _dataset_problems(resolved: Any, where: Where) -> list[str]:
         found.append(f"{where('train.batch_size')}: [train].batch_size = {t.batch_size}: an epoch holds only "
                      f"{left} training sample{'s' * (left != 1)}; use a batch of at most {left}, or add samples")
     return found
+
+
+def pose_file_problems(dataset: Any, label: str) -> list[str]:
+    """Camera pose files that are not CameraCtrl's format, or hold fewer poses than the sample's frames."""
+    from wanflow.steps.camera_poses import PoseFileError, read_pose_file
+
+    found = []
+    for s in dataset.samples:
+        ref = s.input("camera_pose_file")
+        if ref is None:
+            continue
+        try:
+            read_pose_file(Path(ref.path), s.target.frames)
+        except PoseFileError as exc:
+            found.append(f"{label}: {display_path(dataset.source)} row {s.row}: camera_pose_file = "
+                         f"{display_path(ref.path)!r}: {exc} (CameraCtrl's format: a header line, then per frame: "
+                         "frame fx fy cx cy 0 0 and the 3x4 world-to-camera matrix by rows)")
+    return found
+
+
+def mixed_conditioning_problems(dataset: Any, batch_size: int, where: Where) -> list[str]:
+    """Samples of one bucket whose conditioning differs in shape (VACE reference images, a present
+    or absent input of a kind that then adds nothing): they cannot share a batch."""
+    shapes: dict[str, set[frozenset[str]]] = {}
+    for s in dataset.samples:
+        shapes.setdefault(s.bucket, set()).add(frozenset(c for c, _ in s.inputs))
+    mixed = sorted(b for b, seen in shapes.items() if len(seen) > 1)
+    if not mixed:
+        return []
+    seen = shapes[mixed[0]]
+    differ = sorted(frozenset.union(*seen) - frozenset.intersection(*seen))
+    them = "it" if len(differ) == 1 else "them"
+    return [(f"{where('train.batch_size')}: [train].batch_size = {batch_size}: in bucket{'s' * (len(mixed) > 1)} "
+             f"{', '.join(mixed[:3])} some rows give {', '.join(differ)} and others leave {them} empty, so their "
+             "conditioning differs and they cannot share a batch; give every row the same input columns, or use "
+             "batch_size = 1")]
 
 
 def video_only_problems(dataset: Any, family: Any, label: str) -> list[str]:

@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from wanflow.steps.train_conditioning import frame_inputs
 from wanflow.train import Dataset, Sizing, load_dataset
 from wanflow.train.probe import Media, probe_media
 
@@ -35,7 +36,7 @@ def training_dataset(resolved: Any) -> Dataset:
     return load_dataset(Path(t.dataset), sizing=sizing_of(resolved), accepted_inputs=family.accepted_inputs,
                         required_inputs=family.required_inputs, family=family.name,
                         base_path=Path(t.base_path) if t.base_path else None, repeat=t.repeat,
-                        probe=remembered_probe)
+                        probe=remembered_probe, frame_inputs=frame_inputs(family))
 
 
 def remembered_probe(path: Path, kind: str, wanted_frames: int) -> tuple[Media | None, str]:

@@ -89,7 +89,7 @@ def write_job(job: Path, step: Any, ctx: Any) -> None:
 
     (job / "inputs").mkdir()
     p = step.run_params(ctx)
-    roles = [f"{kind}.{i}" for i, _, _ in step.samples for kind in ("text", "x0", *step.conditions)]
+    roles = [f"{kind}.{i}" for i, _, _ in step.samples for kind in ("text", *step.encodes(i))]
     roles += [f"val.pos.{k}" for k in range(step.validation_prompts)]
     if step.validation_prompts and float(p["sampler.cfg"]) != 1.0:
         roles.append("val.neg")

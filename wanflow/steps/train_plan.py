@@ -3,6 +3,9 @@
 Planned from the checked dataset (torch-free, before any model loads) and the family's data:
 which encodes a sample needs follows from what the family takes (I2V: the y conditioning and,
 with an image encoder, CLIP tokens; TI2V: its first frame, taken from x0), never from its name.
+A family with derivative conditioners (VACE, Wan-Fun, speed control) gets one node per declared
+conditioner and sample instead, planned and computed by the inference conditioners
+(``train_conditioning``).
 Identical prompts share one text node, and a prompt encoded for a video is the same node.
 """
 
@@ -22,6 +25,10 @@ from wanflow.steps.train import (
     TrainModel,
     ValidationLatents,
 )
+from wanflow.steps.train_conditioning import (
+    declared_conditioning,
+    sample_conditioning_nodes,
+)
 from wanflow.steps.train_data import training_dataset
 from wanflow.steps.train_encode import EncodeSample
 from wanflow.train.order import split_validation
@@ -38,10 +45,12 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
     own = {"dtype": job.dtype("text_encoder"), "device": job.device("text_encoder"), "residency": job.residency}
     vae = {"vae": next(iter(job.weights["vae"].values()))}
     vae_own = job.placed("vae")
-    takes_image = "image" in family.accepted_inputs
-    y_mode = "image" in family.required_inputs
+    declared = declared_conditioning(family)
+    takes_image = "image" in family.accepted_inputs and not declared
+    y_mode = "image" in family.required_inputs and not declared
     clip = y_mode and "image_encoder" in job.weights
     conditions = tuple(c for c, on in (("y", y_mode), ("clip", clip)) if on)
+    conditioned: list[tuple[int, tuple[str, ...]]] = []
     _, held = split_validation(len(dataset.samples), t.validation_samples, t.seed)
 
     nodes: list[StepSpec] = []
@@ -57,6 +66,11 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         nodes.append(StepSpec(f"train/x0:{i}", EncodeSample("x0", **size, vae_version=vae_version, **vae_own),
                               files={"media": s.media}, weights=vae))
         inputs[f"x0.{i}"] = f"train/x0:{i}"
+        if declared:
+            found = sample_conditioning_nodes(job, s)
+            nodes += [spec for _, spec in found]
+            inputs |= {f"{role}.{i}": spec.name for role, spec in found}
+            conditioned.append((i, tuple(role for role, _ in found)))
         if conditions:
             images, files = _condition_frames(s)
             nodes.append(StepSpec(f"train/y:{i}", EncodeSample("y", **size, images=images, vae_version=vae_version,
@@ -91,6 +105,7 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         experts=tuple((d, len(job.weights[d])) for d in dits),
         samples=tuple((s.index, s.bucket, s.index in held) for s in dataset.samples),
         conditions=conditions, first_frame=takes_image and not y_mode, boundary=boundary,
+        conditioned=tuple(conditioned),
         validation_prompts=len(t.validation_prompts), z_dim=z_dim,
         latent_stride=family.spatial_factor // 2, init=init, solver=solver,
         execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY), peak=job.peak("train"))

@@ -33,7 +33,7 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
     held_out, order = data_order(step, ctx, p)
 
     def fetch(indices: tuple[int, ...]) -> Batch:
-        return collate([sample_tensors(ctx, i, step.conditions) for i in indices], device, step.first_frame)
+        return collate([sample_tensors(ctx, i, step) for i in indices], device, step.first_frame)
 
     validation = Validation(step, ctx, device, held_out, fetch)
     trainer = Trainer(experts, settings, order, fetch, validation if validation.active else None)
@@ -71,8 +71,7 @@ def unreadable_samples(step: Any, ctx: Any) -> set[int]:
     refused when no sample is left to train on."""
     from wanflow.errors import ModelInputError
 
-    roles = ("x0", *step.conditions)
-    bad = {i for i, _, _ in step.samples if any("unreadable" in ctx.input(f"{r}.{i}") for r in roles)}
+    bad = {i for i, _, _ in step.samples if any("unreadable" in ctx.input(f"{r}.{i}") for r in step.encodes(i))}
     if bad:
         log.warning("train.samples_skipped", count=len(bad), samples=sorted(bad)[:20],
                     note="their media could not be decoded; see train.sample_unreadable above")
@@ -98,10 +97,17 @@ def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: tor
     return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary)
 
 
-def sample_tensors(ctx: Any, index: int, conditions: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:
+    """One sample's encodes as ``collate`` takes them: text features, x0, and its conditioning
+    (the base encodes' y and CLIP tokens, or what its declared conditioners hand the DiT)."""
+    from wanflow.steps.train_call import conditioning_tensors
+
     out = {"context": ctx.input(f"text.{index}")["context"], "x0": ctx.input(f"x0.{index}")["x0"]}
-    for c in conditions:
+    for c in step.conditions:
         out[c] = ctx.input(f"{c}.{index}")[c]
+    roles = step.conditioning(index)
+    if roles:
+        out |= conditioning_tensors(roles, {r: ctx.input(f"{r}.{index}") for r in roles}, out["x0"])
     return out
 
 

@@ -110,7 +110,7 @@ def train(job: Path, rank: int) -> None:
     held_out, order = data_order(step, ctx, p, together.world)
 
     def fetch(indices: tuple[int, ...]) -> Batch:
-        return collate([sample_tensors(ctx, i, step.conditions) for i in indices], device, step.first_frame)
+        return collate([sample_tensors(ctx, i, step) for i in indices], device, step.first_frame)
 
     validation = Validation(step, ctx, device, held_out, fetch)
     trainer = DistributedTrainer(experts, settings, order, fetch, validation if validation.active else None,

@@ -2,8 +2,10 @@
 
 Samples arrive as the cached outputs of their encode steps: umT5 features (1, L, D), the clip's
 latent x0 (1, z, T, h, w), and where the family takes them, the I2V conditioning y and CLIP
-tokens. A batch stacks samples of one bucket (one size); prompts of different lengths are
-zero-padded, which is what the DiT does to every prompt anyway (to 512 tokens, unmasked).
+tokens, or what a derivative family's conditioners hand the DiT (extra channels as y, CLIP
+tokens, DiT extras; x0 then holds any reference frames in front). A batch stacks samples of
+one bucket (one size); prompts of different lengths are zero-padded, which is what the DiT does
+to every prompt anyway (to 512 tokens, unmasked).
 
 Two objectives: ``sft`` (flow matching, DiffSynth's FlowMatchSFTLoss, with TI2V's first frame
 kept clean and left out of the loss) and ``direct_distill`` (run the few-step sampler with
@@ -13,11 +15,13 @@ gradients and regress the final latent on the teacher's video).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
 
+from wanflow.models.dit_extras import DitExtras
 from wanflow.train.objective import Draw, noised, velocity_target, weighted_mse
 
 
@@ -30,23 +34,46 @@ class Batch:
     y: torch.Tensor | None = None  # (B, 4 + z, T, h, w): I2V / FLF2V
     clip: torch.Tensor | None = None  # (B·n, 257, 1280): Wan2.1 I2V / FLF2V
     first_frame: bool = False  # TI2V: frame 0 is the given image (kept clean)
+    #: What derivative conditioners give the DiT (VACE context, reference, camera, modulation).
+    extras: DitExtras | None = None
 
     @property
     def size(self) -> int:
         return int(self.x0.shape[0])
 
 
-def collate(samples: Sequence[dict[str, torch.Tensor]], device: str, first_frame: bool = False) -> Batch:
-    """Stack encoded samples (each a dict with context, x0 and optionally y, clip)."""
+def collate(samples: Sequence[dict[str, Any]], device: str, first_frame: bool = False) -> Batch:
+    """Stack encoded samples (each a dict with context, x0 and optionally y, clip, extras)."""
     longest = max(s["context"].shape[1] for s in samples)
     context = torch.cat([F.pad(s["context"], (0, 0, 0, longest - s["context"].shape[1])) for s in samples])
+    parts = {name for s in samples for name in s}
+    if any(set(s) != parts for s in samples):
+        raise ValueError(f"a batch mixes samples with and without {sorted(parts - set.intersection(*map(set, samples)))}: "
+                         "their conditioning differs, so they cannot share a batch; use [train].batch_size = 1")
 
     def stacked(name: str) -> torch.Tensor | None:
         if name not in samples[0]:
             return None
         return torch.cat([s[name] for s in samples]).to(device)
 
-    return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame)
+    extras = stacked_extras([s["extras"] for s in samples], device) if "extras" in parts else None
+    return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame, extras)
+
+
+def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
+    """The samples' DiT extras as one batch: tensors joined along the batch, the VACE scale shared."""
+    first = extras[0]
+    if any(e.vace_scale != first.vace_scale for e in extras):
+        raise ValueError("a batch mixes VACE scales; the scale is a recipe setting, the same for every sample")
+    fields = {}
+    for name in ("vace_context", "reference", "camera", "modulation"):
+        given = [getattr(e, name) for e in extras]
+        if all(t is None for t in given):
+            continue
+        if any(t is None for t in given):
+            raise ValueError(f"a batch mixes samples with and without {name}; use [train].batch_size = 1")
+        fields[name] = torch.cat(given).to(device)
+    return attrs.evolve(first, **fields)
 
 
 def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -62,7 +89,8 @@ def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) 
 def velocity(dit: torch.nn.Module, batch: Batch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The DiT's velocity at noisy latents ``x`` and timesteps ``t`` (B,), fp32."""
     timesteps = token_timesteps(batch, t.to(x.device), dit.cfg.patch_size)
-    return dit(x, timesteps, batch.context, clip_fea=batch.clip, y=batch.y).float()
+    more = {} if batch.extras is None else {"extras": batch.extras}  # DiTs without extras take none
+    return dit(x, timesteps, batch.context, clip_fea=batch.clip, y=batch.y, **more).float()
 
 
 def sft_loss(dit: torch.nn.Module, batch: Batch, d: Draw) -> torch.Tensor:

@@ -51,8 +51,14 @@ COLUMNS: Mapping[str, Column] = {
     "face_video": Column("face_video", "video"),
     "input_audio": Column("audio", "audio"),
     "camera_control_direction": Column("camera", "value"),
+    "camera_control_speed": Column("camera", "value"),
+    "camera_pose_file": Column("camera", "file"),
     "motion_bucket_id": Column("motion_bucket", "value"),
 }
+#: Fun Control-Camera's preset directions (``[inputs.camera].direction``'s choices).
+CAMERA_DIRECTIONS = ("Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown", "ZoomIn", "ZoomOut")
+#: The motion bucket ids speed control was trained on (``[inputs].motion_bucket``'s range).
+MOTION_BUCKETS = (0, 100)
 MEDIA_COLUMNS = ("video", "image")
 KNOWN_COLUMNS = (*MEDIA_COLUMNS, "prompt", *COLUMNS)
 
@@ -106,18 +112,22 @@ class _Context:
     required: frozenset[str]
     family: str
     probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media
+    frame_inputs: frozenset[str] | None = None  # columns a clip frame fills; None: the base rule
 
 
 def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Collection[str],
                  required_inputs: Collection[str] = (), family: str = "the family",
                  base_path: str | Path | None = None, repeat: int = 1,
-                 probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media) -> Dataset:
+                 probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media,
+                 frame_inputs: Collection[str] | None = None) -> Dataset:
     """Read and check a dataset; raises ``DatasetError`` listing every problem.
 
     Args:
         accepted_inputs, required_inputs: the family's (``FamilySpec``), e.g. {"image"} for I2V.
         base_path: where relative media paths resolve (default: the metadata file's folder).
         probe: opens one media file (``probe_media``'s contract); a caller may remember answers.
+        frame_inputs: the columns (``input_image``, ``end_image``) a frame of the clip fills when a
+            row leaves them empty; None: the base families' rule (``_frame_defaults``).
     """
     path = Path(metadata)
     problems = [f"{p}; fix the dataset sizing" for p in sizing.problems()]
@@ -132,7 +142,7 @@ def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Colle
         problems.append(f"base_path = {display_path(base)}: no such folder; name the folder media paths are "
                         "relative to")
     ctx = _Context(table, base.resolve(), sizing, frozenset(accepted_inputs), frozenset(required_inputs), family,
-                   probe)
+                   probe, None if frame_inputs is None else frozenset(frame_inputs))
     problems += list(table.problems) + _column_problems(ctx)
     if problems and (sizing.problems() or not base.is_dir()):
         raise DatasetError(problems)  # no row can be sized or found
@@ -231,20 +241,94 @@ def _too_short(row: Row, column: str, media: Media, sizing: Sizing) -> str:
 def _inputs(row: Row, target: Target | None, ctx: _Context) -> tuple[dict, tuple, list[str]]:
     """The row's extra inputs: files checked (videos must cover the clip's frames), values kept."""
     files, values, found = {}, [], []
+    probed: dict[str, Media] = {}
     for column in sorted(c for c in row.values if c in COLUMNS and COLUMNS[c].family_input in ctx.accepted):
-        if COLUMNS[column].kind == "value":
+        kind = _kind(row, column)
+        if kind == "value":
+            why = _value_problem(column, row.values[column])
+            found += [f"{_label(row, column)}: {why}"] if why else []
             values.append((column, row.values[column]))
             continue
-        frames = target.frames if target is not None and COLUMNS[column].kind == "video" else 1
-        media, why = _media(row, column, ctx, frames)
+        if kind == "file":
+            path, why = _file(row, column, ctx)
+            found += why
+            files |= {column: InputRef(path)} if path else {}
+            continue
+        frames = target.frames if target is not None and kind == "video" else 1
+        media, why = _media(row, column, ctx, frames, kind=kind)
         found += why
-        if media is not None and COLUMNS[column].kind == "video" and target is not None and media.frames < frames:
+        if media is not None and kind == "video" and target is not None and media.frames < frames:
             found.append(f"{_label(row, column)}: has {media.frames} frames, fewer than the {target.frames} the "
-                         "clip trains on; use a control video at least as long as the clip")
+                         f"clip trains on; use a {column.replace('_', ' ')} at least as long as the clip")
         elif media is not None:
             files[column] = InputRef(media.path)
-    found += _missing_required(row, ctx)
+            probed[column] = media
+    found += _missing_required(row, ctx) + _pair_problems(row, probed)
     return files, tuple(values), found
+
+
+def _kind(row: Row, column: str) -> str:
+    """A column's kind; a VACE mask may be a video or one image held for every frame."""
+    if column == "vace_video_mask" and Path(row.values[column]).suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    return COLUMNS[column].kind
+
+
+def _value_problem(column: str, text: str) -> str:
+    """What is wrong with a value column's text, as the recipe's [inputs] would refuse it ("" if fine)."""
+    if column == "camera_control_direction" and text not in CAMERA_DIRECTIONS:
+        close = difflib.get_close_matches(text, CAMERA_DIRECTIONS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"is not a camera direction; {hint}use one of {', '.join(CAMERA_DIRECTIONS)}"
+    if column == "camera_control_speed":
+        try:
+            speed = float(text)
+        except ValueError:
+            return "is not a number; write the camera's step per frame, e.g. 0.0185 (1/54, the default)"
+        if not speed > 0 or speed == float("inf"):
+            return "must be a finite number > 0 (the camera's step per frame; 1/54 is the default)"
+    if column == "motion_bucket_id":
+        lo, hi = MOTION_BUCKETS
+        try:
+            bucket = float(text)
+        except ValueError:
+            bucket = None
+        if bucket is None or bucket != int(bucket) or not lo <= bucket <= hi:
+            return (f"must be a whole number from {lo} (slow) to {hi} (fast), the range the motion controller "
+                    "was trained on")
+    return ""
+
+
+def _file(row: Row, column: str, ctx: _Context) -> tuple[str | None, list[str]]:
+    """A column naming a plain file (a camera pose file): it must exist; its content is checked
+    where it is read."""
+    path = Path(row.values[column]).expanduser()
+    path = path if path.is_absolute() else ctx.base / path
+    if path.is_file():
+        return str(path.resolve()), []
+    what = "is a folder" if path.is_dir() else "does not exist"
+    return None, [(f"{_label(row, column)}: {display_path(path)} {what}; fix the path (relative paths resolve "
+                  f"against {display_path(ctx.base)})")]
+
+
+def _pair_problems(row: Row, probed: Mapping[str, Media]) -> list[str]:
+    """Columns that only make sense together: a VACE mask of the VACE video's size beside it, a
+    pose file without a direction or speed beside it."""
+    found = []
+    if "vace_video_mask" in row.values and "vace_video" not in row.values:
+        found.append(f"{_label(row, 'vace_video_mask')}: a mask says which pixels of the VACE video to "
+                     "regenerate, and the row has no vace_video; set it, or remove the mask to generate "
+                     "every pixel")
+    mask, video = probed.get("vace_video_mask"), probed.get("vace_video")
+    if mask and video and (mask.width, mask.height) != (video.width, video.height):
+        found.append(f"{_label(row, 'vace_video_mask')}: is {mask.width}x{mask.height}, but vace_video is "
+                     f"{video.width}x{video.height}; the mask must mark the video's own pixels: use a mask of "
+                     "the video's size")
+    if "camera_pose_file" in row.values:
+        beside = [c for c in ("camera_control_direction", "camera_control_speed") if c in row.values]
+        found += [f"{_label(row, c)}: is set beside camera_pose_file, which gives every pose itself; remove one "
+                  "of the two" for c in beside]
+    return found
 
 
 def _missing_required(row: Row, ctx: _Context) -> list[str]:
@@ -263,6 +347,8 @@ def _frame_defaults(ctx: _Context) -> dict[str, str]:
     on it); ``end_image`` the last frame only where the family requires one (FLF2V), so an I2V
     family that merely accepts an end image does not learn to always see one.
     """
+    if ctx.frame_inputs is not None:
+        return {c: w for c, w in (("input_image", "first"), ("end_image", "last")) if c in ctx.frame_inputs}
     out = {}
     if "image" in ctx.accepted:
         out["input_image"] = "first"
