@@ -97,6 +97,14 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
          "images): E(video·(1−m)), E(video·m) and the 8×8 mask, each reference image a leading latent "
          "frame [E(ref), 0, 0] that is also added to the noise and dropped after sampling; the hints' "
          "scale", ("vace",), frozenset({"extras", "drop"})),
+    Kind("vap-video", "vap", "Video-As-Prompt's reference video, resampled evenly to the clip's frames: "
+         "its VAE latent, its first frame's I2V condition (mask, latent) and CLIP tokens, for the "
+         "reference stream", ("vap_video",), frozenset({"extras"})),
+    Kind("vap-prompt", "vap_prompt", "the umT5 features of the reference video's caption, the "
+         "reference stream's text context", ("vap_prompt",), frozenset({"extras"})),
+    Kind("vap-negative-prompt", "vap_negative", "the umT5 features of the negative reference caption, "
+         "the reference stream's text context in guidance's unconditional pass (none at cfg = 1)",
+         ("negative_vap_prompt",), frozenset({"extras"})),
 )}
 
 

@@ -18,6 +18,7 @@ from wanflow.conditioners import Conditioner
 KNOWN_INPUTS = (
     "image", "end_image", "video", "control_video", "reference_image", "mask",
     "audio", "pose_video", "face_video", "camera", "vace", "motion_bucket",
+    "vap_video", "vap_prompt", "negative_vap_prompt",
 )
 
 

@@ -120,7 +120,9 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         if tiers and compile_mode != "none":
             raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
                                   'policy is not supported yet; raise the budget, or set compile = "none"')
-        if tiers:
+        if _holds_reference_stream(weights):  # Video-As-Prompt: the Wan DiT and its reference stream
+            model = _vap_dit(weights, dtype, device, attention, storage, tiers)
+        elif tiers:
             model = _placed_dit(weights, tiers, dtype, device, attention)
         else:
             model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
@@ -136,6 +138,26 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         return model.eval().requires_grad_(False)
 
     return _get(key, residency, lambda: _expected_bytes(weights, dtype), load)
+
+
+def _holds_reference_stream(weights: Sequence[Path]) -> bool:
+    """Whether safetensors shards are a Video-As-Prompt DiT's, from their headers alone."""
+    from wanflow.memory.sizes import read_headers
+    from wanflow.models.vap_loader import holds_reference_stream
+
+    shards = [w for w in weights if Path(w).suffix == ".safetensors"]
+    return bool(shards) and holds_reference_stream(read_headers(shards))
+
+
+def _vap_dit(weights: Sequence[Path], dtype: Any, device: str, attention: str, storage: str,
+             tiers: Sequence[str]) -> Any:
+    """A Video-As-Prompt DiT, loaded whole (its joined blocks hold both streams' weights)."""
+    from wanflow.models.vap_loader import load_vap_dit
+
+    if tiers or storage == "fp8":
+        raise ModelInputError("Video-As-Prompt: blocks streamed by the memory policy and [memory].fp8 are not "
+                              "supported yet; raise the memory budget, or set fp8 = false")
+    return load_vap_dit(list(weights), dtype=dtype, device=device, attention_kernel=attention)
 
 
 def compile_blocks(model: Any) -> Any:

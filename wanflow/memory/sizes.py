@@ -153,15 +153,11 @@ def dit_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
     (any supported layout renamed to the official keys): what a LoRA is checked against at planning."""
     import re
 
-    from wanflow.models.dit_keys import (
-        COMFYUI_TO_OFFICIAL,
-        DIFFUSERS_TO_OFFICIAL,
-        LAYOUT_MARKERS,
-    )
+    from wanflow.models.dit_keys import LAYOUT_MARKERS, TO_OFFICIAL
 
     state = read_headers(Path(f) for f in files if Path(f).suffix == ".safetensors")
-    table = {"diffusers": DIFFUSERS_TO_OFFICIAL, "comfyui": COMFYUI_TO_OFFICIAL}.get(
-        next((layout for layout, marker in LAYOUT_MARKERS.items() if marker in state), "official"), ())
+    table = TO_OFFICIAL[next((layout for layout, marker in LAYOUT_MARKERS.items()  # diffusers names
+                              if layout != "official" and marker in state), "official")]  # patch_embedding too
     rules = [(re.compile(pattern), replacement) for pattern, replacement in table]
 
     def official(name: str) -> str:

@@ -182,13 +182,15 @@ def from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DitConfig
         ffn_dim = shapes["blocks.0.ffn.0.weight"][0]
         out_dim = shapes["head.head.weight"][0] // 4
         freq_dim = shapes["time_embedding.0.weight"][1]
+        text_dim = shapes["text_embedding.0.weight"][1]  # umT5-XXL's 4096 in every release
     except KeyError as err:
         raise ModelLoadError(f"{source}: not a Wan DiT checkpoint (no {err} tensor).") from None
     layers = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
     clip, flf2v = "img_emb.proj.0.weight" in shapes, "img_emb.emb_pos" in shapes
     model_type = _guess_type(in_dim, out_dim, clip=clip, flf2v=flf2v)
     config = _build(source, model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128,
-                    num_layers=layers, in_dim=in_dim, out_dim=out_dim, freq_dim=freq_dim, clip=clip)
+                    num_layers=layers, in_dim=in_dim, out_dim=out_dim, freq_dim=freq_dim, text_dim=text_dim,
+                    clip=clip)
     return with_parts(config, shapes, source)
 
 

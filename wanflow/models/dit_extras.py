@@ -46,6 +46,12 @@ class DitExtras:
             camera=None if self.camera is None else self.camera[:, :, window],
         )
 
+    def for_prompt(self, prompt: str) -> DitExtras:
+        """These extras for the guidance pass of ``prompt`` ("pos", "neg", or "pair": [pos; neg]
+        rows): the same for every pass, unless a model's extras pair an input with the prompt
+        (Video-As-Prompt's reference caption)."""
+        return self
+
     def expand(self, rows: int) -> DitExtras:
         """Batch-1 tensors repeated to ``rows`` (guidance batches cond and uncond)."""
 

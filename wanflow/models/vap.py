@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal, NamedTuple
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +50,7 @@ from wanflow.models.dit_extras import DitExtras
 from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import THETA, apply_rope, axis_angles, axis_dims
 from wanflow.models.vap_config import VapConfig, keeps_fp32
+from wanflow.models.vap_extras import PreparedReference, VapExtras, grown
 
 #: The reference stream's timestep: the reference video is clean (the authors' ``timesteps * 0 + 1``).
 REFERENCE_TIMESTEP = 1.0
@@ -134,13 +134,6 @@ def joint_block(
 # ----------------------------------------------------------------------------- the reference stream
 
 
-class PreparedReference(NamedTuple):
-    """The reference stream's cross-attention keys/values, one per joined block, for every step."""
-
-    kv: tuple[KeyValues, ...]
-    batch: int
-
-
 class ReferenceStream(nn.Module):
     """The MoT expert's weights: embeddings like the main stream's and one block per joined layer."""
 
@@ -177,62 +170,6 @@ class ReferenceStream(nn.Module):
         embedded = self.embed_context(context, clip_fea)
         kv = tuple(b.cross_attn.project(embedded, self.cfg.image_len) for b in self.blocks.values())
         return PreparedReference(kv, context.shape[0])
-
-
-@attrs.frozen
-class VapExtras(DitExtras):
-    """``DitExtras`` plus the reference video's inputs (all required by a Video-As-Prompt DiT)."""
-
-    #: (B, 36, F, H, W): the reference video's VAE latent (16), then its first frame's I2V
-    #: condition (mask 4, latent 16), on x's latent grid.
-    vap_latents: Any = None
-    #: umT5 features of the reference caption (B, <=512, 4096), or ``prepare_reference`` of them.
-    vap_context: Any = None
-    #: CLIP tokens of the reference's first frame (B, 257, 1280); None with a prepared context.
-    vap_clip: Any = None
-
-    def base(self) -> DitExtras:
-        """The fields every Wan DiT reads, as a plain ``DitExtras``."""
-        return DitExtras(**{f.name: getattr(self, f.name) for f in attrs.fields(DitExtras)})
-
-    def frames(self, window: slice) -> VapExtras:
-        """The whole clip only: the reference's RoPE frames -F..-1 count from the clip's length."""
-        covers = self.vap_latents is None or window.stop is None or window.stop >= self.vap_latents.shape[2]
-        if window.start not in (None, 0) or not covers:
-            raise ModelInputError(
-                f"vap_latents: the reference video covers a whole clip; latent frames {window.start}..{window.stop} "
-                "cannot be run apart. Generate the clip whole, not in sliding windows."
-            )
-        return self
-
-    def expand(self, rows: int) -> VapExtras:
-        return attrs.evolve(DitExtras.expand(self, rows), vap_latents=_grown(self.vap_latents, rows),
-                            vap_context=_grown(self.vap_context, rows), vap_clip=_grown(self.vap_clip, rows))
-
-    def to(self, device: Any) -> VapExtras:
-        moved = DitExtras.to(self, device)
-        context = self.vap_context
-        if isinstance(context, PreparedReference):
-            context = PreparedReference(tuple(tuple(t.to(device) for t in kv) for kv in context.kv), context.batch)
-        elif context is not None:
-            context = context.to(device)
-        return attrs.evolve(moved, vap_latents=_moved(self.vap_latents, device), vap_context=context,
-                            vap_clip=_moved(self.vap_clip, device))
-
-    @property
-    def empty(self) -> bool:
-        return self.base().empty and self.vap_latents is None and self.vap_context is None
-
-
-def _grown(value: Any, rows: int) -> Any:
-    """A batch-1 tensor expanded to ``rows``; a prepared context is expanded by the model."""
-    if value is None or isinstance(value, PreparedReference) or value.shape[0] == rows:
-        return value
-    return value.expand(rows, *value.shape[1:])
-
-
-def _moved(value: Tensor | None, device: Any) -> Tensor | None:
-    return None if value is None else value.to(device)
 
 
 class VapStack(NamedTuple):
@@ -281,13 +218,13 @@ class VapDiT(WanDiT):
         extras = self._checked_extras(extras, x)
         inputs = super().embed_inputs(x, t, context, clip_fea, y, extras.base())
         batch = inputs.tokens.shape[0]
-        ref = self.mot.patch_embedding(_grown(extras.vap_latents, batch).to(self.compute_dtype))  # (B, D, f, h, w)
+        ref = self.mot.patch_embedding(grown(extras.vap_latents, batch).to(self.compute_dtype))  # (B, D, f, h, w)
         ref = ref.flatten(2).transpose(1, 2)  # (B, L_ref, D)
         e, e0 = self.mot.embed_time(batch, x.device)
         rope = reference_rope_table(inputs.grid, self.cfg.head_dim, x.device, self.compute_dtype)
         prepared = extras.vap_context
         if not isinstance(prepared, PreparedReference):
-            prepared = self.mot.project_context(_grown(prepared, batch), _grown(extras.vap_clip, batch))
+            prepared = self.mot.project_context(grown(prepared, batch), grown(extras.vap_clip, batch))
         kv = {int(i): _rows(pair, batch) for i, pair in zip(self.mot.blocks, prepared.kv)}
         stack = VapStack(inputs.tokens.shape[1], e, e0, rope, kv)
         return inputs._replace(tokens=torch.cat([inputs.tokens, ref], dim=1), hints=stack)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -21,7 +21,12 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature, vap_config, vap_keys
-from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.checkpoint_files import (
+    Checkpoint,
+    OpenedWeights,
+    open_state_dict,
+    open_weights,
+)
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.vap import HeadTimestep, VapDiT
 from wanflow.models.vap_config import MOT_PREFIX, VapConfig
@@ -30,20 +35,23 @@ log = structlog.get_logger(__name__)
 
 
 def load_vap_dit(
-    weights: Checkpoint, config: VapConfig | None = None, dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu", attention_kernel: str = "sdpa", head_timestep: HeadTimestep = "main",
+    weights: Checkpoint | Sequence[str | os.PathLike], config: VapConfig | None = None,
+    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+    head_timestep: HeadTimestep = "main",
 ) -> VapDiT:
-    """A ready VapDiT from a checkpoint file, a sharded index or its folder, or a state dict.
+    """A ready VapDiT from a checkpoint file, a sharded index or its folder, the shard files
+    themselves (as a family's component lists them), or a state dict.
 
     Without ``config`` the sizes come from the config.json beside a file, else from the shapes
     (head width 128 assumed). A file that is not a Video-As-Prompt checkpoint raises
     ModelLoadError saying what it looks like. ``head_timestep="reference"`` reproduces
     DiffSynth 2.1.12's head modulation (see ``wanflow.models.vap``)."""
-    opened = open_weights(weights)
+    opened = _opened(weights)
     state = wanflow_state(opened.state, opened.source)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if config is None:
-        doc = None if opened.borrowed else config_json_beside(Path(os.fspath(weights)))
+        first = weights[0] if isinstance(weights, Sequence) and not isinstance(weights, str) else weights
+        doc = None if opened.borrowed else config_json_beside(Path(os.fspath(first)))
         config = (vap_config.from_shapes(shapes, opened.source) if doc is None
                   else vap_config.from_diffusers(doc, shapes, opened.source))
     model = build_on_meta(lambda: VapDiT(config, attention_kernel, head_timestep))
@@ -53,6 +61,28 @@ def load_vap_dit(
                     borrowed=opened.borrowed)
     log.debug("vap_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype))
     return model
+
+
+def _opened(weights: Checkpoint | Sequence[str | os.PathLike]) -> OpenedWeights:
+    """One checkpoint as ``open_weights`` reads it, or shard files merged (a key twice is refused)."""
+    if isinstance(weights, (Mapping, str, os.PathLike)):
+        return open_weights(weights)
+    if not weights:
+        raise ModelLoadError("load_vap_dit: no checkpoint file given; pass the shards, their index or a folder.")
+    state: dict[str, Tensor] = {}
+    for path in weights:
+        part = open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    return OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
+
+
+def holds_reference_stream(keys: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
+    """Whether checkpoint keys (a header's will do) are a Video-As-Prompt DiT's: released
+    ``*_mot_ref`` names or wanflow's ``mot.`` ones."""
+    return any(vap_keys.is_released_mot_key(k) or k.startswith(MOT_PREFIX) for k in keys)
 
 
 def wanflow_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, tiny, vace, wan
+from wanflow.families import fun, krea, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,7 +17,7 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), *vace.families(), *fun.families(), tiny.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -28,14 +28,18 @@ def _builtin_solver(name: str) -> Any:
 def wanflow_samplers() -> list[SamplerEntry]:
     return [SamplerEntry("euler", _builtin_solver("euler"), "flow-matching Euler (DiffSynth's)"),
             SamplerEntry("unipc", _builtin_solver("unipc"), "UniPC (Zhao et al. 2023), official"),
-            SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)")]
+            SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)"),
+            SamplerEntry(krea.CAUSAL_SOLVER, _lazy("wanflow.sampling.krea", "sample_blocks"),
+                         "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)")]
 
 
 @hookimpl
 def wanflow_pipelines() -> dict[str, Any]:
-    from wanflow.steps.pipeline import PIPELINES  # light: step kinds import torch only when they run
+    # light: step kinds import torch only when they run
+    from wanflow.steps.pipeline import PIPELINES
+    from wanflow.steps.pipeline_krea import KreaPipeline
 
-    return dict(PIPELINES)
+    return {**PIPELINES, krea.PIPELINE: KreaPipeline()}
 
 
 @hookimpl

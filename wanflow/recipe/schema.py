@@ -130,6 +130,12 @@ class Inputs:
     camera: Camera | None = setting(None, why="Fun Camera motion preset")
     vace: Vace | None = setting(None, why="VACE conditioning")
     motion_bucket: int | None = setting(None, ge=0, le=100, why="speed control: motion strength 0–100")
+    vap_video: str | None = setting(None, why="Video-As-Prompt: the reference video whose effect or motion "
+                                    "to follow (resampled evenly to [video].frames)")
+    vap_prompt: str | None = setting(None, why="Video-As-Prompt: the caption of the reference video")
+    negative_vap_prompt: str | None = setting(
+        None, family=True, why="Video-As-Prompt: the reference caption of the unconditional pass (the "
+        "family's: the authors' negative prompt)")
 
 
 @attrs.frozen
@@ -268,4 +274,6 @@ class Recipe:
 #: Input fields whose values are file paths (checked for existence, digested by the engine).
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
-               "camera.pose_file")
+               "camera.pose_file", "vap_video")
+#: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
+TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

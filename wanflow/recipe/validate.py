@@ -13,8 +13,9 @@ from pathlib import Path
 
 from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
+from wanflow.recipe.causal_rules import check_causal
 from wanflow.recipe.problems import Problems, did_you_mean
-from wanflow.recipe.schema import FILE_INPUTS, Recipe
+from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
 from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
 
 
@@ -36,6 +37,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_name(recipe.name, problems)
     _check_video(recipe, family, problems)
     _check_sampler(recipe, family, families, problems)
+    check_causal(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
@@ -109,12 +111,14 @@ def _required_input_example(name: str) -> str:
         return f'{name} = "path"'
     if name == "motion_bucket":
         return "motion_bucket = N (0 slow … 100 fast)"
+    if name in TEXT_INPUTS:
+        return f'{name} = "a caption of the reference video"'
     return f"an [inputs.{name}] table"
 
 
 def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
-    given = [name for name in (f.split(".")[0] for f in FILE_INPUTS + ("camera", "vace", "motion_bucket"))
-             if getattr(recipe.inputs, name) is not None]
+    named = FILE_INPUTS + ("camera", "vace", "motion_bucket") + TEXT_INPUTS
+    given = [name for name in (f.split(".")[0] for f in named) if getattr(recipe.inputs, name) is not None]
     for name in dict.fromkeys(given):
         if name not in family.accepted_inputs:
             takes = ", ".join(sorted(family.accepted_inputs)) or "no conditioning inputs"
@@ -127,6 +131,10 @@ def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         if getattr(recipe.inputs, name) is None and not problems.is_bad(("inputs", name)):
             problems.add(("inputs", name), None, f"is required by {family.name}; add "
                          f"{_required_input_example(name)} under [inputs]", show_value=False)
+    caption = recipe.inputs.vap_prompt
+    if caption is not None and not caption.strip() and "vap_prompt" in family.accepted_inputs:
+        problems.add(("inputs", "vap_prompt"), caption, "is empty: describe the reference video "
+                     "([inputs].vap_video) the way its caption would, e.g. what happens in it")
     if not recipe.prompt.text.strip() and recipe.train is None and not problems.is_bad(("prompt", "text")):
         problems.add(("prompt", "text"), recipe.prompt.text, "is required: say what to generate")
 

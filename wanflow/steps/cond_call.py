@@ -86,11 +86,13 @@ class ModelCall:
         clean = max(0, min(self.clean_frames, window.stop) - window.start)
         return token_timesteps(x, t, patch, clean).expand(rows, -1)
 
-    def dit_extras(self, window: slice, rows: int, device: Any) -> DitExtras | None:
-        """The DiT extras of the frames ``window`` on ``device``; None when no conditioner gave one."""
+    def dit_extras(self, window: slice, rows: int, device: Any, prompt: str = "pos") -> DitExtras | None:
+        """The DiT extras of the frames ``window`` for the pass of ``prompt`` ("pos", "neg",
+        "pair") on ``device``; None when no conditioner gave one."""
         if self.extras is None or self.extras.empty:
             return None
-        extras = self.extras.frames(window)  # batch 1: DitExtras.expand drops a tensor already of ``rows``
+        # batch 1: DitExtras.expand drops a tensor already of ``rows``
+        extras = self.extras.frames(window).for_prompt(prompt)
         return (extras if rows == 1 else extras.expand(rows)).to(device)
 
     def clamped(self, x: Any) -> Any:

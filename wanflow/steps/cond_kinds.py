@@ -21,6 +21,8 @@ from wanflow.steps.cond_reference import REFERENCE_LATENT
 from wanflow.steps.cond_source import SOURCE_LATENT
 from wanflow.steps.cond_start import START_LATENT
 from wanflow.steps.cond_vace import VACE_CONTEXT
+from wanflow.steps.cond_vap import VAP_VIDEO
+from wanflow.steps.cond_vap_prompt import VAP_NEGATIVE_PROMPT, VAP_PROMPT
 
 IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "clip-tokens": CLIP_TOKENS_KIND,
@@ -33,6 +35,9 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "camera-plucker": CAMERA_PLUCKER,
     "motion-bucket": MOTION_BUCKET,
     "vace-context": VACE_CONTEXT,
+    "vap-video": VAP_VIDEO,
+    "vap-prompt": VAP_PROMPT,
+    "vap-negative-prompt": VAP_NEGATIVE_PROMPT,
 }
 
 

@@ -52,7 +52,7 @@ class BoundDit:
         def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
             rows, window = x.shape[0], slice(0, x.shape[2]) if frames is None else frames
             tt = call.timesteps(x, t, dit.cfg.patch_size, window).to(device)
-            extras = call.dit_extras(window, rows, device)
+            extras = call.dit_extras(window, rows, device, text)
             more = {} if extras is None else {"extras": extras}  # DiTs without extras take none
             y, context = call.y(window, rows), self.context(text)
             if cache is None or skip_blocks:

@@ -40,6 +40,9 @@ def input_problems(resolved: Any, where: Where) -> list[str]:
     if values.get("inputs.control_video") is not None:
         found += _video_problems("inputs.control_video", Path(values["inputs.control_video"]), frames, where,
                                  "the control video steers each output frame with one of its own")
+    if values.get("inputs.vap_video") is not None:
+        found += _video_problems("inputs.vap_video", Path(values["inputs.vap_video"]), frames, where,
+                                 "the reference stream reads that many frames, picked evenly across it")
     if values.get("inputs.mask") is not None:
         found += _mask_problems(values, where)
     if values.get("inputs.camera.pose_file") is not None:
