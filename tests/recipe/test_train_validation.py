@@ -211,16 +211,16 @@ def _sets(path: Path, clips: Path, init: Path) -> list[str]:
     """A generated dataset, and for the quickstart recipe (which trains from a written starting point,
     not from downloaded weights) that starting point, with a batch the two generated clips can fill."""
     quickstart = [f"models.{c}.source={init}" for c in ("dit", "text_encoder", "vae")] + ["train.batch_size=2"]
-    quickstart = quickstart if path.stem == "train-quickstart" else []
+    quickstart = quickstart if path.stem.startswith("train-quickstart") else []
     return [f"train.dataset={clips}", *quickstart]
 
 
-def test_training_recipes_ship_one_per_family_kind_and_one_for_the_quickstart_model():
+def test_training_recipes_ship_one_per_family_kind_and_two_stages_for_the_quickstart_model():
     families = build_registry(entry_points=False)
     models = {p.stem: load_recipe(p, families=families, sets=_sets(p, Path("."), Path("."))).model
               for p in TRAIN_RECIPES}
     assert sorted(models.values()) == ["wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b", "wan2.2-t2v-a14b",
-                                       "wan2.2-ti2v-5b", "wanflow-tiny"]
+                                       "wan2.2-ti2v-5b", "wanflow-tiny", "wanflow-tiny"]
 
 
 @pytest.mark.parametrize("path", TRAIN_RECIPES, ids=[p.stem for p in TRAIN_RECIPES])
@@ -231,7 +231,8 @@ def test_a_shipped_training_recipe_validates_on_a_generated_dataset_without_weig
     sets = _sets(path, clips, quickstart_init)
     written = load_recipe(path, sets=sets).recipe
     assert written.sampler.seed == 0 and written.train is not None
-    assert 'dataset = "data/' in text and "/metadata.csv\"" in text  # a dataset folder beside the recipe
+    own = text if "include" not in text else (path.parent / "train-quickstart.toml").read_text(encoding="utf-8")
+    assert 'dataset = "data/' in own and "/metadata.csv\"" in own  # a dataset folder beside the recipe
     flags = [a for s in sets for a in ("--set", s)]
     assert main(["validate", str(path), *flags]) == 0, capsys.readouterr().err
     assert f"ok: {path}" in capsys.readouterr().out
@@ -251,14 +252,79 @@ def test_a_streaming_memory_policy_is_refused_for_training(tmp_path):
                         'built yet); use "none", "offload" or "auto"']
 
 
-@pytest.mark.parametrize(("family", "reads"), [
-    ("wan2.1-fun-1.3b-control", "control-latents"), ("wan2.1-vace-1.3b", "vace-context"),
-    ("wan2.1-1.3b-speedcontrol", "motion-bucket"), ("wan2.1-fun-1.3b-inp", "image-channels(without_image='zeros')"),
-])
-def test_a_family_whose_conditioning_training_does_not_build_is_refused(tmp_path, family, reads):
-    problems = refused(tmp_path, f'model = "{family}"\n[train]\ndataset = "data.csv"\n')
-    assert any(p.startswith(f'r.toml: model = "{family}": cannot be trained with [train] yet: its DiT reads')
-               and reads in p for p in problems), problems
+DERIVATIVES = ("wan2.1-fun-1.3b-control", "wan2.1-fun-v1.1-14b-control", "wan2.1-fun-v1.1-1.3b-control-camera",
+               "wan2.1-fun-1.3b-inp", "wan2.2-fun-a14b-control-camera", "wan2.1-vace-1.3b", "wan2.2-vace-fun-a14b",
+               "wan2.1-1.3b-speedcontrol")
+
+
+@pytest.mark.parametrize("family", DERIVATIVES)
+def test_a_derivative_family_trains_with_its_conditioning_from_dataset_columns(tmp_path, family):
+    path = tmp_path / "r.toml"
+    path.write_text(f'model = "{family}"\n[train]\ndataset = "data.csv"\n', encoding="utf-8")
+    assert load_recipe(path).recipe.train is not None  # nothing refused
+
+
+def test_every_conditioner_kind_of_the_vace_fun_and_speed_control_families_is_trainable():
+    from wanflow.families import fun, vace
+    from wanflow.recipe.train_rules import TRAINABLE_CONDITIONING
+
+    families = [*fun.families(), *vace.families()]
+    assert len(families) == 18
+    kinds = {c.kind for family in families for c in family.conditioners}
+    assert kinds <= TRAINABLE_CONDITIONING, kinds - TRAINABLE_CONDITIONING
+
+
+def test_validation_videos_of_a_derivative_family_are_refused_naming_why(tmp_path):
+    problems = refused(tmp_path, 'model = "wan2.1-fun-v1.1-14b-control"\n[train]\ndataset = "data.csv"\n'
+                       'validation_prompts = ["a dancer"]\n')
+    assert any(p.startswith('r.toml: [train].validation_prompts = ["a dancer"]: wan2.1-fun-v1.1-14b-control is '
+                            "conditioned by per-sample inputs") and "validation_samples" in p for p in problems), problems
+
+
+def test_inputs_a_derivative_family_s_training_would_not_read_are_refused_naming_the_column(tmp_path):
+    (tmp_path / "c.mp4").write_bytes(b"")
+    problems = refused(tmp_path, 'model = "wan2.1-fun-v1.1-14b-control"\n[inputs]\ncontrol_video = "c.mp4"\n'
+                       '[train]\ndataset = "data.csv"\n')
+    assert any(p.startswith("r.toml: [inputs].control_video = ") and "is not read by training: each sample takes "
+               "its own from the dataset's control_video column" in p for p in problems), problems
+    path = tmp_path / "v.toml"
+    path.write_text('model = "wan2.1-vace-1.3b"\n[inputs.vace]\nscale = 0.5\n[train]\ndataset = "data.csv"\n',
+                    encoding="utf-8")
+    assert load_recipe(path).values["inputs.vace.scale"] == 0.5  # how contexts are built: every sample's
+
+
+def _checked(family) -> list[str]:
+    from wanflow.recipe.problems import Problems
+    from wanflow.recipe.schema import Recipe, Train
+    from wanflow.recipe.train_rules import check_train
+
+    found = Problems("r.toml")
+    check_train(Recipe(model=family.name, train=Train(dataset="data.csv")), family, found)
+    return found.items
+
+
+def test_a_krea_family_is_refused_because_its_training_is_distillation():
+    import attrs
+
+    from wanflow.families.spec import ComponentSpec
+
+    base = build_registry(entry_points=False).family("wan2.1-t2v-14b")
+    dit = ComponentSpec("dit", "modelscope:krea/krea-realtime-video", ("*.safetensors",), "krea-realtime-video-14b")
+    krea = attrs.evolve(base, name="krea-realtime-video", components={**base.components, "dit": dit})
+    text = " ".join(_checked(krea))
+    assert "krea-realtime-video" in text and "block-causal" in text and "Self-Forcing" in text, text
+    assert "block-causal" not in " ".join(_checked(base))
+
+
+def test_a_conditioner_kind_without_dataset_columns_is_refused_naming_it():
+    import types
+
+    import attrs
+
+    base = build_registry(entry_points=False).family("wan2.1-t2v-1.3b")
+    audio = attrs.evolve(base, conditioners=(types.SimpleNamespace(kind="audio-embeds", options=()),))
+    text = " ".join(_checked(audio))
+    assert "cannot be trained with [train] yet: its DiT reads audio-embeds" in text, text
 
 
 def test_the_base_families_conditioning_is_trainable():
