@@ -234,3 +234,15 @@ def test_checkpointing_cadence_and_activation_recompute_do_not_rekey_training(en
     again = run(recipe, env, "train.checkpoint_every=1", "train.gradient_checkpointing=false")
     assert not computed(again) & {"train", "export:dit"}
     assert "train" in computed(run(recipe, env, "train.seed=1"))
+
+
+def test_caption_dropout_encodes_the_empty_prompt_once_and_changes_only_the_train_step(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata)
+    plain = run(recipe, env)
+    dropout = run(recipe, env, "train.caption_dropout=0.5")
+    assert "train/text:empty" not in plain.results
+    assert "train/text:empty" in computed(dropout) and "train" in computed(dropout)
+    assert not {n for n in computed(dropout) if n.startswith("train/") and n != "train/text:empty"}
+    again = run(recipe, env, "train.caption_dropout=0.5")
+    assert not computed(again)

@@ -334,3 +334,12 @@ def test_the_base_families_conditioning_is_trainable():
     for name in ("wan2.1-t2v-1.3b", "wan2.1-i2v-14b-480p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b",
                  "wan2.2-ti2v-5b", "wanflow-tiny"):
         assert all(c.kind in TRAINABLE_CONDITIONING and not c.options for c in registry.family(name).conditioners)
+
+
+def test_caption_dropout_is_refused_where_nothing_reads_the_empty_prompt(tmp_path):
+    problems = refused(tmp_path, T2V + 'task = "direct_distill"\ncaption_dropout = 0.1\n')
+    assert any("caption_dropout" in p and "never reads the empty prompt" in p for p in problems), problems
+    path = tmp_path / "ok.toml"
+    path.write_text(T2V + "caption_dropout = 0.1\n", encoding="utf-8")
+    assert load_recipe(path).recipe.train.caption_dropout == 0.1
+    assert any("caption_dropout" in p for p in refused(tmp_path, T2V + "caption_dropout = 1.5\n"))

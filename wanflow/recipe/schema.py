@@ -238,6 +238,9 @@ class Train:
         (0.0, 1.0), ge=0, le=1, why="the whole schedule, as fractions counted from the noisiest "
         "(DiffSynth's boundaries: [0, 0.417] is T2V-A14B's high-noise expert)")
     shift: float = setting(5.0, gt=0, why="DiffSynth's training shift for Wan")
+    caption_dropout: float = setting(0.0, ge=0, le=1, why="0: every sample learns its caption, as DiffSynth "
+                                     "trains; a share > 0 learns the empty prompt instead, which classifier-free "
+                                     "guidance needs (0.1 is usual)")
     loss_weighting: Literal["diffsynth", "uniform"] = setting(
         "diffsynth", why="DiffSynth's bell-shaped weight over timesteps")
     validation_prompts: tuple[str, ...] = setting(factory=tuple, why="none: no validation videos")

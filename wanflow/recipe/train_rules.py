@@ -173,6 +173,9 @@ def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
 def _check_method(recipe: Recipe, problems: Problems) -> None:
     """LoRA settings that LoRA training needs, and ones that would be ignored."""
     t = recipe.train
+    if t.caption_dropout > 0 and t.task == "direct_distill" and not problems.is_bad(("train", "caption_dropout")):
+        _add(problems, "caption_dropout", t.caption_dropout, "direct_distill trains on the teacher's videos of "
+             "their own prompts and never reads the empty prompt; remove it, or use task = \"sft\"")
     if t.preset_lora_scale != 1.0 and not t.preset_lora:
         _add(problems, "preset_lora_scale", t.preset_lora_scale, "has no preset LoRA to scale; set "
              "preset_lora, or remove preset_lora_scale")

@@ -30,7 +30,7 @@ TRAIN_READS = tuple(f"train.{k}" for k in (
     "task", "method", "steps", "learning_rate", "weight_decay", "max_grad_norm", "batch_size",
     "gradient_accumulation", "lora_rank", "lora_alpha", "lora_targets", "preset_lora_scale", "optimizer",
     "schedule", "warmup_steps", "seed", "timestep_range", "shift", "loss_weighting",
-    "validate_every", "validation_samples", "distribution", "processes")) + ("memory.fp8",)
+    "validate_every", "validation_samples", "distribution", "processes", "caption_dropout")) + ("memory.fp8",)
 #: What validation sampling reads (its videos are outputs of the step).
 SAMPLER_READS = ("sampler.steps", "sampler.shift", "sampler.cfg", "sampler.solver", "video.width",
                  "video.height", "video.frames", "runtime.attention")

@@ -82,6 +82,12 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
                                                                       **job.placed("image_encoder")),
                                       files=files, weights=encoder))
                 inputs[f"clip.{i}"] = f"train/clip:{i}"
+    if t.caption_dropout > 0:  # what a dropped caption is replaced with: the empty prompt's encode
+        name = texts.get("") or "train/text:empty"
+        if "" not in texts:
+            texts[""] = name
+            nodes.append(StepSpec(name, EncodeText(text="", **own), weights=text_weights))
+        inputs["text.empty"] = name
     for k, prompt in enumerate(t.validation_prompts):
         name = texts.get(prompt) or f"train/validation-text:{k}"
         if prompt not in texts:

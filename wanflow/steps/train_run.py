@@ -36,7 +36,8 @@ def run_training(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
         return collate([sample_tensors(ctx, i, step) for i in indices], device, step.first_frame)
 
     validation = Validation(step, ctx, device, held_out, fetch)
-    trainer = Trainer(experts, settings, order, fetch, validation if validation.active else None)
+    trainer = Trainer(experts, settings, order, fetch, validation if validation.active else None,
+                      empty_context=empty_context(ctx, p, device))
     validation.trainer = trainer
     resumed = ctx.load_partial()
     if resumed is not None:
@@ -95,6 +96,14 @@ def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: tor
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
     return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary)
+
+
+def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:
+    """The empty prompt's text features (1, L, D), which a dropped caption is replaced with;
+    None without caption dropout (the step has no such input then)."""
+    if float(p["train.caption_dropout"]) <= 0:
+        return None
+    return ctx.input("text.empty")["context"].to(device)
 
 
 def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:

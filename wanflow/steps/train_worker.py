@@ -84,6 +84,7 @@ def train(job: Path, rank: int) -> None:
         Validation,
         data_order,
         distill_sigmas,
+        empty_context,
         expert_for,
         sample_tensors,
         step_is_lora,
@@ -114,7 +115,8 @@ def train(job: Path, rank: int) -> None:
 
     validation = Validation(step, ctx, device, held_out, fetch)
     trainer = DistributedTrainer(experts, settings, order, fetch, validation if validation.active else None,
-                                 rank=together.rank, world=together.world)
+                                 rank=together.rank, world=together.world,
+                                 empty_context=empty_context(ctx, p, device))
     trainer.scratch = job
     validation.trainer = trainer
     together.prepare(trainer)

@@ -23,6 +23,7 @@ import structlog
 import torch
 
 from wanflow.train.batch import Batch, distill_loss, sft_loss
+from wanflow.train.captions import dropped, with_dropped
 from wanflow.train.objective import TrainingSchedule, draw, generator
 from wanflow.train.order import BatchOrder
 
@@ -52,6 +53,7 @@ class Settings:
     loss_weighting: str = "diffsynth"
     validate_every: int = 0
     offload_activations: bool = False
+    caption_dropout: float = 0.0  # share of samples that learn the empty prompt
     distill_sigmas: tuple[float, ...] = ()  # direct_distill: the student's σ grid
 
     @classmethod
@@ -146,8 +148,11 @@ class Trainer:
     def __init__(self, experts: Sequence[Expert], settings: Settings, order: BatchOrder,
                  fetch: Callable[[tuple[int, ...]], Batch],
                  validate: Callable[[int], tuple[dict[str, torch.Tensor], float]] | None = None,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, empty_context: torch.Tensor | None = None):
         self.experts, self.settings, self.order, self.fetch = list(experts), settings, order, fetch
+        if settings.caption_dropout > 0 and empty_context is None:
+            raise ValueError("caption dropout needs the empty prompt's encoding")
+        self.empty_context = empty_context  # (1, L, D): what a dropped caption is replaced with
         self.rank, self.world = rank, world
         self.together: Alone = Alone()  # a distributed run sets its own before training
         self.validate = validate
@@ -262,6 +267,9 @@ class Trainer:
                 return distill_loss(self.experts[0].model, batch, noise, s.distill_sigmas)
             expert, index_range = self._route(generator(s.seed, *stream))
             d = draw(self.schedule, batch.x0, index_range, s.seed, stream, positions)
+            drop = dropped(s.caption_dropout, s.seed, stream, positions)
+            if any(drop):
+                batch = attrs.evolve(batch, context=with_dropped(batch.context, self.empty_context, drop))
             return sft_loss(expert.model, batch, d)
 
     def _route(self, gen: torch.Generator) -> tuple[Expert, tuple[int, int]]:
