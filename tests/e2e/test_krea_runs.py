@@ -126,3 +126,20 @@ def test_video_to_video_starts_from_the_kept_source_and_equals_the_block_loop(kr
     ex = _executed(CAUSAL, *sets)
     latents, _, _ = _reference(krea_root, ex, strength=0.5)
     torch.testing.assert_close(ex.load("denoise")["latents"], latents, rtol=1e-5, atol=1e-5)
+
+
+def test_krea_fine_tunes_as_diffsynth_does_with_the_euler_solver(krea_env, tmp_path):
+    from tests.e2e._train import write_dataset, write_train_recipe
+
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "krea-realtime-video", metadata, steps=2)
+    text = recipe.read_text(encoding="utf-8").replace('negative = "blurry"', 'negative = ""')
+    recipe.write_text(text.replace("steps = 2\n", 'steps = 2\nsolver = "euler"\ncfg = 1.0\n', 1), encoding="utf-8")
+    outcome = run(recipe, krea_env)
+    assert "train" in computed(outcome)
+    (lora,) = (tmp_path / "runs").rglob("*.safetensors")
+    from safetensors.torch import load_file
+
+    trained = load_file(str(lora))
+    assert trained and all(".lora_" in k or "lora_" in k for k in trained)
+    assert any(float(v.abs().max()) > 0 for k, v in trained.items() if "lora_B" in k or "lora_up" in k)

@@ -215,12 +215,12 @@ def _sets(path: Path, clips: Path, init: Path) -> list[str]:
     return [f"train.dataset={clips}", *quickstart]
 
 
-def test_training_recipes_ship_one_per_family_kind_and_two_stages_for_the_quickstart_model():
+def test_training_recipes_ship_one_per_family_kind_and_the_quickstart_model_s_stages():
     families = build_registry(entry_points=False)
     models = {p.stem: load_recipe(p, families=families, sets=_sets(p, Path("."), Path("."))).model
               for p in TRAIN_RECIPES}
     assert sorted(models.values()) == ["wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b", "wan2.2-t2v-a14b",
-                                       "wan2.2-ti2v-5b", "wanflow-tiny", "wanflow-tiny"]
+                                       "wan2.2-ti2v-5b", "wanflow-tiny", "wanflow-tiny", "wanflow-tiny"]
 
 
 @pytest.mark.parametrize("path", TRAIN_RECIPES, ids=[p.stem for p in TRAIN_RECIPES])
@@ -303,17 +303,14 @@ def _checked(family) -> list[str]:
     return found.items
 
 
-def test_a_krea_family_is_refused_because_its_training_is_distillation():
-    import attrs
-
-    from wanflow.families.spec import ComponentSpec
-
-    base = build_registry(entry_points=False).family("wan2.1-t2v-14b")
-    dit = ComponentSpec("dit", "modelscope:krea/krea-realtime-video", ("*.safetensors",), "krea-realtime-video-14b")
-    krea = attrs.evolve(base, name="krea-realtime-video", components={**base.components, "dit": dit})
-    text = " ".join(_checked(krea))
-    assert "krea-realtime-video" in text and "block-causal" in text and "Self-Forcing" in text, text
-    assert "block-causal" not in " ".join(_checked(base))
+def test_krea_trains_only_as_diffsynth_samples_it_not_for_its_block_causal_sampler(tmp_path):
+    krea = 'model = "krea-realtime-video"\n[train]\ndataset = "data.csv"\n'
+    problems = refused(tmp_path, krea)
+    assert any("solver" in p and "Self-Forcing" in p and 'solver = "euler"' in p for p in problems), problems
+    path = tmp_path / "euler.toml"
+    path.write_text('model = "krea-realtime-video"\n[sampler]\nsolver = "euler"\n[train]\ndataset = "data.csv"\n',
+                    encoding="utf-8")
+    assert load_recipe(path).recipe.train is not None
 
 
 def test_a_conditioner_kind_without_dataset_columns_is_refused_naming_it():

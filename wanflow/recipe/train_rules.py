@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from wanflow.families.krea import CAUSAL_SOLVER
 from wanflow.families.spec import FamilySpec
 from wanflow.recipe.problems import Problems, did_you_mean
 from wanflow.recipe.schema import Recipe, Train
@@ -53,9 +54,11 @@ TRAINABLE_CONDITIONING = frozenset({
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
-#: DiT architectures whose sampler is not the flow-matching one the training objective assumes:
-#: Krea Realtime is a block-causal few-step generator distilled with Self-Forcing; fine-tuning it
-#: with the SFT objective (full-sequence, bidirectional) trains another model than the one it is.
+#: DiT architectures whose own sampler is not the flow-matching one the training objective
+#: assumes: Krea Realtime is a block-causal few-step generator its authors distilled with
+#: Self-Forcing (DMD), which the training stage does not do. DiffSynth fine-tunes its weights as a
+#: plain Wan T2V DiT (full-sequence, bidirectional flow matching) and samples them that way; a
+#: recipe that samples it that way too (``[sampler].solver = "euler"``) trains as DiffSynth does.
 CAUSAL_ARCHITECTURES = ("krea",)
 
 
@@ -66,11 +69,12 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
     derivative family are refused too: they would be sampled without its conditioning."""
     causal = [c.architecture for c in family.components.values()
               if c.kind == "dit" and c.architecture.startswith(CAUSAL_ARCHITECTURES)]
-    if causal:
-        problems.add(("model",), family.name, f"cannot be trained with [train]: its DiT ({causal[0]}) is a "
-                     "block-causal few-step generator distilled with Self-Forcing (DMD), and the training "
-                     "stage's flow-matching objective trains a full-sequence bidirectional model; fine-tune "
-                     "wan2.1-t2v-14b instead")
+    if causal and recipe.sampler.solver == CAUSAL_SOLVER:
+        problems.add(("sampler", "solver"), recipe.sampler.solver, f"{family.name} cannot be trained for its "
+                     f"block-causal sampler: its DiT ({causal[0]}) was distilled with Self-Forcing (DMD), which "
+                     "the training stage does not do; its flow-matching objective trains the full-sequence "
+                     'bidirectional model DiffSynth fine-tunes and samples: set solver = "euler" to train it '
+                     "that way")
         return
     other = sorted({c.kind for c in family.conditioners if c.kind not in TRAINABLE_CONDITIONING})
     if other:
