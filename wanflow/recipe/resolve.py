@@ -155,8 +155,11 @@ def file_paths(recipe: Recipe) -> dict[KeyPath, Path]:
         node: Any = recipe.inputs
         for part in dotted.split("."):
             node = getattr(node, part) if node is not None else None
-        if node is not None:
-            out[("inputs", *dotted.split("."))] = Path(node)
+        key = ("inputs", *dotted.split("."))
+        if isinstance(node, str):
+            out[key] = Path(node)
+        elif isinstance(node, tuple):  # several files ([inputs.vace].reference): one key each, in order
+            out |= {(*key, i): Path(item) for i, item in enumerate(node) if isinstance(item, str)}
     for i, lora in enumerate(recipe.lora):
         if lora.path:
             out[("lora", i, "path")] = Path(lora.path)
@@ -174,7 +177,7 @@ def written_paths(recipe: Recipe, origins: Mapping[KeyPath, Origin]) -> dict[Key
     """File settings as written, and resolved against the folder of the file that wrote them."""
     out = {}
     for key, p in file_paths(recipe).items():
-        origin = origins.get(key) or origins.get(key[:2]) or origins.get(key[:1])
+        origin = next((origins[key[:n]] for n in range(len(key), 0, -1) if key[:n] in origins), None)
         base = origin.base_dir if origin else Path.cwd()
         out[key] = (str(p), (base / p.expanduser()).resolve())
     return out

@@ -103,11 +103,23 @@ class Camera:
                                     "of direction and speed")
 
 
+def one_or_more_paths(value: Any) -> Any:
+    """A path, or an array of two or more: ``["a.png"]`` is stored as ``"a.png"``, so that both
+    spellings are one recipe (the same keys and resolved.toml); arrays become tuples (frozen)."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if len(value) == 1 else tuple(value)
+    return value
+
+
 @attrs.frozen
 class Vace:
     video: str | None = setting(None, why="control video for VACE (depth, pose, inpaint source…)")
     mask: str | None = setting(None, why="where VACE may change the control video")
-    reference: str | None = setting(None, why="reference image(s) for VACE subject consistency")
+    # str | tuple[str, ...] | None: typed `Any` because structuring reads a union as its first member;
+    # validate.py refuses anything but a path or an array of paths.
+    reference: Any = attrs.field(default=None, converter=one_or_more_paths, metadata={
+        "why": "reference image(s) for VACE subject consistency: a path, or an array of paths, each one "
+               "more leading latent frame in the order given"})
     scale: float = setting(1.0, ge=0, why="strength of the VACE hints, as in the official code")
     binarize_mask: bool = setting(True, why="the VACE authors and diffusers cut the mask at 0.5; "
                                   "false keeps soft values, as DiffSynth does")

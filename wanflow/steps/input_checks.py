@@ -65,7 +65,8 @@ def _label(key: str, path: Path | str) -> str:
     return f"[{table}].{name} = {format_value(display_path(path))}"
 
 
-def _image_problems(key: str, path: Path, where: Where) -> list[str]:
+def _image_problems(key: str, path: Path, where: Where, label: str | None = None) -> list[str]:
+    """An unreadable image, or one whose alpha channel hides pixels; ``label`` names one of several."""
     if not path.is_file():
         return []  # a missing file or a folder is a recipe problem, already reported
     why = image_problem(path, *_stamp(path))
@@ -73,7 +74,7 @@ def _image_problems(key: str, path: Path, where: Where) -> list[str]:
         why = (f"the image has an alpha channel with {hidden} transparent pixel{'s' * (hidden > 1)}, which "
                "the model would see as whatever colour they hold; flatten it onto the background you "
                "want (e.g. white) and save it as RGB")
-    return [f"{where(key)}: {_label(key, path)}: {why}"] if why else []
+    return [f"{where(key)}: {label or _label(key, path)}: {why}"] if why else []
 
 
 def _mask_problems(values: Any, where: Where) -> list[str]:
@@ -160,8 +161,11 @@ def _vace_problems(values: Any, where: Where) -> list[str]:
         found.append(f"{where('inputs.vace.scale')}: [inputs.vace].scale = {scale!r}: must be a finite "
                      "number ≥ 0 (1.0 adds the VACE hints at full strength)")
     refs = values.get("inputs.vace.reference")
-    for ref in [refs] if isinstance(refs, str) else list(refs or ()):
-        found += _image_problems("inputs.vace.reference", Path(ref), where)
+    if isinstance(refs, str):
+        found += _image_problems("inputs.vace.reference", Path(refs), where)
+    for i, ref in enumerate(refs if isinstance(refs, (list, tuple)) else ()):  # named by place
+        label = f"[inputs.vace].reference[{i}] = {format_value(display_path(ref))}"
+        found += _image_problems("inputs.vace.reference", Path(ref), where, label)
     video, mask = values.get("inputs.vace.video"), values.get("inputs.vace.mask")
     if video is not None:
         found += _video_problems("inputs.vace.video", Path(video), frames, where,
