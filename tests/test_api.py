@@ -15,8 +15,9 @@ from wanflow.errors import EngineError, RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"
-#: The quickstart made small: the same six steps in about a second.
-SMALL = {"video": {"frames": 5, "width": 32, "height": 32}, "sampler": {"steps": 2}}
+#: The quickstart made small, with guidance (so a negative encode too): six steps in about a second.
+SMALL = {"video": {"frames": 5, "width": 32, "height": 32}, "sampler": {"steps": 2, "cfg": 3.0},
+         "prompt": {"negative": "blurry, static"}}
 NODES = ("encode-text:positive", "encode-text:negative", "denoise", "decode", "save", "save-metadata")
 
 
@@ -30,7 +31,7 @@ def dirs(tmp_path, monkeypatch):
 def test_a_dict_recipe_is_the_file_recipe_and_resolves_paths_against_base_dir(tmp_path):
     from_file = wanflow.load(QUICKSTART, {"sampler.steps": 3})
     as_dict = {"schema": 1, "name": "quickstart", "model": "wanflow-tiny",
-               "prompt": {"text": "a red ball bouncing on a wooden floor"}, "sampler": {"seed": 0}}
+               "prompt": {"text": "a yellow triangle moving right"}, "sampler": {"seed": 0}}
     from_dict = wanflow.load(as_dict, {"sampler": {"steps": 3}})
     assert dict(from_dict.values) == dict(from_file.values) and from_file.values["sampler.steps"] == 3
     assert (from_dict.name, from_dict.model, from_dict.jobs) == ("quickstart", "wanflow-tiny", 1)
@@ -89,8 +90,8 @@ def test_run_returns_the_video_archive_frames_and_per_step_hits(dirs):
     from wanflow.output.video import read_frames
 
     decoded = read_frames(first.video).ravel()  # a lossy (x264, 4:2:0) copy of exactly these frames
-    assert np.corrcoef(decoded, frames.ravel())[0, 1] > 0.85
-    assert np.corrcoef(decoded, reseeded.frames().ravel())[0, 1] < 0.7  # not any run's frames
+    own, other = np.corrcoef(decoded, frames.ravel())[0, 1], np.corrcoef(decoded, reseeded.frames().ravel())[0, 1]
+    assert own > 0.85 and own > other + 0.05, (own, other)  # these frames, not another seed's
 
 
 def test_frames_evicted_from_the_cache_are_a_clear_error(dirs):

@@ -8,6 +8,7 @@ patched by a later one.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def write_patched_dit(folder: Path, scale: float) -> Path:
 def recipe(folder: Path, body: str = "", name: str = "tinylora") -> Path:
     path = folder / f"{name}.toml"
     path.write_text(f'name = "{name}"\nmodel = "wanflow-tiny"\n[prompt]\ntext = "a red ball"\n'
-                    f'[sampler]\nseed = 3\nsteps = 3\n{body}', encoding="utf-8")
+                    f'[sampler]\nseed = 3\nsteps = 3\ncfg = 3.0\n{body}', encoding="utf-8")  # guided: a negative encode too
     return path
 
 
@@ -163,7 +164,7 @@ def test_fp8_storage_runs_with_a_lora_applied_on_the_fly(tmp_path, cache_env):
     plain_fp8 = denoised(run(recipe(tmp_path, "[memory]\nfp8 = true\n", "plainfp8"), cache_env))
     err = ((fp8 - full).abs().max() / full.abs().max()).item()
     moved = ((fp8 - plain_fp8).abs().max() / full.abs().max()).item()
-    assert 0 < err < 0.1 and moved > 3 * err  # fp8 is close, and the LoRA really acts
+    assert 0 < err < 0.15 and moved > 3 * err  # fp8 is close (max error, guidance 3), and the LoRA really acts
 
 
 def test_blocks_streamed_by_the_memory_plan_give_the_same_video(tmp_path, cache_env, monkeypatch):
@@ -177,7 +178,9 @@ def test_blocks_streamed_by_the_memory_plan_give_the_same_video(tmp_path, cache_
     with_lora = f'[[lora]]\npath = "{lora}"\nscale = 0.7\n'
     resident = denoised(run(recipe(tmp_path, "", "resident"), cache_env))
     resident_lora = denoised(run(recipe(tmp_path, with_lora, "resident-lora"), cache_env))
-    monkeypatch.setattr(pipeline, "_tiers", lambda plan, dits: (("dit", ("disk", "host")),))
+    config = Path(wanflow.__file__).parent / "assets" / "wanflow-tiny" / "dit" / "config.json"
+    tiers = tuple(("disk", "host")[i % 2] for i in range(json.loads(config.read_text())["num_layers"]))
+    monkeypatch.setattr(pipeline, "_tiers", lambda plan, dits: (("dit", tiers),))
     model_pool.clear()
     monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "fresh-cache"))
     streamed = run(recipe(tmp_path, "", "streamed"), cache_env)

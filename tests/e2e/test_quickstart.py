@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -29,10 +30,10 @@ def test_quickstart_runs_then_hits(tmp_path, monkeypatch, capsys):
     assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert re.findall(r"\((\d+) hit, (\d+) computed\)", out) == [("0", "6"), ("6", "0")]
+    assert re.findall(r"\((\d+) hit, (\d+) computed\)", out) == [("0", "5"), ("5", "0")]
     first, second = archives(runs)
     video = first / "outputs" / "video.mp4"
-    assert video_shape(video) == (9, 64, 64)  # the tiny family's 9 frames of 64×64
+    assert video_shape(video) == (17, 64, 64)  # the tiny family's 17 frames of 64×64
     assert video.read_bytes() == (second / "outputs" / "video.mp4").read_bytes()
     lock = tomlkit.parse((first / "lock.toml").read_text()).unwrap()
     assert lock["runtime"]["device"] == "cpu" and lock["runtime"]["dtype"] == "fp32"
@@ -56,17 +57,35 @@ def test_a_missing_seed_is_drawn_once_and_recorded_with_png_frames(tmp_path, mon
         assert Image.open(io.BytesIO(zf.read("frame_00000.png"))).size == (16, 16)
 
 
-def test_shipped_tiny_weights_are_what_the_script_makes(tmp_path):
-    from tests.e2e._layout import tiny
+def test_shipped_tiny_weights_are_the_trained_ones_docs_record_and_load_as_the_official_layout():
+    """The files under wanflow/assets/wanflow-tiny are byte for byte the ones docs/quickstart-model.md
+    lists (the trained model, not the seeded one tests build), together under 20 MB, every weight
+    bf16 under the official keys that wanflow's loaders read."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from scripts.quickstart.init_dit import quickstart_config
+    from wanflow.models.dit_config import from_official
+
+    def astuple(c, *names):
+        return tuple(getattr(c, n) for n in names)
 
     shipped = ROOT / "wanflow" / "assets" / "wanflow-tiny"
-    made = tiny.write_quickstart(tmp_path)
-    names = sorted(str(p.relative_to(tmp_path)) for p in made)
-    assert names == sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
-    assert len(names) == 6
-    for name in names:
-        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
-    assert sum((shipped / n).stat().st_size for n in names) < 20 * 2**20
+    doc = (ROOT / "docs" / "quickstart-model.md").read_text(encoding="utf-8")
+    table = doc[doc.index("### Shipped files"):]
+    listed = dict(re.findall(r"^\| `([^`]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|$", table, re.M))
+    files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
+    assert sorted(listed) == files and len(files) == 6
+    for name in files:
+        assert hashlib.sha256((shipped / name).read_bytes()).hexdigest() == listed[name], name
+    assert sum((shipped / n).stat().st_size for n in files) < 20 * 2**20
+    for name in (n for n in files if n.endswith(".safetensors")):
+        with safe_open(str(shipped / name), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}, name
+    config = from_official(json.loads((shipped / "dit" / "config.json").read_text()), "config.json")
+    assert (config.dim, config.num_layers, config.num_heads, config.text_dim) == \
+        astuple(quickstart_config(), "dim", "num_layers", "num_heads", "text_dim")
 
 
 def test_an_archive_sent_as_a_tar_is_imported_and_reproduces_bit_for_bit(tmp_path, monkeypatch, capsys):

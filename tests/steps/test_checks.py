@@ -114,7 +114,7 @@ def test_a_source_video_with_too_few_frames(tmp_path):
     _video(tmp_path / "short.mp4", 6)
     v2v = TINY + '[inputs]\nvideo = "short.mp4"\n[sampler]\ndenoising_strength = 0.5\n'
     found = problems(tmp_path, v2v)
-    assert found == ['r.toml: [inputs].video = "short.mp4": the video has 6 frames, fewer than the 9 of '
+    assert found == ['r.toml: [inputs].video = "short.mp4": the video has 6 frames, fewer than the 17 of '
                      '[video].frames (video-to-video reads one input frame per output frame); use a longer '
                      'video or set [video].frames = 5 (the largest 4n+1 ≤ 6)']
     assert problems(tmp_path, v2v, "video.frames=5") == []
@@ -170,7 +170,7 @@ def test_media_answers_are_remembered_until_the_file_changes(tmp_path):
 
 @pytest.mark.parametrize(("sets", "message"), [
     (("sampler.cfg_zero_init_steps=1",), "zero-init belongs to CFG-Zero*"),
-    (("sampler.slg_blocks=[1]", "sampler.slg_start=0.9", "sampler.slg_end=0.5"), "ends before it starts"),
+    (("sampler.cfg=3", "sampler.slg_blocks=[1]", "sampler.slg_start=0.9", "sampler.slg_end=0.5"), "ends before it starts"),
     (("sampler.cfg_zero_star=true", "sampler.cfg=1"), "cfg = 1 runs none"),
 ])
 def test_guidance_settings_that_cannot_act_are_refused(tmp_path, sets, message):

@@ -14,9 +14,14 @@ from wanflow.steps.pipeline import PIPELINES
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 
 
+#: Guidance on, so the plan holds the negative encode too (the tiny family samples at cfg 1).
+GUIDED = ("sampler.cfg=3.0", "prompt.negative=blurry, static")
+
+
 def planned(*sets: str) -> dict:
-    """node -> PlannedStep of the quickstart with ``--set`` overrides (files hashed by path only)."""
-    resolved = load_recipe(QUICKSTART, sets=sets)
+    """node -> PlannedStep of the quickstart with guidance and ``--set`` overrides (files hashed by
+    path only)."""
+    resolved = load_recipe(QUICKSTART, sets=GUIDED + sets)
     specs = get_registry().pipeline(resolved.model).steps(resolved)
     return {s.name: s for s in plan(resolved.values, specs, "t", lambda p: str(p)).steps}
 

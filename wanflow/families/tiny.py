@@ -1,5 +1,11 @@
 """The tiny family of the quickstart: the same code paths as a real family, weights that ship
-with wanflow, seconds on a CPU. It draws noise-like video: it proves the machinery, not the art."""
+with wanflow, seconds on a CPU. It was trained (by wanflow's own training stage, on
+``recipes/train-quickstart.toml``) to draw one coloured shape moving over a plain background, and
+draws what a prompt in that vocabulary says (docs/quickstart-model.md).
+
+Its defaults are what it was trained for: 17 frames of 64×64 at 16 fps, shift 3. Guidance is off
+(cfg 1): training never dropped the caption, so the model has no unconditional prediction to
+steer away from, and a negative prompt would be words it never saw."""
 
 from __future__ import annotations
 
@@ -16,6 +22,6 @@ def family() -> FamilySpec:
          "text_encoder": ComponentSpec("text_encoder", SOURCE, ("text_encoder/*",), "umt5-tiny"),
          "tokenizer": ComponentSpec("tokenizer", SOURCE, ("tokenizer/*",), "byt5"),
          "vae": ComponentSpec("vae", SOURCE, ("vae/*",), "wan2.1-vae-tiny")},
-        {"video.width": 64, "video.height": 64, "video.frames": 9, "video.fps": 8, "sampler.solver": "euler",
-         "sampler.steps": 8, "sampler.shift": 3.0, "sampler.cfg": 3.0, "prompt.negative": "blurry, static"},
+        {"video.width": 64, "video.height": 64, "video.frames": 17, "video.fps": 16, "sampler.solver": "euler",
+         "sampler.steps": 20, "sampler.shift": 3.0, "sampler.cfg": 1.0, "prompt.negative": ""},
         frozenset({"video"}), spatial_factor=16, conditioners=(conditioner("source-latent"),))
