@@ -151,3 +151,24 @@ def test_lock_differences_between_two_archives(world, cache, opts) -> None:
     moved = {**b, "weights": {k: {**w, "path": f"/elsewhere/{k}", "revision": "0" * 40}
                               for k, w in b["weights"].items()}}
     assert lock_differences(b, moved) == []  # where a weight lies, or its commit name, is no difference
+
+
+def test_a_changed_input_file_re_runs_the_steps_that_read_it_by_role(world) -> None:
+    """Input files are read by role (``StepSpec.files``), not as params: a changed path still
+    invalidates the encode that reads it and everything after it."""
+    resolved, pipe = world
+    specs = list(pipe.steps(resolved))
+    first = specs[0]
+    specs[0] = attrs.evolve(first, files={"image": Path("/in/b.png")})
+    changes = diff_values({**resolved.values, "inputs.image": "/in/a.png"},
+                          {**resolved.values, "inputs.image": "/in/b.png"}, specs)
+    (change,) = changes
+    downstream = invalidated(specs, first.name + "-never-read", files=frozenset({"/in/b.png"}))
+    assert first.name in change.invalidates and change.invalidates == downstream
+    assert len(change.invalidates) > 1  # and what reads its output
+    untouched = diff_values({**resolved.values, "inputs.image": "/in/a.png"},
+                            {**resolved.values, "inputs.image": "/in/c.png"}, specs)[0]
+    assert first.name not in untouched.invalidates
+    compared_by_content = invalidated(specs, "inputs.image", digest=lambda p: f"of-{p.name}",
+                                      files=frozenset({"sha256:of-a.png", "sha256:of-b.png"}))
+    assert compared_by_content == downstream  # `wanflow diff` compares input files by their digests

@@ -84,13 +84,18 @@ def weight_users(key: str, specs: Sequence[StepSpec], specs_a: Sequence[StepSpec
 
 
 def invalidated(specs: Sequence[StepSpec], key: str, specs_a: Sequence[StepSpec] | None = None,
-                digest: Callable[[Path], str] | None = None) -> tuple[str, ...]:
-    """The steps that read ``key`` or run weights it swaps, and everything downstream of them
-    (none for policy fields). ``specs_a``: the other side's specs, to compare weights file by
-    file (by ``digest`` when given, else by path and source)."""
+                digest: Callable[[Path], str] | None = None, files: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The steps that read ``key``, run weights it swaps or read a file it names (``files``: the
+    key's values on either side, paths or ``sha256:`` digests: an input file is read by role, not
+    as a param), and everything downstream of them (none for policy fields). ``specs_a``: the
+    other side's specs, to compare weights file by file (by ``digest`` when given, else by path
+    and source)."""
     if is_policy_field(key):
         return ()
     hit = {s.name for s in specs if _reads(s, key)} | weight_users(key, specs, specs_a, digest)
+    by_digest = digest is not None and any(f.startswith("sha256:") for f in files)
+    hit |= {s.name for s in specs if any(str(p) in files or (by_digest and f"sha256:{digest(Path(p))}" in files)
+                                         for p in s.files.values())}
     changed = True
     while changed:
         grown = hit | {s.name for s in specs if any(src in hit for src in s.inputs.values())}
@@ -104,8 +109,16 @@ def diff_values(a: Mapping[str, Any], b: Mapping[str, Any], specs: Sequence[Step
     """Every dotted key whose resolved value differs, in key order (``specs``: side b's plan)."""
     keys = set(a) | set(b)
     keys = sorted(k for k in keys if not any(other.startswith(k + ".") for other in keys))  # no `models = {}`
-    return tuple(Change(k, a.get(k, _MISSING), b.get(k, _MISSING), invalidated(specs, k, specs_a, digest))
+    return tuple(Change(k, a.get(k, _MISSING), b.get(k, _MISSING),
+                        invalidated(specs, k, specs_a, digest, _paths(a.get(k)) | _paths(b.get(k))))
                  for k in keys if _value(a, k) != _value(b, k))
+
+
+def _paths(value: Any) -> frozenset[str]:
+    """The files a setting's value may name (paths, or digests for content-compared inputs): a
+    string, or each string of an array."""
+    items = value if isinstance(value, (list, tuple)) else (value,)
+    return frozenset(v for v in items if isinstance(v, str) and v)
 
 
 def _value(values: Mapping[str, Any], key: str) -> Any:
