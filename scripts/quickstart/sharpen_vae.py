@@ -56,21 +56,10 @@ def learning_rate(step: int, s: Sharpening) -> float:
 
 def loss(vae: tv.VideoVAE, video: torch.Tensor, mask: torch.Tensor, s: Sharpening,
          base: tv.VAETraining, generator: torch.Generator) -> torch.Tensor:
-    """train_vae's loss terms with the outline band weighted and ``s.noise_max`` decoder noise."""
-    cfg = vae.config
-    mu, log_var = vae.conv1(vae.encoder(video)).chunk(2, dim=1)
-    z = tv.normalize(mu, cfg.mean, cfg.std)
-    mean, var = z.mean(dim=(0, 2, 3, 4)), z.var(dim=(0, 2, 3, 4))
-    sigma = s.noise_max * torch.rand(z.shape[0], 1, 1, 1, 1, generator=generator)
-    noisy = z + sigma * torch.randn(z.shape, generator=generator)
-    out = vae.decoder(vae.conv2(tv.denormalize(noisy, cfg.mean, cfg.std)))
-    err = out - video
-    std = torch.tensor(cfg.std).view(1, -1, 1, 1, 1)
-    spread = torch.log((base.logvar_sigma * std) ** 2)
-    weight = 1 + base.object_weight * mask + s.edge_weight * outline_band(mask, s.edge_band)
-    return ((weight * err.abs()).mean() + err.pow(2).mean()
-            + base.stats_weight * (mean.pow(2).mean() + (var - 1).pow(2).mean())
-            + base.logvar_weight * (log_var - spread).pow(2).mean())
+    """train_vae's loss with the outline band weighted and ``s.noise_max`` decoder noise."""
+    terms = tv.losses(vae, video, mask, attrs.evolve(base, noise_max=s.noise_max), generator,
+                      extra_weight=s.edge_weight * outline_band(mask, s.edge_band))
+    return tv.total(terms, base)
 
 
 def sharpen(vae: tv.VideoVAE, seed: int = 100, s: Sharpening = Sharpening(), log_every: int = 100,

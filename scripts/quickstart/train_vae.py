@@ -126,8 +126,9 @@ def initialise(vae: VideoVAE) -> VideoVAE:
 
 
 def losses(vae: VideoVAE, video: Tensor, mask: Tensor, settings: VAETraining,
-           generator: torch.Generator) -> dict[str, Tensor]:
-    """The loss terms of one batch."""
+           generator: torch.Generator, extra_weight: Tensor | None = None) -> dict[str, Tensor]:
+    """The loss terms of one batch; ``extra_weight`` (broadcast to the video) adds to the L1 weight
+    of each pixel (``sharpen_vae``'s outline band)."""
     cfg = vae.config
     mu, log_var = vae.conv1(vae.encoder(video)).chunk(2, dim=1)  # raw (B, z, t, h, w) each
     z = normalize(mu, cfg.mean, cfg.std)
@@ -138,7 +139,10 @@ def losses(vae: VideoVAE, video: Tensor, mask: Tensor, settings: VAETraining,
     err = out - video
     std = torch.tensor(cfg.std).view(1, -1, 1, 1, 1)
     spread = torch.log((settings.logvar_sigma * std) ** 2)  # raw-space variance of that spread
-    return {"recon": ((1 + settings.object_weight * mask) * err.abs()).mean() + err.pow(2).mean(),
+    weight = 1 + settings.object_weight * mask
+    if extra_weight is not None:
+        weight = weight + extra_weight
+    return {"recon": (weight * err.abs()).mean() + err.pow(2).mean(),
             "stats": mean.pow(2).mean() + (var - 1).pow(2).mean(),
             "log_var": (log_var - spread).pow(2).mean()}
 
