@@ -103,6 +103,7 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
     from its file, where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
     compiles each block with torch.compile; ``kernel`` is a plugin's attention kernel, made
     usable under the name ``attention`` (wanflow's own kernels need none)."""
+    from wanflow.memory.dit_variants import load_variant, variant_of
     from wanflow.models.dit_loader import load_dit
 
     if kernel is not None:
@@ -120,8 +121,9 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         if tiers and compile_mode != "none":
             raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
                                   'policy is not supported yet; raise the budget, or set compile = "none"')
-        if _holds_reference_stream(weights):  # Video-As-Prompt: the Wan DiT and its reference stream
-            model = _vap_dit(weights, dtype, device, attention, storage, tiers)
+        variant = variant_of(weights)  # a DiT that is more than Wan's (dit_variants.VARIANTS)
+        if variant is not None:
+            model = load_variant(variant, weights, dtype, device, attention, storage, tiers)
         elif tiers:
             model = _placed_dit(weights, tiers, dtype, device, attention)
         else:
@@ -138,26 +140,6 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         return model.eval().requires_grad_(False)
 
     return _get(key, residency, lambda: _expected_bytes(weights, dtype), load)
-
-
-def _holds_reference_stream(weights: Sequence[Path]) -> bool:
-    """Whether safetensors shards are a Video-As-Prompt DiT's, from their headers alone."""
-    from wanflow.memory.sizes import read_headers
-    from wanflow.models.vap_loader import holds_reference_stream
-
-    shards = [w for w in weights if Path(w).suffix == ".safetensors"]
-    return bool(shards) and holds_reference_stream(read_headers(shards))
-
-
-def _vap_dit(weights: Sequence[Path], dtype: Any, device: str, attention: str, storage: str,
-             tiers: Sequence[str]) -> Any:
-    """A Video-As-Prompt DiT, loaded whole (its joined blocks hold both streams' weights)."""
-    from wanflow.models.vap_loader import load_vap_dit
-
-    if tiers or storage == "fp8":
-        raise ModelInputError("Video-As-Prompt: blocks streamed by the memory policy and [memory].fp8 are not "
-                              "supported yet; raise the memory budget, or set fp8 = false")
-    return load_vap_dit(list(weights), dtype=dtype, device=device, attention_kernel=attention)
 
 
 def compile_blocks(model: Any) -> Any:

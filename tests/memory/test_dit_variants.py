@@ -1,0 +1,62 @@
+"""The DiT variant table: a variant is told by its headers' tensor names, and what it cannot do
+(streamed blocks, fp8) is refused naming the setting, before anything loads."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wanflow.errors import ModelInputError
+from wanflow.memory.dit_variants import VARIANTS, DitVariant, load_variant, variant_of
+
+LOADED: list[tuple] = []
+
+
+def recognises_marker(names) -> bool:
+    return any(n.startswith("marker.") for n in names)
+
+
+def load_marker(weights, dtype, device, attention_kernel):
+    LOADED.append((tuple(weights), dtype, device, attention_kernel))
+    return "model"
+
+
+MARKER = DitVariant("Marker", __name__, "recognises_marker", "load_marker")
+
+
+def _shard(path, *names):
+    save_file({n: torch.zeros(1) for n in names}, str(path))
+    return path
+
+
+def test_the_first_variant_whose_headers_match_loads_and_a_plain_dit_is_none(tmp_path):
+    plain = _shard(tmp_path / "plain.safetensors", "blocks.0.self_attn.q.weight")
+    marked = _shard(tmp_path / "marked.safetensors", "marker.weight")
+    assert variant_of([plain], (MARKER,)) is None
+    assert variant_of([plain, marked], (MARKER,)) is MARKER  # any shard's names count
+    assert variant_of([tmp_path / "index.json"], (MARKER,)) is None  # no shard: nothing to read
+    LOADED.clear()
+    assert load_variant(MARKER, [marked], torch.float32, "cpu", "sdpa", "compute", ()) == "model"
+    assert LOADED == [((marked,), torch.float32, "cpu", "sdpa")]
+
+
+def test_video_as_prompt_shards_are_recognised_by_their_reference_stream(tmp_path):
+    vap = _shard(tmp_path / "vap.safetensors", "blocks.0.self_attn.q.weight", "mot.blocks.0.self_attn.q.weight")
+    plain = _shard(tmp_path / "plain.safetensors", "blocks.0.self_attn.q.weight")
+    assert variant_of([vap]).name == "Video-As-Prompt"
+    assert variant_of([plain]) is None
+    assert VARIANTS[0].name == "Video-As-Prompt"
+
+
+@pytest.mark.parametrize(("storage", "tiers", "setting"), [("compute", ("blocks",), "[memory].budget"),
+                                                         ("fp8", (), "[memory].fp8")])
+def test_what_a_variant_cannot_do_is_refused_before_loading(tmp_path, storage, tiers, setting):
+    LOADED.clear()
+    with pytest.raises(ModelInputError, match="Marker: .*" + re.escape(setting)):
+        load_variant(MARKER, [tmp_path / "x.safetensors"], torch.float32, "cpu", "sdpa", storage, tiers)
+    assert LOADED == []
+    streams = DitVariant("Marker", __name__, "recognises_marker", "load_marker", streams=True, fp8=True)
+    assert load_variant(streams, [tmp_path / "x.safetensors"], torch.float32, "cpu", "sdpa", storage, tiers) == "model"

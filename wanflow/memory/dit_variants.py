@@ -1,0 +1,69 @@
+"""The DiTs that are more than the Wan DiT, told apart by their files' headers, each with its loader.
+
+A family's DiT component is loaded through one pool entry point (``ModelPool.dit``); which model
+class its files hold is read off the safetensors headers (tensor names only, no data), never off
+a file name. Each row names the module that recognises and loads one variant: a new variant is
+one row here and one loader module, not a branch in the pool. A file no row recognises is a
+plain Wan DiT (``dit_loader.load_dit``), which may be placed in tiers and stored in fp8.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from wanflow.errors import ModelInputError
+
+
+@attrs.frozen
+class DitVariant:
+    """One DiT variant: how its headers look and how it loads.
+
+    ``recognises`` and ``load`` name functions of ``module``: ``recognises(names)`` takes the
+    tensor names of every shard, ``load(weights, dtype=, device=, attention_kernel=)`` returns the
+    model. Variants load whole: ``streams`` and ``fp8`` say whether the memory policy may stream
+    its blocks and whether ``[memory].fp8`` applies (neither, until the variant's blocks are
+    taught to)."""
+
+    name: str
+    module: str
+    recognises: str
+    load: str
+    streams: bool = False
+    fp8: bool = False
+
+    def function(self, attribute: str) -> Callable[..., Any]:
+        return getattr(importlib.import_module(self.module), attribute)
+
+
+#: In the order they are tried; the first that recognises the headers loads the file.
+VARIANTS: tuple[DitVariant, ...] = (
+    DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
+)
+
+
+def variant_of(weights: Sequence[Path], variants: Sequence[DitVariant] = VARIANTS) -> DitVariant | None:
+    """The variant whose DiT ``weights`` hold, from their safetensors headers; None for the Wan DiT."""
+    from wanflow.memory.sizes import read_headers
+
+    shards = [Path(w) for w in weights if Path(w).suffix == ".safetensors"]
+    if not shards:
+        return None
+    names: Mapping[str, Any] = read_headers(shards)
+    return next((v for v in variants if v.function(v.recognises)(names)), None)
+
+
+def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, device: str, attention: str,
+                 storage: str, tiers: Sequence[str]) -> Any:
+    """``variant``'s model, loaded whole; refused with the setting to change when the memory plan
+    streams its blocks or ``[memory].fp8`` is on and the variant cannot."""
+    if tiers and not variant.streams:
+        raise ModelInputError(f"{variant.name}: blocks streamed by the memory policy are not supported yet; "
+                              "raise [memory].budget (or set [memory].policy) so the DiT fits whole")
+    if storage == "fp8" and not variant.fp8:
+        raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
+    return variant.function(variant.load)(list(weights), dtype=dtype, device=device, attention_kernel=attention)
