@@ -127,8 +127,8 @@ def test_a_missing_second_reference_is_refused_naming_it(env, folder):
 
 @pytest.mark.parametrize("reference, shown", [
     ([], "[inputs.vace].reference = []: names no image"),
-    (["refs/a.png", 3], "[inputs.vace].reference[1] = 3: must be an image path"),
-    (7, "[inputs.vace].reference = 7: must be an image path or an array of them"),
+    (["refs/a.png", 3], "[inputs.vace].reference[1] = 3: must be a string, not an integer"),
+    (7, "[inputs.vace].reference = 7: must be a string or an array, not an integer; reference image(s)"),
 ])
 def test_a_reference_that_is_not_paths_is_refused(env, folder, reference, shown):
     with pytest.raises(RecipeError) as caught:

@@ -86,7 +86,7 @@ def test_a_plain_training_recipe_resolves(tmp_path):
                                     "min < max"),
     ("timestep_range = [0.5, 0.5]", "r.toml: [train].timestep_range = [0.5, 0.5]: must be [min, max] with "
                                     "min < max"),
-    ("timestep_range = [0.0, 1.5]", "r.toml: [train].timestep_range = 1.5: must be ≤ 1"),
+    ("timestep_range = [0.0, 1.5]", "r.toml: [train].timestep_range[1] = 1.5: must be ≤ 1"),
     ("steps = 100\nwarmup_steps = 100", "r.toml: [train].warmup_steps = 100: is not below [train].steps (100)"),
     ("steps = 100\nvalidate_every = 200", "r.toml: [train].validate_every = 200: is more than [train].steps (100)"),
     ("validate_every = 50", "r.toml: [train].validate_every = 50: has nothing to validate"),

@@ -15,9 +15,12 @@ KeyPath = tuple  # ("sampler", "cfg") or ("lora", 0, "path")
 
 
 def format_key(path: KeyPath) -> str:
-    """Render a key path the way it appears in a TOML file: ``[sampler].cfg``, ``[[lora]] #1 path``."""
+    """Render a key path the way it appears in a TOML file: ``[sampler].cfg``, ``[[lora]] #1 path``,
+    ``[inputs.vace].reference[1]`` (an array's item, counted from 0 as in the array)."""
     if not path:
         return "(top level)"
+    if len(path) > 2 and isinstance(path[-1], int) and not isinstance(path[1], int):
+        return f"{format_key(path[:-1])}[{path[-1]}]"  # one item of an array: [inputs.vace].reference[1]
     if len(path) == 1:
         return str(path[0])
     if isinstance(path[1], int):

@@ -115,9 +115,7 @@ def one_or_more_paths(value: Any) -> Any:
 class Vace:
     video: str | None = setting(None, why="control video for VACE (depth, pose, inpaint source…)")
     mask: str | None = setting(None, why="where VACE may change the control video")
-    # str | tuple[str, ...] | None: typed `Any` because structuring reads a union as its first member;
-    # validate.py refuses anything but a path or an array of paths.
-    reference: Any = attrs.field(default=None, converter=one_or_more_paths, metadata={
+    reference: str | tuple[str, ...] | None = attrs.field(default=None, converter=one_or_more_paths, metadata={
         "why": "reference image(s) for VACE subject consistency: a path, or an array of paths, each one "
                "more leading latent frame in the order given"})
     scale: float = setting(1.0, ge=0, why="strength of the VACE hints, as in the official code")

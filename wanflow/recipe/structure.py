@@ -69,8 +69,7 @@ def convert(tp: Any, value: Any, path: KeyPath, problems: Problems, field: attrs
     """Convert one value to the annotated type, or record a problem and return ``_BAD``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return convert(inner[0], value, path, problems, field)
+        return _union([a for a in args if a is not type(None)], value, path, problems, field)
     if origin is typing.Literal:
         return _literal(args, value, path, problems)
     if attrs.has(tp):
@@ -83,6 +82,46 @@ def convert(tp: Any, value: Any, path: KeyPath, problems: Problems, field: attrs
     if tp is Any:
         return value
     return _scalar(tp, value, path, problems, field)
+
+
+def _union(members: list, value: Any, path: KeyPath, problems: Problems, field: attrs.Attribute | None) -> Any:
+    """The first member the value converts to without a problem (``str | tuple[str, ...]`` takes a
+    path or an array of paths); when none does, the problems of the member of the value's own
+    shape (an array's wrong item), else one naming every member."""
+    if len(members) == 1:
+        return convert(members[0], value, path, problems, field)
+    for member in members:
+        trial = Problems(problems.default_file, problems.origins)
+        converted = convert(member, value, path, trial, field)
+        if not trial.items:
+            return converted
+    shaped = next((m for m in members if _same_shape(m, value)), None)
+    if shaped is not None:
+        return convert(shaped, value, path, problems, field)
+    why = f"; {field.metadata['why']}" if field is not None and "why" in field.metadata else ""
+    problems.add(path, value, f"must be {' or '.join(_expected(m) for m in members)}, not {_kind(value)}{why}")
+    return _BAD
+
+
+def _same_shape(tp: Any, value: Any) -> bool:
+    """Whether ``value`` is the kind of TOML value ``tp`` is read from (an array for a tuple...)."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return isinstance(value, list)
+    if attrs.has(tp) or origin in (Mapping, dict, typing.Mapping):
+        return isinstance(value, dict)
+    return origin is None and isinstance(tp, type) and isinstance(value, tp)
+
+
+def _expected(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "an array"
+    if attrs.has(tp) or origin in (Mapping, dict, typing.Mapping):
+        return "a table"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(format_value(c) for c in typing.get_args(tp))
+    return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _scalar(tp: type, value: Any, path: KeyPath, problems: Problems, field: attrs.Attribute | None) -> Any:
@@ -132,7 +171,7 @@ def _tuple(args: tuple, value: Any, path: KeyPath, problems: Problems, field: at
         problems.add(path, value, f"must be an array of {len(args)} values")
         return _BAD
     types_ = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-    items = [convert(t, v, path + ((i,) if attrs.has(t) else ()), problems, None if attrs.has(t) else field)
+    items = [convert(t, v, path + (i,), problems, None if attrs.has(t) else field)
              for i, (t, v) in enumerate(zip(types_, value))]
     return _BAD if any(i is _BAD or i is None for i in items) else tuple(items)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.causal_rules import check_causal
-from wanflow.recipe.problems import Problems, did_you_mean, format_value
+from wanflow.recipe.problems import Problems, did_you_mean
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
 from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
 
@@ -224,28 +224,10 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
 
 
 def _check_references(recipe: Recipe, problems: Problems) -> None:
-    """``[inputs.vace].reference`` is read as written: one image path or an array of them."""
-    refs, key = recipe.inputs.vace.reference if recipe.inputs.vace else None, ("inputs", "vace", "reference")
-    example = 'reference = "subject.png", or reference = ["subject.png", "style.png"] (in that order)'
-    if refs is None or isinstance(refs, str):
-        return
-    if refs == ():
-        problems.add(key, [], f"names no image; remove the key, or name one: {example}")
-    elif not isinstance(refs, tuple):
-        problems.add(key, refs, f"must be an image path or an array of them: {example}")
-    for i, item in enumerate(refs if isinstance(refs, tuple) else ()):
-        if not isinstance(item, str):
-            _add_file_problem(problems, (*key, i), item, f"must be an image path (a string): {example}")
-
-
-def _add_file_problem(problems: Problems, key: tuple, written: object, message: str) -> None:
-    """Like ``Problems.add``, naming one file of an array as ``[inputs.vace].reference[1]``."""
-    if not (len(key) > 2 and isinstance(key[-1], int) and key[0] == "inputs"):
-        problems.add(key, written, message)
-        return
-    table, name = ".".join(map(str, key[:-2])), key[-2]
-    problems.add_plain(f"{problems.file_of(key)}: [{table}].{name}[{key[-1]}] = {format_value(written)}: {message}")
-    problems.bad_paths.add(key)
+    """``[inputs.vace].reference`` names at least one image (the schema reads a path or an array)."""
+    if recipe.inputs.vace and recipe.inputs.vace.reference == ():
+        problems.add(("inputs", "vace", "reference"), [], "names no image; remove the key, or name one: "
+                     'reference = "subject.png", or reference = ["subject.png", "style.png"] (in that order)')
 
 
 def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> None:
@@ -254,10 +236,10 @@ def _check_files(paths: dict[tuple, tuple[str, Path]], problems: Problems) -> No
         folder_ok = key[0] == "models" or (key[0] == "train" and key[-1] in TRAIN_FOLDERS)
         if not path.exists():
             what = "file or folder" if folder_ok else "file"
-            _add_file_problem(problems, key, written, f"no such {what} ({path}); fix the path (a relative "
+            problems.add(key, written, f"no such {what} ({path}); fix the path (a relative "
                               "path starts at the folder of the recipe that names it)")
         elif path.is_dir() and not folder_ok:
-            _add_file_problem(problems, key, written, "is a folder; name a file")
+            problems.add(key, written, "is a folder; name a file")
         elif key == ("train", "base_path") and not path.is_dir():
             problems.add(key, written, "is a file; name the folder that the dataset's media paths are "
                          "relative to (or remove it: they resolve against the metadata file's folder)")
