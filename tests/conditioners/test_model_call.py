@@ -115,3 +115,24 @@ def test_a_new_kind_plugs_in_without_touching_denoise(control_dit, monkeypatch):
     inputs = {**texts(), "lead": {"y": rand(1, 32, 3, 2, 2)}}
     out = step.run(Ctx({**PARAMS, "sampler.cfg": 1.0}, inputs, weights("dit", control_dit)))["latents"]
     assert set(frames) == {3} and out.shape == (1, 16, 2, 2, 2)
+
+
+@pytest.mark.parametrize("extra", ["channels", "vace_context", "camera"])
+def test_conditioning_longer_than_the_latent_is_refused_not_cut(control_dit, extra):
+    """A window cuts framed conditioning to its frames, so one more frame than the latent has would
+    pass unseen; denoise refuses it before the first step."""
+    control, start = rand(1, 16, 2, 2, 2, seed=1), rand(1, 16, 2, 2, 2, seed=2)
+    call = ModelCall().with_channels(torch.cat([control, start], dim=1))
+    assert call.check_frames(2) is None
+    longer = {"channels": lambda c: ModelCall().with_channels(rand(1, 32, 3, 2, 2)),
+              "vace_context": lambda c: c.with_extras(vace_context=rand(1, 96, 3, 2, 2)),
+              "camera": lambda c: c.with_extras(camera=rand(1, 24, 3, 16, 16))}[extra](call)
+    with pytest.raises(RuntimeError, match=r"the latent has 2 frames but the conditioning holds \{'" +
+                       (extra if extra != "channels" else r"channels\[0\]") + "': 3}"):
+        longer.check_frames(2)
+    step = Denoise(experts=(("dit", 2),), z_dim=16, latent_stride=8, conditions=("control", "start_image"),
+                   solver=UNIPC)
+    if extra == "channels":  # through the step: the control latent one frame too long
+        inputs = {**texts(), "control": {"latents": rand(1, 16, 3, 2, 2)}, "start_image": {"latents": start}}
+        with pytest.raises(RuntimeError, match="planned for another clip length"):
+            step.run(Ctx({**PARAMS, "sampler.cfg": 1.0}, inputs, weights("dit", control_dit)))

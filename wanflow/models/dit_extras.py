@@ -46,6 +46,11 @@ class DitExtras:
             camera=None if self.camera is None else self.camera[:, :, window],
         )
 
+    def frame_counts(self) -> dict[str, int]:
+        """The latent frames each framed tensor holds (``frames`` cuts them), by field name."""
+        framed = (("vace_context", self.vace_context), ("camera", self.camera))
+        return {name: int(t.shape[2]) for name, t in framed if t is not None}
+
     def for_prompt(self, prompt: str) -> DitExtras:
         """These extras for the guidance pass of ``prompt`` ("pos", "neg", or "pair": [pos; neg]
         rows): the same for every pass, unless a model's extras pair an input with the prompt

@@ -68,6 +68,16 @@ class ModelCall:
         tokens = None if self.tokens is None else self.tokens.to(device)
         return attrs.evolve(self, channels=channels, tokens=tokens)
 
+    def check_frames(self, frames: int) -> None:
+        """Refuse conditioning that does not cover exactly the ``frames`` latent frames sampled:
+        a window cuts every framed tensor to its frames, so a longer one would be cut silently."""
+        counts = {f"channels[{i}]": int(c.shape[2]) for i, c in enumerate(self.channels)}
+        counts.update({} if self.extras is None else self.extras.frame_counts())
+        wrong = {name: n for name, n in counts.items() if n != frames}
+        if wrong:
+            raise RuntimeError(f"denoise: the latent has {frames} frames but the conditioning holds {wrong} "
+                               "latent frames: a conditioner was planned for another clip length")
+
     def y(self, window: slice, rows: int) -> Any:
         """The extra channels of the latent frames ``window``, for ``rows`` batch rows; None: none."""
         if not self.channels:

@@ -95,6 +95,7 @@ class Denoise:
         saved = dict(resumed[1]) if resumed else {}
         cache_state = {k.removeprefix(CACHE_PREFIX): saved.pop(k) for k in list(saved) if k.startswith(CACHE_PREFIX)}
         state = SolverState.from_tensors(saved) if resumed else self._start(p, schedule, inputs)
+        call.check_frames(state.x.shape[2])
         state = _moved(state, device)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
