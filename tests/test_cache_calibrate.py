@@ -200,9 +200,8 @@ SWEEP = {"tail": '[sweep]\n"sampler.seed" = [0, 1]\n'}
 @pytest.mark.parametrize(("written", "args", "message"), [
     (SKIPPING, (), ["calib.toml: [sampler.cache].method = 'first-block' skips steps",
                     "--set sampler.cache.method=none"]),
-    ({}, ("--set", "sampler.slg_blocks=[0]"), ["sliding windows or skip-layer guidance"]),
     ({}, ("--set", "sampler.sliding_window_size=1", "--set", "sampler.sliding_window_stride=1"),
-     ["sliding windows or skip-layer guidance"]),
+     ["[sampler].sliding_window_size: calibrate over the whole clip", "remove the sliding window settings"]),
     (SWEEP, (), ["calib.toml: [sweep] makes 2 jobs", "remove [sweep]"]),
     ({}, ("--runs", "0"), ["--runs 0: a calibration needs at least one run"]),
     ({}, ("--runs", "3", "--prompts", "PROMPTS"), ["--runs 3: only 2 distinct prompts", "--prompts"]),

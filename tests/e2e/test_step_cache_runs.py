@@ -58,3 +58,43 @@ def test_magcache_with_merged_guidance_passes_is_refused_naming_cfg_merge(tmp_pa
                     encoding="utf-8")
     with pytest.raises(RecipeError, match=r"\[sampler\].cfg_merge = true: .*set cfg_merge = false"):
         load_recipe(path)
+
+
+def _sampler_lines(path, lines: str):
+    """``lines`` added to [sampler], over 17 frames (5 latent frames: room for two windows)."""
+    text = path.read_text(encoding="utf-8").replace("steps = 6\n", "steps = 6\n" + lines)
+    path.write_text(text + "[video]\nframes = 17\n", encoding="utf-8")
+    return path
+
+
+def test_a_cache_runs_with_sliding_windows_each_window_a_branch_of_its_own(tmp_path, monkeypatch):
+    """Two windows of the tiny clip (5 latent frames: windows [0, 4) and [2, 5)): every window of
+    every pass keeps its own branch, and each computes exactly the steps the first-block rule lets
+    it (a threshold of 0 computes all; a huge one only the first step)."""
+    from wanflow.sampling.step_cache import StepCache
+
+    seen: list[StepCache] = []
+    init = StepCache.__init__
+    monkeypatch.setattr(StepCache, "__init__", lambda self, *a, **k: seen.append(self) or init(self, *a, **k))
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    windows = "sliding_window_size = 4\nsliding_window_stride = 2\ncfg = 3.0\n"
+    for threshold, computed_steps in ((0.0, tuple(range(6))), (1e9, (0,))):
+        seen.clear()
+        path = _sampler_lines(quick(tmp_path, {"method": '"first-block"', "threshold": threshold}), windows)
+        run(path, tmp_path / "runs")
+        (cache,) = seen
+        assert sorted(cache.branches) == ["cond@0:4", "cond@2:5", "uncond@0:4", "uncond@2:5"]
+        assert {b: cache.computed_steps(b) for b in cache.branches} == dict.fromkeys(cache.branches, computed_steps)
+
+
+def test_a_cache_that_never_skips_leaves_windows_and_skip_layer_guidance_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    lines = "sliding_window_size = 4\nsliding_window_stride = 2\ncfg = 3.0\nslg_blocks = [0]\nslg_scale = 2.0\n"
+    plain = run(_sampler_lines(quick(tmp_path), lines), tmp_path / "runs")
+    never = run(_sampler_lines(quick(tmp_path, {"method": '"first-block"', "threshold": 0.0}), lines),
+                tmp_path / "runs")
+    skipping = run(_sampler_lines(quick(tmp_path, {"method": '"first-block"', "threshold": 1e9}), lines),
+                   tmp_path / "runs")
+    assert never.results["denoise"].key != plain.results["denoise"].key  # the cache is keyed
+    assert never.results["denoise"].digest == plain.results["denoise"].digest  # computes every step: same numbers
+    assert skipping.results["denoise"].digest != plain.results["denoise"].digest

@@ -181,3 +181,11 @@ def test_guidance_settings_that_cannot_act_are_refused(tmp_path, sets, message):
 def test_sliding_windows_larger_than_the_clip_are_refused(tmp_path):
     found = problems(tmp_path, TINY, "sampler.sliding_window_size=9", "sampler.sliding_window_stride=4")
     assert len(found) == 1 and "sliding_window_size" in found[0]
+
+
+def test_a_window_is_measured_against_the_clip_s_latent_frames(tmp_path):
+    """81 video frames are 21 latent frames: a window of up to 21 fits, 22 does not."""
+    window = ("video.frames=81", "sampler.sliding_window_stride=4")
+    assert problems(tmp_path, TINY, *window, "sampler.sliding_window_size=21") == []
+    (found,) = problems(tmp_path, TINY, *window, "sampler.sliding_window_size=22")
+    assert "the clip has 21 latent frames ([video].frames = 81)" in found

@@ -191,9 +191,6 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
     c, key = recipe.sampler.cache, ("sampler", "cache")
     if c.method == "none":
         return
-    if recipe.sampler.slg_blocks or recipe.sampler.sliding_window_size is not None:
-        problems.add((*key, "method"), c.method, "a step cache cannot run with skip-layer guidance or "
-                     "sliding windows yet (each pass and window would need a cache of its own); drop one")
     refused = problems.is_bad((*key, "threshold")) or problems.is_bad((*key, "target_speedup"))
     if (c.threshold is None) == (c.target_speedup is None) and not refused:  # a refused value reads as None
         problems.add((*key, "threshold"), c.threshold, "give exactly one of threshold and target_speedup")

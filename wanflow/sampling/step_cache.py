@@ -20,7 +20,9 @@ reuse the residual of the block stack, EasyCache the output of the whole call:
 
 Each branch ("cond", "uncond", or one name for a batched pair) keeps its own accumulator and
 residual, as in the reference implementations (EasyCache's unconditional pass follows the
-conditional decision, as in its own). Thresholds of 0 never skip.
+conditional decision, as in its own). Under sliding windows each window of a pass is a branch
+of its own (``"cond@0:8"``: its tokens, so its residual) reading its pass's calibration; the
+skip-layer guidance pass is never cached. Thresholds of 0 never skip.
 """
 
 from __future__ import annotations
@@ -151,17 +153,24 @@ class MagCacheRule:
         if step == start or step < retained or self.threshold <= 0:
             state.ratio, state.err, state.skips = 1.0, 0.0, 0
             return True
-        if state.branch not in self.ratios:
+        ratios = self.ratios.get(guidance_branch(state.branch))
+        if ratios is None:
             raise ModelInputError(
                 f"magcache: no calibrated ratios for branch {state.branch!r} (have {sorted(self.ratios)})"
             )
-        state.ratio *= self.ratios[state.branch][step]
+        state.ratio *= ratios[step]
         state.err += abs(1.0 - state.ratio)
         state.skips += 1
         if state.err < self.threshold and state.skips <= self.max_skips:
             return False
         state.ratio, state.err, state.skips = 1.0, 0.0, 0
         return True
+
+
+def guidance_branch(branch: str) -> str:
+    """The guidance pass a branch belongs to: a sliding window's branch (``"cond@0:8"``) reads its
+    pass's calibration (``"cond"``)."""
+    return branch.split("@", 1)[0]
 
 
 Rule = TeaCacheRule | FirstBlockRule | MagCacheRule

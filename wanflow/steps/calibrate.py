@@ -138,10 +138,10 @@ def calibration_problems(resolved: Any) -> list[str]:
     if method != "none" and threshold != 0:
         problems.append(f"{where}: [sampler.cache].method = {method!r} skips steps, and a calibration "
                         "must compute every step: set method = \"none\" (or --set sampler.cache.method=none)")
-    if v["sampler.sliding_window_size"] is not None or v["sampler.slg_blocks"]:
-        problems.append(f"{where}: [sampler].sliding_window_size / slg_blocks: a step cache cannot run with "
-                        "sliding windows or skip-layer guidance, so there is nothing to calibrate for it; "
-                        "remove them")
+    if v["sampler.sliding_window_size"] is not None:
+        problems.append(f"{where}: [sampler].sliding_window_size: calibrate over the whole clip (each window "
+                        "would fit values of its own, and [sampler.cache] holds one set per guidance pass, "
+                        "which every window then reads); remove the sliding window settings")
     return problems
 
 

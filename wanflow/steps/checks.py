@@ -138,7 +138,7 @@ def _guidance_problems(values: Any, where: Where) -> list[str]:
                                       if values.get("sampler.cfg_high_noise") is not None else [])
     found = list(check_zero_star(bool(zero_star), int(zero_init or 0), values["sampler.steps"], cfgs))
     if size is not None or stride is not None:
-        found += check_windows(size, stride, (values["video.frames"] - 1) // 4 + 1)
+        found += check_windows(size, stride, values["video.frames"])  # video frames: it counts the latent ones
     if blocks:
         found += check_slg(tuple(blocks), values["sampler.slg_scale"], values["sampler.slg_start"],
                            values["sampler.slg_end"], values["sampler.slg_mode"], cfgs)

@@ -46,7 +46,10 @@ class BoundDit:
     def model_fn(self, text: str, cache: Any = None, branch: str = "cond",
                  skip_blocks: tuple[int, ...] = ()) -> Any:
         """(x, t[, frames]) -> velocity of the prompt ``text`` ("pos", "neg", or "pair": x holds
-        [cond; uncond] rows); ``frames``: the latent frames of a sliding window x holds."""
+        [cond; uncond] rows); ``frames``: the latent frames of a sliding window x holds.
+
+        With a step cache, each sliding window is a branch of its own (its tokens and residuals
+        are its own); the skip-layer pass (``skip_blocks``) always runs its whole stack."""
         dit, device, call = self.dit, self.device, self.call
 
         def velocity(x: Any, t: Any, frames: slice | None = None) -> Any:
@@ -59,7 +62,13 @@ class BoundDit:
                 return dit(x.to(device), tt, context, y=y, skip_blocks=skip_blocks, **more).float()
             from wanflow.models.dit_cache import cached_forward
 
-            return cached_forward(dit, x.to(device), tt, context, y=y, cache=cache, branch=branch,
-                                  **more).float()
+            return cached_forward(dit, x.to(device), tt, context, y=y, cache=cache,
+                                  branch=window_branch(branch, frames), **more).float()
 
         return velocity
+
+
+def window_branch(branch: str, frames: slice | None) -> str:
+    """The step cache's branch of a guidance pass over the latent frames ``frames`` of a sliding
+    window (``"cond@0:8"``); the pass's own name when it runs over the whole clip."""
+    return branch if frames is None else f"{branch}@{frames.start}:{frames.stop}"
