@@ -157,15 +157,20 @@ def test_a14b_calibrates_each_expert_on_its_own_steps(a14b_root, offline, monkey
 
     text = render(result, "e", load_recipe(path, sets=("sampler.steps=8",)).values)
     fragment = tomllib.loads(text)
-    pooled = np.polyfit(*np.array(high.calibration.pairs["e"] + low.calibration.pairs["e"]).T, 4)
-    np.testing.assert_allclose(fragment["calibrated"], pooled, rtol=1e-9)
+    assert fragment["calibrated"] == list(own_low) and fragment["calibrated_high_noise"] == list(own_high)
+    np.testing.assert_allclose(own_high, np.polyfit(*np.array(high.calibration.pairs["e"]).T, 4), rtol=1e-9)
     for branch in ("cond", "uncond"):
         want = [dict((high if s < high.stop else low).calibration.magcache_ratios())[branch][s] for s in range(steps)]
         assert fragment[f"ratios_{branch}"] == want
-    assert f"dit_high_noise (steps 0-{high.stop - 1}): [{', '.join(map(repr, own_high))}]" in text
+    assert f"calibrated_high_noise: dit_high_noise (steps 0-{high.stop - 1})" in text
     pasted = recipe(offline, "wan2.2-t2v-a14b", cache='method = "teacache"\nthreshold = 0.2\n' + text,
                     boundary=0.9)
-    assert load_recipe(pasted).recipe.sampler.cache.coefficients == "calibrated"  # Wan2.2 takes it
+    resolved = load_recipe(pasted)
+    assert resolved.recipe.sampler.cache.coefficients == "calibrated"  # Wan2.2 takes it
+    from wanflow.steps.denoise import cache_settings
+
+    assert cache_settings(resolved.values, "dit_high_noise").calibrated == own_high  # each expert its own
+    assert cache_settings(resolved.values, "dit_low_noise").calibrated == own_low
 
 
 def test_the_a14b_command_prints_both_experts(a14b_root, offline, monkeypatch, capsys):

@@ -98,3 +98,30 @@ def test_a_cache_that_never_skips_leaves_windows_and_skip_layer_guidance_as_they
     assert never.results["denoise"].key != plain.results["denoise"].key  # the cache is keyed
     assert never.results["denoise"].digest == plain.results["denoise"].digest  # computes every step: same numbers
     assert skipping.results["denoise"].digest != plain.results["denoise"].digest
+
+
+POLY = "[1.0, -2.0, 3.0, 0.5, 0.01]"
+
+
+def test_a_high_noise_polynomial_is_read_by_that_expert_and_refused_where_nothing_reads_it(env, tmp_path):
+    from wanflow.steps.denoise import cache_settings
+
+    both = {"method": "teacache", "threshold": 0.1, "coefficients": "calibrated", "calibrated": [0.5, 1.0]}
+    (tmp_path / "own").mkdir()
+    a14b = write_recipe(tmp_path / "own", "wan2.2-t2v-a14b",
+                        sampler={"cache": {**both, "calibrated_high_noise": [2.0, 3.0]}})
+    values = load_recipe(a14b).values
+    assert cache_settings(values, "dit_high_noise").calibrated == (2.0, 3.0)
+    assert cache_settings(values, "dit_low_noise").calibrated == (0.5, 1.0)
+    one = write_recipe(tmp_path, "wan2.2-t2v-a14b", sampler={"cache": both})
+    assert cache_settings(load_recipe(one).values, "dit_high_noise").calibrated == (0.5, 1.0)  # one serves both
+    assert static_keys(planned(a14b))["denoise"] != static_keys(planned(one))["denoise"]
+    for cache, message in (
+            ({**both, "coefficients": "auto", "calibrated": [], "calibrated_high_noise": [2.0]},
+             r'calibrated_high_noise = \[2.0\]: .* reads it only with coefficients = "calibrated"'),
+            ({"method": "easycache", "threshold": 0.1, "calibrated_high_noise": [2.0]}, "EasyCache needs no calibration")):
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(write_recipe(tmp_path, "wan2.2-t2v-a14b", sampler={"cache": cache}))
+    single = write_recipe(tmp_path, "wan2.1-t2v-1.3b", sampler={"cache": {**both, "calibrated_high_noise": [2.0]}})
+    with pytest.raises(RecipeError, match="wan2.1-t2v-1.3b has one DiT: remove it"):
+        load_recipe(single)

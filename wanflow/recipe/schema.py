@@ -49,6 +49,8 @@ class StepCache:
     mode: Literal["e", "e0"] = setting("e", why="TeaCache's signal: the time embedding (its default)")
     coefficients: str = setting("auto", why="TeaCache: the published set of the detected DiT, or 'calibrated'")
     calibrated: tuple[float, ...] = setting(factory=tuple, why="a calibration's polynomial, highest power first")
+    calibrated_high_noise: tuple[float, ...] = setting(
+        factory=tuple, why="A14B: the high-noise expert's own polynomial (empty: calibrated serves both)")
     ratios_cond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, conditional pass")
     ratios_uncond: tuple[float, ...] = setting(factory=tuple, why="MagCache: calibrated ratios, unconditional pass")
     max_skips: int = setting(2, ge=1, why="MagCache's K: consecutive skips at most")

@@ -179,6 +179,7 @@ _EASYCACHE_UNUSED = {
     "mode": "TeaCache's signal; EasyCache decides from the latent itself: remove it",
     "coefficients": "TeaCache's polynomial; EasyCache needs no coefficients: remove it",
     "calibrated": "TeaCache's polynomial; EasyCache needs no calibration: remove it",
+    "calibrated_high_noise": "TeaCache's polynomial; EasyCache needs no calibration: remove it",
     "ratios_cond": "MagCache's calibrated ratios; EasyCache needs no calibration: remove them",
     "ratios_uncond": "MagCache's calibrated ratios; EasyCache needs no calibration: remove them",
     "max_skips": "MagCache's K; EasyCache has no cap on consecutive skips (a lower threshold skips "
@@ -213,6 +214,11 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
             if getattr(c, name) != getattr(defaults, name):
                 value = getattr(c, name)
                 problems.add((*key, name), list(value) if isinstance(value, tuple) else value, fix)
+    if c.calibrated_high_noise and (c.coefficients != "calibrated" or len(family.experts) < 2):
+        why = ("has one DiT" if len(family.experts) < 2 else 'reads it only with coefficients = "calibrated"')
+        problems.add((*key, "calibrated_high_noise"), list(c.calibrated_high_noise),
+                     f"is the high-noise expert's polynomial, and {family.name} {why}: remove it"
+                     + ("" if len(family.experts) < 2 else ', or set coefficients = "calibrated"'))
     wan22 = any(comp.architecture.startswith("wan2.2") for name, comp in family.components.items()
                 if name.startswith("dit"))
     if c.method == "teacache" and wan22 and c.coefficients != "calibrated":

@@ -92,7 +92,7 @@ class CalibratingDenoise(Denoise):
         self.recorder.role = role
         return super()._segment(ctx, role, *rest)
 
-    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, call: Any,
+    def _cache(self, p: Mapping[str, Any], role: str, dit: Any, schedule: Any, state: Any, call: Any,
                span: tuple[int, int], resumed: Mapping[str, Any]) -> Any:
         return self.recorder.cache_for(schedule.timesteps, span)
 

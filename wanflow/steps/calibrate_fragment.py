@@ -4,10 +4,11 @@ TeaCache reads ``mode``, ``coefficients = "calibrated"`` and ``calibrated`` (its
 MagCache reads ``ratios_cond`` and ``ratios_uncond`` (one γ per schedule step). Both sets are
 written, so the user picks a method by its ``method`` and threshold alone.
 
-``[sampler.cache]`` holds one polynomial for every DiT of a recipe. For A14B the fragment's
-polynomial is therefore fitted over both experts' steps together, and each expert's own fit is
-written beside it as a comment. MagCache's ratios are per schedule step, and each step belongs to
-one expert, so they are exactly per expert: each step's value comes from the DiT that runs it.
+For A14B each expert gets its own polynomial, fitted on its own steps: ``calibrated`` is the
+low-noise expert's, ``calibrated_high_noise`` the high-noise expert's (the two DiTs' signals
+relate to their outputs differently; one fit over both would serve neither). MagCache's ratios are
+per schedule step, and each step belongs to one expert, so they are exactly per expert: each
+step's value comes from the DiT that runs it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,10 @@ BRANCHES = ("cond", "uncond")
 PER_LINE = 6
 
 
-def teacache_fit(experts: Sequence[ExpertCalibration], mode: str) -> tuple[float, ...]:
-    """The polynomial over every expert's (signal change, output change) pairs together."""
-    from wanflow.sampling.step_cache_calibration import Calibration
-
-    first = experts[0].calibration
-    if len(experts) == 1:
-        return first.teacache_coefficients(mode, DEGREE)
-    pooled = Calibration(first.timesteps)
-    pooled.pairs[mode] = [pair for e in experts for pair in e.calibration.pairs[mode]]
-    return pooled.teacache_coefficients(mode, DEGREE)
+def teacache_fits(experts: Sequence[ExpertCalibration], mode: str) -> dict[str, tuple[float, ...]]:
+    """The ``[sampler.cache]`` key of each expert's polynomial (fitted on its own steps) -> it."""
+    keys = {"dit": "calibrated", "dit_low_noise": "calibrated", "dit_high_noise": "calibrated_high_noise"}
+    return {keys[e.role]: e.calibration.teacache_coefficients(mode, DEGREE) for e in experts}
 
 
 def magcache_ratios(result: CalibrationResult) -> dict[str, list[float]]:
@@ -57,8 +52,8 @@ def fragment(result: CalibrationResult, mode: str, values: Mapping[str, Any]) ->
     lines = _header(result, values)
     lines += _per_expert_note(result, mode)
     ratios = magcache_ratios(result)
-    lines += [f"mode = {_string(mode)}", 'coefficients = "calibrated"',
-              f"calibrated = {_array(teacache_fit(result.experts, mode))}"]
+    lines += [f"mode = {_string(mode)}", 'coefficients = "calibrated"']
+    lines += [f"{key} = {_array(fit)}" for key, fit in sorted(teacache_fits(result.experts, mode).items())]
     for branch in BRANCHES:
         if branch in ratios:
             lines.append(f"ratios_{branch} = {_wrapped(ratios[branch])}")
@@ -86,11 +81,10 @@ def _header(result: CalibrationResult, v: Mapping[str, Any]) -> list[str]:
 def _per_expert_note(result: CalibrationResult, mode: str) -> list[str]:
     if len(result.experts) == 1:
         return []
-    lines = ["# [sampler.cache] takes one TeaCache polynomial for all experts, so `calibrated` is",
-             "# fitted over every expert's steps. Each expert's own fit, for reference:"]
+    lines = ["# Each expert has its own TeaCache polynomial, fitted on its own steps:"]
     for e in result.experts:
-        own = e.calibration.teacache_coefficients(mode, DEGREE)
-        lines.append(f"#   {e.role} (steps {e.start}-{e.stop - 1}): {_array(own)}")
+        key = "calibrated_high_noise" if e.role == "dit_high_noise" else "calibrated"
+        lines.append(f"#   {key}: {e.role} (steps {e.start}-{e.stop - 1})")
     lines.append("# ratios_cond and ratios_uncond are per step: each step's value is its own expert's.")
     return lines
 

@@ -185,7 +185,7 @@ class Denoise:
                              dict(self.tiers).get(role, ()), compile_mode=p["runtime.compile"],
                              kernel=None if self.attention is None else self.attention.load())
         texts, call = conditioning
-        cache = self._cache(p, dit, schedule, state, call, (begin, stop), resumed_cache)
+        cache = self._cache(p, role, dit, schedule, state, call, (begin, stop), resumed_cache)
         model_fn = self._guided(p, role, dit, texts, call, device, cache, schedule)
         step = self.solver.load().step
         while state.index < stop:
@@ -232,10 +232,10 @@ class Denoise:
                            if slg is not None and slg.prompt in texts else None, p))
         return guided_model(passes, guidance, schedule)
 
-    def _cache(self, p: Mapping[str, Any], dit: Any, schedule: Any, state: Any, call: Any,
+    def _cache(self, p: Mapping[str, Any], role: str, dit: Any, schedule: Any, state: Any, call: Any,
                span: tuple[int, int], resumed: Mapping[str, Any]) -> Any:
         """The step cache of this segment (``[sampler.cache]``), restored when resuming inside it."""
-        settings = cache_settings(p)
+        settings = cache_settings(p, role)
         if settings is None:
             return None
         from wanflow.models.dit_cache import time_signals
@@ -258,8 +258,9 @@ class Denoise:
         return cache
 
 
-def cache_settings(p: Mapping[str, Any]) -> Any:
-    """``[sampler.cache]`` as the sampling layer's settings, or None for ``method = "none"``."""
+def cache_settings(p: Mapping[str, Any], role: str = "dit") -> Any:
+    """``[sampler.cache]`` as the sampling layer's settings for the DiT ``role``, or None for
+    ``method = "none"``: A14B's high-noise expert reads ``calibrated_high_noise`` when given."""
     if p["sampler.cache.method"] == "none":
         return None
     from wanflow.sampling.step_cache_settings import StepCacheSettings
@@ -268,8 +269,14 @@ def cache_settings(p: Mapping[str, Any]) -> Any:
                    if p[f"sampler.cache.ratios_{branch}"])
     return StepCacheSettings(
         p["sampler.cache.method"], p["sampler.cache.threshold"], p["sampler.cache.target_speedup"],
-        p["sampler.cache.mode"], p["sampler.cache.coefficients"], tuple(p["sampler.cache.calibrated"]),
+        p["sampler.cache.mode"], p["sampler.cache.coefficients"], _polynomial(p, role),
         ratios, p["sampler.cache.max_skips"], p["sampler.cache.retention"]).check()
+
+
+def _polynomial(p: Mapping[str, Any], role: str) -> tuple[float, ...]:
+    """The calibrated TeaCache polynomial of the DiT ``role``."""
+    own = tuple(p.get("sampler.cache.calibrated_high_noise") or ())
+    return own if role == "dit_high_noise" and own else tuple(p["sampler.cache.calibrated"])
 
 
 def _windowed(fn: Any, p: Mapping[str, Any]) -> Any:
