@@ -4,7 +4,8 @@ The clip loop (docs/s2v.md) reads the steps, shift, solver, seed, noise device, 
 CFG-Zero* of ``[sampler]``; a setting it would not read is refused, naming the key, instead of
 changing the step's key and not the video. The motion tokens' coarsest patches need the latent
 size in multiples of 8 (the video in multiples of 64 pixels); the speech encoder takes 16 kHz
-audio only; the video carries the recording as an mp4 audio track. Training S2V is not built.
+audio only; the video carries the recording as an mp4 audio track. Training is refused by
+``train_rules`` (the training stage does not build the S2V conditioners from dataset columns).
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -35,10 +36,6 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """Refuse what the speech-to-video pipeline cannot honour; a no-op for other families."""
     if family.pipeline != PIPELINE:
         return
-    if recipe.train is not None:
-        problems.add(("train",), None, f"training {family.name} is not built yet (its audio, pose and motion "
-                     "inputs are not dataset columns of the training stage); remove [train] to generate, or "
-                     "train another family", show_value=False)
     for key in ("width", "height"):
         value = getattr(recipe.video, key)
         if value % SIZE_MULTIPLE and not problems.is_bad(("video", key)):
