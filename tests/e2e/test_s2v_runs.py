@@ -239,3 +239,24 @@ def test_the_pose_video_is_encoded_clip_by_clip_behind_a_copy_of_each_first_fram
         first = hand.clip(0, motion=None, pose=pose[:, :, :2])
         assert torch.allclose(ex.load("denoise")["latents"][:, :, :2], first, rtol=1e-5, atol=1e-6)
         assert (first - hand.clip(0, motion=None)).abs().max() > 1e-3  # the pose reaches the DiT
+
+
+def test_precomputed_buckets_stand_in_for_the_speech_encoder(s2v_env, media, tmp_path):
+    from safetensors.torch import save_file
+
+    latents = []
+    for _, ex in _executed(_recipe(tmp_path, media, sampler=SAMPLER)):
+        buckets = ex.load("encode-audio")["buckets"]  # (1, 25, 24, 16): two clips
+        latents.append(ex.load("denoise")["latents"])
+    embeds = tmp_path / "embeds.safetensors"
+    save_file({"audio_embeds": torch.cat([buckets, buckets[..., :3]], dim=-1)}, str(embeds))  # extra frames: unread
+    recipe = _recipe(tmp_path, media, inputs={"audio_embeds": embeds}, sampler=SAMPLER)
+    for resolved, ex in _executed(recipe):
+        assert "speech_encoder.0" not in ex.plan.get("encode-audio").spec.weights  # wav2vec2 never read
+        assert torch.equal(ex.load("encode-audio")["buckets"], buckets)
+        assert torch.equal(ex.load("denoise")["latents"], latents[0])
+    first = run(recipe, s2v_env)
+    save_file({"audio_embeds": torch.cat([buckets * 0.5, buckets[..., :3]], dim=-1)}, str(embeds))
+    again = run(recipe, s2v_env)
+    assert computed(again) == {"encode-audio", *AFTER}  # the file's content is in the key
+    assert again.lock["outputs"] != first.lock["outputs"]

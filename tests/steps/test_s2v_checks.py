@@ -31,6 +31,14 @@ def media(tmp_path_factory):
                                  ("pose", 16, (56, 40)), ("motion_short", 40, (64, 64))):
         out[name] = folder / f"{name}.mp4"
         save_mp4(rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8), out[name], 16, {}, quality=0)
+    from safetensors.numpy import save_file
+
+    out["embeds_layers"] = folder / "layers.safetensors"
+    save_file({"audio_embeds": np.zeros((1, 24, 8, 16), np.float32)}, str(out["embeds_layers"]))
+    out["embeds_short"] = folder / "short.safetensors"
+    save_file({"audio_embeds": np.zeros((1, 25, 8, 12), np.float32)}, str(out["embeds_short"]))
+    out["embeds_named"] = folder / "named.safetensors"
+    save_file({"buckets": np.zeros((1, 25, 8, 16), np.float32)}, str(out["embeds_named"]))
     return out
 
 
@@ -124,3 +132,14 @@ def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monke
                         video={"width": 64, "height": 64, "frames": 9})
     with pytest.raises(RecipeError, match="the audio is silent"):  # not the missing weights
         wanflow.run(path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("embeds, words", [
+    ("embeds_layers", '"audio_embeds" is [1, 24, 8, 16]; speech-to-video reads (1, 25, features, frames)'),
+    ("embeds_short", '"audio_embeds" holds 12 frames of buckets, fewer than the 16 of the 2 clips of 8 frames'),
+    ("embeds_named", "holds no tensor \"audio_embeds\" (it holds ['buckets'])"),
+    ("text", "not a safetensors file"),
+])
+def test_precomputed_buckets_that_do_not_fit_are_refused(tmp_path, media, embeds, words):
+    found = _problems(tmp_path, media, inputs={"audio_embeds": embeds})
+    assert len(found) == 1 and "[inputs].audio_embeds" in found[0] and words in found[0], found

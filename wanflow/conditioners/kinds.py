@@ -107,7 +107,7 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
          ("negative_vap_prompt",), frozenset({"extras"})),
     Kind("s2v-audio", "s2v_audio", "speech-to-video's speech: the recording decoded at the encoder's rate, "
          "wav2vec2's 25 hidden states, one bucket per video frame of every clip, for the audio injectors",
-         ("audio", "audio_sample_rate"), frozenset({"extras"})),
+         ("audio", "audio_sample_rate", "audio_embeds"), frozenset({"extras"})),
     Kind("s2v-reference", "s2v_reference", "the VAE latent of speech-to-video's reference image, its own "
          "tokens at RoPE frame 30", ("image",), frozenset({"extras"})),
     Kind("s2v-pose", "s2v_pose", "the VAE latents of speech-to-video's pose video, clip by clip, added to "

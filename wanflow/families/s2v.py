@@ -58,6 +58,6 @@ def family() -> FamilySpec:
     return FamilySpec(
         NAME, f"Wan2.2 S2V-14B: a reference image speaks a recording, the video as long as the audio ({REPO})",
         components(), DEFAULTS,
-        frozenset({"image", "audio", "audio_sample_rate", "s2v_pose_video", "motion_video"}),
+        frozenset({"image", "audio", "audio_sample_rate", "s2v_pose_video", "motion_video", "audio_embeds"}),
         frozenset({"image", "audio"}), sizes=SIZES, solvers=("unipc", "euler", "dpm++"), pipeline=PIPELINE,
         conditioners=CONDITIONERS)

@@ -22,6 +22,9 @@ MOTION_NODE = "encode-conditioning:s2v-motion"
 
 
 def _audio_node(job: Any, declared: Any) -> StepSpec:
+    if job.given("audio_embeds"):  # the buckets precomputed: no speech encoder read
+        files = {"audio": job.file("audio"), "audio_embeds": job.file("audio_embeds")}
+        return StepSpec(AUDIO_NODE, EncodeS2VAudio(precomputed=True), files=files)
     if "speech_encoder" not in job.weights:
         raise ValueError(f"family {job.family.name!r} declares s2v-audio but has no speech_encoder component")
     weights = dict(job.weights["speech_encoder"])

@@ -8,7 +8,9 @@ model loads, and the clip plan the recording asks for (read at planning, without
   would stand still after it ends), and of the reference image's aspect ratio (both are resized
   on the shorter side and centre-cropped, so another aspect would put the pose beside the face);
 - ``[inputs].motion_video``: readable, at least 73 frames at ``[video].fps`` (its last 73 are the
-  motion context).
+  motion context);
+- ``[inputs].audio_embeds``: a safetensors file whose ``audio_embeds`` is (1, 25, features, frames)
+  with at least the frames of the clips the recording needs (read from its header alone).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from wanflow.steps.input_probe import pixel_size
 
 Where = Callable[[str], str]
 MOTION_FRAMES = 73
+#: wav2vec2-large's hidden states that the S2V DiT mixes (the input of each of 24 layers, the last).
+SPEECH_STATES = 25
 #: Aspect ratios further apart than this (relative) put the pose elsewhere than the face.
 ASPECT_TOLERANCE = 0.01
 
@@ -75,6 +79,9 @@ def s2v_input_problems(resolved: Any, where: Where) -> list[str]:
     pose = v.get("inputs.s2v_pose_video")
     if pose is not None and Path(pose).is_file():
         found += _pose_problems(Path(pose), v, plan, where)
+    embeds = v.get("inputs.audio_embeds")
+    if embeds is not None and Path(embeds).is_file():
+        found += _embeds_problems(Path(embeds), plan, where)
     motion = v.get("inputs.motion_video")
     if motion is not None and Path(motion).is_file():
         count, error = frames_at(Path(motion), v["video.fps"], MOTION_FRAMES)
@@ -103,6 +110,34 @@ def _pose_problems(path: Path, v: Any, plan: Any, where: Where) -> list[str]:
                      "ratio: both are resized and centre-cropped to [video].width x height, so the pose would "
                      "not sit on the speaker; crop the pose video to the image's aspect ratio")
     return found
+
+
+def _embeds_problems(path: Path, plan: Any, where: Where) -> list[str]:
+    """A safetensors file holding (1, 25, features, frames) buckets, at least the clips' frames."""
+    from wanflow.errors import ModelLoadError
+    from wanflow.memory.sizes import read_header
+    from wanflow.steps.s2v_encode import EMBEDS_TENSOR
+
+    stated = f"{where('inputs.audio_embeds')}: {_label('audio_embeds', path)}"
+    try:
+        tensors = read_header(path)
+    except (ModelLoadError, OSError) as exc:
+        return [f"{stated}: not a safetensors file ({str(exc).split(': ', 1)[-1][:120]}); save the buckets "
+                f"with safetensors as \"{EMBEDS_TENSOR}\""]
+    info = tensors.get(EMBEDS_TENSOR)
+    if info is None:
+        return [f"{stated}: holds no tensor \"{EMBEDS_TENSOR}\" (it holds {sorted(tensors)[:4]}); save the "
+                f"buckets under that name"]
+    shape = info.shape
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != SPEECH_STATES:
+        return [f"{stated}: \"{EMBEDS_TENSOR}\" is {list(shape)}; speech-to-video reads (1, {SPEECH_STATES}, "
+                "features, frames): wav2vec2's 25 hidden states, one bucket per video frame"]
+    needed = plan.clips * plan.frames_per_clip if plan is not None else 0
+    if shape[3] < needed:
+        return [f"{stated}: \"{EMBEDS_TENSOR}\" holds {shape[3]} frames of buckets, fewer than the {needed} of "
+                f"the {plan.clips} clip{'s' * (plan.clips > 1)} of {plan.frames_per_clip} frames the recording "
+                "needs; compute them for the whole recording"]
+    return []
 
 
 def _short(where: Where, name: str, path: Path, count: int, error: str, needed: int, fps: int, why: str) -> list[str]:

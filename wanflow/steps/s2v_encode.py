@@ -28,6 +28,8 @@ from wanflow.steps.media import image_tensor
 #: The official clip loop's motion context: 73 pixel frames, 19 latents.
 MOTION_FRAMES = 73
 AUDIO_READS = ("video.fps", "video.frames", "inputs.audio_sample_rate")
+#: The tensor of an ``[inputs].audio_embeds`` file (DiffSynth's name for the buckets).
+EMBEDS_TENSOR = "audio_embeds"
 
 
 def frames_per_clip(params: Any) -> int:
@@ -38,8 +40,12 @@ def frames_per_clip(params: Any) -> int:
 @attrs.frozen
 class EncodeS2VAudio:
     """"buckets" (1, 25, 1024, clips·B): every clip's per-frame speech features; "samples" (1,):
-    the recording's length at the encoder's rate (the video is trimmed to it)."""
+    the recording's length at the encoder's rate (the video is trimmed to it).
 
+    ``precomputed``: the buckets are ``[inputs].audio_embeds``'s first clips·B frames instead of
+    wav2vec2's; the recording still sets the clips and the length, and is the video's sound."""
+
+    precomputed: bool = False
     kind: str = "encode-audio"
     version: int = 1
     output: str = "tensors"
@@ -56,13 +62,18 @@ class EncodeS2VAudio:
         p = ctx.params
         rate, fps, clip = int(p["inputs.audio_sample_rate"]), int(p["video.fps"]), frames_per_clip(p)
         audio = decode_audio(ctx.file("audio"), rate)
-        encoder = load_speech_encoder(ctx.weight("speech_encoder.0").parent)
-        with torch.no_grad():
-            states = speech_hidden_states(encoder, audio.samples, rate)  # (25, T50, 1024)
-        buckets = frame_buckets(to_bucket_rate(states), fps, clip)  # (1, 25, 1024, official clips·B)
         clips = covering_clips(len(audio.samples), rate, fps, clip).clips
-        missing = clips * clip - buckets.shape[-1]  # the covering clip: past the recording, silence
-        buckets = torch.nn.functional.pad(buckets, (0, missing))  # (1, 25, 1024, clips·B)
+        if self.precomputed:
+            from safetensors.torch import load_file
+
+            buckets = load_file(str(ctx.file("audio_embeds")))[EMBEDS_TENSOR][..., :clips * clip]
+        else:
+            encoder = load_speech_encoder(ctx.weight("speech_encoder.0").parent)
+            with torch.no_grad():
+                states = speech_hidden_states(encoder, audio.samples, rate)  # (25, T50, 1024)
+            buckets = frame_buckets(to_bucket_rate(states), fps, clip)  # (1, 25, 1024, official clips·B)
+            missing = clips * clip - buckets.shape[-1]  # the covering clip: past the recording, silence
+            buckets = torch.nn.functional.pad(buckets, (0, missing))  # (1, 25, 1024, clips·B)
         return {"buckets": buckets.float().contiguous(),
                 "samples": torch.tensor([len(audio.samples)], dtype=torch.int64)}
 
