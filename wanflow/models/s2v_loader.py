@@ -23,7 +23,12 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import s2v_config, signature
-from wanflow.models.checkpoint_files import Checkpoint, OpenedWeights, open_state_dict, open_weights
+from wanflow.models.checkpoint_files import (
+    Checkpoint,
+    OpenedWeights,
+    open_state_dict,
+    open_weights,
+)
 from wanflow.models.loading import build_on_meta, load_state_into, require_parts
 from wanflow.models.s2v import S2VDiT
 

@@ -32,7 +32,7 @@ def add_audio_track(video: str | os.PathLike, audio: str | os.PathLike) -> None:
            "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "0", "-c:v", "copy", "-c:a", "aac",
            "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", *BITEXACT, str(tmp)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, errors="replace", timeout=600)
         if done.returncode != 0:
             raise ModelInputError(f"{audio}: ffmpeg could not add it as the audio track of {video.name} "
                                   f"({done.stderr.strip()[-300:]}); use a wav, mp3, m4a or flac recording")

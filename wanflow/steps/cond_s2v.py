@@ -13,7 +13,12 @@ from typing import Any
 from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelInputError
 from wanflow.steps.cond_call import Implementation, ModelCall
-from wanflow.steps.s2v_encode import EncodeS2VAudio, EncodeS2VMotion, EncodeS2VPose, EncodeS2VReference
+from wanflow.steps.s2v_encode import (
+    EncodeS2VAudio,
+    EncodeS2VMotion,
+    EncodeS2VPose,
+    EncodeS2VReference,
+)
 
 AUDIO_NODE = "encode-audio"
 REFERENCE_NODE = "encode-conditioning:s2v-reference"

@@ -25,6 +25,8 @@ from wanflow.steps.save_audio import with_audio_track
 
 #: Nodes that read the decoded frames; in this pipeline the clip loop hands them over.
 FRAME_READERS = ("save", "save-frames")
+#: The conditioners' roles as the clip loop reads them.
+_ROLES = {"s2v_audio": "audio", "s2v_reference": "reference", "s2v_pose": "pose", "s2v_motion": "motion"}
 
 
 @attrs.frozen
@@ -60,8 +62,3 @@ def clip_loop_node(denoise: StepSpec, decode: StepSpec, motion_given: bool) -> S
                                 motion_given=motion_given)
     inputs = {_ROLES.get(role, role): node for role, node in denoise.inputs.items()}
     return attrs.evolve(denoise, step=step, inputs=inputs, weights={**denoise.weights, "vae": decode.weights["vae"]})
-
-
-#: The conditioners' roles as the clip loop reads them.
-_ROLES = {"s2v_audio": "audio", "s2v_reference": "reference", "s2v_pose": "pose", "s2v_motion": "motion"}
-

@@ -122,21 +122,21 @@ def _embeds_problems(path: Path, plan: Any, where: Where) -> list[str]:
     try:
         tensors = read_header(path)
     except (ModelLoadError, OSError) as exc:
-        return [f"{stated}: not a safetensors file ({str(exc).split(': ', 1)[-1][:120]}); save the buckets "
-                f"with safetensors as \"{EMBEDS_TENSOR}\""]
+        return [(f"{stated}: not a safetensors file ({str(exc).split(': ', 1)[-1][:120]}); save the buckets "
+                 f"with safetensors as \"{EMBEDS_TENSOR}\"")]
     info = tensors.get(EMBEDS_TENSOR)
     if info is None:
-        return [f"{stated}: holds no tensor \"{EMBEDS_TENSOR}\" (it holds {sorted(tensors)[:4]}); save the "
-                f"buckets under that name"]
+        return [(f"{stated}: holds no tensor \"{EMBEDS_TENSOR}\" (it holds {sorted(tensors)[:4]}); save the "
+                 "buckets under that name")]
     shape = info.shape
     if len(shape) != 4 or shape[0] != 1 or shape[1] != SPEECH_STATES:
-        return [f"{stated}: \"{EMBEDS_TENSOR}\" is {list(shape)}; speech-to-video reads (1, {SPEECH_STATES}, "
-                "features, frames): wav2vec2's 25 hidden states, one bucket per video frame"]
+        return [(f"{stated}: \"{EMBEDS_TENSOR}\" is {list(shape)}; speech-to-video reads (1, {SPEECH_STATES}, "
+                 "features, frames): wav2vec2's 25 hidden states, one bucket per video frame")]
     needed = plan.clips * plan.frames_per_clip if plan is not None else 0
     if shape[3] < needed:
-        return [f"{stated}: \"{EMBEDS_TENSOR}\" holds {shape[3]} frames of buckets, fewer than the {needed} of "
-                f"the {plan.clips} clip{'s' * (plan.clips > 1)} of {plan.frames_per_clip} frames the recording "
-                "needs; compute them for the whole recording"]
+        return [(f"{stated}: \"{EMBEDS_TENSOR}\" holds {shape[3]} frames of buckets, fewer than the {needed} of "
+                 f"the {plan.clips} clip{'s' * (plan.clips > 1)} of {plan.frames_per_clip} frames the recording "
+                 "needs; compute them for the whole recording")]
     return []
 
 
@@ -145,11 +145,11 @@ def _short(where: Where, name: str, path: Path, count: int, error: str, needed: 
     if error and count < needed:
         from wanflow.output.media import describe_file
 
-        return [f"{stated}: not a readable video ({error}); it looks like {describe_file(path)}; "
-                "use an mp4, mov, mkv or webm file"]
+        return [(f"{stated}: not a readable video ({error}); it looks like {describe_file(path)}; "
+                 "use an mp4, mov, mkv or webm file")]
     if count < needed:
-        return [f"{stated}: the video has {count} frames at {fps} fps, fewer than the {needed} needed ({why}); "
-                "use a longer video"]
+        return [(f"{stated}: the video has {count} frames at {fps} fps, fewer than the {needed} needed ({why}); "
+                 "use a longer video")]
     return []
 
 
@@ -175,10 +175,10 @@ def _frames_at(path: Path, fps: int, wanted: int, size: int, mtime_ns: int) -> t
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-nostats", "-i", str(path), "-map", "0:v:0",
            "-vf", f"fps={fps}", "-frames:v", str(wanted), "-f", "null", "-", "-progress", "pipe:1"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, errors="replace", timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 0, f"ffmpeg could not read it: {exc}"
-    counts = re.findall(r"^frame=(\d+)$", done.stdout, flags=re.M)
+    counts = re.findall(r"^frame=(\d+)$", done.stdout, flags=re.MULTILINE)
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
     complaint = (lines[0] if lines else "ffmpeg failed")[:200] if done.returncode else ""
     return (int(counts[-1]) if counts else 0), complaint

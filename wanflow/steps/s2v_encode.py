@@ -2,8 +2,9 @@
 motion context, each its own step so that a changed input re-runs only its encode (and what follows).
 
 - ``encode-audio``: the recording decoded at the speech encoder's rate, wav2vec2's 25 hidden
-  states, one bucket per video frame of every clip (``wanflow.audio``). Its key holds the audio
-  file's content, the speech encoder's files, the rate, the fps and the clip length. wav2vec2
+  states, one bucket per video frame of every clip (``wanflow.audio``), or the buckets of
+  ``[inputs].audio_embeds``. Its key holds the audio file's content, the speech encoder's files
+  (or the embeds file's content), the rate, the fps and the clip length. wav2vec2
   runs on the CPU in fp32 (the official code runs it in fp32 too), so the buckets are the same on
   every machine.
 - ``encode-conditioning:s2v-reference``: the reference image's VAE latent (1, 16, 1, h, w),
