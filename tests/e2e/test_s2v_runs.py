@@ -260,3 +260,25 @@ def test_precomputed_buckets_stand_in_for_the_speech_encoder(s2v_env, media, tmp
     again = run(recipe, s2v_env)
     assert computed(again) == {"encode-audio", *AFTER}  # the file's content is in the key
     assert again.lock["outputs"] != first.lock["outputs"]
+
+
+def test_a_killed_clip_loop_resumes_at_the_next_clip_bit_for_bit(s2v_env, media, tmp_path, monkeypatch):
+    from tests.steps._ctx import Ctx, Stop
+    from wanflow.steps import denoise_s2v
+
+    sampled = []
+    real = denoise_s2v._ClipLoop._sample
+    monkeypatch.setattr(denoise_s2v._ClipLoop, "_sample", lambda self, r, *a: sampled.append(r) or real(self, r, *a))
+    for resolved, ex in _executed(_recipe(tmp_path, media, sampler=SAMPLER)):
+        node = ex.plan.get("denoise").spec
+        inputs = {role: ex.load(name) for role, name in node.inputs.items()}
+        weights = {role: w.path for role, w in node.weights.items()}
+        whole = ex.load("denoise")
+        killed = Ctx(dict(resolved.values), inputs, weights, stop_after=1)
+        sampled.clear()
+        with pytest.raises(Stop):
+            node.step.run(killed)
+        assert sampled == [0] and killed.partial[0] == 1  # the first clip checkpointed
+        resumed = node.step.run(Ctx(dict(resolved.values), inputs, weights, partial=killed.partial))
+        assert sampled == [0, 1]  # only the second clip ran again
+        assert torch.equal(resumed["latents"], whole["latents"]) and torch.equal(resumed["frames"], whole["frames"])

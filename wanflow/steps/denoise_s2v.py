@@ -12,7 +12,8 @@ For clip r = 0, 1, … (as many as the recording needs, ``wanflow.audio.plan_cli
 4. roll the 73 frames of motion context (keep the last 73 of context + clip) and encode them again.
 
 The clips are joined and cut to the recording's length (the last clip runs on into the silence
-after it). This step decodes as it goes, so it reads the VAE as well as the DiT: the VAE's file
+after it). Each finished clip is checkpointed with the motion context it leaves, so a killed run
+resumes at the next clip, bit for bit. This step decodes as it goes, so it reads the VAE as well as the DiT: the VAE's file
 and tiling are part of its key, and it hands the save step frames ("frames") besides the sampled
 latents of every clip ("latents", (1, 16, clips·B/4, h, w)).
 """
@@ -79,7 +80,6 @@ class S2VDenoise:
     def _compute(self, ctx: Any) -> dict[str, Any]:
         import torch
 
-        from wanflow.output import to_uint8_frames
         from wanflow.sampling import make_schedule
 
         p = ctx.params
@@ -90,12 +90,11 @@ class S2VDenoise:
         bar = ctx.progress(clips * schedule.steps, desc="denoise", unit="step")
         loop = _ClipLoop(self._dit(ctx), self._vae(ctx), ctx, self, schedule, bar)
         with torch.no_grad():
-            latents, video = loop.run(clips, clip)
+            latents, frames = loop.run(clips, clip)
         bar.close()
         rate = int(p["inputs.audio_sample_rate"])
-        length = min(video.shape[2], math.ceil(int(audio["samples"][0]) * p["video.fps"] / rate))
-        return {"latents": latents.float().cpu().contiguous(),
-                "frames": torch.from_numpy(to_uint8_frames(video[0, :, :length]))}
+        length = min(frames.shape[0], math.ceil(int(audio["samples"][0]) * p["video.fps"] / rate))
+        return {"latents": latents.float().cpu().contiguous(), "frames": frames[:length].contiguous()}
 
     def _dit(self, ctx: Any) -> Any:
         p = ctx.params
@@ -135,6 +134,7 @@ class _ClipLoop:
 
         p = ctx.params
         self.dit, self.vae, self.step, self.schedule, self.bar, self.p = dit, vae, step, schedule, bar, p
+        self.ctx = ctx
         self.device, _ = component_runtime(p, step.dit_dtype)
         self.buckets = ctx.input("audio")["buckets"]
         self.ref = ctx.input("reference")["latent"]
@@ -147,17 +147,31 @@ class _ClipLoop:
                          for name, found in texts.items()}
 
     def run(self, clips: int, clip: int) -> tuple[Any, Any]:
-        """(every clip's latents joined, the joined video (1, 3, T, H, W) in [-1, 1])."""
+        """(every clip's latents joined, the joined frames (T, H, W, 3) uint8).
+
+        After each clip its results and the rolled motion context are checkpointed, so a killed
+        run resumes at the next clip and gives the same bits."""
         import torch
 
-        latents, videos = [], []
-        for r in range(clips):
+        from wanflow.output import to_uint8_frames
+
+        latents, frames, start = [], [], 0
+        resumed = self.ctx.load_partial()
+        if resumed is not None:
+            start, saved = resumed
+            latents, frames = [saved["latents"]], [saved["frames"]]
+            self.context_frames, self.motion = saved["context"], saved["motion"]
+            self.bar.update(start * self.schedule.steps)
+        for r in range(start, clips):
             first = r == 0 and not self.step.motion_given
             x = self._sample(r, clip, first)
-            videos.append(self._decoded(x, first, clip))
-            latents.append(x.cpu())
-            self._roll(videos[-1])
-        return torch.cat(latents, dim=2), torch.cat(videos, dim=2)
+            video = self._decoded(x, first, clip)
+            latents.append(x.float().cpu())
+            frames.append(torch.from_numpy(to_uint8_frames(video[0])))
+            self._roll(video)
+            self.ctx.save_partial(r + 1, {"latents": torch.cat(latents, dim=2), "frames": torch.cat(frames),
+                                          "context": self.context_frames, "motion": self.motion})
+        return torch.cat(latents, dim=2), torch.cat(frames)
 
     def _sample(self, r: int, clip: int, first: bool) -> Any:
         """Clip r's latents (1, 16, B/4, h, w) after every step of the solver."""
