@@ -13,14 +13,14 @@ from wanflow.recipe import ComponentSpec, FamilySpec, load_recipe
 OFFICIAL = {"wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p",
             "wan2.1-flf2v-14b-720p", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "wanflow-tiny"}
 #: The derivative models: VACE, Wan-Fun (V1.0, V1.1, Wan2.2 A14B), speed control, Krea Realtime,
-#: Video-As-Prompt.
+#: Video-As-Prompt, speech-to-video.
 DERIVATIVES = {"wan2.1-vace-1.3b-preview", "wan2.1-vace-1.3b", "wan2.1-vace-14b", "wan2.2-vace-fun-a14b",
                "wan2.1-fun-1.3b-inp", "wan2.1-fun-14b-inp", "wan2.1-fun-1.3b-control", "wan2.1-fun-14b-control",
                "wan2.1-fun-v1.1-1.3b-inp", "wan2.1-fun-v1.1-14b-inp", "wan2.1-fun-v1.1-1.3b-control",
                "wan2.1-fun-v1.1-14b-control", "wan2.1-fun-v1.1-1.3b-control-camera",
                "wan2.1-fun-v1.1-14b-control-camera", "wan2.2-fun-a14b-inp", "wan2.2-fun-a14b-control",
                "wan2.2-fun-a14b-control-camera", "wan2.1-1.3b-speedcontrol", "krea-realtime-video",
-               "video-as-prompt-wan2.1-14b"}
+               "video-as-prompt-wan2.1-14b", "wan2.2-s2v-14b"}
 
 
 def _family(name: str) -> FamilySpec:

@@ -105,6 +105,16 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
     Kind("vap-negative-prompt", "vap_negative", "the umT5 features of the negative reference caption, "
          "the reference stream's text context in guidance's unconditional pass (none at cfg = 1)",
          ("negative_vap_prompt",), frozenset({"extras"})),
+    Kind("s2v-audio", "s2v_audio", "speech-to-video's speech: the recording decoded at the encoder's rate, "
+         "wav2vec2's 25 hidden states, one bucket per video frame of every clip, for the audio injectors",
+         ("audio", "audio_sample_rate", "audio_embeds"), frozenset({"extras"})),
+    Kind("s2v-reference", "s2v_reference", "the VAE latent of speech-to-video's reference image, its own "
+         "tokens at RoPE frame 30", ("image",), frozenset({"extras"})),
+    Kind("s2v-pose", "s2v_pose", "the VAE latents of speech-to-video's pose video, clip by clip, added to "
+         "the video tokens through cond_encoder (none: zero latents)", ("s2v_pose_video",), frozenset({"extras"})),
+    Kind("s2v-motion", "s2v_motion", "the 73 frames before speech-to-video's first clip (zeros, or the last "
+         "73 of the motion video) and their latents, the motion context the clip loop rolls on",
+         ("motion_video",), frozenset({"extras"})),
 )}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,12 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import s2v_config, signature
-from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.checkpoint_files import (
+    Checkpoint,
+    OpenedWeights,
+    open_state_dict,
+    open_weights,
+)
 from wanflow.models.loading import build_on_meta, load_state_into, require_parts
 from wanflow.models.s2v import S2VDiT
 
@@ -38,9 +43,40 @@ def load_s2v_dit(
     dict. It computes in ``dtype`` except its fp32 islands (the DiT's and the audio encoder).
     A file that is not an S2V checkpoint raises ModelLoadError saying what it looks like instead."""
     opened = open_weights(weights)
+    fields = {} if opened.borrowed else _fields_beside(Path(os.fspath(weights)))
+    return _built(opened, fields, dtype, device, attention_kernel)
+
+
+def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> S2VDiT:
+    """``load_s2v_dit`` for the shard files themselves, as a family's component lists them (the
+    model pool's variant entry); the config.json beside the first shard gives the heads and blocks."""
+    if not weights:
+        raise ModelLoadError("load_s2v_shards: no checkpoint file given; pass the shards, their index or a folder.")
+    if len(weights) == 1:
+        return load_s2v_dit(weights[0], dtype, device, attention_kernel)
+    state: dict[str, Tensor] = {}
+    for path in weights:
+        part = open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    opened = OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
+    return _built(opened, _fields_beside(Path(os.fspath(weights[0]))), dtype, device, attention_kernel)
+
+
+def recognises(names: Mapping[str, object]) -> bool:
+    """Whether checkpoint keys (a header's will do) hold S2V's parts: the pool's variant test."""
+    _, unprefixed = signature.unprefixed(dict.fromkeys(names))
+    return s2v_config.is_s2v(unprefixed)
+
+
+def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, device: torch.device | str,
+           attention_kernel: str) -> S2VDiT:
+    """The model of an opened checkpoint, sized by its shapes and ``fields`` (the config.json's)."""
     _, state = signature.unprefixed(opened.state)  # ComfyUI's prefix off
     require_s2v(state, opened.source)
-    fields = {} if opened.borrowed else _fields_beside(Path(os.fspath(weights)))
     config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source, **fields)
     model = build_on_meta(lambda: S2VDiT(config, attention_kernel))
     load_state_into(model, state, source=opened.source, expected=f"Wan2.2 S2V DiT ({config.describe()})",

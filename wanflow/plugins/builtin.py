@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, krea, tiny, vace, vap, wan
+from wanflow.families import fun, krea, s2v, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,7 +17,8 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family(),
+            s2v.family()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -38,8 +39,9 @@ def wanflow_pipelines() -> dict[str, Any]:
     # light: step kinds import torch only when they run
     from wanflow.steps.pipeline import PIPELINES
     from wanflow.steps.pipeline_krea import KreaPipeline
+    from wanflow.steps.pipeline_s2v import S2VPipeline
 
-    return {**PIPELINES, krea.PIPELINE: KreaPipeline()}
+    return {**PIPELINES, krea.PIPELINE: KreaPipeline(), s2v.PIPELINE: S2VPipeline()}
 
 
 @hookimpl

@@ -148,6 +148,15 @@ class Inputs:
     negative_vap_prompt: str | None = setting(
         None, family=True, why="Video-As-Prompt: the reference caption of the unconditional pass (the "
         "family's: the authors' negative prompt)")
+    s2v_pose_video: str | None = setting(None, why="S2V: a pose video the speaker follows, read at [video].fps "
+                                         "(none: zero pose latents, as the release runs)")
+    motion_video: str | None = setting(None, why="S2V: 73 frames that come before the video, its first clip's "
+                                       "motion context (none: the release's 73 zero frames)")
+    audio_sample_rate: int | None = setting(None, family=True, why="S2V: the rate the speech encoder reads "
+                                            "(wav2vec2 takes 16000 Hz only; any file is resampled to it)")
+    audio_embeds: str | None = setting(None, why="S2V: precomputed speech features used instead of encoding "
+                                       "[inputs].audio: a safetensors file whose \"audio_embeds\" is (1, 25, 1024, "
+                                       "frames), one bucket per video frame, the clips joined")
 
 
 @attrs.frozen
@@ -289,6 +298,7 @@ class Recipe:
 #: Input fields whose values are file paths (checked for existence, digested by the engine).
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
-               "camera.pose_file", "vap_video")
+               "camera.pose_file", "vap_video", "s2v_pose_video", "motion_video",
+               "audio_embeds")
 #: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
 TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

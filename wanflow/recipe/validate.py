@@ -15,6 +15,7 @@ from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.causal_rules import check_causal
 from wanflow.recipe.problems import Problems, did_you_mean
+from wanflow.recipe.s2v_rules import check_s2v
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
 from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
 
@@ -38,6 +39,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_video(recipe, family, problems)
     _check_sampler(recipe, family, families, problems)
     check_causal(recipe, family, problems)
+    check_s2v(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
@@ -118,7 +120,7 @@ def _required_input_example(name: str) -> str:
 
 
 def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
-    named = FILE_INPUTS + ("camera", "vace", "motion_bucket") + TEXT_INPUTS
+    named = FILE_INPUTS + ("camera", "vace", "motion_bucket", "audio_sample_rate") + TEXT_INPUTS
     given = [name for name in (f.split(".")[0] for f in named) if getattr(recipe.inputs, name) is not None]
     for name in dict.fromkeys(given):
         if name not in family.accepted_inputs:

@@ -18,6 +18,7 @@ from wanflow.steps.cond_control import CONTROL_LATENTS
 from wanflow.steps.cond_image import FIRST_FRAME_LATENT, IMAGE_CHANNELS
 from wanflow.steps.cond_motion import MOTION_BUCKET
 from wanflow.steps.cond_reference import REFERENCE_LATENT
+from wanflow.steps.cond_s2v import S2V_AUDIO, S2V_MOTION, S2V_POSE, S2V_REFERENCE
 from wanflow.steps.cond_source import SOURCE_LATENT
 from wanflow.steps.cond_start import START_LATENT
 from wanflow.steps.cond_vace import VACE_CONTEXT
@@ -38,6 +39,10 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "vap-video": VAP_VIDEO,
     "vap-prompt": VAP_PROMPT,
     "vap-negative-prompt": VAP_NEGATIVE_PROMPT,
+    "s2v-audio": S2V_AUDIO,
+    "s2v-reference": S2V_REFERENCE,
+    "s2v-pose": S2V_POSE,
+    "s2v-motion": S2V_MOTION,
 }
 
 

@@ -1,0 +1,145 @@
+"""Speech-to-video's bad inputs and settings, refused at validation (before any model loads), each
+message naming the recipe file, the key and the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tomlkit
+
+import wanflow
+from tests.audio._sound import tone, write_wav
+from tests.e2e.conftest import write_images, write_recipe
+
+FAMILY = "wan2.2-s2v-14b"
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    from wanflow.output import save_mp4
+
+    folder = tmp_path_factory.mktemp("s2v-bad")
+    out = write_images(folder)  # 56x40
+    out["speech"] = write_wav(folder / "speech.wav", tone(200, 0.75, RATE), RATE)  # two clips of 8 frames
+    out["text"] = folder / "notes.wav"
+    out["text"].write_text("this is not audio\n")
+    out["empty"] = write_wav(folder / "empty.wav", np.zeros(0), RATE)
+    out["silent"] = write_wav(folder / "silent.wav", np.zeros(RATE), RATE)
+    rng = np.random.default_rng(0)
+    for name, frames, (w, h) in (("pose_short", 10, (56, 40)), ("pose_square", 16, (48, 48)),
+                                 ("pose", 16, (56, 40)), ("motion_short", 40, (64, 64))):
+        out[name] = folder / f"{name}.mp4"
+        save_mp4(rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8), out[name], 16, {}, quality=0)
+    from safetensors.numpy import save_file
+
+    out["embeds_layers"] = folder / "layers.safetensors"
+    save_file({"audio_embeds": np.zeros((1, 24, 8, 16), np.float32)}, str(out["embeds_layers"]))
+    out["embeds_short"] = folder / "short.safetensors"
+    save_file({"audio_embeds": np.zeros((1, 25, 8, 12), np.float32)}, str(out["embeds_short"]))
+    out["embeds_named"] = folder / "named.safetensors"
+    save_file({"buckets": np.zeros((1, 25, 8, 16), np.float32)}, str(out["embeds_named"]))
+    return out
+
+
+def _problems(tmp_path, media, inputs=None, audio="speech", edit=None, **tables):
+    files = {"image": media["first"], "audio": media[audio], **{k: media[v] for k, v in (inputs or {}).items()}}
+    tables = {"video": {"width": 64, "height": 64, "frames": 9}, **tables}
+    path = write_recipe(tmp_path, FAMILY, files, **tables)
+    if edit is not None:
+        doc = tomlkit.parse(path.read_text())
+        edit(doc)
+        path.write_text(tomlkit.dumps(doc))
+    return wanflow.validate(path)
+
+
+def test_a_good_recipe_has_no_problem(tmp_path, media):
+    assert _problems(tmp_path, media, inputs={"s2v_pose_video": "pose"}) == []
+
+
+@pytest.mark.parametrize("audio, words", [
+    ("text", r"\[inputs\]\.audio = \".*notes\.wav\": not a readable audio file .* it looks like text"),
+    ("empty", r"\[inputs\]\.audio = \".*empty\.wav\": the audio track is empty"),
+    ("silent", r"\[inputs\]\.audio = \".*silent\.wav\": the audio is silent"),
+])
+def test_audio_that_cannot_drive_the_video_is_refused_naming_the_key(tmp_path, media, audio, words):
+    found = _problems(tmp_path, media, audio=audio)
+    assert len(found) == 1 and found[0].startswith(str(tmp_path)), found
+    assert __import__("re").search(words, found[0]), found[0]
+
+
+def test_a_sample_rate_the_speech_encoder_cannot_take_is_refused(tmp_path, media):
+    def rate(doc):
+        doc["inputs"]["audio_sample_rate"] = 22050
+
+    found = _problems(tmp_path, media, edit=rate)
+    assert any("[inputs].audio_sample_rate = 22050" in p and "set it to 16000" in p for p in found), found
+
+
+def test_a_sample_rate_is_refused_by_a_family_without_speech(tmp_path, media):
+    path = write_recipe(tmp_path, "wan2.1-t2v-1.3b", video={"width": 64, "height": 64, "frames": 9})
+    doc = tomlkit.parse(path.read_text())
+    doc["inputs"] = {"audio_sample_rate": 16000}
+    path.write_text(tomlkit.dumps(doc))
+    found = wanflow.validate(path)
+    assert any("[inputs].audio_sample_rate = 16000: wan2.1-t2v-1.3b does not take this input" in p for p in found)
+
+
+@pytest.mark.parametrize("pose, words", [
+    ("pose_short", "the video has 10 frames at 16 fps, fewer than the 16 needed (the recording asks for 2 clips of 8"),
+    ("pose_square", "the pose video is 48x48 pixels and [inputs].image is 56x40, another aspect ratio"),
+])
+def test_a_pose_video_that_does_not_fit_the_clips_is_refused(tmp_path, media, pose, words):
+    found = _problems(tmp_path, media, inputs={"s2v_pose_video": pose})
+    assert len(found) == 1 and "[inputs].s2v_pose_video" in found[0] and words in found[0], found
+
+
+def test_a_motion_video_shorter_than_the_motion_context_is_refused(tmp_path, media):
+    found = _problems(tmp_path, media, inputs={"motion_video": "motion_short"})
+    assert len(found) == 1 and "[inputs].motion_video" in found[0], found
+    assert "the video has 40 frames at 16 fps, fewer than the 73 needed" in found[0]
+
+
+@pytest.mark.parametrize("tables, words", [
+    ({"video": {"width": 96, "height": 64, "frames": 9}}, "[video].width = 96: must be a multiple of 64"),
+    ({"sampler": {"cfg_merge": True}}, "[sampler].cfg_merge = true: the clip loop runs the prompt and negative"),
+    ({"sampler": {"slg_blocks": [1]}}, "[sampler].slg_blocks = [1]: skip-layer guidance is not built"),
+    ({"sampler": {"sliding_window_size": 2}}, "[sampler].sliding_window_size = 2: the clip loop already"),
+    ({"sampler": {"cache": {"method": "first-block", "threshold": 0.1}}}, "[sampler.cache].method"),
+    ({"memory": {"fp8": True}}, "[memory].fp8 = true: fp8 storage of the S2V DiT"),
+])
+def test_settings_the_clip_loop_would_not_read_are_refused(tmp_path, media, tables, words):
+    found = _problems(tmp_path, media, **tables)
+    assert any(words in p for p in found), found
+
+
+def test_training_s2v_is_refused_at_validation(tmp_path, media):
+    def train(doc):
+        doc["train"] = {"dataset": str(media["first"].parent), "steps": 1}
+
+    found = _problems(tmp_path, media, edit=train)
+    assert len(found) == 1, found
+    assert ('model = "wan2.2-s2v-14b": cannot be trained with [train] yet: its DiT reads s2v-audio, s2v-motion, '
+            "s2v-pose, s2v-reference, which the training stage does not build from dataset columns") in found[0]
+
+
+def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monkeypatch):
+    from wanflow.errors import RecipeError
+
+    monkeypatch.setenv("WANFLOW_OFFLINE", "1")
+    monkeypatch.setenv("WANFLOW_MODELS", str(tmp_path / "no-models"))
+    path = write_recipe(tmp_path, FAMILY, {"image": media["first"], "audio": media["silent"]},
+                        video={"width": 64, "height": 64, "frames": 9})
+    with pytest.raises(RecipeError, match="the audio is silent"):  # not the missing weights
+        wanflow.run(path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("embeds, words", [
+    ("embeds_layers", '"audio_embeds" is [1, 24, 8, 16]; speech-to-video reads (1, 25, features, frames)'),
+    ("embeds_short", '"audio_embeds" holds 12 frames of buckets, fewer than the 16 of the 2 clips of 8 frames'),
+    ("embeds_named", "holds no tensor \"audio_embeds\" (it holds ['buckets'])"),
+    ("text", "not a safetensors file"),
+])
+def test_precomputed_buckets_that_do_not_fit_are_refused(tmp_path, media, embeds, words):
+    found = _problems(tmp_path, media, inputs={"audio_embeds": embeds})
+    assert len(found) == 1 and "[inputs].audio_embeds" in found[0] and words in found[0], found

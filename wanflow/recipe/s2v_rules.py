@@ -1,0 +1,72 @@
+"""What a speech-to-video recipe (Wan2.2-S2V-14B) must be, checked before any file is read.
+
+The clip loop (docs/s2v.md) reads the steps, shift, solver, seed, noise device, guidance and
+CFG-Zero* of ``[sampler]``; a setting it would not read is refused, naming the key, instead of
+changing the step's key and not the video. The motion tokens' coarsest patches need the latent
+size in multiples of 8 (the video in multiples of 64 pixels); the speech encoder takes 16 kHz
+audio only; the video carries the recording as an mp4 audio track. Training is refused by
+``train_rules`` (the training stage does not build the S2V conditioners from dataset columns).
+The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
+"""
+
+from __future__ import annotations
+
+from wanflow.families.s2v import PIPELINE
+from wanflow.families.spec import FamilySpec
+from wanflow.recipe.problems import Problems
+from wanflow.recipe.schema import Recipe, Sampler
+
+#: The rate wav2vec2 was trained on; its feature extractor refuses any other.
+SPEECH_RATE = 16000
+#: Video sizes must be multiples of this: the motion tokens' (4, 8, 8) patches on the latent grid.
+SIZE_MULTIPLE = 64
+
+#: [sampler] keys the clip loop does not read, with why and the fix.
+_UNREAD = {
+    "cfg_merge": "the clip loop runs the prompt and negative passes apart (each with its own audio); remove it",
+    "slg_blocks": "skip-layer guidance is not built for the S2V DiT's audio-injected stack; remove it",
+    "sliding_window_size": "the clip loop already goes clip by clip; set the clip length with [video].frames",
+    "sliding_window_stride": "the clip loop already goes clip by clip; set the clip length with [video].frames",
+    "strength_schedule": "speech-to-video starts every clip from noise; remove it",
+    "cfg_high_noise": "an A14B setting; the S2V model is one DiT: use [sampler].cfg",
+}
+
+
+def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """Refuse what the speech-to-video pipeline cannot honour; a no-op for other families."""
+    if family.pipeline != PIPELINE:
+        return
+    for key in ("width", "height"):
+        value = getattr(recipe.video, key)
+        if value % SIZE_MULTIPLE and not problems.is_bad(("video", key)):
+            lo = max(SIZE_MULTIPLE, value - value % SIZE_MULTIPLE)
+            problems.add(("video", key), value, f"must be a multiple of {SIZE_MULTIPLE} for speech-to-video (its "
+                         f"motion tokens patch the latent grid by 8): use {lo} or {lo + SIZE_MULTIPLE}")
+    rate = recipe.inputs.audio_sample_rate
+    if rate is not None and rate != SPEECH_RATE:
+        problems.add(("inputs", "audio_sample_rate"), rate, f"the speech encoder (wav2vec2) takes {SPEECH_RATE} Hz "
+                     f"audio only, the rate it was trained on; set it to {SPEECH_RATE} (any file is resampled to it)")
+    _check_sampler(recipe, problems)
+    if recipe.output.format != "mp4":
+        problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
+                     "as its audio track, which only the mp4 saver writes; use \"mp4\"")
+    if recipe.memory.fp8:
+        problems.add(("memory", "fp8"), True, "fp8 storage of the S2V DiT's blocks is not built yet; set "
+                     "fp8 = false")
+    if recipe.runtime.compile != "none":
+        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not "
+                     "built yet; use \"none\"")
+
+
+def _check_sampler(recipe: Recipe, problems: Problems) -> None:
+    s, defaults = recipe.sampler, Sampler()
+    for key, fix in _UNREAD.items():
+        value = getattr(s, key)
+        if value != getattr(defaults, key) and not problems.is_bad(("sampler", key)):
+            problems.add(("sampler", key), list(value) if isinstance(value, tuple) else value, fix)
+    if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
+        problems.add(("sampler", "denoising_strength"), s.denoising_strength, "speech-to-video starts every "
+                     "clip from noise (there is no source video to keep); use 1.0")
+    if s.cache.method != "none":
+        problems.add(("sampler", "cache", "method"), s.cache.method, "a step cache is not calibrated for the S2V "
+                     "DiT and its clip loop; use \"none\"")
