@@ -105,6 +105,9 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
     Kind("vap-negative-prompt", "vap_negative", "the umT5 features of the negative reference caption, "
          "the reference stream's text context in guidance's unconditional pass (none at cfg = 1)",
          ("negative_vap_prompt",), frozenset({"extras"})),
+    Kind("longcat-frames", "longcat", "LongCat-Video's continuation: the VAE latents of the last "
+         "[inputs].longcat_cond_frames frames of [inputs].longcat_video, held clean as the clip's first "
+         "latent frames (t = 0, attending only to themselves)", ("longcat_video",), frozenset({"clamp"})),
 )}
 
 

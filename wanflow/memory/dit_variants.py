@@ -43,6 +43,7 @@ class DitVariant:
 #: In the order they are tried; the first that recognises the headers loads the file.
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
+    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "recognises", "load"),
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, krea, tiny, vace, vap, wan
+from wanflow.families import fun, krea, longcat, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,7 +17,8 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), longcat.family(),
+            tiny.family()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -30,7 +31,9 @@ def wanflow_samplers() -> list[SamplerEntry]:
             SamplerEntry("unipc", _builtin_solver("unipc"), "UniPC (Zhao et al. 2023), official"),
             SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)"),
             SamplerEntry(krea.CAUSAL_SOLVER, _lazy("wanflow.sampling.krea", "sample_blocks"),
-                         "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)")]
+                         "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)"),
+            SamplerEntry(longcat.SOLVER, _lazy("wanflow.sampling.longcat", "SOLVER"),
+                         "LongCat-Video's Euler over its own σ list and enhance_hf tail (longcat-video only)")]
 
 
 @hookimpl
@@ -38,8 +41,9 @@ def wanflow_pipelines() -> dict[str, Any]:
     # light: step kinds import torch only when they run
     from wanflow.steps.pipeline import PIPELINES
     from wanflow.steps.pipeline_krea import KreaPipeline
+    from wanflow.steps.pipeline_longcat import LongCatPipeline
 
-    return {**PIPELINES, krea.PIPELINE: KreaPipeline()}
+    return {**PIPELINES, krea.PIPELINE: KreaPipeline(), longcat.PIPELINE: LongCatPipeline()}
 
 
 @hookimpl

@@ -79,7 +79,7 @@ class Sampler:
         None, ge=1, why="latent frames between window starts (≤ the size, so windows overlap)")
     cfg_merge: bool = setting(False, why="DiffSynth's cfg_merge: prompt and negative in one batch-2 "
                               "forward (faster where memory allows; the same numbers to fp32 rounding)")
-    cfg_zero_star: bool = setting(False, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
+    cfg_zero_star: bool = setting(False, family=True, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
                                   "its optimal scale")
     cfg_zero_init_steps: int = setting(0, ge=0, why="CFG-Zero*: first steps with zero velocity "
                                        "(the authors use 1)")
@@ -148,6 +148,10 @@ class Inputs:
     negative_vap_prompt: str | None = setting(
         None, family=True, why="Video-As-Prompt: the reference caption of the unconditional pass (the "
         "family's: the authors' negative prompt)")
+    longcat_video: str | None = setting(None, why="LongCat-Video: the video to continue (its last "
+                                        "longcat_cond_frames frames condition the clip)")
+    longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
+                                       "held as the clip's first frames (4n+1; the authors' 13)")
 
 
 @attrs.frozen
@@ -289,6 +293,6 @@ class Recipe:
 #: Input fields whose values are file paths (checked for existence, digested by the engine).
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
-               "camera.pose_file", "vap_video")
+               "camera.pose_file", "vap_video", "longcat_video")
 #: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
 TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

@@ -16,6 +16,7 @@ from wanflow.steps.cond_camera import CAMERA_PLUCKER
 from wanflow.steps.cond_clip import CLIP_TOKENS_KIND
 from wanflow.steps.cond_control import CONTROL_LATENTS
 from wanflow.steps.cond_image import FIRST_FRAME_LATENT, IMAGE_CHANNELS
+from wanflow.steps.cond_longcat import LONGCAT_FRAMES
 from wanflow.steps.cond_motion import MOTION_BUCKET
 from wanflow.steps.cond_reference import REFERENCE_LATENT
 from wanflow.steps.cond_source import SOURCE_LATENT
@@ -38,6 +39,7 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "vap-video": VAP_VIDEO,
     "vap-prompt": VAP_PROMPT,
     "vap-negative-prompt": VAP_NEGATIVE_PROMPT,
+    "longcat-frames": LONGCAT_FRAMES,
 }
 
 
