@@ -32,6 +32,10 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if family.pipeline != PIPELINE:
         _check_borrowed(recipe, family, problems)
         return
+    if recipe.train is not None:
+        problems.add(("model",), family.name, "cannot be trained with [train] yet: the training stage trains Wan "
+                     "DiTs, and LongCat-Video's is its own (its keys, text handling and x0 − noise target); "
+                     "remove [train], or train a Wan family (wan2.1-t2v-1.3b, wan2.1-t2v-14b, …)")
     _check_frames(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver == SOLVER and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
