@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.e2e._layout import tiny, write_models_root
+from wanflow.models.loading import build_on_meta
 from wanflow.models.longcat import LongCatDiT
 from wanflow.models.longcat_config import LongCatConfig, swiglu_width
-from wanflow.models.loading import build_on_meta
 
 REPO = "meituan-longcat/LongCat-Video"
 ENCODERS = "wan2.1-t2v-14b"

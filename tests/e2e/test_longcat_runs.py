@@ -126,7 +126,7 @@ def _by_hand(dit, ex, schedule, cfg: float, zero_star: bool, frames: int, sign: 
     x = initial_noise((1, 16, (frames - 1) // 4 + 1, 2, 2), 0, noise_device="cpu")[:, :, k:]
     pos, neg = ex.load("encode-text:positive")["context"], ex.load("encode-text:negative")["context"]
     for i, t in enumerate(schedule.timesteps):
-        def velocity(context, t=t):
+        def velocity(context, t=t, x=x):
             with torch.no_grad():
                 out = dit(torch.cat([cond, x], dim=2), t.reshape(1), context, cond_frames=k)
             return sign * out[:, :, k:]
@@ -269,3 +269,13 @@ def test_the_conditioning_latents_are_the_vae_latents_of_the_videos_last_frames(
                            for clip in (every[:, 11 - COND:], every[:, :COND]))
         assert torch.allclose(found, last, atol=1e-6)
         assert (found - first).abs().max() > 1e-3
+
+
+def test_wanflow_plan_says_the_planner_cannot_size_it(longcat_env, tmp_path):
+    from wanflow.errors import ModelInputError
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    resolved = load_recipe(_recipe(tmp_path))
+    with pytest.raises(ModelInputError, match="the memory planner sizes Wan DiTs and cannot size longcat-video's"):
+        get_registry().pipeline(resolved.model).memory_plan(resolved)

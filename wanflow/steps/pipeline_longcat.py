@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import StepSpec
-from wanflow.errors import ModelLoadError
+from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import SCHEDULER_CONFIG, SOLVER
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
 from wanflow.steps.pipeline import WanPipeline
@@ -34,8 +34,9 @@ class LongCatPipeline(WanPipeline):
         return None
 
     def memory_plan(self, resolved: Any) -> Any:
-        """None: the memory planner does not size LongCat's DiT yet."""
-        return None
+        """Refused: the memory planner does not size LongCat's DiT yet (``wanflow plan`` says so)."""
+        raise ModelInputError(f"{resolved.path}: the memory planner sizes Wan DiTs and cannot size {resolved.family.name}'s "
+                              "yet; `wanflow run` loads its DiT whole on the run's device")
 
 
 def longcat_node(denoise: StepSpec, resolved: Any) -> StepSpec:
