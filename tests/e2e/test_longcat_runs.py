@@ -212,6 +212,8 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
     ("past", {"sampler": {"cfg_merge": True}}, r"\[sampler\]\.cfg_merge = true: LongCat's denoise step guides"),
     ("past", {"sampler": {"cache": {"method": "teacache"}}}, r"\[sampler\.cache\]\.method = \"teacache\": the step "
                                                                "caches are calibrated on Wan DiTs"),
+    (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": the memory planner does not size"),
+    (None, {"memory": {"limit_gb": 8.0}}, r"\[memory\]\.limit_gb = 8\.0: budgets the memory planner"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "
                                                     "continuation"),
 ])
@@ -279,3 +281,25 @@ def test_wanflow_plan_says_the_planner_cannot_size_it(longcat_env, tmp_path):
     resolved = load_recipe(_recipe(tmp_path))
     with pytest.raises(ModelInputError, match="the memory planner sizes Wan DiTs and cannot size longcat-video's"):
         get_registry().pipeline(resolved.model).memory_plan(resolved)
+
+
+def test_a_wan_dit_in_its_place_is_refused_before_anything_runs(longcat_env, longcat_root, tmp_path):
+    from wanflow.errors import ModelLoadError
+
+    wan = longcat_root / "Wan-AI" / "Wan2.1-T2V-14B"
+    recipe = _recipe(tmp_path, models={"dit": {"source": str(wan), "files": ["*.safetensors"]}})
+    with pytest.raises(ModelLoadError, match=r"needs a LongCat-Video DiT \(longcat-video\), but the file looks like "
+                                             r"a Wan T2V DiT"):
+        run(recipe, longcat_env)
+
+
+def test_the_authors_sampler_needs_the_releases_scheduler_config(longcat_env, longcat_root, tmp_path):
+    from wanflow.errors import ModelLoadError
+
+    files = ["dit/diffusion_pytorch_model*.safetensors", "dit/config.json"]
+    recipe = _recipe(tmp_path, models={"dit": {"source": str(longcat_root / REPO), "files": files}})
+    with pytest.raises(ModelLoadError, match=r"the authors' sampler reads the release's "
+                                             r"scheduler/scheduler_config\.json for its shift, and none is among"):
+        run(recipe, longcat_env)
+    diffsynth = run(recipe, longcat_env, 'sampler.solver="euler"', "sampler.shift=1.0")  # it never reads it
+    assert video_shape(diffsynth.archive / "outputs" / "video.mp4") == (9, 16, 16)

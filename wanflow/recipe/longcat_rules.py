@@ -55,11 +55,25 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiles Wan DiT blocks; LongCat's are "
                      'not compiled yet: use "none"')
-    if recipe.memory.fp8:
-        problems.add(("memory", "fp8"), True, "fp8 storage of LongCat's DiT is not built yet: use false")
+    _check_memory(recipe, problems)
     if recipe.lora:
         problems.add(("lora",), f"{len(recipe.lora)} LoRA(s)", "LoRAs on LongCat's DiT (the release's "
                      "cfg_step_lora among them) are not built yet: remove the [[lora]] tables")
+
+
+def _check_memory(recipe: Recipe, problems: Problems) -> None:
+    """The memory planner sizes Wan DiTs only: LongCat's DiT loads whole, so the settings that
+    place or budget it would not be read."""
+    m = recipe.memory
+    if m.fp8:
+        problems.add(("memory", "fp8"), True, "fp8 storage of LongCat's DiT is not built yet: use false")
+    if m.policy not in ("auto", "none"):
+        problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's DiT yet, which "
+                     'loads whole on the run\'s device: use "auto"')
+    for key in ("limit_gb", "host_limit_gb"):
+        if getattr(m, key) is not None:
+            problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
+                         "LongCat's DiT yet: remove it")
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:
