@@ -27,11 +27,11 @@ ENCODE = "encode-conditioning:longcat-frames"
 COND = 5  # conditioning frames of the tests' continuations: 2 latent frames
 
 
-def _write_video(path, frames: int, seed: int) -> None:
+def _write_video(path, frames: int, seed: int, fps: int = 8) -> None:
     from wanflow.output import save_mp4
 
     pixels = np.random.default_rng(seed).integers(0, 256, (frames, 24, 40, 3), dtype=np.uint8)
-    save_mp4(pixels, path, 8, {}, quality=0)
+    save_mp4(pixels, path, fps, {}, quality=0)
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +43,10 @@ def longcat_root(tmp_path_factory):
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("longcat-inputs")
     out = {}
-    for name, frames, seed in (("past", 11, 21), ("other", 9, 22), ("short", 3, 23)):
+    for name, frames, seed, fps in (("past", 11, 21, 8), ("other", 9, 22, 8), ("short", 3, 23, 8),
+                                    ("fast", 11, 24, 30), ("fast-short", 7, 25, 30)):
         out[name] = folder / f"{name}.mp4"
-        _write_video(out[name], frames, seed)
+        _write_video(out[name], frames, seed, fps)
     return out
 
 
@@ -212,6 +213,8 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
     ("past", {"sampler": {"cfg_merge": True}}, r"\[sampler\]\.cfg_merge = true: LongCat's denoise step guides"),
     ("past", {"sampler": {"cache": {"method": "teacache"}}}, r"\[sampler\.cache\]\.method = \"teacache\": the step "
                                                                "caches are calibrated on Wan DiTs"),
+    ("fast-short", {}, r"the video has 7 frames \(4 at \[video\]\.fps = 15: every 2 of its 30 fps\), fewer than "
+                       r"the 5 conditioning frames"),
     (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": the memory planner does not size"),
     (None, {"memory": {"limit_gb": 8.0}}, r"\[memory\]\.limit_gb = 8\.0: budgets the memory planner"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "
@@ -303,3 +306,25 @@ def test_the_authors_sampler_needs_the_releases_scheduler_config(longcat_env, lo
         run(recipe, longcat_env)
     diffsynth = run(recipe, longcat_env, 'sampler.solver="euler"', "sampler.shift=1.0")  # it never reads it
     assert video_shape(diffsynth.archive / "outputs" / "video.mp4") == (9, 16, 16)
+
+
+def test_a_faster_video_is_brought_to_the_clips_frame_rate_first(longcat_env, videos, tmp_path):
+    """30 fps to [video].fps = 15: every 2nd frame (0, 2, … 10), of which the last 5 condition the
+    clip, as the authors' demo strides its input; the rate is in the encode's key."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.output import load_video, to_model_video
+    from wanflow.steps.conditioning import tile_spec
+
+    recipe = _recipe(tmp_path, videos["fast"])
+    for resolved, ex in _executed(recipe):
+        found = ex.load(ENCODE)["latents"]
+        vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
+        every = torch.from_numpy(to_model_video(load_video(videos["fast"], 11, 16, 16)))  # (3, 11, H, W)
+        with torch.no_grad():
+            strided, last = (vae.encode(every[:, list(frames)][None], tile=tile_spec(resolved.values))
+                             for frames in (range(2, 11, 2), range(6, 11)))
+        assert torch.allclose(found, strided, atol=1e-6)
+        assert (found - last).abs().max() > 1e-3
+    first = run(recipe, longcat_env)
+    slower = run(recipe, longcat_env, "video.fps=30")  # every frame: another conditioning
+    assert computed(slower) == {ENCODE, *AFTER} and slower.lock["outputs"] != first.lock["outputs"]

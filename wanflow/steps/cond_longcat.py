@@ -1,11 +1,13 @@
 """longcat-frames: the conditioning frames of a LongCat-Video continuation, VAE-encoded once.
 
 The authors' ``generate_vc`` continues a video from its last ``num_cond_frames`` frames (13 in
-their demo; DiffSynth's example passes 17): those frames, resized and centre-cropped to the
-clip's size like every input video, are encoded by the Wan2.1 VAE (4n+1 frames -> n+1 latent
-frames) and written as the first latent frames of the clip, where they stay clean. The step's key
-holds the video's digest, the frame count, the size and the VAE's settings, never the clip's
-length or the sampler's: a longer clip or another guidance reuses the encode.
+their demo; DiffSynth's example passes 17), the video first brought to the output's frame rate
+by keeping every stride-th frame (``longcat_frames``): those frames, resized and centre-cropped
+to the clip's size like every input video, are encoded by the Wan2.1 VAE (4n+1 frames -> n+1
+latent frames) and written as the first latent frames of the clip, where they stay clean. The
+step's key holds the video's digest, the frame count, the frame rate, the size and the VAE's
+settings, never the clip's length or the sampler's: a longer clip or another guidance reuses
+the encode.
 
 The latents are the posterior mean (DiffSynth's encoding; the authors draw a posterior sample).
 """
@@ -22,15 +24,18 @@ from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.errors import ModelInputError
 from wanflow.steps.cond_call import Implementation, ModelCall, tensor
 from wanflow.steps.conditioning import VAE_READS, encode
+from wanflow.steps.longcat_frames import frame_stride, kept_indices, needed_frames, source_rate
 from wanflow.steps.text import RUNTIME_READS
 
 NODE = "encode-conditioning:longcat-frames"
-#: What the encode reads: the frames it keeps, their size, the VAE's tiling and the runtime.
-READS = ("inputs.longcat_cond_frames", "video.width", "video.height", *VAE_READS, *RUNTIME_READS)
+#: What the encode reads: the frames it keeps (how many, at which rate), their size, the VAE's
+#: tiling and the runtime.
+READS = ("inputs.longcat_cond_frames", "video.fps", "video.width", "video.height", *VAE_READS, *RUNTIME_READS)
 
 
-def last_frames(path: Path, frames: int, width: int, height: int) -> Any:
-    """(3, F, H, W) in [-1, 1]: the video's last ``frames`` frames, resized and centre-cropped."""
+def last_frames(path: Path, frames: int, fps: int, width: int, height: int) -> Any:
+    """(3, F, H, W) in [-1, 1]: the video's last ``frames`` frames at ``fps`` (every stride-th
+    frame, ``longcat_frames``), resized and centre-cropped."""
     import torch
 
     from wanflow.output import load_video, to_model_video
@@ -38,11 +43,13 @@ def last_frames(path: Path, frames: int, width: int, height: int) -> Any:
 
     st = path.stat()
     count, _ = video_frames(path, 10**7, st.st_size, st.st_mtime_ns)
-    if count < frames:
-        raise ModelInputError(f"{path}: [inputs].longcat_video has {count} frames, fewer than the {frames} of "
-                              "[inputs].longcat_cond_frames; use a longer video or fewer conditioning frames")
+    stride = frame_stride(source_rate(path), fps)
+    if count < needed_frames(frames, stride):
+        raise ModelInputError(f"{path}: [inputs].longcat_video has {count} frames, {len(range(0, count, stride))} "
+                              f"at [video].fps = {fps}, fewer than the {frames} of [inputs].longcat_cond_frames; "
+                              "use a longer video or fewer conditioning frames")
     every = load_video(path, count, width, height)  # (n, H, W, 3) uint8
-    return torch.from_numpy(to_model_video(every[count - frames:]))
+    return torch.from_numpy(to_model_video(every[kept_indices(count, stride, frames)]))
 
 
 @attrs.frozen
@@ -61,8 +68,8 @@ class EncodeLongCatVideo:
 
     def run(self, ctx: Any) -> dict[str, Any]:
         p = ctx.params
-        pixels = last_frames(ctx.file("longcat_video"), p["inputs.longcat_cond_frames"], p["video.width"],
-                             p["video.height"])
+        pixels = last_frames(ctx.file("longcat_video"), p["inputs.longcat_cond_frames"], p["video.fps"],
+                             p["video.width"], p["video.height"])
         return {"latents": encode(self, ctx, pixels).contiguous()}  # (1, z, k, h, w)
 
 
