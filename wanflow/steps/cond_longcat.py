@@ -24,7 +24,12 @@ from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.errors import ModelInputError
 from wanflow.steps.cond_call import Implementation, ModelCall, tensor
 from wanflow.steps.conditioning import VAE_READS, encode
-from wanflow.steps.longcat_frames import frame_stride, kept_indices, needed_frames, source_rate
+from wanflow.steps.longcat_frames import (
+    frame_stride,
+    kept_indices,
+    needed_frames,
+    source_rate,
+)
 from wanflow.steps.text import RUNTIME_READS
 
 NODE = "encode-conditioning:longcat-frames"
