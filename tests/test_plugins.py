@@ -21,6 +21,7 @@ DERIVATIVES = {"wan2.1-vace-1.3b-preview", "wan2.1-vace-1.3b", "wan2.1-vace-14b"
                "wan2.1-fun-v1.1-14b-control-camera", "wan2.2-fun-a14b-inp", "wan2.2-fun-a14b-control",
                "wan2.2-fun-a14b-control-camera", "wan2.1-1.3b-speedcontrol", "krea-realtime-video",
                "video-as-prompt-wan2.1-14b", "wan2.2-s2v-14b"}
+DERIVATIVES |= {"longcat-video"}
 
 
 def _family(name: str) -> FamilySpec:
@@ -31,7 +32,7 @@ def _family(name: str) -> FamilySpec:
 def test_builtins_register_through_the_hooks():
     registry = build_registry(entry_points=False)
     assert set(registry.family_names()) == OFFICIAL | DERIVATIVES
-    assert registry.solver_names() == ["dpm++", "euler", "krea-causal", "unipc"]
+    assert registry.solver_names() == ["dpm++", "euler", "krea-causal", "longcat", "unipc"]
     assert all(registry.owner("family", n) == "wanflow" for n in OFFICIAL | DERIVATIVES)
     assert registry.plugins()[0][0] == "wanflow"
 

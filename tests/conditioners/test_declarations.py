@@ -32,7 +32,7 @@ def test_the_base_families_declare_their_conditioners():
 
 
 def test_every_kind_is_implemented_once_with_a_role_of_its_own():
-    assert sorted(IMPLEMENTATIONS) == sorted(KINDS) and len(KINDS) == 17
+    assert sorted(IMPLEMENTATIONS) == sorted(KINDS) and len(KINDS) == 18
     roles = [k.role for k in KINDS.values()]
     assert len(set(roles)) == len(roles) and {"pos", "neg"}.isdisjoint(roles)
     assert all(kind_of_role(k.role) is k for k in KINDS.values())
@@ -80,7 +80,7 @@ def test_sampling_code_names_no_family_and_no_conditioning_mode():
     families = get_registry().family_names()
     modules = [STEPS / m for m in ("denoise.py", "pipeline.py", "dit_passes.py", "conditioning.py", "image.py")]
     modules += sorted(STEPS.glob("cond_*.py"))
-    assert len(modules) == 20
+    assert len(modules) == 21
     for module in modules:
         named = [s for s in string_literals(module) for f in families if f in s]
         assert not named, f"{module.name} names a family: {named}"

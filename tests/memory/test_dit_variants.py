@@ -60,3 +60,24 @@ def test_what_a_variant_cannot_do_is_refused_before_loading(tmp_path, storage, t
     assert LOADED == []
     streams = DitVariant("Marker", __name__, "recognises_marker", "load_marker", streams=True, fp8=True)
     assert load_variant(streams, [tmp_path / "x.safetensors"], torch.float32, "cpu", "sdpa", storage, tiers) == "model"
+
+
+def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkpoint(tmp_path):
+    from wanflow.models.longcat import LongCatDiT
+    from wanflow.models.longcat_config import MARKER_KEYS, LongCatConfig, swiglu_width
+
+    cfg = LongCatConfig(hidden_size=32, depth=2, num_heads=2, ffn_dim=swiglu_width(32), caption_channels=16,
+                        adaln_tembed_dim=8, frequency_embedding_size=8)
+    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i))
+             for i, (k, v) in enumerate(LongCatDiT(cfg).state_dict().items())}
+    keys = sorted(state)
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({k: state[k] for k in keys[::2]}, str(first))
+    save_file({k: state[k] for k in keys[1::2]}, str(second))
+    assert variant_of([first, second]).name == "LongCat-Video"  # markers spread over both shards
+    assert variant_of([_shard(tmp_path / "wan.safetensors", "blocks.0.self_attn.q.weight")]) is None
+    assert variant_of([_shard(tmp_path / "part.safetensors", *MARKER_KEYS[:-1])]) is None  # every marker, or none
+    model = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "compute", ())
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in keys)
+    with pytest.raises(ModelInputError, match=r"LongCat-Video: \[memory\]\.fp8"):
+        load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ())

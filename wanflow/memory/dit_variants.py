@@ -44,6 +44,7 @@ class DitVariant:
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
     DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "recognises", "load_s2v_shards"),
+    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "recognises", "load"),
 )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import longcat_config, signature
-from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.models.checkpoint_files import Checkpoint, open_state_dict, open_weights
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.longcat import LongCatDiT
 from wanflow.models.longcat_config import LongCatConfig
@@ -40,12 +40,18 @@ def load_longcat_dit(
     config = longcat_config_of(opened.state, opened.source)
     if not opened.borrowed:
         config = _with_config_beside(config, Path(os.fspath(weights)))
+    return _built(config, opened.state, opened.source, dtype, device, attention_kernel, opened.borrowed)
+
+
+def _built(config: LongCatConfig, state: Mapping[str, Tensor], source: str, dtype: torch.dtype,
+           device: torch.device | str, attention_kernel: str, borrowed: bool = False) -> LongCatDiT:
+    """The model built on the meta device and loaded strictly from ``state`` (fp32 islands kept)."""
     model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
     expected = f"LongCat-Video DiT ({config.describe()})"
-    load_state_into(model, opened.state, source=opened.source, expected=expected, device=device,
+    load_state_into(model, state, source=source, expected=expected, device=device,
                     dtype=lambda name: torch.float32 if longcat_config.keeps_fp32(name) else dtype,
-                    borrowed=opened.borrowed)
-    log.debug("longcat_dit_loaded", source=opened.source, hidden=config.hidden_size, depth=config.depth,
+                    borrowed=borrowed)
+    log.debug("longcat_dit_loaded", source=source, hidden=config.hidden_size, depth=config.depth,
               dtype=str(dtype), zero_pad=config.text_tokens_zero_pad)
     return model
 
@@ -76,3 +82,32 @@ def _with_config_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
     if not isinstance(doc, dict):
         raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
     return longcat_config.with_config_json(config, doc, str(config_file))
+
+
+# ----------------------------------------------------------------------------- the pool's row
+
+
+def recognises(names: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
+    """Whether checkpoint keys (a safetensors header's will do) are a LongCat-Video DiT's: the
+    DiT variant table (``wanflow.memory.dit_variants``) asks this of a family's DiT files."""
+    return all(key in names for key in longcat_config.MARKER_KEYS)
+
+
+def load(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
+         device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> LongCatDiT:
+    """The DiT from the shard files a family's component lists (the pool passes its tensor files),
+    read as one checkpoint; the config.json beside them applies as ``load_longcat_dit`` reads it."""
+    files = [Path(w) for w in weights]
+    if len(files) == 1:
+        return load_longcat_dit(files[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
+    if not files:
+        raise ModelLoadError("LongCat-Video DiT: no checkpoint file given; pass the shards, their index or dit/.")
+    state: dict[str, Tensor] = {}
+    for path in files:
+        part = open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    config = _with_config_beside(longcat_config_of(state, str(files[0].parent)), files[0])
+    return _built(config, state, ", ".join(str(f) for f in files), dtype, device, attention_kernel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, krea, s2v, tiny, vace, vap, wan
+from wanflow.families import fun, krea, longcat, s2v, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,8 +17,8 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family(),
-            s2v.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), s2v.family(),
+            longcat.family(), tiny.family()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -31,7 +31,9 @@ def wanflow_samplers() -> list[SamplerEntry]:
             SamplerEntry("unipc", _builtin_solver("unipc"), "UniPC (Zhao et al. 2023), official"),
             SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)"),
             SamplerEntry(krea.CAUSAL_SOLVER, _lazy("wanflow.sampling.krea", "sample_blocks"),
-                         "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)")]
+                         "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)"),
+            SamplerEntry(longcat.SOLVER, _lazy("wanflow.sampling.longcat", "SOLVER"),
+                         "LongCat-Video's Euler over its own σ list and enhance_hf tail (longcat-video only)")]
 
 
 @hookimpl
@@ -39,9 +41,11 @@ def wanflow_pipelines() -> dict[str, Any]:
     # light: step kinds import torch only when they run
     from wanflow.steps.pipeline import PIPELINES
     from wanflow.steps.pipeline_krea import KreaPipeline
+    from wanflow.steps.pipeline_longcat import LongCatPipeline
     from wanflow.steps.pipeline_s2v import S2VPipeline
 
-    return {**PIPELINES, krea.PIPELINE: KreaPipeline(), s2v.PIPELINE: S2VPipeline()}
+    return {**PIPELINES, krea.PIPELINE: KreaPipeline(), s2v.PIPELINE: S2VPipeline(),
+            longcat.PIPELINE: LongCatPipeline()}
 
 
 @hookimpl

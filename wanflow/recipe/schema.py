@@ -81,7 +81,7 @@ class Sampler:
         None, ge=1, why="latent frames between window starts (≤ the size, so windows overlap)")
     cfg_merge: bool = setting(False, why="DiffSynth's cfg_merge: prompt and negative in one batch-2 "
                               "forward (faster where memory allows; the same numbers to fp32 rounding)")
-    cfg_zero_star: bool = setting(False, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
+    cfg_zero_star: bool = setting(False, family=True, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
                                   "its optimal scale")
     cfg_zero_init_steps: int = setting(0, ge=0, why="CFG-Zero*: first steps with zero velocity "
                                        "(the authors use 1)")
@@ -157,6 +157,10 @@ class Inputs:
     audio_embeds: str | None = setting(None, why="S2V: precomputed speech features used instead of encoding "
                                        "[inputs].audio: a safetensors file whose \"audio_embeds\" is (1, 25, 1024, "
                                        "frames), one bucket per video frame, the clips joined")
+    longcat_video: str | None = setting(None, why="LongCat-Video: the video to continue (its last "
+                                        "longcat_cond_frames frames condition the clip)")
+    longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
+                                       "held as the clip's first frames (4n+1; the authors' 13)")
 
 
 @attrs.frozen
@@ -299,6 +303,6 @@ class Recipe:
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
                "camera.pose_file", "vap_video", "s2v_pose_video", "motion_video",
-               "audio_embeds")
+               "audio_embeds", "longcat_video")
 #: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
 TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

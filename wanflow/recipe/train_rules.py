@@ -67,6 +67,8 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
     or whose sampler is a causal distilled one, is refused: its samples would reach the DiT
     without those inputs, or train another model than the one it is. Validation videos of a
     derivative family are refused too: they would be sampled without its conditioning."""
+    if problems.is_bad(("model",)):
+        return  # the family is refused already (one that the training stage cannot train at all)
     causal = [c.architecture for c in family.components.values()
               if c.kind == "dit" and c.architecture.startswith(CAUSAL_ARCHITECTURES)]
     if causal and recipe.sampler.solver == CAUSAL_SOLVER:

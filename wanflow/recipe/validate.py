@@ -14,6 +14,7 @@ from pathlib import Path
 from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.causal_rules import check_causal
+from wanflow.recipe.longcat_rules import check_longcat
 from wanflow.recipe.problems import Problems, did_you_mean
 from wanflow.recipe.s2v_rules import check_s2v
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
@@ -40,6 +41,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_sampler(recipe, family, families, problems)
     check_causal(recipe, family, problems)
     check_s2v(recipe, family, problems)
+    check_longcat(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)

@@ -27,8 +27,15 @@ import numpy as np
 import torch
 
 from wanflow.errors import ModelInputError
+from wanflow.sampling.euler import euler_step
 from wanflow.sampling.guidance import Guidance
-from wanflow.sampling.schedules import NUM_TRAIN_TIMESTEPS, Schedule, check_steps_and_shift, euler_schedule
+from wanflow.sampling.registry import Solver
+from wanflow.sampling.schedules import (
+    NUM_TRAIN_TIMESTEPS,
+    Schedule,
+    check_steps_and_shift,
+    euler_schedule,
+)
 from wanflow.sampling.state import ModelFn
 
 #: The last σ of LongCat's list (its first is 1).
@@ -108,6 +115,19 @@ def scheduler_shift(doc: Mapping[str, object], source: str) -> float:
     if doc.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS) != NUM_TRAIN_TIMESTEPS:
         raise ModelInputError(f"{source}: num_train_timesteps = {doc['num_train_timesteps']!r}; LongCat uses 1000.")
     return float(shift)
+
+
+def authors_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The registered solver's grid: ``longcat_schedule`` with the ``enhance_hf`` tail (the
+    authors' video-continuation default); the sampler always starts from noise."""
+    if strength != 1.0:
+        raise ModelInputError(f"denoising_strength = {strength}: LongCat's sampler starts from noise; use 1.0")
+    return longcat_schedule(steps, shift)
+
+
+#: The authors' sampler as a solver (``[sampler].solver = "longcat"``): Euler over LongCat's σ list
+#: and tail. Its guidance (CFG-Zero* at 4) is the recipe's ``cfg`` and ``cfg_zero_star``.
+SOLVER = Solver("longcat", euler_step, authors_grid)
 
 
 # ----------------------------------------------------------------------------- presets

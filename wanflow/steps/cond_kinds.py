@@ -16,6 +16,7 @@ from wanflow.steps.cond_camera import CAMERA_PLUCKER
 from wanflow.steps.cond_clip import CLIP_TOKENS_KIND
 from wanflow.steps.cond_control import CONTROL_LATENTS
 from wanflow.steps.cond_image import FIRST_FRAME_LATENT, IMAGE_CHANNELS
+from wanflow.steps.cond_longcat import LONGCAT_FRAMES
 from wanflow.steps.cond_motion import MOTION_BUCKET
 from wanflow.steps.cond_reference import REFERENCE_LATENT
 from wanflow.steps.cond_s2v import S2V_AUDIO, S2V_MOTION, S2V_POSE, S2V_REFERENCE
@@ -43,6 +44,7 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "s2v-reference": S2V_REFERENCE,
     "s2v-pose": S2V_POSE,
     "s2v-motion": S2V_MOTION,
+    "longcat-frames": LONGCAT_FRAMES,
 }
 
 

@@ -43,6 +43,8 @@ def input_problems(resolved: Any, where: Where) -> list[str]:
     if values.get("inputs.vap_video") is not None:
         found += _video_problems("inputs.vap_video", Path(values["inputs.vap_video"]), frames, where,
                                  "the reference stream reads that many frames, picked evenly across it")
+    if values.get("inputs.longcat_video") is not None:
+        found += _longcat_problems(values, where)
     if values.get("inputs.mask") is not None:
         found += _mask_problems(values, where)
     if values.get("inputs.camera.pose_file") is not None:
@@ -115,6 +117,37 @@ def _video_problems(key: str, path: Path, frames: int, where: Where, why: str) -
         return [f"{where(key)}: {_label(key, path)}: the video has {count} frames, fewer than the "
                 f"{frames} of [video].frames ({why}); use a longer video or {fix}"]
     return []
+
+
+def _longcat_problems(values: Any, where: Where) -> list[str]:
+    """LongCat's video to continue: readable, with at least its conditioning frames once brought
+    to [video].fps (every stride-th frame, as the authors do)."""
+    from wanflow.steps.longcat_frames import frame_stride, needed_frames, source_rate
+
+    key, path, frames = "inputs.longcat_video", Path(values["inputs.longcat_video"]), values["inputs.longcat_cond_frames"]
+    if not path.is_file():
+        return []
+    count, error = video_frames(path, frames, *_stamp(path))
+    if error and count < frames:
+        from wanflow.output.media import describe_file
+
+        return [f"{where(key)}: {_label(key, path)}: not a readable video ({error}); it looks like "
+                f"{describe_file(path)}; use an mp4, mov, mkv or webm file"]
+    try:
+        rate = source_rate(path)
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as exc:
+        return [f"{where(key)}: {_label(key, path)}: its frame rate cannot be read ({exc}); re-encode it as an mp4"]
+    stride = frame_stride(rate, values["video.fps"])
+    count, _ = video_frames(path, needed_frames(frames, stride), *_stamp(path))
+    if count >= needed_frames(frames, stride):
+        return []
+    kept = len(range(0, count, stride))
+    usable = (kept - 1) // 4 * 4 + 1 if kept else 0
+    at = f" ({kept} at [video].fps = {values['video.fps']}: every {stride} of its {rate:g} fps)" if stride > 1 else ""
+    fix = f" or set [inputs].longcat_cond_frames = {usable} (the largest 4n+1 ≤ {kept})" if usable else ""
+    return [f"{where(key)}: {_label(key, path)}: the video has {count} frames{at}, fewer than the {frames} "
+            f"conditioning frames of [inputs].longcat_cond_frames (its last {frames} frames condition the "
+            f"clip); use a longer video{fix}"]
 
 
 def _source_problems(name: str, override: Any, family: Any, where: Where) -> list[str]:

@@ -298,7 +298,7 @@ class WanPipeline:
         if problems:
             raise RecipeError(problems)
         job = _Job(resolved, resolve_weights(resolved, self.fetch), self.catalog)
-        plan = job_memory_plan(job)
+        plan = self.job_plan(job)
         job = attrs.evolve(job, residency=_residency(job, plan), memory=plan)
         _report_loras(job)
         if resolved.recipe.train is not None:
@@ -308,6 +308,11 @@ class WanPipeline:
         texts, conditioning = _text_nodes(job), _conditioning_nodes(job)
         return [*texts, *(s for _, s in conditioning), _denoise_node(job, texts, conditioning),
                 *_output_nodes(job)]
+
+    def job_plan(self, job: _Job) -> Any:
+        """The memory plan the steps are placed by (a pipeline whose DiT the planner cannot size
+        plans without one)."""
+        return job_memory_plan(job)
 
     def memory_plan(self, resolved: Any) -> Any:
         """The memory plan of a job (``wanflow plan``); None when weights are missing here."""

@@ -1,0 +1,58 @@
+"""LongCat-Video's denoise step on its own: a killed run resumes bit for bit, the conditioning
+frames come back unchanged, and without them the clip is text-to-video."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e._layout_longcat import write_longcat_repo
+from tests.steps._ctx import Ctx, Stop
+from wanflow.plugins.hookspecs import SamplerEntry
+from wanflow.sampling.longcat import SOLVER
+from wanflow.steps import denoise_longcat
+from wanflow.steps.denoise_longcat import LongCatDenoise
+
+PARAMS = {"sampler.solver": "longcat", "sampler.steps": 3, "sampler.shift": 5.0, "sampler.cfg": 4.0,
+          "sampler.cfg_zero_star": True, "sampler.cfg_zero_init_steps": 0, "sampler.seed": 0,
+          "sampler.noise_device": "cpu", "video.width": 16, "video.height": 16, "video.frames": 13,
+          "runtime.device": "cpu", "runtime.dtype": "fp32", "runtime.attention": "sdpa"}
+STEP = LongCatDenoise(dit_files=4, z_dim=16, latent_stride=8, conditions=("longcat",),
+                      solver=SamplerEntry("longcat", lambda: SOLVER))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    repo = write_longcat_repo(tmp_path_factory.mktemp("longcat"))
+    files = sorted((repo / "dit").iterdir())
+    return {**{f"dit.{i}": f for i, f in enumerate(files)}, "scheduler": repo / "scheduler" / "scheduler_config.json"}
+
+
+def _inputs(cond: bool = True) -> dict:
+    g = torch.Generator().manual_seed(5)
+    out = {"pos": {"context": torch.randn(1, 7, 64, generator=g)}, "neg": {"context": torch.randn(1, 3, 64, generator=g)}}
+    if cond:
+        out["longcat"] = {"latents": torch.randn(1, 16, 2, 2, 2, generator=g)}
+    return out
+
+
+def test_a_killed_run_resumes_bit_for_bit(weights, monkeypatch):
+    monkeypatch.setattr(denoise_longcat, "CHECKPOINT_EVERY", 5)
+    full = STEP.run(Ctx(PARAMS, _inputs(), weights))["latents"]
+    killed = Ctx(PARAMS, _inputs(), weights, stop_after=5)
+    with pytest.raises(Stop):
+        STEP.run(killed)
+    assert killed.partial[0] == 5 and killed.partial[1]["x"].shape == (1, 16, 2, 2, 2)  # the frames to denoise
+    resumed = Ctx(PARAMS, _inputs(), weights, partial=killed.partial)
+    assert torch.equal(STEP.run(resumed)["latents"], full)
+    assert resumed.bars[0][0] == 12 - 5  # only the remaining steps of the 12 (2 of the σ list, 10 of the tail)
+
+
+def test_the_conditioning_frames_come_back_unchanged_and_without_them_it_is_text_to_video(weights):
+    found = STEP.run(Ctx(PARAMS, _inputs(), weights))["latents"]
+    assert found.shape == (1, 16, 4, 2, 2)
+    assert torch.equal(found[:, :, :2], _inputs()["longcat"]["latents"])
+    t2v = LongCatDenoise(dit_files=4, z_dim=16, latent_stride=8, solver=STEP.solver)
+    alone = t2v.run(Ctx(PARAMS, _inputs(cond=False), weights))["latents"]
+    assert alone.shape == (1, 16, 4, 2, 2)
+    assert (alone[:, :, 2:] - found[:, :, 2:]).abs().max() > 1e-3  # the conditioning reaches the new frames

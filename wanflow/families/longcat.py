@@ -1,0 +1,62 @@
+"""LongCat-Video (meituan-longcat/LongCat-Video) as a family: its own DiT, text-to-video and video
+continuation, sampled as its authors sample it or as DiffSynth-Studio does.
+
+The DiT is the release's ``dit/`` folder (sharded ``diffusion_pytorch_model-0000N-of-0000M
+.safetensors`` behind their index, and ``config.json``); the release's
+``scheduler/scheduler_config.json`` gives the flow shift of the authors' σ list, so it travels
+with the DiT's files (and its digest is in the denoise step's key). The text encoder and VAE are
+umT5-XXL and the Wan2.1 VAE, read from Wan-AI/Wan2.1-T2V-14B's files as DiffSynth does: the
+release's own ``text_encoder/`` and ``vae/`` hold the same weights in transformers' and
+diffusers' layouts (docs/longcat.md).
+
+Two ways to sample, chosen by ``[sampler].solver`` (docs/longcat.md):
+
+- ``"longcat"`` (the default, the authors' ``generate_vc``): Euler over ``linspace(1, 0.001, N)``
+  shifted by the release's scheduler shift, with the ``enhance_hf`` tail, and CFG-Zero* at 4;
+- ``"euler"`` with shift 1 and plain CFG 2 (DiffSynth-Studio's example;
+  ``recipes/longcat-video-diffsynth.toml``).
+
+Video continuation: ``[inputs].longcat_video`` (DiffSynth's name for it) is the video to continue;
+its last ``[inputs].longcat_cond_frames`` frames (the authors' 13; DiffSynth's example 17) are
+VAE-encoded and held as the first latent frames, clean, at t = 0, attending only to themselves.
+"""
+
+from __future__ import annotations
+
+from wanflow.conditioners import conditioner
+from wanflow.families.spec import ComponentSpec, FamilySpec
+from wanflow.families.vap import NEGATIVE
+from wanflow.families.wan import families as wan_families
+
+NAME = "longcat-video"
+REPO = "meituan-longcat/LongCat-Video"
+#: The solver name of the authors' sampler (σ list, enhance_hf tail); CFG-Zero* is the recipe's.
+SOLVER = "longcat"
+#: The pipeline that runs this family's steps (the Wan pipeline with LongCat's denoise step).
+PIPELINE = "longcat"
+#: Where the umT5 encoder, its tokenizer and the Wan2.1 VAE come from (DiffSynth's example too).
+ENCODERS = "wan2.1-t2v-14b"
+#: The released DiT's files, and the scheduler config whose shift the authors' σ list uses.
+DIT_FILES = ("dit/diffusion_pytorch_model*.safetensors", "dit/diffusion_pytorch_model.safetensors.index.json",
+             "dit/config.json", "scheduler/scheduler_config.json")
+#: Where the release's scheduler config sits among the DiT component's files.
+SCHEDULER_CONFIG = "scheduler_config.json"
+#: The authors' conditioning frames of a continuation (``num_cond_frames``, 13 -> 4 latent frames).
+COND_FRAMES = 13
+#: The authors' defaults (``run_demo_video_continuation.py``): 93 frames (the 13 conditioning ones
+#: included) at 15 fps, 480p, 50 steps, CFG-Zero* at 4, the English Wan negative prompt.
+DEFAULTS = {"video.width": 832, "video.height": 480, "video.frames": 93, "video.fps": 15,
+            "sampler.solver": SOLVER, "sampler.steps": 50, "sampler.cfg": 4.0, "sampler.cfg_zero_star": True,
+            "prompt.negative": NEGATIVE, "inputs.longcat_cond_frames": COND_FRAMES}
+
+
+def family() -> FamilySpec:
+    """longcat-video with its authors' defaults."""
+    base = next(f for f in wan_families() if f.name == ENCODERS)
+    dit = ComponentSpec("dit", f"modelscope:{REPO}", DIT_FILES, "longcat-video")
+    components = {"dit": dit, **{name: spec for name, spec in base.components.items() if name != "dit"}}
+    return FamilySpec(
+        NAME, f"LongCat-Video 13.6B: text-to-video and video continuation from [inputs].longcat_video ({REPO}); "
+        f'[sampler].solver = "{SOLVER}" as its authors sample it, or "euler" as DiffSynth does',
+        components, DEFAULTS, frozenset({"longcat_video"}), sizes=((832, 480), (480, 832)),
+        solvers=(SOLVER, "euler"), pipeline=PIPELINE, conditioners=(conditioner("longcat-frames"),))

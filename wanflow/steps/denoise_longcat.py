@@ -1,0 +1,147 @@
+"""denoise (LongCat-Video): its DiT's own loop, for text-to-video and video continuation.
+
+LongCat's DiT is not a Wan DiT (its own forward, text handling and x0 − noise output), so it
+gets its own denoise step, resumable like Wan's. The latent holds only the frames to denoise;
+the conditioning frames of a continuation (``longcat-video``'s latents) are run once through the
+DiT at t = 0 into a KV cache (``LongCatDiT.cache_conditioning``) that every later call attends
+to, as LongCat's default loop does: the same numbers as the full pass, which tests check. The
+DiT's output becomes a velocity in one place (``sampling.longcat.flow_velocity``), guidance
+(CFG, CFG-Zero*) wraps it like every family's, and Euler walks either the authors' grid (σ list
+shifted by the release's scheduler config, ``enhance_hf`` tail) or DiffSynth's Wan grid.
+The result is the whole clip: the conditioning latents, unchanged, then the generated frames.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from wanflow.engine.step import NOT_KEYED
+from wanflow.errors import ModelLoadError
+from wanflow.memory import pool as model_pool
+from wanflow.steps.component import component_runtime
+from wanflow.steps.denoise import CHECKPOINT_EVERY, DENOISE_READS
+
+#: The weight role of the release's ``scheduler/scheduler_config.json`` (the authors' grid only).
+SCHEDULER = "scheduler"
+
+
+@attrs.frozen
+class LongCatDenoise:
+    """Latents (1, 16, T, h, w) of LongCat-Video from noise, the prompts and the conditioning frames."""
+
+    dit_files: int  # files of the DiT ("dit.0" …: shards, index, config.json)
+    z_dim: int  # latent channels (the Wan2.1 VAE's 16)
+    latent_stride: int  # pixels per latent along height and width
+    #: The denoise input roles of the job's conditioners (the continuation's frames, when given).
+    conditions: tuple[str, ...] = ()
+    #: The registry's entry for ``sampler.solver`` ("longcat" or "euler"), keyed by name through
+    #: ``sampler.*``; loaded when the step runs.
+    solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    dit_dtype: str = "auto"  # [models.dit].dtype; "auto" follows [runtime].dtype
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: A plugin's attention backend (keyed through the node's ``uses``); None for wanflow's own.
+    attention: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    kind: str = "denoise-longcat"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = DENOISE_READS
+
+    @classmethod
+    def replacing(cls, denoise: Any) -> LongCatDenoise:
+        """LongCat's step for the job a Wan ``Denoise`` step was planned for."""
+        (role, files), = denoise.experts
+        return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, denoise.solver,
+                   dict(denoise.dtypes).get(role, "auto"), denoise.residency, denoise.attention, denoise.peak)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.oom import reported_oom
+
+        with reported_oom(self.kind, self.peak):
+            return self._compute(ctx)
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        from wanflow.sampling import SolverState, start_state
+        from wanflow.steps.cond_kinds import model_call
+
+        p = ctx.params
+        device, _ = component_runtime(p, self.dit_dtype)
+        cond = model_call(self.conditions, {r: ctx.input(r) for r in self.conditions}).clamp  # (1, z, k, h, w)
+        schedule = self.schedule(p, ctx)
+        resumed = ctx.load_partial()
+        state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(self.noise(p, cond))
+        state = attrs.evolve(state, x=state.x.to(device))
+        step = self.solver.load().step
+        bar = ctx.progress(schedule.steps - state.index, unit="step")
+        with torch.no_grad():
+            dit = self._dit(ctx)
+            cache = None if cond is None else dit.cache_conditioning(cond.to(device))
+            model_fn = self.guided(p, dit, ctx, cache, schedule, device)
+            while state.index < schedule.steps:
+                state = step(state, model_fn, schedule)
+                bar.update(1)
+                if state.index % CHECKPOINT_EVERY == 0 or state.index == schedule.steps:
+                    ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
+        bar.close()
+        x = state.x.float().cpu()
+        return {"latents": (x if cond is None else torch.cat([cond.float(), x], dim=2)).contiguous()}
+
+    def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
+        """The solver's grid: the authors' at the release's scheduler shift, or the Wan Euler grid
+        at ``[sampler].shift`` (DiffSynth's configuration)."""
+        from wanflow.sampling.longcat import scheduler_shift
+
+        solver = self.solver.load()
+        if solver.name != "longcat":
+            return solver.schedule(p["sampler.steps"], p["sampler.shift"], 1.0)
+        path = ctx.weight(SCHEDULER)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
+        if not isinstance(doc, dict):
+            raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
+        return solver.schedule(p["sampler.steps"], scheduler_shift(doc, str(path)), 1.0)
+
+    def noise(self, p: Mapping[str, Any], cond: Any) -> Any:
+        """The seeded noise of the whole clip (LongCat draws it so), less the conditioning frames."""
+        from wanflow.sampling import initial_noise
+
+        s = self.latent_stride
+        shape = (1, self.z_dim, (p["video.frames"] - 1) // 4 + 1, p["video.height"] // s, p["video.width"] // s)
+        noise = initial_noise(shape, p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
+        return noise if cond is None else noise[:, :, cond.shape[2]:]
+
+    def guided(self, p: Mapping[str, Any], dit: Any, ctx: Any, cache: Any, schedule: Any, device: str) -> Any:
+        """The guided velocity: CFG, or CFG-Zero* (``cfg_zero_star``), over the prompt and the
+        negative prompt, each a LongCat forward turned into a flow velocity."""
+        from wanflow.sampling.guidance import Guidance, Passes, guided_model
+        from wanflow.steps.cond_call import tensor
+
+        def velocity(prompt: str) -> Any:
+            from wanflow.sampling.longcat import flow_velocity
+
+            context = tensor(ctx.input(prompt), "context", prompt).to(device)  # (1, L, D)
+            return lambda x, t: flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context,
+                                                  cache=cache))
+
+        cfg = float(p["sampler.cfg"])
+        guidance = Guidance(cfg, zero_star=bool(p["sampler.cfg_zero_star"]),
+                            zero_init_steps=int(p["sampler.cfg_zero_init_steps"]))
+        passes = Passes(cond=velocity("pos"), uncond=velocity("neg") if cfg != 1.0 else None)
+        return guided_model(passes, guidance, schedule)
+
+    def _dit(self, ctx: Any) -> Any:
+        """The DiT from the pool, through its row of the DiT variant table (loaded whole)."""
+        p = ctx.params
+        device, dtype = component_runtime(p, self.dit_dtype)
+        return model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
+                              p["runtime.attention"], self.residency,
+                              kernel=None if self.attention is None else self.attention.load())
