@@ -7,6 +7,7 @@ encoder, which these checks never run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import sys
@@ -65,22 +66,12 @@ def import_diffsynth() -> types.SimpleNamespace:
     """DiffSynth's Wan DiT, model function and motion controller, or skip where not installed."""
     if importlib.util.find_spec("diffsynth") is None:
         pytest.skip("DiffSynth is not installed (pip install --no-deps diffsynth==2.1.12)")
-    import transformers.processing_utils  # noqa: F401  (decides torchvision is absent first)
-
-    finder = _Placeholder("torchvision") if importlib.util.find_spec("torchvision") is None else None
-    if finder is not None:
-        sys.meta_path.insert(0, finder)
-    try:
+    with torchvision_stand_in():
         from diffsynth.models.wan_video_dit import WanModel
         from diffsynth.models.wan_video_motion_controller import (
             WanMotionControllerModel,
         )
         from diffsynth.pipelines.wan_video import model_fn_wan_video
-    finally:
-        if finder is not None:  # the stand-ins must not outlive the import: diffusers probes torchvision too
-            sys.meta_path.remove(finder)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
     return types.SimpleNamespace(WanModel=WanModel, model_fn=model_fn_wan_video,
                                  MotionController=WanMotionControllerModel)
 
@@ -101,6 +92,26 @@ def diffsynth_dit(cfg, state: dict[str, Tensor]):
 def seeded_state(cfg, seed: int) -> dict[str, Tensor]:
     """randn * 0.1 for every tensor of the config (derivative parts included)."""
     return random_state(cfg, seed=seed)
+
+
+@contextlib.contextmanager
+def torchvision_stand_in():
+    """Imports inside see an inert torchvision where none is installed (DiffSynth imports it for
+    data loaders these checks never run). The stand-ins leave ``sys.modules`` afterwards: diffusers
+    probes torchvision too, and tools that walk ``sys.modules`` (hypothesis reads every module's
+    ``__file__``) must not meet a placeholder."""
+    import transformers.processing_utils  # noqa: F401  (decides torchvision is absent first)
+
+    finder = _Placeholder("torchvision") if importlib.util.find_spec("torchvision") is None else None
+    if finder is not None:
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
 
 
 class _Placeholder:

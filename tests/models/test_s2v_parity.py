@@ -11,14 +11,13 @@ take the reference latent as frame 0 of x and hand it back unchanged, which is c
 from __future__ import annotations
 
 import importlib.util
-import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.models._derivative_fixtures import _Placeholder
+from tests.models._derivative_fixtures import torchvision_stand_in
 from tests.models.test_s2v_model import TINY, inputs, run, seeded_state, tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -36,17 +35,9 @@ def reference() -> types.SimpleNamespace:
     """DiffSynth's S2V model class and model function, or skip where DiffSynth is not installed."""
     if importlib.util.find_spec("diffsynth") is None:
         pytest.skip("DiffSynth is not installed (a test-only reference: pip install --no-deps diffsynth==2.1.12)")
-    import transformers.processing_utils  # noqa: F401  (decides torchvision is absent first)
-
-    finder = _Placeholder("torchvision") if importlib.util.find_spec("torchvision") is None else None
-    if finder is not None:
-        sys.meta_path.insert(0, finder)
-    try:
+    with torchvision_stand_in():
         from diffsynth.models.wan_video_dit_s2v import WanS2VModel
         from diffsynth.pipelines.wan_video import model_fn_wans2v
-    finally:
-        if finder is not None:
-            sys.meta_path.remove(finder)
     return types.SimpleNamespace(Model=WanS2VModel, model_fn=model_fn_wans2v)
 
 
