@@ -19,6 +19,7 @@ KNOWN_INPUTS = (
     "image", "end_image", "video", "control_video", "reference_image", "mask",
     "audio", "pose_video", "face_video", "camera", "vace", "motion_bucket",
     "vap_video", "vap_prompt", "negative_vap_prompt",
+    "animate_mode", "background_video", "overlap_frames", "relighting_lora",
 )
 
 

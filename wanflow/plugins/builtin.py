@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, krea, tiny, vace, vap, wan
+from wanflow.families import animate, fun, krea, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -17,7 +17,8 @@ def _lazy(module: str, attr: str) -> Any:
 
 @hookimpl
 def wanflow_families() -> list:
-    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family()]
+    return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), tiny.family(),
+            *animate.families()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -37,9 +38,10 @@ def wanflow_samplers() -> list[SamplerEntry]:
 def wanflow_pipelines() -> dict[str, Any]:
     # light: step kinds import torch only when they run
     from wanflow.steps.pipeline import PIPELINES
+    from wanflow.steps.pipeline_animate import AnimatePipeline
     from wanflow.steps.pipeline_krea import KreaPipeline
 
-    return {**PIPELINES, krea.PIPELINE: KreaPipeline()}
+    return {**PIPELINES, krea.PIPELINE: KreaPipeline(), animate.PIPELINE: AnimatePipeline()}
 
 
 @hookimpl

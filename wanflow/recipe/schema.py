@@ -148,6 +148,17 @@ class Inputs:
     negative_vap_prompt: str | None = setting(
         None, family=True, why="Video-As-Prompt: the reference caption of the unconditional pass (the "
         "family's: the authors' negative prompt)")
+    animate_mode: str | None = setting(
+        None, family=True, why="Animate: \"animation\" moves the reference character as the pose video "
+        "does; \"replacement\" puts it into the background video in place of the masked person")
+    background_video: str | None = setting(None, why="Animate replacement: the driving video with its "
+                                           "person removed (the mask video says where)")
+    overlap_frames: int | None = setting(
+        None, family=True, why="Animate: the previous clip's last frames that start the next clip of a "
+        "long video (1 or 5, the official refert_num)")
+    relighting_lora: bool | None = setting(
+        None, why="Animate replacement: apply the relighting LoRA (None: yes in replacement mode, as the "
+        "official --use_relighting_lora; false: not)")
 
 
 @attrs.frozen
@@ -289,6 +300,6 @@ class Recipe:
 #: Input fields whose values are file paths (checked for existence, digested by the engine).
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
-               "camera.pose_file", "vap_video")
+               "camera.pose_file", "vap_video", "background_video")
 #: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
 TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
+from wanflow.recipe.animate_rules import check_animate
 from wanflow.recipe.causal_rules import check_causal
 from wanflow.recipe.problems import Problems, did_you_mean, format_value
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
@@ -38,6 +39,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     _check_video(recipe, family, problems)
     _check_sampler(recipe, family, families, problems)
     check_causal(recipe, family, problems)
+    check_animate(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
