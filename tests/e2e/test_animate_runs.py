@@ -109,8 +109,8 @@ def test_replacement_makes_a_video_and_applies_the_relighting_lora(animate_env, 
     assert computed(plain) == AFTER and plain.lock["outputs"] != first.lock["outputs"]
 
 
-def _executed(path):
-    """The executor after running the real plan up to denoise (its nodes' outputs are loadable)."""
+def _executed(path, last: str = "denoise"):
+    """The executor after running the real plan up to ``last`` (its nodes' outputs are loadable)."""
     from wanflow.engine.cache import Cache
     from wanflow.engine.execute import Executor
     from wanflow.engine.runner import plan_job
@@ -120,8 +120,8 @@ def _executed(path):
     resolved = load_recipe(path)
     with Cache() as cache:
         plan = plan_job(resolved, get_registry().pipeline(resolved.model), cache)
-        plan = attrs.evolve(plan, steps=tuple(s for s in plan.steps if s.name not in {"decode", "save",
-                                                                                       "save-metadata"}))
+        dropped = {"decode", "save", "save-metadata"} - ({"decode"} if last == "decode" else set())
+        plan = attrs.evolve(plan, steps=tuple(s for s in plan.steps if s.name not in dropped))
         ex = Executor(plan, cache)
         ex.run()
         yield resolved, ex
@@ -176,6 +176,7 @@ def test_one_clip_equals_a_hand_driven_euler_step(animate_env, animate_root, med
 
 def test_a_long_video_runs_clips_each_started_by_the_last_frames_of_the_one_before(
         animate_env, media, tmp_path, monkeypatch):
+    from wanflow.output import to_uint8_frames
     from wanflow.steps.denoise_animate import AnimateDenoise
 
     seen = []
@@ -191,7 +192,7 @@ def test_a_long_video_runs_clips_each_started_by_the_last_frames_of_the_one_befo
     first = run(path, animate_env)
     assert video_shape(first.archive / "outputs" / "video.mp4") == (LONG, SIZE, SIZE)
     assert [k for k, _, _ in seen] == [0, 1]
-    for _, ex in _executed(path):
+    for _, ex in _executed(path, last="decode"):
         latents = ex.load("denoise")["latents"]
         assert latents.shape == (2, 16, 21, 2, 2)
         from wanflow.memory import pool as model_pool
@@ -207,6 +208,11 @@ def test_a_long_video_runs_clips_each_started_by_the_last_frames_of_the_one_befo
         assert torch.equal(condition[:, :4], mask)
         assert torch.allclose(condition[:, 4:], last, atol=1e-5)
         assert torch.equal(seen[0][2][:, :4], torch.zeros(1, 4, 20, 2, 2))  # the first clip knows nothing
+        # the video: clip 0's 77 frames, then clip 1's without its first (the overlap frame)
+        with torch.no_grad():
+            second = vae.decode(latents[1:, :, 1:], tile=None)
+        stitched = torch.from_numpy(to_uint8_frames(torch.cat([decoded[0], second[0, :, 1:]], dim=1)))
+        assert torch.equal(ex.load("decode")["frames"], stitched)
     # five overlap frames: clips start every 72 frames; the driving videos' clips change, the texts do not
     again = run(path, animate_env, "inputs.overlap_frames=5")
     assert computed(again) == {"encode-conditioning:animate-pose", "encode-conditioning:animate-face", *AFTER}

@@ -48,9 +48,9 @@ def check_animate(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
                              '"replacement"; remove it, or set animate_mode = "replacement"')
     _check_sampler(recipe, problems)
     if recipe.train is not None:
-        problems.add(("train",), None, f"{family.name} does not train yet: the training stage does not build "
-                     "its inputs (reference image, pose and face videos); remove [train] to generate",
-                     show_value=False)
+        problems.add(("model",), family.name, "cannot be trained with [train] yet: the training stage does not "
+                     "build its inputs (reference image, pose and face videos, the clip's condition); remove "
+                     "[train] to generate, or train a base family")
 
 
 _WHAT = {"background_video": "the driving video with its person removed",
