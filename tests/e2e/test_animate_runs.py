@@ -245,3 +245,14 @@ def test_a_new_mask_or_background_reruns_only_its_step(animate_env, media, tmp_p
     assert again.lock["outputs"] != first.lock["outputs"]
     background = run(path, animate_env, f'inputs.background_video="{media[f"pose{FRAMES}"]}"')
     assert computed(background) == {"prepare-conditioning:animate-background", *AFTER}
+
+
+def test_cfg_merge_gives_the_separate_passes_result(animate_env, media, tmp_path):
+    """One batch-2 forward ([prompt; negative] rows, the face tokens then the black crops')
+    equals the two passes, to fp32 rounding."""
+    latents = []
+    for merge in (False, True):
+        path = recipe(tmp_path, media, sampler={"cfg": 4.0, "cfg_merge": merge})
+        for _, ex in _executed(path):
+            latents.append(ex.load("denoise")["latents"])
+    assert torch.allclose(*latents, rtol=1e-4, atol=1e-4), (latents[0] - latents[1]).abs().max()
