@@ -17,6 +17,7 @@ its Chinese prompt and negative prompt; 1280×720 is the size its preprocessing 
 
 from __future__ import annotations
 
+from wanflow.conditioners import conditioner
 from wanflow.families.fun import CLIP_FILE
 from wanflow.families.spec import ComponentSpec, FamilySpec
 from wanflow.families.wan import DIT_FILES, NEGATIVE
@@ -36,6 +37,9 @@ PROMPT = "视频中的人在做动作"
 #: Inputs only replacement mode reads.
 REPLACEMENT_INPUTS = ("background_video", "mask")
 
+#: Its inputs, each a conditioner kind; the clip loop builds the condition channels from the
+#: reference latent, the background and mask, and the previous clip's frames.
+CONDITIONERS = tuple(conditioner(f"animate-{kind}") for kind in ("reference", "pose", "face", "background", "mask"))
 DEFAULTS = {"video.width": 1280, "video.height": 720, "video.frames": CLIP_FRAMES, "video.fps": 30,
             "sampler.solver": "unipc", "sampler.steps": 20, "sampler.cfg": 1.0, "sampler.shift": 5.0,
             "prompt.negative": NEGATIVE, "inputs.animate_mode": "animation", "inputs.overlap_frames": 1}
@@ -58,7 +62,7 @@ def family() -> FamilySpec:
         NAME, f"a character image animated by a pose and a face video, or put into a video in place of "
         f"its person ({REPO})", components, DEFAULTS, accepted,
         frozenset({"reference_image", "pose_video", "face_video"}), sizes=((1280, 720), (720, 1280)),
-        pipeline=PIPELINE)
+        pipeline=PIPELINE, conditioners=CONDITIONERS)
 
 
 def families() -> list[FamilySpec]:

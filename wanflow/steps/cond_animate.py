@@ -1,4 +1,5 @@
-"""Wan2.2-Animate's inputs, each a cached step: reference image, pose, face, background, mask.
+"""Wan2.2-Animate's inputs, each a cached step and a conditioner kind: reference image, pose,
+face, background, mask.
 
 - reference: the character image letterboxed onto black at the video's size (the official
   ``padding_resize``), its VAE latent (latent frame 0 of every clip) and its CLIP tokens;
@@ -12,7 +13,10 @@
   mask video = the person to replace), cut at half and downsampled by nearest neighbour.
 
 Every video is read for ``[video].frames`` frames, resized and centre-cropped like every input
-video, and lengthened to whole clips by ping-pong repetition (``animate_clips``).
+video, and lengthened to whole clips by ping-pong repetition (``animate_clips``). The clip loop
+(``denoise_animate``) hands clip k's slice of the reference, pose and face tensors to the DiT
+through their kinds' hand-offs; it builds the condition channels itself, from the reference
+latent, the background and mask and the previous clip's frames.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from typing import Any
 
 import attrs
 
-from wanflow.engine.step import NOT_KEYED
+from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.memory import pool as model_pool
 from wanflow.steps.animate_clips import ClipPlan
 from wanflow.steps.component import component_runtime
+from wanflow.steps.cond_call import Implementation, ModelCall, tensor
 from wanflow.steps.conditioning import ENCODE_READS, encode
 from wanflow.steps.text import RUNTIME_READS
 
@@ -197,3 +202,93 @@ class PrepareAnimateMask:
         size = (p["video.height"] // self.latent_stride, p["video.width"] // self.latent_stride)
         keep = F.interpolate(1 - person, size=size, mode="nearest")  # (n, 77, h, w)
         return {"keep": keep.contiguous()}
+
+
+# ----------------------------------------------------------------------------- the kinds' nodes
+
+REFERENCE, POSE, FACE = ("encode-conditioning:animate-reference", "encode-conditioning:animate-pose",
+                         "encode-conditioning:animate-face")
+BACKGROUND, MASK = "prepare-conditioning:animate-background", "prepare-conditioning:animate-mask"
+
+
+def _weight(job: Any, component: str) -> dict[str, Any]:
+    if component not in job.weights:
+        raise ValueError(f"family {job.family.name!r} declares an Animate conditioner but has no {component} component")
+    return {component: next(iter(job.weights[component].values()))}
+
+
+def _reference_node(job: Any, declared: Any) -> StepSpec:
+    step = EncodeAnimateReference(job.vae_version, **job.placed("vae"), clip_dtype=job.dtype("image_encoder"),
+                                  clip_device=job.device("image_encoder"))
+    return StepSpec(REFERENCE, step, files={"reference_image": job.file("reference_image")},
+                    weights=job.vae_weight() | _weight(job, "image_encoder"))
+
+
+def _pose_node(job: Any, declared: Any) -> StepSpec:
+    return StepSpec(POSE, EncodeAnimatePose(job.vae_version, **job.placed("vae")),
+                    files={"pose_video": job.file("pose_video")}, weights=job.vae_weight())
+
+
+def _face_node(job: Any, declared: Any) -> StepSpec:
+    (role,) = job.dits()
+    step = EncodeAnimateFace(len(job.weights[role]), job.dtype(role), "fp8" if job.values["memory.fp8"] else "compute",
+                             job.residency)
+    return StepSpec(FACE, step, files={"face_video": job.file("face_video")}, weights=dict(job.weights[role]))
+
+
+def _background_node(job: Any, declared: Any) -> StepSpec | None:
+    if not job.given("background_video"):
+        return None  # animation mode (validation refuses replacement without it)
+    return StepSpec(BACKGROUND, PrepareAnimateBackground(), files={"background_video": job.file("background_video")})
+
+
+def _mask_node(job: Any, declared: Any) -> StepSpec | None:
+    if not job.given("mask"):
+        return None
+    return StepSpec(MASK, PrepareAnimateMask(job.family.spatial_factor // 2), files={"mask": job.file("mask")})
+
+
+# ----------------------------------------------------------------------------- the hand-offs of one clip
+
+
+def with_animate(call: ModelCall, **fields: Any) -> ModelCall:
+    """The model call with fields of the DiT's Animate extras set (each once)."""
+    from wanflow.models.animate_guidance import GuidedAnimateExtras
+
+    current = call.extras if isinstance(call.extras, GuidedAnimateExtras) else GuidedAnimateExtras()
+    for name in fields:
+        if getattr(current, name) is not None:
+            raise ValueError(f"two conditioners set the Animate extra {name!r}; a family declares one")
+    return attrs.evolve(call, extras=attrs.evolve(current, **fields))
+
+
+def _reference_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
+    """The CLIP tokens; the reference latent joins the condition channels in the clip loop."""
+    return call.with_tokens(tensor(tensors, "clip", "animate_reference"))  # (1, 257, 1280)
+
+
+def _pose_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
+    return with_animate(call, pose=tensor(tensors, "latents", "animate_pose"))  # one clip: (1, z, 20, h, w)
+
+
+def _face_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
+    from wanflow.models.animate import PreparedFace
+
+    return with_animate(call, face=PreparedFace(tensor(tensors, "tokens", "animate_face")),  # (1, 21, 5, D)
+                        uncond_face=PreparedFace(tensor(tensors, "uncond", "animate_face")))
+
+
+def _loop_only(role: str) -> Any:
+    def hand_off(tensors: Any, call: ModelCall) -> ModelCall:
+        raise ValueError(f"{role}: read by the Animate clip loop, which encodes it into each clip's condition "
+                         "channels; it has no hand-off of its own")
+    return hand_off
+
+
+ANIMATE_REFERENCE = Implementation(_reference_node, _reference_hand_off)
+ANIMATE_POSE = Implementation(_pose_node, _pose_hand_off)
+ANIMATE_FACE = Implementation(_face_node, _face_hand_off)
+ANIMATE_BACKGROUND = Implementation(_background_node, _loop_only("animate_background"))
+ANIMATE_MASK = Implementation(_mask_node, _loop_only("animate_mask"))
+#: The roles the clip loop hands to the DiT through their kinds, sliced to one clip.
+HANDED = ("animate_reference", "animate_pose", "animate_face")

@@ -9,7 +9,8 @@ last ``overlap_frames`` decoded frames:
 - replacement: the VAE latent of [the previous clip's last frames, background…], the mask the
   background's "keep" mask (0 on the person) with 1 on those frames.
 So this step reads the VAE, and its file is part of the step's key. The pose latents, face
-tokens, reference latent and CLIP tokens come from their own cached steps. A clip's noise is the
+tokens, reference latent and CLIP tokens come from their own cached steps (conditioner kinds of
+their own, ``cond_animate``). A clip's noise is the
 seeded noise of ``seed + clip``; the sampler, guidance (the unconditional pass sees the negative
 prompt and black face crops) and the relighting LoRA (replacement) are the job's. The output is
 every clip's latents (n, z, 21, h, w); ``AnimateDecode`` decodes them clip by clip and joins them,
@@ -87,7 +88,7 @@ class AnimateDenoise:
             texts["neg"] = ctx.input("neg")
         dit, vae = self._dit(ctx), self._vae(ctx)
         step = self.solver.load().step
-        reference = ctx.input("reference")
+        reference = ctx.input("animate_reference")
         h, w = p["video.height"] // self.latent_stride, p["video.width"] // self.latent_stride
         y_ref = torch.cat([torch.ones(1, 4, 1, h, w), reference["latent"]], dim=1)  # (1, 4 + z, 1, h, w)
         bar = ctx.progress(plan.count * schedule.steps, desc="denoise", unit="step")
@@ -95,7 +96,7 @@ class AnimateDenoise:
         with torch.no_grad():
             for k in range(plan.count):
                 y = torch.cat([y_ref, self._clip_condition(ctx, vae, k, previous)], dim=2)  # (1, 4 + z, 21, h, w)
-                call = self._call(ctx, k, y, reference["clip"])
+                call = self._call(ctx, k, y)
                 noise = initial_noise((1, self.z_dim, y.shape[2], h, w), p["sampler.seed"] + k,
                                       noise_device=p["sampler.noise_device"])
                 state = start_state(noise.to(device), 0)
@@ -110,18 +111,17 @@ class AnimateDenoise:
         bar.close()
         return {"latents": torch.cat(out).contiguous()}
 
-    def _call(self, ctx: Any, k: int, y: Any, clip: Any) -> Any:
-        """Clip ``k``'s model call: its condition channels, the reference's CLIP tokens, its pose
-        latents and face tokens (black crops' for the unconditional pass)."""
-        from wanflow.models.animate import PreparedFace
-        from wanflow.models.animate_guidance import GuidedAnimateExtras
-        from wanflow.steps.cond_call import ModelCall
+    def _call(self, ctx: Any, k: int, y: Any) -> Any:
+        """Clip ``k``'s model call: the reference, pose and face handed over by their kinds (the
+        pose and face sliced to the clip), and the clip's condition channels ``y``."""
+        from wanflow.steps.cond_animate import HANDED
+        from wanflow.steps.cond_kinds import model_call
 
-        face = ctx.input("face")
-        extras = GuidedAnimateExtras(pose=ctx.input("pose")["latents"][k:k + 1],
-                                     face=PreparedFace(face["tokens"][k:k + 1]),
-                                     uncond_face=PreparedFace(face["uncond"]))
-        return ModelCall(channels=(y,), tokens=clip, extras=extras)
+        inputs = {role: ctx.input(role) for role in HANDED}
+        pose, face = inputs["animate_pose"], inputs["animate_face"]
+        inputs["animate_pose"] = {"latents": pose["latents"][k:k + 1]}
+        inputs["animate_face"] = {"tokens": face["tokens"][k:k + 1], "uncond": face["uncond"]}
+        return model_call(HANDED, inputs).with_channels(y)
 
     def _clip_condition(self, ctx: Any, vae: Any, k: int, previous: Any) -> Any:
         """(1, 4 + z, 20, h, w): clip ``k``'s mask and the latent of its known frames."""
@@ -132,8 +132,8 @@ class AnimateDenoise:
         h, w = p["video.height"] // self.latent_stride, p["video.width"] // self.latent_stride
         known = 0 if k == 0 else plan.overlap
         if p["inputs.animate_mode"] == "replacement":
-            pixels = to_signed(ctx.input("background")["frames"][k])  # (3, 77, H, W)
-            mask = ctx.input("mask")["keep"][k][None].clone()  # (1, 77, h, w)
+            pixels = to_signed(ctx.input("animate_background")["frames"][k])  # (3, 77, H, W)
+            mask = ctx.input("animate_mask")["keep"][k][None].clone()  # (1, 77, h, w)
         else:
             pixels = torch.zeros(3, plan.clip, p["video.height"], p["video.width"])
             mask = torch.zeros(1, plan.clip, h, w)
