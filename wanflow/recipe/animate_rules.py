@@ -58,6 +58,9 @@ _WHAT = {"background_video": "the driving video with its person removed",
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
+    if recipe.memory.fp8:
+        problems.add(("memory", "fp8"), True, "the Animate DiT's loader loads it whole in the compute dtype "
+                     "(fp8 storage is not built for its parts); set fp8 = false")
     s = recipe.sampler
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the Animate clip loop takes no step "

@@ -138,11 +138,12 @@ class EncodeAnimateFace:
 
     dit_files: int  # files of the DiT ("dit.0" …)
     dit_dtype: str = "auto"  # [models.dit].dtype
-    storage: str = "compute"  # [memory].fp8 (the DiT as the denoise step loads it)
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-animate-face"
     version: int = 1
     output: str = "tensors"
+    #: the attention kernel only picks the pooled DiT the denoise step shares (every step's key
+    #: holds it anyway)
     reads: tuple[str, ...] = (*CLIP_READS, "runtime.attention", *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
@@ -153,7 +154,7 @@ class EncodeAnimateFace:
         p = ctx.params
         device, dtype = component_runtime(p, self.dit_dtype)
         dit = model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                             p["runtime.attention"], self.residency, storage=self.storage)
+                             p["runtime.attention"], self.residency)  # animation: the denoise step's DiT
         size = dit.animate_config.motion.size
         clips = clip_pixels(ctx.file("face_video"), p, size, size)  # (n, 77, S, S, 3)
         tokens = []
@@ -231,8 +232,7 @@ def _pose_node(job: Any, declared: Any) -> StepSpec:
 
 def _face_node(job: Any, declared: Any) -> StepSpec:
     (role,) = job.dits()
-    step = EncodeAnimateFace(len(job.weights[role]), job.dtype(role), "fp8" if job.values["memory.fp8"] else "compute",
-                             job.residency)
+    step = EncodeAnimateFace(len(job.weights[role]), job.dtype(role), job.residency)
     return StepSpec(FACE, step, files={"face_video": job.file("face_video")}, weights=dict(job.weights[role]))
 
 
