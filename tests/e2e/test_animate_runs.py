@@ -256,3 +256,27 @@ def test_cfg_merge_gives_the_separate_passes_result(animate_env, media, tmp_path
         for _, ex in _executed(path):
             latents.append(ex.load("denoise")["latents"])
     assert torch.allclose(*latents, rtol=1e-4, atol=1e-4), (latents[0] - latents[1]).abs().max()
+
+
+def test_a_run_killed_between_clips_resumes_at_the_next_clip_to_the_same_bits(animate_env, media, tmp_path,
+                                                                               monkeypatch):
+    from wanflow.steps.denoise_animate import AnimateDenoise
+
+    path = recipe(tmp_path, media, frames=LONG)
+    whole = run(path, animate_env, "sampler.seed=3")
+    started = []
+    original = AnimateDenoise._clip_condition
+
+    def killed_at_clip_1(self, ctx, vae, k, previous):
+        started.append(k)
+        if k == 1 and started.count(1) == 1:
+            raise KeyboardInterrupt  # the first run dies once clip 0 is saved
+        return original(self, ctx, vae, k, previous)
+
+    monkeypatch.setattr(AnimateDenoise, "_clip_condition", killed_at_clip_1)
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "other-cache"))
+    with pytest.raises(KeyboardInterrupt):
+        run(path, animate_env, "sampler.seed=3")
+    resumed = run(path, animate_env, "sampler.seed=3")
+    assert started == [0, 1, 1]  # clip 0 was not sampled again
+    assert resumed.lock["outputs"] == whole.lock["outputs"]

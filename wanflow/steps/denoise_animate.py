@@ -14,7 +14,8 @@ their own, ``cond_animate``). A clip's noise is the
 seeded noise of ``seed + clip``; the sampler, guidance (the unconditional pass sees the negative
 prompt and black face crops) and the relighting LoRA (replacement) are the job's. The output is
 every clip's latents (n, z, 21, h, w); ``AnimateDecode`` decodes them clip by clip and joins them,
-dropping each later clip's overlap frames and cutting to ``[video].frames``.
+dropping each later clip's overlap frames and cutting to ``[video].frames``. The clips done are
+saved after each clip, so a killed run resumes at the next clip, to the same bits.
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ class AnimateDenoise:
         reference = ctx.input("animate_reference")
         h, w = p["video.height"] // self.latent_stride, p["video.width"] // self.latent_stride
         y_ref = torch.cat([torch.ones(1, 4, 1, h, w), reference["latent"]], dim=1)  # (1, 4 + z, 1, h, w)
-        bar = ctx.progress(plan.count * schedule.steps, desc="denoise", unit="step")
-        out, previous = [], None
+        out, previous = self._resumed(ctx, vae, plan.count)
+        bar = ctx.progress((plan.count - len(out)) * schedule.steps, desc="denoise", unit="step")
         with torch.no_grad():
-            for k in range(plan.count):
+            for k in range(len(out), plan.count):
                 y = torch.cat([y_ref, self._clip_condition(ctx, vae, k, previous)], dim=2)  # (1, 4 + z, 21, h, w)
                 call = self._call(ctx, k, y)
                 noise = initial_noise((1, self.z_dim, y.shape[2], h, w), p["sampler.seed"] + k,
@@ -107,9 +108,24 @@ class AnimateDenoise:
                 latents = state.x.float().cpu()
                 out.append(latents)
                 if k + 1 < plan.count:
+                    ctx.save_partial(k + 1, {"latents": torch.cat(out)})  # a killed run resumes at clip k + 1
                     previous = vae.decode(latents[:, :, 1:])  # (1, 3, 77, H, W)
         bar.close()
         return {"latents": torch.cat(out).contiguous()}
+
+    def _resumed(self, ctx: Any, vae: Any, count: int) -> tuple[list[Any], Any]:
+        """(the clips a killed run finished, the last one's decoded frames): nothing, or the
+        saved clips, their last decoded again as the uninterrupted run decoded it."""
+        resumed = ctx.load_partial()
+        if resumed is None:
+            return [], None
+        import torch
+
+        out = list(resumed[1]["latents"].split(1))
+        if len(out) >= count:
+            return out[:count], None
+        with torch.no_grad():
+            return out, vae.decode(out[-1][:, :, 1:])
 
     def _call(self, ctx: Any, k: int, y: Any) -> Any:
         """Clip ``k``'s model call: the reference, pose and face handed over by their kinds (the
