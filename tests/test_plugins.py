@@ -20,7 +20,7 @@ DERIVATIVES = {"wan2.1-vace-1.3b-preview", "wan2.1-vace-1.3b", "wan2.1-vace-14b"
                "wan2.1-fun-v1.1-14b-control", "wan2.1-fun-v1.1-1.3b-control-camera",
                "wan2.1-fun-v1.1-14b-control-camera", "wan2.2-fun-a14b-inp", "wan2.2-fun-a14b-control",
                "wan2.2-fun-a14b-control-camera", "wan2.1-1.3b-speedcontrol", "krea-realtime-video",
-               "video-as-prompt-wan2.1-14b", "wan2.2-s2v-14b"}
+               "video-as-prompt-wan2.1-14b", "wan2.2-s2v-14b", "wan2.2-animate-14b"}
 DERIVATIVES |= {"longcat-video"}
 
 

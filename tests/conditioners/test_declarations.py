@@ -32,7 +32,7 @@ def test_the_base_families_declare_their_conditioners():
 
 
 def test_every_kind_is_implemented_once_with_a_role_of_its_own():
-    assert sorted(IMPLEMENTATIONS) == sorted(KINDS) and len(KINDS) == 18
+    assert sorted(IMPLEMENTATIONS) == sorted(KINDS) and len(KINDS) == 23
     roles = [k.role for k in KINDS.values()]
     assert len(set(roles)) == len(roles) and {"pos", "neg"}.isdisjoint(roles)
     assert all(kind_of_role(k.role) is k for k in KINDS.values())
@@ -57,7 +57,7 @@ def test_a_declaration_is_checked_and_canonical():
     assert conditioner("clip-tokens").option("images") == "given"
     assert conditioner("clip-tokens", without_image="zeros", images="first").options == (
         ("images", "first"), ("without_image", "zeros"))
-    with pytest.raises(ValueError, match="no conditioner kind 'vace'; registered kinds: camera-plucker, clip-tokens"):
+    with pytest.raises(ValueError, match="no conditioner kind 'vace'; registered kinds: animate-background, animate-face"):
         conditioner("vace")
     with pytest.raises(ValueError, match=r"fill = 'black'; choose one of \['zeros', 'grey'\]"):
         conditioner("start-latent", fill="black")
@@ -80,7 +80,7 @@ def test_sampling_code_names_no_family_and_no_conditioning_mode():
     families = get_registry().family_names()
     modules = [STEPS / m for m in ("denoise.py", "pipeline.py", "dit_passes.py", "conditioning.py", "image.py")]
     modules += sorted(STEPS.glob("cond_*.py"))
-    assert len(modules) == 21
+    assert len(modules) == 22
     for module in modules:
         named = [s for s in string_literals(module) for f in families if f in s]
         assert not named, f"{module.name} names a family: {named}"

@@ -22,12 +22,26 @@ def test_detection_never_uses_the_file_name(tmp_path):
     assert sorted(lora.deltas) == sorted(made.expected)
 
 
-def test_a_pickle_is_refused_whatever_its_name(tmp_path):
-    path = tmp_path / "lora.safetensors"  # a pickle that claims to be safetensors
-    torch.save(fx.musubi().state, path)
-    with pytest.raises(ModelLoadError, match=r"lora\.safetensors: a PyTorch checkpoint, not a safetensors file") as err:
+def test_a_weights_only_pickle_is_read(tmp_path):
+    """A pickle is read with torch.load(weights_only=True), its ``state_dict`` wrapper unwrapped
+    (Wan2.2-Animate's relighting_lora.ckpt)."""
+    made = fx.musubi()
+    path = tmp_path / "relighting.bin"
+    torch.save({"state_dict": made.state}, path)
+    lora = read_lora(path)
+    assert lora.dialect == "musubi"
+    assert sorted(lora.deltas) == sorted(made.expected)
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "lora.ckpt"
+    torch.save({"state_dict": fx.musubi().state, "config": _Opaque()}, path)
+    with pytest.raises(ModelLoadError, match=r"lora\.ckpt: refused: this file needs to run pickled Python code"):
         read_lora(path)
-    assert "convert it once" in str(err.value)
+
+
+class _Opaque:
+    """An object only a full unpickler (one that runs code) can rebuild."""
 
 
 def test_a_truncated_file_is_refused(tmp_path):

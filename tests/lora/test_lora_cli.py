@@ -56,13 +56,17 @@ def test_inspect_names_the_released_model_from_shapes(tmp_path, capsys):
     assert "dialect: musubi" in out and "alphas: 1 (1)" in out
 
 
-def test_inspect_refuses_a_pickle_with_exit_2(tmp_path, capsys):
+def test_inspect_refuses_a_pickle_that_runs_code_with_exit_2(tmp_path, capsys):
     path = tmp_path / "lora.pt"
-    torch.save(fx.musubi().state, path)
+    torch.save({"state_dict": fx.musubi().state, "config": _Opaque()}, path)
     assert main(["lora", "inspect", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}: a PyTorch checkpoint, not a safetensors file")
+    assert err.startswith(f"error: {path}: refused: this file needs to run pickled Python code")
     assert "Traceback" not in err
+
+
+class _Opaque:
+    """An object only a full unpickler (one that runs code) can rebuild."""
 
 
 @pytest.mark.parametrize("target", FORMATS)

@@ -17,7 +17,7 @@ BASIC = 'model = "toy-t2v"\n[prompt]\ntext = "a cat"\n'
 
 
 def test_every_diffsynth_name_points_at_a_real_key():
-    assert len(DIFFSYNTH_NAMES) == 48
+    assert len(DIFFSYNTH_NAMES) == 49
     assert {target for target, _ in DIFFSYNTH_NAMES.values()} <= set(schema_keys())
     for name in ("cfg_scale", "num_inference_steps", "switch_DiT_boundary", "sigma_shift", "tiled",
                  "tile_size", "tile_stride", "height", "width", "num_frames", "prompt", "negative_prompt",

@@ -118,6 +118,19 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
     Kind("longcat-frames", "longcat", "LongCat-Video's continuation: the VAE latents of the last "
          "[inputs].longcat_cond_frames frames of [inputs].longcat_video, held clean as the clip's first "
          "latent frames (t = 0, attending only to themselves)", ("longcat_video",), frozenset({"clamp"})),
+    Kind("animate-reference", "animate_reference", "Wan2.2-Animate's character image, letterboxed onto black "
+         "at the video's size: its VAE latent (latent frame 0 of every clip) and its CLIP tokens",
+         ("reference_image",), frozenset({"tokens", "channels"})),
+    Kind("animate-pose", "animate_pose", "Wan2.2-Animate's pose video, VAE-encoded clip by clip, added to "
+         "the patch tokens of every latent frame but the reference's", ("pose_video",), frozenset({"extras"})),
+    Kind("animate-face", "animate_face", "Wan2.2-Animate's face video: each clip's face tokens (the DiT's "
+         "motion and face encoders) for the face blocks, black crops' for the unconditional pass",
+         ("face_video",), frozenset({"extras"})),
+    Kind("animate-background", "animate_background", "Wan2.2-Animate replacement: each clip's background "
+         "frames, which the clip loop encodes behind the previous clip's last frames into the condition "
+         "channels", ("background_video",), frozenset({"channels"})),
+    Kind("animate-mask", "animate_mask", "Wan2.2-Animate replacement: each clip's keep mask (1 − the person) "
+         "on the latent grid, the condition channels' mask", ("mask",), frozenset({"channels"})),
 )}
 
 

@@ -21,6 +21,7 @@ KNOWN_INPUTS = (
     "vap_video", "vap_prompt", "negative_vap_prompt",
     "s2v_pose_video", "motion_video", "audio_sample_rate", "audio_embeds",
     "longcat_video",
+    "animate_mode", "background_video", "overlap_frames", "relighting_lora",
 )
 
 

@@ -5,8 +5,10 @@ the file spells it; each group becomes the deltas of one module. Whatever cannot
 (DoRA, Tucker factors, a factor without its partner, a module wanflow does not know, two spellings
 of the same module) is listed in ``unread`` with the reason, never dropped in silence.
 
-Only safetensors files are read, mapped into memory: the factors stay views of the file until
-someone builds ΔW, so reading a LoRA copies nothing up front.
+Safetensors files are read mapped into memory: the factors stay views of the file until someone
+builds ΔW, so reading a LoRA copies nothing up front. PyTorch pickles (Wan2.2-Animate's
+``relighting_lora.ckpt``: peft weights under ``state_dict``) are read with
+``torch.load(weights_only=True)``, which never runs pickled code.
 """
 
 from __future__ import annotations
@@ -69,13 +71,9 @@ def _open(source: LoraSource) -> tuple[Mapping[str, torch.Tensor], dict[str, str
         raise ModelLoadError(f"{path}: is a folder; name the LoRA's .safetensors file in it.")
     kind, description = signature.sniff_file(path)
     if kind in ("torch-zip", "torch-legacy"):
-        raise ModelLoadError(
-            f"{path}: {description}, not a safetensors file. wanflow reads LoRAs only from "
-            ".safetensors (loading a pickle can run code). If you trust the file, convert it once:\n"
-            f"  python -c \"import torch, safetensors.torch as st; sd = torch.load('{path}', "
-            "weights_only=True); st.save_file({k: v.contiguous() for k, v in sd.items()}, "
-            f"'{path.with_suffix('.safetensors')}')\""
-        )
+        # weights_only: a pickle that would run code is refused, with how to convert it
+        state = checkpoint_files.read_torch(path, legacy=kind == "torch-legacy")
+        return state, {}, str(path)
     if kind != "safetensors":
         raise ModelLoadError(f"{path}: not a LoRA: it is {description}. Expected a .safetensors file.")
     state = checkpoint_files.read_safetensors(path)  # checks the header and the length

@@ -45,6 +45,7 @@ VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
     DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "recognises", "load_s2v_shards"),
     DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "recognises", "load"),
+    DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
 )
 
 

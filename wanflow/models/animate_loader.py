@@ -9,7 +9,8 @@ the blur kernels of the official file included, the QR direction basis kept in f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 
 import structlog
 import torch
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from wanflow.models import animate_config, animate_keys, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
-from wanflow.models.checkpoint_files import Checkpoint, open_weights
+from wanflow.errors import ModelLoadError
+from wanflow.models.checkpoint_files import Checkpoint, open_state_dict, open_weights
 from wanflow.models.dit_config import keeps_fp32
 from wanflow.models.dit_keys import DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys, require_parts
@@ -68,3 +70,27 @@ def _dtypes(dtype: torch.dtype):
         fp32 = keeps_fp32(name) or name == DIRECTION_KEY or name.endswith(".kernel")
         return torch.float32 if fp32 else dtype
     return choose
+
+
+def holds_animate_parts(names: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
+    """Whether checkpoint keys (a header's will do) are an Animate DiT's: its pose embedding,
+    motion and face encoders or face blocks, in any supported layout (ComfyUI's prefix off)."""
+    return any(animate_keys.is_part(k.removeprefix(signature.COMFYUI_PREFIX)) for k in names)
+
+
+def load_animate_files(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
+                       device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> AnimateDiT:
+    """``load_animate_dit`` over a family component's shard files (as the model pool lists them):
+    one file as it is, several merged (a key in two shards is refused)."""
+    if len(weights) == 1:
+        return load_animate_dit(weights[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
+    if not weights:
+        raise ModelLoadError("load_animate_files: no checkpoint file given; pass the Animate DiT's shards.")
+    state: dict[str, Tensor] = {}
+    for path in weights:
+        part = open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    return load_animate_dit(state, dtype=dtype, device=device, attention_kernel=attention_kernel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wanflow.families import fun, krea, longcat, s2v, tiny, vace, vap, wan
+from wanflow.families import animate, fun, krea, longcat, s2v, tiny, vace, vap, wan
 from wanflow.plugins.hookspecs import AttentionEntry, SamplerEntry, SaverEntry, hookimpl
 
 NAME = "wanflow"
@@ -18,7 +18,7 @@ def _lazy(module: str, attr: str) -> Any:
 @hookimpl
 def wanflow_families() -> list:
     return [*wan.families(), *vace.families(), *fun.families(), krea.family(), *vap.families(), s2v.family(),
-            longcat.family(), tiny.family()]
+            *animate.families(), longcat.family(), tiny.family()]
 
 
 def _builtin_solver(name: str) -> Any:
@@ -40,12 +40,13 @@ def wanflow_samplers() -> list[SamplerEntry]:
 def wanflow_pipelines() -> dict[str, Any]:
     # light: step kinds import torch only when they run
     from wanflow.steps.pipeline import PIPELINES
+    from wanflow.steps.pipeline_animate import AnimatePipeline
     from wanflow.steps.pipeline_krea import KreaPipeline
     from wanflow.steps.pipeline_longcat import LongCatPipeline
     from wanflow.steps.pipeline_s2v import S2VPipeline
 
     return {**PIPELINES, krea.PIPELINE: KreaPipeline(), s2v.PIPELINE: S2VPipeline(),
-            longcat.PIPELINE: LongCatPipeline()}
+            animate.PIPELINE: AnimatePipeline(), longcat.PIPELINE: LongCatPipeline()}
 
 
 @hookimpl

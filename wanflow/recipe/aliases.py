@@ -28,6 +28,7 @@ DIFFSYNTH_NAMES: dict[str, tuple[str, str]] = {
     "animate_pose_video": ("inputs.pose_video", "a file path"),
     "animate_face_video": ("inputs.face_video", "a file path"),
     "animate_mask_video": ("inputs.mask", "a file path"),
+    "animate_inpaint_video": ("inputs.background_video", "a file path"),
     "control_video": ("inputs.control_video", "a file path"),
     "reference_image": ("inputs.reference_image", "a file path"),
     "camera_control_direction": ("inputs.camera.direction", ""),

@@ -161,6 +161,17 @@ class Inputs:
                                         "longcat_cond_frames frames condition the clip)")
     longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
                                        "held as the clip's first frames (4n+1; the authors' 13)")
+    animate_mode: str | None = setting(
+        None, family=True, why="Animate: \"animation\" moves the reference character as the pose video "
+        "does; \"replacement\" puts it into the background video in place of the masked person")
+    background_video: str | None = setting(None, why="Animate replacement: the driving video with its "
+                                           "person removed (the mask video says where)")
+    overlap_frames: int | None = setting(
+        None, family=True, why="Animate: the previous clip's last frames that start the next clip of a "
+        "long video (1 or 5, the official refert_num)")
+    relighting_lora: bool | None = setting(
+        None, why="Animate replacement: apply the relighting LoRA (None: yes in replacement mode, as the "
+        "official --use_relighting_lora; false: not)")
 
 
 @attrs.frozen
@@ -303,6 +314,6 @@ class Recipe:
 FILE_INPUTS = ("image", "end_image", "video", "control_video", "reference_image", "mask", "audio",
                "pose_video", "face_video", "vace.video", "vace.mask", "vace.reference",
                "camera.pose_file", "vap_video", "s2v_pose_video", "motion_video",
-               "audio_embeds", "longcat_video")
+               "audio_embeds", "longcat_video", "background_video")
 #: Input fields whose values are texts a family encodes besides the prompt (Video-As-Prompt's captions).
 TEXT_INPUTS = ("vap_prompt", "negative_vap_prompt")

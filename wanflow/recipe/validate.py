@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wanflow import SCHEMA_VERSION
 from wanflow.families.spec import FamilyLookup, FamilySpec
+from wanflow.recipe.animate_rules import check_animate
 from wanflow.recipe.causal_rules import check_causal
 from wanflow.recipe.longcat_rules import check_longcat
 from wanflow.recipe.problems import Problems, did_you_mean
@@ -42,6 +43,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     check_causal(recipe, family, problems)
     check_s2v(recipe, family, problems)
     check_longcat(recipe, family, problems)
+    check_animate(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)

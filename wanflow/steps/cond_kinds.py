@@ -11,6 +11,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wanflow.conditioners import Conditioner, kind_of_role
+from wanflow.steps.cond_animate import (
+    ANIMATE_BACKGROUND,
+    ANIMATE_FACE,
+    ANIMATE_MASK,
+    ANIMATE_POSE,
+    ANIMATE_REFERENCE,
+)
 from wanflow.steps.cond_call import Implementation, ModelCall
 from wanflow.steps.cond_camera import CAMERA_PLUCKER
 from wanflow.steps.cond_clip import CLIP_TOKENS_KIND
@@ -45,6 +52,11 @@ IMPLEMENTATIONS: Mapping[str, Implementation] = {
     "s2v-pose": S2V_POSE,
     "s2v-motion": S2V_MOTION,
     "longcat-frames": LONGCAT_FRAMES,
+    "animate-reference": ANIMATE_REFERENCE,
+    "animate-pose": ANIMATE_POSE,
+    "animate-face": ANIMATE_FACE,
+    "animate-background": ANIMATE_BACKGROUND,
+    "animate-mask": ANIMATE_MASK,
 }
 
 
