@@ -26,11 +26,12 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.memory import pool as model_pool
-from wanflow.steps.cond_animate import CLIP_READS, clip_plan, to_signed
 from wanflow.steps.component import component_runtime
-from wanflow.steps.conditioning import VAE_READS, tile_spec
+from wanflow.steps.cond_animate import CLIP_READS, clip_plan, to_signed
+from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS, Denoise, expert_cfgs
 from wanflow.steps.text import RUNTIME_READS
+from wanflow.steps.vae_on_device import VaeOnDevice, vae_on_device
 
 
 @attrs.frozen
@@ -171,25 +172,7 @@ class AnimateDenoise:
                               kernel=None if self.attention is None else self.attention.load())
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
-        device, dtype = component_runtime(ctx.params, self.vae_dtype, self.vae_device)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
-        return VaeOnDevice(vae, tile_spec(ctx.params), device, dtype)
-
-
-@attrs.frozen
-class VaeOnDevice:
-    """The job's VAE with its device, dtype and tiling: encode takes and gives fp32 on the CPU."""
-
-    vae: Any
-    tile: Any
-    device: str
-    dtype: Any
-
-    def encode(self, pixels: Any) -> Any:
-        return self.vae.encode(pixels.to(device=self.device, dtype=self.dtype), tile=self.tile).float().cpu()
-
-    def decode(self, latents: Any) -> Any:
-        return self.vae.decode(latents.to(device=self.device, dtype=self.dtype), tile=self.tile).float().cpu()
+        return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)
 
 
 @attrs.frozen
@@ -218,9 +201,7 @@ class AnimateDecode:
 
         p = ctx.params
         plan = clip_plan(p)
-        device, dtype = component_runtime(p, self.dtype, self.device)
-        vae = VaeOnDevice(model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency),
-                          tile_spec(p), device, dtype)
+        vae = vae_on_device(ctx, self.vae_version, self.dtype, self.device, self.residency)
         latents = ctx.input("latents")["latents"]  # (n, z, 21, h, w)
         bar = ctx.progress(latents.shape[0], desc="decode", unit="clip")
         clips = []

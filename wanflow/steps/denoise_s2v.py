@@ -30,9 +30,10 @@ from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
-from wanflow.steps.conditioning import VAE_READS, tile_spec
+from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS
 from wanflow.steps.s2v_encode import MOTION_FRAMES, frames_per_clip
+from wanflow.steps.vae_on_device import VaeOnDevice, vae_on_device
 
 #: Frames of the first clip that belong to the reference image's latent frame (dropped).
 FIRST_CLIP_DROP = 3
@@ -104,32 +105,14 @@ class S2VDenoise:
                               p["runtime.attention"], self.residency, loras, self.storage,
                               kernel=None if self.attention is None else self.attention.load())
 
-    def _vae(self, ctx: Any) -> Any:
-        device, dtype = component_runtime(ctx.params, self.vae_dtype, self.vae_device)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
-        return _Vae(vae, tile_spec(ctx.params), device, dtype)
-
-
-@attrs.frozen
-class _Vae:
-    """The VAE with the recipe's tiling, on its device and dtype; fp32 results on the CPU."""
-
-    vae: Any
-    tile: Any
-    device: str
-    dtype: Any
-
-    def decode(self, latents: Any) -> Any:
-        return self.vae.decode(latents.to(device=self.device, dtype=self.dtype), tile=self.tile).float().cpu()
-
-    def encode(self, pixels: Any) -> Any:
-        return self.vae.encode(pixels.to(device=self.device, dtype=self.dtype), tile=self.tile).float().cpu()
+    def _vae(self, ctx: Any) -> VaeOnDevice:
+        return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)
 
 
 class _ClipLoop:
     """One run of the clip loop: the DiT, the VAE, the step's inputs and the sampling settings."""
 
-    def __init__(self, dit: Any, vae: _Vae, ctx: Any, step: S2VDenoise, schedule: Any, bar: Any):
+    def __init__(self, dit: Any, vae: VaeOnDevice, ctx: Any, step: S2VDenoise, schedule: Any, bar: Any):
         from wanflow.steps.cond_call import tensor
 
         p = ctx.params
