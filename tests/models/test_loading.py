@@ -255,3 +255,15 @@ def test_rename_keys_first_match_wins_and_unmatched_keys_stay():
 def test_rename_keys_refuses_two_keys_becoming_one():
     with pytest.raises(ModelLoadError, match="'model.x' and 'x' both become 'x'"):
         rename_keys({"model.x": 1, "x": 2}, [(r"model\.(.*)", r"\1")])
+
+
+def test_shards_merge_into_one_state_dict_and_a_key_in_two_is_refused(tmp_path):
+    from wanflow.models.checkpoint_files import merged_shards
+
+    save_file({"a": torch.ones(2)}, str(tmp_path / "one.safetensors"))
+    save_file({"b": torch.zeros(3)}, str(tmp_path / "two.safetensors"))
+    save_file({"a": torch.ones(2), "c": torch.ones(1)}, str(tmp_path / "again.safetensors"))
+    state = merged_shards([tmp_path / "one.safetensors", tmp_path / "two.safetensors"])
+    assert sorted(state) == ["a", "b"] and torch.equal(state["b"], torch.zeros(3))
+    with pytest.raises(ModelLoadError, match=r"again.safetensors: repeats keys of an earlier shard \(\['a'\]\)"):
+        merged_shards([tmp_path / "one.safetensors", tmp_path / "again.safetensors"])

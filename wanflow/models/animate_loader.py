@@ -16,13 +16,22 @@ import structlog
 import torch
 from torch import Tensor
 
+from wanflow.errors import ModelLoadError
 from wanflow.models import animate_config, animate_keys, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
-from wanflow.errors import ModelLoadError
-from wanflow.models.checkpoint_files import Checkpoint, open_state_dict, open_weights
+from wanflow.models.checkpoint_files import (
+    Checkpoint,
+    merged_shards,
+    open_weights,
+)
 from wanflow.models.dit_config import keeps_fp32
 from wanflow.models.dit_keys import DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
-from wanflow.models.loading import build_on_meta, load_state_into, rename_keys, require_parts
+from wanflow.models.loading import (
+    build_on_meta,
+    load_state_into,
+    rename_keys,
+    require_parts,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -86,11 +95,5 @@ def load_animate_files(weights: Sequence[str | os.PathLike], dtype: torch.dtype 
         return load_animate_dit(weights[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
     if not weights:
         raise ModelLoadError("load_animate_files: no checkpoint file given; pass the Animate DiT's shards.")
-    state: dict[str, Tensor] = {}
-    for path in weights:
-        part = open_state_dict(path)
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
-        state.update(part)
+    state = merged_shards(weights)
     return load_animate_dit(state, dtype=dtype, device=device, attention_kernel=attention_kernel)

@@ -78,6 +78,19 @@ def open_weights(checkpoint: Checkpoint) -> OpenedWeights:
     return OpenedWeights(open_state_dict(checkpoint), str(checkpoint), borrowed=False)
 
 
+def merged_shards(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
+    """Several shard files read lazily as one state dict; a key in two shards is refused (a
+    shard passed twice, or two checkpoints mixed up)."""
+    state: dict[str, Tensor] = {}
+    for path in paths:
+        part = open_state_dict(path)
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        state.update(part)
+    return state
+
+
 def open_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a checkpoint lazily (mmap), whatever its format, refusing anything that is not one."""
     path = Path(path)

@@ -21,7 +21,11 @@ from torch import Tensor
 
 from wanflow.errors import ModelLoadError
 from wanflow.models import longcat_config, signature
-from wanflow.models.checkpoint_files import Checkpoint, open_state_dict, open_weights
+from wanflow.models.checkpoint_files import (
+    Checkpoint,
+    merged_shards,
+    open_weights,
+)
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.longcat import LongCatDiT
 from wanflow.models.longcat_config import LongCatConfig
@@ -102,12 +106,6 @@ def load(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float3
         return load_longcat_dit(files[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
     if not files:
         raise ModelLoadError("LongCat-Video DiT: no checkpoint file given; pass the shards, their index or dit/.")
-    state: dict[str, Tensor] = {}
-    for path in files:
-        part = open_state_dict(path)
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
-        state.update(part)
+    state = merged_shards(files)
     config = _with_config_beside(longcat_config_of(state, str(files[0].parent)), files[0])
     return _built(config, state, ", ".join(str(f) for f in files), dtype, device, attention_kernel)

@@ -26,7 +26,7 @@ from wanflow.models import s2v_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
-    open_state_dict,
+    merged_shards,
     open_weights,
 )
 from wanflow.models.loading import build_on_meta, load_state_into, require_parts
@@ -55,13 +55,7 @@ def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = t
         raise ModelLoadError("load_s2v_shards: no checkpoint file given; pass the shards, their index or a folder.")
     if len(weights) == 1:
         return load_s2v_dit(weights[0], dtype, device, attention_kernel)
-    state: dict[str, Tensor] = {}
-    for path in weights:
-        part = open_state_dict(path)
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
-        state.update(part)
+    state = merged_shards(weights)
     opened = OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
     return _built(opened, _fields_beside(Path(os.fspath(weights[0]))), dtype, device, attention_kernel)
 

@@ -24,7 +24,7 @@ from wanflow.models import signature, vap_config, vap_keys
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
-    open_state_dict,
+    merged_shards,
     open_weights,
 )
 from wanflow.models.loading import build_on_meta, load_state_into
@@ -69,13 +69,7 @@ def _opened(weights: Checkpoint | Sequence[str | os.PathLike]) -> OpenedWeights:
         return open_weights(weights)
     if not weights:
         raise ModelLoadError("load_vap_dit: no checkpoint file given; pass the shards, their index or a folder.")
-    state: dict[str, Tensor] = {}
-    for path in weights:
-        part = open_state_dict(path)
-        twice = sorted(set(part) & set(state))
-        if twice:
-            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
-        state.update(part)
+    state = merged_shards(weights)
     return OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
 
 
