@@ -49,7 +49,11 @@ class SaveVideo:
         with tempfile.TemporaryDirectory(prefix="wanflow-save-") as tmp:
             path = Path(tmp) / f"video{self.saver.suffix}"
             save(frames, path, p["video.fps"], metadata(p), **extra)
+            self.finish(path, ctx)
             return path.read_bytes()
+
+    def finish(self, path: Path, ctx: Any) -> None:
+        """Change the written file before it is stored (a subclass muxes a sound track in)."""
 
 
 @attrs.frozen

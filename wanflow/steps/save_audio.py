@@ -9,8 +9,6 @@ in with ``with_audio_track(nodes, path)``; only savers that write mp4 take a tra
 
 from __future__ import annotations
 
-import inspect
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import attrs
 
 from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelInputError
-from wanflow.steps.save import SaveVideo, metadata
+from wanflow.steps.save import SaveVideo
 
 #: The role the recording arrives under at the save step.
 AUDIO_ROLE = "audio"
@@ -32,18 +30,10 @@ class SaveVideoWithAudio(SaveVideo):
     kind: str = "save-with-audio"
     version: int = 1
 
-    def run(self, ctx: Any) -> bytes:
+    def finish(self, path: Path, ctx: Any) -> None:
         from wanflow.output.audio_track import add_audio_track
 
-        p = ctx.params
-        save = self.saver.load()
-        frames = ctx.input("frames")["frames"].numpy()
-        extra = {"quality": p["output.quality"]} if "quality" in inspect.signature(save).parameters else {}
-        with tempfile.TemporaryDirectory(prefix="wanflow-save-") as tmp:
-            path = Path(tmp) / f"video{self.saver.suffix}"
-            save(frames, path, p["video.fps"], metadata(p), **extra)
-            add_audio_track(path, ctx.file(AUDIO_ROLE))
-            return path.read_bytes()
+        add_audio_track(path, ctx.file(AUDIO_ROLE))
 
 
 def with_audio_track(nodes: Sequence[StepSpec], audio: Path) -> list[StepSpec]:
