@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from wanflow.families.krea import CAUSAL_SOLVER, FRAMES_PER_BLOCK
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: [sampler] keys the block loop does not read, with why and the fix.
@@ -47,10 +47,7 @@ def check_causal(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
         problems.add(("prompt", "negative"), recipe.prompt.negative, "is never read without guidance "
                      "(the block-causal sampler has none): remove it")
     defaults = Sampler()
-    for key, fix in _UNREAD.items():
-        value = getattr(s, key)
-        if value != getattr(defaults, key) and not problems.is_bad(("sampler", key)):
-            problems.add(("sampler", key), list(value) if isinstance(value, tuple) else value, fix)
+    refuse_changed(problems, ("sampler",), s, defaults, _UNREAD)
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "a step cache skips passes of a long "
                      "bidirectional loop; the block-causal sampler makes a few calls per block: use \"none\"")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from wanflow.families.longcat import COND_FRAMES, PIPELINE, SOLVER
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
@@ -42,10 +42,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         problems.add(("sampler", "shift"), s.shift, "the authors' sampler takes its shift from the release's "
                      'scheduler/scheduler_config.json: remove it, or sample as DiffSynth does (solver = "euler", '
                      "shift = 1.0)")
-    for key, fix in _UNREAD.items():
-        value = getattr(s, key)
-        if value != getattr(defaults, key) and not problems.is_bad(("sampler", key)):
-            problems.add(("sampler", key), list(value) if isinstance(value, tuple) else value, fix)
+    refuse_changed(problems, ("sampler",), s, defaults, _UNREAD)
     if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
         problems.add(("sampler", "denoising_strength"), s.denoising_strength, "LongCat starts from noise (video "
                      "continuation is [inputs].longcat_video): use 1.0")

@@ -77,3 +77,13 @@ class Problems:
 
     def is_bad(self, path: KeyPath) -> bool:
         return any(path[: len(bad)] == bad for bad in self.bad_paths)
+
+
+def refuse_changed(problems: Problems, table: KeyPath, current: object, defaults: object,
+                   unread: Mapping[str, str]) -> None:
+    """Each setting of ``unread`` that ``current`` (the table at ``table``) sets away from its
+    default, refused with its fix: a step that would not read it must not take it silently."""
+    for key, fix in unread.items():
+        value = getattr(current, key)
+        if value != getattr(defaults, key) and not problems.is_bad((*table, key)):
+            problems.add((*table, key), list(value) if isinstance(value, tuple) else value, fix)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from wanflow.families.s2v import PIPELINE
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: The rate wav2vec2 was trained on; its feature extractor refuses any other.
@@ -60,10 +60,7 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
     s, defaults = recipe.sampler, Sampler()
-    for key, fix in _UNREAD.items():
-        value = getattr(s, key)
-        if value != getattr(defaults, key) and not problems.is_bad(("sampler", key)):
-            problems.add(("sampler", key), list(value) if isinstance(value, tuple) else value, fix)
+    refuse_changed(problems, ("sampler",), s, defaults, _UNREAD)
     if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
         problems.add(("sampler", "denoising_strength"), s.denoising_strength, "speech-to-video starts every "
                      "clip from noise (there is no source video to keep); use 1.0")

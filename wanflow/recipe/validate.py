@@ -16,7 +16,7 @@ from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.animate_rules import check_animate
 from wanflow.recipe.causal_rules import check_causal
 from wanflow.recipe.longcat_rules import check_longcat
-from wanflow.recipe.problems import Problems, did_you_mean
+from wanflow.recipe.problems import Problems, did_you_mean, refuse_changed
 from wanflow.recipe.s2v_rules import check_s2v
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
 from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
@@ -215,11 +215,7 @@ def _check_cache(recipe: Recipe, family: FamilySpec, problems: Problems) -> None
         problems.add((*key, "calibrated"), list(c.calibrated), 'give the fitted polynomial exactly when '
                      'coefficients = "calibrated"')
     if c.method == "easycache":  # keys EasyCache does not read would change the key, not the video
-        defaults = type(c)()
-        for name, fix in _EASYCACHE_UNUSED.items():
-            if getattr(c, name) != getattr(defaults, name):
-                value = getattr(c, name)
-                problems.add((*key, name), list(value) if isinstance(value, tuple) else value, fix)
+        refuse_changed(problems, key, c, type(c)(), _EASYCACHE_UNUSED)
     if c.calibrated_high_noise and (c.coefficients != "calibrated" or len(family.experts) < 2):
         why = ("has one DiT" if len(family.experts) < 2 else 'reads it only with coefficients = "calibrated"')
         problems.add((*key, "calibrated_high_noise"), list(c.calibrated_high_noise),
