@@ -186,7 +186,7 @@ class Denoise:
                              kernel=None if self.attention is None else self.attention.load())
         texts, call = conditioning
         cache = self._cache(p, role, dit, schedule, state, call, (begin, stop), resumed_cache)
-        model_fn = self._guided(p, role, dit, texts, call, device, cache, schedule)
+        model_fn = self.guided(p, role, dit, texts, call, device, cache, schedule)
         step = self.solver.load().step
         while state.index < stop:
             state = step(state, model_fn, schedule)
@@ -199,10 +199,11 @@ class Denoise:
                 ctx.save_partial(state.index, saved)
         return state
 
-    def _guided(self, p: Mapping[str, Any], role: str, dit: Any, texts: Mapping[str, Any], call: Any,
+    def guided(self, p: Mapping[str, Any], role: str, dit: Any, texts: Mapping[str, Any], call: Any,
                 device: str, cache: Any, schedule: Any) -> Any:
         """The guided model function of this expert: CFG, or the recipe's guidance options
-        (cfg_merge, CFG-Zero*, skip-layer guidance), over passes bound to this DiT."""
+        (cfg_merge, CFG-Zero*, skip-layer guidance), over passes bound to this DiT. Public: the
+        clip loops (Animate) guide each clip's model call with it, so guidance has one home."""
         from wanflow.sampling.guidance import (
             Guidance,
             Passes,

@@ -102,7 +102,7 @@ class AnimateDenoise:
                 noise = initial_noise((1, self.z_dim, y.shape[2], h, w), p["sampler.seed"] + k,
                                       noise_device=p["sampler.noise_device"])
                 state = start_state(noise.to(device), 0)
-                model_fn = base._guided(p, "dit", dit, texts, call, device, None, schedule)
+                model_fn = base.guided(p, "dit", dit, texts, call, device, None, schedule)
                 while state.index < schedule.steps:
                     state = step(state, model_fn, schedule)
                     bar.update(1)
