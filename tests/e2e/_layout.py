@@ -60,15 +60,21 @@ def write_dit(folder: Path, cfg, seed: int, shards: int) -> None:
     if shards == 1:
         save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
         return
+    write_shards(folder, state, shards)
+
+
+def write_shards(folder: Path, state: dict, shards: int, stem: str = "diffusion_pytorch_model") -> None:
+    """``state`` as ``shards`` safetensors files named as diffusers and the Wan releases name them,
+    keys dealt out in turn, and the index json that maps each key to its file."""
     keys, weight_map = sorted(state), {}
     for i in range(shards):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
         part = {k: state[k] for k in keys[i::shards]}
         save_file(part, str(folder / name))
         weight_map |= {k: name for k in part}
     total = sum(v.numel() * v.element_size() for v in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def write_repo(folder: Path, repo: Repo, shared: Path) -> None:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import attrs
 import torch
-from safetensors.torch import save_file
 
-from tests.e2e._layout import CLIP_FILE, _link, tiny, write_shared
+from tests.e2e._layout import CLIP_FILE, _link, tiny, write_shards, write_shared
 from wanflow.models.animate import AnimateDiT
 from wanflow.models.animate_config import AnimateConfig, MotionEncoderConfig
 from wanflow.models.animate_motion import blur_kernel
@@ -75,15 +74,7 @@ def write_animate_repo(root: Path, seed: int = 40) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(tiny.dit_config_json(cfg.dit), indent=2))
     state = {k: v.contiguous() for k, v in animate_state(cfg, seed).items()}
-    keys, weight_map = sorted(state), {}
-    for i in range(SHARDS):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::SHARDS]}
-        save_file(part, str(folder / name))
-        weight_map |= {k: name for k in part}
-    total = sum(v.numel() * v.element_size() for v in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_shards(folder, state, SHARDS)
     shared = root / ".shared"
     for name, src in {"models_t5_umt5-xxl-enc-bf16.pth": "umt5.pth", "google/umt5-xxl": "tokenizer",
                       "Wan2.1_VAE.pth": "wan2.1.pth", CLIP_FILE: "clip.pth"}.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from tests.e2e._layout import _link, tiny, write_shared
+from tests.e2e._layout import _link, tiny, write_shards, write_shared
 from wanflow.models.loading import build_on_meta
 from wanflow.models.s2v import S2VDiT
 from wanflow.models.s2v_config import S2VConfig
@@ -51,20 +51,11 @@ def config_json(cfg: S2VConfig) -> dict:
 
 
 def write_dit(folder: Path, seed: int = 40) -> None:
-    from safetensors.torch import save_file
 
     cfg = tiny_s2v_config()
     (folder / "config.json").write_text(json.dumps(config_json(cfg), indent=2))
     state = {k: v.contiguous() for k, v in s2v_state(cfg, seed).items()}
-    keys, weight_map = sorted(state), {}
-    for i in range(SHARDS):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::SHARDS]}
-        save_file(part, str(folder / name))
-        weight_map |= {k: name for k in part}
-    total = sum(v.numel() * v.element_size() for v in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_shards(folder, state, SHARDS)
 
 
 def write_speech_encoder(folder: Path, seed: int = 41) -> None:

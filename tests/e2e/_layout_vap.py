@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from tests.e2e._layout import tiny, write_models_root
+from tests.e2e._layout import tiny, write_models_root, write_shards
 from wanflow.models import vap_keys
 from wanflow.models.loading import build_on_meta
 from wanflow.models.vap import VapDiT
@@ -52,22 +52,13 @@ def config_json(cfg: VapConfig) -> dict:
 
 def write_vap_repo(root: Path, seed: int = 30) -> Path:
     """The transformer folder of the release, sharded with its index; returns the folder."""
-    from safetensors.torch import save_file
 
     cfg = tiny_vap_config()
     folder = root / REPO / "transformer"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config_json(cfg), indent=2))
     state = {k: v.contiguous() for k, v in vap_keys.to_diffusers(vap_state(cfg, seed)).items()}
-    keys, weight_map = sorted(state), {}
-    for i in range(SHARDS):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::SHARDS]}
-        save_file(part, str(folder / name))
-        weight_map |= {k: name for k in part}
-    total = sum(v.numel() * v.element_size() for v in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_shards(folder, state, SHARDS)
     return folder
 
 
