@@ -3,14 +3,21 @@
 The mode decides the inputs: replacement reads a background video and a mask video (and applies
 the relighting LoRA unless ``relighting_lora = false``); animation reads neither, so giving them
 is refused rather than ignored. The clip loop reads its own settings and none of a step cache,
-sliding windows or a training stage, which are refused naming the key. The videos themselves
+sliding windows, which are refused naming the key. A training recipe takes its inputs from the
+dataset's columns (``wanflow.steps.train_animate``); what it cannot honour is refused here. The videos themselves
 (frame counts, sizes, a binary mask) are checked when the files are opened
 (``wanflow.steps.animate_checks``).
 """
 
 from __future__ import annotations
 
-from wanflow.families.animate import MODES, OVERLAPS, PIPELINE, REPLACEMENT_INPUTS
+from wanflow.families.animate import (
+    DEFAULTS,
+    MODES,
+    OVERLAPS,
+    PIPELINE,
+    REPLACEMENT_INPUTS,
+)
 from wanflow.families.spec import FamilySpec
 from wanflow.recipe.problems import Problems
 from wanflow.recipe.schema import Recipe
@@ -27,6 +34,10 @@ def check_animate(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
             if getattr(inputs, name) is not None and name not in family.accepted_inputs:
                 problems.add(("inputs", name), getattr(inputs, name), f"{family.name} does not take this "
                              "setting (it is Wan2.2-Animate's); remove it or choose wan2.2-animate-14b")
+        return
+    if recipe.train is not None:
+        _check_training(recipe, problems)
+        _check_sampler(recipe, problems)
         return
     mode = inputs.animate_mode
     if mode not in MODES:
@@ -47,10 +58,53 @@ def check_animate(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
                 problems.add(("inputs", name), getattr(inputs, name), 'is read only by animate_mode = '
                              '"replacement"; remove it, or set animate_mode = "replacement"')
     _check_sampler(recipe, problems)
-    if recipe.train is not None:
-        problems.add(("model",), family.name, "cannot be trained with [train] yet: the training stage does not "
-                     "build its inputs (reference image, pose and face videos, the clip's condition); remove "
-                     "[train] to generate, or train a base family")
+
+
+#: [inputs] of a generation and the dataset column that gives each to a training sample.
+TRAIN_COLUMNS = {"reference_image": "input_image", "pose_video": "animate_pose_video",
+                 "face_video": "animate_face_video", "background_video": "animate_inpaint_video",
+                 "mask": "animate_mask_video"}
+#: Linear layers of the DiT's Animate parts (a LoRA target matching one is refused): the face
+#: encoder's tokens are computed once per sample, and DiffSynth trains none of these parts.
+ADAPTER_LINEARS = ("face_encoder.out_proj", *(f"face_adapter.fuser_blocks.{i}.{name}" for i in range(8)
+                                              for name in ("linear1_kv", "linear1_q", "linear2")))
+
+
+def _check_training(recipe: Recipe, problems: Problems) -> None:
+    """What Animate's training (``wanflow.steps.train_animate``) cannot honour: [inputs] (each
+    sample takes its own columns), full fine-tuning, batches, LoRAs on the Animate parts."""
+    for name, column in TRAIN_COLUMNS.items():
+        value = getattr(recipe.inputs, name)
+        if value is not None:
+            problems.add(("inputs", name), value, f"is not read by training: each sample takes its own from the "
+                         f"dataset's {column} column; move it into the dataset, or remove it")
+    inputs = recipe.inputs
+    if inputs.animate_mode != "animation":
+        problems.add(("inputs", "animate_mode"), inputs.animate_mode, "training takes animation mode only: "
+                     "replacement-mode training is not built (a replacement generation applies the relighting "
+                     'LoRA to the DiT, and training on a base with that LoRA applied is not built); remove it')
+    if inputs.overlap_frames != DEFAULTS["inputs.overlap_frames"]:
+        problems.add(("inputs", "overlap_frames"), inputs.overlap_frames, "is not read by training: a sample is "
+                     "one clip, with no clip before it; remove it")
+    if inputs.relighting_lora is not None:
+        problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training (animation "
+                     "mode applies no relighting LoRA); remove it")
+    t = recipe.train
+    if t.method == "full":
+        problems.add(("train", "method"), t.method, "full fine-tuning of wan2.2-animate-14b is not built: it "
+                     "would train the DiT's Animate parts too (pose embedding, motion and face encoders, face "
+                     "blocks), which DiffSynth keeps frozen and whose face tokens are computed once per sample; "
+                     'use method = "lora"')
+    if t.batch_size > 1:
+        problems.add(("train", "batch_size"), t.batch_size, "Animate samples are trained one at a time (each "
+                     "has its own pose and face inputs, as DiffSynth trains them); use batch_size = 1 and "
+                     "gradient_accumulation for larger batches")
+    bad = [target for target in t.lora_targets
+           if any(m == target or m.endswith("." + target) for m in ADAPTER_LINEARS)]
+    if t.method == "lora" and bad:
+        problems.add(("train", "lora_targets"), list(t.lora_targets), f"{', '.join(bad)} match layers of the "
+                     "DiT's Animate parts (face encoder, face blocks), which training keeps frozen as DiffSynth "
+                     "does; target the blocks' layers (q, k, v, o, ffn.0, ffn.2)")
 
 
 _WHAT = {"background_video": "the driving video with its person removed",

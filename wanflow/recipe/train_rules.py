@@ -50,7 +50,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: listed here has no dataset column yet, and its family is refused.
 TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
-    "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket"})
+    "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket",
+    "animate-reference", "animate-pose", "animate-face", "animate-background", "animate-mask"})
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})

@@ -12,6 +12,13 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from wanflow.steps.train_animate import (
+    FRAME_INPUTS,
+    REFUSED_COLUMNS,
+    TRAIN_ACCEPTED,
+    TRAIN_REQUIRED,
+    is_animate,
+)
 from wanflow.steps.train_conditioning import frame_inputs
 from wanflow.train import Dataset, Sizing, load_dataset
 from wanflow.train.probe import Media, probe_media
@@ -33,10 +40,14 @@ def training_dataset(resolved: Any) -> Dataset:
     """The checked dataset (raises ``DatasetError`` listing every problem with its row)."""
     t = resolved.recipe.train
     family = resolved.family
-    return load_dataset(Path(t.dataset), sizing=sizing_of(resolved), accepted_inputs=family.accepted_inputs,
-                        required_inputs=family.required_inputs, family=family.name,
+    accepted, required, frames = family.accepted_inputs, family.required_inputs, frame_inputs(family)
+    refused = {}
+    if is_animate(family):  # its reference is DiffSynth's input_image (``train_animate``)
+        accepted, required, frames, refused = TRAIN_ACCEPTED, TRAIN_REQUIRED, FRAME_INPUTS, REFUSED_COLUMNS
+    return load_dataset(Path(t.dataset), sizing=sizing_of(resolved), accepted_inputs=accepted,
+                        required_inputs=required, family=family.name,
                         base_path=Path(t.base_path) if t.base_path else None, repeat=t.repeat,
-                        probe=remembered_probe, frame_inputs=frame_inputs(family))
+                        probe=remembered_probe, frame_inputs=frames, refused=refused)
 
 
 def remembered_probe(path: Path, kind: str, wanted_frames: int) -> tuple[Media | None, str]:

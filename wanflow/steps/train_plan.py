@@ -5,7 +5,8 @@ which encodes a sample needs follows from what the family takes (I2V: the y cond
 with an image encoder, CLIP tokens; TI2V: its first frame, taken from x0), never from its name.
 A family with derivative conditioners (VACE, Wan-Fun, speed control) gets one node per declared
 conditioner and sample instead, planned and computed by the inference conditioners
-(``train_conditioning``).
+(``train_conditioning``); Animate gets the I2V encodes of its image and its own pose and face
+encodes (``train_animate``).
 Identical prompts share one text node, and a prompt encoded for a video is the same node.
 """
 
@@ -25,6 +26,7 @@ from wanflow.steps.train import (
     TrainModel,
     ValidationLatents,
 )
+from wanflow.steps.train_animate import animate_sample_nodes, is_animate
 from wanflow.steps.train_conditioning import (
     declared_conditioning,
     sample_conditioning_nodes,
@@ -45,9 +47,10 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
     own = {"dtype": job.dtype("text_encoder"), "device": job.device("text_encoder"), "residency": job.residency}
     vae = {"vae": next(iter(job.weights["vae"].values()))}
     vae_own = job.placed("vae")
-    declared = declared_conditioning(family)
+    animate = is_animate(family)  # its image's y and CLIP are the base encodes' (``train_animate``)
+    declared = declared_conditioning(family) and not animate
     takes_image = "image" in family.accepted_inputs and not declared
-    y_mode = "image" in family.required_inputs and not declared
+    y_mode = ("image" in family.required_inputs and not declared) or animate
     clip = y_mode and "image_encoder" in job.weights
     conditions = tuple(c for c, on in (("y", y_mode), ("clip", clip)) if on)
     conditioned: list[tuple[int, tuple[str, ...]]] = []
@@ -66,8 +69,8 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         nodes.append(StepSpec(f"train/x0:{i}", EncodeSample("x0", **size, vae_version=vae_version, **vae_own),
                               files={"media": s.media}, weights=vae))
         inputs[f"x0.{i}"] = f"train/x0:{i}"
-        if declared:
-            found = sample_conditioning_nodes(job, s)
+        if declared or animate:
+            found = animate_sample_nodes(job, s, vae_version) if animate else sample_conditioning_nodes(job, s)
             nodes += [spec for _, spec in found]
             inputs |= {f"{role}.{i}": spec.name for role, spec in found}
             conditioned.append((i, tuple(role for role, _ in found)))

@@ -95,7 +95,11 @@ def step_is_lora(p: Any) -> bool:
 def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
-    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary)
+    from wanflow.memory.dit_variants import variant_of
+
+    variant = variant_of(files)  # a DiT with parts of its own (Animate) loads through its loader
+    loader = None if variant is None else variant.function(variant.load)
+    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, loader)
 
 
 def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:

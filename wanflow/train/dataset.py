@@ -54,7 +54,15 @@ COLUMNS: Mapping[str, Column] = {
     "camera_control_speed": Column("camera", "value"),
     "camera_pose_file": Column("camera", "file"),
     "motion_bucket_id": Column("motion_bucket", "value"),
+    "animate_pose_video": Column("pose_video", "video"),
+    "animate_face_video": Column("face_video", "video"),
+    "animate_inpaint_video": Column("background_video", "video"),
+    "animate_mask_video": Column("mask", "video"),
 }
+#: Columns cut to the clip's frames less 4 (DiffSynth's ``AnimateVideoSplit``: latent frame 0 of
+#: an Animate clip is its reference image's), and those that must be the clip's own size.
+SHORTER_BY_4 = ("animate_pose_video", "animate_face_video", "animate_inpaint_video", "animate_mask_video")
+CLIP_SIZED = ("animate_pose_video", "animate_inpaint_video", "animate_mask_video")
 #: Fun Control-Camera's preset directions (``[inputs.camera].direction``'s choices).
 CAMERA_DIRECTIONS = ("Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown", "ZoomIn", "ZoomOut")
 #: The motion bucket ids speed control was trained on (``[inputs].motion_bucket``'s range).
@@ -113,13 +121,14 @@ class _Context:
     family: str
     probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media
     frame_inputs: frozenset[str] | None = None  # columns a clip frame fills; None: the base rule
+    refused: Mapping[str, str] = attrs.field(factory=dict)  # column -> why the family cannot train on it
 
 
 def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Collection[str],
                  required_inputs: Collection[str] = (), family: str = "the family",
                  base_path: str | Path | None = None, repeat: int = 1,
                  probe: Callable[[Path, str, int], tuple[Media | None, str]] = probe_media,
-                 frame_inputs: Collection[str] | None = None) -> Dataset:
+                 frame_inputs: Collection[str] | None = None, refused: Mapping[str, str] | None = None) -> Dataset:
     """Read and check a dataset; raises ``DatasetError`` listing every problem.
 
     Args:
@@ -128,6 +137,7 @@ def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Colle
         probe: opens one media file (``probe_media``'s contract); a caller may remember answers.
         frame_inputs: the columns (``input_image``, ``end_image``) a frame of the clip fills when a
             row leaves them empty; None: the base families' rule (``_frame_defaults``).
+        refused: columns the family takes at inference but cannot train on, with the reason.
     """
     path = Path(metadata)
     problems = [f"{p}; fix the dataset sizing" for p in sizing.problems()]
@@ -142,7 +152,7 @@ def load_dataset(metadata: str | Path, *, sizing: Sizing, accepted_inputs: Colle
         problems.append(f"base_path = {display_path(base)}: no such folder; name the folder media paths are "
                         "relative to")
     ctx = _Context(table, base.resolve(), sizing, frozenset(accepted_inputs), frozenset(required_inputs), family,
-                   probe, None if frame_inputs is None else frozenset(frame_inputs))
+                   probe, None if frame_inputs is None else frozenset(frame_inputs), dict(refused or {}))
     problems += list(table.problems) + _column_problems(ctx)
     if problems and (sizing.problems() or not base.is_dir()):
         raise DatasetError(problems)  # no row can be sized or found
@@ -173,6 +183,8 @@ def _column_problems(ctx: _Context) -> list[str]:
             close = difflib.get_close_matches(column, KNOWN_COLUMNS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             found.append(f"{where}: unknown column; {hint}known columns: {', '.join(KNOWN_COLUMNS)}")
+        elif column in ctx.refused:
+            found.append(f"{where}: {ctx.refused[column]}")
         elif column in COLUMNS and COLUMNS[column].family_input not in ctx.accepted:
             takes = ", ".join(sorted(ctx.accepted)) or "no extra inputs"
             found.append(f"{where}: {ctx.family} does not take the {COLUMNS[column].family_input!r} input "
@@ -195,7 +207,7 @@ def _sample(row: Row, index: int, ctx: _Context) -> tuple[Sample | None, list[st
         target = target_for(media.width, media.height, media.frames if kind == "video" else None, ctx.sizing)
         if target is None:
             found.append(_too_short(row, column, media, ctx.sizing))
-    inputs, values, input_found = _inputs(row, target, ctx)
+    inputs, values, input_found = _inputs(row, target, ctx, media if kind == "video" else None)
     found += input_found
     if found or target is None:
         return None, found
@@ -238,11 +250,13 @@ def _too_short(row: Row, column: str, media: Media, sizing: Sizing) -> str:
             "use a longer clip, remove the row, or lower the minimum")
 
 
-def _inputs(row: Row, target: Target | None, ctx: _Context) -> tuple[dict, tuple, list[str]]:
+def _inputs(row: Row, target: Target | None, ctx: _Context,
+            clip: Media | None = None) -> tuple[dict, tuple, list[str]]:
     """The row's extra inputs: files checked (videos must cover the clip's frames), values kept."""
     files, values, found = {}, [], []
     probed: dict[str, Media] = {}
-    for column in sorted(c for c in row.values if c in COLUMNS and COLUMNS[c].family_input in ctx.accepted):
+    for column in sorted(c for c in row.values if c in COLUMNS and COLUMNS[c].family_input in ctx.accepted
+                         and c not in ctx.refused):
         kind = _kind(row, column)
         if kind == "value":
             why = _value_problem(column, row.values[column])
@@ -255,15 +269,23 @@ def _inputs(row: Row, target: Target | None, ctx: _Context) -> tuple[dict, tuple
             files |= {column: InputRef(path)} if path else {}
             continue
         frames = target.frames if target is not None and kind == "video" else 1
+        if column in SHORTER_BY_4 and target is not None:
+            frames = target.frames - 4
+            if frames < 1:
+                found.append(f"{_label(row, column)}: the clip trains on {target.frames} frame(s), and this video "
+                             "covers the clip's frames after its first 4 (the reference image's latent frame); "
+                             "train on clips of at least 5 frames ([train].frames, frame_buckets)")
+                continue
         media, why = _media(row, column, ctx, frames, kind=kind)
         found += why
         if media is not None and kind == "video" and target is not None and media.frames < frames:
-            found.append(f"{_label(row, column)}: has {media.frames} frames, fewer than the {target.frames} the "
-                         f"clip trains on; use a {column.replace('_', ' ')} at least as long as the clip")
+            whole = "as long as the clip" if frames == target.frames else f"{frames} frames long (the clip's less 4)"
+            found.append(f"{_label(row, column)}: has {media.frames} frames, fewer than the {frames} the "
+                         f"clip trains on; use a {column.replace('_', ' ')} at least {whole}")
         elif media is not None:
             files[column] = InputRef(media.path)
             probed[column] = media
-    found += _missing_required(row, ctx) + _pair_problems(row, probed)
+    found += _missing_required(row, ctx) + _pair_problems(row, probed, clip)
     return files, tuple(values), found
 
 
@@ -311,7 +333,7 @@ def _file(row: Row, column: str, ctx: _Context) -> tuple[str | None, list[str]]:
                   f"against {display_path(ctx.base)})")]
 
 
-def _pair_problems(row: Row, probed: Mapping[str, Media]) -> list[str]:
+def _pair_problems(row: Row, probed: Mapping[str, Media], clip: Media | None = None) -> list[str]:
     """Columns that only make sense together: a VACE mask of the VACE video's size beside it, a
     pose file without a direction or speed beside it."""
     found = []
@@ -324,6 +346,7 @@ def _pair_problems(row: Row, probed: Mapping[str, Media]) -> list[str]:
         found.append(f"{_label(row, 'vace_video_mask')}: is {mask.width}x{mask.height}, but vace_video is "
                      f"{video.width}x{video.height}; the mask must mark the video's own pixels: use a mask of "
                      "the video's size")
+    found += _animate_pair_problems(row, probed, clip)
     if "camera_pose_file" in row.values:
         beside = [c for c in ("camera_control_direction", "camera_control_speed") if c in row.values]
         found += [f"{_label(row, c)}: is set beside camera_pose_file, which gives every pose itself; remove one "
@@ -331,11 +354,29 @@ def _pair_problems(row: Row, probed: Mapping[str, Media]) -> list[str]:
     return found
 
 
+def _animate_pair_problems(row: Row, probed: Mapping[str, Media], clip: Media | None) -> list[str]:
+    """Animate videos that must mark the clip's own pixels are the clip's size, and an inpaint
+    video comes with its mask (DiffSynth builds the replacement condition from both)."""
+    found = []
+    for column in CLIP_SIZED:
+        media = probed.get(column)
+        if clip and media and (media.width, media.height) != (clip.width, clip.height):
+            found.append(f"{_label(row, column)}: is {media.width}x{media.height}, but the clip is "
+                         f"{clip.width}x{clip.height}; it must be aligned with the clip's pixels: use a video of "
+                         "the clip's size")
+    pair = ("animate_inpaint_video", "animate_mask_video")
+    for have, lack in (pair, pair[::-1]):
+        if have in row.values and lack not in row.values:
+            found.append(f"{_label(row, have)}: replacement needs both {have} and {lack}; set {lack}, or remove "
+                         f"{have}")
+    return found
+
+
 def _missing_required(row: Row, ctx: _Context) -> list[str]:
     """Required inputs that neither the row nor a frame of its clip supplies."""
     defaulted = {COLUMNS[c].family_input for c in _frame_defaults(ctx)}
     given = {COLUMNS[c].family_input for c in row.values if c in COLUMNS}
-    columns = {spec.family_input: c for c, spec in reversed(COLUMNS.items())}
+    columns = {spec.family_input: c for c, spec in reversed(COLUMNS.items()) if c not in ctx.refused}
     return [f"{row.where}: {ctx.family} requires the {name!r} input; set the {columns.get(name, name)} column"
             for name in sorted(ctx.required - defaulted - given)]
 
