@@ -54,6 +54,8 @@ COLUMNS: Mapping[str, Column] = {
     "camera_control_speed": Column("camera", "value"),
     "camera_pose_file": Column("camera", "file"),
     "motion_bucket_id": Column("motion_bucket", "value"),
+    "vap_video": Column("vap_video", "video"),
+    "vap_prompt": Column("vap_prompt", "value"),
 }
 #: Fun Control-Camera's preset directions (``[inputs.camera].direction``'s choices).
 CAMERA_DIRECTIONS = ("Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown", "ZoomIn", "ZoomOut")
@@ -287,6 +289,8 @@ def _value_problem(column: str, text: str) -> str:
             return "is not a number; write the camera's step per frame, e.g. 0.0185 (1/54, the default)"
         if not speed > 0 or speed == float("inf"):
             return "must be a finite number > 0 (the camera's step per frame; 1/54 is the default)"
+    if column == "vap_prompt" and not text.strip():
+        return "is empty; write the caption of the reference video (what happens in it)"
     if column == "motion_bucket_id":
         lo, hi = MOTION_BUCKETS
         try:
