@@ -126,10 +126,11 @@ def test_a_short_or_undecodable_reference_video_is_refused_at_validation(tmp_pat
     assert found.startswith('r.toml: [inputs].vap_video = "ref.mp4": not a readable video'), found
 
 
-def test_training_the_family_is_refused_naming_what_its_dit_reads(tmp_path):
+def test_the_family_trains_a_lora_and_full_fine_tuning_is_refused_with_the_reason(tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text(f'model = "{FAMILY}"\n[train]\ndataset = "data.csv"\n', encoding="utf-8")
+    path.write_text(f'model = "{FAMILY}"\n[train]\ndataset = "data.csv"\nmethod = "full"\n', encoding="utf-8")
     (tmp_path / "data.csv").write_text("video,prompt\n")
     problems = _refused(path)
-    assert any(p.startswith(f'r.toml: model = "{FAMILY}": cannot be trained with [train] yet') and "vap-video" in p
+    assert not any("cannot be trained with [train] yet" in p for p in problems), problems
+    assert any(p.startswith('r.toml: [train].method = "full"') and "reference stream alone" in p
                for p in problems), problems

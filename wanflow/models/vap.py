@@ -188,6 +188,10 @@ class VapStack(NamedTuple):
 class VapDiT(WanDiT):
     """``WanDiT`` (Wan2.1 I2V) plus the reference stream ``mot`` joining the blocks of ``mot_layers``."""
 
+    #: A LoRA trains the main stream only, as DiffSynth's LoRA training of the release does
+    #: (its adapter is on the Wan DiT; the reference stream is another module it leaves frozen).
+    lora_excluded_prefixes = ("mot.",)
+
     def __init__(self, config: VapConfig, attention_kernel: str = "sdpa", head_timestep: HeadTimestep = "main"):
         super().__init__(config.dit, attention_kernel)
         if head_timestep not in HEAD_TIMESTEPS:

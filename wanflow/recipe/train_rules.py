@@ -51,7 +51,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
     "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket",
-    "animate-reference", "animate-pose", "animate-face", "animate-background", "animate-mask"})
+    "animate-reference", "animate-pose", "animate-face", "animate-background", "animate-mask",
+    "vap-video", "vap-prompt", "vap-negative-prompt"})
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
@@ -85,9 +86,14 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
                      f"{', '.join(other)}, which the training stage does not build from dataset columns; train a "
                      "base family (wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, …) instead")
         return
+    if recipe.train.method == "full" and any(c.kind == "vap-video" for c in family.conditioners):
+        _add(problems, "method", recipe.train.method, f"{family.name}: full fine-tuning trains its reference "
+             "stream alone (DiffSynth's --trainable_models vap), whose weights a generation cannot load back "
+             "apart from the released file yet; use method = \"lora\" (a LoRA on the main stream, as "
+             "DiffSynth's LoRA training of it)")
     declared = any(c.kind not in BASE_CONDITIONING or c.options for c in family.conditioners)
     if declared:
-        _check_sample_inputs(recipe, problems)
+        _check_sample_inputs(recipe, family, problems)
     if declared and recipe.train.validation_prompts:
         _add(problems, "validation_prompts", recipe.train.validation_prompts, f"{family.name} is conditioned "
              "by per-sample inputs (its dataset columns), and validation videos are sampled from a prompt "
@@ -98,11 +104,11 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
 #: ``[inputs]`` keys of a generation and the dataset column that gives each to a training sample.
 SAMPLE_COLUMNS = {"image": "input_image", "end_image": "end_image", "control_video": "control_video",
                   "reference_image": "reference_image", "camera": "camera_control_direction (or camera_pose_file)",
-                  "motion_bucket": "motion_bucket_id"}
+                  "motion_bucket": "motion_bucket_id", "vap_video": "vap_video", "vap_prompt": "vap_prompt"}
 VACE_COLUMNS = {"video": "vace_video", "mask": "vace_video_mask", "reference": "vace_reference_image"}
 
 
-def _check_sample_inputs(recipe: Recipe, problems: Problems) -> None:
+def _check_sample_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """``[inputs]`` a derivative family's training would not read: each sample takes its own
     columns (``[inputs.vace]``'s scale, binarize_mask and reference_resize apply to every sample)."""
     inputs = recipe.inputs
@@ -115,6 +121,11 @@ def _check_sample_inputs(recipe: Recipe, problems: Problems) -> None:
         shown = value if isinstance(value, (str, int, float)) else "(a table)"
         problems.add(path, shown, f"is not read by training: each sample takes its own from the dataset's "
                      f"{column} column; move it into the dataset, or remove it")
+    negative = inputs.negative_vap_prompt  # the family's default caption is no one's setting
+    if negative is not None and negative != family.defaults.get("inputs.negative_vap_prompt"):
+        problems.add(("inputs", "negative_vap_prompt"), inputs.negative_vap_prompt, "is not read by training: "
+                     "only guidance's unconditional pass reads the negative reference caption, and the training "
+                     "objective runs none; remove it")
 
 
 def dit_roles(family: FamilySpec) -> tuple[str, ...]:

@@ -7,6 +7,10 @@ centre-cropped to the video's size like every input video. The stream reads, on 
 latent grid, the video's VAE latent (16 channels) then its first frame's I2V condition (mask 4,
 VAE latent of [first frame, grey…] 16), and the CLIP tokens of that first frame. A video with
 fewer frames than the clip is refused at validation (frames would repeat and its motion slow).
+
+A training sample reads its reference video as DiffSynth's dataset reads every video column of a
+row, the clip included: its first F frames (``selection = "first"``, ``as_training``); a
+reference video of exactly F frames gives the same frames either way.
 """
 
 from __future__ import annotations
@@ -35,18 +39,27 @@ def evenly(count: int, frames: int) -> list[int]:
     return torch.linspace(0, count - 1, frames).long().tolist()
 
 
-def reference_clip(path: Path, frames: int, width: int, height: int) -> Any:
-    """(3, F, H, W) in [-1, 1]: ``frames`` frames picked evenly across the whole video."""
+#: How the reference video's F frames are picked: "evenly" across it (the authors' inference), or
+#: its "first" F (DiffSynth's training dataset, which reads every video column as a prefix).
+SELECTIONS = ("evenly", "first")
+
+
+def reference_clip(path: Path, frames: int, width: int, height: int, selection: str = "evenly") -> Any:
+    """(3, F, H, W) in [-1, 1]: ``frames`` frames picked evenly across the whole video, or its first."""
     import torch
 
     from wanflow.output import load_video, to_model_video
     from wanflow.output.probe import video_frames
 
+    if selection not in SELECTIONS:
+        raise ValueError(f"reference_clip: selection {selection!r}; expected one of {SELECTIONS}")
     st = path.stat()
     count, _ = video_frames(path, 10**7, st.st_size, st.st_mtime_ns)
     if count < frames:
         raise ModelInputError(f"{path}: [inputs].vap_video has {count} frames, fewer than the {frames} of "
                               "[video].frames; use a longer reference video or fewer frames")
+    if selection == "first":
+        return torch.from_numpy(to_model_video(load_video(path, frames, width, height)[:frames]))
     every = load_video(path, count, width, height)  # (n, H, W, 3) uint8
     return torch.from_numpy(to_model_video(every[evenly(count, frames)]))
 
@@ -60,6 +73,7 @@ class EncodeVapVideo:
     device: str = "auto"  # [models.vae].device
     clip_dtype: str = "auto"  # [models.image_encoder].dtype
     clip_device: str = "auto"  # [models.image_encoder].device
+    selection: str = "evenly"  # which frames of the reference video (``SELECTIONS``)
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-vap-video"
@@ -72,7 +86,7 @@ class EncodeVapVideo:
 
         p = ctx.params
         frames = p["video.frames"]
-        pixels = reference_clip(ctx.file("vap_video"), frames, p["video.width"], p["video.height"])
+        pixels = reference_clip(ctx.file("vap_video"), frames, p["video.width"], p["video.height"], self.selection)
         first = pixels[:, :1]  # (3, 1, H, W)
         latent = encode(self, ctx, pixels)  # (1, z, T, h, w)
         condition = encode(self, ctx, padded_clip([first], frames))  # (1, z, T, h, w)
@@ -102,6 +116,11 @@ def _node(job: Any, declared: Any) -> StepSpec:
     step = EncodeVapVideo(job.vae_version, **job.placed("vae"), clip_dtype=job.dtype("image_encoder"),
                           clip_device=job.device("image_encoder"))
     return StepSpec(NODE, step, files={"vap_video": job.file("vap_video")}, weights=weights)
+
+
+def as_training(spec: StepSpec) -> StepSpec:
+    """A sample's reference-video node: the video's first F frames, as DiffSynth's training reads it."""
+    return attrs.evolve(spec, step=attrs.evolve(spec.step, selection="first"))
 
 
 def _hand_off(tensors: Mapping[str, Any], call: ModelCall) -> ModelCall:

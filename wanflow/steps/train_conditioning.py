@@ -34,7 +34,9 @@ log = structlog.get_logger(__name__)
 BASE_KINDS = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
 #: Kinds with nothing to do in training: the clip itself is the latent a sample learns, so a
 #: kept source (video-to-video's starting latent) has no meaning there.
-INFERENCE_ONLY = frozenset({"source-latent"})
+#: The negative reference caption (Video-As-Prompt) is read only by guidance's unconditional pass,
+#: which training never runs.
+INFERENCE_ONLY = frozenset({"source-latent", "vap-negative-prompt"})
 #: Dataset column -> the ``[inputs]`` key it stands for in the sample's one-clip job.
 COLUMN_INPUTS: Mapping[str, str] = {
     "input_image": "inputs.image",
@@ -45,12 +47,14 @@ COLUMN_INPUTS: Mapping[str, str] = {
     "vace_video_mask": "inputs.vace.mask",
     "vace_reference_image": "inputs.vace.reference",
     "camera_pose_file": "inputs.camera.pose_file",
+    "vap_video": "inputs.vap_video",
 }
 #: Value columns -> (``[inputs]`` key, how the text is read).
 VALUE_INPUTS: Mapping[str, tuple[str, Any]] = {
     "camera_control_direction": ("inputs.camera.direction", str),
     "camera_control_speed": ("inputs.camera.speed", float),
     "motion_bucket_id": ("inputs.motion_bucket", lambda text: int(float(text))),
+    "vap_prompt": ("inputs.vap_prompt", str),
 }
 #: ``[inputs.vace]`` settings that are the recipe's for every sample (how a context is built).
 RECIPE_SETTINGS = ("inputs.vace.scale", "inputs.vace.binarize_mask", "inputs.vace.reference_resize")
@@ -147,8 +151,20 @@ def sample_conditioning_nodes(job: Any, sample: Any) -> list[tuple[str, StepSpec
     for declared in trained_conditioners(job.family):
         spec = IMPLEMENTATIONS[declared.kind].node(view, declared)
         if spec is not None:
+            spec = _training_form(declared.kind, spec)
             out.append((declared.role, wrapped(spec, view.values, frames, f"train/{declared.role}:{sample.index}")))
     return out
+
+
+def _training_form(kind: str, spec: StepSpec) -> StepSpec:
+    """The node as a training sample reads its input where that differs from a generation:
+    Video-As-Prompt's reference video is a dataset video column, read (as DiffSynth's dataset
+    reads the clip beside it) as its first frames, not frames picked across it."""
+    if kind == "vap-video":
+        from wanflow.steps.cond_vap import as_training
+
+        return as_training(spec)
+    return spec
 
 
 def wrapped(spec: StepSpec, values: Mapping[str, Any], frames: Mapping[str, int], name: str) -> StepSpec:

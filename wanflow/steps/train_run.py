@@ -95,11 +95,21 @@ def step_is_lora(p: Any) -> bool:
 def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
-    from wanflow.memory.dit_variants import variant_of
+    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, variant_loader(files))
 
-    variant = variant_of(files)  # a DiT with parts of its own (Animate) loads through its loader
-    loader = None if variant is None else variant.function(variant.load)
-    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, loader)
+
+def variant_loader(files: list[Any]) -> Any:
+    """The loader of the DiT variant ``files`` hold (``dit_variants``), load_dit's way; None for the Wan DiT."""
+    from wanflow.memory.dit_variants import load_variant, variant_of
+
+    variant = variant_of(files)
+    if variant is None:
+        return None
+
+    def load(weights: list[Any], *, dtype: Any, device: str, attention_kernel: str, storage: str) -> Any:
+        return load_variant(variant, weights, dtype, device, attention_kernel, storage, ())
+
+    return load
 
 
 def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:

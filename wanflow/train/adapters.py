@@ -9,6 +9,7 @@ the base first (differential training). The trained factors keep peft's names
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: floa
     if not matched:
         raise ModelInputError(f"[train].lora_targets = {list(targets)} match no Linear layer of the DiT; "
                               "use names such as q, k, v, o, ffn.0, ffn.2")
+    excluded = lora_excluded(model)
+    more = {"exclude_modules": "(" + "|".join(re.escape(p) for p in excluded) + ").*"} if excluded else {}
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
-                        init_lora_weights=True)
+                        init_lora_weights=True, **more)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
@@ -60,10 +63,19 @@ def _fp32_adapters(model: nn.Module, seed: int) -> None:
             module.reset_lora_parameters(ADAPTER, True)
 
 
+def lora_excluded(model: nn.Module) -> tuple[str, ...]:
+    """Module-name prefixes a DiT keeps out of its LoRA (``lora_excluded_prefixes``): a
+    Video-As-Prompt DiT's reference stream, which DiffSynth's LoRA training leaves alone."""
+    return tuple(getattr(model, "lora_excluded_prefixes", ()))
+
+
 def adapted_modules(model: nn.Module, targets: Sequence[str]) -> list[str]:
-    """Linear modules peft's suffix rule matches: the name is a target or ends with '.' + target."""
+    """Linear modules peft's suffix rule matches: the name is a target or ends with '.' + target
+    (outside the model's excluded prefixes)."""
+    excluded = lora_excluded(model)
     return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+            if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+            and not name.startswith(excluded)]
 
 
 def _lora_pairs(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module, float]]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from wanflow.models.dit_extras import DitExtras
+from wanflow.models.vap_extras import VapExtras
 from wanflow.train.objective import Draw, noised, velocity_target, weighted_mse
 
 
@@ -73,7 +74,20 @@ def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
         if any(t is None for t in given):
             raise ValueError(f"a batch mixes samples with and without {name}; use [train].batch_size = 1")
         fields[name] = torch.cat(given).to(device)
+    if isinstance(first, VapExtras):
+        fields |= _stacked_reference([e for e in extras if isinstance(e, VapExtras)], len(extras), device)
     return attrs.evolve(first, **fields)
+
+
+def _stacked_reference(extras: Sequence[VapExtras], count: int, device: str) -> dict[str, torch.Tensor]:
+    """Video-As-Prompt's reference stream inputs joined along the batch (captions zero-padded to
+    one length, as the main prompts are; the model pads them to 512 with zeros anyway)."""
+    if len(extras) != count:
+        raise ValueError("a batch mixes samples with and without a reference video; use [train].batch_size = 1")
+    longest = max(e.vap_context.shape[1] for e in extras)
+    context = torch.cat([F.pad(e.vap_context, (0, 0, 0, longest - e.vap_context.shape[1])) for e in extras])
+    return {"vap_latents": torch.cat([e.vap_latents for e in extras]).to(device), "vap_context": context.to(device),
+            "vap_clip": torch.cat([e.vap_clip for e in extras]).to(device)}
 
 
 def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:

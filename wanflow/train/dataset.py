@@ -58,6 +58,8 @@ COLUMNS: Mapping[str, Column] = {
     "animate_face_video": Column("face_video", "video"),
     "animate_inpaint_video": Column("background_video", "video"),
     "animate_mask_video": Column("mask", "video"),
+    "vap_video": Column("vap_video", "video"),
+    "vap_prompt": Column("vap_prompt", "value"),
 }
 #: Columns cut to the clip's frames less 4 (DiffSynth's ``AnimateVideoSplit``: latent frame 0 of
 #: an Animate clip is its reference image's), and those that must be the clip's own size.
@@ -309,6 +311,8 @@ def _value_problem(column: str, text: str) -> str:
             return "is not a number; write the camera's step per frame, e.g. 0.0185 (1/54, the default)"
         if not speed > 0 or speed == float("inf"):
             return "must be a finite number > 0 (the camera's step per frame; 1/54 is the default)"
+    if column == "vap_prompt" and not text.strip():
+        return "is empty; write the caption of the reference video (what happens in it)"
     if column == "motion_bucket_id":
         lo, hi = MOTION_BUCKETS
         try:
