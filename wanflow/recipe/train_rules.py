@@ -50,7 +50,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: listed here has no dataset column yet, and its family is refused.
 TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
-    "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket"})
+    "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket",
+    "s2v-audio", "s2v-reference", "s2v-pose", "s2v-motion"})
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
@@ -97,7 +98,8 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
 #: ``[inputs]`` keys of a generation and the dataset column that gives each to a training sample.
 SAMPLE_COLUMNS = {"image": "input_image", "end_image": "end_image", "control_video": "control_video",
                   "reference_image": "reference_image", "camera": "camera_control_direction (or camera_pose_file)",
-                  "motion_bucket": "motion_bucket_id"}
+                  "motion_bucket": "motion_bucket_id", "audio": "input_audio",
+                  "s2v_pose_video": "s2v_pose_video"}
 VACE_COLUMNS = {"video": "vace_video", "mask": "vace_video_mask", "reference": "vace_reference_image"}
 
 

@@ -25,8 +25,15 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
 
     lora = params["train.method"] == "lora"
     fp8 = lora and bool(params.get("memory.fp8"))  # the frozen base stored in fp8 (never a bf16 copy)
-    model = load_dit(list(files), dtype=compute if lora else torch.float32, device=device,
-                     attention_kernel=params["runtime.attention"], storage="fp8" if fp8 else "compute")
+    from wanflow.memory.dit_variants import load_variant, variant_of
+
+    dtype, storage = compute if lora else torch.float32, "fp8" if fp8 else "compute"
+    variant = variant_of(list(files))  # a DiT that is more than Wan's (S2V, …) loads through its own loader
+    if variant is not None:
+        model = load_variant(variant, list(files), dtype, device, params["runtime.attention"], storage, ())
+    else:
+        model = load_dit(list(files), dtype=dtype, device=device, attention_kernel=params["runtime.attention"],
+                         storage=storage)
     model.requires_grad_(False)
     if "preset_lora" in init:
         merge_preset(model, init["preset_lora"], float(params["train.preset_lora_scale"]))

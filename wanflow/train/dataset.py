@@ -50,6 +50,7 @@ COLUMNS: Mapping[str, Column] = {
     "pose_video": Column("pose_video", "video"),
     "face_video": Column("face_video", "video"),
     "input_audio": Column("audio", "audio"),
+    "s2v_pose_video": Column("s2v_pose_video", "video"),
     "camera_control_direction": Column("camera", "value"),
     "camera_control_speed": Column("camera", "value"),
     "camera_pose_file": Column("camera", "file"),
