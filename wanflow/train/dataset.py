@@ -60,6 +60,11 @@ COLUMNS: Mapping[str, Column] = {
 CAMERA_DIRECTIONS = ("Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown", "ZoomIn", "ZoomOut")
 #: The motion bucket ids speed control was trained on (``[inputs].motion_bucket``'s range).
 MOTION_BUCKETS = (0, 100)
+#: DiffSynth's columns of inputs that training does not take, with why and the fix.
+UNTRAINED_COLUMNS: Mapping[str, str] = {
+    "motion_video": "is not a training input: speech-to-video trains every sample as a first clip, without "
+                    "motion context, as DiffSynth trains it; remove the column",
+}
 MEDIA_COLUMNS = ("video", "image")
 KNOWN_COLUMNS = (*MEDIA_COLUMNS, "prompt", *COLUMNS)
 
@@ -170,7 +175,9 @@ def _column_problems(ctx: _Context) -> list[str]:
     name, found = display_path(ctx.table.source), []
     for column in ctx.table.columns:
         where = f"{name} column {column!r} ({_rows_naming(ctx.table, column)})"
-        if column not in KNOWN_COLUMNS:
+        if column in UNTRAINED_COLUMNS:
+            found.append(f"{where}: {UNTRAINED_COLUMNS[column]}")
+        elif column not in KNOWN_COLUMNS:
             close = difflib.get_close_matches(column, KNOWN_COLUMNS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             found.append(f"{where}: unknown column; {hint}known columns: {', '.join(KNOWN_COLUMNS)}")
