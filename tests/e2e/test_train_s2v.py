@@ -110,10 +110,16 @@ def _first_loss(outcome) -> float:
 
 def loss_by_hand(root, train, generation, pose: bool) -> float:
     """DiffSynth's FlowMatchSFTLoss for S2V, written out on the generation's encodes."""
+    from tests.e2e._layout_s2v import REPO
     from wanflow.models.s2v import S2VExtras
     from wanflow.models.s2v_loader import load_s2v_dit
-    from wanflow.train.objective import TrainingSchedule, draw, noised, velocity_target, weighted_mse
-    from tests.e2e._layout_s2v import REPO
+    from wanflow.train.objective import (
+        TrainingSchedule,
+        draw,
+        noised,
+        velocity_target,
+        weighted_mse,
+    )
 
     x0 = _tensors(train, "train/x0:0")["x0"]  # the clip's latent (1, 16, 3, 8, 8)
     assert x0.shape[2] == 3

@@ -95,7 +95,21 @@ def step_is_lora(p: Any) -> bool:
 def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
-    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary)
+    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, dit_loader(files))
+
+
+def dit_loader(files: Any) -> Any:
+    """The loader of the DiT ``files`` hold: a variant's own (``dit_variants``, e.g. S2V), else None
+    (the Wan DiT's)."""
+    from wanflow.memory.dit_variants import load_variant, variant_of
+
+    variant = variant_of(list(files))
+    if variant is None:
+        return None
+
+    def load(weights: Any, dtype: Any, device: str, attention_kernel: str, storage: str) -> Any:
+        return load_variant(variant, weights, dtype, device, attention_kernel, storage, ())
+    return load
 
 
 def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:

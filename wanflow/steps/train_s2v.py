@@ -40,7 +40,6 @@ def _pose_node(job: Any, declared: Any) -> StepSpec | None:
 
 def _no_motion(job: Any, declared: Any) -> None:
     """A sample has no motion context: its motion tokens are dropped, so nothing is encoded."""
-    return None
 
 
 #: Kind -> the node builder a training sample uses instead of the inference one.

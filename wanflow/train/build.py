@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +13,23 @@ from wanflow.train.loop import Expert
 
 
 def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], init: Mapping[str, Path],
-                 device: str, compute: torch.dtype, boundary: float) -> Expert:
+                 device: str, compute: torch.dtype, boundary: float, load: Callable[..., Any] | None = None) -> Expert:
     """One DiT ready to train: loaded, preset LoRA merged, adapter injected (or unfrozen).
 
     LoRA: the frozen base computes in the run's dtype and the adapter keeps fp32 (peft upcasts
     it). Full fine-tuning: fp32 weights, computed in fp32 (a bf16 autocast path is not built).
     ``init`` maps "lora_init" / "preset_lora" to their files when the recipe names them;
-    ``boundary`` (A14B) is the t where the high-noise expert hands over, 0 for one DiT.
+    ``boundary`` (A14B) is the t where the high-noise expert hands over, 0 for one DiT. ``load``
+    (the files, dtype=, device=, attention_kernel=, storage=) builds the model: the Wan DiT's
+    loader unless the caller knows the files hold a variant of it (S2V, …).
     """
     from wanflow.models.dit_loader import load_dit
 
     lora = params["train.method"] == "lora"
     fp8 = lora and bool(params.get("memory.fp8"))  # the frozen base stored in fp8 (never a bf16 copy)
-    from wanflow.memory.dit_variants import load_variant, variant_of
-
-    dtype, storage = compute if lora else torch.float32, "fp8" if fp8 else "compute"
-    variant = variant_of(list(files))  # a DiT that is more than Wan's (S2V, …) loads through its own loader
-    if variant is not None:
-        model = load_variant(variant, list(files), dtype, device, params["runtime.attention"], storage, ())
-    else:
-        model = load_dit(list(files), dtype=dtype, device=device, attention_kernel=params["runtime.attention"],
-                         storage=storage)
+    load = load or load_dit
+    model = load(list(files), dtype=compute if lora else torch.float32, device=device,
+                 attention_kernel=params["runtime.attention"], storage="fp8" if fp8 else "compute")
     model.requires_grad_(False)
     if "preset_lora" in init:
         merge_preset(model, init["preset_lora"], float(params["train.preset_lora_scale"]))
