@@ -46,7 +46,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 #: Conditioner kinds the training stage builds from dataset columns: the base encodes (text, the
 #: I2V/FLF2V channels, CLIP tokens, TI2V's clean first frame) and, for the derivative families,
-#: every kind through its inference step (``wanflow.steps.train_conditioning``). A kind not
+#: every kind through its inference step (``wanflow.steps.train_conditioning``; speech-to-video's
+#: one clip per sample through ``wanflow.steps.train_s2v``). A kind not
 #: listed here has no dataset column yet, and its family is refused.
 TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
