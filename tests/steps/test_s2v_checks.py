@@ -28,7 +28,7 @@ def media(tmp_path_factory):
     out["silent"] = write_wav(folder / "silent.wav", np.zeros(RATE), RATE)
     rng = np.random.default_rng(0)
     for name, frames, (w, h) in (("pose_short", 10, (56, 40)), ("pose_square", 16, (48, 48)),
-                                 ("pose", 16, (56, 40)), ("motion_short", 40, (64, 64))):
+                                 ("pose", 16, (56, 40)), ("motion_short", 40, (64, 64)), ("pose_tiny", 5, (56, 40))):
         out[name] = folder / f"{name}.mp4"
         save_mp4(rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8), out[name], 16, {}, quality=0)
     from safetensors.numpy import save_file
@@ -113,14 +113,58 @@ def test_settings_the_clip_loop_would_not_read_are_refused(tmp_path, media, tabl
     assert any(words in p for p in found), found
 
 
-def test_training_s2v_is_refused_at_validation(tmp_path, media):
-    def train(doc):
-        doc["train"] = {"dataset": str(media["first"].parent), "steps": 1}
+def _train_problems(tmp_path, media, rows, inputs=None, **train):
+    """The problems of a [train] recipe over a metadata.csv of ``rows`` (columns as DiffSynth names them)."""
+    import csv
 
-    found = _problems(tmp_path, media, edit=train)
-    assert len(found) == 1, found
-    assert ('model = "wan2.2-s2v-14b": cannot be trained with [train] yet: its DiT reads s2v-audio, s2v-motion, '
-            "s2v-pose, s2v-reference, which the training stage does not build from dataset columns") in found[0]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(tmp_path / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows([{k: str(v) for k, v in row.items()} for row in rows])
+    doc = {"schema": 1, "name": "t", "model": FAMILY,
+           "train": {"dataset": str(tmp_path / "metadata.csv"), "width": 64, "height": 64, "frames": 9, "steps": 1,
+                     **train}}
+    if inputs:
+        doc["inputs"] = {k: str(v) for k, v in inputs.items()}
+    (tmp_path / "t.toml").write_text(tomlkit.dumps(doc))
+    return wanflow.validate(tmp_path / "t.toml")
+
+
+def _row(media, **columns):
+    return {"video": media["pose"], "prompt": "a face speaking", "input_audio": media["speech"], **columns}
+
+
+def test_a_training_dataset_in_diffsynth_s_columns_has_no_problem(tmp_path, media):
+    rows = [_row(media, s2v_pose_video=media["pose"]), _row(media, input_image=media["first"])]
+    assert _train_problems(tmp_path, media, rows) == []
+
+
+@pytest.mark.parametrize("columns, words", [
+    ({"input_audio": None}, "input_audio"),
+    ({"s2v_pose_video": "pose_tiny"}, "has 5 frames, fewer than the 9 the clip trains on"),
+    ({"input_audio": "text"}, "input_audio = "),
+    ({"input_audio": "silent"}, "input_audio = "),
+    ({"motion_video": "pose"}, "column 'motion_video' (row 1): is not a training input"),
+])
+def test_a_bad_training_row_is_refused_naming_its_column(tmp_path, media, columns, words):
+    row = _row(media, **{k: media[v] for k, v in columns.items() if v is not None})
+    row = {k: v for k, v in row.items() if columns.get(k, "") is not None}
+    found = _train_problems(tmp_path, media, [row])
+    assert len(found) == 1 and words in found[0], found
+
+
+@pytest.mark.parametrize("inputs, train, words", [
+    ({"audio": "speech"}, {}, "[inputs].audio = "),
+    ({"s2v_pose_video": "pose"}, {}, "[inputs].s2v_pose_video = "),
+    ({"motion_video": "pose"}, {}, "[inputs].motion_video = "),
+    ({"audio_embeds": "embeds_short"}, {}, "[inputs].audio_embeds = "),
+    ({}, {"task": "direct_distill"}, '[train].task = "direct_distill": direct_distill is not built for speech-to-video'),
+    ({}, {"validation_prompts": ["a face"]}, "[train].validation_prompts"),
+])
+def test_settings_s2v_training_would_not_read_are_refused(tmp_path, media, inputs, train, words):
+    found = _train_problems(tmp_path, media, [_row(media)], {k: media[v] for k, v in inputs.items()}, **train)
+    assert any(words in p for p in found), found
 
 
 def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monkeypatch):

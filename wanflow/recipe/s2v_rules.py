@@ -4,8 +4,8 @@ The clip loop (docs/s2v.md) reads the steps, shift, solver, seed, noise device, 
 CFG-Zero* of ``[sampler]``; a setting it would not read is refused, naming the key, instead of
 changing the step's key and not the video. The motion tokens' coarsest patches need the latent
 size in multiples of 8 (the video in multiples of 64 pixels); the speech encoder takes 16 kHz
-audio only; the video carries the recording as an mp4 audio track. Training is refused by
-``train_rules`` (the training stage does not build the S2V conditioners from dataset columns).
+audio only; the video carries the recording as an mp4 audio track. A ``[train]`` recipe trains one clip per sample from dataset columns
+(``wanflow.steps.train_s2v``): the recipe-wide inputs it would not read are refused here.
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -47,6 +47,8 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
         problems.add(("inputs", "audio_sample_rate"), rate, f"the speech encoder (wav2vec2) takes {SPEECH_RATE} Hz "
                      f"audio only, the rate it was trained on; set it to {SPEECH_RATE} (any file is resampled to it)")
     _check_sampler(recipe, problems)
+    if recipe.train is not None:
+        _check_train(recipe, problems)
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
@@ -56,6 +58,21 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not "
                      "built yet; use \"none\"")
+
+
+def _check_train(recipe: Recipe, problems: Problems) -> None:
+    """What S2V training does not take: a motion context (DiffSynth trains every sample as a first
+    clip, its motion tokens dropped), precomputed speech features (each sample's input_audio is
+    encoded), and the direct-distill objective (not built for the S2V DiT's reference frame)."""
+    if recipe.inputs.motion_video is not None:
+        problems.add(("inputs", "motion_video"), recipe.inputs.motion_video, "is not read by training: every "
+                     "sample trains as a first clip, without motion context (as DiffSynth trains S2V); remove it")
+    if recipe.inputs.audio_embeds is not None:
+        problems.add(("inputs", "audio_embeds"), recipe.inputs.audio_embeds, "is not read by training: each "
+                     "sample's speech is encoded from the dataset's input_audio column; remove it")
+    if recipe.train.task != "sft":
+        problems.add(("train", "task"), recipe.train.task, "direct_distill is not built for speech-to-video "
+                     '(its DiT reads latent frame 0 as the reference); use task = "sft"')
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:

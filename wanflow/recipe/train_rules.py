@@ -46,13 +46,14 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 #: Conditioner kinds the training stage builds from dataset columns: the base encodes (text, the
 #: I2V/FLF2V channels, CLIP tokens, TI2V's clean first frame) and, for the derivative families,
-#: every kind through its inference step (``wanflow.steps.train_conditioning``). A kind not
+#: every kind through its inference step (``wanflow.steps.train_conditioning``; speech-to-video's
+#: one clip per sample through ``wanflow.steps.train_s2v``). A kind not
 #: listed here has no dataset column yet, and its family is refused.
 TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
     "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket",
     "animate-reference", "animate-pose", "animate-face", "animate-background", "animate-mask",
-    "vap-video", "vap-prompt", "vap-negative-prompt"})
+    "vap-video", "vap-prompt", "vap-negative-prompt", "s2v-audio", "s2v-reference", "s2v-pose", "s2v-motion"})
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
@@ -104,7 +105,8 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
 #: ``[inputs]`` keys of a generation and the dataset column that gives each to a training sample.
 SAMPLE_COLUMNS = {"image": "input_image", "end_image": "end_image", "control_video": "control_video",
                   "reference_image": "reference_image", "camera": "camera_control_direction (or camera_pose_file)",
-                  "motion_bucket": "motion_bucket_id", "vap_video": "vap_video", "vap_prompt": "vap_prompt"}
+                  "motion_bucket": "motion_bucket_id", "vap_video": "vap_video", "vap_prompt": "vap_prompt",
+                  "audio": "input_audio", "s2v_pose_video": "s2v_pose_video"}
 VACE_COLUMNS = {"video": "vace_video", "mask": "vace_video_mask", "reference": "vace_reference_image"}
 
 

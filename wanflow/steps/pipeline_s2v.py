@@ -42,7 +42,7 @@ class S2VPipeline(WanPipeline):
             raise RecipeError(problems)
         nodes = super().steps(resolved)
         if resolved.recipe.train is not None:
-            return nodes  # refused at validation (recipe.s2v_rules); nothing of the loop applies
+            return nodes  # the training stage's nodes (one clip per sample, ``train_s2v``): no clip loop
         decode = next(n for n in nodes if n.name == "decode")
         out = []
         for node in nodes:

@@ -6,7 +6,8 @@ becomes the sample's part of a batch: its extra channels (``y``), image tokens (
 DiT extras. The leading latent frames a conditioner adds in front of the noise (VACE's
 reference images) are, in the clean latent a sample learns, the references' own latents: they
 are prepended to x0 and learnt with the clip, as DiffSynth trains VACE (its ``input_latents``
-hold the reference latents before the video's).
+hold the reference latents before the video's). Speech-to-video's encodes are read by its clip
+loop, not by a model call: a sample of it is put together by ``train_s2v``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ def conditioning_tensors(roles: Sequence[str], found: Mapping[str, Mapping[str, 
     import torch
 
     from wanflow.steps.cond_kinds import model_call
+    from wanflow.steps.train_s2v import ROLES as S2V_ROLES
+    from wanflow.steps.train_s2v import sample_tensors
 
+    if S2V_ROLES & set(roles):
+        return sample_tensors(found, x0)
     call = model_call(tuple(roles), found)
     if call.start is not None or call.clamp is not None or call.clean_frames:
         raise ValueError("training: a conditioner set a starting latent or clamped frames, which the training "

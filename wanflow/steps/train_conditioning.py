@@ -48,6 +48,8 @@ COLUMN_INPUTS: Mapping[str, str] = {
     "vace_reference_image": "inputs.vace.reference",
     "camera_pose_file": "inputs.camera.pose_file",
     "vap_video": "inputs.vap_video",
+    "input_audio": "inputs.audio",
+    "s2v_pose_video": "inputs.s2v_pose_video",
 }
 #: Value columns -> (``[inputs]`` key, how the text is read).
 VALUE_INPUTS: Mapping[str, tuple[str, Any]] = {
@@ -57,7 +59,8 @@ VALUE_INPUTS: Mapping[str, tuple[str, Any]] = {
     "vap_prompt": ("inputs.vap_prompt", str),
 }
 #: ``[inputs.vace]`` settings that are the recipe's for every sample (how a context is built).
-RECIPE_SETTINGS = ("inputs.vace.scale", "inputs.vace.binarize_mask", "inputs.vace.reference_resize")
+RECIPE_SETTINGS = ("inputs.vace.scale", "inputs.vace.binarize_mask", "inputs.vace.reference_resize",
+                   "inputs.audio_sample_rate")
 #: The camera speed of a row that names a direction but no speed (the schema's default).
 DEFAULT_CAMERA_SPEED = 1 / 54
 SIZE_KEYS = ("video.width", "video.height", "video.frames")
@@ -146,10 +149,12 @@ def sample_conditioning_nodes(job: Any, sample: Any) -> list[tuple[str, StepSpec
     each named ``train/<role>:<sample>``."""
     view, frames = sample_job(job, sample)
     from wanflow.steps.cond_kinds import IMPLEMENTATIONS
+    from wanflow.steps.train_s2v import TRAIN_NODES
 
     out = []
     for declared in trained_conditioners(job.family):
-        spec = IMPLEMENTATIONS[declared.kind].node(view, declared)
+        build = TRAIN_NODES.get(declared.kind, IMPLEMENTATIONS[declared.kind].node)
+        spec = build(view, declared)
         if spec is not None:
             spec = _training_form(declared.kind, spec)
             out.append((declared.role, wrapped(spec, view.values, frames, f"train/{declared.role}:{sample.index}")))

@@ -8,7 +8,7 @@ one bucket (one size); prompts of different lengths are zero-padded, which is wh
 to every prompt anyway (to 512 tokens, unmasked).
 
 Two objectives: ``sft`` (flow matching, DiffSynth's FlowMatchSFTLoss, with TI2V's first frame
-kept clean and left out of the loss) and ``direct_distill`` (run the few-step sampler with
+and speech-to-video's reference frame kept clean and left out of the loss) and ``direct_distill`` (run the few-step sampler with
 gradients and regress the final latent on the teacher's video).
 """
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from wanflow.models.dit_extras import DitExtras
+from wanflow.models.s2v import S2VExtras
 from wanflow.models.vap_extras import VapExtras
 from wanflow.train.objective import Draw, noised, velocity_target, weighted_mse
 
@@ -41,6 +42,12 @@ class Batch:
     @property
     def size(self) -> int:
         return int(self.x0.shape[0])
+
+    @property
+    def clean_first(self) -> bool:
+        """Latent frame 0 is clean and out of the loss: TI2V's given image, or speech-to-video's
+        reference (x0's frame 0 is then the reference's latent, which the DiT reads apart)."""
+        return self.first_frame or isinstance(self.extras, S2VExtras)
 
 
 def collate(samples: Sequence[dict[str, Any]], device: str, first_frame: bool = False) -> Batch:
@@ -67,7 +74,8 @@ def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
     if any(e.vace_scale != first.vace_scale for e in extras):
         raise ValueError("a batch mixes VACE scales; the scale is a recipe setting, the same for every sample")
     fields = {}
-    for name in ("vace_context", "reference", "camera", "modulation"):
+    s2v = ("audio", "ref_latent", "pose", "motion") if isinstance(first, S2VExtras) else ()
+    for name in ("vace_context", "reference", "camera", "modulation", *s2v):
         given = [getattr(e, name) for e in extras]
         if all(t is None for t in given):
             continue
@@ -101,7 +109,14 @@ def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) 
 
 
 def velocity(dit: torch.nn.Module, batch: Batch, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The DiT's velocity at noisy latents ``x`` and timesteps ``t`` (B,), fp32."""
+    """The DiT's velocity at noisy latents ``x`` and timesteps ``t`` (B,), fp32.
+
+    Speech-to-video (DiffSynth's ``model_fn_wans2v``): frame 0 of x is the reference, read by
+    the DiT apart from the frames it predicts; it comes back unchanged in front of them."""
+    if isinstance(batch.extras, S2VExtras):
+        extras = attrs.evolve(batch.extras, ref_latent=x[:, :, :1])
+        pred = dit(x[:, :, 1:], t.to(x.device), batch.context, extras=extras).float()
+        return torch.cat([x[:, :, :1].float(), pred], dim=2)
     timesteps = token_timesteps(batch, t.to(x.device), dit.cfg.patch_size)
     more = {} if batch.extras is None else {"extras": batch.extras}  # DiTs without extras take none
     return dit(x, timesteps, batch.context, clip_fea=batch.clip, y=batch.y, **more).float()
@@ -113,10 +128,10 @@ def sft_loss(dit: torch.nn.Module, batch: Batch, d: Draw) -> torch.Tensor:
     noise = d.noise.to(x0.device)
     x = noised(x0, noise, d.sigma)
     target = velocity_target(x0, noise)
-    if batch.first_frame:  # TI2V: the first latent frame is the clean image, not learned
+    if batch.clean_first:  # TI2V's image, S2V's reference: the first latent frame is clean, not learned
         x = torch.cat([x0[:, :, :1], x[:, :, 1:]], dim=2)
     pred = velocity(dit, batch, x, d.t)
-    if batch.first_frame:
+    if batch.clean_first:
         pred, target = pred[:, :, 1:], target[:, :, 1:]
     return weighted_mse(pred, target, d.weight)
 
@@ -124,11 +139,11 @@ def sft_loss(dit: torch.nn.Module, batch: Batch, d: Draw) -> torch.Tensor:
 def distill_loss(dit: torch.nn.Module, batch: Batch, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Run the Euler sampler over ``sigmas`` from ``noise`` with gradients; MSE to the teacher x0."""
     x = noise.to(batch.x0.device)
-    if batch.first_frame:
+    if batch.clean_first:
         x = torch.cat([batch.x0[:, :, :1], x[:, :, 1:]], dim=2)
     for i in range(len(sigmas) - 1):
         t = torch.full((batch.size,), float(sigmas[i]) * 1000.0, device=x.device)
         x = x + velocity(dit, batch, x, t) * float(sigmas[i + 1] - sigmas[i])
-        if batch.first_frame:
+        if batch.clean_first:
             x = torch.cat([batch.x0[:, :, :1], x[:, :, 1:]], dim=2)
     return F.mse_loss(x.float(), batch.x0.float())

@@ -50,6 +50,7 @@ COLUMNS: Mapping[str, Column] = {
     "pose_video": Column("pose_video", "video"),
     "face_video": Column("face_video", "video"),
     "input_audio": Column("audio", "audio"),
+    "s2v_pose_video": Column("s2v_pose_video", "video"),
     "camera_control_direction": Column("camera", "value"),
     "camera_control_speed": Column("camera", "value"),
     "camera_pose_file": Column("camera", "file"),
@@ -69,6 +70,11 @@ CLIP_SIZED = ("animate_pose_video", "animate_inpaint_video", "animate_mask_video
 CAMERA_DIRECTIONS = ("Left", "Right", "Up", "Down", "LeftUp", "LeftDown", "RightUp", "RightDown", "ZoomIn", "ZoomOut")
 #: The motion bucket ids speed control was trained on (``[inputs].motion_bucket``'s range).
 MOTION_BUCKETS = (0, 100)
+#: DiffSynth's columns of inputs that training does not take, with why and the fix.
+UNTRAINED_COLUMNS: Mapping[str, str] = {
+    "motion_video": "is not a training input: speech-to-video trains every sample as a first clip, without "
+                    "motion context, as DiffSynth trains it; remove the column",
+}
 MEDIA_COLUMNS = ("video", "image")
 KNOWN_COLUMNS = (*MEDIA_COLUMNS, "prompt", *COLUMNS)
 
@@ -181,7 +187,9 @@ def _column_problems(ctx: _Context) -> list[str]:
     name, found = display_path(ctx.table.source), []
     for column in ctx.table.columns:
         where = f"{name} column {column!r} ({_rows_naming(ctx.table, column)})"
-        if column not in KNOWN_COLUMNS:
+        if column in UNTRAINED_COLUMNS:
+            found.append(f"{where}: {UNTRAINED_COLUMNS[column]}")
+        elif column not in KNOWN_COLUMNS:
             close = difflib.get_close_matches(column, KNOWN_COLUMNS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             found.append(f"{where}: unknown column; {hint}known columns: {', '.join(KNOWN_COLUMNS)}")

@@ -1,7 +1,8 @@
 """Opening a dataset's media: size and usable frame count, or why the file cannot be read.
 
 Reuses the input checks of generation (``wanflow.output.probe``): an image is decoded fully,
-a video is decoded (into ffmpeg's null output) up to the frames training reads, and answers are
+a video is decoded (into ffmpeg's null output) up to the frames training reads, a recording is
+decoded as speech-to-video's input check decodes it, and answers are
 remembered by (path, size, mtime) so a re-check of an unchanged dataset is cheap.
 """
 
@@ -33,8 +34,11 @@ def probe_media(path: Path, kind: str, wanted_frames: int) -> tuple[Media | None
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns)
     resolved = str(path.resolve())
-    if kind == "audio":
-        return Media(resolved, 0, 0, 0), ""  # decoded by the audio encoder's step
+    if kind == "audio":  # decoded by the speech encoder's step; checked as a generation's [inputs].audio
+        from wanflow.audio.probe import check_audio
+
+        why = "; ".join(check_audio(path))
+        return (None, why) if why else (Media(resolved, 0, 0, 0), "")
     if kind == "image":
         why = image_problem(path, *stamp)
         return (None, why) if why else (Media(resolved, *_image_size(path, *stamp), 1), "")
