@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,18 @@ def write_train_recipe(folder: Path, model: str, metadata: Path, name: str = "tr
     path = folder / f"{name}.toml"
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     return path
+
+
+def stored_tensors(outcome, node: str) -> dict:
+    """The tensors a run's step ``node`` stored in the cache (``WANFLOW_CACHE``)."""
+    from wanflow.engine.cache import Cache
+    from wanflow.engine.store import bytes_to_tensors
+
+    with Cache() as cache:
+        return bytes_to_tensors(cache.store.get(outcome.results[node].digest))
+
+
+def first_loss(outcome) -> float:
+    """The first training step's loss, as the run's loss.csv records it."""
+    rows = list(csv.DictReader(io.StringIO((outcome.archive / "outputs" / "loss.csv").read_text())))
+    return float(rows[0]["loss"])

@@ -22,9 +22,8 @@ from safetensors import safe_open
 
 from tests.e2e._layout_animate import FACE_SIZE, REPO, write_animate_models_root
 from tests.e2e._run import computed, run
+from tests.e2e._train import first_loss, stored_tensors
 from tests.e2e.conftest import use_models
-from wanflow.engine.cache import Cache
-from wanflow.engine.store import bytes_to_tensors
 from wanflow.output import save_mp4
 
 FAMILY = "wan2.2-animate-14b"
@@ -79,16 +78,6 @@ def train_recipe(folder, meta, **train) -> object:
     return folder / "train.toml"
 
 
-def _tensors(outcome, node: str) -> dict:
-    with Cache() as cache:
-        return bytes_to_tensors(cache.store.get(outcome.results[node].digest))
-
-
-def _first_loss(outcome) -> float:
-    rows = list(csv.DictReader(io.StringIO((outcome.archive / "outputs" / "loss.csv").read_text())))
-    return float(rows[0]["loss"])
-
-
 def _signed(path, frames: int, size: int) -> torch.Tensor:
     """(1, 3, T, S, S) in [-1, 1]: the video's first ``frames`` frames at size × size."""
     from wanflow.output import load_video
@@ -123,7 +112,7 @@ def loss_by_hand(animate_root, train, data) -> float:
         pose = vae.encode(_signed(data / "pose.mp4", FRAMES - 4, SIZE), tile=None)  # (1, 16, 2, 2, 2)
         face = _signed(data / "face.mp4", FRAMES - 4, FACE_SIZE)
     assert pose.shape[2] == x0.shape[2] - 1
-    context = _tensors(train, "train/text:0")["context"]
+    context = stored_tensors(train, "train/text:0")["context"]
     schedule = TrainingSchedule.build(5.0)
     d = draw(schedule, x0, schedule.index_range((0.0, 1.0)), SEED, (0, 0), (0,))
     with torch.no_grad():
@@ -134,8 +123,8 @@ def loss_by_hand(animate_root, train, data) -> float:
 
 def test_the_first_loss_is_diffsynth_s_training_forward_and_the_lora_loads_back(aenv, animate_root, data, tmp_path):
     train = run(train_recipe(tmp_path, metadata(data, [ROW]), learning_rate=0.05), aenv)
-    assert _first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
-    pose = _tensors(train, "train/pose:0")["latents"]
+    assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
+    pose = stored_tensors(train, "train/pose:0")["latents"]
     assert pose.shape == (1, 16, 2, 2, 2)  # the pose's 5 frames: latent frames 1.. of the clip's 3
     # the exported LoRA loads back: an Animate generation with it gives another video
     lora = train.archive / "outputs" / "lora.safetensors"

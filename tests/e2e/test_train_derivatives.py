@@ -23,10 +23,8 @@ from tests.e2e._layout_fun import SPEED_REPO, motion_controller_state, write_fun
 from tests.e2e._layout_vace import REPOS as VACE_REPOS
 from tests.e2e._layout_vace import write_vace_repo
 from tests.e2e._run import computed, run
-from tests.e2e._train import clip
+from tests.e2e._train import clip, first_loss, stored_tensors
 from tests.e2e.conftest import use_models
-from wanflow.engine.cache import Cache
-from wanflow.engine.store import bytes_to_tensors
 from wanflow.output import save_mp4
 
 SEED = 3
@@ -115,16 +113,6 @@ def generation_recipe(folder, model: str, inputs: dict) -> object:
     return folder / "gen.toml"
 
 
-def _tensors(outcome, node: str) -> dict:
-    with Cache() as cache:
-        return bytes_to_tensors(cache.store.get(outcome.results[node].digest))
-
-
-def _first_loss(outcome) -> float:
-    rows = list(csv.DictReader(io.StringIO((outcome.archive / "outputs" / "loss.csv").read_text())))
-    return float(rows[0]["loss"])
-
-
 def loss_by_hand(train, generation, index_range: tuple[float, float] = (0.0, 1.0)) -> float:
     """The first step's loss, with the conditioning of ``generation`` (an inference run) handed
     over by the inference kinds, x0 and the text of ``train``, and the train step's first draw."""
@@ -141,11 +129,11 @@ def loss_by_hand(train, generation, index_range: tuple[float, float] = (0.0, 1.0
 
     denoise = next(s for s in generation.plan.steps if s.name == "denoise").spec
     roles = denoise.step.conditions
-    call = model_call(roles, {r: _tensors(generation, denoise.inputs[r]) for r in roles})
-    x0 = _tensors(train, "train/x0:0")["x0"]
+    call = model_call(roles, {r: stored_tensors(generation, denoise.inputs[r]) for r in roles})
+    x0 = stored_tensors(train, "train/x0:0")["x0"]
     if call.drop_frames:  # VACE references: their latents lead the clean latent, as DiffSynth trains
         x0 = torch.cat([call.extras.vace_context[:, : x0.shape[1], : call.drop_frames], x0], dim=2)
-    context = _tensors(train, "train/text:0")["context"]
+    context = stored_tensors(train, "train/text:0")["context"]
     expert = denoise.step.experts[0]  # the high-noise expert on A14B (the range below keeps it)
     files = model_pool.weight_files([denoise.weights[f"{expert[0]}.{i}"].path for i in range(expert[1])])
     dit = load_dit(files, dtype=torch.float32, device="cpu")
@@ -194,7 +182,7 @@ def test_the_first_loss_is_the_dit_call_of_the_inference_conditioning(denv, tmp_
     train = run(train_recipe(tmp_path, family, metadata, **settings), denv)
     generation = run(generation_recipe(tmp_path, family, _filled(inputs, media)), denv)
     expected = loss_by_hand(train, generation, tuple(settings.get("timestep_range", (0.0, 1.0))))
-    assert _first_loss(train) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert first_loss(train) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def _two_rows(folder, rows: list[dict]) -> object:

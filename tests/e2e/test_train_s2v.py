@@ -22,9 +22,8 @@ import torch
 from tests.audio._sound import tone, write_wav
 from tests.e2e._layout_s2v import write_s2v_models_root
 from tests.e2e._run import computed, run
+from tests.e2e._train import first_loss, stored_tensors
 from tests.e2e.conftest import use_models
-from wanflow.engine.cache import Cache
-from wanflow.engine.store import bytes_to_tensors
 from wanflow.output import save_mp4
 
 FAMILY = "wan2.2-s2v-14b"
@@ -98,16 +97,6 @@ def generation_recipe(folder, inputs: dict) -> object:
     return folder / "gen.toml"
 
 
-def _tensors(outcome, node: str) -> dict:
-    with Cache() as cache:
-        return bytes_to_tensors(cache.store.get(outcome.results[node].digest))
-
-
-def _first_loss(outcome) -> float:
-    rows = list(csv.DictReader(io.StringIO((outcome.archive / "outputs" / "loss.csv").read_text())))
-    return float(rows[0]["loss"])
-
-
 def loss_by_hand(root, train, generation, pose: bool) -> float:
     """DiffSynth's FlowMatchSFTLoss for S2V, written out on the generation's encodes."""
     from tests.e2e._layout_s2v import REPO
@@ -121,12 +110,12 @@ def loss_by_hand(root, train, generation, pose: bool) -> float:
         weighted_mse,
     )
 
-    x0 = _tensors(train, "train/x0:0")["x0"]  # the clip's latent (1, 16, 3, 8, 8)
+    x0 = stored_tensors(train, "train/x0:0")["x0"]  # the clip's latent (1, 16, 3, 8, 8)
     assert x0.shape[2] == 3
-    ref = _tensors(generation, "encode-conditioning:s2v-reference")["latent"]
-    buckets = _tensors(generation, "encode-audio")["buckets"][..., :FRAMES - 1]  # the first clip's
-    latents = _tensors(generation, "encode-conditioning:s2v-pose")["latents"][:, :, :2] if pose else None
-    context = _tensors(train, "train/text:0")["context"]
+    ref = stored_tensors(generation, "encode-conditioning:s2v-reference")["latent"]
+    buckets = stored_tensors(generation, "encode-audio")["buckets"][..., :FRAMES - 1]  # the first clip's
+    latents = stored_tensors(generation, "encode-conditioning:s2v-pose")["latents"][:, :, :2] if pose else None
+    context = stored_tensors(train, "train/text:0")["context"]
     dit = load_s2v_dit(root / REPO).eval()
     schedule = TrainingSchedule.build(5.0)
     d = draw(schedule, x0, schedule.index_range((0.0, 1.0)), SEED, (0, 0), (0,))
@@ -152,7 +141,7 @@ def test_the_first_loss_is_diffsynth_s_objective_on_the_generation_s_encodes(sen
     assert (train.archive / "outputs" / "lora.safetensors").is_file()
     generation = run(generation_recipe(tmp_path, inputs), senv)
     expected = loss_by_hand(s2v_root, train, generation, pose)
-    assert _first_loss(train) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert first_loss(train) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def test_full_fine_tuning_trains_and_exports_the_s2v_dit(senv, s2v_root, tmp_path, media):
@@ -161,7 +150,7 @@ def test_full_fine_tuning_trains_and_exports_the_s2v_dit(senv, s2v_root, tmp_pat
     row = {"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])}
     train = run(train_recipe(tmp_path, write_metadata(tmp_path / "data", [row]), method="full"), senv)
     generation = run(generation_recipe(tmp_path, {"image": media["first_png"], "audio": media["speech"]}), senv)
-    assert _first_loss(train) == pytest.approx(loss_by_hand(s2v_root, train, generation, False), rel=1e-5, abs=1e-7)
+    assert first_loss(train) == pytest.approx(loss_by_hand(s2v_root, train, generation, False), rel=1e-5, abs=1e-7)
     with safe_open(str(train.archive / "outputs" / "dit.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert {"casual_audio_encoder.weights", "trainable_cond_mask.weight", "blocks.0.self_attn.q.weight"} <= keys
@@ -191,5 +180,5 @@ def test_the_lora_loads_back_and_a_changed_column_file_re_encodes_only_its_sampl
     doc["lora"] = [{"path": str(lora)}]
     (tmp_path / "gen.toml").write_text(tomlkit.dumps(doc))
     with_lora = run(tmp_path / "gen.toml", senv)
-    a, b = _tensors(plain, "denoise")["latents"], _tensors(with_lora, "denoise")["latents"]
+    a, b = stored_tensors(plain, "denoise")["latents"], stored_tensors(with_lora, "denoise")["latents"]
     assert a.shape == b.shape and (a - b).abs().max() > 1e-4

@@ -22,9 +22,9 @@ from safetensors import safe_open
 
 from tests.e2e._layout_vap import write_vap_models_root
 from tests.e2e._run import computed, run
-from tests.e2e._train import clip
+from tests.e2e._train import clip, first_loss, stored_tensors
 from tests.e2e.conftest import use_models
-from tests.e2e.test_train_derivatives import SEED, _tensors, train_recipe
+from tests.e2e.test_train_derivatives import SEED, train_recipe
 from wanflow.output import load_video, save_mp4
 
 FAMILY = "video-as-prompt-wan2.1-14b"
@@ -92,7 +92,7 @@ def test_the_first_loss_is_the_dit_call_of_the_inference_conditioning(venv_runs,
     assert not {n for n in train.results if "negative" in n}  # no unconditional pass in training
     generation = run(_generation(tmp_path, media, "head"), venv_runs)
     expected = loss_by_hand(train, generation)
-    assert float(_first_loss(train)) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert first_loss(train) == pytest.approx(expected, rel=1e-5, abs=1e-7)
     # frames picked evenly across the 9-frame reference are other frames: another loss
     evenly = run(_generation(tmp_path, media, "reference"), venv_runs)
     assert loss_by_hand(train, evenly) != pytest.approx(expected, rel=1e-4)
@@ -115,9 +115,9 @@ def loss_by_hand(train, generation) -> float:
 
     denoise = next(s for s in generation.plan.steps if s.name == "denoise").spec
     roles = denoise.step.conditions
-    call = model_call(roles, {r: _tensors(generation, denoise.inputs[r]) for r in roles})
-    x0 = _tensors(train, "train/x0:0")["x0"]
-    context = _tensors(train, "train/text:0")["context"]
+    call = model_call(roles, {r: stored_tensors(generation, denoise.inputs[r]) for r in roles})
+    x0 = stored_tensors(train, "train/x0:0")["x0"]
+    context = stored_tensors(train, "train/text:0")["context"]
     expert = denoise.step.experts[0]
     files = model_pool.weight_files([denoise.weights[f"{expert[0]}.{i}"].path for i in range(expert[1])])
     dit = load_vap_dit(files, dtype=torch.float32, device="cpu")
@@ -130,11 +130,6 @@ def loss_by_hand(train, generation) -> float:
     with torch.no_grad():
         pred = dit(x, d.t, context, clip_fea=call.tokens, y=call.y(whole, 1), extras=extras).float()
     return float(weighted_mse(pred, velocity_target(x0, d.noise), d.weight))
-
-
-def _first_loss(outcome) -> str:
-    rows = list(csv.DictReader(io.StringIO((outcome.archive / "outputs" / "loss.csv").read_text())))
-    return rows[0]["loss"]
 
 
 def test_the_lora_trains_the_main_stream_and_loads_back(venv_runs, tmp_path, media):
