@@ -65,6 +65,7 @@ def test_settings_training_would_not_read_are_refused_naming_the_key(folder):
     assert _has(problems, '[train].method = "full"', "DiffSynth keeps frozen"), problems
     assert _has(problems, "[train].batch_size = 2", "one at a time"), problems
     assert _has(problems, "[train].validation_prompts", "validation_samples"), problems
+    assert not _has(problems, "is required by"), problems  # its validation videos are refused, not short of inputs
     problems = _recipe(folder, [HEAD, GOOD], train='lora_targets = ["q", "linear2", "out_proj"]\n')
     assert _has(problems, "[train].lora_targets", "linear2, out_proj match layers of the DiT's Animate parts"), problems
     assert main(["validate", str(folder / "t.toml")]) == 2

@@ -65,6 +65,13 @@ BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-lat
 CAUSAL_ARCHITECTURES = ("krea",)
 
 
+def conditioned_per_sample(family: FamilySpec) -> bool:
+    """Whether the family's DiT reads conditioning of its own kinds (a derivative family): each
+    training sample brings it from its dataset columns, and validation videos, sampled from a
+    prompt alone, are refused for it."""
+    return any(c.kind not in BASE_CONDITIONING or c.options for c in family.conditioners)
+
+
 def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """A family whose DiT reads conditioning the training stage cannot build from dataset columns,
     or whose sampler is a causal distilled one, is refused: its samples would reach the DiT
@@ -92,7 +99,7 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
              "stream alone (DiffSynth's --trainable_models vap), whose weights a generation cannot load back "
              "apart from the released file yet; use method = \"lora\" (a LoRA on the main stream, as "
              "DiffSynth's LoRA training of it)")
-    declared = any(c.kind not in BASE_CONDITIONING or c.options for c in family.conditioners)
+    declared = conditioned_per_sample(family)
     if declared:
         _check_sample_inputs(recipe, family, problems)
     if declared and recipe.train.validation_prompts:

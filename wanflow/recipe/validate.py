@@ -19,7 +19,7 @@ from wanflow.recipe.longcat_rules import check_longcat
 from wanflow.recipe.problems import Problems, did_you_mean, refuse_changed
 from wanflow.recipe.s2v_rules import check_s2v
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
-from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train
+from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train, conditioned_per_sample
 
 
 def check_identity(recipe: Recipe, families: FamilyLookup, problems: Problems) -> FamilySpec | None:
@@ -132,8 +132,10 @@ def _check_inputs(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
             problems.add(("inputs", name), getattr(recipe.inputs, name),
                          f"{family.name} does not take this input (it takes: {takes}); remove it "
                          "or choose a family that does")
-    # A training stage's samples bring their own inputs; its validation videos need the recipe's.
-    needs_inputs = recipe.train is None or bool(recipe.train.validation_prompts)
+    # A training stage's samples bring their own inputs; its validation videos need the recipe's
+    # (a derivative family's validation videos are refused by train_rules, naming the key).
+    needs_inputs = recipe.train is None or (bool(recipe.train.validation_prompts)
+                                            and not conditioned_per_sample(family))
     for name in sorted(family.required_inputs) if needs_inputs else ():
         if getattr(recipe.inputs, name) is None and not problems.is_bad(("inputs", name)):
             problems.add(("inputs", name), None, f"is required by {family.name}; add "
