@@ -54,11 +54,15 @@ def dit_state(cfg: DitConfig, seed: int) -> dict[str, torch.Tensor]:
 
 
 def dit_config_json(cfg: DitConfig) -> dict:
-    """The official config.json that ships beside the weights."""
-    return {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": cfg.model_type,
-            "dim": cfg.dim, "eps": cfg.eps, "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim,
-            "in_dim": cfg.in_dim, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
-            "out_dim": cfg.out_dim, "text_len": cfg.text_len, "text_dim": cfg.text_dim}
+    """The official config.json that ships beside the weights (``patch_size`` stated only where
+    it is not every release's [1, 2, 2], so the seeded checkpoints' files stay as they were)."""
+    doc = {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": cfg.model_type,
+           "dim": cfg.dim, "eps": cfg.eps, "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim,
+           "in_dim": cfg.in_dim, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
+           "out_dim": cfg.out_dim, "text_len": cfg.text_len, "text_dim": cfg.text_dim}
+    if tuple(cfg.patch_size) != (1, 2, 2):
+        doc["patch_size"] = list(cfg.patch_size)
+    return doc
 
 
 def umt5_state(seed: int, vocab: int = 384, layers: int = 2, heads: int = 4, d_kv: int = 16,

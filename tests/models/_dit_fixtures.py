@@ -56,7 +56,7 @@ def official_config_json(cfg: DitConfig) -> dict:
 def diffusers_config_json(cfg: DitConfig) -> dict:
     """diffusers' WanTransformer3DModel config for the same architecture."""
     doc = {
-        "_class_name": "WanTransformer3DModel", "patch_size": [1, 2, 2],
+        "_class_name": "WanTransformer3DModel", "patch_size": list(cfg.patch_size),
         "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
         "in_channels": cfg.in_dim, "out_channels": cfg.out_dim, "text_dim": cfg.text_dim,
         "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers,

@@ -61,6 +61,8 @@ def test_official_ti2v_config_json_parses_to_the_constant():
         ({"ffn_dim": "big"}, "ffn_dim = 'big'"),
         ({"window_size": [256, 256]}, "window_size"),
         ({"animate": True}, r"config keys \['animate'\]"),
+        ({"patch_size": [1, 0, 2]}, r"patch_size = \[1, 0, 2\] must be three positive integers"),
+        ({"patch_size": 2}, "patch_size = 2 must be a list of three integers"),
     ],
 )
 def test_invalid_official_configs_name_the_file(change, match):
@@ -74,3 +76,16 @@ def test_check_refuses_clip_on_t2v():
     with pytest.raises(ModelLoadError, match="takes no CLIP"):
         dit_config.check(attrs.evolve(tiny_config("t2v"), clip=True), "x")
     assert isinstance(dit_config.check(tiny_config("flf2v"), "x"), DitConfig)
+
+
+def test_a_finer_patch_in_config_json_is_honoured_by_every_reader():
+    """A DiT patching (1, 1, 1) (the quickstart model's) is read from official and diffusers
+    configs and off its weights' shapes, and runs: 8x8 latents become 64 tokens a frame."""
+    cfg = attrs.evolve(tiny_config("t2v"), patch_size=(1, 1, 1))
+    official = {**official_config_json(cfg), "patch_size": [1, 1, 1]}
+    assert dit_config.from_official(official, "c.json") == cfg
+    assert dit_config.from_diffusers(diffusers_config_json(cfg), "c.json") == cfg
+    shapes = {k: tuple(v.shape) for k, v in build_on_meta(lambda: WanDiT(cfg)).state_dict().items()}
+    assert dit_config.from_shapes(shapes, "w.safetensors").patch_size == (1, 1, 1)
+    assert dit_config.from_shapes(shapes, "w.safetensors").out_dim == cfg.out_dim
+    assert dit_config.from_official(official_config_json(tiny_config("t2v")), "c.json").patch_size == (1, 2, 2)

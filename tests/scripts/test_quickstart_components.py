@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.quickstart import build_family, init_dit
+from scripts.quickstart import build_family, init_dit, regrid_dit
 from scripts.quickstart import train_text_encoder as te
 from scripts.quickstart import train_vae as tv
 from scripts.quickstart.files import save_weights
@@ -219,6 +219,35 @@ def test_the_dit_starts_as_identity_blocks_with_a_zero_prediction_and_learns(tmp
     again = init_dit.initial_dit(TINY_DIT, 0)
     assert torch.equal(again.blocks[1].ffn[0].weight, init_dit.initial_dit(TINY_DIT, 0).blocks[1].ffn[0].weight)
     assert not torch.equal(again.blocks[1].ffn[0].weight, init_dit.initial_dit(TINY_DIT, 1).blocks[1].ffn[0].weight)
+
+
+def test_regridding_keeps_what_the_dit_knows_and_loads_as_a_finer_patched_dit(tmp_path):
+    """The fine-grid run's starting point: a latent constant over each old 2x2 patch embeds to
+    the old token at every finer token, the finer head paints the mean of the old patch's
+    outputs, every other tensor is the trained one, and wanflow loads the folder as patch (1, 1, 1)."""
+    coarse = init_dit.initial_dit(TINY_DIT, 0)
+    with torch.no_grad():  # open every gate so the head and blocks are not trivially zero
+        for p in coarse.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    init_dit.write_dit(tmp_path / "coarse", TINY_DIT, seed=0)
+    save_weights(coarse.state_dict(), tmp_path / "coarse" / init_dit.WEIGHTS, torch.float32)
+    assert regrid_dit.main([str(tmp_path / "coarse"), str(tmp_path / "fine")]) == 0
+    fine = load_dit([tmp_path / "fine" / regrid_dit.WEIGHTS], dtype=torch.float32)
+    assert fine.cfg == attrs.evolve(TINY_DIT, patch_size=(1, 1, 1))
+    blocky = torch.randn(1, 16, 3, 2, 2).repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    with torch.no_grad():
+        old_tokens = coarse.patch_embedding(blocky)  # (1, D, 3, 2, 2)
+        new_tokens = fine.patch_embedding(blocky)  # (1, D, 3, 4, 4)
+        assert torch.allclose(new_tokens, old_tokens.repeat_interleave(2, 3).repeat_interleave(2, 4), atol=1e-5)
+        h = torch.randn(5, TINY_DIT.dim)
+        old_out = coarse.head.head(h).view(5, 2, 2, TINY_DIT.out_dim)  # (pt=1,) ph, pw, C fastest
+        assert torch.allclose(fine.head.head(h), old_out.mean(dim=(1, 2)), atol=1e-5)
+    kept = {k for k in coarse.state_dict() if k not in ("patch_embedding.weight", "head.head.weight", "head.head.bias")}
+    assert all(torch.equal(coarse.state_dict()[k], fine.state_dict()[k]) for k in kept)
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 7, 64)
+    assert fine(x, t, ctx).shape == x.shape
+    with pytest.raises(ValueError, match="does not divide"):
+        regrid_dit.regrid(coarse.state_dict(), (1, 2, 2), (1, 3, 1), 16)
 
 
 # ----------------------------------------------------------------------------- family folder

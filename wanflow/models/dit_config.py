@@ -9,6 +9,7 @@ blocks, Wan-Fun ``ref_conv`` and ``control_adapter``) are always read off the we
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -24,9 +25,7 @@ CLIP_TOKENS = 257
 CLIP_DIM = 1280
 
 #: Official config.json keys that must hold exactly these values (every released Wan DiT).
-FIXED_OFFICIAL = {
-    "patch_size": [1, 2, 2], "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True,
-}
+FIXED_OFFICIAL = {"window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True}
 INT_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_len")
 
 #: config.json keys of the derivative releases (VACE; Wan-Fun as its authors write them); the
@@ -94,6 +93,9 @@ def _problems(c: DitConfig) -> list[str]:
            if not isinstance(getattr(c, f), int) or getattr(c, f) <= 0]
     if out:
         return out
+    patch = c.patch_size
+    if (len(patch) != 3 or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch)):
+        out.append(f"patch_size = {list(patch)!r} must be three positive integers (every release has [1, 2, 2])")
     if c.model_type not in MODEL_TYPES:
         out.append(f"model_type = {c.model_type!r} is not one of {list(MODEL_TYPES)}")
     if c.dim % c.num_heads or c.head_dim % 2:
@@ -123,7 +125,7 @@ def _part_problems(c: DitConfig) -> list[str]:
 
 def from_official(doc: Mapping[str, Any], source: str, *, clip: bool | None = None) -> DitConfig:
     """Build from an official config.json; clip=None means 'as Wan2.1' (i2v and flf2v use CLIP)."""
-    known = {*INT_FIELDS, "model_type", "eps", "text_dim", *FIXED_OFFICIAL, *DERIVATIVE_KEYS}
+    known = {*INT_FIELDS, "model_type", "eps", "text_dim", "patch_size", *FIXED_OFFICIAL, *DERIVATIVE_KEYS}
     unknown = sorted(k for k in doc if not k.startswith("_") and k not in known)
     if unknown:
         raise ModelLoadError(
@@ -140,9 +142,21 @@ def from_official(doc: Mapping[str, Any], source: str, *, clip: bool | None = No
     fields = {k: doc[k] for k in (*INT_FIELDS, "eps", "text_dim") if k in doc}
     fields.setdefault("in_dim", 36 if model_type in ("i2v", "flf2v") else 16)
     fields.setdefault("out_dim", 16)
-    fields |= _vace_fields(doc, "vace_layers", "vace_in_dim")
+    fields |= _vace_fields(doc, "vace_layers", "vace_in_dim") | _patch_field(doc, source)
     use_clip = model_type in ("i2v", "flf2v") if clip is None else clip
     return _build(source, model_type=model_type, clip=use_clip, **fields)
+
+
+def _patch_field(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``patch_size`` when the config states one: every release patches (1, 2, 2), but a DiT
+    trained on small latents (the quickstart model's 8x8) may patch finer; the model code reads
+    the patch from the config everywhere, so any three positive integers are honoured."""
+    if "patch_size" not in doc:
+        return {}
+    patch = doc["patch_size"]
+    if not isinstance(patch, (list, tuple)) or len(patch) != 3:
+        raise ModelLoadError(f"{source}: patch_size = {patch!r} must be a list of three integers, e.g. [1, 2, 2].")
+    return {"patch_size": tuple(patch)}
 
 
 def _vace_fields(doc: Mapping[str, Any], layers_key: str, in_key: str) -> dict[str, Any]:
@@ -165,8 +179,7 @@ def from_diffusers(doc: Mapping[str, Any], source: str) -> DitConfig:
                       num_layers=doc["num_layers"], in_dim=in_dim, out_dim=out_dim)
     except (KeyError, TypeError) as err:
         raise ModelLoadError(f"{source}: diffusers config without a usable {err}.") from None
-    if _plain(doc.get("patch_size", [1, 2, 2])) != [1, 2, 2]:
-        raise ModelLoadError(f"{source}: patch_size = {doc['patch_size']!r}; Wan uses [1, 2, 2].")
+    fields |= _patch_field(doc, source)
     clip = doc.get("image_dim") is not None
     flf2v = doc.get("pos_embed_seq_len") is not None
     model_type = _guess_type(in_dim, out_dim, clip=clip, flf2v=flf2v)
@@ -178,9 +191,9 @@ def from_diffusers(doc: Mapping[str, Any], source: str) -> DitConfig:
 def from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DitConfig:
     """Read the config off official-layout weight shapes (for files shipped without config.json)."""
     try:
-        dim, in_dim = shapes["patch_embedding.weight"][:2]
+        dim, in_dim, *patch = shapes["patch_embedding.weight"]
         ffn_dim = shapes["blocks.0.ffn.0.weight"][0]
-        out_dim = shapes["head.head.weight"][0] // 4
+        out_dim = shapes["head.head.weight"][0] // math.prod(patch)
         freq_dim = shapes["time_embedding.0.weight"][1]
         text_dim = shapes["text_embedding.0.weight"][1]  # umT5-XXL's 4096 in every release
     except KeyError as err:
@@ -190,7 +203,7 @@ def from_shapes(shapes: Mapping[str, tuple[int, ...]], source: str) -> DitConfig
     model_type = _guess_type(in_dim, out_dim, clip=clip, flf2v=flf2v)
     config = _build(source, model_type=model_type, dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128,
                     num_layers=layers, in_dim=in_dim, out_dim=out_dim, freq_dim=freq_dim, text_dim=text_dim,
-                    clip=clip)
+                    clip=clip, patch_size=tuple(patch))
     return with_parts(config, shapes, source)
 
 
