@@ -25,8 +25,8 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import NOT_KEYED
-from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
+from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.cond_animate import CLIP_READS, clip_plan, to_signed
 from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS, Denoise, expert_cfgs
@@ -163,13 +163,8 @@ class AnimateDenoise:
         return torch.cat([mask, latent], dim=1)
 
     def _dit(self, ctx: Any) -> Any:
-        p = ctx.params
-        device, dtype = component_runtime(p, self.dit_dtype)
-        loras = tuple((ctx.weight(lora), scale) for lora, _, scale in self.loras)
-        return model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                              p["runtime.attention"], self.residency, loras, self.storage, self.tiers,
-                              compile_mode=p["runtime.compile"],
-                              kernel=None if self.attention is None else self.attention.load())
+        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
+                        tiers=self.tiers, compile_mode=ctx.params["runtime.compile"], attention=self.attention)
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
         return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)

@@ -21,6 +21,7 @@ from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
+from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.conditioning import VAE_READS, tile_spec
 from wanflow.steps.denoise import DENOISE_READS
 
@@ -102,15 +103,11 @@ class CausalDenoise:
 
     def _dit(self, ctx: Any) -> Any:
         """The DiT from the pool, every block resident (the causal forward runs its modules itself)."""
-        p = ctx.params
         if any(tier != "device" for tier in self.tiers):
             raise ModelInputError("the block-causal sampler needs every DiT block on the device, but the memory "
                                   "plan streams some; raise [memory].limit_gb or use a larger device")
-        device, dtype = component_runtime(p, self.dit_dtype)
-        loras = tuple((ctx.weight(lora), scale) for lora, _, scale in self.loras)
-        return model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                              p["runtime.attention"], self.residency, loras, self.storage,
-                              kernel=None if self.attention is None else self.attention.load())
+        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
+                        attention=self.attention)
 
     def _reanchor(self, ctx: Any) -> VaeReanchor:
         device, dtype = component_runtime(ctx.params, self.vae_dtype, self.vae_device)

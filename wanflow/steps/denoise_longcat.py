@@ -21,8 +21,8 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelLoadError
-from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
+from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.denoise import CHECKPOINT_EVERY, DENOISE_READS
 
 #: The weight role of the release's ``scheduler/scheduler_config.json`` (the authors' grid only).
@@ -140,8 +140,4 @@ class LongCatDenoise:
 
     def _dit(self, ctx: Any) -> Any:
         """The DiT from the pool, through its row of the DiT variant table (loaded whole)."""
-        p = ctx.params
-        device, dtype = component_runtime(p, self.dit_dtype)
-        return model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                              p["runtime.attention"], self.residency,
-                              kernel=None if self.attention is None else self.attention.load())
+        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, attention=self.attention)

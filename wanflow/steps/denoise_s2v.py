@@ -28,8 +28,8 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError
-from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
+from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS
 from wanflow.steps.s2v_encode import MOTION_FRAMES, frames_per_clip
@@ -98,12 +98,8 @@ class S2VDenoise:
         return {"latents": latents.float().cpu().contiguous(), "frames": frames[:length].contiguous()}
 
     def _dit(self, ctx: Any) -> Any:
-        p = ctx.params
-        device, dtype = component_runtime(p, self.dit_dtype)
-        loras = tuple((ctx.weight(lora), scale) for lora, _, scale in self.loras)
-        return model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                              p["runtime.attention"], self.residency, loras, self.storage,
-                              kernel=None if self.attention is None else self.attention.load())
+        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
+                        attention=self.attention)
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
         return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)
