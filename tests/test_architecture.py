@@ -21,16 +21,17 @@ ALLOWED = {
     "conditioners": set(),  # the torch-free registry of conditioning kinds a family may declare
     "plugins": {"families", "steps"},  # steps only lazily, inside the pipelines hook
     "engine": set(),
-    "models": set(),
+    "models": {"file_kinds"},
     "sampling": set(),
     "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train",
               "audio", "conditioners"},
     "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
-    "output": set(),
+    "output": {"file_kinds"},
+    "file_kinds": set(),  # what a file is from its first bytes, for "it looks like …" in errors
     "sources": {"families"},
     "train": {"families", "output", "models", "lora", "sampling", "audio"},  # dataset, objective, loop, adapters
-    "audio": set(),  # decoding, probing and encoding speech for audio-driven families
+    "audio": {"file_kinds"},  # decoding, probing and encoding speech for audio-driven families
     "api": {"recipe", "plugins", "engine", "output", "sampling", "logs"},  # the library's front door
     "": {"api"},  # `wanflow/__init__.py` exports the API lazily (importing wanflow stays cheap)
     "cli": None,  # the top: may import everything

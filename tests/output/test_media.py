@@ -123,7 +123,7 @@ def test_bad_videos_are_clear_errors(tmp_path, counting_video):
     (tmp_path / "text.mp4").write_text("not a video")
     (tmp_path / "cut.mp4").write_bytes(counting_video.read_bytes()[:1000])
     cases = {"audio.mp4": "holds no frames", "text.mp4": "not a readable video .*looks like text",
-             "cut.mp4": "not a readable video .*MP4/MOV container, 1000 bytes", "none.mp4": "no such video file"}
+             "cut.mp4": "not a readable video .*an MP4/M4A/MOV file, 1000 bytes", "none.mp4": "no such video file"}
     for name, match in cases.items():
         with pytest.raises(ModelInputError, match=match):
             load_video(tmp_path / name, 12, 16, 16)

@@ -23,7 +23,7 @@ from wanflow.audio.errors import (
     SilentAudioError,
     UndecodableAudioError,
 )
-from wanflow.audio.looks import describe_audio_file
+from wanflow.file_kinds import describe_file
 from wanflow.errors import display_path
 
 #: Loudest sample (full scale 1.0) below which a recording counts as silence: -80 dBFS, three
@@ -117,13 +117,13 @@ def ffmpeg_complaint(stderr: str) -> str:
 def undecodable_reason(path: Path, complaint: str) -> str:
     """Why ffmpeg could not give audio, and what the file looks like instead."""
     if complaint == "it holds no audio track":
-        return f"holds no audio track (it looks like {describe_audio_file(path)}); {FIX}"
-    return f"not a readable audio file ({complaint}); it looks like {describe_audio_file(path)}; {FIX}"
+        return f"holds no audio track (it looks like {describe_file(path)}); {FIX}"
+    return f"not a readable audio file ({complaint}); it looks like {describe_file(path)}; {FIX}"
 
 
 def empty_reason(path: Path) -> str:
     """The audio track decodes to nothing."""
-    return (f"the audio track is empty (0 samples decoded from {describe_audio_file(path)}); "
+    return (f"the audio track is empty (0 samples decoded from {describe_file(path)}); "
             "speech-to-video makes a video as long as the audio; use a recording with speech in it")
 
 

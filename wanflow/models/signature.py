@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from wanflow.file_kinds import binary_kind
+
 if TYPE_CHECKING:  # annotations only: planning reads headers without importing torch
     from torch import Tensor
 
@@ -339,31 +341,21 @@ def _unknown(state: Mapping[str, Tensor]) -> CheckpointSignature:
 # ----------------------------------------------------------------------------- files
 
 
-#: Leading bytes of common non-checkpoint files, for saying what a wrong file is instead.
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-    (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"),
-    (b"version https://git-lfs", "a Git LFS pointer, not the weights (run `git lfs pull`)"),
-)
-
-
 def sniff_file(path: Path) -> tuple[str, str]:
     """(kind, description) from a file's first bytes, never from its name."""
     with path.open("rb") as f:
         head = f.read(64)
     if not head:
         return "empty", "an empty file (0 bytes)"
-    described = next((text for magic, text in _MAGIC if head.startswith(magic)), None)
-    if described:
-        return "other", described
-    if head[4:8] == b"ftyp" or head[8:12] == b"WEBP":
-        return "other", "a video or WebP image"
     if head.startswith(b"PK\x03\x04"):
         return _sniff_zip(path)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "torch-legacy", "a pickle (legacy PyTorch format)"
     if len(head) >= 9 and struct.unpack("<Q", head[:8])[0] < 1 << 30 and head[8:9] == b"{":
         return "safetensors", "a safetensors file"  # a header past the end is caught as truncated
+    described = binary_kind(head)  # after the checkpoint formats: a safetensors length may look like MPEG sync
+    if described:
+        return "other", described
     return _sniff_text(head)
 
 

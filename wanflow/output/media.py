@@ -14,32 +14,9 @@ import numpy as np
 import structlog
 
 from wanflow.errors import ModelInputError
+from wanflow.file_kinds import describe_file
 
 log = structlog.get_logger(__name__)
-
-_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"RIFF", "a RIFF file (WebP image or AVI video)"), (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
-          (b"PK\x03\x04", "a zip archive (a torch checkpoint?)"), (b"{", "JSON or text"))
-
-
-def describe_file(path: Path) -> str:
-    """What a file looks like from its first bytes, for error messages."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    if size == 0:
-        return "an empty file (0 bytes)"
-    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
-    if kind is None and head[4:8] == b"ftyp":
-        kind = "an MP4/MOV container"
-    if kind is None:
-        text = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
-        kind = "text" if text else f"unknown binary data starting {head[:8].hex(' ')}"
-    return f"{kind}, {size} bytes"
-
 
 def _existing(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
