@@ -7,12 +7,19 @@ nodes for the same sample: the reference stream reads the reference video's firs
 its caption, the main stream the clip's first frame, exactly as inference hands them over. The
 export holds main-stream modules only and loads back into a generation; a changed reference
 video or caption re-runs only that sample's own encode.
+
+``method = "full"`` trains the reference stream alone (the main stream frozen, as the authors'
+MoT training and DiffSynth's ``--trainable_models vap`` do): its first loss is the release's
+DiT's, and its export is the whole DiT under the release's names (the main stream the base's
+bit for bit, the reference stream trained), which a generation loads as ``[models.dit].source``
+and which changes its video. A LoRA naming the reference stream is refused at validation.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 
 import numpy as np
 import pytest
@@ -181,7 +188,6 @@ def _refusal(tmp_path, recipe, capsys) -> str:
      ["requires the 'vap_prompt' input; set the vap_prompt column"]),
     ([_row(video="clips/short.mp4")], {}, ["vap_video = 'clips/short.mp4'", "has 3 frames, fewer than the 5"]),
     ([_row(video="clips/missing.mp4")], {}, ["vap_video = 'clips/missing.mp4'", "does not exist"]),
-    ([_row()], {"method": "full"}, ["[train].method", "reference stream", 'method = "lora"']),
     ([_row()], {"validation_prompts": ["a red square"]}, ["[train].validation_prompts", "validation_samples"]),
 ])
 def test_bad_input_is_refused_at_validation_naming_the_key_and_column(venv_runs, tmp_path, media, capsys, rows,
@@ -223,3 +229,80 @@ def test_a_batch_joins_the_samples_reference_streams(venv_runs, tmp_path, media)
     assert torch.equal(joined.vap_clip[1], b.vap_clip[0])
     assert torch.equal(joined.vap_context[0, :3], a.vap_context[0]) and not joined.vap_context[0, 3:].any()
     assert torch.equal(joined.vap_context[1], b.vap_context[0])
+
+
+# ----------------------------------------------------------------------------- full fine-tuning
+
+
+def _release(vap_root) -> dict[str, torch.Tensor]:
+    from wanflow.models.checkpoint_files import merged_shards
+
+    folder = vap_root / "ByteDance/Video-As-Prompt-Wan2.1-14B/transformer"
+    return {k: v.clone() for k, v in merged_shards(sorted(folder.glob("*.safetensors"))).items()}
+
+
+def test_full_fine_tuning_trains_the_reference_stream_and_the_export_loads_back(venv_runs, vap_root, tmp_path,
+                                                                                media):
+    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]), method="full", steps=2,
+                          learning_rate=0.01)
+    train = run(recipe, venv_runs)
+    generation = run(_generation(tmp_path, media, "head"), venv_runs)
+    # the weights start as the release's: the first loss is its DiT's on the generation's conditioning
+    assert first_loss(train) == pytest.approx(loss_by_hand(train, generation), rel=1e-5, abs=1e-7)
+
+    exported = train.archive / "outputs" / "dit.safetensors"
+    base = _release(vap_root)
+    with safe_open(str(exported), "pt") as f:
+        out = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        header = f.metadata()
+    assert set(out) == set(base)  # the release's names, every tensor of both streams
+    main = [k for k in base if "_mot_ref" not in k]
+    reference = [k for k in base if "_mot_ref" in k]
+    assert all(torch.equal(out[k], base[k]) for k in main)  # the main stream stays frozen
+    assert sum(not torch.equal(out[k], base[k]) for k in reference) > len(reference) // 2
+    assert json.loads(header["config"])["attention_head_dim"] == 64 and header["wanflow.method"] == "full"
+
+    (tmp_path / "tuned").mkdir()
+    path = _generation(tmp_path / "tuned", media, "head")
+    doc = tomlkit.parse(path.read_text())
+    doc["models"] = {"dit": {"source": str(exported)}}
+    path.write_text(tomlkit.dumps(doc))
+    tuned = run(path, venv_runs)
+    assert (generation.archive / "outputs" / "video.mp4").read_bytes() != \
+        (tuned.archive / "outputs" / "video.mp4").read_bytes()
+
+
+def test_a_file_of_the_release_s_layout_without_its_config_beside_takes_the_config_in_its_header(vap_root,
+                                                                                                  tmp_path):
+    from safetensors.torch import save_file
+
+    from wanflow.models.vap_loader import load_vap_dit
+
+    state = _release(vap_root)
+    config = json.loads((vap_root / "ByteDance/Video-As-Prompt-Wan2.1-14B/transformer/config.json").read_text())
+    save_file(state, str(tmp_path / "with.safetensors"), metadata={"config": json.dumps(config)})
+    model = load_vap_dit([tmp_path / "with.safetensors"])
+    assert model.cfg.num_heads == 2 and tuple(model.vap_config.mot_layers) == (0, 2)
+    save_file(state, str(tmp_path / "without.safetensors"))
+    # the shapes alone cannot tell the heads: dim 128 reads as one head of the release's width 128
+    assert load_vap_dit([tmp_path / "without.safetensors"]).cfg.num_heads == 1
+
+
+@pytest.mark.parametrize("targets", [["mot.blocks.0.self_attn.q"], ["q", "attn1_mot_ref.to_q"]])
+def test_a_lora_on_the_reference_stream_is_refused_at_validation(venv_runs, tmp_path, media, capsys, targets):
+    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]), lora_targets=targets)
+    err = _refusal(tmp_path, recipe, capsys)
+    assert "[train].lora_targets" in err and "reference stream" in err and 'method = "full"' in err, err
+    assert "Traceback" not in err
+
+
+def test_full_fine_tuning_unfreezes_the_reference_stream_alone():
+    from tests.e2e._layout_vap import tiny_vap_config
+    from wanflow.models.vap import VapDiT
+    from wanflow.train.adapters import full_state, unfreeze
+
+    model = VapDiT(tiny_vap_config()).requires_grad_(False)
+    unfreeze(model)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains == {n for n, _ in model.named_parameters() if n.startswith("mot.")}
+    assert "mot.blocks.2.self_attn.q.weight" in trains and set(full_state(model)) == trains

@@ -126,11 +126,12 @@ def test_a_short_or_undecodable_reference_video_is_refused_at_validation(tmp_pat
     assert found.startswith('r.toml: [inputs].vap_video = "ref.mp4": not a readable video'), found
 
 
-def test_the_family_trains_a_lora_and_full_fine_tuning_is_refused_with_the_reason(tmp_path):
+def test_the_family_trains_a_lora_or_fully_and_a_lora_on_the_reference_stream_is_refused(tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text(f'model = "{FAMILY}"\n[train]\ndataset = "data.csv"\nmethod = "full"\n', encoding="utf-8")
     (tmp_path / "data.csv").write_text("video,prompt\n")
-    problems = _refused(path)
-    assert not any("cannot be trained with [train] yet" in p for p in problems), problems
-    assert any(p.startswith('r.toml: [train].method = "full"') and "reference stream alone" in p
-               for p in problems), problems
+    path.write_text(f'model = "{FAMILY}"\n[train]\ndataset = "data.csv"\nmethod = "full"\n', encoding="utf-8")
+    assert load_recipe(path).recipe.train.method == "full"  # validates
+    path.write_text(f'model = "{FAMILY}"\n[train]\ndataset = "data.csv"\nlora_targets = ["q", "mot.blocks.0.ffn.0"]\n',
+                    encoding="utf-8")
+    assert any(p.startswith('r.toml: [train].lora_targets = ["q", "mot.blocks.0.ffn.0"]: mot.blocks.0.ffn.0 name')
+               and "reference stream" in p for p in _refused(path)), _refused(path)

@@ -191,6 +191,10 @@ class VapDiT(WanDiT):
     #: A LoRA trains the main stream only, as DiffSynth's LoRA training of the release does
     #: (its adapter is on the Wan DiT; the reference stream is another module it leaves frozen).
     lora_excluded_prefixes = ("mot.",)
+    #: Full fine-tuning trains the reference stream alone, the main stream frozen: the authors'
+    #: MoT training (only ``*_mot_ref`` parameters require gradients) and DiffSynth's
+    #: (``--trainable_models vap``, its reference stream).
+    full_trained_prefixes = ("mot.",)
 
     def __init__(self, config: VapConfig, attention_kernel: str = "sdpa", head_timestep: HeadTimestep = "main"):
         super().__init__(config.dit, attention_kernel)

@@ -51,7 +51,7 @@ def load_vap_dit(
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if config is None:
         first = weights[0] if isinstance(weights, Sequence) and not isinstance(weights, str) else weights
-        doc = None if opened.borrowed else config_json_beside(Path(os.fspath(first)))
+        doc = None if opened.borrowed else released_config(Path(os.fspath(first)))
         config = (vap_config.from_shapes(shapes, opened.source) if doc is None
                   else vap_config.from_diffusers(doc, shapes, opened.source))
     model = build_on_meta(lambda: VapDiT(config, attention_kernel, head_timestep))
@@ -92,6 +92,35 @@ def wanflow_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]
         "at ByteDance/Video-As-Prompt-Wan2.1-14B's transformer/diffusion_pytorch_model*.safetensors "
         "(the index json or the folder)."
     )
+
+
+#: The safetensors header entry where an exported file keeps its ``WanTransformer3DMOTModel``
+#: config (the fields of the release's config.json), so a single file says its head count.
+CONFIG_ENTRY = "config"
+
+
+def released_config(path: Path) -> dict | None:
+    """The config.json beside the weights, else the one a single exported file holds in its
+    header (``CONFIG_ENTRY``), else None."""
+    doc = config_json_beside(path)
+    if doc is not None or path.is_dir() or path.suffix != ".safetensors" or not path.is_file():
+        return doc
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            text = (f.metadata() or {}).get(CONFIG_ENTRY)
+    except (OSError, ValueError, RuntimeError):
+        return None  # not readable as safetensors: loading says why
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"{path}: its header's {CONFIG_ENTRY!r} entry is not JSON ({err}).") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{path}: its header's {CONFIG_ENTRY!r} entry is not a JSON object.")
+    return doc
 
 
 def config_json_beside(path: Path) -> dict | None:

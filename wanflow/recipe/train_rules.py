@@ -94,11 +94,8 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
                      f"{', '.join(other)}, which the training stage does not build from dataset columns; train a "
                      "base family (wan2.1-t2v-1.3b, wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, …) instead")
         return
-    if recipe.train.method == "full" and any(c.kind == "vap-video" for c in family.conditioners):
-        _add(problems, "method", recipe.train.method, f"{family.name}: full fine-tuning trains its reference "
-             "stream alone (DiffSynth's --trainable_models vap), whose weights a generation cannot load back "
-             "apart from the released file yet; use method = \"lora\" (a LoRA on the main stream, as "
-             "DiffSynth's LoRA training of it)")
+    if recipe.train.method == "lora" and any(c.kind == "vap-video" for c in family.conditioners):
+        _check_vap_lora_targets(recipe.train, problems)
     declared = conditioned_per_sample(family)
     if declared:
         _check_sample_inputs(recipe, family, problems)
@@ -176,6 +173,18 @@ def _check_sizes(t: Train, family: FamilySpec, problems: Problems) -> None:
     if wrong:
         _add(problems, "frame_buckets", t.frame_buckets, f"{', '.join(map(str, wrong))}: each bucket must be "
              f"4n+1 and at most [train].frames ({t.frames})")
+
+
+def _check_vap_lora_targets(t: Train, problems: Problems) -> None:
+    """A LoRA of Video-As-Prompt trains the main stream; targets on the reference stream are refused."""
+    # wanflow names the stream's modules mot.*, the release its layers *_mot_ref
+    bad = [target for target in t.lora_targets if target.split(".")[0] == "mot" or "_mot_ref" in target]
+    if bad:
+        _add(problems, "lora_targets", list(t.lora_targets), f"{', '.join(bad)} name the Video-As-Prompt "
+             "reference stream, which a LoRA does not train: neither the authors (their MoT training trains "
+             "the reference stream whole) nor DiffSynth's Video-As-Prompt scripts (a LoRA on dit) train a "
+             "LoRA there, so no tool reads one back. Train the reference stream with method = \"full\", or "
+             "target the main stream's layers (q, k, v, o, ffn.0, ffn.2)")
 
 
 def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:

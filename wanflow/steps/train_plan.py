@@ -33,6 +33,7 @@ from wanflow.steps.train_conditioning import (
 )
 from wanflow.steps.train_data import training_dataset
 from wanflow.steps.train_encode import EncodeSample
+from wanflow.steps.train_vap_export import ExportVapDiT
 from wanflow.train.order import split_validation
 
 EXPERT_FILE_SUFFIX = {"dit": "", "dit_high_noise": "_high_noise", "dit_low_noise": "_low_noise"}
@@ -144,11 +145,17 @@ def _text_weights(job: Any) -> dict[str, Any]:
 def _outputs(job: Any, t: Any, dits: tuple[str, ...], vae_version: str, vae: Any, vae_own: Any) -> list[StepSpec]:
     header = _header(job)
     nodes = []
+    released = t.method == "full" and any(c.kind == "vap-video" for c in job.family.conditioners)
     for d in dits:
         stem = "lora" if t.method == "lora" else "dit"
+        archive_as = f"{stem}{EXPERT_FILE_SUFFIX.get(d, '_' + d)}.safetensors"
+        if released:  # the trained reference stream over the base, in the release's layout
+            export = ExportVapDiT(d, len(job.weights[d]), header)
+            nodes.append(StepSpec(f"export:{d}", export, inputs={"trained": "train"}, weights=job.weights[d],
+                                  archive_as=archive_as))
+            continue
         nodes.append(StepSpec(f"export:{d}", ExportWeights(d, t.method, t.export_dialect, header),
-                              inputs={"trained": "train"},
-                              archive_as=f"{stem}{EXPERT_FILE_SUFFIX.get(d, '_' + d)}.safetensors"))
+                              inputs={"trained": "train"}, archive_as=archive_as))
     nodes += [StepSpec("loss-csv", LossHistory("csv"), inputs={"trained": "train"}, archive_as="loss.csv"),
               StepSpec("loss-png", LossHistory("png"), inputs={"trained": "train"}, archive_as="loss.png")]
     if not t.validation_prompts:

@@ -119,12 +119,23 @@ def merge_preset(model: nn.Module, path: Path, scale: float) -> None:
     merge(model, [read_lora(path)], [scale], model_name="the DiT", labels=[f"preset LoRA {path.name}"])
 
 
+def full_trained(model: nn.Module) -> tuple[str, ...]:
+    """The name prefixes full fine-tuning trains (``full_trained_prefixes``), () for all: a
+    Video-As-Prompt DiT trains its reference stream alone, as its authors and DiffSynth do."""
+    return tuple(getattr(model, "full_trained_prefixes", ()))
+
+
 def unfreeze(model: nn.Module) -> None:
-    """Full fine-tuning: every parameter of the component trains."""
-    for param in model.parameters():
-        param.requires_grad_(True)
+    """Full fine-tuning: every parameter of the component trains, or those under its
+    ``full_trained_prefixes`` (the rest stays frozen)."""
+    trained = full_trained(model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(not trained or name.startswith(trained))
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A fully fine-tuned component's weights under their official names."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.state_dict().items()}
+    """A fully fine-tuned component's trained weights under their official names: all of them,
+    or those under its ``full_trained_prefixes`` (the frozen rest is the base's, unchanged)."""
+    trained = full_trained(model)
+    return {n: p.detach().cpu().contiguous() for n, p in model.state_dict().items()
+            if not trained or n.startswith(trained)}
