@@ -1,7 +1,7 @@
 """Wan2.2-Animate training recipes and datasets are checked at validation, before any model loads.
 
 Each problem names its key (recipe) or its row and column (dataset): [inputs] a training sample
-takes from its columns, replacement mode, full fine-tuning, batches, LoRA targets on the DiT's
+takes from its columns, replacement mode, full fine-tuning, LoRA targets on the DiT's
 Animate parts, validation videos; a missing column, replacement columns, DiffSynth's column names,
 driving videos shorter than the clip's frames less 4, a pose video of another size than the clip.
 """
@@ -63,12 +63,16 @@ def test_settings_training_would_not_read_are_refused_naming_the_key(folder):
     assert _has(problems, '[inputs].animate_mode = "replacement"', "replacement-mode training is not built"), problems
     assert _has(problems, "[inputs].overlap_frames = 5", "a sample is one clip"), problems
     assert _has(problems, '[train].method = "full"', "DiffSynth keeps frozen"), problems
-    assert _has(problems, "[train].batch_size = 2", "one at a time"), problems
+    assert not _has(problems, "[train].batch_size = 2", "Animate"), problems  # batches are built
     assert _has(problems, "[train].validation_prompts", "validation_samples"), problems
     assert not _has(problems, "is required by"), problems  # its validation videos are refused, not short of inputs
     problems = _recipe(folder, [HEAD, GOOD], train='lora_targets = ["q", "linear2", "out_proj"]\n')
     assert _has(problems, "[train].lora_targets", "linear2, out_proj match layers of the DiT's Animate parts"), problems
     assert main(["validate", str(folder / "t.toml")]) == 2
+
+
+def test_batches_of_animate_samples_validate(folder):
+    assert _recipe(folder, [HEAD, GOOD, "clip.mp4,another dancer,pose.mp4,face.mp4"], train="batch_size = 2\n") == []
 
 
 def test_bad_rows_are_refused_naming_row_and_column(folder, capsys):

@@ -95,10 +95,6 @@ def _check_training(recipe: Recipe, problems: Problems) -> None:
                      "would train the DiT's Animate parts too (pose embedding, motion and face encoders, face "
                      "blocks), which DiffSynth keeps frozen and whose face tokens are computed once per sample; "
                      'use method = "lora"')
-    if t.batch_size > 1:
-        problems.add(("train", "batch_size"), t.batch_size, "Animate samples are trained one at a time (each "
-                     "has its own pose and face inputs, as DiffSynth trains them); use batch_size = 1 and "
-                     "gradient_accumulation for larger batches")
     bad = [target for target in t.lora_targets
            if any(m == target or m.endswith("." + target) for m in ADAPTER_LINEARS)]
     if t.method == "lora" and bad:
