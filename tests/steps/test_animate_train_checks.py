@@ -2,7 +2,7 @@
 
 Each problem names its key (recipe) or its row and column (dataset): [inputs] a training sample
 takes from its columns, replacement mode, full fine-tuning, LoRA targets on the DiT's
-Animate parts, validation videos; a missing column, replacement columns, DiffSynth's column names,
+Animate parts, validation videos; a missing column, a replacement column without its pair, DiffSynth's column names,
 driving videos shorter than the clip's frames less 4, a pose video of another size than the clip.
 """
 
@@ -60,7 +60,7 @@ def test_settings_training_would_not_read_are_refused_naming_the_key(folder):
                        inputs='pose_video = "pose.mp4"\nanimate_mode = "replacement"\noverlap_frames = 5\n')
     assert _has(problems, "t.toml: [inputs].pose_video = ", "each sample takes its own from the dataset's "
                 "animate_pose_video column"), problems
-    assert _has(problems, '[inputs].animate_mode = "replacement"', "replacement-mode training is not built"), problems
+    assert _has(problems, '[inputs].animate_mode = "replacement"', "each sample's mode is its row's"), problems
     assert _has(problems, "[inputs].overlap_frames = 5", "a sample is one clip"), problems
     assert _has(problems, '[train].method = "full"', "DiffSynth keeps frozen"), problems
     assert not _has(problems, "[train].batch_size = 2", "Animate"), problems  # batches are built
@@ -83,9 +83,12 @@ def test_bad_rows_are_refused_naming_row_and_column(folder, capsys):
                 "the clip's less 4"), problems
     assert _has(problems, "row 2 (line 3): animate_pose_video = 'wide.mp4': is 32x16, but the clip is 16x16"), problems
     problems = _recipe(folder, [HEAD + ",animate_inpaint_video,animate_mask_video",
-                                GOOD + ",clip.mp4,clip.mp4"])
-    assert _has(problems, "column 'animate_inpaint_video'", "replacement-mode training is not built"), problems
-    assert _has(problems, "column 'animate_mask_video'", "replacement-mode training is not built"), problems
+                                GOOD + ",pose.mp4,pose.mp4", GOOD + ",pose.mp4,", GOOD + ",wide.mp4,short.mp4"])
+    assert not _has(problems, "row 1 "), problems  # replacement rows train
+    assert _has(problems, "row 2 (line 3): animate_inpaint_video", "replacement needs both animate_inpaint_video "
+                "and animate_mask_video"), problems
+    assert _has(problems, "row 3 (line 4): animate_inpaint_video = 'wide.mp4': is 32x16, but the clip is 16x16"), problems
+    assert _has(problems, "row 3 (line 4): animate_mask_video = 'short.mp4': has 4 frames, fewer than the 5"), problems
     problems = _recipe(folder, ["video,prompt,pose_video,animate_face_video", "clip.mp4,a,pose.mp4,face.mp4"])
     assert _has(problems, "column 'pose_video'", "animate_pose_video (DiffSynth's name)"), problems
     problems = _recipe(folder, [HEAD, GOOD], frames=1)

@@ -80,15 +80,15 @@ def _check_training(recipe: Recipe, problems: Problems) -> None:
                          f"dataset's {column} column; move it into the dataset, or remove it")
     inputs = recipe.inputs
     if inputs.animate_mode != "animation":
-        problems.add(("inputs", "animate_mode"), inputs.animate_mode, "training takes animation mode only: "
-                     "replacement-mode training is not built (a replacement generation applies the relighting "
-                     'LoRA to the DiT, and training on a base with that LoRA applied is not built); remove it')
+        problems.add(("inputs", "animate_mode"), inputs.animate_mode, "is not read by training: each sample's "
+                     "mode is its row's (a row with animate_inpaint_video and animate_mask_video trains "
+                     "replacement, a row without them animation); remove it")
     if inputs.overlap_frames != DEFAULTS["inputs.overlap_frames"]:
         problems.add(("inputs", "overlap_frames"), inputs.overlap_frames, "is not read by training: a sample is "
                      "one clip, with no clip before it; remove it")
     if inputs.relighting_lora is not None:
-        problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training (animation "
-                     "mode applies no relighting LoRA); remove it")
+        problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training: it trains "
+                     "the DiT without the relighting LoRA in both modes, as DiffSynth does; remove it")
     t = recipe.train
     if t.method == "full":
         problems.add(("train", "method"), t.method, "full fine-tuning of wan2.2-animate-14b is not built: it "
