@@ -175,7 +175,33 @@ def test_a_replacement_row_trains_on_its_background_and_mask(aenv, animate_root,
     assert stored_tensors(again, "train/background:0")["y"][:, :4].sum() < stored[:, :4].sum()  # more person
 
 
-def generation_recipe(folder, data, lora=None) -> object:
+def test_full_fine_tuning_trains_the_animate_parts_alone_and_loads_back(aenv, animate_root, data, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.e2e._layout_animate import animate_state, tiny_animate_config
+
+    train = run(train_recipe(tmp_path, metadata(data, [ROW]), method="full", learning_rate=0.05), aenv)
+    assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
+    assert "crops" in stored_tensors(train, "train/face:0")  # the face encoders train: the DiT encodes the crops
+    exported = load_file(str(train.archive / "outputs" / "dit.safetensors"))
+    base = animate_state(tiny_animate_config(), 40)
+    assert set(exported) == set(base)  # the whole DiT under the released names
+    parts = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+    trained = {k for k in base if not torch.equal(exported[k], base[k])}
+    assert trained and all(k.startswith(parts) for k in trained), sorted(trained - {k for k in trained
+                                                                                    if k.startswith(parts)})[:5]
+    for part in parts:  # every Animate part learns, the motion and face encoders through the crops
+        assert any(k.startswith(part) for k in trained), part
+    folder = tmp_path / "tuned-dit"
+    folder.mkdir()
+    (folder / "dit.safetensors").write_bytes((train.archive / "outputs" / "dit.safetensors").read_bytes())
+    plain = run(generation_recipe(tmp_path / "plain", data), aenv)
+    tuned = run(generation_recipe(tmp_path / "tuned", data, dit=folder), aenv)
+    video = "outputs/video.mp4"
+    assert (plain.archive / video).read_bytes() != (tuned.archive / video).read_bytes()
+
+
+def generation_recipe(folder, data, lora=None, dit=None) -> object:
     folder.mkdir()
     from PIL import Image
 
@@ -189,6 +215,8 @@ def generation_recipe(folder, data, lora=None) -> object:
                       "face_video": str(data / "face.mp4")}}
     if lora is not None:
         doc["lora"] = [{"path": str(lora)}]
+    if dit is not None:
+        doc["models"] = {"dit": {"source": str(dit), "files": ["dit.safetensors"]}}
     (folder / "gen.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
     return folder / "gen.toml"
 

@@ -64,15 +64,16 @@ def check_animate(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
 TRAIN_COLUMNS = {"reference_image": "input_image", "pose_video": "animate_pose_video",
                  "face_video": "animate_face_video", "background_video": "animate_inpaint_video",
                  "mask": "animate_mask_video"}
-#: Linear layers of the DiT's Animate parts (a LoRA target matching one is refused): the face
-#: encoder's tokens are computed once per sample, and DiffSynth trains none of these parts.
+#: Linear layers of the DiT's Animate parts (a LoRA target matching one is refused): DiffSynth's
+#: LoRA on ``dit`` leaves its ``animate_adapter`` alone (full fine-tuning trains those parts), and
+#: a LoRA's face tokens are computed once per sample.
 ADAPTER_LINEARS = ("face_encoder.out_proj", *(f"face_adapter.fuser_blocks.{i}.{name}" for i in range(8)
                                               for name in ("linear1_kv", "linear1_q", "linear2")))
 
 
 def _check_training(recipe: Recipe, problems: Problems) -> None:
     """What Animate's training (``wanflow.steps.train_animate``) cannot honour: [inputs] (each
-    sample takes its own columns), full fine-tuning, batches, LoRAs on the Animate parts."""
+    sample takes its own columns), LoRAs on the Animate parts."""
     for name, column in TRAIN_COLUMNS.items():
         value = getattr(recipe.inputs, name)
         if value is not None:
@@ -90,11 +91,6 @@ def _check_training(recipe: Recipe, problems: Problems) -> None:
         problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training: it trains "
                      "the DiT without the relighting LoRA in both modes, as DiffSynth does; remove it")
     t = recipe.train
-    if t.method == "full":
-        problems.add(("train", "method"), t.method, "full fine-tuning of wan2.2-animate-14b is not built: it "
-                     "would train the DiT's Animate parts too (pose embedding, motion and face encoders, face "
-                     "blocks), which DiffSynth keeps frozen and whose face tokens are computed once per sample; "
-                     'use method = "lora"')
     bad = [target for target in t.lora_targets
            if any(m == target or m.endswith("." + target) for m in ADAPTER_LINEARS)]
     if t.method == "lora" and bad:

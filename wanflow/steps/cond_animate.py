@@ -281,6 +281,8 @@ def _pose_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
 def _face_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
     from wanflow.models.animate import PreparedFace
 
+    if "crops" in tensors:  # a training sample whose face encoders train: the DiT encodes the crops itself
+        return with_animate(call, face=tensor(tensors, "crops", "animate_face"))  # (1, 3, T, S, S)
     return with_animate(call, face=PreparedFace(tensor(tensors, "tokens", "animate_face")),  # (1, 21, 5, D)
                         uncond_face=PreparedFace(tensor(tensors, "uncond", "animate_face")))
 

@@ -116,11 +116,14 @@ class EncodeAnimatePoseSample:
 class EncodeAnimateFaceSample:
     """"tokens" (1, (F − 1)/4 + 1, 5, D): the face tokens of the face video's first F − 4 frames
     (crops at the motion encoder's size), by the DiT's frozen motion and face encoders; "uncond"
-    the tokens of black crops, which the Animate hand-off carries (training never reads them)."""
+    the tokens of black crops, which the Animate hand-off carries (training never reads them).
+    With ``crops`` (full fine-tuning, which trains those encoders): "crops" (1, 3, F − 4, S, S) in
+    [-1, 1] instead, which the DiT encodes at every step."""
 
     frames: int
     dit_files: int
     dit_dtype: str = "auto"
+    crops: bool = False
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "encode-animate-face-sample"
     version: int = 1
@@ -143,6 +146,8 @@ class EncodeAnimateFaceSample:
                              p["runtime.attention"], self.residency)
         size = dit.animate_config.motion.size
         crops = load_video(ctx.file("face_video"), self.frames - SPLIT, size, size)  # (T, S, S, 3)
+        if self.crops:
+            return {"crops": to_signed(crops)[None].contiguous()}  # (1, 3, T, S, S)
         face = to_signed(crops)[None].to(device=device, dtype=dtype)  # (1, 3, T, S, S)
         with torch.no_grad():
             tokens = dit.prepare_face(face).tokens.float().cpu()
@@ -211,7 +216,8 @@ def animate_sample_nodes(job: Any, sample: Any, vae_version: str) -> list[tuple[
     size = {"frames": target.frames, "height": target.height, "width": target.width}
     pose = EncodeAnimatePoseSample(**size, vae_version=vae_version, **job.placed("vae"))
     (role,) = job.dits()
-    face = EncodeAnimateFaceSample(target.frames, len(job.weights[role]), job.dtype(role), job.residency)
+    full = job.values["train.method"] == "full"  # the face encoders train: crops, encoded at every step
+    face = EncodeAnimateFaceSample(target.frames, len(job.weights[role]), job.dtype(role), full, job.residency)
     nodes = [
         ("animate_pose", StepSpec(f"train/pose:{i}", pose, files={"pose_video": sample.input(POSE).path},
                                   weights=job.vae_weight())),

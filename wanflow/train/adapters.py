@@ -120,9 +120,11 @@ def merge_preset(model: nn.Module, path: Path, scale: float) -> None:
 
 
 def unfreeze(model: nn.Module) -> None:
-    """Full fine-tuning: every parameter of the component trains."""
-    for param in model.parameters():
-        param.requires_grad_(True)
+    """Full fine-tuning: every parameter of the component trains, or those under the model's
+    ``full_training_prefixes`` where it names some (Wan2.2-Animate: its Animate parts alone)."""
+    prefixes = tuple(getattr(model, "full_training_prefixes", ()))
+    for name, param in model.named_parameters():
+        param.requires_grad_(not prefixes or name.startswith(prefixes))
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
