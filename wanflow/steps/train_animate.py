@@ -58,6 +58,31 @@ REFUSED_COLUMNS = {
 }
 
 
+def animate_mask_problems(dataset: Any, family: Any, label: str) -> list[str]:
+    """Replacement rows whose mask video is not black and white over the frames training reads,
+    refused as a generation refuses such a mask (``animate_checks``): the mask is thresholded."""
+    from pathlib import Path
+
+    from wanflow.errors import display_path
+    from wanflow.steps.animate_checks import MASK_GREY_SHARE, grey_share
+
+    if not is_animate(family):
+        return []
+    found = []
+    for s in dataset.samples:
+        ref = s.input(MASK)
+        if ref is None:
+            continue
+        path = Path(ref.path)
+        st = path.stat()
+        grey, share = grey_share(path, s.target.frames - SPLIT, st.st_size, st.st_mtime_ns)
+        if share > MASK_GREY_SHARE:
+            found.append(f"{label}: {display_path(dataset.source)} row {s.row}: {MASK} = {display_path(path)!r}: "
+                         f"not a black-and-white mask: {share:.0%} of its pixels are grey (e.g. {grey}); use the "
+                         "preprocessing's mask video (white on the person to replace, black elsewhere)")
+    return found
+
+
 def is_animate(family: Any) -> bool:
     from wanflow.families.animate import PIPELINE
 
