@@ -1,4 +1,5 @@
-"""Wan2.2-Animate's training samples, as DiffSynth's training forward builds them (animation mode).
+"""Wan2.2-Animate's training samples, as DiffSynth's training forward builds them (animation and
+replacement modes).
 
 One clip per sample, no clip loop: a row's ``video`` of F frames is x0 (every latent frame noised
 and learnt, none held clean); its ``input_image`` (the clip's first frame unless the row names an
@@ -6,9 +7,12 @@ image) gives the I2V condition channels (a frame mask and the VAE latent of [ima
 the F frames) and the CLIP tokens, through the base encodes; ``animate_pose_video`` and
 ``animate_face_video`` are cut to their first F − 4 frames (DiffSynth's ``AnimateVideoSplit``):
 the pose frames' VAE latents are added to latent frames 1.. of x, the face crops (at the motion
-encoder's size) become face tokens through the DiT's own motion and face encoders, which neither
-DiffSynth's LoRA nor its full fine-tuning of the DiT trains, so they are computed once per sample
-and cached. They reach the DiT through the Animate kinds' own hand-offs (``cond_animate``).
+encoder's size) become face tokens through the DiT's own motion and face encoders, which
+DiffSynth's LoRA on ``dit`` does not train, so a LoRA's are computed once per sample and cached.
+Full fine-tuning trains the Animate parts alone (pose embedding, motion and face encoders, face
+blocks: DiffSynth's ``--trainable_models animate_adapter``), so its sample keeps the face crops
+and the DiT encodes them at every step. They reach the DiT through the Animate kinds' own
+hand-offs (``cond_animate``). Samples of one size batch together, each with its own pose and face.
 
 Replacement mode: a row with ``animate_inpaint_video`` and ``animate_mask_video`` (cut to F − 4
 frames as the pose) conditions latent frames 1.. on the background instead of the image's zeros:
