@@ -6,7 +6,10 @@ a DiT call built by hand as DiffSynth's training forward builds it: x0 the clip'
 frame noised and learnt; the I2V channels and CLIP tokens of the clip's first frame; the pose
 video's first F − 4 frames VAE-encoded; the face video's first F − 4 crops through the DiT's face
 encoders. The exported LoRA loads back onto the DiT, and a changed pose video re-encodes only
-that sample's pose.
+that sample's pose (two samples in one batch). A replacement row (animate_inpaint_video,
+animate_mask_video) trains on DiffSynth's AnimateInpaint channels, and a changed mask re-encodes
+only its background node. Full fine-tuning trains the Animate parts alone (the face encoders
+through the crops) and its whole-DiT export loads back into a generation.
 """
 
 from __future__ import annotations
