@@ -6,7 +6,10 @@ a DiT call built by hand as DiffSynth's training forward builds it: x0 the clip'
 frame noised and learnt; the I2V channels and CLIP tokens of the clip's first frame; the pose
 video's first F − 4 frames VAE-encoded; the face video's first F − 4 crops through the DiT's face
 encoders. The exported LoRA loads back onto the DiT, and a changed pose video re-encodes only
-that sample's pose.
+that sample's pose (two samples in one batch). A replacement row (animate_inpaint_video,
+animate_mask_video) trains on DiffSynth's AnimateInpaint channels, and a changed mask re-encodes
+only its background node. Full fine-tuning trains the Animate parts alone (the face encoders
+through the crops) and its whole-DiT export loads back into a generation.
 """
 
 from __future__ import annotations
@@ -53,8 +56,13 @@ def data(tmp_path):
     folder.mkdir()
     for name, frames, seed, size in (("clip", FRAMES, 1, SIZE), ("pose", FRAMES - 4, 2, SIZE),
                                      ("pose2", FRAMES - 4, 5, SIZE), ("face", FRAMES - 4, 3, 24),
-                                     ("clip2", FRAMES, 4, SIZE)):
+                                     ("clip2", FRAMES, 4, SIZE), ("background", FRAMES - 4, 6, SIZE)):
         _video(folder / f"{name}.mp4", frames, seed, size)
+    for name, column in (("mask", 5), ("mask2", 11)):  # white (the person) left of a column, moving right
+        mask = np.zeros((FRAMES - 4, SIZE, SIZE, 3), np.uint8)
+        for f in range(FRAMES - 4):
+            mask[f, :, : column + f] = 255
+        save_mp4(mask, folder / f"{name}.mp4", 8, {}, quality=0)
     return folder
 
 
@@ -85,7 +93,24 @@ def _signed(path, frames: int, size: int) -> torch.Tensor:
     return torch.from_numpy(load_video(path, frames, size, size)).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
 
 
-def loss_by_hand(animate_root, train, data) -> float:
+def replacement_channels(animate_root, data, mask: str = "mask.mp4") -> torch.Tensor:
+    """(1, 20, 2, 2, 2): DiffSynth's AnimateInpaint channels of latent frames 1.. for the background
+    and mask videos (their first 5 frames), with the mask thresholded as a replacement generation
+    reads it: 1 where the background is kept, 0 on the person (white)."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.output import load_video
+
+    vae = model_pool.vae(animate_root / REPO / "Wan2.1_VAE.pth", "wan2.1", torch.float32, "cpu")
+    with torch.no_grad():
+        latent = vae.encode(_signed(data / "background.mp4", FRAMES - 4, SIZE), tile=None)  # (1, 16, 2, 2, 2)
+    white = torch.from_numpy(load_video(data / mask, FRAMES - 4, SIZE, SIZE)[..., 0]).float() > 127.5
+    keep = torch.nn.functional.interpolate((~white).float()[None], size=(2, 2), mode="nearest")  # (1, 5, 2, 2)
+    frames = keep[:, [0, 0, 0, 0, 1, 2, 3, 4]]  # the first pixel frame four times, then 4 per latent frame
+    channels = frames.reshape(1, 2, 4, 2, 2).transpose(1, 2)  # (1, 4, 2, 2, 2)
+    return torch.cat([channels, latent], dim=1)
+
+
+def loss_by_hand(animate_root, train, data, replacement: bool = False) -> float:
     from wanflow.memory import pool as model_pool
     from wanflow.models.animate import AnimateExtras
     from wanflow.models.animate_loader import load_animate_files
@@ -108,6 +133,9 @@ def loss_by_hand(animate_root, train, data) -> float:
         mask = torch.zeros(1, 4, 3, 2, 2)
         mask[:, :, 0] = 1  # DiffSynth's I2V mask: the image's frame known
         y = torch.cat([mask, vae.encode(start, tile=None)], dim=1)
+        if replacement:  # frame 0: the image alone, its mask ones; frames 1..: the background's
+            image = torch.cat([torch.ones(1, 4, 1, 2, 2), vae.encode(video[:, :, :1], tile=None)], dim=1)
+            y = torch.cat([image, replacement_channels(animate_root, data)], dim=2)
         clip_fea = clip_encoder.encode(video[:, :, 0])
         pose = vae.encode(_signed(data / "pose.mp4", FRAMES - 4, SIZE), tile=None)  # (1, 16, 2, 2, 2)
         face = _signed(data / "face.mp4", FRAMES - 4, FACE_SIZE)
@@ -136,7 +164,47 @@ def test_the_first_loss_is_diffsynth_s_training_forward_and_the_lora_loads_back(
     assert (plain.archive / video).read_bytes() != (tuned.archive / video).read_bytes()
 
 
-def generation_recipe(folder, data, lora=None) -> object:
+def test_a_replacement_row_trains_on_its_background_and_mask(aenv, animate_root, data, tmp_path):
+    row = {**ROW, "animate_inpaint_video": "background.mp4", "animate_mask_video": "mask1.mp4"}
+    (data / "mask1.mp4").write_bytes((data / "mask.mp4").read_bytes())
+    recipe = train_recipe(tmp_path, metadata(data, [row]))
+    train = run(recipe, aenv)
+    stored = stored_tensors(train, "train/background:0")["y"]
+    assert torch.allclose(stored, replacement_channels(animate_root, data), atol=1e-6)
+    assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data, True), rel=1e-5, abs=1e-7)
+    (data / "mask1.mp4").write_bytes((data / "mask2.mp4").read_bytes())  # another mask
+    again = run(recipe, aenv)
+    assert {n for n in computed(again) if n.startswith("train/")} == {"train/background:0"}
+    assert stored_tensors(again, "train/background:0")["y"][:, :4].sum() < stored[:, :4].sum()  # more person
+
+
+def test_full_fine_tuning_trains_the_animate_parts_alone_and_loads_back(aenv, animate_root, data, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.e2e._layout_animate import animate_state, tiny_animate_config
+
+    train = run(train_recipe(tmp_path, metadata(data, [ROW]), method="full", learning_rate=0.05), aenv)
+    assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
+    assert "crops" in stored_tensors(train, "train/face:0")  # the face encoders train: the DiT encodes the crops
+    exported = load_file(str(train.archive / "outputs" / "dit.safetensors"))
+    base = animate_state(tiny_animate_config(), 40)
+    assert set(exported) == set(base)  # the whole DiT under the released names
+    parts = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+    trained = {k for k in base if not torch.equal(exported[k], base[k])}
+    assert trained and all(k.startswith(parts) for k in trained), sorted(trained - {k for k in trained
+                                                                                    if k.startswith(parts)})[:5]
+    for part in parts:  # every Animate part learns, the motion and face encoders through the crops
+        assert any(k.startswith(part) for k in trained), part
+    folder = tmp_path / "tuned-dit"
+    folder.mkdir()
+    (folder / "dit.safetensors").write_bytes((train.archive / "outputs" / "dit.safetensors").read_bytes())
+    plain = run(generation_recipe(tmp_path / "plain", data), aenv)
+    tuned = run(generation_recipe(tmp_path / "tuned", data, dit=folder), aenv)
+    video = "outputs/video.mp4"
+    assert (plain.archive / video).read_bytes() != (tuned.archive / video).read_bytes()
+
+
+def generation_recipe(folder, data, lora=None, dit=None) -> object:
     folder.mkdir()
     from PIL import Image
 
@@ -150,6 +218,8 @@ def generation_recipe(folder, data, lora=None) -> object:
                       "face_video": str(data / "face.mp4")}}
     if lora is not None:
         doc["lora"] = [{"path": str(lora)}]
+    if dit is not None:
+        doc["models"] = {"dit": {"source": str(dit), "files": ["dit.safetensors"]}}
     (folder / "gen.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
     return folder / "gen.toml"
 
@@ -157,7 +227,7 @@ def generation_recipe(folder, data, lora=None) -> object:
 def test_a_changed_pose_video_re_encodes_only_that_sample_s_pose(aenv, data, tmp_path):
     rows = [ROW, {**ROW, "video": "clip2.mp4", "prompt": "another dancer", "animate_pose_video": "pose1.mp4"}]
     (data / "pose1.mp4").write_bytes((data / "pose.mp4").read_bytes())
-    recipe = train_recipe(tmp_path, metadata(data, rows), steps=2)
+    recipe = train_recipe(tmp_path, metadata(data, rows), steps=2, batch_size=2)  # both samples in one batch
     first = run(recipe, aenv)
     assert {"train/pose:0", "train/pose:1", "train/face:0", "train/face:1", "train/y:1", "train/clip:1"} <= set(
         first.results)

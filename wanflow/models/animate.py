@@ -115,6 +115,10 @@ class AnimateDiT(WanDiT):
     """The Animate DiT: ``WanDiT`` (I2V) plus ``pose_patch_embedding``, ``motion_encoder``,
     ``face_encoder`` and ``face_adapter``, under the released key names."""
 
+    #: The parts full fine-tuning trains, the rest frozen: the Animate parts, which DiffSynth's
+    #: full training of Animate trains (its ``animate_adapter``) and nothing else.
+    full_trained_prefixes = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+
     def __init__(self, config: AnimateConfig, attention_kernel: str = "sdpa"):
         super().__init__(config.dit, attention_kernel)
         cfg = config.dit

@@ -195,6 +195,8 @@ class VapDiT(WanDiT):
     #: MoT training (only ``*_mot_ref`` parameters require gradients) and DiffSynth's
     #: (``--trainable_models vap``, its reference stream).
     full_trained_prefixes = ("mot.",)
+    #: Its export (steps/train_vap_export.py) merges the trained stream over the base's files.
+    exports_trained_alone = True
 
     def __init__(self, config: VapConfig, attention_kernel: str = "sdpa", head_timestep: HeadTimestep = "main"):
         super().__init__(config.dit, attention_kernel)

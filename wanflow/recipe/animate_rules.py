@@ -64,15 +64,16 @@ def check_animate(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
 TRAIN_COLUMNS = {"reference_image": "input_image", "pose_video": "animate_pose_video",
                  "face_video": "animate_face_video", "background_video": "animate_inpaint_video",
                  "mask": "animate_mask_video"}
-#: Linear layers of the DiT's Animate parts (a LoRA target matching one is refused): the face
-#: encoder's tokens are computed once per sample, and DiffSynth trains none of these parts.
+#: Linear layers of the DiT's Animate parts (a LoRA target matching one is refused): DiffSynth's
+#: LoRA on ``dit`` leaves its ``animate_adapter`` alone (full fine-tuning trains those parts), and
+#: a LoRA's face tokens are computed once per sample.
 ADAPTER_LINEARS = ("face_encoder.out_proj", *(f"face_adapter.fuser_blocks.{i}.{name}" for i in range(8)
                                               for name in ("linear1_kv", "linear1_q", "linear2")))
 
 
 def _check_training(recipe: Recipe, problems: Problems) -> None:
     """What Animate's training (``wanflow.steps.train_animate``) cannot honour: [inputs] (each
-    sample takes its own columns), full fine-tuning, batches, LoRAs on the Animate parts."""
+    sample takes its own columns), LoRAs on the Animate parts."""
     for name, column in TRAIN_COLUMNS.items():
         value = getattr(recipe.inputs, name)
         if value is not None:
@@ -80,25 +81,16 @@ def _check_training(recipe: Recipe, problems: Problems) -> None:
                          f"dataset's {column} column; move it into the dataset, or remove it")
     inputs = recipe.inputs
     if inputs.animate_mode != "animation":
-        problems.add(("inputs", "animate_mode"), inputs.animate_mode, "training takes animation mode only: "
-                     "replacement-mode training is not built (a replacement generation applies the relighting "
-                     'LoRA to the DiT, and training on a base with that LoRA applied is not built); remove it')
+        problems.add(("inputs", "animate_mode"), inputs.animate_mode, "is not read by training: each sample's "
+                     "mode is its row's (a row with animate_inpaint_video and animate_mask_video trains "
+                     "replacement, a row without them animation); remove it")
     if inputs.overlap_frames != DEFAULTS["inputs.overlap_frames"]:
         problems.add(("inputs", "overlap_frames"), inputs.overlap_frames, "is not read by training: a sample is "
                      "one clip, with no clip before it; remove it")
     if inputs.relighting_lora is not None:
-        problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training (animation "
-                     "mode applies no relighting LoRA); remove it")
+        problems.add(("inputs", "relighting_lora"), inputs.relighting_lora, "is not read by training: it trains "
+                     "the DiT without the relighting LoRA in both modes, as DiffSynth does; remove it")
     t = recipe.train
-    if t.method == "full":
-        problems.add(("train", "method"), t.method, "full fine-tuning of wan2.2-animate-14b is not built: it "
-                     "would train the DiT's Animate parts too (pose embedding, motion and face encoders, face "
-                     "blocks), which DiffSynth keeps frozen and whose face tokens are computed once per sample; "
-                     'use method = "lora"')
-    if t.batch_size > 1:
-        problems.add(("train", "batch_size"), t.batch_size, "Animate samples are trained one at a time (each "
-                     "has its own pose and face inputs, as DiffSynth trains them); use batch_size = 1 and "
-                     "gradient_accumulation for larger batches")
     bad = [target for target in t.lora_targets
            if any(m == target or m.endswith("." + target) for m in ADAPTER_LINEARS)]
     if t.method == "lora" and bad:

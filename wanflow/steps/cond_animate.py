@@ -195,14 +195,21 @@ class PrepareAnimateMask:
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
-        import torch.nn.functional as F
 
         p = ctx.params
         clips = torch.from_numpy(clip_pixels(ctx.file("mask"), p, p["video.width"], p["video.height"]))
-        person = (clips[..., 0].float() / 255 > 0.5).float()  # (n, 77, H, W): the first channel, as officially
         size = (p["video.height"] // self.latent_stride, p["video.width"] // self.latent_stride)
-        keep = F.interpolate(1 - person, size=size, mode="nearest")  # (n, 77, h, w)
-        return {"keep": keep.contiguous()}
+        return {"keep": keep_mask(clips, size).contiguous()}
+
+
+def keep_mask(frames: Any, size: tuple[int, int]) -> Any:
+    """(n, T, h, w): 1 where the background is kept, 0 on the person, of mask frames (n, T, H, W, 3)
+    uint8 (white = the person; the first channel thresholded at half, as officially), downsampled
+    to the latent grid ``size`` by nearest neighbour."""
+    import torch.nn.functional as F
+
+    person = (frames[..., 0].float() / 255 > 0.5).float()  # (n, T, H, W)
+    return F.interpolate(1 - person, size=size, mode="nearest")
 
 
 # ----------------------------------------------------------------------------- the kinds' nodes
@@ -274,6 +281,8 @@ def _pose_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
 def _face_hand_off(tensors: Any, call: ModelCall) -> ModelCall:
     from wanflow.models.animate import PreparedFace
 
+    if "crops" in tensors:  # a training sample whose face encoders train: the DiT encodes the crops itself
+        return with_animate(call, face=tensor(tensors, "crops", "animate_face"))  # (1, 3, T, S, S)
     return with_animate(call, face=PreparedFace(tensor(tensors, "tokens", "animate_face")),  # (1, 21, 5, D)
                         uncond_face=PreparedFace(tensor(tensors, "uncond", "animate_face")))
 

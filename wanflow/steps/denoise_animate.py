@@ -158,9 +158,7 @@ class AnimateDenoise:
             pixels[:, :known] = previous[0, :, -known:].float().cpu()
             mask[:, :known] = 1
         latent = vae.encode(pixels[None])  # (1, z, 20, h, w)
-        mask = torch.cat([mask[:, :1].repeat_interleave(4, dim=1), mask[:, 1:]], dim=1)  # (1, 80, h, w)
-        mask = mask.view(1, mask.shape[1] // 4, 4, h, w).transpose(1, 2)  # (1, 4, 20, h, w)
-        return torch.cat([mask, latent], dim=1)
+        return torch.cat([mask_channels(mask), latent], dim=1)
 
     def _dit(self, ctx: Any) -> Any:
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
@@ -168,6 +166,16 @@ class AnimateDenoise:
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
         return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)
+
+
+def mask_channels(mask: Any) -> Any:
+    """(1, 4, T', h, w): a pixel-frame mask (1, T, h, w), T = 4(T' − 1) + 1, as the DiT's 4 mask
+    channels per latent frame (the first frame repeated 4 times, then 4 frames per latent frame)."""
+    import torch
+
+    _, _, h, w = mask.shape
+    mask = torch.cat([mask[:, :1].repeat_interleave(4, dim=1), mask[:, 1:]], dim=1)  # (1, 4T', h, w)
+    return mask.view(1, mask.shape[1] // 4, 4, h, w).transpose(1, 2)
 
 
 @attrs.frozen

@@ -123,6 +123,7 @@ def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:
 def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:
     """One sample's encodes as ``collate`` takes them: text features, x0, and its conditioning
     (the base encodes' y and CLIP tokens, or what its declared conditioners hand the DiT)."""
+    from wanflow.steps.train_animate import with_background
     from wanflow.steps.train_call import conditioning_tensors
 
     out = {"context": ctx.input(f"text.{index}")["context"], "x0": ctx.input(f"x0.{index}")["x0"]}
@@ -130,7 +131,9 @@ def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:
         out[c] = ctx.input(f"{c}.{index}")[c]
     roles = step.conditioning(index)
     if roles:
-        out |= conditioning_tensors(roles, {r: ctx.input(f"{r}.{index}") for r in roles}, out["x0"])
+        found = {r: ctx.input(f"{r}.{index}") for r in roles}
+        out = with_background(out, found)  # Animate replacement: the background's channels
+        out |= conditioning_tensors(tuple(found), found, out["x0"])
     return out
 
 

@@ -121,7 +121,8 @@ def merge_preset(model: nn.Module, path: Path, scale: float) -> None:
 
 def full_trained(model: nn.Module) -> tuple[str, ...]:
     """The name prefixes full fine-tuning trains (``full_trained_prefixes``), () for all: a
-    Video-As-Prompt DiT trains its reference stream alone, as its authors and DiffSynth do."""
+    Video-As-Prompt DiT trains its reference stream alone, as its authors and DiffSynth do, and
+    Wan2.2-Animate its Animate parts (DiffSynth's ``--trainable_models animate_adapter``)."""
     return tuple(getattr(model, "full_trained_prefixes", ()))
 
 
@@ -133,9 +134,17 @@ def unfreeze(model: nn.Module) -> None:
         param.requires_grad_(not trained or name.startswith(trained))
 
 
+def full_stored(model: nn.Module) -> tuple[str, ...]:
+    """The name prefixes the train step stores after full fine-tuning, () for all: the trained
+    parts alone where the model's export merges them over the base's files itself
+    (``exports_trained_alone``: Video-As-Prompt, whose export writes the release's layout),
+    else every weight, so the generic export writes the whole DiT (Wan2.2-Animate)."""
+    return full_trained(model) if getattr(model, "exports_trained_alone", False) else ()
+
+
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A fully fine-tuned component's trained weights under their official names: all of them,
-    or those under its ``full_trained_prefixes`` (the frozen rest is the base's, unchanged)."""
-    trained = full_trained(model)
+    """A fully fine-tuned component's weights under their official names: all of them, or
+    the trained parts alone where ``full_stored`` says so (the frozen rest is the base's)."""
+    stored = full_stored(model)
     return {n: p.detach().cpu().contiguous() for n, p in model.state_dict().items()
-            if not trained or n.startswith(trained)}
+            if not stored or n.startswith(stored)}

@@ -21,6 +21,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from wanflow.models.animate import AnimateExtras, PreparedFace
 from wanflow.models.dit_extras import DitExtras
 from wanflow.models.s2v import S2VExtras
 from wanflow.models.vap_extras import VapExtras
@@ -84,6 +85,8 @@ def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
         fields[name] = torch.cat(given).to(device)
     if isinstance(first, VapExtras):
         fields |= _stacked_reference([e for e in extras if isinstance(e, VapExtras)], len(extras), device)
+    if isinstance(first, AnimateExtras):
+        fields |= _stacked_animate([e for e in extras if isinstance(e, AnimateExtras)], len(extras), device)
     return attrs.evolve(first, **fields)
 
 
@@ -96,6 +99,23 @@ def _stacked_reference(extras: Sequence[VapExtras], count: int, device: str) -> 
     context = torch.cat([F.pad(e.vap_context, (0, 0, 0, longest - e.vap_context.shape[1])) for e in extras])
     return {"vap_latents": torch.cat([e.vap_latents for e in extras]).to(device), "vap_context": context.to(device),
             "vap_clip": torch.cat([e.vap_clip for e in extras]).to(device)}
+
+
+def _stacked_animate(extras: Sequence[AnimateExtras], count: int, device: str) -> dict[str, Any]:
+    """Animate's pose latents and face inputs (prepared tokens, or crops the DiT encodes itself when
+    its face encoders train) joined along the batch, each sample's own. Guidance's unconditional
+    face is left out: training runs no unconditional pass."""
+    faces = [e.face for e in extras]
+    prepared = [isinstance(f, PreparedFace) for f in faces]
+    if len(extras) != count or any(e.pose is None or f is None for e, f in zip(extras, faces)) or (
+            any(prepared) and not all(prepared)):
+        raise ValueError("a batch mixes Animate samples with other inputs; use [train].batch_size = 1")
+    face = (PreparedFace(torch.cat([f.tokens for f in faces]).to(device)) if all(prepared)
+            else torch.cat(faces).to(device))
+    out = {"pose": torch.cat([e.pose for e in extras]).to(device), "face": face}
+    if any(f.name == "uncond_face" for f in attrs.fields(type(extras[0]))):
+        out["uncond_face"] = None
+    return out
 
 
 def token_timesteps(batch: Batch, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:

@@ -24,7 +24,7 @@ import attrs
 import torch
 
 from wanflow.errors import WanflowError
-from wanflow.train.adapters import full_trained
+from wanflow.train.adapters import full_stored
 from wanflow.train.loop import Alone, Trainer
 
 #: distribution -> the accelerate DistributedType names that mean it really runs.
@@ -107,12 +107,12 @@ class Accelerated(Alone):
         out = {}
         for e in trainer.experts:
             state = self.acc.get_state_dict(e.model)
-            trained = full_trained(self.acc.unwrap_model(e.model))  # () : every weight
+            stored = full_stored(self.acc.unwrap_model(e.model))  # () : every weight
             for name, tensor in state.items():
                 key = f"{e.role}/{name}"
                 if lora and key in trainer.params:
                     out[key] = tensor.detach().float().cpu().contiguous()
-                elif not lora and name.startswith(trained or ("",)):
+                elif not lora and name.startswith(stored or ("",)):
                     out[key] = tensor.detach().cpu().contiguous()
         return out
 
