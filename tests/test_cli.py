@@ -226,7 +226,7 @@ def test_show_prints_the_sweep_and_the_reason_of_each_default(workdir, capsys):
     assert 'noise_device = "cpu" # default: CPU noise gives the same video for a seed on every machine' in out
     assert "# boundary unset: A14B only: the σ·1000 fraction where the experts switch" in out
     assert "# seed: set by [sweep] in each job" in out
-    assert "cfg = 1.0 # family wanflow-tiny; [sweep] replaces it in every job" in out
+    assert "cfg = 2.0 # family wanflow-tiny; [sweep] replaces it in every job" in out
     assert out.endswith('[sweep]\n# 4 jobs, one per combination; each sets these keys over the values above\n'
                         '"sampler.seed" = [1, 2]\n"sampler.cfg" = [3.0, 4.0]\n')
 

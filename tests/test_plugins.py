@@ -102,8 +102,8 @@ def test_observer_hooks_see_every_step_of_a_run(tmp_path, monkeypatch):
     args = ["run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--quiet", "--set", "sampler.steps=1"]
     assert main(args) == 0
     nodes = [n for kind, n, _ in seen if kind == "start"]
-    assert len(nodes) == 5 and [n for kind, n, _ in seen if kind == "end"] == nodes  # cfg 1: one text encode
+    assert len(nodes) == 6 and [n for kind, n, _ in seen if kind == "end"] == nodes  # cfg 2: two text encodes
     assert not any(hit for kind, _, hit in seen if kind == "end")
     seen.clear()
     assert main(args) == 0
-    assert [hit for kind, _, hit in seen if kind == "end"] == [True] * 5
+    assert [hit for kind, _, hit in seen if kind == "end"] == [True] * 6

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"
 SMALL = ["--set", "video.frames=5", "--set", "video.width=32", "--set", "video.height=32",
          "--set", "sampler.steps=2"]
-NODES = ("encode-text:positive", "denoise", "decode", "save", "save-metadata")  # cfg 1: no negative encode
+NODES = ("encode-text:positive", "encode-text:negative", "denoise", "decode", "save", "save-metadata")  # cfg 2
 STEP_LINE = re.compile(r"  (hit|computed)  +(\S+)(?: +(?:\d+\.\d+|\d+ min \d\d) s)?")
 ENGINE_EVENTS = ("run.start", "step.start", "step.miss", "step.hit", "step.done", "run.done")
 
@@ -52,11 +52,11 @@ def test_one_line_per_step_then_the_video_path_last(run, tmp_path):
     *summary, last = out.splitlines()
     video = Path(last)
     assert video.name == "video.mp4" and video.parent.name == "outputs" and video.stat().st_size > 0
-    assert summary == [f"{video.parents[1]}  (0 hit, 5 computed)"]
+    assert summary == [f"{video.parents[1]}  (0 hit, {len(NODES)} computed)"]
 
     out, err = run()
     assert [STEP_LINE.fullmatch(line).groups() for line in err.splitlines()] == [("hit", n) for n in NODES]
-    assert Path(out.splitlines()[-1]).is_file() and "(5 hit, 0 computed)" in out
+    assert Path(out.splitlines()[-1]).is_file() and f"({len(NODES)} hit, 0 computed)" in out
     assert not temporary_paths(out + err, tmp_path)
 
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -52,8 +53,10 @@ def recipe(combo: Combo, seed: int, family: Path | None) -> dict:
 
 
 def generate(combos: Iterable[Combo], seeds: Sequence[int], family: Path | None = None,
-             runs_dir: Path | None = None, cache_dir: Path | None = None) -> list[Sample]:
-    """Draw and classify each combination with each seed."""
+             runs_dir: Path | None = None, cache_dir: Path | None = None,
+             frames: list | None = None) -> list[Sample]:
+    """Draw and classify each combination with each seed; each clip's frames are appended to
+    ``frames`` when one is given (for a contact sheet)."""
     import wanflow
 
     out = []
@@ -62,7 +65,10 @@ def generate(combos: Iterable[Combo], seeds: Sequence[int], family: Path | None 
         for combo in combos:
             for seed in seeds:
                 result = wanflow.run(recipe(combo, seed, family), runs_dir=runs, cache_dir=cache_dir)
-                seen = classify(result.frames())
+                clip = result.frames()
+                seen = classify(clip)
+                if frames is not None:
+                    frames.append(clip)
                 out.append(Sample(combo, seed, (seen.colour, seen.shape, seen.motion)))
     return out
 
@@ -86,14 +92,42 @@ def report(samples: Sequence[Sample]) -> str:
     return "\n".join(lines)
 
 
+def contact_sheet(samples: Sequence[Sample], clips: Sequence[Any], picks: Sequence[int] = (0, 8, 16),
+                  scale: int = 2, gap: int = 4) -> Any:
+    """One uint8 image for checking the grades by eye: a row per combination, its seeds side by
+    side, frames ``picks`` of each clip, ``gap`` white pixels between clips."""
+    import numpy as np
+
+    rows: dict[Combo, list[Any]] = {}
+    for sample, clip in zip(samples, clips):
+        shots = np.concatenate([clip[i] for i in picks], axis=1)
+        rows.setdefault(sample.combo, []).append(shots.repeat(scale, axis=0).repeat(scale, axis=1))
+    width = max(sum(s.shape[1] + gap for s in r) for r in rows.values())
+    out = []
+    for row in rows.values():
+        line = np.full((row[0].shape[0], width, 3), 255, np.uint8)
+        x = 0
+        for shots in row:
+            line[:, x:x + shots.shape[1]] = shots
+            x += shots.shape[1] + gap
+        out += [line, np.full((gap, width, 3), 255, np.uint8)]
+    return np.concatenate(out[:-1], axis=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", type=Path, help="a family folder (default: the shipped wanflow-tiny)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per combination")
     ap.add_argument("--json", type=Path, help="also write the scores and every sample here")
+    ap.add_argument("--sheet", type=Path, help="also write a PNG contact sheet (frames 0, 8, 16 of every clip)")
     args = ap.parse_args(argv)
     family = args.family.resolve() if args.family else None
-    samples = generate(HELD_OUT, range(args.seeds), family)
+    clips: list = []
+    samples = generate(HELD_OUT, range(args.seeds), family, frames=clips)
+    if args.sheet:
+        from PIL import Image
+
+        Image.fromarray(contact_sheet(samples, clips)).save(args.sheet)
     sys.stdout.write(report(samples) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"scores": accuracy(samples),

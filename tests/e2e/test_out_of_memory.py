@@ -32,4 +32,4 @@ def test_an_out_of_memory_denoise_is_reported_against_the_plan(tmp_path, monkeyp
     monkeypatch.setattr(WanDiT, "forward", real)
     assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert "(1 hit, 4 computed)" in out  # the text encode survived; denoise and after ran
+    assert "(2 hit, 4 computed)" in out  # the text encodes survived; denoise and after ran

@@ -30,7 +30,7 @@ def test_quickstart_runs_then_hits(tmp_path, monkeypatch, capsys):
     assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     assert main(["run", str(QUICKSTART), "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    assert re.findall(r"\((\d+) hit, (\d+) computed\)", out) == [("0", "5"), ("5", "0")]
+    assert re.findall(r"\((\d+) hit, (\d+) computed\)", out) == [("0", "6"), ("6", "0")]  # text, negative text, denoise, decode, save, metadata
     first, second = archives(runs)
     video = first / "outputs" / "video.mp4"
     assert video_shape(video) == (17, 64, 64)  # the tiny family's 17 frames of 64×64
