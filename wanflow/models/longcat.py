@@ -21,6 +21,9 @@ What the callers must know:
   slots are then set to zero vectors, and all 512 slots are attended (so padded slots answer
   with the projection's biases). Without it only the real tokens are attended.
 
+Training: ``gradient_checkpointing`` (set by the training stage) recomputes each block in backward
+instead of keeping its activations.
+
 Precision follows the reference: the timestep features, time embedding, modulations and final
 projection are fp32 (``longcat_config.keeps_fp32``); the timesteps are first rounded to the
 compute dtype, as the reference does; RoPE and the norms compute in fp32.

@@ -52,9 +52,6 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiles Wan DiT blocks; LongCat's are "
                      'not compiled yet: use "none"')
     _check_memory(recipe, problems)
-    if recipe.lora:
-        problems.add(("lora",), f"{len(recipe.lora)} LoRA(s)", "LoRAs on LongCat's DiT (the release's "
-                     "cfg_step_lora among them) are not built yet: remove the [[lora]] tables")
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
