@@ -203,6 +203,8 @@ def _refusal(tmp_path, recipe, capsys) -> str:
     ([_row()], 5, {}, {"inputs": {"longcat_video": "data/clips/past.mp4"}},
      ["[inputs].longcat_video", "dataset's longcat_video column"]),
     ([_row()], 5, {}, {"inputs": {"longcat_cond_frames": 6}}, ["[inputs].longcat_cond_frames = 6", "4n+1"]),
+    ([_row()], 5, {}, {"inputs": {"longcat_cond_frames": 9}}, ["no row has a longcat_video column",
+                                                                "[inputs].longcat_cond_frames = 9 would not be read"]),
     ([_row("clips/past.mp4")], 5, {}, {"inputs": {"longcat_cond_frames": 5}},
      ["row 1: its clip is 5 frames", "5 conditioning frames of its longcat_video", "at least 9 frames"]),
 ])
