@@ -247,15 +247,16 @@ def test_other_families_cannot_borrow_longcat_settings(env, tmp_path):
         run(recipe, env, "inputs.longcat_cond_frames=17")
 
 
-def test_training_is_refused_at_validation(longcat_env, tmp_path):
+def test_a_training_recipe_takes_diffsynth_s_lora_targets(longcat_env, videos, tmp_path):
     from wanflow.recipe import load_recipe
 
     recipe = _recipe(tmp_path)
-    (tmp_path / "data.csv").write_text("video,prompt\nclip.mp4,a ball\n")
-    with pytest.raises(WanflowError, match=r"model = \"longcat-video\": cannot be trained with \[train\] yet: the "
-                                           r"training stage trains Wan DiTs, and LongCat-Video.s is its own") as refused:
-        load_recipe(recipe, sets=('train.dataset="data.csv"',))
-    assert "reads longcat-frames" not in str(refused.value)  # one reason, not the conditioning one as well
+    (tmp_path / "data.csv").write_text(f"video,prompt\n{videos['past']},a ball\n")
+    resolved = load_recipe(recipe, sets=(f'train.dataset="{tmp_path / "data.csv"}"',))
+    assert tuple(resolved.values["train.lora_targets"]) == (
+        "adaLN_modulation.1", "attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear",
+        "cross_attn.proj", "ffn.w1", "ffn.w2", "ffn.w3")
+    assert resolved.origins["train.lora_targets"] == "family"
 
 
 def test_the_conditioning_latents_are_the_vae_latents_of_the_videos_last_frames(longcat_env, videos, tmp_path):

@@ -43,11 +43,15 @@ DIT_FILES = ("dit/diffusion_pytorch_model*.safetensors", "dit/diffusion_pytorch_
 SCHEDULER_CONFIG = "scheduler_config.json"
 #: The authors' conditioning frames of a continuation (``num_cond_frames``, 13 -> 4 latent frames).
 COND_FRAMES = 13
+#: DiffSynth's LoRA targets for LongCat's DiT (its own module names; examples/.../lora/LongCat-Video.sh).
+LORA_TARGETS = ("adaLN_modulation.1", "attn.qkv", "attn.proj", "cross_attn.q_linear", "cross_attn.kv_linear",
+                "cross_attn.proj", "ffn.w1", "ffn.w2", "ffn.w3")
 #: The authors' defaults (``run_demo_video_continuation.py``): 93 frames (the 13 conditioning ones
 #: included) at 15 fps, 480p, 50 steps, CFG-Zero* at 4, the English Wan negative prompt.
 DEFAULTS = {"video.width": 832, "video.height": 480, "video.frames": 93, "video.fps": 15,
             "sampler.solver": SOLVER, "sampler.steps": 50, "sampler.cfg": 4.0, "sampler.cfg_zero_star": True,
-            "prompt.negative": NEGATIVE, "inputs.longcat_cond_frames": COND_FRAMES}
+            "prompt.negative": NEGATIVE, "inputs.longcat_cond_frames": COND_FRAMES,
+            "train.lora_targets": LORA_TARGETS}
 
 
 def family() -> FamilySpec:

@@ -21,6 +21,9 @@ What the callers must know:
   slots are then set to zero vectors, and all 512 slots are attended (so padded slots answer
   with the projection's biases). Without it only the real tokens are attended.
 
+Training: ``gradient_checkpointing`` (set by the training stage) recomputes each block in backward
+instead of keeping its activations.
+
 Precision follows the reference: the timestep features, time embedding, modulations and final
 projection are fp32 (``longcat_config.keeps_fp32``); the timesteps are first rounded to the
 compute dtype, as the reference does; RoPE and the norms compute in fp32.
@@ -35,6 +38,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from wanflow.models import longcat_checks as checks
 from wanflow.models.attention import attention, check_kernel
@@ -303,6 +307,7 @@ class LongCatDiT(nn.Module):
             Linear(cfg.caption_channels, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))})
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
+        self.gradient_checkpointing = False  # recompute each block in backward (training)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -338,8 +343,12 @@ class LongCatDiT(nn.Module):
         tokens = self.embed_patches(x)
         cond_tokens = cond_frames * grid[1] * grid[2]
         for i, block in enumerate(self.blocks):
-            tokens, _ = block(tokens, t_emb, rope, cond_tokens, text, text_lens, self.attention_kernel,
-                              past[i] if past else None)
+            run = functools.partial(block, cond_tokens=cond_tokens, kernel=self.attention_kernel,
+                                    past=past[i] if past else None)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens, _ = checkpoint(run, tokens, t_emb, rope, text=text, text_lens=text_lens, use_reentrant=False)
+            else:
+                tokens, _ = run(tokens, t_emb, rope, text=text, text_lens=text_lens)
         return self.unpatchify(self.final_layer(tokens, t_emb), grid)
 
     def cache_conditioning(self, latents: Tensor) -> ConditionCache:

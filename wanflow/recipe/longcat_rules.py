@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from wanflow.families.longcat import COND_FRAMES, PIPELINE, SOLVER
 from wanflow.families.spec import FamilySpec
+from wanflow.recipe.longcat_train_rules import check_longcat_training
 from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
@@ -33,9 +34,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         _check_borrowed(recipe, family, problems)
         return
     if recipe.train is not None:
-        problems.add(("model",), family.name, "cannot be trained with [train] yet: the training stage trains Wan "
-                     "DiTs, and LongCat-Video's is its own (its keys, text handling and x0 − noise target); "
-                     "remove [train], or train a Wan family (wan2.1-t2v-1.3b, wan2.1-t2v-14b, …)")
+        check_longcat_training(recipe, problems)
     _check_frames(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver == SOLVER and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
@@ -53,9 +52,6 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiles Wan DiT blocks; LongCat's are "
                      'not compiled yet: use "none"')
     _check_memory(recipe, problems)
-    if recipe.lora:
-        problems.add(("lora",), f"{len(recipe.lora)} LoRA(s)", "LoRAs on LongCat's DiT (the release's "
-                     "cfg_step_lora among them) are not built yet: remove the [[lora]] tables")
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
@@ -78,6 +74,12 @@ def _check_frames(recipe: Recipe, problems: Problems) -> None:
     latent frames left to generate after them."""
     k, frames = recipe.inputs.longcat_cond_frames, recipe.video.frames
     key = ("inputs", "longcat_cond_frames")
+    if recipe.train is not None:  # every sample's longcat_video column is continued from its last k frames
+        if (k - 1) % 4 and not problems.is_bad(key):
+            lo = k - (k - 1) % 4
+            problems.add(key, k, f"must be 4n+1 ({lo} or {lo + 4}; the authors use 13, DiffSynth's example 17): "
+                         "the VAE encodes the first frame alone and then groups of 4")
+        return
     if recipe.inputs.longcat_video is None:
         if k != COND_FRAMES and not problems.is_bad(key):
             problems.add(key, k, "is read only for a continuation: set [inputs].longcat_video, or remove it")

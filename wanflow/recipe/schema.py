@@ -259,7 +259,7 @@ class Train:
     gradient_accumulation: int = setting(1, ge=1, why="raise for a larger effective batch")
     lora_rank: int = setting(32, ge=1, why="DiffSynth's default rank for Wan LoRA")
     lora_alpha: float = setting(32.0, gt=0, why="alpha = rank keeps the update scale at 1")
-    lora_targets: tuple[str, ...] = setting(("q", "k", "v", "o", "ffn.0", "ffn.2"),
+    lora_targets: tuple[str, ...] = setting(("q", "k", "v", "o", "ffn.0", "ffn.2"), family=True,
                                             why="attention and FFN projections of every block")
     lora_init: str = setting("", why="empty: a fresh LoRA (B = 0); else a LoRA file to continue from")
     preset_lora: str = setting("", why="empty: none; else a LoRA merged into the base first "

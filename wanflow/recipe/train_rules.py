@@ -53,7 +53,8 @@ TRAINABLE_CONDITIONING = frozenset({
     "clip-tokens", "image-channels", "first-frame-latent", "source-latent", "start-latent",
     "control-latents", "reference-latent", "vace-context", "camera-plucker", "motion-bucket",
     "animate-reference", "animate-pose", "animate-face", "animate-background", "animate-mask",
-    "vap-video", "vap-prompt", "vap-negative-prompt", "s2v-audio", "s2v-reference", "s2v-pose", "s2v-motion"})
+    "vap-video", "vap-prompt", "vap-negative-prompt", "s2v-audio", "s2v-reference", "s2v-pose", "s2v-motion",
+    "longcat-frames"})
 #: The base encodes' kinds, with their default options; anything else conditions through the
 #: family's declared conditioners, whose validation videos are not built.
 BASE_CONDITIONING = frozenset({"clip-tokens", "image-channels", "first-frame-latent", "source-latent"})
@@ -110,7 +111,7 @@ def _check_conditioning(recipe: Recipe, family: FamilySpec, problems: Problems) 
 SAMPLE_COLUMNS = {"image": "input_image", "end_image": "end_image", "control_video": "control_video",
                   "reference_image": "reference_image", "camera": "camera_control_direction (or camera_pose_file)",
                   "motion_bucket": "motion_bucket_id", "vap_video": "vap_video", "vap_prompt": "vap_prompt",
-                  "audio": "input_audio", "s2v_pose_video": "s2v_pose_video"}
+                  "audio": "input_audio", "s2v_pose_video": "s2v_pose_video", "longcat_video": "longcat_video"}
 VACE_COLUMNS = {"video": "vace_video", "mask": "vace_video_mask", "reference": "vace_reference_image"}
 
 

@@ -42,6 +42,9 @@ class LongCatDenoise:
     #: ``sampler.*``; loaded when the step runs.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
     dit_dtype: str = "auto"  # [models.dit].dtype; "auto" follows [runtime].dtype
+    #: (weight role of the LoRA file, DiT role, scale) of the recipe's ``[[lora]]`` tables, in
+    #: order: merged into the DiT as a Wan DiT's are (their files' digests are weights, keyed).
+    loras: tuple[tuple[str, str, float], ...] = ()
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: A plugin's attention backend (keyed through the node's ``uses``); None for wanflow's own.
@@ -57,7 +60,8 @@ class LongCatDenoise:
         """LongCat's step for the job a Wan ``Denoise`` step was planned for."""
         (role, files), = denoise.experts
         return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, denoise.solver,
-                   dict(denoise.dtypes).get(role, "auto"), denoise.residency, denoise.attention, denoise.peak)
+                   dict(denoise.dtypes).get(role, "auto"), denoise.loras, denoise.residency, denoise.attention,
+                   denoise.peak)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from wanflow.steps.oom import reported_oom
@@ -139,5 +143,7 @@ class LongCatDenoise:
         return guided_model(passes, guidance, schedule)
 
     def _dit(self, ctx: Any) -> Any:
-        """The DiT from the pool, through its row of the DiT variant table (loaded whole)."""
-        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, attention=self.attention)
+        """The DiT from the pool, through its row of the DiT variant table (loaded whole), with the
+        recipe's LoRAs merged into it (a patched DiT is its own pool entry)."""
+        return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,
+                        attention=self.attention)

@@ -46,6 +46,7 @@ def longcat_node(denoise: StepSpec, resolved: Any) -> StepSpec:
     scheduler = [role for role, w in dit.items() if w.path.name == SCHEDULER_CONFIG]
     files = [w for role, w in dit.items() if role not in scheduler]
     weights = {f"dit.{i}": w for i, w in enumerate(files)}
+    weights |= {role: w for role, w in denoise.weights.items() if role.startswith("lora.")}  # [[lora]] files
     if resolved.values["sampler.solver"] == SOLVER:
         if not scheduler and all(w.present for w in files):
             raise ModelLoadError(f"[models.dit]: the authors' sampler reads the release's scheduler/{SCHEDULER_CONFIG} "

@@ -7,7 +7,9 @@ DiT extras. The leading latent frames a conditioner adds in front of the noise (
 reference images) are, in the clean latent a sample learns, the references' own latents: they
 are prepended to x0 and learnt with the clip, as DiffSynth trains VACE (its ``input_latents``
 hold the reference latents before the video's). Speech-to-video's encodes are read by its clip
-loop, not by a model call: a sample of it is put together by ``train_s2v``.
+loop, not by a model call: a sample of it is put together by ``train_s2v``. LongCat-Video's
+continuation latents are the clip's clean leading frames, which its training call writes over the
+noisy clip (``wanflow.train.longcat``), as DiffSynth's model function does.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ def conditioning_tensors(roles: Sequence[str], found: Mapping[str, Mapping[str, 
     from wanflow.steps.cond_kinds import model_call
     from wanflow.steps.train_s2v import ROLES as S2V_ROLES
     from wanflow.steps.train_s2v import sample_tensors
+    from wanflow.train.longcat import ROLE as LONGCAT_ROLE
 
     if S2V_ROLES & set(roles):
         return sample_tensors(found, x0)
+    if LONGCAT_ROLE in roles:
+        return longcat_tensors(roles, found)
     call = model_call(tuple(roles), found)
     if call.start is not None or call.clamp is not None or call.clean_frames:
         raise ValueError("training: a conditioner set a starting latent or clamped frames, which the training "
@@ -50,3 +55,14 @@ def leading_latents(call: Any, z: int) -> Any:
     if context is None:
         raise ValueError("training: leading frames without a VACE context to take their latents from")
     return context[:, :z, : call.drop_frames].float()
+
+
+def longcat_tensors(roles: Sequence[str], found: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """{"longcat"}: a LongCat-Video continuation's conditioning latents (1, z, k, h, w), the one
+    conditioning its DiT reads."""
+    from wanflow.steps.cond_call import tensor
+    from wanflow.train.longcat import ROLE
+
+    if set(roles) != {ROLE}:
+        raise ValueError(f"training: LongCat-Video reads its continuation frames alone, not {sorted(roles)}")
+    return {"longcat": tensor(found[ROLE], "latents", ROLE).float()}

@@ -19,6 +19,7 @@ from typing import Any
 from wanflow.errors import ModelLoadError, display_path
 from wanflow.memory.sizes import TensorInfo, read_header
 from wanflow.steps.input_checks import format_value
+from wanflow.steps.longcat_train_checks import continuation_problems
 from wanflow.steps.runtime import effective_device
 from wanflow.steps.train_animate import animate_mask_problems
 from wanflow.steps.train_conditioning import declared_conditioning
@@ -169,6 +170,7 @@ def _dataset_problems(resolved: Any, where: Where) -> list[str]:
     t, samples = resolved.recipe.train, dataset.samples
     found = video_only_problems(dataset, resolved.family, label) + pose_file_problems(dataset, label)
     found += animate_mask_problems(dataset, resolved.family, label)
+    found += continuation_problems(dataset, resolved, label)
     if t.batch_size > 1 and declared_conditioning(resolved.family):
         found += mixed_conditioning_problems(dataset, t.batch_size, where)
     if t.validation_samples >= len(samples):

@@ -50,6 +50,7 @@ COLUMN_INPUTS: Mapping[str, str] = {
     "vap_video": "inputs.vap_video",
     "input_audio": "inputs.audio",
     "s2v_pose_video": "inputs.s2v_pose_video",
+    "longcat_video": "inputs.longcat_video",
 }
 #: Value columns -> (``[inputs]`` key, how the text is read).
 VALUE_INPUTS: Mapping[str, tuple[str, Any]] = {
@@ -60,7 +61,7 @@ VALUE_INPUTS: Mapping[str, tuple[str, Any]] = {
 }
 #: ``[inputs.vace]`` settings that are the recipe's for every sample (how a context is built).
 RECIPE_SETTINGS = ("inputs.vace.scale", "inputs.vace.binarize_mask", "inputs.vace.reference_resize",
-                   "inputs.audio_sample_rate")
+                   "inputs.audio_sample_rate", "inputs.longcat_cond_frames")
 #: The camera speed of a row that names a direction but no speed (the schema's default).
 DEFAULT_CAMERA_SPEED = 1 / 54
 SIZE_KEYS = ("video.width", "video.height", "video.frames")

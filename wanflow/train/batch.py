@@ -25,6 +25,7 @@ from wanflow.models.animate import AnimateExtras, PreparedFace
 from wanflow.models.dit_extras import DitExtras
 from wanflow.models.s2v import S2VExtras
 from wanflow.models.vap_extras import VapExtras
+from wanflow.train.longcat import is_longcat, longcat_velocity, with_conditioning
 from wanflow.train.objective import Draw, noised, velocity_target, weighted_mse
 
 
@@ -39,6 +40,8 @@ class Batch:
     first_frame: bool = False  # TI2V: frame 0 is the given image (kept clean)
     #: What derivative conditioners give the DiT (VACE context, reference, camera, modulation).
     extras: DitExtras | None = None
+    #: LongCat-Video continuation: the clean latents (B, z, k, h, w) over the clip's first k frames.
+    longcat: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -66,7 +69,8 @@ def collate(samples: Sequence[dict[str, Any]], device: str, first_frame: bool = 
         return torch.cat([s[name] for s in samples]).to(device)
 
     extras = stacked_extras([s["extras"] for s in samples], device) if "extras" in parts else None
-    return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame, extras)
+    return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame, extras,
+                 stacked("longcat"))
 
 
 def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
@@ -132,7 +136,12 @@ def velocity(dit: torch.nn.Module, batch: Batch, x: torch.Tensor, t: torch.Tenso
     """The DiT's velocity at noisy latents ``x`` and timesteps ``t`` (B,), fp32.
 
     Speech-to-video (DiffSynth's ``model_fn_wans2v``): frame 0 of x is the reference, read by
-    the DiT apart from the frames it predicts; it comes back unchanged in front of them."""
+    the DiT apart from the frames it predicts; it comes back unchanged in front of them.
+    LongCat-Video: its own forward (``train.longcat``), a continuation's leading frames as
+    conditioning frames."""
+    if is_longcat(dit):
+        cond_frames = 0 if batch.longcat is None else batch.longcat.shape[2]
+        return longcat_velocity(dit, x, t, batch.context, cond_frames)
     if isinstance(batch.extras, S2VExtras):
         extras = attrs.evolve(batch.extras, ref_latent=x[:, :, :1])
         pred = dit(x[:, :, 1:], t.to(x.device), batch.context, extras=extras).float()
@@ -150,6 +159,7 @@ def sft_loss(dit: torch.nn.Module, batch: Batch, d: Draw) -> torch.Tensor:
     target = velocity_target(x0, noise)
     if batch.clean_first:  # TI2V's image, S2V's reference: the first latent frame is clean, not learned
         x = torch.cat([x0[:, :, :1], x[:, :, 1:]], dim=2)
+    x = with_conditioning(x, batch.longcat)  # LongCat: as DiffSynth, every frame stays in the loss
     pred = velocity(dit, batch, x, d.t)
     if batch.clean_first:
         pred, target = pred[:, :, 1:], target[:, :, 1:]

@@ -61,6 +61,7 @@ COLUMNS: Mapping[str, Column] = {
     "animate_mask_video": Column("mask", "video"),
     "vap_video": Column("vap_video", "video"),
     "vap_prompt": Column("vap_prompt", "value"),
+    "longcat_video": Column("longcat_video", "video"),
 }
 #: Columns cut to the clip's frames less 4 (DiffSynth's ``AnimateVideoSplit``: latent frame 0 of
 #: an Animate clip is its reference image's), and those that must be the clip's own size.
