@@ -36,6 +36,17 @@ def write_dataset(folder: Path, rows: list[tuple[str, int]] | None = None) -> Pa
     return folder / "metadata.csv"
 
 
+def write_metadata(folder: Path, rows: list[dict]) -> Path:
+    """``metadata.csv`` of ``rows`` (column → value) in ``folder``: every column any row names, in
+    first-seen order, empty where a row lacks it (DiffSynth's layout); returns its path."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    (folder / "metadata.csv").write_text(text.getvalue())
+    return folder / "metadata.csv"
+
+
 def write_train_recipe(folder: Path, model: str, metadata: Path, name: str = "train", **train) -> Path:
     """A training recipe for ``model``: 32×32, 5 frames, LoRA rank 4, a few steps."""
     settings = {"dataset": str(metadata), "width": 32, "height": 32, "frames": 5, "steps": 4,

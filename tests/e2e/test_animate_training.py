@@ -14,8 +14,6 @@ through the crops) and its whole-DiT export loads back into a generation.
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -25,7 +23,7 @@ from safetensors import safe_open
 
 from tests.e2e._layout_animate import FACE_SIZE, REPO, write_animate_models_root
 from tests.e2e._run import computed, run
-from tests.e2e._train import first_loss, stored_tensors
+from tests.e2e._train import first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
 from wanflow.output import save_mp4
 
@@ -65,14 +63,6 @@ def data(tmp_path):
         save_mp4(mask, folder / f"{name}.mp4", 8, {}, quality=0)
     return folder
 
-
-def metadata(folder, rows: list[dict]) -> object:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    (folder / "metadata.csv").write_text(text.getvalue())
-    return folder / "metadata.csv"
 
 
 ROW = {"video": "clip.mp4", "prompt": "a dancer", "animate_pose_video": "pose.mp4", "animate_face_video": "face.mp4"}
@@ -150,7 +140,7 @@ def loss_by_hand(animate_root, train, data, replacement: bool = False) -> float:
 
 
 def test_the_first_loss_is_diffsynth_s_training_forward_and_the_lora_loads_back(aenv, animate_root, data, tmp_path):
-    train = run(train_recipe(tmp_path, metadata(data, [ROW]), learning_rate=0.05), aenv)
+    train = run(train_recipe(tmp_path, write_metadata(data, [ROW]), learning_rate=0.05), aenv)
     assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
     pose = stored_tensors(train, "train/pose:0")["latents"]
     assert pose.shape == (1, 16, 2, 2, 2)  # the pose's 5 frames: latent frames 1.. of the clip's 3
@@ -167,7 +157,7 @@ def test_the_first_loss_is_diffsynth_s_training_forward_and_the_lora_loads_back(
 def test_a_replacement_row_trains_on_its_background_and_mask(aenv, animate_root, data, tmp_path):
     row = {**ROW, "animate_inpaint_video": "background.mp4", "animate_mask_video": "mask1.mp4"}
     (data / "mask1.mp4").write_bytes((data / "mask.mp4").read_bytes())
-    recipe = train_recipe(tmp_path, metadata(data, [row]))
+    recipe = train_recipe(tmp_path, write_metadata(data, [row]))
     train = run(recipe, aenv)
     stored = stored_tensors(train, "train/background:0")["y"]
     assert torch.allclose(stored, replacement_channels(animate_root, data), atol=1e-6)
@@ -183,7 +173,7 @@ def test_full_fine_tuning_trains_the_animate_parts_alone_and_loads_back(aenv, an
 
     from tests.e2e._layout_animate import animate_state, tiny_animate_config
 
-    train = run(train_recipe(tmp_path, metadata(data, [ROW]), method="full", learning_rate=0.05), aenv)
+    train = run(train_recipe(tmp_path, write_metadata(data, [ROW]), method="full", learning_rate=0.05), aenv)
     assert first_loss(train) == pytest.approx(loss_by_hand(animate_root, train, data), rel=1e-5, abs=1e-7)
     assert "crops" in stored_tensors(train, "train/face:0")  # the face encoders train: the DiT encodes the crops
     exported = load_file(str(train.archive / "outputs" / "dit.safetensors"))
@@ -227,7 +217,7 @@ def generation_recipe(folder, data, lora=None, dit=None) -> object:
 def test_a_changed_pose_video_re_encodes_only_that_sample_s_pose(aenv, data, tmp_path):
     rows = [ROW, {**ROW, "video": "clip2.mp4", "prompt": "another dancer", "animate_pose_video": "pose1.mp4"}]
     (data / "pose1.mp4").write_bytes((data / "pose.mp4").read_bytes())
-    recipe = train_recipe(tmp_path, metadata(data, rows), steps=2, batch_size=2)  # both samples in one batch
+    recipe = train_recipe(tmp_path, write_metadata(data, rows), steps=2, batch_size=2)  # both samples in one batch
     first = run(recipe, aenv)
     assert {"train/pose:0", "train/pose:1", "train/face:0", "train/face:1", "train/y:1", "train/clip:1"} <= set(
         first.results)

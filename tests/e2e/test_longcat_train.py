@@ -13,8 +13,6 @@ sample's encode; bad settings are refused at validation naming the key.
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from safetensors import safe_open
 
 from tests.e2e._layout_longcat import REPO, write_longcat_models_root
 from tests.e2e._run import computed, run
-from tests.e2e._train import clip, first_loss, stored_tensors
+from tests.e2e._train import clip, first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
 from tests.e2e.test_train_derivatives import SEED, train_recipe
 from wanflow.output import save_mp4
@@ -59,14 +57,6 @@ def media(tmp_path):
     return out
 
 
-def _metadata(folder, rows: list[dict]) -> object:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    (folder / "metadata.csv").write_text(text.getvalue())
-    return folder / "metadata.csv"
-
 
 def _row(past: str | None = None, clip_file: str = "clips/clip.mp4", prompt: str = PROMPT) -> dict:
     row = {"video": clip_file, "prompt": prompt}
@@ -74,7 +64,7 @@ def _row(past: str | None = None, clip_file: str = "clips/clip.mp4", prompt: str
 
 
 def _recipe(tmp_path, rows, frames: int = 5, cond: int | None = None, **train):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", rows), frames=frames, **train)
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", rows), frames=frames, **train)
     doc = tomlkit.parse(recipe.read_text())
     doc["video"]["fps"] = 8
     if cond is not None:

@@ -11,8 +11,6 @@ the loss on frames 1 onward only. A changed column file re-encodes only that sam
 
 from __future__ import annotations
 
-import csv
-import io
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ import torch
 from tests.audio._sound import tone, write_wav
 from tests.e2e._layout_s2v import write_s2v_models_root
 from tests.e2e._run import computed, run
-from tests.e2e._train import first_loss, stored_tensors
+from tests.e2e._train import first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
 from wanflow.output import save_mp4
 
@@ -70,14 +68,6 @@ def media(tmp_path):
     Image.fromarray(np.random.default_rng(9).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(out["reference"])
     return out
 
-
-def write_metadata(folder, rows: list[dict]) -> object:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    (folder / "metadata.csv").write_text(text.getvalue())
-    return folder / "metadata.csv"
 
 
 def train_recipe(folder, metadata, name: str = "train", inputs: dict | None = None, **train) -> object:

@@ -17,8 +17,6 @@ and which changes its video. A LoRA naming the reference stream is refused at va
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import numpy as np
@@ -29,7 +27,7 @@ from safetensors import safe_open
 
 from tests.e2e._layout_vap import write_vap_models_root
 from tests.e2e._run import computed, run
-from tests.e2e._train import clip, first_loss, stored_tensors
+from tests.e2e._train import clip, first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
 from tests.e2e.test_train_derivatives import SEED, train_recipe
 from wanflow.output import load_video, save_mp4
@@ -69,14 +67,6 @@ def media(tmp_path):
     return out
 
 
-def _metadata(folder, rows: list[dict]) -> object:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-    writer.writeheader()
-    writer.writerows(rows)
-    (folder / "metadata.csv").write_text(text.getvalue())
-    return folder / "metadata.csv"
-
 
 def _row(video="clips/reference.mp4", caption=CAPTION, clip_file="clips/clip.mp4") -> dict:
     return {"video": clip_file, "prompt": "a red square moving right", "vap_video": video, "vap_prompt": caption}
@@ -95,7 +85,7 @@ def test_the_first_loss_is_the_dit_call_of_the_inference_conditioning(venv_runs,
     # the dataset reads the reference's first 5 frames (DiffSynth's dataset), which the generation
     # is given as a 5-frame video: picked evenly across 5 frames, they are those frames
     assert np.array_equal(load_video(media["reference"], 5, 32, 32), load_video(media["head"], 5, 32, 32))
-    train = run(train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()])), venv_runs)
+    train = run(train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", [_row()])), venv_runs)
     assert not {n for n in train.results if "negative" in n}  # no unconditional pass in training
     generation = run(_generation(tmp_path, media, "head"), venv_runs)
     expected = loss_by_hand(train, generation)
@@ -140,7 +130,7 @@ def loss_by_hand(train, generation) -> float:
 
 
 def test_the_lora_trains_the_main_stream_and_loads_back(venv_runs, tmp_path, media):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]), steps=2, learning_rate=0.05)
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", [_row()]), steps=2, learning_rate=0.05)
     outcome = run(recipe, venv_runs)
     lora = outcome.archive / "outputs" / "lora.safetensors"
     with safe_open(str(lora), "pt") as f:
@@ -161,7 +151,7 @@ def test_the_lora_trains_the_main_stream_and_loads_back(venv_runs, tmp_path, med
 
 def test_a_changed_reference_video_or_caption_re_runs_only_its_own_encode(venv_runs, tmp_path, media):
     rows = [_row(), _row(video="clips/other.mp4", caption="a ball bounces")]
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", rows))
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", rows))
     first = run(recipe, venv_runs)
     encodes = {n for n in first.results if n.startswith("train/")}
     assert {"train/vap:0", "train/vap:1", "train/vap_prompt:0", "train/vap_prompt:1"} <= encodes
@@ -170,7 +160,7 @@ def test_a_changed_reference_video_or_caption_re_runs_only_its_own_encode(venv_r
     assert {n for n in computed(second) if n.startswith("train/")} == {"train/vap:1"}
     assert "train" in computed(second)
     rows[0]["vap_prompt"] = "a ball rolls from right to left"
-    third = run(train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", rows)), venv_runs)
+    third = run(train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", rows)), venv_runs)
     assert {n for n in computed(third) if n.startswith("train/")} == {"train/vap_prompt:0"}
 
 
@@ -192,7 +182,7 @@ def _refusal(tmp_path, recipe, capsys) -> str:
 ])
 def test_bad_input_is_refused_at_validation_naming_the_key_and_column(venv_runs, tmp_path, media, capsys, rows,
                                                                       settings, says):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", rows), **settings)
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", rows), **settings)
     err = _refusal(tmp_path, recipe, capsys)
     for part in says:
         assert part in err, err
@@ -206,7 +196,7 @@ def test_bad_input_is_refused_at_validation_naming_the_key_and_column(venv_runs,
 ])
 def test_generation_inputs_a_training_would_not_read_are_refused(venv_runs, tmp_path, media, capsys, key, value,
                                                                  says):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]))
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", [_row()]))
     doc = tomlkit.parse(recipe.read_text())
     doc["inputs"] = {key: str(media["reference"]) if value.startswith("{") else value}
     recipe.write_text(tomlkit.dumps(doc))
@@ -243,7 +233,7 @@ def _release(vap_root) -> dict[str, torch.Tensor]:
 
 def test_full_fine_tuning_trains_the_reference_stream_and_the_export_loads_back(venv_runs, vap_root, tmp_path,
                                                                                 media):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]), method="full", steps=2,
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", [_row()]), method="full", steps=2,
                           learning_rate=0.01)
     train = run(recipe, venv_runs)
     generation = run(_generation(tmp_path, media, "head"), venv_runs)
@@ -290,7 +280,7 @@ def test_a_file_of_the_release_s_layout_without_its_config_beside_takes_the_conf
 
 @pytest.mark.parametrize("targets", [["mot.blocks.0.self_attn.q"], ["q", "attn1_mot_ref.to_q"]])
 def test_a_lora_on_the_reference_stream_is_refused_at_validation(venv_runs, tmp_path, media, capsys, targets):
-    recipe = train_recipe(tmp_path, FAMILY, _metadata(tmp_path / "data", [_row()]), lora_targets=targets)
+    recipe = train_recipe(tmp_path, FAMILY, write_metadata(tmp_path / "data", [_row()]), lora_targets=targets)
     err = _refusal(tmp_path, recipe, capsys)
     assert "[train].lora_targets" in err and "reference stream" in err and 'method = "full"' in err, err
     assert "Traceback" not in err
