@@ -129,16 +129,7 @@ class EncodeAnimatePoseSample:
         return _guarded(self._encode, ctx, self.kind)
 
     def _encode(self, ctx: Any) -> dict[str, Any]:
-        import torch
-
-        from wanflow.steps.media import video_tensor
-
-        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
-        pixels = video_tensor(ctx.file("pose_video"), self.frames - SPLIT, self.width, self.height)
-        with torch.no_grad():
-            latent = vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params))
-        return {"latents": latent.float().cpu().contiguous()}
+        return {"latents": _split_latent(self, ctx, "pose_video").contiguous()}
 
 
 @attrs.frozen
@@ -213,17 +204,25 @@ class EncodeAnimateBackgroundSample:
         from wanflow.output import load_video
         from wanflow.steps.cond_animate import keep_mask
         from wanflow.steps.denoise_animate import mask_channels
-        from wanflow.steps.media import video_tensor
 
-        device, dtype = component_runtime(ctx.params, self.dtype, self.device)
-        vae = model_pool.vae(ctx.weight("vae"), self.vae_version, dtype, device, self.residency)
-        clip = self.frames - SPLIT
-        pixels = video_tensor(ctx.file("background_video"), clip, self.width, self.height)  # (3, F − 4, H, W)
-        masks = torch.from_numpy(load_video(ctx.file("mask"), clip, self.width, self.height))[None]
+        masks = torch.from_numpy(load_video(ctx.file("mask"), self.frames - SPLIT, self.width, self.height))[None]
         keep = keep_mask(masks, (self.height // self.latent_stride, self.width // self.latent_stride))
-        with torch.no_grad():
-            latent = vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params)).float().cpu()
+        latent = _split_latent(self, ctx, "background_video")
         return {"y": torch.cat([mask_channels(keep), latent], dim=1).contiguous()}
+
+
+def _split_latent(step: Any, ctx: Any, role: str) -> Any:
+    """(1, z, (F − 4 − 1)/4 + 1, h, w) fp32 on the CPU: the VAE latent of the ``role`` video's
+    first F − 4 frames at the step's size (DiffSynth's AnimateVideoSplit), on the step's VAE."""
+    import torch
+
+    from wanflow.steps.media import video_tensor
+
+    device, dtype = component_runtime(ctx.params, step.dtype, step.device)
+    vae = model_pool.vae(ctx.weight("vae"), step.vae_version, dtype, device, step.residency)
+    pixels = video_tensor(ctx.file(role), step.frames - SPLIT, step.width, step.height)  # (3, F − 4, H, W)
+    with torch.no_grad():
+        return vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params)).float().cpu()
 
 
 def with_background(out: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
