@@ -217,6 +217,8 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
                        r"the 5 conditioning frames"),
     (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": the memory planner does not size"),
     (None, {"memory": {"limit_gb": 8.0}}, r"\[memory\]\.limit_gb = 8\.0: budgets the memory planner"),
+    (None, {"memory": {"fp8": True}}, r"\[memory\]\.fp8 = true: fp8 storage of LongCat's DiT's blocks is not built"),
+    (None, {"runtime": {"compile": "blocks"}}, r"\[runtime\]\.compile = \"blocks\": compiling LongCat's DiT's blocks"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "
                                                     "continuation"),
 ])

@@ -19,7 +19,7 @@ from wanflow.families.animate import (
     REPLACEMENT_INPUTS,
 )
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems
+from wanflow.recipe.problems import Problems, refuse_whole_dit_settings
 from wanflow.recipe.schema import Recipe
 
 #: Animate's settings under [inputs] that are not files (files are refused by _check_inputs).
@@ -104,9 +104,7 @@ _WHAT = {"background_video": "the driving video with its person removed",
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
-    if recipe.memory.fp8:
-        problems.add(("memory", "fp8"), True, "the Animate DiT's loader loads it whole in the compute dtype "
-                     "(fp8 storage is not built for its parts); set fp8 = false")
+    refuse_whole_dit_settings(problems, recipe, "the Animate DiT", compile_too=False)  # its clip loop compiles
     s = recipe.sampler
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the Animate clip loop takes no step "

@@ -13,7 +13,7 @@ from __future__ import annotations
 from wanflow.families.longcat import COND_FRAMES, PIPELINE, SOLVER
 from wanflow.families.spec import FamilySpec
 from wanflow.recipe.longcat_train_rules import check_longcat_training
-from wanflow.recipe.problems import Problems, refuse_changed
+from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
 from wanflow.recipe.schema import Recipe, Sampler
 
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
@@ -48,9 +48,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the step caches are calibrated on Wan "
                      'DiTs; LongCat\'s denoise step has none: use "none"')
-    if recipe.runtime.compile != "none":
-        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiles Wan DiT blocks; LongCat's are "
-                     'not compiled yet: use "none"')
+    refuse_whole_dit_settings(problems, recipe, "LongCat's DiT")
     _check_memory(recipe, problems)
 
 
@@ -58,8 +56,6 @@ def _check_memory(recipe: Recipe, problems: Problems) -> None:
     """The memory planner sizes Wan DiTs only: LongCat's DiT loads whole, so the settings that
     place or budget it would not be read."""
     m = recipe.memory
-    if m.fp8:
-        problems.add(("memory", "fp8"), True, "fp8 storage of LongCat's DiT is not built yet: use false")
     if m.policy not in ("auto", "none"):
         problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's DiT yet, which "
                      'loads whole on the run\'s device: use "auto"')

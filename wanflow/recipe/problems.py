@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -87,3 +88,15 @@ def refuse_changed(problems: Problems, table: KeyPath, current: object, defaults
         value = getattr(current, key)
         if value != getattr(defaults, key) and not problems.is_bad((*table, key)):
             problems.add((*table, key), list(value) if isinstance(value, tuple) else value, fix)
+
+
+def refuse_whole_dit_settings(problems: Problems, recipe: Any, dit: str, *, compile_too: bool = True) -> None:
+    """The settings a DiT loaded whole by its own loader would not read, refused naming ``dit``
+    ("the S2V DiT", "LongCat's DiT"): ``[memory].fp8`` (fp8 storage of its blocks is not built)
+    and, with ``compile_too``, ``[runtime].compile`` (its blocks are not compiled)."""
+    if recipe.memory.fp8:
+        problems.add(("memory", "fp8"), True, f"fp8 storage of {dit}'s blocks is not built yet (it loads whole in "
+                     "the compute dtype): use false")
+    if compile_too and recipe.runtime.compile != "none":
+        problems.add(("runtime", "compile"), recipe.runtime.compile, f"compiling {dit}'s blocks is not built yet: "
+                     'use "none"')

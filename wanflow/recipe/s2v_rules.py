@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from wanflow.families.s2v import PIPELINE
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_changed
+from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: The rate wav2vec2 was trained on; its feature extractor refuses any other.
@@ -52,12 +52,7 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    if recipe.memory.fp8:
-        problems.add(("memory", "fp8"), True, "fp8 storage of the S2V DiT's blocks is not built yet; set "
-                     "fp8 = false")
-    if recipe.runtime.compile != "none":
-        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not "
-                     "built yet; use \"none\"")
+    refuse_whole_dit_settings(problems, recipe, "the S2V DiT")
 
 
 def _check_train(recipe: Recipe, problems: Problems) -> None:
