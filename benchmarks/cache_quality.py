@@ -48,7 +48,7 @@ def settings(fragment: dict, target: float) -> dict[str, dict]:
     MagCache with the calibrated ratios, First-Block-Cache and EasyCache at their usual thresholds."""
     teacache = {k: fragment[k] for k in ("mode", "coefficients", "calibrated")}
     ratios = {k: fragment[k] for k in ("ratios_cond", "ratios_uncond") if k in fragment}
-    ratios.setdefault("ratios_uncond", ratios["ratios_cond"])  # cfg 1: no unconditional pass reads it
+    ratios.setdefault("ratios_uncond", ratios["ratios_cond"])  # at cfg 1 no unconditional pass reads it
     return {
         f"teacache {target:g}x": {"method": "teacache", "target_speedup": target, **teacache},
         "magcache 0.12": {"method": "magcache", "threshold": 0.12, **ratios},
@@ -69,6 +69,18 @@ def calibrate(steps: int, runs: int, scratch: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"calibration failed:\n{proc.stderr}")
     return tomllib.loads(out.read_text(encoding="utf-8"))
+
+
+def family_cfg() -> float:
+    """The guidance scale the quickstart family samples with (its default: every run here uses it)."""
+    from wanflow.families.tiny import family
+
+    return float(family().defaults["sampler.cfg"])
+
+
+def guidance_passes() -> int:
+    """Block-stack passes a step: the prompt's, and the negative prompt's when guidance is on."""
+    return 1 if family_cfg() == 1.0 else 2
 
 
 class PassCounter:
@@ -132,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for label, cache in (("uncached", None), *measured.items()):
                     recipe = base if cache is None else {**base, "sampler": {**base["sampler"], "cache": cache}}
                     result = wanflow.run(recipe, runs_dir=scratch / "runs", cache_dir=scratch / "cache")
-                    passes = counter.take() or args.steps  # uncached: one pass a step
+                    passes = counter.take() or args.steps * guidance_passes()  # uncached: every pass runs
                     frames = result.frames()
                     results[label] = frames
                     seen = classify(frames)
@@ -151,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(rows: dict[str, dict[str, list]], args: argparse.Namespace, fragment: dict) -> None:
     base = rows["uncached"]
     print(f"wanflow-tiny (trained quickstart model), {len(HELD_OUT)} held-out prompts x {args.seeds} seed(s), "
-          f"{args.steps} Euler steps, cfg 1; TeaCache calibrated on {args.calibration_runs} training-split prompts "
+          f"{args.steps} Euler steps, cfg {family_cfg():g}; TeaCache calibrated on {args.calibration_runs} training-split prompts "
           f"(polynomial {[round(c, 4) for c in fragment['calibrated']]})")
     print("| setting | block passes | speed-up (passes) | denoise time ratio | PSNR dB (median, min) | SSIM (median) "
           "| colour / shape / motion right |")
