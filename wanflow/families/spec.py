@@ -54,6 +54,10 @@ class FamilySpec:
     #: How the family's inputs reach its DiT, in order (channels join the latent in this order);
     #: each a registered kind (``wanflow.conditioners``). () = text only.
     conditioners: tuple[Conditioner, ...] = ()
+    #: How a fully fine-tuned DiT is exported: "official" (the trained weights under the official
+    #: names) or "video-as-prompt-release" (the trained reference stream merged over the base's
+    #: files, in the release's layout).
+    full_export: str = "official"
 
 
 class FamilyLookup(Protocol):

@@ -52,6 +52,11 @@ def _encoders() -> dict[str, ComponentSpec]:
             "image_encoder": ComponentSpec("image_encoder", src, (CLIP_FILE,), "clip-vit-h-14")}
 
 
+#: How full fine-tuning exports (``FamilySpec.full_export``): the trained reference stream merged
+#: over the base's files, in the release's layout (``steps/train_vap_export.py``).
+FULL_EXPORT = "video-as-prompt-release"
+
+
 def family() -> FamilySpec:
     """Video-As-Prompt-Wan2.1-14B."""
     dit = ComponentSpec("dit", f"modelscope:{REPO}", DIT_FILES, "video-as-prompt-wan2.1-14b")
@@ -60,7 +65,8 @@ def family() -> FamilySpec:
         f"Wan2.1 I2V-14B prompted by a reference video: its effect or motion, on the start image ({REPO})",
         {"dit": dit, **_encoders()}, DEFAULTS,
         frozenset({"image", "vap_video", "vap_prompt", "negative_vap_prompt"}),
-        frozenset({"image", "vap_video", "vap_prompt"}), sizes=((832, 480), (480, 832)), conditioners=CONDITIONERS)
+        frozenset({"image", "vap_video", "vap_prompt"}), sizes=((832, 480), (480, 832)), conditioners=CONDITIONERS,
+        full_export=FULL_EXPORT)
 
 
 def families() -> list[FamilySpec]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from wanflow.engine.keys import canonical_json, digest_bytes
 from wanflow.engine.step import StepSpec
+from wanflow.families.vap import FULL_EXPORT as VAP_FULL_EXPORT
 from wanflow.steps.decode import Decode
 from wanflow.steps.save import SaveVideo
 from wanflow.steps.text import EncodeText
@@ -145,7 +146,7 @@ def _text_weights(job: Any) -> dict[str, Any]:
 def _outputs(job: Any, t: Any, dits: tuple[str, ...], vae_version: str, vae: Any, vae_own: Any) -> list[StepSpec]:
     header = _header(job)
     nodes = []
-    released = t.method == "full" and any(c.kind == "vap-video" for c in job.family.conditioners)
+    released = t.method == "full" and job.family.full_export == VAP_FULL_EXPORT
     for d in dits:
         stem = "lora" if t.method == "lora" else "dit"
         archive_as = f"{stem}{EXPERT_FILE_SUFFIX.get(d, '_' + d)}.safetensors"

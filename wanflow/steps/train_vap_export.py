@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from wanflow.families.vap import FULL_EXPORT
+
 #: What the export reads besides its inputs: the number of steps goes into its header.
 READS = ("train.steps",)
 
@@ -33,7 +35,7 @@ class ExportVapDiT:
     role: str
     files: int  # how many weight files the role has (``<role>.<i>`` weights)
     header: tuple[tuple[str, str], ...]  # base model, recipe digest, … (in the file, so keyed)
-    layout: str = "video-as-prompt-release"
+    layout: str = FULL_EXPORT
     kind: str = "export"
     version: int = 1
     output: str = "bytes"
