@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.e2e._layout_animate import FACE_SIZE, animate_state, tiny_animate_config
+from tests.train._batching import batched_and_alone
 from wanflow.models.animate import AnimateDiT
 from wanflow.models.animate_guidance import GuidedAnimateExtras
 from wanflow.train.batch import collate, velocity
@@ -33,10 +34,8 @@ def test_a_batch_of_two_is_each_sample_s_velocity_in_turn(prepared):
     a, b = _sample(dit, 0, prepared), _sample(dit, 1, prepared)
     x = torch.randn(2, 16, 3, 2, 2, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([300.0, 800.0])
+    both, alone = batched_and_alone(dit, a, b, x, t)
     with torch.no_grad():
-        both = velocity(dit, collate([a, b], "cpu"), x, t)
-        alone = torch.cat([velocity(dit, collate([a], "cpu"), x[:1], t[:1]),
-                           velocity(dit, collate([b], "cpu"), x[1:], t[1:])])
         swapped = velocity(dit, collate([b, a], "cpu"), x, t)
     assert both.shape == (2, 16, 3, 2, 2)
     assert torch.allclose(both, alone, rtol=1e-5, atol=1e-5), (both - alone).abs().max()

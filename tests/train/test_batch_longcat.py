@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 
 from tests.e2e._layout_longcat import CONFIG, longcat_state
+from tests.train._batching import batched_and_alone
 from wanflow.models.longcat import LongCatDiT
-from wanflow.train.batch import collate, sft_loss, velocity
+from wanflow.train.batch import collate, sft_loss
 from wanflow.train.longcat import text_lengths
 from wanflow.train.objective import Draw
 
@@ -42,10 +43,8 @@ def test_a_batch_of_prompts_of_two_lengths_is_each_sample_s_velocity_alone():
     a, b = _sample(0, 3), _sample(1, 7)
     x = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([300.0, 800.0])
+    both, alone = batched_and_alone(dit, a, b, x, t)
     with torch.no_grad():
-        both = velocity(dit, collate([a, b], "cpu"), x, t)
-        alone = torch.cat([velocity(dit, collate([a], "cpu"), x[:1], t[:1]),
-                           velocity(dit, collate([b], "cpu"), x[1:], t[1:])])
         raw = dit(x[:1], t[:1], a["context"])
     assert torch.allclose(both, alone, rtol=1e-5, atol=1e-5), (both - alone).abs().max()
     assert torch.equal(alone[:1], -raw)  # LongCat predicts x0 − noise: the velocity is its negative

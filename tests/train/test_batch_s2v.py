@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from tests.e2e._layout_s2v import s2v_state, tiny_s2v_config
+from tests.train._batching import batched_and_alone
 from wanflow.models.s2v import S2VDiT, S2VExtras
-from wanflow.train.batch import collate, velocity
 
 
 def _sample(seed: int) -> dict:
@@ -26,10 +26,7 @@ def test_a_batch_of_two_is_each_sample_s_velocity_in_turn():
     a, b = _sample(0), _sample(1)
     x = torch.randn(2, 16, 3, 2, 2, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([300.0, 800.0])
-    with torch.no_grad():
-        both = velocity(dit, collate([a, b], "cpu"), x, t)
-        alone = torch.cat([velocity(dit, collate([a], "cpu"), x[:1], t[:1]),
-                           velocity(dit, collate([b], "cpu"), x[1:], t[1:])])
+    both, alone = batched_and_alone(dit, a, b, x, t)
     assert both.shape == (2, 16, 3, 2, 2)
     assert torch.equal(both[:, :, :1], x[:, :, :1])  # the reference frame comes back as it went in
     assert torch.allclose(both, alone, rtol=1e-5, atol=1e-5), (both - alone).abs().max()
