@@ -113,9 +113,12 @@ def generation_recipe(folder, model: str, inputs: dict) -> object:
     return folder / "gen.toml"
 
 
-def loss_by_hand(train, generation, index_range: tuple[float, float] = (0.0, 1.0)) -> float:
+def loss_by_hand(train, generation, index_range: tuple[float, float] = (0.0, 1.0), load=None,
+                 check_extras=None) -> float:
     """The first step's loss, with the conditioning of ``generation`` (an inference run) handed
-    over by the inference kinds, x0 and the text of ``train``, and the train step's first draw."""
+    over by the inference kinds, x0 and the text of ``train``, and the train step's first draw;
+    the DiT read by ``load`` (files -> model; default wanflow's Wan DiT loader), its extras
+    handed to ``check_extras`` first when given."""
     from wanflow.memory import pool as model_pool
     from wanflow.models.dit_loader import load_dit
     from wanflow.steps.cond_kinds import model_call
@@ -136,12 +139,14 @@ def loss_by_hand(train, generation, index_range: tuple[float, float] = (0.0, 1.0
     context = stored_tensors(train, "train/text:0")["context"]
     expert = denoise.step.experts[0]  # the high-noise expert on A14B (the range below keeps it)
     files = model_pool.weight_files([denoise.weights[f"{expert[0]}.{i}"].path for i in range(expert[1])])
-    dit = load_dit(files, dtype=torch.float32, device="cpu")
+    dit = (load or load_dit)(files, dtype=torch.float32, device="cpu")
     schedule = TrainingSchedule.build(5.0)
     d = draw(schedule, x0, schedule.index_range(index_range), SEED, (0, 0), (0,))
     x = noised(x0, d.noise, d.sigma)
     whole = slice(0, x.shape[2])
     extras = call.dit_extras(whole, 1, "cpu")
+    if check_extras is not None:
+        check_extras(extras)
     more = {} if extras is None else {"extras": extras}
     with torch.no_grad():
         pred = dit(x, d.t, context, clip_fea=call.tokens, y=call.y(whole, 1), **more).float()

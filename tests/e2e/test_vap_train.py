@@ -29,7 +29,8 @@ from tests.e2e._layout_vap import write_vap_models_root
 from tests.e2e._run import computed, run
 from tests.e2e._train import clip, first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
-from tests.e2e.test_train_derivatives import SEED, train_recipe
+from tests.e2e.test_train_derivatives import loss_by_hand as derivative_loss_by_hand
+from tests.e2e.test_train_derivatives import train_recipe
 from wanflow.output import load_video, save_mp4
 
 FAMILY = "video-as-prompt-wan2.1-14b"
@@ -101,37 +102,14 @@ def test_the_first_loss_is_the_dit_call_of_the_inference_conditioning(venv_runs,
 
 
 def loss_by_hand(train, generation) -> float:
-    """The first step's loss: the conditioning of ``generation`` (an inference run) handed over by
-    the inference kinds, x0 and the text of ``train``, the train step's first draw, the release's
-    DiT (main and reference streams) called by hand."""
-    from wanflow.memory import pool as model_pool
+    """The first step's loss as the derivative families' test builds it by hand, with the
+    release's DiT (main and reference streams) and the reference stream's inputs handed over."""
     from wanflow.models.vap_loader import load_vap_dit
-    from wanflow.steps.cond_kinds import model_call
-    from wanflow.train.objective import (
-        TrainingSchedule,
-        draw,
-        noised,
-        velocity_target,
-        weighted_mse,
-    )
 
-    denoise = next(s for s in generation.plan.steps if s.name == "denoise").spec
-    roles = denoise.step.conditions
-    call = model_call(roles, {r: stored_tensors(generation, denoise.inputs[r]) for r in roles})
-    x0 = stored_tensors(train, "train/x0:0")["x0"]
-    context = stored_tensors(train, "train/text:0")["context"]
-    expert = denoise.step.experts[0]
-    files = model_pool.weight_files([denoise.weights[f"{expert[0]}.{i}"].path for i in range(expert[1])])
-    dit = load_vap_dit(files, dtype=torch.float32, device="cpu")
-    schedule = TrainingSchedule.build(5.0)
-    d = draw(schedule, x0, schedule.index_range((0.0, 1.0)), SEED, (0, 0), (0,))
-    x = noised(x0, d.noise, d.sigma)
-    whole = slice(0, x.shape[2])
-    extras = call.dit_extras(whole, 1, "cpu")
-    assert extras.vap_latents is not None and extras.vap_context is not None and extras.vap_clip is not None
-    with torch.no_grad():
-        pred = dit(x, d.t, context, clip_fea=call.tokens, y=call.y(whole, 1), extras=extras).float()
-    return float(weighted_mse(pred, velocity_target(x0, d.noise), d.weight))
+    def has_reference(extras) -> None:
+        assert extras.vap_latents is not None and extras.vap_context is not None and extras.vap_clip is not None
+
+    return derivative_loss_by_hand(train, generation, load=load_vap_dit, check_extras=has_reference)
 
 
 def test_the_lora_trains_the_main_stream_and_loads_back(venv_runs, tmp_path, media):
