@@ -57,6 +57,7 @@ class Job:
     attention: str = "sdpa"
     compile: bool = False
     dit: str | None = None  # a DiT folder (config.json + weights) to load instead of random weights
+    storage: str = "compute"  # wanflow's block projections: "fp8" ([memory].fp8), "fp8-matmul" (+ fp8_matmul)
 
     @property
     def tokens(self) -> int:
@@ -139,7 +140,8 @@ def wanflow_model(job: Job):
     from wanflow.models.dit_loader import load_dit
 
     model = load_dit(weights(job), job.cfg, dtype=job.dtype,
-                     device=job.device, attention_kernel=job.attention).eval().requires_grad_(False)
+                     device=job.device, attention_kernel=job.attention,
+                     storage=job.storage).eval().requires_grad_(False)
     return compile_blocks(model) if job.compile else model
 
 
@@ -383,6 +385,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="fp32 on the CPU, bf16 on CUDA")
     parser.add_argument("--attention", default="sdpa", help="wanflow's attention backend ([runtime].attention)")
     parser.add_argument("--compile", action="store_true", help="torch.compile wanflow's blocks")
+    parser.add_argument("--storage", choices=("compute", "fp8", "fp8-matmul"), default="compute",
+                        help="wanflow's block projections: fp8 stores them in fp8 ([memory].fp8), fp8-matmul "
+                        "also multiplies them in fp8 ([runtime].fp8_matmul); diffusers stays in the compute dtype")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 gives steady times on a "
                         "shared machine, where waiting threads spin and bill CPU time)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
@@ -400,12 +405,14 @@ def main() -> None:
     h, w, f = parse_size(args.size or ("480x832x81" if cuda else "128x128x9"))
     args.cache_steps = 10 if args.cache_steps is None else args.cache_steps
     job = Job(cfg, (1, cfg.in_dim, (f - 1) // 4 + 1, h // 8, w // 8), args.device,
-              DTYPES[args.dtype or ("bf16" if cuda else "fp32")], args.attention, args.compile, args.dit)
+              DTYPES[args.dtype or ("bf16" if cuda else "fp32")], args.attention, args.compile, args.dit,
+              args.storage)
     name = args.device if not cuda else torch.cuda.get_device_name(torch.device(args.device))
     label = args.dit or f"Wan2.1 T2V {args.config or ('1.3b' if cuda else 'tiny')}, random weights"
     print(f"{label} (dim {cfg.dim}, {cfg.num_layers} layers), "
           f"{h}x{w}x{f} ({job.tokens} tokens), {str(job.dtype).removeprefix('torch.')}, {name}, "
-          f"{torch.get_num_threads()} CPU threads; attention {job.attention}{', compiled blocks' if job.compile else ''}; "
+          f"{torch.get_num_threads()} CPU threads; attention {job.attention}{', compiled blocks' if job.compile else ''}"
+          f"{'' if job.storage == 'compute' else f', block projections {job.storage}'}; "
           f"CFG {CFG:g}, UniPC; median of {args.rounds} x {args.repeats} steps, each after {args.warmup}")
     from diffusers.utils import logging as diffusers_logging
 

@@ -167,6 +167,23 @@ def test_fp8_storage_runs_with_a_lora_applied_on_the_fly(tmp_path, cache_env):
     assert 0 < err < 0.15 and moved > 3 * err  # fp8 is close (max error, guidance 3), and the LoRA really acts
 
 
+def test_fp8_matmuls_run_with_a_lora_applied_on_the_fly(tmp_path, cache_env):
+    """[runtime].fp8_matmul: the block projections multiply in fp8 under an attached LoRA; the video
+    stays near the full-precision one, differs from fp8 storage alone (the activations are rounded
+    too), and the LoRA still acts."""
+    lora = write_diffsynth_lora(tmp_path / "style.safetensors")
+    body = f'[[lora]]\npath = "{lora}"\nscale = 0.7\n'
+    fp8 = "[memory]\nfp8 = true\n[runtime]\nfp8_matmul = true\n"
+    full = denoised(run(recipe(tmp_path, body, "full"), cache_env))
+    stored = denoised(run(recipe(tmp_path, body + "[memory]\nfp8 = true\n", "stored"), cache_env))
+    multiplied = denoised(run(recipe(tmp_path, body + fp8, "multiplied"), cache_env))
+    plain = denoised(run(recipe(tmp_path, fp8, "plain"), cache_env))
+    err = ((multiplied - full).abs().max() / full.abs().max()).item()
+    moved = ((multiplied - plain).abs().max() / full.abs().max()).item()
+    assert not torch.equal(multiplied, stored)
+    assert 0 < err < 0.15 and moved > 3 * err
+
+
 def test_blocks_streamed_by_the_memory_plan_give_the_same_video(tmp_path, cache_env, monkeypatch):
     """The pool loads a DiT whose blocks the plan puts on disk or in host memory through the
     placement hooks; placement never changes the numbers (it is in no key): without a LoRA the

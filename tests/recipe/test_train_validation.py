@@ -109,6 +109,12 @@ def test_fp8_storage_is_refused_for_full_fine_tuning(tmp_path):
                         'trains the DiT itself; set fp8 = false, or train a LoRA (method = "lora")']
 
 
+def test_fp8_matmuls_are_refused_for_training(tmp_path):
+    problems = refused(tmp_path, T2V + '[memory]\nfp8 = true\n[runtime]\nfp8_matmul = true\n')
+    assert problems == ["r.toml: [runtime].fp8_matmul = true: fp8 matmuls have no backward, and training "
+                        "multiplies the frozen fp8 base in the compute dtype; set fp8_matmul = false"]
+
+
 def test_sizes_are_multiples_of_the_familys_spatial_factor(tmp_path):
     ti2v = T2V.replace("wan2.1-t2v-1.3b", "wan2.2-ti2v-5b")
     problems = refused(tmp_path, ti2v + "width = 848\nheight = 480\n")

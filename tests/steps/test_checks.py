@@ -64,6 +64,25 @@ def test_an_attention_backend_that_is_not_installed(tmp_path):
     assert problems(tmp_path, TINY + '[runtime]\nattention = "math"\n') == []
 
 
+def test_fp8_matmuls_where_the_gpu_has_no_fp8_tensor_cores(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(checks, "cuda_available", lambda: True)
+    monkeypatch.setattr(checks, "_fp8_problems", lambda values, where: [])  # fp8 storage itself: cast on the device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (8, 0))
+    fp8 = TINY + '[runtime]\ndevice = "cuda"\nfp8_matmul = true\n[memory]\nfp8 = true\n'
+    assert problems(tmp_path, fp8) == [
+        "r.toml: [runtime].fp8_matmul = true: cannot run here: it needs a GPU with fp8 tensor cores, sm89 or "
+        "later (Ada, Hopper, Blackwell); this GPU is sm80; set it to false (the fp8 weights are then "
+        "multiplied in the compute dtype)"]
+    assert len(problems(tmp_path, fp8 + '[models.dit]\ndtype = "fp16"\n')) == 1  # and the fp16 DiT, in one line
+    assert "bf16 only (the DiT runs in fp16)" in problems(tmp_path, fp8 + '[models.dit]\ndtype = "fp16"\n')[0]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    assert problems(tmp_path, fp8) == []
+
+
 class _Catalog:
     """The plugin registry as a bound pipeline sees it."""
 

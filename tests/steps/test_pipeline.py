@@ -137,3 +137,10 @@ def test_fp8_storage_is_in_the_denoise_key_only():
     base, fp8 = planned(), planned("memory.fp8=true")
     assert fp8["denoise"].config["storage"] == "fp8" and base["denoise"].config["storage"] == "compute"
     assert {n for n in base if base[n].config != fp8[n].config} == {"denoise"}
+
+
+def test_fp8_matmuls_are_in_the_denoise_key_only():
+    stored, multiplied = planned("memory.fp8=true"), planned("memory.fp8=true", "runtime.fp8_matmul=true")
+    assert multiplied["denoise"].config["storage"] == "fp8-matmul"
+    assert {n for n in stored if stored[n].config != multiplied[n].config} == {"denoise"}
+    assert stored["encode-text:positive"].params == multiplied["encode-text:positive"].params

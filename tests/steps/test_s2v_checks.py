@@ -107,6 +107,8 @@ def test_a_motion_video_shorter_than_the_motion_context_is_refused(tmp_path, med
     ({"sampler": {"sliding_window_size": 2}}, "[sampler].sliding_window_size = 2: the clip loop already"),
     ({"sampler": {"cache": {"method": "first-block", "threshold": 0.1}}}, "[sampler.cache].method"),
     ({"memory": {"fp8": True}}, "[memory].fp8 = true: fp8 storage of the S2V DiT's blocks"),
+    ({"memory": {"fp8": True}, "runtime": {"fp8_matmul": True}},
+     "[runtime].fp8_matmul = true: fp8 matmuls of the S2V DiT's blocks are not built"),
     ({"runtime": {"compile": "blocks"}}, '[runtime].compile = "blocks": compiling the S2V DiT\'s blocks is not built'),
 ])
 def test_settings_the_clip_loop_would_not_read_are_refused(tmp_path, media, tables, words):

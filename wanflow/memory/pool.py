@@ -98,13 +98,14 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
     DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
-    in fp8; LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
+    in fp8 (``"fp8-matmul"`` multiplies them in fp8 too); LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
     are when ``tiers`` (the memory plan) streams blocks in and out: a streamed block is read again
     from its file, where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
     compiles each block with torch.compile; ``kernel`` is a plugin's attention kernel, made
     usable under the name ``attention`` (wanflow's own kernels need none)."""
     from wanflow.memory.dit_variants import load_variant, variant_of
     from wanflow.models.dit_loader import load_dit
+    from wanflow.models.fp8 import stores_in_fp8
 
     if kernel is not None:
         from wanflow.models.attention import use_kernel
@@ -115,7 +116,7 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
     key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers), compile_mode)
 
     def load() -> Any:
-        if tiers and storage == "fp8":
+        if tiers and stores_in_fp8(storage):
             raise ModelInputError("[memory].fp8 with blocks streamed by the memory policy is not "
                                   "supported yet; raise the budget, or set fp8 = false")
         if tiers and compile_mode != "none":
@@ -132,7 +133,7 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         if loras:
             from wanflow.lora import attach, merge, read_lora
 
-            apply = attach if storage == "fp8" or tiers else merge
+            apply = attach if stores_in_fp8(storage) or tiers else merge
             apply(model, [read_lora(path) for path, _ in loras], [scale for _, scale in loras],
                   labels=[Path(path).name for path, _ in loras])
         if compile_mode == "blocks":

@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 PathLike = str | os.PathLike
 
 #: How the weights are stored: all in the compute dtype, or the blocks' Linear weights in fp8.
-Storage = Literal["compute", "fp8"]
+Storage = Literal["compute", "fp8", "fp8-matmul"]
 
 
 def load_dit(
@@ -53,13 +53,15 @@ def load_dit(
     diffusers form), else from the weights' shapes (always so for a state dict). The model
     computes in ``dtype`` except its fp32 islands. ``storage="fp8"`` stores the blocks' Linear
     weights in float8 e4m3 with a scale (``wanflow.models.fp8``): taken as they are from a
-    scaled-fp8 file, quantised tensor by tensor from any other. ``architecture`` (a family's
+    scaled-fp8 file, quantised tensor by tensor from any other; ``"fp8-matmul"`` also multiplies
+    them in fp8 (``wanflow.models.fp8_matmul``). ``architecture`` (a family's
     name for its DiT, see ``signature.ARCHITECTURES``) refuses a file of another kind before
     anything is built. Mismatches raise ModelLoadError.
     """
-    if storage not in ("compute", "fp8"):
-        raise ValueError(f"load_dit: storage={storage!r}; expected 'compute' or 'fp8'")
-    if storage == "fp8":
+    if storage not in fp8.STORAGES:
+        raise ValueError(f"load_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
+    in_fp8 = fp8.stores_in_fp8(storage)
+    if in_fp8:
         fp8.require_fp8(device)
     opened = _opened(weights)
     if architecture is not None:
@@ -72,9 +74,11 @@ def load_dit(
     model = build_on_meta(lambda: WanDiT(config, attention_kernel))
     expected = f"Wan {config.model_type.upper()} DiT ({describe_config(config)})"
     dtypes = _island_dtypes(dtype)
-    if storage == "fp8" or scaled.quantised:
+    if in_fp8 or scaled.quantised:
         fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes,
-                        device=device, borrowed=opened.borrowed, fp8=storage == "fp8")
+                        device=device, borrowed=opened.borrowed, fp8=in_fp8)
+        if storage == "fp8-matmul":
+            fp8.use_fp8_matmul(model, opened.source)
     else:
         load_state_into(model, state, source=opened.source, expected=expected, device=device,
                         dtype=dtypes, borrowed=opened.borrowed)

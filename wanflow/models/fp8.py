@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from wanflow.errors import ModelLoadError, WanflowError
 from wanflow.models import signature
 from wanflow.models.checkpoint_files import capped
+from wanflow.models.fp8_matmul import multipliable, scaled_linear
 from wanflow.models.loading import mismatch_report
 from wanflow.models.precision import Linear, linear
 from wanflow.models.residency import place, place_all
@@ -46,6 +47,17 @@ log = structlog.get_logger(__name__)
 FP8_DTYPE_NAME = "float8_e4m3fn"
 #: The largest finite e4m3fn value: a row's largest weight maps onto it.
 FP8_MAX = 448.0
+
+#: How a DiT's block projections are held and multiplied: in the compute dtype; stored in fp8 and
+#: multiplied in the compute dtype ([memory].fp8); stored and multiplied in fp8 (and
+#: [runtime].fp8_matmul). The denoise steps key this value.
+STORAGES = ("compute", "fp8", "fp8-matmul")
+
+
+def stores_in_fp8(storage: str) -> bool:
+    """Whether a ``storage`` value keeps the block projections in fp8."""
+    return storage in ("fp8", "fp8-matmul")
+
 
 #: Which scale a weight gets when wanflow quantises it: one per output row, or one per tensor.
 Granularity = Literal["row", "tensor"]
@@ -180,11 +192,15 @@ class Fp8Linear(Linear):
 
     Same keys as the layer it replaces, plus ``<name>.scale_weight``: the scaled-fp8 checkpoint
     layout. Each forward dequantises the weight to the activations' dtype, then runs the layer's
-    usual GEMM (``precision.linear``); the bias stays in the model's dtype. The weight never
-    requires grad (fp8 storage is for frozen weights; LoRAs attach on top of it).
+    usual GEMM (``precision.linear``); with ``matmul = "fp8"`` (``use_fp8_matmul``) it multiplies
+    the fp8 weight itself, its input quantised token by token (``wanflow.models.fp8_matmul``).
+    The bias stays in the model's dtype. The weight never requires grad (fp8 storage is for
+    frozen weights; LoRAs attach on top of it).
     """
 
     scale_weight: Tensor
+    #: How the forward multiplies: "dequantise" (in the activations' dtype) or "fp8".
+    matmul: str = "dequantise"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -209,11 +225,13 @@ class Fp8Linear(Linear):
         return dequantise(self.weight, self.scale_weight, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.matmul == "fp8":
+            return scaled_linear(x, self.weight, self.scale_weight, self.bias)
         return linear(x, self.dequantised(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         scale = tuple(self.scale_weight.shape)
-        return f"{super().extra_repr()}, storage={self.weight.dtype}, scale={scale}"
+        return f"{super().extra_repr()}, storage={self.weight.dtype}, scale={scale}, matmul={self.matmul}"
 
 
 def use_fp8_storage(model: nn.Module) -> list[str]:
@@ -232,6 +250,24 @@ def use_fp8_storage(model: nn.Module) -> list[str]:
                           device=old.weight.device, dtype=old.weight.dtype)
         setattr(model.get_submodule(parent_name), child, layer)
     return names
+
+
+def use_fp8_matmul(model: nn.Module, source: str) -> int:
+    """Make every fp8 layer of a loaded model multiply in fp8; how many there are.
+
+    Refused (ModelLoadError, nothing changed) where a layer's scale or shape does not suit the
+    fp8 kernels: a checkpoint that scales blocks of a row.
+    """
+    layers = fp8_layers(model)
+    unfit = [f"{name}: {why}" for name, layer in layers.items()
+             if (why := multipliable(layer.weight, layer.scale_weight))]
+    if unfit:
+        raise ModelLoadError(f"{source}: [runtime].fp8_matmul cannot multiply these layers in fp8: "
+                             f"{capped(unfit)}. Set fp8_matmul = false (the weights stay fp8 and are "
+                             "multiplied in the compute dtype), or use a file with one scale per row.")
+    for layer in layers.values():
+        layer.matmul = "fp8"
+    return len(layers)
 
 
 def fp8_layers(model: nn.Module) -> dict[str, Fp8Linear]:

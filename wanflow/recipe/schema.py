@@ -201,6 +201,9 @@ class Runtime:
     compile: Literal["none", "blocks"] = setting(
         "none", why="blocks: torch.compile each DiT block (faster steps after a first slow one; may "
         "change the last bits)")
+    fp8_matmul: bool = setting(
+        False, why="multiply the DiT's fp8-stored block projections in fp8 (GPUs sm89+: faster GEMMs; "
+        "needs [memory].fp8); changes the numbers")
 
 
 @attrs.frozen

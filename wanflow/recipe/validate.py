@@ -45,6 +45,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     check_longcat(recipe, family, problems)
     check_animate(recipe, family, problems)
     _check_vae(recipe, problems)
+    _check_fp8_matmul(recipe, problems)
     _check_inputs(recipe, family, problems)
     _check_models(recipe, family, problems)
     _check_loras(recipe, family, problems)
@@ -99,6 +100,18 @@ def _check_sampler(recipe: Recipe, family: FamilySpec, families: FamilyLookup, p
     if s.denoising_strength < 1 and recipe.inputs.video is None and recipe.inputs.image is None:
         problems.add(("sampler", "denoising_strength"), s.denoising_strength,
                      "needs a source to keep: set [inputs].video (video-to-video) or [inputs].image, or use 1.0")
+
+
+def _check_fp8_matmul(recipe: Recipe, problems: Problems) -> None:
+    """fp8 matmuls multiply the weights as [memory].fp8 stores them, and have no backward."""
+    if not recipe.runtime.fp8_matmul:
+        return
+    if not recipe.memory.fp8:
+        problems.add(("runtime", "fp8_matmul"), True, "multiplies the block weights as [memory].fp8 stores "
+                     "them; set [memory].fp8 = true as well, or fp8_matmul = false")
+    if recipe.train is not None:
+        problems.add(("runtime", "fp8_matmul"), True, "fp8 matmuls have no backward, and training multiplies "
+                     "the frozen fp8 base in the compute dtype; set fp8_matmul = false")
 
 
 def _check_vae(recipe: Recipe, problems: Problems) -> None:

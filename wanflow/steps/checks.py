@@ -72,6 +72,8 @@ def _machine_problems(values: Any, where: Where, catalog: Any = None) -> list[st
                          f"torch can use; use {fixes[key]}")
     if values.get("memory.fp8"):
         found += _fp8_problems(values, where)
+    if values.get("runtime.fp8_matmul"):
+        found += _fp8_matmul_problems(values, where)
     backend = values.get("runtime.attention", TORCH_ATTENTION)
     if backend != TORCH_ATTENTION:  # torch's own runs everywhere: no look-up, no torch import
         found += _attention_problems(backend, values, where, catalog)
@@ -121,6 +123,22 @@ def _fp8_problems(values: Any, where: Where) -> list[str]:
     except Fp8UnsupportedError as exc:
         return [f"{where('memory.fp8')}: [memory].fp8 = true: {exc}; set it to false"]
     return []
+
+
+def _fp8_matmul_problems(values: Any, where: Where) -> list[str]:
+    """fp8 matmuls where torch or the GPU cannot run them, or with the DiT in another dtype than
+    the kernels return."""
+    from wanflow.models.fp8_matmul import problems
+    from wanflow.steps.runtime import effective_device, effective_dtype_name
+
+    device = effective_device(values.get("runtime.device", "auto"))
+    dtypes = {v for k, v in values.items() if k.startswith("models.dit") and k.endswith(".dtype") and v != "auto"}
+    dtypes = sorted(dtypes or {effective_dtype_name(values.get("runtime.dtype", "auto"), device)})
+    reasons = list(dict.fromkeys(why for dtype in dtypes for why in problems(device, dtype)))
+    if not reasons:
+        return []
+    return [f"{where('runtime.fp8_matmul')}: [runtime].fp8_matmul = true: cannot run here: {'; '.join(reasons)}; "
+            "set it to false (the fp8 weights are then multiplied in the compute dtype)"]
 
 
 def _guidance_problems(values: Any, where: Where) -> list[str]:

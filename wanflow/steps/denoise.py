@@ -54,7 +54,9 @@ class Denoise:
     dtypes: tuple[tuple[str, str], ...] = ()  # expert role -> [models.<role>].dtype when set
     #: (LoRA weight role, DiT role, scale) in recipe order; the files' digests are weights.
     loras: tuple[tuple[str, str, float], ...] = ()
-    storage: str = "compute"  # "fp8": block weights stored in fp8 ([memory].fp8; changes the numbers)
+    #: "fp8": block weights stored in fp8 ([memory].fp8); "fp8-matmul": also multiplied in fp8
+    #: ([runtime].fp8_matmul). Both change the numbers (``wanflow.models.fp8.STORAGES``).
+    storage: str = "compute"
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: The registry's entry for ``[runtime].attention`` when a plugin provides it (its identity is

@@ -39,7 +39,9 @@ class CausalDenoise:
     dit_dtype: str = "auto"  # [models.dit].dtype; "auto" follows [runtime].dtype
     #: (LoRA weight role, DiT role, scale) in recipe order; the files' digests are weights.
     loras: tuple[tuple[str, str, float], ...] = ()
-    storage: str = "compute"  # "fp8": block weights stored in fp8 ([memory].fp8; changes the numbers)
+    #: "fp8": block weights stored in fp8 ([memory].fp8); "fp8-matmul": also multiplied in fp8
+    #: ([runtime].fp8_matmul). Both change the numbers (``wanflow.models.fp8.STORAGES``).
+    storage: str = "compute"
     vae_dtype: str = "auto"  # [models.vae].dtype
     vae_device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).

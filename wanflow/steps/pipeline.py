@@ -25,7 +25,7 @@ from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import Denoise, expert_cfgs
 from wanflow.steps.files import check_dit
 from wanflow.steps.loras import check_loras, lora_uses, resolve_loras
-from wanflow.steps.runtime import describe_runtime, effective_device
+from wanflow.steps.runtime import describe_runtime, dit_storage, effective_device
 from wanflow.steps.save import SaveFrames, SaveMetadata, SaveVideo
 from wanflow.steps.text import EncodeText
 
@@ -204,7 +204,7 @@ def _denoise_node(job: _Job, texts: list[StepSpec], conditioning: list[tuple[str
                    z_dim=job.z_dim, latent_stride=job.family.spatial_factor // 2,
                    conditions=tuple(role for role, _ in conditioning), solver=entry,
                    dtypes=tuple((d, job.dtype(d)) for d in job.dits() if job.dtype(d) != "auto"),
-                   loras=loras, storage="fp8" if job.values["memory.fp8"] else "compute",
+                   loras=loras, storage=dit_storage(job.values),
                    residency=job.residency, tiers=_tiers(job.memory, job.dits()), peak=job.peak("denoise"),
                    attention=job.catalog.attention_backend(attention))
     return StepSpec("denoise", step, inputs=inputs, weights=weights, uses=uses)

@@ -90,6 +90,14 @@ def runtime_of(params: Mapping[str, Any]) -> tuple[str, Any]:
     return device, torch_dtype(effective_dtype_name(params["runtime.dtype"], device))
 
 
+def dit_storage(values: Mapping[str, Any]) -> str:
+    """How the DiT's block projections are held and multiplied (``wanflow.models.fp8.STORAGES``):
+    keyed by the denoise steps, since fp8 storage and fp8 matmuls change the numbers."""
+    if not values.get("memory.fp8"):
+        return "compute"
+    return "fp8-matmul" if values.get("runtime.fp8_matmul") else "fp8"
+
+
 def describe_runtime(values: Mapping[str, Any]) -> dict[str, str]:
     """The lock's runtime table: effective device, dtype, attention backend, noise device and the
     CPU thread count (float sums on the CPU depend on it, so a reproduction should match it)."""
