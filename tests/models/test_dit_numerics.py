@@ -157,3 +157,26 @@ def test_unpatchify_puts_channels_fastest():
     video = model.unpatchify(feats, grid)  # (1, 3, 1, 4, 6)
     token, ph, pw, c = 4, 1, 0, 2  # token 4 = (h 1, w 1)
     assert video[0, c, 0, 2 * 1 + ph, 2 * 1 + pw] == feats[0, token, (ph * 2 + pw) * 3 + c]
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_modulation_and_gated_residual_round_once_from_fp32_with_or_without_autograd(per_token):
+    """Inference writes the fp32 result straight into bf16, training takes the op's own result:
+    both are the fp32 value rounded once (bit for bit), and training still gets gradients."""
+    from wanflow.models.dit import gated_residual, modulate
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(2, 9, 32, generator=gen).bfloat16() for _ in range(2))
+    shape = (2, 9, 32) if per_token else (2, 1, 32)
+    shift, scale, gate = (torch.randn(shape, generator=gen) for _ in range(3))
+    expected_mod = (shift + x.float() * (1 + scale)).bfloat16()
+    expected_res = (x.float() + y.float() * gate).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(modulate(x, shift, scale), expected_mod)
+        assert torch.equal(gated_residual(x, y, gate), expected_res)
+    trained = x.clone().requires_grad_()
+    out = modulate(trained, shift, scale)
+    assert torch.equal(out, expected_mod) and out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.allclose(trained.grad.float(), (1 + scale).expand(2, 9, 32).bfloat16().float(), rtol=1e-2)
+    assert torch.equal(gated_residual(x, y, gate.requires_grad_()), expected_res)
