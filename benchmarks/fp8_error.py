@@ -14,9 +14,12 @@ Two measurements, both printed as markdown tables (docs/fp8.md quotes them):
    weight seeds x two seeded inputs (mean and largest relative RMS error): the tiny test DiT,
    the shipped wanflow-tiny DiT, and the 1.3B's width (dim 1536, ffn 8960) with 2 blocks, its
    weights normal or Student-t. "fp8 without scale" is a plain cast, as storage without scales
-   (DiffSynth's, diffusers' layerwise casting) keeps the weights.
+   (DiffSynth's, diffusers' layerwise casting) keeps the weights. "fp8 matmul" multiplies the
+   per-row fp8 weights in fp8, each token's activations quantised at its own scale
+   ([runtime].fp8_matmul, ``wanflow.models.fp8_matmul``).
 
     python benchmarks/fp8_error.py            # about 5 minutes on a 2-core CPU
+    python benchmarks/fp8_error.py --models   # the model table only
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # the tests' fixtures
 from tests.models._dit_fixtures import inputs, random_state, tiny_config
 from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.dit_config import WAN21_T2V_1_3B
-from wanflow.models.dit_loader import load_dit
+from wanflow.models.dit_loader import config_beside, load_dit
 from wanflow.models.fp8 import MARKER, dequantise, quantise, scale_key, stores_fp8
 
 SHAPES = ((1536, 1536), (8960, 1536), (1536, 8960))  # q/k/v/o, ffn.0, ffn.2 of the 1.3B
@@ -120,7 +123,7 @@ def stored_state(state: dict[str, torch.Tensor], storage: str) -> dict[str, torc
     return out
 
 
-STORAGES = ("bf16", "fp8 without scale", "fp8 per tensor", "fp8 per row")
+STORAGES = ("bf16", "fp8 without scale", "fp8 per tensor", "fp8 per row", "fp8 per row, fp8 matmul")
 
 
 def model_errors(cfg, state, dtype: torch.dtype) -> dict[str, list[float]]:
@@ -131,6 +134,7 @@ def model_errors(cfg, state, dtype: torch.dtype) -> dict[str, list[float]]:
         "fp8 without scale": load_dit(stored_state(state, "cast"), cfg, dtype=dtype, storage="fp8"),
         "fp8 per tensor": load_dit(stored_state(state, "tensor"), cfg, dtype=dtype, storage="fp8"),
         "fp8 per row": load_dit(stored_state(state, "row"), cfg, dtype=dtype, storage="fp8"),
+        "fp8 per row, fp8 matmul": load_dit(stored_state(state, "row"), cfg, dtype=dtype, storage="fp8-matmul"),
     }
     found: dict[str, list[float]] = {name: [] for name in STORAGES}
     for seed in INPUT_SEEDS:
@@ -149,7 +153,7 @@ def model_table() -> None:
     tiny = tiny_config("t2v")
     cases = {  # name -> (config, weights per weight seed)
         "tiny test DiT (randn x 0.1, 2 blocks)": (tiny, [random_state(tiny, seed=s) for s in range(4)]),
-        "wanflow-tiny asset DiT": (tiny_config("t2v", text_dim=64), [asset]),
+        "wanflow-tiny asset DiT": (config_beside(asset_file, asset), [asset]),
         "1.3B width, 2 blocks (std 0.02)": (wide, [_normal_state(wide, seed=s) for s in range(2)]),
         "1.3B width, 2 blocks (Student-t, 3 dof)": (wide, [_normal_state(wide, seed=s, heavy=True)
                                                       for s in range(2)]),
@@ -194,5 +198,6 @@ if __name__ == "__main__":
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(f"torch {torch.__version__}; errors are relative RMS (|error| / |reference|)\n")
-    weight_table()
+    if "--models" not in sys.argv[1:]:
+        weight_table()
     model_table()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every GPU check of the speed work in one command, for a lent GPU machine with a few minutes:
+# the CUDA paths' tests, the 14B and 1.3B targets (benchmarks/gpu_targets.py) and, where it
+# exists, the profile of one 14B forward. Figures go to $OUT (default /tmp/gpu-out).
+# Packages the machine lacks travel as wheels in .whl/ (docs/speed.md, "Measuring on a GPU").
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
+timeout "${TESTS_S:-150}" python3 -m pytest -q -p no:cacheprovider -x tests/models/test_fp8_matmul.py \
+  tests/models/test_attention_backends.py tests/models/test_dit_numerics.py 2>&1 | tail -15 | tee "$OUT/tests.txt"
+timeout "${BIG_S:-300}" python3 benchmarks/gpu_targets.py --config 14b --json "$OUT/targets-14b.json" 2>&1 \
+  | tee "$OUT/targets-14b.txt"
+timeout "${SMALL_S:-150}" python3 benchmarks/gpu_targets.py --config 1.3b --compile --json "$OUT/targets-1.3b.json" 2>&1 \
+  | tee "$OUT/targets-1.3b.txt"
+if [ -f benchmarks/dit_profile.py ]; then
+  timeout "${PROFILE_S:-90}" python3 benchmarks/dit_profile.py --config 14b --size 480x832x81 --device cuda \
+    --dtype bf16 --attention cudnn 2>&1 | tee "$OUT/profile-14b.txt"
+fi
