@@ -193,3 +193,17 @@ def test_cfg_merge_pairs_each_row_with_its_own_reference_caption(vap_env, media,
         for _, ex in _executed(_recipe(tmp_path, media, sampler={"cfg_merge": merge})):
             latents.append(ex.load("denoise")["latents"])
     assert torch.allclose(*latents, rtol=1e-4, atol=1e-4), (latents[0] - latents[1]).abs().max()  # fp32 rounding
+
+
+def test_fp8_storage_is_refused_at_validation_not_at_load(media, tmp_path):
+    """The DiT loads whole through its own loader, which holds no fp8 blocks: the recipe is refused
+    before anything runs, naming the key and the fix."""
+    from wanflow.errors import RecipeError
+    from wanflow.recipe import load_recipe
+
+    path = _recipe(tmp_path, media, memory={"fp8": True})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert err.value.problems == [f"{path}: [memory].fp8 = true: fp8 storage of "
+                                  "Video-As-Prompt's DiT's blocks is not built yet (it loads whole in the "
+                                  "compute dtype): use false"]

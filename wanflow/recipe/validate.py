@@ -20,6 +20,7 @@ from wanflow.recipe.problems import Problems, did_you_mean, refuse_changed
 from wanflow.recipe.s2v_rules import check_s2v
 from wanflow.recipe.schema import FILE_INPUTS, TEXT_INPUTS, Recipe
 from wanflow.recipe.train_rules import TRAIN_FOLDERS, check_train, conditioned_per_sample
+from wanflow.recipe.vap_rules import check_vap
 
 
 def check_identity(recipe: Recipe, families: FamilyLookup, problems: Problems) -> FamilySpec | None:
@@ -44,6 +45,7 @@ def check_recipe(recipe: Recipe, family: FamilySpec, families: FamilyLookup, pro
     check_s2v(recipe, family, problems)
     check_longcat(recipe, family, problems)
     check_animate(recipe, family, problems)
+    check_vap(recipe, family, problems)
     _check_vae(recipe, problems)
     _check_fp8_matmul(recipe, problems)
     _check_inputs(recipe, family, problems)
