@@ -51,7 +51,7 @@ def test_video_as_prompt_shards_are_recognised_by_their_reference_stream(tmp_pat
     assert VARIANTS[0].name == "Video-As-Prompt"
 
 
-@pytest.mark.parametrize(("storage", "tiers", "setting"), [("compute", ("blocks",), "[memory].budget"),
+@pytest.mark.parametrize(("storage", "tiers", "setting"), [("compute", ("blocks",), "[memory].limit_gb"),
                                                          ("fp8", (), "[memory].fp8")])
 def test_what_a_variant_cannot_do_is_refused_before_loading(tmp_path, storage, tiers, setting):
     LOADED.clear()

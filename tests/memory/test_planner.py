@@ -140,6 +140,18 @@ def test_refusal_offers_fp8_and_the_cpu_for_what_only_they_fix():
     assert peaks(moved)["encode_text"][0] == 0  # nothing of the text encoder on the device
 
 
+def test_fp8_is_not_offered_where_it_fits_only_by_streaming_its_blocks():
+    """fp8 blocks cannot be streamed yet (a plan streaming them is refused), so a budget that fp8
+    fits only block by block must not offer it."""
+    steps = [StepDemand("denoise", ("dit",), 100 * MIB)]
+    budget = DIT.non_block_bytes + DEVICE_SWAP_BLOCKS * 352 * MIB + 100 * MIB + 16 * MIB
+    fp8_streamed = plan(Budgets(budget, 64 * GIB), "stream", [DIT.as_fp8()], steps)
+    assert any(tier != "device" for tier in fp8_streamed.placement("dit").blocks)
+    with pytest.raises(MemoryPlanError) as err:
+        plan(Budgets(budget, 64 * GIB), "stream", [DIT], steps)
+    assert "fp8 storage of the DiT" not in err.value.fixes and err.value.fixes
+
+
 def test_explain_prints_each_component_and_each_step_against_its_budget():
     lines = plan(Budgets(24 * GIB, 64 * GIB), "auto", ALL, STEPS).explain()
     assert lines[0] == "memory policy stream (auto); budgets: device 24.00 GiB, host 64.00 GiB"

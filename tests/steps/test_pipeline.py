@@ -144,3 +144,26 @@ def test_fp8_matmuls_are_in_the_denoise_key_only():
     assert multiplied["denoise"].config["storage"] == "fp8-matmul"
     assert {n for n in stored if stored[n].config != multiplied[n].config} == {"denoise"}
     assert stored["encode-text:positive"].params == multiplied["encode-text:positive"].params
+
+
+@pytest.mark.parametrize("setting, limit, reason", [
+    ("memory.fp8=true", 0.01, "[memory].fp8 keeps them in fp8 (set fp8 = false)"),
+    ("runtime.compile=blocks", 0.012, '[runtime].compile compiles them (set compile = "none")')])
+def test_a_plan_streaming_blocks_that_cannot_stream_is_refused_while_planning(monkeypatch, setting, limit, reason):
+    """A GPU budget under which the plan streams the DiT's blocks, with a setting whose blocks cannot
+    stream yet: refused while planning (exit 2, nothing loaded), not when the DiT loads. A budget
+    that keeps the blocks whole plans with the setting."""
+    from wanflow.memory.planner import MemoryPlanError, streams_blocks
+    from wanflow.steps import pipeline
+
+    monkeypatch.setattr(pipeline, "effective_device", lambda device: "cuda")  # budgets as on a GPU
+    small = ("video.width=16", "video.height=16", "video.frames=1", "memory.policy=stream", setting)
+
+    def memory_plan(budget: float):
+        resolved = load_recipe(QUICKSTART, sets=(*small, f"memory.limit_gb={budget}"))
+        return get_registry().pipeline(resolved.model).memory_plan(resolved)
+
+    with pytest.raises(MemoryPlanError) as err:
+        memory_plan(limit)
+    assert "streams the blocks of dit" in str(err.value) and reason in str(err.value)
+    assert not streams_blocks(memory_plan(0.05))

@@ -66,7 +66,7 @@ def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, devic
     streams its blocks or ``[memory].fp8`` is on and the variant cannot."""
     if tiers and not variant.streams:
         raise ModelInputError(f"{variant.name}: blocks streamed by the memory policy are not supported yet; "
-                              "raise [memory].budget (or set [memory].policy) so the DiT fits whole")
+                              "raise [memory].limit_gb (or set [memory].policy) so the DiT fits whole")
     if storage != "compute" and not variant.fp8:
         raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
     return variant.function(variant.load)(list(weights), dtype=dtype, device=device, attention_kernel=attention)

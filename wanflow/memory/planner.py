@@ -333,9 +333,15 @@ def _fixes(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
                 if n not in host_compute and not s.block_bytes
                 and _first_fit(budgets, policy, sizes, steps, host_compute | {n}) is not None]
     fp8 = {n: s.as_fp8() for n, s in sizes.items()}
-    if fp8 != dict(sizes) and fits(budgets, policy, fp8):
+    with_fp8 = _first_fit(budgets, policy, fp8, steps, host_compute) if fp8 != dict(sizes) else None
+    if with_fp8 is not None and not streams_blocks(with_fp8):  # fp8 blocks cannot be streamed yet
         out.append("fp8 storage of the DiT")
     return out
+
+
+def streams_blocks(found: MemoryPlan) -> bool:
+    """Whether the plan keeps some block of a DiT off the device while it runs."""
+    return any(tier != "device" for p in found.placements for tier in p.blocks)
 
 
 def _least(fits: Callable[[int], bool], ceiling: int = 1 << 50) -> int | None:
