@@ -5,10 +5,12 @@ resulting shift/scale/gate vectors in fp32 (under ``autocast(dtype=torch.float32
 rounds away part of the timestep's effect on every block. These tests follow the data rather
 than the code: every value computed from the timestep and the island weights alone must be at
 least fp32, and every operation that applies such a value to the bf16 activations must compute
-in fp32 (its result is cast back to bf16 only afterwards).
+in fp32 (its result is rounded to bf16 only at the end, by a cast or as it is written into a bf16 `out=`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -67,9 +69,17 @@ class IslandTrace(TorchFunctionMode):
                 self.activation[id(t)] = t
             if from_island:
                 self.mixed += 1
-                self.broken += [f"{name} applied an island value in {t.dtype}"
-                                for t in made if t.dtype in REDUCED]
+                self.broken += [f"{name} applied an island value in {computed}"
+                                for t in made if (computed := computed_dtype(t, args, kwargs or {})) in REDUCED]
         return out
+
+
+def computed_dtype(made: torch.Tensor, args: tuple, kwargs: dict) -> torch.dtype:
+    """The dtype an op computed ``made`` in: its own, or, when written into a given ``out=``
+    tensor, the operands' promoted dtype (torch computes there and rounds once into ``out``)."""
+    if "out" not in kwargs:
+        return made.dtype
+    return functools.reduce(torch.promote_types, [t.dtype for t in tensors_in(args)])
 
 
 def traced(model: WanDiT, inp: dict) -> IslandTrace:
