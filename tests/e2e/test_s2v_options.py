@@ -1,0 +1,110 @@
+"""Wan2.2-S2V's release options on tiny weights: ``[inputs].start_from_ref`` and ``num_clip``.
+
+``start_from_ref`` (the release's ``--start_from_ref``): the last 6 of the 73 zero frames before
+the video are the reference image, prepared as the reference is, and the first clip keeps its
+motion tokens and decodes after them (no 3 frames dropped); the run equals the tiny DiT and VAE
+driven by hand that way, the reference frames staying in the rolled context of the second clip.
+``num_clip``: N clips are the first N of the whole run, bit for bit, and the mp4 and its sound
+end with them. Each re-runs the denoise step (and start_from_ref its motion encode), never the
+text or audio encodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tomlkit
+import torch
+
+from tests.e2e._run import computed, run, video_shape
+from tests.e2e.test_s2v_runs import (  # noqa: F401  (fixtures)
+    AFTER,
+    CLIP,
+    FPS,
+    SAMPLER,
+    _ByHand,
+    _executed,
+    _recipe,
+    _seconds,
+    media,
+    s2v_env,
+    s2v_root,
+)
+
+
+def _with(recipe, **values):
+    """``recipe`` with typed [inputs] values (write_recipe quotes what it is given)."""
+    doc = tomlkit.parse(recipe.read_text())
+    for key, value in values.items():
+        doc["inputs"][key] = value
+    recipe.write_text(tomlkit.dumps(doc))
+    return recipe
+
+
+def _reference_context(image) -> torch.Tensor:
+    """The release's start_from_ref context: 67 zero frames, then 6 of the prepared reference image."""
+    from wanflow.steps.media import image_tensor
+
+    ref = image_tensor(image, 64, 64)  # (3, 1, 64, 64): shorter side, centre crop, [-1, 1]
+    return torch.cat([torch.zeros(3, 67, 64, 64), ref.expand(3, 6, 64, 64)], dim=1)[None]
+
+
+def test_start_from_ref_ends_the_zero_context_with_the_reference_and_keeps_the_first_motion(
+        s2v_env, s2v_root, media, tmp_path):
+    from wanflow.output import to_uint8_frames
+
+    recipe = _with(_recipe(tmp_path, media, sampler=SAMPLER), start_from_ref=True)
+    for resolved, ex in _executed(recipe):
+        hand = _ByHand(s2v_root, ex, resolved)
+        motion = ex.load("encode-conditioning:s2v-motion")
+        context = _reference_context(media["first"])
+        assert torch.equal(motion["frames"], context)
+        assert torch.allclose(motion["latents"], hand.encode(context), atol=1e-5)
+        found = ex.load("denoise")
+        first = hand.clip(0, motion=motion["latents"])  # the first clip keeps its motion tokens
+        assert torch.allclose(found["latents"][:, :, :2], first, rtol=1e-5, atol=1e-6)
+        assert (first - hand.clip(0, motion=None)).abs().max() > 1e-3  # unlike the release's default
+        video0 = hand.decode(torch.cat([motion["latents"], first], dim=2))  # all 8 frames: none dropped
+        rolled = torch.cat([context[:, :, CLIP:], video0], dim=2)  # the reference frames are still in it
+        second = hand.clip(1, motion=hand.encode(rolled))
+        assert torch.allclose(found["latents"][:, :, 2:], second, rtol=1e-4, atol=1e-5), \
+            (found["latents"][:, :, 2:] - second).abs().max()
+        video1 = hand.decode(torch.cat([hand.encode(rolled), second], dim=2))
+        joined = to_uint8_frames(torch.cat([video0, video1], dim=2)[0])[:12]  # cut to the recording's 12
+        assert found["frames"].shape == (12, 64, 64, 3)
+        assert np.abs(found["frames"].numpy().astype(int) - joined.astype(int)).max() <= 1
+
+
+def test_num_clip_makes_the_first_clips_of_the_whole_run_bit_for_bit(s2v_env, media, tmp_path):
+    for _, ex in _executed(_recipe(tmp_path, media, sampler=SAMPLER)):
+        whole = ex.load("denoise")
+    assert whole["latents"].shape[2] == 4 and whole["frames"].shape[0] == 12  # two clips
+    recipe = _with(_recipe(tmp_path, media, sampler=SAMPLER), num_clip=1)
+    for _, ex in _executed(recipe):
+        one = ex.load("denoise")
+        assert torch.equal(one["latents"], whole["latents"][:, :, :2])
+        assert torch.equal(one["frames"], whole["frames"][:CLIP - 3])  # the first clip: 8 frames less 3
+    outcome = run(recipe, s2v_env)
+    video = outcome.archive / "outputs" / "video.mp4"
+    frames, _, _ = video_shape(video)
+    assert frames == 5 and abs(_seconds(video) - 5 / FPS) < 1 / FPS  # the sound cut to the clip, not 0.75 s
+
+
+@pytest.mark.parametrize("values, frames", [({"num_clip": 1, "start_from_ref": True}, CLIP)])
+def test_a_first_clip_that_keeps_its_motion_keeps_all_its_frames(s2v_env, media, tmp_path, values, frames):
+    outcome = run(_with(_recipe(tmp_path, media, sampler=SAMPLER), **values), s2v_env)
+    video = outcome.archive / "outputs" / "video.mp4"
+    assert video_shape(video)[0] == frames and abs(_seconds(video) - frames / FPS) < 1 / FPS
+
+
+def test_each_option_reruns_the_denoise_step_never_the_text_or_audio_encodes(s2v_env, media, tmp_path):
+    base = run(_recipe(tmp_path, media, sampler=SAMPLER), s2v_env)
+    fewer = run(_with(_recipe(tmp_path, media, sampler=SAMPLER), num_clip=1), s2v_env)
+    assert computed(fewer) == AFTER
+    assert fewer.lock["outputs"] != base.lock["outputs"]
+    same = run(_with(_recipe(tmp_path, media, sampler=SAMPLER), num_clip=2), s2v_env)
+    assert computed(same) == AFTER  # keyed by its value: all the clips, but another setting
+    from_ref = run(_with(_recipe(tmp_path, media, sampler=SAMPLER), start_from_ref=True), s2v_env)
+    assert computed(from_ref) == {"encode-conditioning:s2v-motion", *AFTER}
+    assert from_ref.lock["outputs"] != base.lock["outputs"]
+    assert computed(run(_with(_recipe(tmp_path, media, sampler=SAMPLER), start_from_ref=False), s2v_env)) == set()
