@@ -108,3 +108,17 @@ def test_each_option_reruns_the_denoise_step_never_the_text_or_audio_encodes(s2v
     assert computed(from_ref) == {"encode-conditioning:s2v-motion", *AFTER}
     assert from_ref.lock["outputs"] != base.lock["outputs"]
     assert computed(run(_with(_recipe(tmp_path, media, sampler=SAMPLER), start_from_ref=False), s2v_env)) == set()
+    # with start_from_ref the motion context holds the image: a new image re-encodes it too
+    other = _recipe(tmp_path, media, inputs={"image": media["last"]}, sampler=SAMPLER)
+    assert computed(run(_with(other, start_from_ref=True), s2v_env)) == {
+        "encode-conditioning:s2v-reference", "encode-conditioning:s2v-motion", *AFTER}
+    assert computed(run(_with(other, start_from_ref=False), s2v_env)) == AFTER  # the zero context is reused
+
+
+def test_num_clip_encodes_only_the_pose_of_its_clips(s2v_env, media, tmp_path):
+    posed = {"s2v_pose_video": media["pose"]}
+    for _, ex in _executed(_recipe(tmp_path, media, inputs=posed, sampler=SAMPLER)):
+        pose, whole = ex.load("encode-conditioning:s2v-pose")["latents"], ex.load("denoise")["latents"]
+    for _, ex in _executed(_with(_recipe(tmp_path, media, inputs=posed, sampler=SAMPLER), num_clip=1)):
+        assert torch.equal(ex.load("encode-conditioning:s2v-pose")["latents"], pose[:, :, :2])
+        assert torch.equal(ex.load("denoise")["latents"], whole[:, :, :2])
