@@ -16,8 +16,9 @@ import pytest
 import tomlkit
 import torch
 
+from tests.e2e import test_s2v_runs
 from tests.e2e._run import computed, run, video_shape
-from tests.e2e.test_s2v_runs import (  # noqa: F401  (fixtures)
+from tests.e2e.test_s2v_runs import (
     AFTER,
     CLIP,
     FPS,
@@ -26,10 +27,10 @@ from tests.e2e.test_s2v_runs import (  # noqa: F401  (fixtures)
     _executed,
     _recipe,
     _seconds,
-    media,
-    s2v_env,
-    s2v_root,
 )
+
+# the S2V runs' fixtures: the tiny checkpoints, the recordings and videos, the run folder
+s2v_root, media, s2v_env = test_s2v_runs.s2v_root, test_s2v_runs.media, test_s2v_runs.s2v_env
 
 
 def _with(recipe, **values):

@@ -203,10 +203,10 @@ def _set(**values):
 @pytest.mark.parametrize("values, inputs, words", [
     ({"num_clip": 0}, {}, "[inputs].num_clip = 0: must be ≥ 1"),
     ({"num_clip": 3}, {}, "[inputs].num_clip = 3: the recording needs only 2 clips of 8 frames; use at most 2"),
-    ({"start_from_ref": True}, {"motion_video": "pose"}, "[inputs].start_from_ref = true: puts the reference image "
-     "at the end of the 73 zero frames before the video, and [inputs].motion_video gives those 73 frames itself"),
-    ({"num_clip": 1}, {"s2v_pose_video": "pose_tiny"}, "the video has 5 frames at 16 fps, fewer than the 8 needed "
-     "([inputs].num_clip asks for 1 clip of 8 frames"),
+    ({"start_from_ref": True}, {"motion_video": "pose"}, ("[inputs].start_from_ref = true: puts the reference image "
+     "at the end of the 73 zero frames before the video, and [inputs].motion_video gives those 73 frames itself")),
+    ({"num_clip": 1}, {"s2v_pose_video": "pose_tiny"}, ("the video has 5 frames at 16 fps, fewer than the 8 needed "
+     "([inputs].num_clip asks for 1 clip of 8 frames")),
 ])
 def test_bad_start_from_ref_and_num_clip_are_refused_naming_the_key(tmp_path, media, values, inputs, words):
     found = _problems(tmp_path, media, inputs=inputs, edit=_set(**values))
