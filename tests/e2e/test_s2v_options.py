@@ -3,7 +3,8 @@
 ``start_from_ref`` (the release's ``--start_from_ref``): the last 6 of the 73 zero frames before
 the video are the reference image, prepared as the reference is, and the first clip keeps its
 motion tokens and decodes after them (no 3 frames dropped); the run equals the tiny DiT and VAE
-driven by hand that way, the reference frames staying in the rolled context of the second clip.
+driven by hand that way, the reference frames staying in the rolled context of the second clip,
+and a motion video of those frames gives the same bits.
 ``num_clip``: N clips are the first N of the whole run, bit for bit, and the mp4 and its sound
 end with them. Each re-runs the denoise step (and start_from_ref its motion encode), never the
 text or audio encodes.
@@ -121,3 +122,19 @@ def test_num_clip_encodes_only_the_pose_of_its_clips(s2v_env, media, tmp_path):
     for _, ex in _executed(_with(_recipe(tmp_path, media, inputs=posed, sampler=SAMPLER), num_clip=1)):
         assert torch.equal(ex.load("encode-conditioning:s2v-pose")["latents"], pose[:, :, :2])
         assert torch.equal(ex.load("denoise")["latents"], whole[:, :, :2])
+
+
+def test_start_from_ref_is_a_motion_video_of_zero_frames_ending_in_the_reference(s2v_env, media, tmp_path,
+                                                                                  monkeypatch):
+    """Bit for bit over two clips. The motion video's pixels are handed over as read: its frames
+    are uint8, and the release's zero is 127.5 of 255, which no video file holds."""
+    from wanflow.steps import s2v_checks
+
+    found = []
+    for _, ex in _executed(_with(_recipe(tmp_path, media, sampler=SAMPLER), start_from_ref=True)):
+        found.append(ex.load("denoise"))
+    monkeypatch.setattr(s2v_checks, "read_motion_video", lambda *a: _reference_context(media["first"])[0])
+    for _, ex in _executed(_recipe(tmp_path, media, inputs={"motion_video": media["motion"]}, sampler=SAMPLER)):
+        found.append(ex.load("denoise"))
+    ref, video = found
+    assert torch.equal(ref["latents"], video["latents"]) and torch.equal(ref["frames"], video["frames"])
