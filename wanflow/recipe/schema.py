@@ -162,7 +162,7 @@ class Inputs:
         "the reference) as the last 6 of the 73 zero frames before the video, and the first clip keeps its motion "
         "tokens (false: the release's default, the first clip drops them)")
     num_clip: int | None = setting(None, ge=1, why="S2V: the release's --num_clip: make only the first N clips, the "
-                                   "video and its sound cut to them (None: as many as the recording needs)")
+                                   "video and its sound cut to them (unset: as many as the recording needs)")
     longcat_video: str | None = setting(None, why="LongCat-Video: the video to continue (its last "
                                         "longcat_cond_frames frames condition the clip)")
     longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
