@@ -190,3 +190,56 @@ def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monke
 def test_precomputed_buckets_that_do_not_fit_are_refused(tmp_path, media, embeds, words):
     found = _problems(tmp_path, media, inputs={"audio_embeds": embeds})
     assert len(found) == 1 and "[inputs].audio_embeds" in found[0] and words in found[0], found
+
+
+def _set(**values):
+    """An edit of the recipe's [inputs] table (typed values, which write_recipe would quote)."""
+    def edit(doc):
+        for key, value in values.items():
+            doc["inputs"][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("values, inputs, words", [
+    ({"num_clip": 0}, {}, "[inputs].num_clip = 0: must be ≥ 1"),
+    ({"num_clip": 3}, {}, "[inputs].num_clip = 3: the recording needs only 2 clips of 8 frames; use at most 2"),
+    ({"start_from_ref": True}, {"motion_video": "pose"}, ("[inputs].start_from_ref = true: puts the reference image "
+     "at the end of the 73 zero frames before the video, and [inputs].motion_video gives those 73 frames itself")),
+    ({"num_clip": 1}, {"s2v_pose_video": "pose_tiny"}, ("the video has 5 frames at 16 fps, fewer than the 8 needed "
+     "([inputs].num_clip asks for 1 clip of 8 frames")),
+])
+def test_bad_start_from_ref_and_num_clip_are_refused_naming_the_key(tmp_path, media, values, inputs, words):
+    found = _problems(tmp_path, media, inputs=inputs, edit=_set(**values))
+    assert any(words in p and p.startswith(str(tmp_path)) for p in found), found
+
+
+def test_good_start_from_ref_and_num_clip_have_no_problem(tmp_path, media):
+    # one clip of two needs only the first clip's 8 frames of pose: the 10-frame video is enough
+    edit = _set(num_clip=1, start_from_ref=True)
+    assert _problems(tmp_path, media, inputs={"s2v_pose_video": "pose_short"}, edit=edit) == []
+    assert _problems(tmp_path, media, edit=_set(num_clip=2, start_from_ref=False)) == []
+
+
+@pytest.mark.parametrize("key, value", [("start_from_ref", True), ("start_from_ref", False), ("num_clip", 1)])
+def test_the_s2v_settings_are_refused_by_other_families_with_exit_2(tmp_path, key, value, capsys):
+    from wanflow.cli import main
+
+    path = write_recipe(tmp_path, "wan2.1-t2v-1.3b", video={"width": 64, "height": 64, "frames": 9})
+    doc = tomlkit.parse(path.read_text())
+    doc["inputs"] = {key: value}
+    path.write_text(tomlkit.dumps(doc))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"[inputs].{key} = {str(value).lower()}: wan2.1-t2v-1.3b does not take this setting (it is Wan2.2-S2V's)" \
+        in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("key, value", [("start_from_ref", True), ("num_clip", 1)])
+def test_the_s2v_settings_are_refused_in_training(tmp_path, media, key, value):
+    path = tmp_path / "t.toml"
+    _train_problems(tmp_path, media, [_row(media)])
+    doc = tomlkit.parse(path.read_text())
+    doc["inputs"] = {key: value}
+    path.write_text(tomlkit.dumps(doc))
+    found = wanflow.validate(path)
+    assert any(f"[inputs].{key} = {str(value).lower()}: is not read by training" in p for p in found), found

@@ -113,8 +113,9 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
     Kind("s2v-pose", "s2v_pose", "the VAE latents of speech-to-video's pose video, clip by clip, added to "
          "the video tokens through cond_encoder (none: zero latents)", ("s2v_pose_video",), frozenset({"extras"})),
     Kind("s2v-motion", "s2v_motion", "the 73 frames before speech-to-video's first clip (zeros, or the last "
-         "73 of the motion video) and their latents, the motion context the clip loop rolls on",
-         ("motion_video",), frozenset({"extras"})),
+         "73 of the motion video) and their latents, the motion context the clip loop rolls on; "
+         "start_from_ref puts the reference image in the last 6",
+         ("motion_video", "start_from_ref"), frozenset({"extras"})),
     Kind("longcat-frames", "longcat", "LongCat-Video's continuation: the VAE latents of the last "
          "[inputs].longcat_cond_frames frames of [inputs].longcat_video, held clean as the clip's first "
          "latent frames (t = 0, attending only to themselves)", ("longcat_video",), frozenset({"clamp"})),

@@ -31,7 +31,7 @@ NEGATIVE = ("画面模糊，最差质量，画面模糊，细节模糊不清，�
             "三条腿，背景人很多，倒着走")
 DEFAULTS = {"video.width": 832, "video.height": 448, "video.frames": 81, "video.fps": 16,
             "sampler.solver": "unipc", "sampler.steps": 40, "sampler.shift": 3.0, "sampler.cfg": 4.5,
-            "prompt.negative": NEGATIVE, "inputs.audio_sample_rate": 16000}
+            "prompt.negative": NEGATIVE, "inputs.audio_sample_rate": 16000, "inputs.start_from_ref": False}
 #: Sizes the release names (``SIZE_CONFIGS`` for s2v-14B), (width, height); others warn.
 #: What the clip loop reads, each a cached step: the speech, the reference image, the pose video
 #: (optional) and the motion context before the first clip.
@@ -54,10 +54,12 @@ def components() -> dict[str, ComponentSpec]:
 
 def family() -> FamilySpec:
     """wan2.2-s2v-14b: the reference image (``[inputs].image``) and the speech (``[inputs].audio``)
-    are required; a pose video and 73 frames of motion context are optional."""
+    are required; a pose video and 73 frames of motion context are optional, as are the release's
+    ``start_from_ref`` and ``num_clip``."""
     return FamilySpec(
         NAME, f"Wan2.2 S2V-14B: a reference image speaks a recording, the video as long as the audio ({REPO})",
         components(), DEFAULTS,
-        frozenset({"image", "audio", "audio_sample_rate", "s2v_pose_video", "motion_video", "audio_embeds"}),
+        frozenset({"image", "audio", "audio_sample_rate", "s2v_pose_video", "motion_video", "audio_embeds",
+                   "start_from_ref", "num_clip"}),
         frozenset({"image", "audio"}), sizes=SIZES, solvers=("unipc", "euler", "dpm++"), pipeline=PIPELINE,
         conditioners=CONDITIONERS)

@@ -20,6 +20,7 @@ KNOWN_INPUTS = (
     "audio", "pose_video", "face_video", "camera", "vace", "motion_bucket",
     "vap_video", "vap_prompt", "negative_vap_prompt",
     "s2v_pose_video", "motion_video", "audio_sample_rate", "audio_embeds",
+    "start_from_ref", "num_clip",
     "longcat_video",
     "animate_mode", "background_video", "overlap_frames", "relighting_lora",
 )

@@ -4,8 +4,11 @@ The clip loop (docs/s2v.md) reads the steps, shift, solver, seed, noise device, 
 CFG-Zero* of ``[sampler]``; a setting it would not read is refused, naming the key, instead of
 changing the step's key and not the video. The motion tokens' coarsest patches need the latent
 size in multiples of 8 (the video in multiples of 64 pixels); the speech encoder takes 16 kHz
-audio only; the video carries the recording as an mp4 audio track. A ``[train]`` recipe trains one clip per sample from dataset columns
-(``wanflow.steps.train_s2v``): the recipe-wide inputs it would not read are refused here.
+audio only; the video carries the recording as an mp4 audio track. ``start_from_ref`` ends the
+release's zero motion context with the reference image, so it is refused beside a motion video,
+which replaces that context; it and ``num_clip`` are refused on other families. A ``[train]``
+recipe trains one clip per sample from dataset columns (``wanflow.steps.train_s2v``): the
+recipe-wide inputs it would not read are refused here.
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -32,9 +35,17 @@ _UNREAD = {
 }
 
 
+#: S2V's settings under [inputs] that are not files (files are refused by validate's _check_inputs).
+SETTINGS = ("start_from_ref", "num_clip")
+
+
 def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
-    """Refuse what the speech-to-video pipeline cannot honour; a no-op for other families."""
+    """Refuse what the speech-to-video pipeline cannot honour, and its settings on other families."""
     if family.pipeline != PIPELINE:
+        for name in SETTINGS:
+            if getattr(recipe.inputs, name) is not None and name not in family.accepted_inputs:
+                problems.add(("inputs", name), getattr(recipe.inputs, name), f"{family.name} does not take this "
+                             "setting (it is Wan2.2-S2V's); remove it or choose wan2.2-s2v-14b")
         return
     for key in ("width", "height"):
         value = getattr(recipe.video, key)
@@ -49,6 +60,10 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     _check_sampler(recipe, problems)
     if recipe.train is not None:
         _check_train(recipe, problems)
+    elif recipe.inputs.start_from_ref and recipe.inputs.motion_video is not None:
+        problems.add(("inputs", "start_from_ref"), True, "puts the reference image at the end of the 73 zero "
+                     "frames before the video, and [inputs].motion_video gives those 73 frames itself; remove "
+                     "one (to start from the reference, end the motion video with it instead)")
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
@@ -65,6 +80,10 @@ def _check_train(recipe: Recipe, problems: Problems) -> None:
     if recipe.inputs.audio_embeds is not None:
         problems.add(("inputs", "audio_embeds"), recipe.inputs.audio_embeds, "is not read by training: each "
                      "sample's speech is encoded from the dataset's input_audio column; remove it")
+    for name in SETTINGS:
+        if getattr(recipe.inputs, name) not in (None, False):
+            problems.add(("inputs", name), getattr(recipe.inputs, name), "is not read by training: every sample "
+                         "trains one clip, a first clip without motion context; remove it")
     if recipe.train.task != "sft":
         problems.add(("train", "task"), recipe.train.task, "direct_distill is not built for speech-to-video "
                      '(its DiT reads latent frame 0 as the reference); use task = "sft"')

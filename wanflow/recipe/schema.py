@@ -157,6 +157,12 @@ class Inputs:
     audio_embeds: str | None = setting(None, why="S2V: precomputed speech features used instead of encoding "
                                        "[inputs].audio: a safetensors file whose \"audio_embeds\" is (1, 25, 1024, "
                                        "frames), one bucket per video frame, the clips joined")
+    start_from_ref: bool | None = setting(
+        None, family=True, why="S2V: the release's --start_from_ref: the reference image (resized and cropped as "
+        "the reference) as the last 6 of the 73 zero frames before the video, and the first clip keeps its motion "
+        "tokens (false: the release's default, the first clip drops them)")
+    num_clip: int | None = setting(None, ge=1, why="S2V: the release's --num_clip: make only the first N clips, the "
+                                   "video and its sound cut to them (unset: as many as the recording needs)")
     longcat_video: str | None = setting(None, why="LongCat-Video: the video to continue (its last "
                                         "longcat_cond_frames frames condition the clip)")
     longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "

@@ -42,7 +42,7 @@ def _reference_node(job: Any, declared: Any) -> StepSpec:
 
 
 def _pose_node(job: Any, declared: Any) -> StepSpec | None:
-    from wanflow.steps.s2v_checks import clip_plan
+    from wanflow.steps.s2v_checks import clip_plan, made_clips
 
     if not job.given("s2v_pose_video"):
         return None
@@ -50,14 +50,16 @@ def _pose_node(job: Any, declared: Any) -> StepSpec | None:
     if plan is None:
         raise ModelInputError(f"{job.resolved.path}: [inputs].audio cannot be read, so the clips the pose video "
                               "is cut into are not known; run `wanflow validate` for why")
-    step = EncodeS2VPose(job.vae_version, plan.clips, **job.placed("vae"))
+    step = EncodeS2VPose(job.vae_version, made_clips(plan.clips, job.values), **job.placed("vae"))
     return StepSpec(POSE_NODE, step, files={"s2v_pose_video": job.file("s2v_pose_video")}, weights=job.vae_weight())
 
 
 def _motion_node(job: Any, declared: Any) -> StepSpec:
-    given = job.given("motion_video")
-    step = EncodeS2VMotion(job.vae_version, given, **job.placed("vae"))
+    given, from_reference = job.given("motion_video"), job.values["inputs.start_from_ref"] is True
+    step = EncodeS2VMotion(job.vae_version, given, from_reference, **job.placed("vae"))
     files = {"motion_video": job.file("motion_video")} if given else {}
+    if from_reference:  # the reference image's frames end the context: its content is in the key
+        files["image"] = job.file("image")
     return StepSpec(MOTION_NODE, step, files=files, weights=job.vae_weight())
 
 

@@ -1,18 +1,22 @@
 """denoise (speech-to-video): the official clip loop, from the audio buckets to the joined video.
 
-For clip r = 0, 1, … (as many as the recording needs, ``wanflow.audio.plan_clips``):
+For clip r = 0, 1, … (as many as the recording needs, ``wanflow.audio.plan_clips``, or the first
+``[inputs].num_clip`` of them, the release's ``--num_clip``):
 1. noise (1, 16, B/4, h, w) from seed + r, as the official loop seeds each clip;
 2. the solver's steps over the S2V DiT given the clip's audio buckets, the reference latent, the
    clip's pose latents (none: zero latents) and the motion latents of the 73 frames before it;
    guidance's unconditional pass takes the negative prompt and the buckets times 0. The first
    clip drops its motion tokens (the release's ``drop_first_motion``) unless a motion video is
-   given, which the first clip then continues like any later clip;
+   given or ``[inputs].start_from_ref`` put the reference image at the end of the zero context
+   (the release's ``--start_from_ref``): the first clip then continues that context like any
+   later clip;
 3. decode [reference, latents] (first clip, whose 3 leading frames belong to the reference's
    latent frame and are dropped) or [motion latents, latents], keep the clip's last B frames;
 4. roll the 73 frames of motion context (keep the last 73 of context + clip) and encode them again.
 
 The clips are joined and cut to the recording's length (the last clip runs on into the silence
-after it). Each finished clip is checkpointed with the motion context it leaves, so a killed run
+after it); with ``num_clip`` the video ends with its last clip and the save step cuts the sound to
+it. Each finished clip is checkpointed with the motion context it leaves, so a killed run
 resumes at the next clip, bit for bit. This step decodes as it goes, so it reads the VAE as well as the DiT: the VAE's file
 and tiling are part of its key, and it hands the save step frames ("frames") besides the sampled
 latents of every clip ("latents", (1, 16, clips·B/4, h, w)).
@@ -32,6 +36,7 @@ from wanflow.steps.component import component_runtime
 from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS
+from wanflow.steps.s2v_checks import made_clips
 from wanflow.steps.s2v_encode import MOTION_FRAMES, frames_per_clip
 from wanflow.steps.vae_on_device import VaeOnDevice, vae_on_device
 
@@ -46,7 +51,7 @@ class S2VDenoise:
     dit_files: int  # files of the one DiT ("dit.0" …)
     vae_version: str  # "wan2.1"
     pose: bool  # a pose video's latents arrive as "pose" (else zero latents)
-    motion_given: bool  # [inputs].motion_video: the first clip keeps its motion tokens
+    motion_given: bool  # [inputs].motion_video or start_from_ref: the first clip keeps its motion tokens
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed by name through params and uses
     dit_dtype: str = "auto"
     loras: tuple[tuple[str, str, float], ...] = ()
@@ -59,7 +64,7 @@ class S2VDenoise:
     kind: str = "denoise-s2v"
     version: int = 1
     output: str = "tensors"
-    reads: tuple[str, ...] = (*DENOISE_READS, *VAE_READS, "video.fps", "inputs.audio_sample_rate")
+    reads: tuple[str, ...] = (*DENOISE_READS, *VAE_READS, "video.fps", "inputs.audio_sample_rate", "inputs.num_clip")
 
     @classmethod
     def replacing(cls, denoise: Any, decode: Any, pose: bool, motion_given: bool) -> S2VDenoise:
@@ -86,7 +91,7 @@ class S2VDenoise:
         p = ctx.params
         audio = ctx.input("audio")
         clip = frames_per_clip(p)
-        clips = audio["buckets"].shape[-1] // clip
+        clips = made_clips(audio["buckets"].shape[-1] // clip, p)
         schedule = make_schedule(self.solver.load(), p["sampler.steps"], p["sampler.shift"], 1.0)
         bar = ctx.progress(clips * schedule.steps, desc="denoise", unit="step")
         loop = _ClipLoop(self._dit(ctx), self._vae(ctx), ctx, self, schedule, bar)

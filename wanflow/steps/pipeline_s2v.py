@@ -47,7 +47,7 @@ class S2VPipeline(WanPipeline):
         out = []
         for node in nodes:
             if node.name == "denoise":
-                node = clip_loop_node(node, decode, resolved.values.get("inputs.motion_video") is not None)
+                node = clip_loop_node(node, decode, first_keeps_motion(resolved.values))
             elif node.name in FRAME_READERS:
                 node = attrs.evolve(node, inputs={**node.inputs, "frames": "denoise"})
             if node.name != "decode":
@@ -55,9 +55,16 @@ class S2VPipeline(WanPipeline):
         return with_audio_track(out, Path(resolved.values["inputs.audio"]))
 
 
+def first_keeps_motion(values: Any) -> bool:
+    """Whether the first clip keeps its motion tokens: it continues a motion video, or the
+    reference image ends its context (``start_from_ref``, which the release runs without
+    ``drop_first_motion``)."""
+    return values["inputs.motion_video"] is not None or values["inputs.start_from_ref"] is True
+
+
 def clip_loop_node(denoise: StepSpec, decode: StepSpec, motion_given: bool) -> StepSpec:
     """The denoise node with the clip loop: the same inputs and DiT weights, plus ``decode``'s VAE;
-    ``motion_given``: the first clip continues a motion video (it keeps its motion tokens)."""
+    ``motion_given``: the first clip continues its context (it keeps its motion tokens)."""
     step = S2VDenoise.replacing(denoise.step, decode.step, pose="s2v_pose" in denoise.step.conditions,
                                 motion_given=motion_given)
     inputs = {_ROLES.get(role, role): node for role, node in denoise.inputs.items()}

@@ -3,8 +3,10 @@ model loads, and the clip plan the recording asks for (read at planning, without
 
 - ``[inputs].audio``: decodable, not empty, not silent, long enough for one feature
   (``wanflow.audio.probe.check_audio``, which also refuses a rate wav2vec2 cannot take);
+- ``[inputs].num_clip``: at most the clips the recording needs (the release would make fewer
+  than asked without saying so);
 - ``[inputs].s2v_pose_video``: readable, at least as many frames at ``[video].fps`` as the clips
-  the recording needs (the release would pad a short one with blank frames, and the speaker
+  made (all the recording needs, or the first ``num_clip``) (the release would pad a short one with blank frames, and the speaker
   would stand still after it ends), and of the reference image's aspect ratio (both are resized
   on the shorter side and centre-cropped, so another aspect would put the pose beside the face);
 - ``[inputs].motion_video``: readable, at least 73 frames at ``[video].fps`` (its last 73 are the
@@ -50,6 +52,13 @@ def clip_plan(values: Any) -> Any:
     return covering_clips(found.samples, rate, int(values["video.fps"]), int(values["video.frames"]) - 1)
 
 
+def made_clips(needed: int, values: Any) -> int:
+    """The clips the loop makes of the ``needed`` ones: all, or the first ``[inputs].num_clip``
+    (the release's ``--num_clip``; validation refuses more than the recording needs)."""
+    wanted = values["inputs.num_clip"]
+    return needed if wanted is None else min(needed, int(wanted))
+
+
 def covering_clips(samples: int, rate: int, fps: int, frames_per_clip: int) -> Any:
     """The official clip count (``wanflow.audio.plan_clips``), or one more clip where those end
     within the first clip's 3 dropped frames of the recording's end: the video covers the whole
@@ -76,6 +85,7 @@ def s2v_input_problems(resolved: Any, where: Where) -> list[str]:
         found += [f"{where('inputs.audio')}: {_label('audio', audio)}: {why}"
                   for why in check_audio(audio, int(v["inputs.audio_sample_rate"]))]
     plan = clip_plan(v) if audio is not None and not found else None
+    found += _num_clip_problems(v, plan, where)
     pose = v.get("inputs.s2v_pose_video")
     if pose is not None and Path(pose).is_file():
         found += _pose_problems(Path(pose), v, plan, where)
@@ -90,13 +100,26 @@ def s2v_input_problems(resolved: Any, where: Where) -> list[str]:
     return found
 
 
+def _num_clip_problems(v: Any, plan: Any, where: Where) -> list[str]:
+    """More clips than the recording needs would be clips of silence: the release silently makes
+    fewer, so the value is refused rather than not honoured."""
+    wanted = v["inputs.num_clip"]
+    if wanted is None or plan is None or wanted <= plan.clips:
+        return []
+    return [(f"{where('inputs.num_clip')}: [inputs].num_clip = {wanted}: the recording needs only {plan.clips} "
+             f"clip{'s' * (plan.clips > 1)} of {plan.frames_per_clip} frames; use at most {plan.clips}, or "
+             "remove num_clip to make every clip the recording needs")]
+
+
 def _pose_problems(path: Path, v: Any, plan: Any, where: Where) -> list[str]:
     found = []
     if plan is not None:
-        needed = plan.clips * plan.frames_per_clip
+        clips = made_clips(plan.clips, v)
+        needed = clips * plan.frames_per_clip
+        asks = "[inputs].num_clip asks" if clips < plan.clips else "the recording asks"
         count, error = frames_at(path, v["video.fps"], needed)
         found += _short(where, "s2v_pose_video", path, count, error, needed, v["video.fps"],
-                        f"the recording asks for {plan.clips} clip{'s' * (plan.clips > 1)} of "
+                        f"{asks} for {clips} clip{'s' * (clips > 1)} of "
                         f"{plan.frames_per_clip} frames, each following its own stretch of the pose video")
     image = Path(v["inputs.image"]) if v.get("inputs.image") else None
     if found or image is None or not image.is_file():

@@ -14,6 +14,8 @@ motion context, each its own step so that a changed input re-runs only its encod
   ``load_pose_cond``): (1, 16, clips·F, h, w).
 - ``encode-conditioning:s2v-motion``: the 73 frames before the video (the release's zero frames,
   or the last 73 of ``[inputs].motion_video``) and their 19 latents, the first clip's motion.
+  With ``[inputs].start_from_ref`` (the release's ``--start_from_ref``) the last 6 of the zero
+  frames are the reference image, prepared as the reference is (shorter side, centre crop).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from wanflow.steps.media import image_tensor
 
 #: The official clip loop's motion context: 73 pixel frames, 19 latents.
 MOTION_FRAMES = 73
+#: The release's ``init_first_frame`` (``--start_from_ref``): the reference image fills the last
+#: 6 frames of the zero motion context (``speech2video.generate``).
+REFERENCE_FRAMES = 6
 AUDIO_READS = ("video.fps", "video.frames", "inputs.audio_sample_rate")
 #: The tensor of an ``[inputs].audio_embeds`` file (DiffSynth's name for the buckets).
 EMBEDS_TENSOR = "audio_embeds"
@@ -132,10 +137,14 @@ class EncodeS2VPose:
 
 @attrs.frozen
 class EncodeS2VMotion:
-    """"frames" (1, 3, 73, H, W) in [-1, 1] and their "latents" (1, 16, 19, h, w)."""
+    """"frames" (1, 3, 73, H, W) in [-1, 1] and their "latents" (1, 16, 19, h, w).
+
+    The frames are the clip loop's pixel context too: with ``from_reference`` the 6 reference frames
+    stay in it until the clips have rolled them out, as the release's context shares their tensor."""
 
     vae_version: str
     given: bool  # [inputs].motion_video is set (else the release's zero frames)
+    from_reference: bool = False  # [inputs].start_from_ref: the last 6 zero frames are the reference image
     dtype: str = "auto"
     device: str = "auto"
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
@@ -155,4 +164,6 @@ class EncodeS2VMotion:
             pixels = read_motion_video(ctx.file("motion_video"), w, h, p["video.fps"])  # (3, 73, H, W)
         else:
             pixels = torch.zeros(3, MOTION_FRAMES, h, w)
+        if self.from_reference:  # the reference as the reference step prepares it: (3, 1, H, W), broadcast
+            pixels[:, -REFERENCE_FRAMES:] = image_tensor(ctx.file("image"), w, h)
         return {"frames": pixels[None].contiguous(), "latents": encode(self, ctx, pixels).contiguous()}
