@@ -263,15 +263,20 @@ def within(event, outer) -> bool:
     return event is outer
 
 
-def profile(forward: Callable[[], object], job: Job) -> tuple[Counter[str], float]:
-    """Seconds by kind and the profiled total of one call of ``forward``."""
-    cuda = job.device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+def profiled_events(forward: Callable[[], object], job: Job):
+    """torch.profiler's events of one call of ``forward`` inside a ``forward`` range, wanflow's
+    functions wrapped in theirs."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if job.device.startswith("cuda") else [])
     with ranges(), torch.profiler.profile(activities=activities) as prof:
         with record_function(LABEL + "forward"):
             forward()
         job.sync()
-    return event_times(prof.events(), cuda)
+    return prof.events()
+
+
+def profile(forward: Callable[[], object], job: Job) -> tuple[Counter[str], float]:
+    """Seconds by kind and the profiled total of one call of ``forward``."""
+    return event_times(profiled_events(forward, job), job.device.startswith("cuda"))
 
 
 def copy_bandwidth(job: Job) -> float:

@@ -1,0 +1,81 @@
+"""benchmarks/dit_profile: one forward's work sorted by kind, on a tiny DiT on the CPU."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import dit_profile as bench
+from benchmarks.dit_profile import (
+    ATTENTION,
+    CATEGORIES,
+    GEMM,
+    MODULATION,
+    NORM,
+    OTHER,
+    ROPE,
+    classify,
+)
+from benchmarks.generation import CONFIGS, Job
+from wanflow.models import dit, rope
+
+#: Two tiny blocks over 48 tokens, attending through the math kernel: its matmuls are aten::bmm,
+#: GEMM by their name alone, attention by the function they run in.
+JOB = Job(attrs.evolve(CONFIGS["tiny"], num_layers=2), (1, 16, 3, 8, 8), "cpu", torch.float32, "math")
+
+
+@pytest.fixture(scope="module")
+def forward():
+    return bench.model_forward(JOB)
+
+
+def test_the_innermost_function_decides_over_the_op_name():
+    block = ["wanflow::block", "wanflow::forward"]
+    assert classify(["aten::addcmul", "wanflow::rope", "wanflow::self_attn", *block]) == ROPE
+    assert classify(["aten::addcmul", "wanflow::modulation", *block]) == MODULATION
+    assert classify(["aten::bmm", "aten::einsum", "wanflow::attention", "wanflow::self_attn", *block]) == ATTENTION
+    assert classify(["aten::copy_", "aten::_to_copy", "aten::to", "wanflow::gemm", *block]) == GEMM
+    # outside any function of a kind, the op's name (or a composite op around it) says it
+    assert classify(["aten::addmm", "aten::linear", *block]) == GEMM
+    assert classify(["aten::native_layer_norm", "aten::layer_norm", *block]) == NORM
+    # the block's own arithmetic is its modulation vector and the cross-attention residual
+    assert classify(["aten::add", *block]) == MODULATION
+    assert classify(["aten::add", "wanflow::cross_attn", *block]) == OTHER
+    assert classify(["aten::addcmul", "wanflow::forward"]) == OTHER
+
+
+def test_bytes_are_counted_once_per_op_as_called_and_views_move_nothing():
+    x, w = torch.ones(8, 16), torch.ones(4, 16)
+    stack = ["wanflow::rope"]
+    with torch.inference_mode(), bench.Work(stack) as work:  # as the benchmark counts
+        x.flatten(), x.unflatten(-1, (4, 4)), x.to(torch.float32)  # views: nothing
+        x.to(torch.bfloat16)  # reads 512 bytes, writes 256
+        stack.clear()
+        F.layer_norm(x, (16,))  # reads and writes 512: not its decomposition's statistics too
+        F.linear(x, w)  # 512 + 256 read, 128 written; 2 * 8 * 16 * 4 FLOPs
+    assert +work.bytes == {ROPE: 768, NORM: 1024, GEMM: 896}
+    assert dict(work.flops) == {GEMM: 2 * 8 * 16 * 4}
+
+
+def test_counted_flops_equal_the_formulas_with_attention_matmuls_in_attention(forward):
+    with torch.inference_mode():
+        work = bench.count_work(forward)
+    formula = bench.formula_flops(JOB)
+    assert work.flops[GEMM] == pytest.approx(formula[GEMM], rel=1e-9)
+    assert work.flops[ATTENTION] == pytest.approx(formula[ATTENTION], rel=1e-9)
+    assert set(work.flops) == {GEMM, ATTENTION}
+
+
+def test_the_kinds_share_out_the_profiled_forward_and_the_functions_are_restored(forward):
+    with torch.inference_mode():
+        forward()
+        events = bench.profiled_events(forward, JOB)
+    times, total = bench.event_times(events, cuda=False)
+    assert sum(times.values()) == pytest.approx(total, rel=0.02)
+    assert all(times[kind] > 0 for kind in CATEGORIES), times
+    kinds = {name: {classify(bench.path(e)) for e in events if e.name == name}
+             for name in ("aten::bmm", "aten::addcmul")}
+    assert kinds == {"aten::bmm": {ATTENTION}, "aten::addcmul": {ROPE, MODULATION, OTHER}}  # OTHER: the head's
+    assert dit.apply_rope is rope.apply_rope and not hasattr(dit.Block.forward, "__wrapped__")
