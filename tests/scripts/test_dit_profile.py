@@ -79,3 +79,34 @@ def test_the_kinds_share_out_the_profiled_forward_and_the_functions_are_restored
              for name in ("aten::bmm", "aten::addcmul")}
     assert kinds == {"aten::bmm": {ATTENTION}, "aten::addcmul": {ROPE, MODULATION, OTHER}}  # OTHER: the head's
     assert dit.apply_rope is rope.apply_rope and not hasattr(dit.Block.forward, "__wrapped__")
+
+
+def test_on_cuda_each_kernel_is_charged_to_the_op_that_launched_it():
+    """Events as torch.profiler gives them on CUDA (none here): kernels hang on the op that
+    launched them, a range's GPU annotation spans its kernels (not work of its own), and a kernel
+    no op launched is in the total only."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(name, start, end, parent=None, device=DeviceType.CPU, annotation=False, kernels=()):
+        e = FunctionEvent(0, name, 1, start, end, device_type=device, is_user_annotation=annotation)
+        for kernel, duration in kernels:
+            e.append_kernel(kernel, 0, duration)
+        if parent is not None:
+            e.set_cpu_parent(parent)
+            parent.append_cpu_child(e)
+        return e
+
+    forward = event("wanflow::forward", 0, 100, annotation=True, kernels=[("wanflow::forward", 40)])
+    ranged = event("wanflow::rope", 10, 20, forward, annotation=True, kernels=[("wanflow::rope", 9)])
+    cpu = [forward, ranged, event("aten::addcmul", 11, 19, ranged, kernels=[("elementwise", 5)]),
+           event("aten::addmm", 30, 40, forward, kernels=[("sm90_gemm", 20)]),
+           event("aten::add", 50, 55, event("wanflow::block", 45, 60, forward, annotation=True),
+                 kernels=[("elementwise", 4)]),
+           event("aten::addmm", 200, 210, kernels=[("sm90_gemm", 50)])]  # after the forward
+    device = [event(name, 0, duration, device=DeviceType.CUDA, annotation=name.startswith("wanflow::"))
+              for name, duration in (("elementwise", 5), ("sm90_gemm", 20), ("elementwise", 4), ("memcpy", 3),
+                                     ("wanflow::rope", 9), ("wanflow::forward", 40))]
+    times, total = bench.event_times(cpu + device, cuda=True)
+    assert +times == pytest.approx({ROPE: 5e-6, GEMM: 20e-6, MODULATION: 4e-6})
+    assert total == pytest.approx(32e-6)
