@@ -46,7 +46,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import conv_flop_count, flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_flop_count
 
 from benchmarks.generation import (
     CONFIGS,
@@ -88,9 +88,13 @@ OP_KINDS = {
     NORM: {"layer_norm", "native_layer_norm", "rms_norm", "_fused_rms_norm"},
     GELU: {"gelu"},
 }
-#: torch's FLOP formulas, with oneDNN's convolution (the patch embedding on the CPU) added.
-FLOP_FORMULAS = {**flop_registry, torch.ops.aten.mkldnn_convolution: (
-    lambda x, w, *_, out_val, **__: conv_flop_count(x.shape, w.shape, out_val.shape))}
+#: torch's FLOP formulas, with the CPU's kernels for the patch embedding and SDPA added.
+FLOP_FORMULAS = {
+    **flop_registry,
+    torch.ops.aten.mkldnn_convolution: lambda x, w, *_, out_val, **__: conv_flop_count(x.shape, w.shape, out_val.shape),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        lambda q, k, v, *_, **__: sdpa_flop_count(q.shape, k.shape, v.shape)),
+}
 ATTENTION_OP_PREFIXES = ("scaled_dot_product_attention", "_scaled_dot_product_", "_flash_attention_",
                          "_efficient_attention_", "_cudnn_attention_")
 
@@ -302,37 +306,42 @@ def model_forward(job: Job) -> Callable[[], torch.Tensor]:
 
 
 def report(job: Job, args: argparse.Namespace) -> None:
+    """Warm up, time forwards without the profiler, profile some, count one; print the table of
+    the profile with the median total (its kinds sum to its total)."""
     forward = model_forward(job)
     peak, bandwidth = gemm_flops(job), copy_bandwidth(job)
     with torch.inference_mode():
         for _ in range(args.warmup):
             forward()
         wall, cpu = medians(step_times(lambda tick: [(forward(), tick()) for _ in range(args.repeats)], job))
-        times, total = profile(forward, job)
+        profiles = sorted((profile(forward, job) for _ in range(args.profiles)), key=lambda p: p[1])
         work = count_work(forward)
-    flops = formula_flops(job)
+    times, total = profiles[len(profiles) // 2]
     clock = "self CPU time" if job.device == "cpu" else "kernel time"
     print(f"forward without the profiler: {wall * 1e3:.1f} ms wall" + (f", {cpu * 1e3:.1f} ms CPU" if
-          job.device == "cpu" else "") + f" (median of {args.repeats}); profiled: {total * 1e3:.1f} ms of {clock}")
+          job.device == "cpu" else "") + f" (median of {args.repeats}); profiled: {total * 1e3:.1f} ms of {clock} "
+          f"(median of {args.profiles}, {profiles[0][1] * 1e3:.1f} to {profiles[-1][1] * 1e3:.1f})")
     print(f"roofline: GEMM {peak / 1e12:.3f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s (measured in this run)\n")
     print("| kind | ms | share | GFLOP | TFLOP/s | of GEMM roofline | MB moved | GB/s | of copy bandwidth |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for kind in [*CATEGORIES, "unattributed"]:
-        seconds = times[kind] if kind != "unattributed" else total - sum(times.values())
-        if kind == "unattributed" and abs(seconds) < 1e-3 * total:
-            continue
-        row = [kind, f"{seconds * 1e3:.2f}", f"{seconds / total:.1%}"]
-        if kind in COMPUTE_BOUND:
-            rate = flops[kind] / seconds if seconds > 0 else 0.0
-            row += [f"{flops[kind] / 1e9:.2f}", f"{rate / 1e12:.3f}", f"{rate / peak:.0%}", "", "", ""]
-        elif kind in work.bytes:
-            rate = work.bytes[kind] / seconds if seconds > 0 else 0.0
-            row += ["", "", "", f"{work.bytes[kind] / 1e6:.1f}", f"{rate / 1e9:.1f}", f"{rate / bandwidth:.0%}"]
-        else:
-            row += [""] * 6
-        print("| " + " | ".join(row) + " |")
+    times["unattributed"] = total - sum(times.values())
+    for kind in CATEGORIES + ("unattributed",) * (abs(times["unattributed"]) >= 1e-3 * total):
+        print("| " + " | ".join(row(kind, times[kind], total, work, formula_flops(job), peak, bandwidth)) + " |")
     print(f"\nFLOPs of the ops run (counted by shape): GEMM {work.flops[GEMM] / 1e9:.2f} GFLOP, attention "
-          f"{work.flops[ATTENTION] / 1e9:.2f} (0 where its kernel has no torch FLOP formula)")
+          f"{work.flops[ATTENTION] / 1e9:.2f} (0 for a kernel torch has no FLOP formula for)")
+
+
+def row(kind: str, seconds: float, total: float, work: Work, flops: dict[str, float], peak: float,
+        bandwidth: float) -> list[str]:
+    """One kind's cells: time and share; FLOP/s for GEMM and attention, else bytes and bytes/s."""
+    cells = [kind, f"{seconds * 1e3:.2f}", f"{seconds / total:.1%}"]
+    if kind in COMPUTE_BOUND:
+        rate = flops[kind] / seconds if seconds > 0 else 0.0
+        return cells + [f"{flops[kind] / 1e9:.2f}", f"{rate / 1e12:.3f}", f"{rate / peak:.0%}", "", "", ""]
+    if kind not in work.bytes:
+        return cells + [""] * 6
+    rate = work.bytes[kind] / seconds if seconds > 0 else 0.0
+    return cells + ["", "", "", f"{work.bytes[kind] / 1e6:.1f}", f"{rate / 1e9:.1f}", f"{rate / bandwidth:.0%}"]
 
 
 def job_of(args: argparse.Namespace) -> Job:
@@ -357,6 +366,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 for steady times)")
     parser.add_argument("--warmup", type=int, default=2, help="forwards before anything is measured")
     parser.add_argument("--repeats", type=int, default=3, help="forwards timed without the profiler")
+    parser.add_argument("--profiles", type=int, default=3, help="forwards profiled (the median is shown)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -59,10 +59,12 @@ def test_bytes_are_counted_once_per_op_as_called_and_views_move_nothing():
     assert dict(work.flops) == {GEMM: 2 * 8 * 16 * 4}
 
 
-def test_counted_flops_equal_the_formulas_with_attention_matmuls_in_attention(forward):
+@pytest.mark.parametrize("kernel", ["math", "sdpa"])
+def test_counted_flops_equal_the_formulas_with_attention_matmuls_in_attention(kernel):
+    job = attrs.evolve(JOB, attention=kernel)
     with torch.inference_mode():
-        work = bench.count_work(forward)
-    formula = bench.formula_flops(JOB)
+        work = bench.count_work(bench.model_forward(job))
+    formula = bench.formula_flops(job)
     assert work.flops[GEMM] == pytest.approx(formula[GEMM], rel=1e-9)
     assert work.flops[ATTENTION] == pytest.approx(formula[ATTENTION], rel=1e-9)
     assert set(work.flops) == {GEMM, ATTENTION}
