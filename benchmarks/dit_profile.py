@@ -11,8 +11,9 @@ torch.profiler after a warm-up, and its time is split into:
 - **normalisation**: LayerNorm and the q/k RMSNorm;
 - **modulation & residuals**: ``modulate``, ``gated_residual`` (addcmul and the casts around it)
   and the block's own arithmetic (its modulation vector, the cross-attention residual);
-- **RoPE**: the ops inside ``apply_rope``; **GELU**; **other** (time embedding, head
-  modulation, layout copies, Python between ops).
+- **RoPE**: the ops inside ``apply_rope``; **GELU**; **other** (the time embedding's features,
+  the head's modulation, layout copies); on the CPU, **Python between ops** in wanflow's
+  functions and the benchmark's ranges (on CUDA the GPU does not wait for it unless it starves).
 
 An op's kind is that of the innermost of wanflow's functions it runs in, found through
 ``record_function`` ranges that this benchmark wraps around them while it profiles (``addcmul`` is
@@ -66,6 +67,8 @@ from wanflow.models import dit, precision
 GEMM, ATTENTION, NORM, MODULATION, ROPE, GELU, OTHER = (
     "GEMM", "attention", "normalisation", "modulation & residuals", "RoPE", "GELU", "other")
 CATEGORIES = (GEMM, ATTENTION, NORM, MODULATION, ROPE, GELU, OTHER)
+#: On the CPU, the time spent in wanflow's functions outside any op (and in the ranges themselves).
+PYTHON = "Python between ops"
 COMPUTE_BOUND = (GEMM, ATTENTION)
 
 #: Prefix of the benchmark's own ranges in the profile.
@@ -233,11 +236,20 @@ def formula_flops(job: Job) -> dict[str, float]:
 # ----------------------------------------------------------------------------- profiling
 
 
-def event_times(events, cuda: bool) -> tuple[Counter[str], float]:
+@attrs.frozen
+class Profile:
+    """One profiled forward: seconds by kind, the total they share out, seconds by (kind, op)."""
+
+    times: Counter[str]
+    total: float
+    ops: Counter[tuple[str, str]]
+
+
+def event_times(events, cuda: bool) -> Profile:
     """Seconds by kind and the profiled total. CPU: each op's self CPU time, the total being the
-    ``forward`` range's. CUDA: each kernel charged to the op (or range) that launched it, the total
+    ``forward`` range's, and the ranges' own time (Python) apart. CUDA: each kernel charged to the op (or range) that launched it, the total
     being every kernel's time; kernels no op launched stay in the total only."""
-    times: Counter[str] = Counter()
+    ops: Counter[tuple[str, str]] = Counter()
     annotations = {e.name for e in events if e.is_user_annotation}
     forward = next(e for e in events if e.name == LABEL + "forward" and e.device_type == DeviceType.CPU)
     for e in events:
@@ -245,11 +257,15 @@ def event_times(events, cuda: bool) -> tuple[Counter[str], float]:
             continue
         own = (sum(k.duration for k in e.kernels if k.name not in annotations) if cuda
                else e.self_cpu_time_total)
-        times[classify(path(e))] += own / 1e6
+        kind = PYTHON if not cuda and e.name.startswith(LABEL) else classify(path(e))
+        ops[kind, e.name] += own / 1e6
+    times: Counter[str] = Counter()
+    for (kind, _), seconds in ops.items():
+        times[kind] += seconds
     if not cuda:
-        return times, forward.cpu_time_total / 1e6
+        return Profile(times, forward.cpu_time_total / 1e6, ops)
     device = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
-    return times, sum(e.time_range.elapsed_us() for e in device) / 1e6
+    return Profile(times, sum(e.time_range.elapsed_us() for e in device) / 1e6, ops)
 
 
 def path(event) -> list[str]:
@@ -278,8 +294,8 @@ def profiled_events(forward: Callable[[], object], job: Job):
     return prof.events()
 
 
-def profile(forward: Callable[[], object], job: Job) -> tuple[Counter[str], float]:
-    """Seconds by kind and the profiled total of one call of ``forward``."""
+def profile(forward: Callable[[], object], job: Job) -> Profile:
+    """Seconds by kind and by op, and the profiled total, of one call of ``forward``."""
     return event_times(profiled_events(forward, job), job.device.startswith("cuda"))
 
 
@@ -314,21 +330,31 @@ def report(job: Job, args: argparse.Namespace) -> None:
         for _ in range(args.warmup):
             forward()
         wall, cpu = medians(step_times(lambda tick: [(forward(), tick()) for _ in range(args.repeats)], job))
-        profiles = sorted((profile(forward, job) for _ in range(args.profiles)), key=lambda p: p[1])
+        profiles = sorted((profile(forward, job) for _ in range(args.profiles)), key=lambda p: p.total)
         work = count_work(forward)
-    times, total = profiles[len(profiles) // 2]
+    shown = profiles[len(profiles) // 2]
+    times, total = shown.times, shown.total
     clock = "self CPU time" if job.device == "cpu" else "kernel time"
     print(f"forward without the profiler: {wall * 1e3:.1f} ms wall" + (f", {cpu * 1e3:.1f} ms CPU" if
           job.device == "cpu" else "") + f" (median of {args.repeats}); profiled: {total * 1e3:.1f} ms of {clock} "
-          f"(median of {args.profiles}, {profiles[0][1] * 1e3:.1f} to {profiles[-1][1] * 1e3:.1f})")
+          f"(median of {args.profiles}, {profiles[0].total * 1e3:.1f} to {profiles[-1].total * 1e3:.1f})")
     print(f"roofline: GEMM {peak / 1e12:.3f} TFLOP/s, copy {bandwidth / 1e9:.1f} GB/s (measured in this run)\n")
     print("| kind | ms | share | GFLOP | TFLOP/s | of GEMM roofline | MB moved | GB/s | of copy bandwidth |")
     print("|---|---|---|---|---|---|---|---|---|")
     times["unattributed"] = total - sum(times.values())
-    for kind in CATEGORIES + ("unattributed",) * (abs(times["unattributed"]) >= 1e-3 * total):
+    for kind in [k for k in (*CATEGORIES, PYTHON) if k in times] + ["unattributed"] * (
+            abs(times["unattributed"]) >= 1e-3 * total):
         print("| " + " | ".join(row(kind, times[kind], total, work, formula_flops(job), peak, bandwidth)) + " |")
-    print(f"\nFLOPs of the ops run (counted by shape): GEMM {work.flops[GEMM] / 1e9:.2f} GFLOP, attention "
+    print("\nlargest ops of each kind: " + "; ".join(
+        f"{kind}: " + ", ".join(f"{op} {seconds * 1e3:.2f} ms" for op, seconds in largest(shown.ops, kind, args.top))
+        for kind in (*CATEGORIES, PYTHON) if kind in times and args.top))
+    print(f"FLOPs of the ops run (counted by shape): GEMM {work.flops[GEMM] / 1e9:.2f} GFLOP, attention "
           f"{work.flops[ATTENTION] / 1e9:.2f} (0 for a kernel torch has no FLOP formula for)")
+
+
+def largest(ops: Counter[tuple[str, str]], kind: str, n: int) -> list[tuple[str, float]]:
+    """The ``n`` ops (or ranges) of a kind that took longest, with their seconds."""
+    return sorted(((op, t) for (k, op), t in ops.items() if k == kind and t > 0), key=lambda x: -x[1])[:n]
 
 
 def row(kind: str, seconds: float, total: float, work: Work, flops: dict[str, float], peak: float,
@@ -366,6 +392,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 for steady times)")
     parser.add_argument("--warmup", type=int, default=2, help="forwards before anything is measured")
     parser.add_argument("--repeats", type=int, default=3, help="forwards timed without the profiler")
+    parser.add_argument("--top", type=int, default=3, help="ops listed per kind, longest first (0: none)")
     parser.add_argument("--profiles", type=int, default=3, help="forwards profiled (the median is shown)")
     args = parser.parse_args()
     if args.threads:

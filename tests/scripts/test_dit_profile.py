@@ -74,9 +74,12 @@ def test_the_kinds_share_out_the_profiled_forward_and_the_functions_are_restored
     with torch.inference_mode():
         forward()
         events = bench.profiled_events(forward, JOB)
-    times, total = bench.event_times(events, cuda=False)
+    profile = bench.event_times(events, cuda=False)
+    times, total = profile.times, profile.total
     assert sum(times.values()) == pytest.approx(total, rel=0.02)
-    assert all(times[kind] > 0 for kind in CATEGORIES), times
+    assert all(times[kind] > 0 for kind in (*CATEGORIES, bench.PYTHON)), times
+    assert {op for kind, op in profile.ops if kind == bench.PYTHON} >= {"wanflow::forward", "wanflow::block"}
+    assert all(op.startswith("wanflow::") for kind, op in profile.ops if kind == bench.PYTHON)
     kinds = {name: {classify(bench.path(e)) for e in events if e.name == name}
              for name in ("aten::bmm", "aten::addcmul")}
     assert kinds == {"aten::bmm": {ATTENTION}, "aten::addcmul": {ROPE, MODULATION, OTHER}}  # OTHER: the head's
@@ -109,6 +112,8 @@ def test_on_cuda_each_kernel_is_charged_to_the_op_that_launched_it():
     device = [event(name, 0, duration, device=DeviceType.CUDA, annotation=name.startswith("wanflow::"))
               for name, duration in (("elementwise", 5), ("sm90_gemm", 20), ("elementwise", 4), ("memcpy", 3),
                                      ("wanflow::rope", 9), ("wanflow::forward", 40))]
-    times, total = bench.event_times(cpu + device, cuda=True)
-    assert +times == pytest.approx({ROPE: 5e-6, GEMM: 20e-6, MODULATION: 4e-6})
-    assert total == pytest.approx(32e-6)
+    profile = bench.event_times(cpu + device, cuda=True)
+    assert +profile.times == pytest.approx({ROPE: 5e-6, GEMM: 20e-6, MODULATION: 4e-6})
+    assert profile.total == pytest.approx(32e-6)
+    assert +profile.ops == pytest.approx({(ROPE, "aten::addcmul"): 5e-6, (GEMM, "aten::addmm"): 20e-6,
+                                          (MODULATION, "aten::add"): 4e-6})
