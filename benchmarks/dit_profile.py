@@ -345,9 +345,10 @@ def report(job: Job, args: argparse.Namespace) -> None:
     for kind in [k for k in (*CATEGORIES, PYTHON) if k in times] + ["unattributed"] * (
             abs(times["unattributed"]) >= 1e-3 * total):
         print("| " + " | ".join(row(kind, times[kind], total, work, formula_flops(job), peak, bandwidth)) + " |")
-    print("\nlargest ops of each kind: " + "; ".join(
-        f"{kind}: " + ", ".join(f"{op} {seconds * 1e3:.2f} ms" for op, seconds in largest(shown.ops, kind, args.top))
-        for kind in (*CATEGORIES, PYTHON) if kind in times and args.top))
+    print(f"\nlongest ops of each kind (--top {args.top}):" if args.top else "")
+    for kind in (*CATEGORIES, PYTHON) if args.top else ():
+        if kind in shown.times:
+            print(f"  {kind}: " + ", ".join(f"{op} {t * 1e3:.2f} ms" for op, t in largest(shown.ops, kind, args.top)))
     print(f"FLOPs of the ops run (counted by shape): GEMM {work.flops[GEMM] / 1e9:.2f} GFLOP, attention "
           f"{work.flops[ATTENTION] / 1e9:.2f} (0 for a kernel torch has no FLOP formula for)")
 
