@@ -203,9 +203,9 @@ def moved(func, inputs, out) -> int:
     if "empty" in func.__name__:
         return 0
     read = [t for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)]
-    storages = {t.untyped_storage().data_ptr() for t in read}
+    storages = {t.untyped_storage()._cdata for t in read}
     outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-    fresh = [t for t in outs if t.untyped_storage().data_ptr() not in storages]
+    fresh = [t for t in outs if t.untyped_storage()._cdata not in storages]
     if len(fresh) < len(outs) and not func._schema.is_mutable:
         return 0
     return sum(map(tensor_bytes, read + fresh))
@@ -321,6 +321,66 @@ def model_forward(job: Job) -> Callable[[], torch.Tensor]:
     return lambda: model(x, t, prepared)
 
 
+def meta_forward(job: Job) -> Callable[[], torch.Tensor]:
+    """The same forward on the meta device: shapes and dtypes only, no weights, no compute, so
+    the 14B at 480x832x81 can be counted on any machine."""
+    from wanflow.models.loading import build_on_meta
+
+    model = build_on_meta(lambda: dit.WanDiT(job.cfg)).eval().requires_grad_(False)
+    model.set_compute_dtype(job.dtype)
+    batch = job.latent[0]
+    x, t = torch.empty(job.latent, device="meta"), torch.empty(batch, device="meta")
+    with torch.inference_mode():
+        prepared = model.prepare_context(torch.empty(batch, TEXT_TOKENS, job.cfg.text_dim, device="meta"))
+    return lambda: model(x, t, prepared)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "sdpa") -> torch.Tensor:
+    """SDPA's CUDA flash kernel, called as such: on the meta device SDPA would take its math
+    path, whose output layout costs a copy that no GPU kernel makes."""
+    return torch.ops.aten._scaled_dot_product_flash_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))[0].transpose(1, 2)  # (B, Lq, H, d)
+
+
+@contextlib.contextmanager
+def swapped(owner: object, attr: str, value: object) -> Iterator[None]:
+    """``owner.attr`` is ``value`` inside the block."""
+    saved = getattr(owner, attr)
+    setattr(owner, attr, value)
+    try:
+        yield
+    finally:
+        setattr(owner, attr, saved)
+
+
+def bound(work: Work, kind: str, peak: float, bandwidth: float) -> float:
+    """The least time a kind's work can take at these rates (its roofline): its FLOPs at the
+    peak or its bytes at the bandwidth, whichever is longer."""
+    return max(work.flops[kind] / peak, work.bytes[kind] / bandwidth)
+
+
+def count_report(job: Job, args: argparse.Namespace) -> None:
+    """FLOPs and bytes of one forward by kind, counted on the meta device; with --peak and
+    --bandwidth, the least time each kind needs at those rates."""
+    forward = meta_forward(job)
+    with torch.inference_mode(), swapped(dit, "attention", flash_attention):
+        forward()  # as in a denoise loop, the RoPE table is built once, before the step counted
+        work = count_work(forward)
+    rates = args.peak is not None and args.bandwidth is not None
+    least = {kind: bound(work, kind, args.peak * 1e12, args.bandwidth * 1e12) for kind in CATEGORIES} if rates else {}
+    print("counted on the meta device (no weights, nothing computed; attention as SDPA's flash kernel)" + (
+        f"; least time at {args.peak:g} TFLOP/s and {args.bandwidth:g} TB/s: {sum(least.values()) * 1e3:.1f} ms"
+        if rates else "") + "\n")
+    print("| kind | GFLOP | GB moved | FLOP per byte |" + (" least ms | share of the least |" if rates else ""))
+    print("|---|---|---|---|" + ("---|---|" if rates else ""))
+    for kind in CATEGORIES:
+        intensity = work.flops[kind] / work.bytes[kind] if work.bytes[kind] else 0.0
+        cells = [kind, f"{work.flops[kind] / 1e9:.1f}", f"{work.bytes[kind] / 1e9:.2f}", f"{intensity:.0f}"]
+        if rates:
+            cells += [f"{least[kind] * 1e3:.2f}", f"{least[kind] / sum(least.values()):.1%}"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def report(job: Job, args: argparse.Namespace) -> None:
     """Warm up, time forwards without the profiler, profile some, count one; print the table of
     the profile with the median total (its kinds sum to its total)."""
@@ -395,15 +455,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="forwards timed without the profiler")
     parser.add_argument("--top", type=int, default=3, help="ops listed per kind, longest first (0: none)")
     parser.add_argument("--profiles", type=int, default=3, help="forwards profiled (the median is shown)")
+    parser.add_argument("--count", action="store_true", help="only count FLOPs and bytes by kind, on the meta "
+                        "device (any size, any machine; nothing is timed)")
+    parser.add_argument("--peak", type=float, default=None, help="with --count: TFLOP/s, e.g. a card's dense bf16")
+    parser.add_argument("--bandwidth", type=float, default=None, help="with --count: memory TB/s")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if (args.peak is None) != (args.bandwidth is None) or (args.peak is not None and not args.count):
+        parser.error("--peak and --bandwidth go together, and only with --count")
+    if args.count and args.attention != "sdpa":
+        parser.error("--count counts attention as SDPA's flash kernel: leave --attention out")
     job = job_of(args)
-    name = job.device if job.device == "cpu" else torch.cuda.get_device_name(torch.device(job.device))
-    print(f"Wan2.1 T2V {args.config or ('1.3b' if job.device != 'cpu' else 'tiny')}, random weights "
+    name = ("meta" if args.count else job.device if job.device == "cpu"
+            else torch.cuda.get_device_name(torch.device(job.device)))
+    print(f"Wan2.1 T2V {args.config or ('1.3b' if job.device != 'cpu' else 'tiny')}, "
+          f"{'no weights' if args.count else 'random weights'} "
           f"(dim {job.cfg.dim}, {job.cfg.num_layers} layers), {job.latent} latent ({job.tokens} tokens), "
           f"{str(job.dtype).removeprefix('torch.')}, {name}, {torch.get_num_threads()} CPU threads; "
           f"attention {job.attention}; prompt prepared once")
+    if args.count:
+        count_report(job, args)
+        return
     report(job, args)
 
 

@@ -20,6 +20,7 @@ from benchmarks.dit_profile import (
 )
 from benchmarks.generation import CONFIGS, Job
 from wanflow.models import dit, rope
+from wanflow.models.attention import attention
 
 #: Two tiny blocks over 48 tokens, attending through the math kernel: its matmuls are aten::bmm,
 #: GEMM by their name alone, attention by the function they run in.
@@ -117,3 +118,22 @@ def test_on_cuda_each_kernel_is_charged_to_the_op_that_launched_it():
     assert profile.total == pytest.approx(32e-6)
     assert +profile.ops == pytest.approx({(ROPE, "aten::addcmul"): 5e-6, (GEMM, "aten::addmm"): 20e-6,
                                           (MODULATION, "aten::add"): 4e-6})
+
+
+def test_the_meta_device_counts_what_the_real_forward_moves():
+    """--count runs the forward on the meta device with attention as SDPA's flash kernel: the
+    same bytes as the real forward (whose CPU flash kernel lays its output out the same way) in
+    every kind but attention (the kernels' side outputs differ), and the formulas' FLOPs."""
+    job = attrs.evolve(JOB, attention="sdpa")
+    forwards = {"real": bench.model_forward(job), "meta": bench.meta_forward(job)}
+    with torch.inference_mode(), bench.swapped(dit, "attention", bench.flash_attention):
+        forwards["meta"]()  # the RoPE tables built, as in every forward after the first
+        meta = bench.count_work(forwards["meta"])
+    with torch.inference_mode():
+        forwards["real"]()
+        real = bench.count_work(forwards["real"])
+    assert {k: v for k, v in meta.bytes.items() if k != ATTENTION} == {
+        k: v for k, v in real.bytes.items() if k != ATTENTION}
+    assert all(meta.bytes[kind] > 0 for kind in CATEGORIES)
+    assert meta.flops == pytest.approx(bench.formula_flops(job), rel=1e-9)
+    assert dit.attention is attention
