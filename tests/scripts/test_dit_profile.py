@@ -1,4 +1,4 @@
-"""benchmarks/dit_profile: one forward's work sorted by kind, on a tiny DiT on the CPU."""
+"""benchmarks/dit_work and dit_profile: one forward's work sorted by kind, on a tiny DiT on the CPU."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import dit_profile as bench
-from benchmarks.dit_profile import (
+from benchmarks import dit_profile, dit_work
+from benchmarks.dit_work import (
     ATTENTION,
     CATEGORIES,
     GEMM,
@@ -29,7 +29,7 @@ JOB = Job(attrs.evolve(CONFIGS["tiny"], num_layers=2), (1, 16, 3, 8, 8), "cpu", 
 
 @pytest.fixture(scope="module")
 def forward():
-    return bench.model_forward(JOB)
+    return dit_work.model_forward(JOB)
 
 
 def test_the_innermost_function_decides_over_the_op_name():
@@ -50,7 +50,7 @@ def test_the_innermost_function_decides_over_the_op_name():
 def test_bytes_are_counted_once_per_op_as_called_and_views_move_nothing():
     x, w = torch.ones(8, 16), torch.ones(4, 16)
     stack = ["wanflow::rope"]
-    with torch.inference_mode(), bench.Work(stack) as work:  # as the benchmark counts
+    with torch.inference_mode(), dit_work.Work(stack) as work:  # as the benchmark counts
         x.flatten(), x.unflatten(-1, (4, 4)), x.to(torch.float32)  # views: nothing
         x.to(torch.bfloat16)  # reads 512 bytes, writes 256
         stack.clear()
@@ -64,8 +64,8 @@ def test_bytes_are_counted_once_per_op_as_called_and_views_move_nothing():
 def test_counted_flops_equal_the_formulas_with_attention_matmuls_in_attention(kernel):
     job = attrs.evolve(JOB, attention=kernel)
     with torch.inference_mode():
-        work = bench.count_work(bench.model_forward(job))
-    formula = bench.formula_flops(job)
+        work = dit_work.count_work(dit_work.model_forward(job))
+    formula = dit_work.formula_flops(job)
     assert work.flops[GEMM] == pytest.approx(formula[GEMM], rel=1e-9)
     assert work.flops[ATTENTION] == pytest.approx(formula[ATTENTION], rel=1e-9)
     assert set(work.flops) == {GEMM, ATTENTION}
@@ -74,14 +74,14 @@ def test_counted_flops_equal_the_formulas_with_attention_matmuls_in_attention(ke
 def test_the_kinds_share_out_the_profiled_forward_and_the_functions_are_restored(forward):
     with torch.inference_mode():
         forward()
-        events = bench.profiled_events(forward, JOB)
-    profile = bench.event_times(events, cuda=False)
+        events = dit_profile.profiled_events(forward, JOB)
+    profile = dit_profile.event_times(events, cuda=False)
     times, total = profile.times, profile.total
     assert sum(times.values()) == pytest.approx(total, rel=0.02)
-    assert all(times[kind] > 0 for kind in (*CATEGORIES, bench.PYTHON)), times
-    assert {op for kind, op in profile.ops if kind == bench.PYTHON} >= {"wanflow::forward", "wanflow::block"}
-    assert all(op.startswith("wanflow::") for kind, op in profile.ops if kind == bench.PYTHON)
-    kinds = {name: {classify(bench.path(e)) for e in events if e.name == name}
+    assert all(times[kind] > 0 for kind in (*CATEGORIES, dit_profile.PYTHON)), times
+    assert {op for kind, op in profile.ops if kind == dit_profile.PYTHON} >= {"wanflow::forward", "wanflow::block"}
+    assert all(op.startswith("wanflow::") for kind, op in profile.ops if kind == dit_profile.PYTHON)
+    kinds = {name: {classify(dit_profile.path(e)) for e in events if e.name == name}
              for name in ("aten::bmm", "aten::addcmul")}
     assert kinds == {"aten::bmm": {ATTENTION}, "aten::addcmul": {ROPE, MODULATION, OTHER}}  # OTHER: the head's
     assert dit.apply_rope is rope.apply_rope and not hasattr(dit.Block.forward, "__wrapped__")
@@ -113,7 +113,7 @@ def test_on_cuda_each_kernel_is_charged_to_the_op_that_launched_it():
     device = [event(name, 0, duration, device=DeviceType.CUDA, annotation=name.startswith("wanflow::"))
               for name, duration in (("elementwise", 5), ("sm90_gemm", 20), ("elementwise", 4), ("memcpy", 3),
                                      ("wanflow::rope", 9), ("wanflow::forward", 40))]
-    profile = bench.event_times(cpu + device, cuda=True)
+    profile = dit_profile.event_times(cpu + device, cuda=True)
     assert +profile.times == pytest.approx({ROPE: 5e-6, GEMM: 20e-6, MODULATION: 4e-6})
     assert profile.total == pytest.approx(32e-6)
     assert +profile.ops == pytest.approx({(ROPE, "aten::addcmul"): 5e-6, (GEMM, "aten::addmm"): 20e-6,
@@ -125,15 +125,15 @@ def test_the_meta_device_counts_what_the_real_forward_moves():
     same bytes as the real forward (whose CPU flash kernel lays its output out the same way) in
     every kind but attention (the kernels' side outputs differ), and the formulas' FLOPs."""
     job = attrs.evolve(JOB, attention="sdpa")
-    forwards = {"real": bench.model_forward(job), "meta": bench.meta_forward(job)}
-    with torch.inference_mode(), bench.swapped(dit, "attention", bench.flash_attention):
+    forwards = {"real": dit_work.model_forward(job), "meta": dit_work.meta_forward(job)}
+    with torch.inference_mode(), dit_work.swapped(dit, "attention", dit_work.flash_attention):
         forwards["meta"]()  # the RoPE tables built, as in every forward after the first
-        meta = bench.count_work(forwards["meta"])
+        meta = dit_work.count_work(forwards["meta"])
     with torch.inference_mode():
         forwards["real"]()
-        real = bench.count_work(forwards["real"])
+        real = dit_work.count_work(forwards["real"])
     assert {k: v for k, v in meta.bytes.items() if k != ATTENTION} == {
         k: v for k, v in real.bytes.items() if k != ATTENTION}
     assert all(meta.bytes[kind] > 0 for kind in CATEGORIES)
-    assert meta.flops == pytest.approx(bench.formula_flops(job), rel=1e-9)
+    assert meta.flops == pytest.approx(dit_work.formula_flops(job), rel=1e-9)
     assert dit.attention is attention
