@@ -20,6 +20,6 @@ timeout "${BIG_S:-300}" python3 benchmarks/gpu_targets.py --config 14b --json "$
 timeout "${SMALL_S:-150}" python3 benchmarks/gpu_targets.py --config 1.3b --compile --json "$OUT/targets-1.3b.json" 2>&1 \
   | tee "$OUT/targets-1.3b.txt"
 if [ -f benchmarks/dit_profile.py ]; then
-  timeout "${PROFILE_S:-90}" python3 benchmarks/dit_profile.py --config 14b --size 480x832x81 --device cuda \
+  timeout "${PROFILE_S:-90}" python3 -m benchmarks.dit_profile --config 14b --size 480x832x81 --device cuda \
     --dtype bf16 --attention cudnn 2>&1 | tee "$OUT/profile-14b.txt"
 fi
