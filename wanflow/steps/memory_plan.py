@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,20 @@ from wanflow.memory.planner import (
     StepPeak,
     plan,
 )
-from wanflow.memory.sizes import ComponentSize, component_size, dit_shapes, read_headers
+from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
+from wanflow.memory.sizes import ComponentSize, block_index, component_size, dit_shapes, read_headers
 from wanflow.memory.train_estimate import (
+    Parts,
     Trained,
     TrainPeak,
     TrainSetup,
     lora_adapters,
     train_peak,
 )
+from wanflow.models import animate_config
+from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
+from wanflow.models.full_training import stream_name, trained_prefixes, trains
 from wanflow.steps.denoise import expert_cfgs
 from wanflow.steps.train_targets import matches
 
@@ -179,12 +185,13 @@ class TrainJob:
             shapes = dit_shapes(files)
             if lora:
                 adapters, params, block = lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+                dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
             else:
-                params, block = _parameter_count(shapes), _parameter_count(shapes, "blocks.0.")
-            dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
+                trained, parts = full_trained(shapes, job.config.num_layers, job.grid[0])
+                dits.append(attrs.evolve(trained, weight_bytes=size.weight_bytes))
         setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
                            job.offload, adapters, per_token_time=job.config.model_type == "ti2v",
-                           forwards=job.forwards)
+                           forwards=job.forwards, parts=None if lora else parts)
         loading = max(component_sizes({"dit": f}, FP32, False)[0].largest_tensor_bytes
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
@@ -275,8 +282,41 @@ def _adapted(shapes: Mapping[str, tuple[int, ...]], targets: Sequence[str]) -> l
     return [name for name in _linears(shapes) if any(matches(name, t) for t in targets)]
 
 
-def _parameter_count(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> int:
-    return sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix))
+def full_trained(shapes: Mapping[str, tuple[int, ...]], layers: int,
+                 latent_frames: int = 1) -> tuple[Trained, Parts | None]:
+    """What full fine-tuning trains of a DiT (its weight bytes left 0), from its header's shapes:
+    every parameter, or those under the prefixes ``wanflow.models.full_training`` names for it
+    (``Parts``: the blocks they sit in, ``blocks.N.`` of the stack or ``<stream>.blocks.N.`` of a
+    second stream; blocks beside the stack, ``<name>_blocks.N.``; a trained motion encoder, run
+    over the face crops of a clip of ``latent_frames``)."""
+    named = {stream_name(k): math.prod(s) for k, s in shapes.items()}
+    prefixes = trained_prefixes(named)
+    named = {name: count for name, count in named.items() if trains(name, prefixes)}
+    per_block: dict[tuple[bool, int], int] = {}
+    for name, count in named.items():
+        index = block_index(name)
+        if index is not None:
+            key = (name.startswith("blocks."), index)
+            per_block[key] = per_block.get(key, 0) + count
+    params = sum(named.values())
+    if not prefixes:
+        return Trained(0, params, per_block.get((True, 0), 0), layers), None
+    trained = Trained(0, params, max(per_block.values(), default=0), len(per_block))
+    stack = sum(main for main, _ in per_block)
+    side = len({found.group(0) for name in named if (found := SIDE_BLOCK.search(name))})
+    return trained, Parts(stack, len(per_block) - stack, side, _encoder_bytes(shapes, named, latent_frames))
+
+
+#: A block of a module list beside the stack (Animate's ``face_adapter.fuser_blocks.N.``).
+SIDE_BLOCK = re.compile(r"(?:^|\.)\w+_blocks\.\d+\.")
+
+
+def _encoder_bytes(shapes: Mapping[str, tuple[int, ...]], trained: Collection[str], latent_frames: int) -> int:
+    """What a trained motion encoder (Animate's) keeps over one clip's face crops, in fp32."""
+    if not any(name.startswith(MOTION_PREFIX) for name in trained):
+        return 0
+    motion = animate_config.from_shapes(shapes, "the Animate DiT").motion
+    return motion_encoder_bytes(motion, face_crops(latent_frames), FP32)
 
 
 def _gib(n: int | None) -> str:
