@@ -4,12 +4,11 @@ train step unfreezes; and the estimate against the live tensor bytes of tiny tra
 
 from __future__ import annotations
 
-import attrs
 import pytest
 import torch
 
 from tests.memory.test_train_estimate import SHAPE, TrainingBytes
-from tests.models._dit_fixtures import random_state, tiny_config
+from tests.models._dit_fixtures import tiny_config
 from wanflow.memory import train_estimate as te
 from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
 from wanflow.models import full_training, vap_keys

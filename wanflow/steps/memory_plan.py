@@ -32,6 +32,7 @@ from wanflow.memory.estimates import (
     text_encode_bytes,
     vae_decode_bytes,
 )
+from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
 from wanflow.memory.planner import (
     Budgets,
     MemoryPlan,
@@ -40,8 +41,14 @@ from wanflow.memory.planner import (
     StepPeak,
     plan,
 )
-from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
-from wanflow.memory.sizes import ComponentSize, block_index, component_size, dit_shapes, read_headers
+from wanflow.memory.sizes import (
+    ComponentSize,
+    block_index,
+    component_size,
+    dit_shapes,
+    read_headers,
+)
+from wanflow.memory.stream_estimate import joined_blocks, reference_forward_bytes
 from wanflow.memory.train_estimate import (
     Parts,
     Trained,
@@ -100,8 +107,10 @@ def component_sizes(files: Mapping[str, Sequence[Path]], itemsize: int, fp8: boo
     return out
 
 
-def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str) -> list[StepDemand]:
-    """The steps that load models, with their activation estimates at the recipe's size."""
+def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str,
+                 reference_blocks: int = 0) -> list[StepDemand]:
+    """The steps that load models, with their activation estimates at the recipe's size;
+    ``reference_blocks``: the blocks a Video-As-Prompt reference stream joins (``denoise_bytes``)."""
     v = job.values
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, vae_version)
@@ -114,12 +123,22 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
                           int(text_encode_bytes(itemsize=itemsize) * _text_encoder_fraction(job)))]
     if "image_encoder" in job.weights:
         demands.append(StepDemand("encode-image", ("image_encoder",), 0))
-    demands.append(StepDemand("denoise", dits, dit_forward_bytes(
-        dit_config, grid, itemsize, prepared_contexts=2 if guided else 1,
-        per_token_time=dit_config.model_type == "ti2v")))
+    demands.append(StepDemand("denoise", dits, denoise_bytes(
+        dit_config, grid, itemsize, reference_blocks, prepared_contexts=2 if guided else 1)))
     demands.append(StepDemand("decode", ("vae",), vae_decode_bytes(
         vae_version, 96, frames, height, width, itemsize, tile=pixels_tile)))
     return demands
+
+
+def denoise_bytes(config: DitConfig, grid: tuple[int, int, int], itemsize: int, reference_blocks: int,
+                  prepared_contexts: int) -> int:
+    """One denoise forward's activations: a Wan DiT's, or with a reference stream beside the video."""
+    per_token_time = config.model_type == "ti2v"
+    if reference_blocks:
+        return reference_forward_bytes(config, grid, itemsize, reference_blocks, prepared_contexts=prepared_contexts,
+                                       per_token_time=per_token_time)
+    return dit_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts,
+                             per_token_time=per_token_time)
 
 
 #: Bytes of the released umT5-XXL encoder in bf16, the size the text-encode estimate is made for.
@@ -140,11 +159,12 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
     files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()
              if name not in ("lora", "train_files")}  # LoRA files patch a DiT; they are not models
     dit = next(d for d in DIT_ROLES if d in files)
-    config = from_shapes(dit_shapes(files[dit]), str(files[dit][0]))
+    shapes = dit_shapes(files[dit])
+    config = from_shapes(shapes, str(files[dit][0]))
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     found = plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
-                 step_demands(job, config, itemsize, vae_version), host_compute=on_host)
+                 step_demands(job, config, itemsize, vae_version, joined_blocks(shapes)), host_compute=on_host)
     if job.resolved.recipe.train is None:
         return found
     train = train_step_peak(job, config, itemsize, device, vae_version, found.budgets)
