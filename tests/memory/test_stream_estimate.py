@@ -34,12 +34,13 @@ def test_a_reference_stream_forward(layers, joined, grid, dtype):
               clip_fea=encoded.clip, y=torch.randn(1, cfg.in_dim - cfg.out_dim, *grid, generator=gen), extras=extras)
     released = vap_keys.to_diffusers(model.state_dict())  # the names the planner reads off the release
     assert joined_blocks(released) == len(joined)
-    predicted = denoise_bytes(cfg, grid, dtype.itemsize, joined_blocks(released), prepared_contexts=0)
+    predicted = denoise_bytes(cfg, released, grid, dtype.itemsize, prepared_contexts=0)
     assert predicted == pytest.approx(ledger.peak - weight_bytes(model), rel=0.2)
 
 
 def test_a_dit_without_a_reference_stream_is_a_wan_dit():
     cfg = tiny_config("i2v")
     assert joined_blocks(WanDiT(cfg).state_dict()) == 0
-    assert denoise_bytes(cfg, (5, 16, 16), 2, 0, 2) == estimates.dit_forward_bytes(cfg, (5, 16, 16), 2,
-                                                                                  prepared_contexts=2)
+    names = WanDiT(cfg).state_dict()
+    assert denoise_bytes(cfg, names, (5, 16, 16), 2, 2) == estimates.dit_forward_bytes(cfg, (5, 16, 16), 2,
+                                                                                      prepared_contexts=2)

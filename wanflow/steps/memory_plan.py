@@ -41,6 +41,7 @@ from wanflow.memory.planner import (
     StepPeak,
     plan,
 )
+from wanflow.memory.s2v_estimate import holds_s2v_parts, s2v_forward_bytes
 from wanflow.memory.sizes import (
     ComponentSize,
     block_index,
@@ -108,9 +109,9 @@ def component_sizes(files: Mapping[str, Sequence[Path]], itemsize: int, fp8: boo
 
 
 def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str,
-                 reference_blocks: int = 0) -> list[StepDemand]:
+                 dit_names: Collection[str] = ()) -> list[StepDemand]:
     """The steps that load models, with their activation estimates at the recipe's size;
-    ``reference_blocks``: the blocks a Video-As-Prompt reference stream joins (``denoise_bytes``)."""
+    ``dit_names``: the DiT checkpoint's tensor names, which tell a derivative DiT (``denoise_bytes``)."""
     v = job.values
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, vae_version)
@@ -124,19 +125,24 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
     if "image_encoder" in job.weights:
         demands.append(StepDemand("encode-image", ("image_encoder",), 0))
     demands.append(StepDemand("denoise", dits, denoise_bytes(
-        dit_config, grid, itemsize, reference_blocks, prepared_contexts=2 if guided else 1)))
+        dit_config, dit_names, grid, itemsize, prepared_contexts=2 if guided else 1)))
     demands.append(StepDemand("decode", ("vae",), vae_decode_bytes(
         vae_version, 96, frames, height, width, itemsize, tile=pixels_tile)))
     return demands
 
 
-def denoise_bytes(config: DitConfig, grid: tuple[int, int, int], itemsize: int, reference_blocks: int,
+def denoise_bytes(config: DitConfig, names: Collection[str], grid: tuple[int, int, int], itemsize: int,
                   prepared_contexts: int) -> int:
-    """One denoise forward's activations: a Wan DiT's, or with a reference stream beside the video."""
+    """One denoise forward's activations, for the DiT whose checkpoint holds the tensors ``names``:
+    a Wan DiT's, with a reference stream beside the video (Video-As-Prompt), or with S2V's
+    reference and motion tokens."""
     per_token_time = config.model_type == "ti2v"
-    if reference_blocks:
-        return reference_forward_bytes(config, grid, itemsize, reference_blocks, prepared_contexts=prepared_contexts,
+    joined = joined_blocks(names)
+    if joined:
+        return reference_forward_bytes(config, grid, itemsize, joined, prepared_contexts=prepared_contexts,
                                        per_token_time=per_token_time)
+    if holds_s2v_parts(names):
+        return s2v_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts)
     return dit_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts,
                              per_token_time=per_token_time)
 
@@ -164,7 +170,7 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     found = plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
-                 step_demands(job, config, itemsize, vae_version, joined_blocks(shapes)), host_compute=on_host)
+                 step_demands(job, config, itemsize, vae_version, shapes), host_compute=on_host)
     if job.resolved.recipe.train is None:
         return found
     train = train_step_peak(job, config, itemsize, device, vae_version, found.budgets)
