@@ -10,6 +10,7 @@ import torch
 
 from tests.memory.test_train_parts import animate_batch, animate_model
 from wanflow.models.animate import AnimateExtras
+from wanflow.models.rope import rope_table
 from wanflow.steps.memory_plan import denoise_bytes
 
 from ._ledger import LiveBytes, weight_bytes
@@ -26,6 +27,7 @@ def test_an_animate_forward(layers, grid):
     with torch.no_grad():
         face = model.prepare_face(torch.rand(1, 3, 4 * grid[0] - 7, size, size, generator=gen) * 2 - 1)
         extras = AnimateExtras(pose=torch.randn(1, cfg.out_dim, grid[0] - 1, *grid[1:], generator=gen), face=face)
+        rope_table.cache_clear()  # each forward makes (and keeps) its RoPE tables, whatever ran before
         with LiveBytes(model) as ledger:
             model(torch.randn(1, cfg.out_dim, *grid, generator=gen), torch.tensor([500.0]), encoded.context,
                   clip_fea=encoded.clip, y=torch.randn(1, cfg.in_dim - cfg.out_dim, *grid, generator=gen),

@@ -12,6 +12,7 @@ from wanflow.models.dit import WanDiT
 from wanflow.models.dit_config import DitConfig, from_shapes
 from wanflow.models.s2v import S2VDiT
 from wanflow.models.s2v_config import S2VConfig
+from wanflow.models.s2v_motion import s2v_rope_table
 from wanflow.steps.memory_plan import denoise_bytes
 
 from ._ledger import LiveBytes, weight_bytes
@@ -28,6 +29,7 @@ def test_an_s2v_forward_with_its_reference_and_motion_tokens(dim, ffn, frames, s
     config = S2VConfig(dit, inject_layers=(0, 2), audio_dim=24)
     model = S2VDiT(config)
     model.load_state_dict(seeded_state(config), strict=True)
+    s2v_rope_table.cache_clear()  # each forward makes (and keeps) its RoPE tables, whatever ran before
     with LiveBytes(model.eval()) as ledger:
         run(model, inputs(frames, size))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

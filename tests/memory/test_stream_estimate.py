@@ -11,6 +11,8 @@ from wanflow.memory import estimates
 from wanflow.memory.stream_estimate import joined_blocks
 from wanflow.models import vap_keys
 from wanflow.models.dit import WanDiT
+from wanflow.models.rope import rope_table
+from wanflow.models.vap import reference_rope_table
 from wanflow.models.vap_extras import VapExtras
 from wanflow.steps.memory_plan import denoise_bytes
 
@@ -29,6 +31,8 @@ def test_a_reference_stream_forward(layers, joined, grid, dtype):
     cfg, gen, encoded = model.cfg, torch.Generator().manual_seed(0), vap_batch(model)
     extras = VapExtras(vap_latents=torch.randn(1, cfg.in_dim, *grid, generator=gen),
                        vap_context=encoded.extras.vap_context, vap_clip=encoded.extras.vap_clip)
+    rope_table.cache_clear()  # each forward makes (and keeps) its RoPE tables, whatever ran before
+    reference_rope_table.cache_clear()
     with torch.no_grad(), LiveBytes(model) as ledger:
         model(torch.randn(1, cfg.out_dim, *grid, generator=gen), torch.tensor([500.0]), encoded.context,
               clip_fea=encoded.clip, y=torch.randn(1, cfg.in_dim - cfg.out_dim, *grid, generator=gen), extras=extras)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.memory.test_train_estimate import SHAPE, TrainingBytes
+from tests.memory.test_train_estimate import RANK, SHAPE, TARGETS, TrainingBytes
 from tests.models._dit_fixtures import tiny_config
 from wanflow.memory import train_estimate as te
 from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
+from wanflow.memory.stream_estimate import joined_blocks
 from wanflow.models import full_training, vap_keys
 from wanflow.models.animate import AnimateDiT, AnimateExtras
 from wanflow.models.animate_config import AnimateConfig, MotionEncoderConfig
@@ -21,7 +22,7 @@ from wanflow.models.vap import VapDiT
 from wanflow.models.vap_config import VapConfig
 from wanflow.models.vap_extras import VapExtras
 from wanflow.steps.memory_plan import full_trained
-from wanflow.train.adapters import unfreeze
+from wanflow.train.adapters import adapted_modules, inject_lora, unfreeze
 from wanflow.train.batch import Batch
 from wanflow.train.loop import Expert, Settings, Trainer
 from wanflow.train.order import batch_order
@@ -176,3 +177,33 @@ def test_what_a_face_block_adds():
     (m5, p5), (m10, p10) = (measured_and_predicted(model, animate_batch(model), True)
                             for model in (animate_model(5), animate_model(10)))
     assert p10 - p5 == pytest.approx(m10 - m5, rel=0.1)
+
+
+# ----------------------------------------------------------------------------- a LoRA beside a frozen stream
+
+LORA = {"checkpointed": (True, torch.float32), "every block held": (False, torch.float32),
+        "bf16, checkpointed": (True, torch.bfloat16)}
+
+
+@pytest.mark.parametrize("checkpointing, dtype", LORA.values(), ids=LORA.keys())
+def test_a_lora_beside_the_frozen_reference_stream(checkpointing, dtype):
+    """The LoRA trains the main stream; the joint attention hands the reference stream the
+    gradient, so its frozen blocks keep what backward needs, and each joined block's checkpoint
+    keeps the stream's tokens beside the video's."""
+    model = vap_model()
+    micro = vap_batch(model)
+    names = vap_keys.to_diffusers(model.state_dict())  # as the planner reads the release
+    model.set_compute_dtype(dtype).requires_grad_(False)
+    linears = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    adapters, params, block = te.lora_adapters(linears, adapted_modules(model, TARGETS), RANK)
+    inject_lora(model, TARGETS, RANK, float(RANK), 0)
+    model.gradient_checkpointing = checkpointing
+    train = Trainer([Expert("dit", model.train())], Settings(task="sft", steps=2, checkpoint_every=100),
+                    batch_order([""], (0,), 1, 0), lambda _: micro)
+    rope_table.cache_clear()
+    with TrainingBytes(model) as ledger:
+        train.run(lambda done, state: None)
+    setup = te.TrainSetup("lora", 1, GRID, dtype.itemsize, checkpointing, adapters=adapters,
+                          frozen_stream_blocks=joined_blocks(names))
+    peak = te.train_peak(model.cfg, setup, [te.Trained(0, params, block, model.cfg.num_layers)], device_run=False)
+    assert peak.state + peak.activations == pytest.approx(ledger.peak + params * 4, rel=0.2)  # factors made before

@@ -27,6 +27,13 @@ Per video token (B·L of them), with the compute itemsize s, width D, FFN width 
 - backward's working set: the FFN's hidden gradients (``2 s F``), the RoPE tables and the head's
   fp32 copy of its input.
 
+Full fine-tuning of a DiT's own parts alone (Animate's, Video-As-Prompt's reference stream: ``Parts``)
+counts the trained parameters' state only; the frozen blocks their gradient passes through hold
+what backward needs for that (``carried_token_bytes``), the trained ones full fine-tuning's
+tensors, and trained parts outside the blocks their own (``SIDE_BLOCK``, a trained encoder's
+bytes). A LoRA beside a frozen second stream counts the stream's frozen blocks the same way
+(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these.
+
 Gradients appear block by block in backward while the blocks' tensors are freed, so the peak is the
 larger of backward's start (every activation, only the head's gradients) and its end (every
 block's gradients, one block's activations). A device run's fused AdamW (``foreach``) also takes
@@ -102,6 +109,9 @@ class TrainSetup:
     per_token_time: bool = False  # TI2V: a timestep per token (its clean first frame)
     forwards: int = 1  # DiT passes in one graph (direct distillation: the student sampler's steps)
     parts: Parts | None = None  # full fine-tuning of some parts alone (None: every weight trains)
+    #: blocks a frozen second stream joins, reading as many tokens as the video (Video-As-Prompt's
+    #: reference stream under a LoRA of the main stream: the joint attention gives it the gradient)
+    frozen_stream_blocks: int = 0
 
 
 @attrs.frozen
@@ -186,9 +196,10 @@ def block_context_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
 
 def carried_token_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
     """Bytes a frozen block whose input requires grad holds per video token: the inputs of its
-    norms and modulations, attention's q, k, v and output, the GELU's input: ``s (12 D + F)``
-    (counted; a CLIP family's second attention adds nothing measurable)."""
-    return setup.itemsize * (12 * cfg.dim + cfg.ffn_dim)
+    norms and modulations, attention's q, k, v and output, the GELU's input, and the fp32 view
+    the q/k RMS norms take, as under a LoRA: ``s (9 D + F) + 12 D`` (counted; a CLIP family's
+    second attention adds nothing measurable)."""
+    return setup.itemsize * (9 * cfg.dim + cfg.ffn_dim) + 3 * FP32 * cfg.dim
 
 
 def carried_context_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
@@ -202,7 +213,9 @@ def block_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int) -> list[tuple[in
     block_input = tokens * s * d if setup.checkpointing else 0
     if setup.parts is None:
         held = tokens * block_token_bytes(cfg, setup) + setup.batch * block_context_bytes(cfg, setup)
-        return [(held, block_input)] * cfg.num_layers
+        carried = tokens * carried_token_bytes(cfg, setup) + setup.batch * carried_context_bytes(cfg, setup)
+        joined = [(held + carried, 2 * block_input)] * setup.frozen_stream_blocks
+        return joined + [(held, block_input)] * (cfg.num_layers - setup.frozen_stream_blocks)
     whole = attrs.evolve(setup, parts=None)
     trained = tokens * block_token_bytes(cfg, whole) + setup.batch * block_context_bytes(cfg, whole)
     carried = tokens * carried_token_bytes(cfg, setup) + setup.batch * carried_context_bytes(cfg, setup)

@@ -217,7 +217,8 @@ class TrainJob:
                 dits.append(attrs.evolve(trained, weight_bytes=size.weight_bytes))
         setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
                            job.offload, adapters, per_token_time=job.config.model_type == "ti2v",
-                           forwards=job.forwards, parts=None if lora else parts)
+                           forwards=job.forwards, parts=None if lora else parts,
+                           frozen_stream_blocks=joined_blocks(shapes) if lora else 0)
         loading = max(component_sizes({"dit": f}, FP32, False)[0].largest_tensor_bytes
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
