@@ -61,15 +61,18 @@ def dit_tokens(cfg: DitConfig, grid: tuple[int, int, int]) -> int:
 
 def dit_forward_bytes(
     cfg: DitConfig, grid: tuple[int, int, int], itemsize: int, *, batch: int = 1,
-    prepared_contexts: int = 0, per_token_time: bool = False,
+    prepared_contexts: int = 0, per_token_time: bool = False, streams: int = 1, extra_tokens: int = 0,
 ) -> int:
     """Peak activation bytes of one DiT forward on a latent ``grid``.
 
     ``prepared_contexts``: prompts whose keys/values are projected once for every step (the
     denoise step prepares one per prompt: two with guidance); 0 for a plain forward.
+    ``streams``: token streams of the grid's size travelling through the blocks together
+    (Video-As-Prompt's reference stream beside the video: 2); ``extra_tokens``: tokens a forward
+    runs its blocks over besides the video's, per clip (S2V's reference and motion tokens).
     """
     s, d = itemsize, cfg.dim
-    tokens = batch * dit_tokens(cfg, grid)
+    tokens = batch * (dit_tokens(cfg, grid) * streams + extra_tokens)
     context = cfg.image_len + cfg.text_len
     ffn = s * (2 * d + 2 * cfg.ffn_dim) + 2 * FP32 * d
     attn = 7 * s * d + FP32 * d

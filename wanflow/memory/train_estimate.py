@@ -27,6 +27,13 @@ Per video token (B·L of them), with the compute itemsize s, width D, FFN width 
 - backward's working set: the FFN's hidden gradients (``2 s F``), the RoPE tables and the head's
   fp32 copy of its input.
 
+Full fine-tuning of a DiT's own parts alone (Animate's, Video-As-Prompt's reference stream: ``Parts``)
+counts the trained parameters' state only; the frozen blocks their gradient passes through hold
+what backward needs for that (``carried_token_bytes``), the trained ones full fine-tuning's
+tensors, and trained parts outside the blocks their own (``SIDE_BLOCK``, a trained encoder's
+bytes). A LoRA beside a frozen second stream counts the stream's frozen blocks the same way
+(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these.
+
 Gradients appear block by block in backward while the blocks' tensors are freed, so the peak is the
 larger of backward's start (every activation, only the head's gradients) and its end (every
 block's gradients, one block's activations). A device run's fused AdamW (``foreach``) also takes
@@ -69,6 +76,26 @@ class Adapters:
 
 
 @attrs.frozen
+class Parts:
+    """Full fine-tuning of a DiT's own parts alone (``wanflow.models.full_training``), as its
+    activations see it: the blocks whose weights train hold full fine-tuning's tensors; every other
+    block of the stack is frozen, but a trained part before it (an embedding, a stream joining
+    block 0) makes its input require grad, so it holds what backward needs to pass the gradient
+    through it (the inputs of its norms, attention and GELU, not of its Linears)."""
+
+    trained_blocks: int  # blocks of the stack with a trained weight
+    #: blocks of a trained second stream (Video-As-Prompt's reference stream), each joined to a
+    #: block of the stack and reading as many tokens as the video (the reference is on its grid)
+    stream_blocks: int = 0
+    #: trained blocks beside the stack, reading the video tokens after a block of it and never
+    #: recomputed (Animate's face blocks): ``SIDE_BLOCK`` D-wide values per token each
+    side_blocks: int = 0
+    #: what a trained encoder run inside the step keeps for backward, per clip (Animate's motion
+    #: encoder over the clip's face crops, ``wanflow.memory.motion_estimate``)
+    encoder_bytes: int = 0
+
+
+@attrs.frozen
 class TrainSetup:
     """What sizes a train step's activations: the method, the micro-batch and its precision."""
 
@@ -81,6 +108,10 @@ class TrainSetup:
     adapters: Adapters | None = None  # LoRA only
     per_token_time: bool = False  # TI2V: a timestep per token (its clean first frame)
     forwards: int = 1  # DiT passes in one graph (direct distillation: the student sampler's steps)
+    parts: Parts | None = None  # full fine-tuning of some parts alone (None: every weight trains)
+    #: blocks a frozen second stream joins, reading as many tokens as the video (Video-As-Prompt's
+    #: reference stream under a LoRA of the main stream: the joint attention gives it the gradient)
+    frozen_stream_blocks: int = 0
 
 
 @attrs.frozen
@@ -105,6 +136,11 @@ class TrainPeak:
     activations: int
     checkpoint: int  # host bytes while a checkpoint is built
 
+
+#: D-wide values a side block (``Parts.side_blocks``) keeps per video token beyond what the next
+#: block keeps of the same tensors: its queries' projection input and norm, attention's output
+#: (counted on Animate's face blocks, as the growth of a checkpointed stack by five blocks and one).
+SIDE_BLOCK = 3
 
 #: Layers of a block that read the prompt's tokens rather than the video's.
 TEXT_READERS = ("cross_attn.k", "cross_attn.v")
@@ -158,6 +194,47 @@ def block_context_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
     return text + cfg.image_len * 3 * s * d
 
 
+def carried_token_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
+    """Bytes a frozen block whose input requires grad holds per video token: the inputs of its
+    norms and modulations, attention's q, k, v and output, the GELU's input, and the fp32 view
+    the q/k RMS norms take, as under a LoRA: ``s (9 D + F) + 12 D`` (counted; a CLIP family's
+    second attention adds nothing measurable)."""
+    return setup.itemsize * (9 * cfg.dim + cfg.ffn_dim) + 3 * FP32 * cfg.dim
+
+
+def carried_context_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
+    """... and per clip: the cross-attention's keys and values of the prompt, ``2 s D`` a token."""
+    return cfg.text_len * 2 * setup.itemsize * cfg.dim
+
+
+def block_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int) -> list[tuple[int, int]]:
+    """(held for backward, checkpointed input) of every block of one forward, in bytes."""
+    s, d = setup.itemsize, cfg.dim
+    block_input = tokens * s * d if setup.checkpointing else 0
+    if setup.parts is None:
+        held = tokens * block_token_bytes(cfg, setup) + setup.batch * block_context_bytes(cfg, setup)
+        carried = tokens * carried_token_bytes(cfg, setup) + setup.batch * carried_context_bytes(cfg, setup)
+        joined = [(held + carried, 2 * block_input)] * setup.frozen_stream_blocks
+        return joined + [(held, block_input)] * (cfg.num_layers - setup.frozen_stream_blocks)
+    whole = attrs.evolve(setup, parts=None)
+    trained = tokens * block_token_bytes(cfg, whole) + setup.batch * block_context_bytes(cfg, whole)
+    carried = tokens * carried_token_bytes(cfg, setup) + setup.batch * carried_context_bytes(cfg, setup)
+    parts = setup.parts
+    blocks = [(trained, block_input)] * parts.trained_blocks
+    blocks += [(carried, block_input)] * (cfg.num_layers - parts.trained_blocks)
+    joined = [(held + trained, 2 * held_input) for held, held_input in blocks[:parts.stream_blocks]]
+    return joined + blocks[parts.stream_blocks:]
+
+
+def _parts_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int) -> int:
+    """Held through one forward by trained parts outside the blocks (``Parts``): side blocks'
+    tensors and a trained encoder's."""
+    parts = setup.parts
+    if parts is None:
+        return 0
+    return tokens * parts.side_blocks * SIDE_BLOCK * setup.itemsize * cfg.dim + setup.batch * parts.encoder_bytes
+
+
 def _working_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
     """Per token, backward's transients: the FFN's hidden gradients, RoPE tables, the head's fp32 input."""
     s = setup.itemsize
@@ -175,20 +252,20 @@ def activation_bytes(cfg: DitConfig, setup: TrainSetup, *, device_run: bool) -> 
 
     ``device_run``: False for a CPU run, where ``offload_activations`` moves nothing.
     """
-    s, layers = setup.itemsize, cfg.num_layers
     tokens = setup.batch * dit_tokens(cfg, setup.grid)
-    per_block = tokens * block_token_bytes(cfg, setup) + setup.batch * block_context_bytes(cfg, setup)
-    rest = tokens * _working_bytes(cfg, setup) + setup.forwards * _shared_bytes(cfg, setup, tokens)
-    block_input = tokens * s * cfg.dim if setup.checkpointing else 0
+    blocks = block_bytes(cfg, setup, tokens)
+    largest = max((held for held, _ in blocks), default=0)
+    rest = tokens * _working_bytes(cfg, setup) + setup.forwards * (
+        _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens))
     # what the forward passes leave for backward
-    left = setup.forwards * layers * (block_input if setup.checkpointing else per_block)
+    left = setup.forwards * sum(block_input if setup.checkpointing else held for held, block_input in blocks)
     if setup.offload and device_run:
-        return per_block + rest, per_block + rest, _offloaded_bytes(cfg, setup, tokens, per_block)
-    recomputed = per_block if setup.checkpointing else 0
-    return left + recomputed + rest, block_input + per_block + rest, 0
+        return largest + rest, largest + rest, _offloaded_bytes(cfg, setup, tokens, blocks)
+    recomputed = largest if setup.checkpointing else 0
+    return left + recomputed + rest, max((sum(b) for b in blocks), default=0) + rest, 0
 
 
-def _offloaded_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int, per_block: int) -> int:
+def _offloaded_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int, blocks: list[tuple[int, int]]) -> int:
     """Host bytes of ``offload_activations``: each tensor autograd saves is copied at every save.
 
     Checkpointed: each block's input and its own copy of the embedded context, and the head's fp32
@@ -196,9 +273,9 @@ def _offloaded_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int, per_block: 
     v each save their input, each projection its weight): 5/3 of the distinct bytes, counted.
     """
     if not setup.checkpointing:
-        return setup.forwards * cfg.num_layers * per_block * 5 // 3
+        return setup.forwards * sum(held for held, _ in blocks) * 5 // 3
     context = setup.batch * (cfg.text_len + cfg.image_len) * setup.itemsize * cfg.dim
-    inputs = cfg.num_layers * (tokens * setup.itemsize * cfg.dim + context) + tokens * FP32 * cfg.dim
+    inputs = sum(block_input + context for _, block_input in blocks) + tokens * FP32 * cfg.dim
     return setup.forwards * inputs
 
 

@@ -33,6 +33,7 @@ from wanflow.models.animate_face import FaceAdapter, FaceEncoder, FaceInjection
 from wanflow.models.animate_motion import MotionEncoder
 from wanflow.models.dit import PreparedContext, StackInputs, WanDiT
 from wanflow.models.dit_extras import DitExtras
+from wanflow.models.full_training import ANIMATE_PARTS
 from wanflow.models.precision import Conv3d
 
 #: Face crops the motion encoder takes per call (the official batch; memory, not results).
@@ -117,7 +118,7 @@ class AnimateDiT(WanDiT):
 
     #: The parts full fine-tuning trains, the rest frozen: the Animate parts, which DiffSynth's
     #: full training of Animate trains (its ``animate_adapter``) and nothing else.
-    full_trained_prefixes = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+    full_trained_prefixes = ANIMATE_PARTS
 
     def __init__(self, config: AnimateConfig, attention_kernel: str = "sdpa"):
         super().__init__(config.dit, attention_kernel)

@@ -47,6 +47,7 @@ from wanflow.models.dit import (
 )
 from wanflow.models.dit_config import CLIP_DIM, CLIP_TOKENS
 from wanflow.models.dit_extras import DitExtras
+from wanflow.models.full_training import REFERENCE_STREAM
 from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import THETA, apply_rope, axis_angles, axis_dims
 from wanflow.models.vap_config import VapConfig, keeps_fp32
@@ -194,7 +195,7 @@ class VapDiT(WanDiT):
     #: Full fine-tuning trains the reference stream alone, the main stream frozen: the authors'
     #: MoT training (only ``*_mot_ref`` parameters require gradients) and DiffSynth's
     #: (``--trainable_models vap``, its reference stream).
-    full_trained_prefixes = ("mot.",)
+    full_trained_prefixes = REFERENCE_STREAM
     #: Its export (steps/train_vap_export.py) merges the trained stream over the base's files.
     exports_trained_alone = True
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from wanflow.memory.estimates import (
     text_encode_bytes,
     vae_decode_bytes,
 )
+from wanflow.memory.motion_estimate import face_crops, motion_encoder_bytes
 from wanflow.memory.planner import (
     Budgets,
     MemoryPlan,
@@ -39,15 +41,27 @@ from wanflow.memory.planner import (
     StepPeak,
     plan,
 )
-from wanflow.memory.sizes import ComponentSize, component_size, dit_shapes, read_headers
+from wanflow.memory.s2v_estimate import holds_s2v_parts, s2v_forward_bytes
+from wanflow.memory.sizes import (
+    ComponentSize,
+    block_index,
+    component_size,
+    dit_shapes,
+    read_headers,
+)
+from wanflow.memory.stream_estimate import joined_blocks, reference_forward_bytes
 from wanflow.memory.train_estimate import (
+    Parts,
     Trained,
     TrainPeak,
     TrainSetup,
     lora_adapters,
     train_peak,
 )
+from wanflow.models import animate_config
+from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
+from wanflow.models.full_training import stream_name, trained_prefixes, trains
 from wanflow.steps.denoise import expert_cfgs
 from wanflow.steps.train_targets import matches
 
@@ -94,8 +108,10 @@ def component_sizes(files: Mapping[str, Sequence[Path]], itemsize: int, fp8: boo
     return out
 
 
-def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str) -> list[StepDemand]:
-    """The steps that load models, with their activation estimates at the recipe's size."""
+def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str,
+                 dit_names: Collection[str] = ()) -> list[StepDemand]:
+    """The steps that load models, with their activation estimates at the recipe's size;
+    ``dit_names``: the DiT checkpoint's tensor names, which tell a derivative DiT (``denoise_bytes``)."""
     v = job.values
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, vae_version)
@@ -108,12 +124,27 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
                           int(text_encode_bytes(itemsize=itemsize) * _text_encoder_fraction(job)))]
     if "image_encoder" in job.weights:
         demands.append(StepDemand("encode-image", ("image_encoder",), 0))
-    demands.append(StepDemand("denoise", dits, dit_forward_bytes(
-        dit_config, grid, itemsize, prepared_contexts=2 if guided else 1,
-        per_token_time=dit_config.model_type == "ti2v")))
+    demands.append(StepDemand("denoise", dits, denoise_bytes(
+        dit_config, dit_names, grid, itemsize, prepared_contexts=2 if guided else 1)))
     demands.append(StepDemand("decode", ("vae",), vae_decode_bytes(
         vae_version, 96, frames, height, width, itemsize, tile=pixels_tile)))
     return demands
+
+
+def denoise_bytes(config: DitConfig, names: Collection[str], grid: tuple[int, int, int], itemsize: int,
+                  prepared_contexts: int) -> int:
+    """One denoise forward's activations, for the DiT whose checkpoint holds the tensors ``names``:
+    a Wan DiT's, with a reference stream beside the video (Video-As-Prompt), or with S2V's
+    reference and motion tokens."""
+    per_token_time = config.model_type == "ti2v"
+    joined = joined_blocks(names)
+    if joined:
+        return reference_forward_bytes(config, grid, itemsize, joined, prepared_contexts=prepared_contexts,
+                                       per_token_time=per_token_time)
+    if holds_s2v_parts(names):
+        return s2v_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts)
+    return dit_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts,
+                             per_token_time=per_token_time)
 
 
 #: Bytes of the released umT5-XXL encoder in bf16, the size the text-encode estimate is made for.
@@ -134,11 +165,12 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
     files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()
              if name not in ("lora", "train_files")}  # LoRA files patch a DiT; they are not models
     dit = next(d for d in DIT_ROLES if d in files)
-    config = from_shapes(dit_shapes(files[dit]), str(files[dit][0]))
+    shapes = dit_shapes(files[dit])
+    config = from_shapes(shapes, str(files[dit][0]))
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     found = plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
-                 step_demands(job, config, itemsize, vae_version), host_compute=on_host)
+                 step_demands(job, config, itemsize, vae_version, shapes), host_compute=on_host)
     _refuse_streamed_blocks(job, found, {d: files[d] for d in DIT_ROLES if d in files})
     if job.resolved.recipe.train is None:
         return found
@@ -207,12 +239,14 @@ class TrainJob:
             shapes = dit_shapes(files)
             if lora:
                 adapters, params, block = lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+                dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
             else:
-                params, block = _parameter_count(shapes), _parameter_count(shapes, "blocks.0.")
-            dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
+                trained, parts = full_trained(shapes, job.config.num_layers, job.grid[0])
+                dits.append(attrs.evolve(trained, weight_bytes=size.weight_bytes))
         setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
                            job.offload, adapters, per_token_time=job.config.model_type == "ti2v",
-                           forwards=job.forwards)
+                           forwards=job.forwards, parts=None if lora else parts,
+                           frozen_stream_blocks=joined_blocks(shapes) if lora else 0)
         loading = max(component_sizes({"dit": f}, FP32, False)[0].largest_tensor_bytes
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
@@ -303,8 +337,41 @@ def _adapted(shapes: Mapping[str, tuple[int, ...]], targets: Sequence[str]) -> l
     return [name for name in _linears(shapes) if any(matches(name, t) for t in targets)]
 
 
-def _parameter_count(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> int:
-    return sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix))
+def full_trained(shapes: Mapping[str, tuple[int, ...]], layers: int,
+                 latent_frames: int = 1) -> tuple[Trained, Parts | None]:
+    """What full fine-tuning trains of a DiT (its weight bytes left 0), from its header's shapes:
+    every parameter, or those under the prefixes ``wanflow.models.full_training`` names for it
+    (``Parts``: the blocks they sit in, ``blocks.N.`` of the stack or ``<stream>.blocks.N.`` of a
+    second stream; blocks beside the stack, ``<name>_blocks.N.``; a trained motion encoder, run
+    over the face crops of a clip of ``latent_frames``)."""
+    named = {stream_name(k): math.prod(s) for k, s in shapes.items()}
+    prefixes = trained_prefixes(named)
+    named = {name: count for name, count in named.items() if trains(name, prefixes)}
+    per_block: dict[tuple[bool, int], int] = {}
+    for name, count in named.items():
+        index = block_index(name)
+        if index is not None:
+            key = (name.startswith("blocks."), index)
+            per_block[key] = per_block.get(key, 0) + count
+    params = sum(named.values())
+    if not prefixes:
+        return Trained(0, params, per_block.get((True, 0), 0), layers), None
+    trained = Trained(0, params, max(per_block.values(), default=0), len(per_block))
+    stack = sum(main for main, _ in per_block)
+    side = len({found.group(0) for name in named if (found := SIDE_BLOCK.search(name))})
+    return trained, Parts(stack, len(per_block) - stack, side, _encoder_bytes(shapes, named, latent_frames))
+
+
+#: A block of a module list beside the stack (Animate's ``face_adapter.fuser_blocks.N.``).
+SIDE_BLOCK = re.compile(r"(?:^|\.)\w+_blocks\.\d+\.")
+
+
+def _encoder_bytes(shapes: Mapping[str, tuple[int, ...]], trained: Collection[str], latent_frames: int) -> int:
+    """What a trained motion encoder (Animate's) keeps over one clip's face crops, in fp32."""
+    if not any(name.startswith(MOTION_PREFIX) for name in trained):
+        return 0
+    motion = animate_config.from_shapes(shapes, "the Animate DiT").motion
+    return motion_encoder_bytes(motion, face_crops(latent_frames), FP32)
 
 
 def _gib(n: int | None) -> str:
