@@ -207,3 +207,16 @@ def test_fp8_storage_is_refused_at_validation_not_at_load(media, tmp_path):
     assert err.value.problems == [f"{path}: [memory].fp8 = true: fp8 storage of "
                                   "Video-As-Prompt's DiT's blocks is not built yet (it loads whole in the "
                                   "compute dtype): use false"]
+
+
+def test_the_memory_plan_moves_its_dit_whole_never_block_by_block(vap_root):
+    """Its loader loads the DiT whole, so the planner is told it has no blocks to stream; a plain
+    Wan DiT's blocks may stream."""
+    from wanflow.steps.memory_plan import _unstreamable_dits
+
+    vap = sorted((vap_root / REPO / "transformer").glob("*.safetensors"))
+    plain = sorted((vap_root / "Wan-AI" / "Wan2.1-I2V-14B-720P").glob("*.safetensors"))
+    assert vap and plain
+    assert _unstreamable_dits({}, {"dit": vap}) == {"dit"}
+    assert _unstreamable_dits({}, {"dit": plain}) == set()
+    assert _unstreamable_dits({"memory.fp8": True}, {"dit": plain}) == {"dit"}

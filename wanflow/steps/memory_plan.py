@@ -169,40 +169,27 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
     config = from_shapes(shapes, str(files[dit][0]))
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
-    found = plan(budgets, v["memory.policy"], component_sizes(files, itemsize, bool(v["memory.fp8"])),
-                 step_demands(job, config, itemsize, vae_version, shapes), host_compute=on_host)
-    _refuse_streamed_blocks(job, found, {d: files[d] for d in DIT_ROLES if d in files})
+    sizes = component_sizes(files, itemsize, bool(v["memory.fp8"]))
+    whole = _unstreamable_dits(v, {d: files[d] for d in DIT_ROLES if d in files})
+    sizes = [attrs.evolve(s, block_bytes=(), fp8_block_bytes=()) if s.name in whole else s for s in sizes]
+    found = plan(budgets, v["memory.policy"], sizes, step_demands(job, config, itemsize, vae_version, shapes),
+                 host_compute=on_host)
     if job.resolved.recipe.train is None:
         return found
     train = train_step_peak(job, config, itemsize, device, vae_version, found.budgets)
     return attrs.evolve(found, peaks=(*found.peaks, train))
 
 
-def _refuse_streamed_blocks(job: Any, found: MemoryPlan, dits: Mapping[str, Sequence[Path]]) -> None:
-    """A plan that streams a DiT's blocks where they cannot be streamed yet, refused now (exit 2)
-    rather than when the DiT loads: blocks kept in fp8 or compiled, or a DiT its own loader loads
-    whole (``memory/dit_variants.py``)."""
+def _unstreamable_dits(values: Mapping[str, Any], dits: Mapping[str, Sequence[Path]]) -> set[str]:
+    """The DiTs whose blocks cannot be streamed yet, so the planner moves them whole (offload) or
+    refuses with the numbers, never streams them: blocks kept in fp8 (``[memory].fp8``) or
+    compiled (``[runtime].compile``), or a DiT its own loader loads whole
+    (``memory/dit_variants.py``)."""
     from wanflow.memory.dit_variants import variant_of
 
-    streamed = [d for d in dits if any(t != "device" for t in found.placement(d).blocks)]
-    if not streamed:
-        return
-    v, reasons = job.values, []
-    if v.get("memory.fp8"):
-        reasons.append("[memory].fp8 keeps them in fp8 (set fp8 = false)")
-    if v.get("runtime.compile", "none") != "none":
-        reasons.append('[runtime].compile compiles them (set compile = "none")')
-    variant = variant_of(dits[streamed[0]])
-    if variant is not None and not variant.streams:
-        reasons.append(f"{variant.name}'s DiT loads whole")
-    if not reasons:
-        return
-    where = display_path(job.resolved.path) if getattr(job.resolved, "path", None) else "the recipe"
-    budget = found.budgets.device_bytes if found.budgets.device_bytes is not None else found.budgets.host_bytes
-    raise MemoryPlanError(
-        f"{where}: the memory plan ({found.policy}) streams the blocks of {', '.join(streamed)} from host memory "
-        f"or disk within the budget of {_gib(budget)}, which is not supported yet where {'; '.join(reasons)}; "
-        "or raise [memory].limit_gb so that the DiT fits whole.")
+    if values.get("memory.fp8") or values.get("runtime.compile", "none") != "none":
+        return set(dits)
+    return {d for d, paths in dits.items() if (variant := variant_of(paths)) is not None and not variant.streams}
 
 
 # ----------------------------------------------------------------------------- the train step
