@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e._layout_longcat import write_longcat_models_root
+from tests.e2e._layout_longcat import CONFIG, write_longcat_models_root
 from tests.e2e._run import run
 from tests.e2e.conftest import use_models, write_recipe
 
@@ -79,6 +79,32 @@ def test_an_offload_run_keeps_one_model_and_makes_the_resident_runs_latents(long
     assert sum(kind in model_pool.LARGE_KINDS for kind in kept["offload"]) == 1
     none, offload = (outcomes[p].results["denoise"] for p in ("none", "offload"))
     assert offload.key == none.key and offload.digest == none.digest  # the same latents, to the bit
+
+
+def test_the_denoise_step_is_planned_at_the_clips_size_with_its_cached_conditioning(longcat_env, tmp_path):
+    """Under ``none`` on the CPU each step's peak is every model's weights plus its activations, so
+    two steps' peaks differ by their activations: the denoise's are the tiny DiT's forward over the
+    13-frame clip's 4 latent frames, of which the 5 conditioning frames' 2 are cached."""
+    import numpy as np
+
+    from wanflow.memory.estimates import vae_decode_bytes
+    from wanflow.memory.longcat_estimate import longcat_forward_bytes
+    from wanflow.output import save_mp4
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    past = tmp_path / "past.mp4"
+    save_mp4(np.random.default_rng(0).integers(0, 256, (11, 24, 40, 3), dtype=np.uint8), past, 8, {}, quality=0)
+    recipe = write_recipe(tmp_path, FAMILY, {"longcat_video": past}, video={"width": 16, "height": 16, "frames": 13},
+                          memory={"policy": "none"})
+    plans = {}
+    for name, sets in (("continuation", ("inputs.longcat_cond_frames=5",)), ("text-to-video", ("inputs={}",))):
+        resolved = load_recipe(recipe, sets=sets)
+        found = get_registry().pipeline(resolved.model).memory_plan(resolved)
+        peaks = {p.step: p.host_bytes for p in found.peaks}
+        plans[name] = peaks["denoise"] - peaks["decode"] + vae_decode_bytes("wan2.1", 96, 13, 16, 16, 4)
+    assert plans["continuation"] == longcat_forward_bytes(CONFIG, (4, 2, 2), 4, cond_latents=2)
+    assert plans["text-to-video"] == longcat_forward_bytes(CONFIG, (4, 2, 2), 4)
 
 
 @pytest.mark.parametrize("policy", ["stream", "disk"])

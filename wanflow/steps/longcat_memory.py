@@ -15,13 +15,14 @@ recipe's rules refuse the [memory] budgets and policies it would not honour).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from wanflow.memory.estimates import latent_grid, text_encode_bytes, vae_decode_bytes
 from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_bytes
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
-from wanflow.memory.sizes import component_size, read_headers
+from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read_headers
 from wanflow.models import longcat_config
 from wanflow.steps.memory_plan import (
     ITEMSIZE,
@@ -45,12 +46,16 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    dit = component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32)  # whole: no blocks
-    sizes = [dit, *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
+    sizes = [dit_size(tensors, itemsize), *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     return plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
                 policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
+
+
+def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int) -> ComponentSize:
+    """LongCat's DiT, whole (no block of it is streamed), at ``itemsize`` with its fp32 islands."""
+    return component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32)
 
 
 def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> list[StepDemand]:
