@@ -215,8 +215,7 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
                                                                "caches are calibrated on Wan DiTs"),
     ("fast-short", {}, r"the video has 7 frames \(4 at \[video\]\.fps = 15: every 2 of its 30 fps\), fewer than "
                        r"the 5 conditioning frames"),
-    (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": the memory planner does not size"),
-    (None, {"memory": {"limit_gb": 8.0}}, r"\[memory\]\.limit_gb = 8\.0: budgets the memory planner"),
+    (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": LongCat's DiT loads whole"),
     (None, {"memory": {"fp8": True}}, r"\[memory\]\.fp8 = true: fp8 storage of LongCat's DiT's blocks is not built"),
     (None, {"runtime": {"compile": "blocks"}}, r"\[runtime\]\.compile = \"blocks\": compiling LongCat's DiT's blocks"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "
@@ -279,13 +278,14 @@ def test_the_conditioning_latents_are_the_vae_latents_of_the_videos_last_frames(
         assert (found - first).abs().max() > 1e-3
 
 
-def test_wanflow_plan_says_the_planner_cannot_size_it(longcat_env, tmp_path):
+def test_wanflow_plan_says_the_planner_cannot_size_its_train_step(longcat_env, videos, tmp_path):
     from wanflow.errors import ModelInputError
     from wanflow.plugins import get_registry
     from wanflow.recipe import load_recipe
 
-    resolved = load_recipe(_recipe(tmp_path))
-    with pytest.raises(ModelInputError, match="the memory planner sizes Wan DiTs and cannot size longcat-video's"):
+    (tmp_path / "data.csv").write_text(f"video,prompt\n{videos['past']},a ball\n")
+    resolved = load_recipe(_recipe(tmp_path), sets=(f'train.dataset="{tmp_path / "data.csv"}"',))
+    with pytest.raises(ModelInputError, match="the memory planner does not size longcat-video's train step yet"):
         get_registry().pipeline(resolved.model).memory_plan(resolved)
 
 

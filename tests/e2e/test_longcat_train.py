@@ -189,6 +189,8 @@ def _refusal(tmp_path, recipe, capsys) -> str:
     ([_row()], 5, {"task": "direct_distill"}, {}, ["[train].task", 'use task = "sft"']),
     ([_row()], 5, {"distribution": "ddp", "processes": 2}, {}, ["[train].distribution", 'distribution = "none"']),
     ([_row()], 5, {}, {"memory": {"fp8": True}}, ["[memory].fp8", "not built yet"]),
+    ([_row()], 5, {}, {"memory": {"limit_gb": 8.0}}, ["[memory].limit_gb = 8.0", "does not size LongCat's train step"]),
+    ([_row()], 5, {}, {"memory": {"policy": "offload"}}, ['[memory].policy = "offload"', "train step yet"]),
     ([_row()], 5, {"validation_prompts": ["a red square"]}, {}, ["[train].validation_prompts", "validation_samples"]),
     ([_row()], 5, {}, {"inputs": {"longcat_video": "data/clips/past.mp4"}},
      ["[inputs].longcat_video", "dataset's longcat_video column"]),

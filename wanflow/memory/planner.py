@@ -120,22 +120,30 @@ class MemoryPlan:
 
 
 def plan(budgets: Budgets, policy: Policy, sizes: Sequence[ComponentSize],
-         steps: Sequence[StepDemand], *, host_compute: frozenset[str] = frozenset()) -> MemoryPlan:
+         steps: Sequence[StepDemand], *, host_compute: frozenset[str] = frozenset(),
+         policies: Sequence[str] = POLICIES, whole_on_device: frozenset[str] = frozenset()) -> MemoryPlan:
     """The placement of every component under ``policy`` that fits the budgets, or MemoryPlanError.
 
-    ``host_compute``: components that compute on the CPU even in a device run.
+    ``host_compute``: components that compute on the CPU even in a device run. ``policies``: those
+    the job's models can honour, fastest first (``auto`` chooses among them, a refusal offers
+    only them): a DiT its own loader loads whole is planned under ``none`` and ``offload`` only.
+    ``whole_on_device``: components planned whole that cannot compute on the CPU in a device run
+    (a refusal does not offer it for them).
     """
     _check_inputs(sizes, steps)
+    if policy != "auto" and policy not in policies:
+        raise ValueError(f"policy {policy!r} is not among {list(policies)} (the recipe's rules refuse it)")
     by_name = {s.name: s for s in sizes}
-    found = _first_fit(budgets, policy, by_name, steps, host_compute)
+    found = _first_fit(budgets, policy, by_name, steps, host_compute, policies)
     if found is not None:
         return found
-    raise _refusal(budgets, policy, by_name, steps, host_compute)
+    raise _refusal(budgets, policy, by_name, steps, host_compute, policies, whole_on_device)
 
 
 def _first_fit(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
-               steps: Sequence[StepDemand], host_compute: frozenset[str]) -> MemoryPlan | None:
-    for candidate in POLICIES if policy == "auto" else (policy,):
+               steps: Sequence[StepDemand], host_compute: frozenset[str],
+               policies: Sequence[str] = POLICIES) -> MemoryPlan | None:
+    for candidate in policies if policy == "auto" else (policy,):
         found = _build(budgets, candidate, sizes, steps, host_compute, asked=policy)
         if _fits(found, budgets):
             return found
@@ -286,12 +294,13 @@ def _host_transient(p: ComponentPlacement, size: ComponentSize) -> int:
 
 
 def _refusal(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
-             steps: Sequence[StepDemand], host_compute: frozenset[str]) -> MemoryPlanError:
+             steps: Sequence[StepDemand], host_compute: frozenset[str],
+             policies: Sequence[str] = POLICIES, whole_on_device: frozenset[str] = frozenset()) -> MemoryPlanError:
     """The error when nothing fits: the tightest plan's shortfall and the changes that would fit."""
-    tightest = _build(budgets, "disk" if policy == "auto" else policy, sizes, steps, host_compute,
+    tightest = _build(budgets, policies[-1] if policy == "auto" else policy, sizes, steps, host_compute,
                       asked=policy)
     shortfall = "; ".join(_shortfalls(tightest, budgets))
-    fits = _fixes(budgets, policy, sizes, steps, host_compute)
+    fits = _fixes(budgets, policy, sizes, steps, host_compute, policies, whole_on_device)
     advice = (f"the cheapest change that fits: {fits[0]}" + (
         f" (also: {'; '.join(fits[1:])})" if len(fits) > 1 else "")) if fits else (
         "no change of policy, budget or fp8 storage fits: reduce the frames or resolution")
@@ -312,14 +321,15 @@ def _shortfalls(found: MemoryPlan, budgets: Budgets) -> list[str]:
 
 
 def _fixes(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
-           steps: Sequence[StepDemand], host_compute: frozenset[str]) -> list[str]:
+           steps: Sequence[StepDemand], host_compute: frozenset[str],
+           policies: Sequence[str] = POLICIES, whole_on_device: frozenset[str] = frozenset()) -> list[str]:
     """Changes that would fit, cheapest first: a slower policy (same numbers), more host memory,
     more device memory, then those that change the numbers: a component computing on the CPU,
     fp8 storage."""
     def fits(b: Budgets, p: str, s: Mapping[str, ComponentSize] = sizes) -> bool:
-        return _first_fit(b, p, s, steps, host_compute) is not None
+        return _first_fit(b, p, s, steps, host_compute, policies) is not None
 
-    out = [f"policy {p!r}" for p in POLICIES
+    out = [f"policy {p!r}" for p in policies
            if policy != "auto" and p != policy and fits(budgets, p)]
     host = _least(lambda n: fits(attrs.evolve(budgets, host_bytes=n), policy))
     if host is not None:
@@ -330,10 +340,10 @@ def _fixes(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
             out.append(f"a device budget of {_gib(device)}")
     if budgets.device_bytes is not None:
         out += [f"{n!r} computing on the CPU" for n, s in sizes.items()
-                if n not in host_compute and not s.block_bytes
-                and _first_fit(budgets, policy, sizes, steps, host_compute | {n}) is not None]
+                if n not in host_compute and not s.block_bytes and n not in whole_on_device
+                and _first_fit(budgets, policy, sizes, steps, host_compute | {n}, policies) is not None]
     fp8 = {n: s.as_fp8() for n, s in sizes.items()}
-    with_fp8 = _first_fit(budgets, policy, fp8, steps, host_compute) if fp8 != dict(sizes) else None
+    with_fp8 = _first_fit(budgets, policy, fp8, steps, host_compute, policies) if fp8 != dict(sizes) else None
     if with_fp8 is not None and not streams_blocks(with_fp8):  # fp8 blocks cannot be streamed yet
         out.append("fp8 storage of the DiT")
     return out

@@ -53,16 +53,23 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
-    """The memory planner sizes Wan DiTs only: LongCat's DiT loads whole, so the settings that
-    place or budget it would not be read."""
+    """LongCat's DiT loads whole (its blocks cannot be streamed), so the memory plan places it
+    under ``none`` or ``offload`` only; its train step is not sized yet, so a training recipe's
+    budgets and policy would not be read."""
     m = recipe.memory
-    if m.policy not in ("auto", "none"):
-        problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's DiT yet, which "
-                     'loads whole on the run\'s device: use "auto"')
-    for key in ("limit_gb", "host_limit_gb"):
-        if getattr(m, key) is not None:
-            problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
-                         "LongCat's DiT yet: remove it")
+    if recipe.train is not None:
+        if m.policy not in ("auto", "none"):
+            problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's train step "
+                         "yet, which holds the DiT on the run's device: use \"auto\"")
+        for key in ("limit_gb", "host_limit_gb"):
+            if getattr(m, key) is not None:
+                problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
+                             "LongCat's train step yet: remove it")
+        return
+    if m.policy in ("stream", "disk"):
+        problems.add(("memory", "policy"), m.policy, "LongCat's DiT loads whole, so its blocks cannot be streamed "
+                     'from host memory or disk: use "offload" (one model on the device at a time), "none" '
+                     'or "auto"')
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:

@@ -5,8 +5,9 @@ the Wan pipeline's; denoise is ``denoise_longcat`` whatever the solver, since th
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
-does not hold it. The memory planner sizes Wan DiTs only: a LongCat job is planned without it
-(the DiT loads whole). Importing this module does not import torch.
+does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``); a
+training job is planned without one (its train step is not sized yet). Importing this module
+does not import torch.
 """
 
 from __future__ import annotations
@@ -19,24 +20,41 @@ from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import SCHEDULER_CONFIG, SOLVER
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
-from wanflow.steps.pipeline import WanPipeline
+from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
+from wanflow.steps.runtime import effective_device
 
 
 @attrs.frozen
 class LongCatPipeline(WanPipeline):
-    """``WanPipeline`` with LongCat's denoise step, planned without the (Wan-only) memory planner."""
+    """``WanPipeline`` with LongCat's denoise step and LongCat's memory plan."""
 
     def steps(self, resolved: Any) -> list[StepSpec]:
         return [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
 
     def job_plan(self, job: Any) -> Any:
-        """None: the memory planner reads Wan DiT configs off the headers, and LongCat's is not one."""
-        return None
+        """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None for a training
+        job (its train step is not sized yet) and when weights are missing here."""
+        if job.resolved.recipe.train is not None:
+            return None
+        return longcat_job_plan(job)
 
     def memory_plan(self, resolved: Any) -> Any:
-        """Refused: the memory planner does not size LongCat's DiT yet (``wanflow plan`` says so)."""
-        raise ModelInputError(f"{resolved.path}: the memory planner sizes Wan DiTs and cannot size {resolved.family.name}'s "
-                              "yet; `wanflow run` loads its DiT whole on the run's device")
+        """The memory plan of a job (``wanflow plan``); refused for a training job."""
+        if resolved.recipe.train is not None:
+            raise ModelInputError(f"{resolved.path}: the memory planner does not size {resolved.family.name}'s train "
+                                  "step yet; `wanflow run` trains with the DiT resident on the run's device")
+        return self.job_plan(_Job(resolved, resolve_weights(resolved, self.fetch), self.catalog))
+
+
+def longcat_job_plan(job: Any) -> Any:
+    """The plan of a job whose weights are all here (None otherwise: their sizes are not known)."""
+    from wanflow.steps.longcat_memory import longcat_memory_plan
+    from wanflow.steps.runtime import effective_dtype_name
+
+    if not all(w.present for weights in job.weights.values() for w in weights.values()):
+        return None
+    device = effective_device(job.values["runtime.device"])
+    return longcat_memory_plan(job, device, effective_dtype_name(job.values["runtime.dtype"], device))
 
 
 def longcat_node(denoise: StepSpec, resolved: Any) -> StepSpec:

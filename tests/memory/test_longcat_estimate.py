@@ -1,0 +1,98 @@
+"""LongCat-Video's denoise forward as the planner sizes it, against the live tensor bytes of tiny
+models' forwards as the denoise step runs them (the conditioning frames cached first), within
+20 % like every forward estimate; its DiT's weights as the planner reads them off the headers;
+and the planner never streaming a DiT planned whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_bytes
+from wanflow.memory.planner import Budgets, MemoryPlanError, StepDemand, plan
+from wanflow.memory.sizes import ComponentSize, read_headers
+from wanflow.models.longcat import LongCatDiT, rope_table
+from wanflow.models.longcat_config import LongCatConfig, keeps_fp32, swiglu_width
+from wanflow.steps.longcat_memory import dit_size
+
+from ._ledger import LiveBytes, weight_bytes
+
+#: (width, blocks, latent frames, conditioning latent frames, latent height, width); heads of 128,
+#: the release's width. Measured in fp32, where a Linear's output is its own tensor as on a GPU.
+CASES = {"text-to-video": (256, 2, 9, 0, 32, 32), "narrow": (128, 2, 5, 0, 32, 32),
+         "continuation": (256, 2, 9, 4, 32, 32), "three blocks, 2 cached": (256, 3, 9, 2, 32, 32),
+         "wide, oblong": (384, 2, 7, 2, 24, 40), "one cached frame": (256, 4, 11, 1, 32, 32),
+         "mostly cached": (256, 2, 9, 7, 32, 32)}
+#: Continuations in bf16, where rotating the cached and new keys in fp32 is the peak. (A bf16 Linear
+#: on the CPU computes in fp32 blocks into its output, so a bf16 feed-forward holds less than on a
+#: GPU: the feed-forward's cases are measured in fp32.)
+BF16_CASES = {"bf16 continuation": (256, 2, 9, 4, 32, 32), "bf16, three blocks": (256, 3, 9, 2, 32, 32),
+              "bf16 wide, oblong": (384, 2, 7, 2, 24, 40), "bf16 mostly cached": (256, 2, 9, 7, 32, 32)}
+
+
+def tiny(width: int, depth: int, dtype: torch.dtype = torch.float32) -> LongCatDiT:
+    """A tiny DiT in ``dtype``, its fp32 islands in fp32 (as the loader leaves them)."""
+    config = LongCatConfig(hidden_size=width, depth=depth, num_heads=width // 128, ffn_dim=swiglu_width(width),
+                           caption_channels=32, adaln_tembed_dim=24, frequency_embedding_size=16)
+    model = LongCatDiT(config).eval()
+    for name, p in model.named_parameters():
+        if not keeps_fp32(name):
+            p.data = p.data.to(dtype)
+    return model
+
+
+@pytest.mark.parametrize("width, depth, frames, cond, height, latent_width, dtype",
+                         [(*c, torch.float32) for c in CASES.values()] +
+                         [(*c, torch.bfloat16) for c in BF16_CASES.values()], ids=[*CASES, *BF16_CASES])
+def test_a_denoise_forward_with_its_cached_conditioning(width, depth, frames, cond, height, latent_width, dtype):
+    model = tiny(width, depth, dtype)
+    x = torch.randn(1, 16, frames, height, latent_width, generator=torch.Generator().manual_seed(0))
+    prompt = torch.randn(1, 512, 32)
+    rope_table.cache_clear()  # each run makes (and keeps) its RoPE tables, whatever ran before
+    with torch.no_grad(), LiveBytes(model) as ledger:
+        cache = model.cache_conditioning(x[:, :, :cond]) if cond else None
+        model(x[:, :, cond:], torch.full((1,), 500.0), prompt, cache=cache)
+    predicted = longcat_forward_bytes(model.cfg, (frames, height, latent_width), dtype.itemsize, cond)
+    assert predicted == pytest.approx(ledger.peak - weight_bytes(model), rel=0.2)
+
+
+def test_the_released_continuations_conditioning_frames():
+    assert cond_latent_frames(13) == 4 and cond_latent_frames(17) == 5 and cond_latent_frames(1) == 1
+
+
+def test_the_dit_is_sized_from_its_headers_with_its_fp32_islands(tmp_path):
+    """Its bf16 bytes once loaded: the modulations, time embedding and final layer stay fp32."""
+    model = tiny(128, 2)
+    path = tmp_path / "dit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    size = dit_size(read_headers([path]), 2)
+    loaded = sum(p.numel() * (4 if keeps_fp32(n) else 2) for n, p in model.state_dict().items())
+    assert size.weight_bytes == loaded and size.block_bytes == ()  # planned whole
+    assert loaded < sum(p.numel() * 4 for p in model.state_dict().values())
+
+
+def test_a_dit_planned_whole_is_never_streamed_and_the_fixes_name_only_its_policies():
+    gib = 1024**3
+    sizes = [ComponentSize("dit", 10 * gib), ComponentSize("vae", gib)]
+    steps = [StepDemand("denoise", ("dit",), 2 * gib), StepDemand("decode", ("vae",), gib)]
+    found = plan(Budgets(20 * gib, 64 * gib), "auto", sizes, steps, policies=("none", "offload"))
+    assert found.policy == "none"
+    found = plan(Budgets(12 * gib, 64 * gib), "auto", sizes, steps, policies=("none", "offload"))
+    assert found.policy == "offload" and found.placement("dit").blocks == ()
+    with pytest.raises(MemoryPlanError) as refused:
+        plan(Budgets(8 * gib, 64 * gib), "none", sizes, steps, policies=("none", "offload"),
+             whole_on_device=frozenset({"dit"}))
+    assert refused.value.fixes == ["a device budget of 13.00 GiB"]  # no slower policy, no DiT on the CPU
+    with pytest.raises(MemoryPlanError) as refused:
+        plan(Budgets(12 * gib, 64 * gib), "none", sizes, steps, policies=("none", "offload"))
+    assert refused.value.fixes == ["policy 'offload'", "a device budget of 13.00 GiB", "'dit' computing on the CPU",
+                                   "'vae' computing on the CPU"]  # without whole_on_device
+    with pytest.raises(MemoryPlanError, match=r"memory policy 'auto' .* step 'denoise' needs 12\.00 GiB of device "
+                                              r"memory \(offload\)"):
+        plan(Budgets(8 * gib, 64 * gib), "auto", sizes, steps, policies=("none", "offload"))
+    with pytest.raises(MemoryPlanError) as refused:  # "disk" would fit: its homes wait on disk, not in RAM
+        plan(Budgets(12 * gib, 5 * gib), "auto", sizes, steps, policies=("none", "offload"))
+    assert refused.value.fixes == ["a host budget of 11.00 GiB", "a device budget of 13.00 GiB", "'vae' computing on the CPU"]
+    with pytest.raises(ValueError, match="policy 'disk' is not among"):
+        plan(Budgets(8 * gib, 64 * gib), "disk", sizes, steps, policies=("none", "offload"))

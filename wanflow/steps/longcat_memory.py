@@ -1,0 +1,77 @@
+"""The memory plan of a LongCat-Video job, before anything loads.
+
+As a Wan job's (``wanflow.steps.memory_plan``), with LongCat's DiT read as what it is: its config
+comes from its own keys (``models.longcat_config.from_shapes``), its weights are sized from its
+headers with its own fp32 islands, and its denoise step's activations from
+``memory.longcat_estimate`` at the recipe's size and its conditioning frames. Its loader loads
+it whole (the block placement hooks are the Wan DiT's), so it is sized whole and planned under
+``none`` or ``offload`` only: the plan never streams its blocks, and ``auto`` chooses between the
+two (the recipe's rules refuse ``stream`` and ``disk``). A plan that cannot fit is refused here
+with the numbers and the changes that fit, before any weight is read.
+
+LongCat's train step is not sized yet: a training job is planned without a memory plan (its
+recipe's rules refuse the [memory] budgets and policies it would not honour).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from wanflow.memory.estimates import latent_grid, text_encode_bytes, vae_decode_bytes
+from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_bytes
+from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
+from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read_headers
+from wanflow.models import longcat_config
+from wanflow.steps.memory_plan import (
+    ITEMSIZE,
+    _text_encoder_fraction,  # the text encoder's share of umT5-XXL, as a Wan job's plan scales it
+    component_sizes,
+    device_budget,
+    host_budget,
+)
+
+#: The policies a LongCat job can honour, fastest first: its DiT loads whole.
+POLICIES = ("none", "offload")
+#: The Wan2.1 VAE's decoder base width (LongCat reads Wan2.1's VAE).
+DECODER_DIM = 96
+
+
+def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
+    """The job's plan (``wanflow.memory.planner.plan`` under ``POLICIES``), or MemoryPlanError."""
+    v = job.values
+    itemsize = ITEMSIZE.get(dtype_name, 4)
+    files = {name: [w.path for w in weights.values()] for name, weights in job.weights.items()
+             if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
+    tensors = read_headers(Path(p) for p in files["dit"])
+    config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
+    sizes = [dit_size(tensors, itemsize), *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
+    budgets = Budgets(device_budget(v, device), host_budget(v, device))
+    on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
+    return plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
+                policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
+
+
+def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int) -> ComponentSize:
+    """LongCat's DiT, whole (no block of it is streamed), at ``itemsize`` with its fp32 islands."""
+    return component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32)
+
+
+def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> list[StepDemand]:
+    """The steps that load models, with their activations at the recipe's size: the text encode,
+    the denoise (with the continuation's cached conditioning frames) and the decode."""
+    v = job.values
+    frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
+    grid = latent_grid(frames, height, width, "wan2.1")
+    cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if job.given("longcat_video") else 0
+    tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
+    pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
+    return [
+        StepDemand("encode-text", ("text_encoder",),
+                   int(text_encode_bytes(itemsize=itemsize) * _text_encoder_fraction(job))),
+        StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond)),
+        StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
+                                                        tile=pixels_tile)),
+    ]
+
