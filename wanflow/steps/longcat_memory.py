@@ -26,10 +26,10 @@ from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read
 from wanflow.models import longcat_config
 from wanflow.steps.memory_plan import (
     ITEMSIZE,
-    _text_encoder_fraction,  # the text encoder's share of umT5-XXL, as a Wan job's plan scales it
     component_sizes,
     device_budget,
     host_budget,
+    text_encoder_fraction,  # the text encoder's share of umT5-XXL, as a Wan job's plan scales it
 )
 
 #: The policies a LongCat job can honour, fastest first: its DiT loads whole.
@@ -69,7 +69,7 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
     pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
     return [
         StepDemand("encode-text", ("text_encoder",),
-                   int(text_encode_bytes(itemsize=itemsize) * _text_encoder_fraction(job))),
+                   int(text_encode_bytes(itemsize=itemsize) * text_encoder_fraction(job))),
         StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond)),
         StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                                                         tile=pixels_tile)),

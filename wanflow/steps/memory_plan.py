@@ -121,7 +121,7 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
     stride = 8 if vae_version == "wan2.1" else 16
     pixels_tile = (min(tile[0] * stride, height), min(tile[1] * stride, width)) if tile else None
     demands = [StepDemand("encode-text", ("text_encoder",),
-                          int(text_encode_bytes(itemsize=itemsize) * _text_encoder_fraction(job)))]
+                          int(text_encode_bytes(itemsize=itemsize) * text_encoder_fraction(job)))]
     if "image_encoder" in job.weights:
         demands.append(StepDemand("encode-image", ("image_encoder",), 0))
     demands.append(StepDemand("denoise", dits, denoise_bytes(
@@ -151,7 +151,7 @@ def denoise_bytes(config: DitConfig, names: Collection[str], grid: tuple[int, in
 UMT5_XXL_BYTES = 11.4e9
 
 
-def _text_encoder_fraction(job: Any) -> float:
+def text_encoder_fraction(job: Any) -> float:
     """The text encoder's size relative to umT5-XXL (≤ 1): the estimate's activations are umT5-XXL's
     and scale with its width, so a smaller encoder (a test or quickstart one) needs less."""
     files = [w.path for w in job.weights["text_encoder"].values()]
