@@ -24,7 +24,7 @@ def load_marker(weights, dtype, device, attention_kernel):
     return "model"
 
 
-MARKER = DitVariant("Marker", __name__, "recognises_marker", "load_marker")
+MARKER = DitVariant("Marker", __name__, "recognises_marker", "load_marker", names_module=__name__)
 
 
 def _shard(path, *names):
@@ -81,3 +81,16 @@ def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkp
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in keys)
     with pytest.raises(ModelInputError, match=r"LongCat-Video: \[memory\]\.fp8"):
         load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ())
+
+
+def test_telling_a_variant_never_imports_torch(tmp_path):
+    """The memory plan asks the table on every run, a fully cached one included, which must not
+    import torch: each variant's recogniser reads names only."""
+    import subprocess
+    import sys
+
+    vap = _shard(tmp_path / "vap.safetensors", "blocks.0.self_attn.q.weight", "mot.blocks.0.self_attn.q.weight")
+    code = ("import sys\nfrom wanflow.memory.dit_variants import variant_of\n"
+            f"print(variant_of([{str(vap)!r}]).name, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Video-As-Prompt", "False"]

@@ -23,9 +23,11 @@ from wanflow.errors import ModelInputError
 class DitVariant:
     """One DiT variant: how its headers look and how it loads.
 
-    ``recognises`` and ``load`` name functions of ``module``: ``recognises(names)`` takes the
-    tensor names of every shard, ``load(weights, dtype=, device=, attention_kernel=)`` returns the
-    model. Variants load whole: ``streams`` and ``fp8`` say whether the memory policy may stream
+    ``recognises`` names a function of ``names_module`` (``wanflow.models.dit_names``: torch-free,
+    since planning asks it on every run, a cached rerun included) that takes the tensor names of
+    every shard; ``load``
+    names a function of ``module``, ``load(weights, dtype=, device=, attention_kernel=)``, that
+    returns the model. Variants load whole: ``streams`` and ``fp8`` say whether the memory policy may stream
     its blocks and whether ``[memory].fp8`` applies (neither, until the variant's blocks are
     taught to)."""
 
@@ -35,16 +37,20 @@ class DitVariant:
     load: str
     streams: bool = False
     fp8: bool = False
+    names_module: str = "wanflow.models.dit_names"
 
     def function(self, attribute: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attribute)
+
+    def recogniser(self) -> Callable[[Any], bool]:
+        return getattr(importlib.import_module(self.names_module), self.recognises)
 
 
 #: In the order they are tried; the first that recognises the headers loads the file.
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
-    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "recognises", "load_s2v_shards"),
-    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "recognises", "load"),
+    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards"),
+    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load"),
     DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
 )
 
@@ -57,7 +63,7 @@ def variant_of(weights: Sequence[Path], variants: Sequence[DitVariant] = VARIANT
     if not shards:
         return None
     names: Mapping[str, Any] = read_headers(shards)
-    return next((v for v in variants if v.function(v.recognises)(names)), None)
+    return next((v for v in variants if v.recogniser()(names)), None)
 
 
 def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, device: str, attention: str,

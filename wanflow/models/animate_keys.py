@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
+from wanflow.models.full_training import ANIMATE_PARTS
 from wanflow.models.animate_motion import blur_kernel
 from wanflow.models.loading import rename_keys
 
 #: The prefixes of Animate's parts, in both layouts.
-PART_PREFIXES = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+PART_PREFIXES = ANIMATE_PARTS
 
 #: diffusers -> official renames of the parts (regex, replacement); ``convs.{last}`` is added per file.
 DIFFUSERS_TO_OFFICIAL: tuple[tuple[str, str], ...] = (

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import animate_config, animate_keys, signature
+from wanflow.models import animate_config, animate_keys, dit_names, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
 from wanflow.models.checkpoint_files import (
     Checkpoint,
@@ -84,7 +84,7 @@ def _dtypes(dtype: torch.dtype):
 def holds_animate_parts(names: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
     """Whether checkpoint keys (a header's will do) are an Animate DiT's: its pose embedding,
     motion and face encoders or face blocks, in any supported layout (ComfyUI's prefix off)."""
-    return any(animate_keys.is_part(k.removeprefix(signature.COMFYUI_PREFIX)) for k in names)
+    return dit_names.holds_animate_parts(names)
 
 
 def load_animate_files(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import s2v_config, signature
+from wanflow.models import dit_names, s2v_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -61,9 +61,8 @@ def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = t
 
 
 def recognises(names: Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a header's will do) hold S2V's parts: the pool's variant test."""
-    _, unprefixed = signature.unprefixed(dict.fromkeys(names))
-    return s2v_config.is_s2v(unprefixed)
+    """Whether checkpoint keys (a header's will do) hold S2V's parts (``dit_names.holds_s2v_parts``)."""
+    return dit_names.holds_s2v_parts(names)
 
 
 def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, device: torch.device | str,

@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from wanflow.models import dit_keys
+from wanflow.models.full_training import RELEASED_REFERENCE_SUFFIX
 from wanflow.models.loading import rename_keys
 from wanflow.models.vap_config import MOT_PREFIX
 
 #: What the authors append to a diffusers name's first part for the reference stream.
-MOT_SUFFIX = "_mot_ref"
+MOT_SUFFIX = RELEASED_REFERENCE_SUFFIX
 
 #: Top-level (official, diffusers) pairs the reference stream has: no head, no FLF2V position.
 TOP_PAIRS = tuple(

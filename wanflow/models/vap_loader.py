@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import signature, vap_config, vap_keys
+from wanflow.models import dit_names, signature, vap_config, vap_keys
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -74,9 +74,9 @@ def _opened(weights: Checkpoint | Sequence[str | os.PathLike]) -> OpenedWeights:
 
 
 def holds_reference_stream(keys: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a header's will do) are a Video-As-Prompt DiT's: released
-    ``*_mot_ref`` names or wanflow's ``mot.`` ones."""
-    return any(vap_keys.is_released_mot_key(k) or k.startswith(MOT_PREFIX) for k in keys)
+    """Whether checkpoint keys (a header's will do) are a Video-As-Prompt DiT's
+    (``dit_names.holds_reference_stream``)."""
+    return dit_names.holds_reference_stream(keys)
 
 
 def wanflow_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
