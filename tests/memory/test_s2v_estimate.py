@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.models.test_s2v_model import inputs, run, seeded_state
-from wanflow.memory.s2v_estimate import extra_tokens, holds_s2v_parts
+from wanflow.memory.s2v_estimate import extra_tokens
+from wanflow.models.dit_names import holds_s2v_parts
 from wanflow.models.dit import WanDiT
 from wanflow.models.dit_config import DitConfig, from_shapes
 from wanflow.models.s2v import S2VDiT

@@ -11,20 +11,14 @@ model's forward holds (``tests/memory/test_s2v_estimate.py``).
 
 from __future__ import annotations
 
-from collections.abc import Collection
 
 from wanflow.memory.estimates import dit_forward_bytes, dit_tokens
 from wanflow.models.dit_config import DitConfig
-from wanflow.models.s2v_config import PACK_BUCKETS, is_s2v
+from wanflow.models.s2v_config import PACK_BUCKETS
 
 #: Each motion bucket's patch (frames, then height and width), in ``PACK_BUCKETS``' order
 #: (16, 2 and 1 latent frames, oldest first).
 BUCKET_PATCHES = ((4, 8), (2, 4), (1, 2))
-
-
-def holds_s2v_parts(names: Collection[str]) -> bool:
-    """Whether a checkpoint's tensor names are an S2V DiT's."""
-    return is_s2v(dict.fromkeys(names))
 
 
 def extra_tokens(grid: tuple[int, int, int]) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import animate_config, animate_keys, dit_names, signature
+from wanflow.models import animate_config, animate_keys, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
 from wanflow.models.checkpoint_files import (
     Checkpoint,
@@ -79,12 +79,6 @@ def _dtypes(dtype: torch.dtype):
         fp32 = keeps_fp32(name) or name == DIRECTION_KEY or name.endswith(".kernel")
         return torch.float32 if fp32 else dtype
     return choose
-
-
-def holds_animate_parts(names: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a header's will do) are an Animate DiT's: its pose embedding,
-    motion and face encoders or face blocks, in any supported layout (ComfyUI's prefix off)."""
-    return dit_names.holds_animate_parts(names)
 
 
 def load_animate_files(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,

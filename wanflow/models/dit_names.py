@@ -3,8 +3,8 @@
 The DiT variant table (``wanflow.memory.dit_variants``) asks these of a family's DiT files: when
 the model pool loads them, and when the memory plan decides whether a DiT's blocks may stream.
 Planning runs on every run, a fully cached rerun included, which never imports torch; so the
-tests live here, over the names a safetensors header lists, and the loaders (which need torch)
-answer with these same functions.
+tests live here, over the names a safetensors header lists, apart from the loaders (which need
+torch), and the memory plan's sizing asks them too.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import dit_names, longcat_config, signature
+from wanflow.models import longcat_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     merged_shards,
@@ -89,12 +89,6 @@ def _with_config_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
 
 
 # ----------------------------------------------------------------------------- the pool's row
-
-
-def recognises(names: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a safetensors header's will do) are a LongCat-Video DiT's: the
-    DiT variant table (``wanflow.memory.dit_variants``) asks this of a family's DiT files."""
-    return dit_names.holds_longcat_dit(names)
 
 
 def load(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import dit_names, s2v_config, signature
+from wanflow.models import s2v_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -58,11 +58,6 @@ def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = t
     state = merged_shards(weights)
     opened = OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
     return _built(opened, _fields_beside(Path(os.fspath(weights[0]))), dtype, device, attention_kernel)
-
-
-def recognises(names: Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a header's will do) hold S2V's parts (``dit_names.holds_s2v_parts``)."""
-    return dit_names.holds_s2v_parts(names)
 
 
 def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, device: torch.device | str,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import dit_names, signature, vap_config, vap_keys
+from wanflow.models import signature, vap_config, vap_keys
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -71,12 +71,6 @@ def _opened(weights: Checkpoint | Sequence[str | os.PathLike]) -> OpenedWeights:
         raise ModelLoadError("load_vap_dit: no checkpoint file given; pass the shards, their index or a folder.")
     state = merged_shards(weights)
     return OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
-
-
-def holds_reference_stream(keys: Sequence[str] | set[str] | Mapping[str, object]) -> bool:
-    """Whether checkpoint keys (a header's will do) are a Video-As-Prompt DiT's
-    (``dit_names.holds_reference_stream``)."""
-    return dit_names.holds_reference_stream(keys)
 
 
 def wanflow_state(state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:

@@ -41,7 +41,7 @@ from wanflow.memory.planner import (
     StepPeak,
     plan,
 )
-from wanflow.memory.s2v_estimate import holds_s2v_parts, s2v_forward_bytes
+from wanflow.memory.s2v_estimate import s2v_forward_bytes
 from wanflow.memory.sizes import (
     ComponentSize,
     block_index,
@@ -61,6 +61,7 @@ from wanflow.memory.train_estimate import (
 from wanflow.models import animate_config
 from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
+from wanflow.models.dit_names import holds_s2v_parts
 from wanflow.models.full_training import stream_name, trained_prefixes, trains
 from wanflow.steps.denoise import expert_cfgs
 from wanflow.steps.train_targets import matches
