@@ -140,14 +140,15 @@ def _needs_half(dtype: str) -> list[str]:
     return [] if dtype in HALF_DTYPES else [f"it computes in bf16 or fp16 only (the DiT runs in {dtype})"]
 
 
-def _capability(device: str) -> tuple[int, int]:
+def capability(device: str) -> tuple[int, int]:
+    """The compute capability (major, minor) of the GPU ``device`` names (the current one for "cuda")."""
     index = torch.device(device).index
     return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
 
 
 def _needs_sm(device: str, low: int, high: int | None, what: str) -> list[str]:
     """A GPU of compute capability major in [low, high] (asked only where CUDA is there)."""
-    major, minor = _capability(device)
+    major, minor = capability(device)
     if major < low or (high is not None and major > high):
         return [f"it needs {what} (this GPU is sm{major}{minor})"]
     return []

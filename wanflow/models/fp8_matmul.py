@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wanflow.models.attention import capability
+
 #: The largest finite e4m3fn value: a token's largest activation maps onto it.
 FP8_MAX = 448.0
 #: The smallest amax a token's scale is taken from: an all-zero token gets a harmless scale.
@@ -88,8 +90,7 @@ def problems(device: str, dtype: str) -> list[str]:
     found = [] if dtype == "bf16" else [f"its GPU kernels return bf16 only (the DiT runs in {dtype})"]
     if not torch.cuda.is_available():
         return [*found, "torch sees no CUDA device on this machine"]
-    index = torch.device(device).index
-    major, minor = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
+    major, minor = capability(device)
     if (major, minor) < MIN_CAPABILITY:
         found.append(f"it needs a GPU with fp8 tensor cores, sm89 or later (Ada, Hopper, Blackwell); "
                      f"this GPU is sm{major}{minor}")

@@ -90,12 +90,10 @@ def _machine_problems(values: Any, where: Where, catalog: Any = None) -> list[st
 def _attention_problems(backend: str, values: Any, where: Where, catalog: Any) -> list[str]:
     """``[runtime].attention`` naming no installed backend, or one that cannot run on this run's
     device with the DiT's dtype (each backend says why: its package, CUDA, the GPU, the dtype)."""
-    from wanflow.steps.runtime import effective_device, effective_dtype_name
+    from wanflow.steps.runtime import effective_device
 
     device = effective_device(values.get("runtime.device", "auto"))
-    overridden = {v for k, v in values.items() if k.startswith("models.dit") and k.endswith(".dtype")
-                  and v != "auto"}
-    dtypes = sorted(overridden or {effective_dtype_name(values.get("runtime.dtype", "auto"), device)})
+    dtypes = _dit_dtypes(values, device)
     checks = attention_backends(catalog)
 
     def why_not(name: str) -> list[str]:
@@ -111,6 +109,14 @@ def _attention_problems(backend: str, values: Any, where: Where, catalog: Any) -
         return [f"{stated}: cannot run here: {'; '.join(reasons)} (available here: {here}); "
                 f'use "{TORCH_ATTENTION}" (the default), or run where it can']
     return []
+
+
+def _dit_dtypes(values: Any, device: str) -> list[str]:
+    """The dtypes the DiTs compute in: each ``[models.dit*].dtype`` set, else the run's."""
+    from wanflow.steps.runtime import effective_dtype_name
+
+    overridden = {v for k, v in values.items() if k.startswith("models.dit") and k.endswith(".dtype") and v != "auto"}
+    return sorted(overridden or {effective_dtype_name(values.get("runtime.dtype", "auto"), device)})
 
 
 def _fp8_problems(values: Any, where: Where) -> list[str]:
@@ -129,12 +135,10 @@ def _fp8_matmul_problems(values: Any, where: Where) -> list[str]:
     """fp8 matmuls where torch or the GPU cannot run them, or with the DiT in another dtype than
     the kernels return."""
     from wanflow.models.fp8_matmul import problems
-    from wanflow.steps.runtime import effective_device, effective_dtype_name
+    from wanflow.steps.runtime import effective_device
 
     device = effective_device(values.get("runtime.device", "auto"))
-    dtypes = {v for k, v in values.items() if k.startswith("models.dit") and k.endswith(".dtype") and v != "auto"}
-    dtypes = sorted(dtypes or {effective_dtype_name(values.get("runtime.dtype", "auto"), device)})
-    reasons = list(dict.fromkeys(why for dtype in dtypes for why in problems(device, dtype)))
+    reasons = list(dict.fromkeys(why for dtype in _dit_dtypes(values, device) for why in problems(device, dtype)))
     if not reasons:
         return []
     return [f"{where('runtime.fp8_matmul')}: [runtime].fp8_matmul = true: cannot run here: {'; '.join(reasons)}; "
