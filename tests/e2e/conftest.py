@@ -10,11 +10,18 @@ import pytest
 import tomlkit
 
 from tests.e2e._layout import write_models_root
+from tests.e2e._layout_longcat import write_longcat_models_root
 
 
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models_root(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def longcat_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LongCat-Video's tiny release (and a Wan DiT beside it), written once for every LongCat test."""
+    return write_longcat_models_root(tmp_path_factory.mktemp("longcat-models"))
 
 
 def write_images(folder: Path, seed: int = 0) -> dict[str, Path]:
@@ -30,11 +37,13 @@ def write_images(folder: Path, seed: int = 0) -> dict[str, Path]:
     return out
 
 
-def use_models(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """WANFLOW_MODELS at the tiny repositories, offline, and a fresh cache under ``tmp_path``."""
+def use_models(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """WANFLOW_MODELS at the tiny repositories, offline, and a fresh cache under ``tmp_path``;
+    the runs dir under ``tmp_path``."""
     monkeypatch.setenv("WANFLOW_MODELS", str(models_root))
     monkeypatch.setenv("WANFLOW_OFFLINE", "1")
     monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "runs"
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +54,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture()
 def env(models_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny repositories, offline, a fresh cache; returns the runs dir."""
-    use_models(models_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(models_root, tmp_path, monkeypatch)
 
 
 def write_recipe(folder: Path, model: str, inputs: dict | None = None, **tables: dict) -> Path:

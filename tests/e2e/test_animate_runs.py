@@ -64,8 +64,7 @@ def media(tmp_path_factory, images):
 
 @pytest.fixture()
 def animate_env(animate_root, tmp_path, monkeypatch):
-    use_models(animate_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(animate_root, tmp_path, monkeypatch)
 
 
 def recipe(tmp_path, media, frames=FRAMES, mode="animation", pose="pose", face="face", mask="mask", **tables):

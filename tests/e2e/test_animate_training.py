@@ -43,8 +43,7 @@ def animate_root(tmp_path_factory):
 
 @pytest.fixture()
 def aenv(animate_root, tmp_path, monkeypatch):
-    use_models(animate_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(animate_root, tmp_path, monkeypatch)
 
 
 @pytest.fixture()

@@ -56,8 +56,7 @@ def media(tmp_path_factory, images):
 
 @pytest.fixture()
 def fun_env(fun_root, tmp_path, monkeypatch):
-    use_models(fun_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(fun_root, tmp_path, monkeypatch)
 
 
 def _recipe(tmp_path, family: str, files: dict, extra: dict):

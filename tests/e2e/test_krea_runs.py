@@ -39,8 +39,7 @@ def krea_root(tmp_path_factory):
 
 @pytest.fixture()
 def krea_env(krea_root, tmp_path, monkeypatch):
-    use_models(krea_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(krea_root, tmp_path, monkeypatch)
 
 
 def _executed(recipe: Path, *sets: str) -> Executor:

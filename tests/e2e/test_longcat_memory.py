@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e._layout_longcat import CONFIG, write_longcat_models_root
+from tests.e2e._layout_longcat import CONFIG
 from tests.e2e._run import run
 from tests.e2e.conftest import use_models, write_recipe
 
 FAMILY = "longcat-video"
-
-
-@pytest.fixture(scope="module")
-def longcat_root(tmp_path_factory):
-    return write_longcat_models_root(tmp_path_factory.mktemp("longcat-models"))
 
 
 @pytest.fixture()
@@ -28,8 +23,7 @@ def longcat_env(longcat_root, tmp_path, monkeypatch):
     from wanflow.memory import pool as model_pool
 
     model_pool.clear()
-    use_models(longcat_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(longcat_root, tmp_path, monkeypatch)
 
 
 def _recipe(tmp_path, **tables):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.e2e._layout_longcat import REPO, SHIFT, write_longcat_models_root
+from tests.e2e._layout_longcat import REPO, SHIFT
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import use_models, write_recipe
 from wanflow.errors import WanflowError
@@ -35,11 +35,6 @@ def _write_video(path, frames: int, seed: int, fps: int = 8) -> None:
 
 
 @pytest.fixture(scope="session")
-def longcat_root(tmp_path_factory):
-    return write_longcat_models_root(tmp_path_factory.mktemp("longcat-models"))
-
-
-@pytest.fixture(scope="session")
 def videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("longcat-inputs")
     out = {}
@@ -52,8 +47,7 @@ def videos(tmp_path_factory):
 
 @pytest.fixture()
 def longcat_env(longcat_root, tmp_path, monkeypatch):
-    use_models(longcat_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(longcat_root, tmp_path, monkeypatch)
 
 
 def _recipe(tmp_path, video=None, frames: int = 9, cond: int = COND, **tables):

@@ -20,7 +20,7 @@ import tomlkit
 import torch
 from safetensors import safe_open
 
-from tests.e2e._layout_longcat import REPO, write_longcat_models_root
+from tests.e2e._layout_longcat import REPO
 from tests.e2e._run import computed, run
 from tests.e2e._train import clip, first_loss, stored_tensors, write_metadata
 from tests.e2e.conftest import use_models
@@ -32,15 +32,9 @@ COND = 5  # conditioning frames of the tests' continuations: 2 latent frames
 PROMPT = "a red square moving right"
 
 
-@pytest.fixture(scope="session")
-def longcat_root(tmp_path_factory):
-    return write_longcat_models_root(tmp_path_factory.mktemp("longcat-train-models"))
-
-
 @pytest.fixture()
 def venv_runs(longcat_root, tmp_path, monkeypatch):
-    use_models(longcat_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(longcat_root, tmp_path, monkeypatch)
 
 
 @pytest.fixture()

@@ -65,8 +65,7 @@ def media(tmp_path_factory, images):
 
 @pytest.fixture()
 def s2v_env(s2v_root, tmp_path, monkeypatch):
-    use_models(s2v_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(s2v_root, tmp_path, monkeypatch)
 
 
 def _recipe(tmp_path, media, audio="speech", inputs=None, **tables):

@@ -52,8 +52,7 @@ def derivative_root(tmp_path_factory):
 
 @pytest.fixture()
 def denv(derivative_root, tmp_path, monkeypatch):
-    use_models(derivative_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(derivative_root, tmp_path, monkeypatch)
 
 
 @pytest.fixture()

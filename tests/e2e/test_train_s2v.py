@@ -36,8 +36,7 @@ def s2v_root(tmp_path_factory):
 
 @pytest.fixture()
 def senv(s2v_root, tmp_path, monkeypatch):
-    use_models(s2v_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(s2v_root, tmp_path, monkeypatch)
 
 
 def _video(path, frames: int, seed: int) -> None:

@@ -44,8 +44,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture()
 def env(vace_root, tmp_path, monkeypatch):
-    use_models(vace_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(vace_root, tmp_path, monkeypatch)
 
 
 def recipe(folder, family, media, **vace):

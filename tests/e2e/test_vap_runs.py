@@ -49,8 +49,7 @@ def media(tmp_path_factory, images):
 
 @pytest.fixture()
 def vap_env(vap_root, tmp_path, monkeypatch):
-    use_models(vap_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(vap_root, tmp_path, monkeypatch)
 
 
 def _recipe(tmp_path, media, reference="reference", **tables):

@@ -44,8 +44,7 @@ def vap_root(tmp_path_factory):
 
 @pytest.fixture()
 def venv_runs(vap_root, tmp_path, monkeypatch):
-    use_models(vap_root, tmp_path, monkeypatch)
-    return tmp_path / "runs"
+    return use_models(vap_root, tmp_path, monkeypatch)
 
 
 @pytest.fixture()
