@@ -78,9 +78,8 @@ def _addcmul_in(like: Tensor, base: Tensor, a: Tensor, b: Tensor) -> Tensor:
     instead of an fp32 result and a cast (three, and an fp32 temporary twice their size). The
     bits are the same either way; training takes the plain path (``out=`` has no backward).
     """
-    if torch.is_grad_enabled() and (base.requires_grad or a.requires_grad or b.requires_grad):
-        return torch.addcmul(base, a, b).to(like.dtype)
-    if torch.broadcast_shapes(base.shape, a.shape, b.shape) != like.shape:
+    differentiable = torch.is_grad_enabled() and (base.requires_grad or a.requires_grad or b.requires_grad)
+    if differentiable or torch.broadcast_shapes(base.shape, a.shape, b.shape) != like.shape:
         return torch.addcmul(base, a, b).to(like.dtype)
     return torch.addcmul(base, a, b, out=torch.empty_like(like))
 
