@@ -3,8 +3,11 @@
 ``meituan-longcat/LongCat-Video/dit/``: the DiT (LongCat's own key names) in two
 ``diffusion_pytorch_model-0000N-of-00002.safetensors`` shards behind their index, beside the
 ``LongCatVideoTransformer3DModel`` config.json; ``scheduler/scheduler_config.json``: the diffusers
-``FlowMatchEulerDiscreteScheduler`` config whose shift the authors' σ list uses. Its umT5 and VAE
-are Wan-AI/Wan2.1-T2V-14B's, which ``_layout`` writes.
+``FlowMatchEulerDiscreteScheduler`` config whose shift the authors' σ list uses;
+``lora/cfg_step_lora.safetensors``: the distilled run's LoRA in LongCat's own format (module names
+spelled with ``___lorahyphen___``, the fused ``qkv`` and ``kv_linear`` with one up-projection per
+output block, an ``alpha_scale`` per module). Its umT5 and VAE are Wan-AI/Wan2.1-T2V-14B's, which
+``_layout`` writes.
 """
 
 from __future__ import annotations
@@ -56,8 +59,38 @@ def scheduler_json(shift: float = SHIFT) -> dict:
             "num_train_timesteps": 1000, "shift": shift, "use_dynamic_shifting": False}
 
 
+#: The modules the release's cfg_step LoRA changes in every block, with their output blocks (n).
+CFG_STEP_MODULES = {"attn.qkv": 3, "attn.proj": 1, "cross_attn.q_linear": 1, "cross_attn.kv_linear": 2,
+                    "ffn.w1": 1, "ffn.w2": 1, "ffn.w3": 1}
+LORA_RANK, LORA_ALPHA_SCALE = 4, 0.5
+
+
+def lora_key(module: str, tensor: str) -> str:
+    """A key of LongCat's LoRA format: ``lora`` + the module with each dot spelled ``___lorahyphen___``."""
+    hyphen = "___lorahyphen___"
+    return "lora" + hyphen + module.replace(".", hyphen) + "." + tensor
+
+
+def cfg_step_lora(seed: int = 41) -> dict[str, torch.Tensor]:
+    """A seeded LoRA in the layout of the release's lora/cfg_step_lora.safetensors, at the tiny sizes."""
+    shapes = {k: tuple(v.shape) for k, v in build_on_meta(lambda: LongCatDiT(CONFIG)).state_dict().items()}
+    g, out = torch.Generator().manual_seed(seed), {}
+    for block in range(CONFIG.depth):
+        for name, n in CFG_STEP_MODULES.items():
+            module = f"blocks.{block}.{name}"
+            rows, cols = shapes[module + ".weight"]
+            out[lora_key(module, "lora_down.weight")] = torch.randn(n * LORA_RANK, cols, generator=g) / math.sqrt(cols)
+            ups = [torch.randn(rows // n, LORA_RANK, generator=g) / math.sqrt(LORA_RANK) for _ in range(n)]
+            if n == 1:
+                out[lora_key(module, "lora_up.weight")] = ups[0]
+            else:
+                out |= {lora_key(module, f"lora_up.blocks.{i}.weight"): up for i, up in enumerate(ups)}
+            out[lora_key(module, "alpha_scale")] = torch.tensor(LORA_ALPHA_SCALE)
+    return out
+
+
 def write_longcat_repo(root: Path, seed: int = 40) -> Path:
-    """dit/ (two shards, their index, config.json) and scheduler/; returns the repository folder."""
+    """dit/ (two shards, their index, config.json), scheduler/ and lora/; returns the repository folder."""
     repo = root / REPO
     dit = repo / "dit"
     dit.mkdir(parents=True)
@@ -72,6 +105,8 @@ def write_longcat_repo(root: Path, seed: int = 40) -> Path:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (repo / "scheduler").mkdir()
     (repo / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_json(), indent=2))
+    (repo / "lora").mkdir()
+    save_file(cfg_step_lora(), str(repo / "lora" / "cfg_step_lora.safetensors"))
     return repo
 
 

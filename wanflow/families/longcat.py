@@ -9,10 +9,12 @@ umT5-XXL and the Wan2.1 VAE, read from Wan-AI/Wan2.1-T2V-14B's files as DiffSynt
 release's own ``text_encoder/`` and ``vae/`` hold the same weights in transformers' and
 diffusers' layouts (docs/longcat.md).
 
-Two ways to sample, chosen by ``[sampler].solver`` (docs/longcat.md):
+Three ways to sample, chosen by ``[sampler].solver`` (docs/longcat.md):
 
 - ``"longcat"`` (the default, the authors' ``generate_vc``): Euler over ``linspace(1, 0.001, N)``
   shifted by the release's scheduler shift, with the ``enhance_hf`` tail, and CFG-Zero* at 4;
+- ``"longcat-distill"`` (the authors' distilled run): 16 steps picked from their 50-step grid,
+  without guidance, with the release's ``lora/cfg_step_lora.safetensors`` as a ``[[lora]]``;
 - ``"euler"`` with shift 1 and plain CFG 2 (DiffSynth-Studio's example;
   ``recipes/longcat-video-diffsynth.toml``).
 
@@ -32,6 +34,12 @@ NAME = "longcat-video"
 REPO = "meituan-longcat/LongCat-Video"
 #: The solver name of the authors' sampler (σ list, enhance_hf tail); CFG-Zero* is the recipe's.
 SOLVER = "longcat"
+#: The authors' distilled sampler: 16 of their 50 timesteps, for the release's cfg_step LoRA.
+DISTILLED_SOLVER = "longcat-distill"
+#: The solvers whose grid is the authors' and takes its shift from the release's scheduler config.
+AUTHORS_SOLVERS = (SOLVER, DISTILLED_SOLVER)
+#: The LoRA the distilled sampler's schedule was distilled with, in the release.
+DISTILLED_LORA = "lora/cfg_step_lora.safetensors"
 #: The pipeline that runs this family's steps (the Wan pipeline with LongCat's denoise step).
 PIPELINE = "longcat"
 #: Where the umT5 encoder, its tokenizer and the Wan2.1 VAE come from (DiffSynth's example too).
@@ -52,6 +60,8 @@ DEFAULTS = {"video.width": 832, "video.height": 480, "video.frames": 93, "video.
             "sampler.solver": SOLVER, "sampler.steps": 50, "sampler.cfg": 4.0, "sampler.cfg_zero_star": True,
             "prompt.negative": NEGATIVE, "inputs.longcat_cond_frames": COND_FRAMES,
             "train.lora_targets": LORA_TARGETS}
+#: The distilled run's own defaults (``run_demo_video_continuation.py``: 16 steps, guidance 1).
+SOLVER_DEFAULTS = {DISTILLED_SOLVER: {"sampler.steps": 16, "sampler.cfg": 1.0, "sampler.cfg_zero_star": False}}
 
 
 def family() -> FamilySpec:
@@ -61,6 +71,8 @@ def family() -> FamilySpec:
     components = {"dit": dit, **{name: spec for name, spec in base.components.items() if name != "dit"}}
     return FamilySpec(
         NAME, f"LongCat-Video 13.6B: text-to-video and video continuation from [inputs].longcat_video ({REPO}); "
-        f'[sampler].solver = "{SOLVER}" as its authors sample it, or "euler" as DiffSynth does',
+        f'[sampler].solver = "{SOLVER}" as its authors sample it ("{DISTILLED_SOLVER}": their 16-step distilled run), '
+        'or "euler" as DiffSynth does',
         components, DEFAULTS, frozenset({"longcat_video"}), sizes=((832, 480), (480, 832)),
-        solvers=(SOLVER, "euler"), pipeline=PIPELINE, conditioners=(conditioner("longcat-frames"),))
+        solvers=(*AUTHORS_SOLVERS, "euler"), solver_defaults=SOLVER_DEFAULTS, pipeline=PIPELINE,
+        conditioners=(conditioner("longcat-frames"),))

@@ -49,6 +49,9 @@ class FamilySpec:
     spatial_factor: int = 16  # VAE stride × DiT patch: 16 for the Wan2.1 VAE, 32 for Wan2.2's
     #: The solvers this family is limited to; () = every registered solver, plugins' included.
     solvers: tuple[str, ...] = ()
+    #: Per solver, official values that replace ``defaults`` when a recipe picks that solver and
+    #: leaves the key unset (a distilled schedule's step count and guidance).
+    solver_defaults: Mapping[str, Mapping[str, object]] = attrs.field(factory=dict)
     sizes: tuple[tuple[int, int], ...] = ()  # officially supported (width, height); others warn
     experts: tuple[str, ...] = ()  # A14B: ("dit_high_noise", "dit_low_noise"); () for one DiT
     pipeline: str = "wan"  # the name of the pipeline that builds this family's steps

@@ -1,8 +1,9 @@
 """The key grammar of every LoRA dialect: how a key splits into dialect, module and role.
 
 A LoRA key is ``<prefix><module><role>``: ``diffusion_model.`` + ``blocks.0.self_attn.q`` +
-``.lora_down.weight``. The prefix tells the dialect (and whether the module is dotted or
-underscored), the role tells which factor or delta the tensor is. Detection is per key, from the
+``.lora_down.weight``. The prefix tells the dialect (and whether the module is dotted, underscored
+or, in LongCat-Video's own files, spelled with ``___lorahyphen___`` for its dots), the role tells
+which factor or delta the tensor is. Detection is per key, from the
 key alone (never the file name), so a file mixing dialects is still read key by key.
 
 The writing side of each dialect (names, and which kinds of delta it can hold) is here too, so
@@ -18,8 +19,12 @@ import attrs
 from wanflow.errors import WanflowError
 from wanflow.lora.names import dotted_module, is_diffusers_spelling, official_module
 
+#: How LongCat-Video's LoRA files spell a dot of a module name (``lora___lorahyphen___blocks___lorahyphen___0…``).
+HYPHEN = "___lorahyphen___"
+
 #: (key prefix, dialect, module spelling): the first that starts a key wins.
 PREFIXES: tuple[tuple[str, str, str], ...] = (
+    (f"lora{HYPHEN}", "longcat", "hyphenated"),
     ("base_model.model.", "peft", "dotted"),
     ("model.diffusion_model.", "comfyui", "dotted"),
     ("diffusion_model.", "comfyui", "dotted"),
@@ -37,6 +42,8 @@ ROLES: tuple[tuple[str, str], ...] = (
     (r"\.lora_B(\.default)?\.weight", "up"),
     (r"\.lora_down\.weight", "down"),
     (r"\.lora_up\.weight", "up"),
+    (r"\.lora_up\.blocks\.(\d+)\.weight", "up_block"),  # LongCat: one up per output block of a fused layer
+    (r"\.alpha_scale", "alpha_scale"),  # LongCat: alpha / rank itself
     (r"\.lora_B(\.default)?\.bias", "lora_bias"),  # PEFT's lora_bias (diffusers' home for diff_b)
     (r"\.alpha", "alpha"),
     (r"\.(hada_w[12]_[ab])", "loha"),
@@ -65,7 +72,7 @@ class ParsedKey:
     module: str  # official dotted module name
     source_module: str  # the module as the file spells it, prefix included (groups keys)
     role: str
-    part: str = ""  # the LyCORIS factor name for roles "loha"/"lokr" ("hada_w1_a", "lokr_w2")
+    part: str = ""  # the LyCORIS factor name for roles "loha"/"lokr" ("hada_w1_a", "lokr_w2"); "up_block.N"
 
 
 def parse_key(key: str) -> ParsedKey | str:
@@ -78,6 +85,7 @@ def parse_key(key: str) -> ParsedKey | str:
         if match:
             source_module = key[: match.start()]
             part = match.group(1) if role in ("loha", "lokr") else ""
+            part = f"up_block.{match.group(1)}" if role == "up_block" else part
             return _with_module(key, source_module, role, part)
     return "not a LoRA key (no lora_A/B, lora_down/up, alpha, hada_, lokr_ or diff suffix)"
 
@@ -87,7 +95,9 @@ def _with_module(key: str, source_module: str, role: str, part: str) -> ParsedKe
     bare = source_module[len(prefix):]
     if not bare:
         return "the key names no module"
-    if spelling == "underscored":
+    if spelling == "hyphenated":  # LongCat's own module names, dots spelled out
+        module = bare.replace(HYPHEN, ".")
+    elif spelling == "underscored":
         module = dotted_module(bare)
         if module is None:
             return f"{bare!r} is not a module of the Wan DiT wanflow knows"

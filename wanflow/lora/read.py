@@ -125,6 +125,7 @@ class _Group:
         self.by_role: dict[str, ParsedKey] = {}
         self.deltas: dict[str, AnyDelta] = {}
         self.rejected: dict[str, str] = {}
+        self.joined: dict[str, tuple[torch.Tensor, list[str]]] = {}  # slot -> (tensor built, the keys it took)
         for parsed in keys:
             slot = parsed.part or parsed.role
             if slot in self.by_role:
@@ -134,6 +135,8 @@ class _Group:
                 self.by_role[slot] = parsed
 
     def tensor(self, slot: str) -> torch.Tensor:
+        if slot in self.joined:
+            return self.joined[slot][0]
         return self.state[self.by_role[slot].key]
 
     def has(self, *slots: str) -> bool:
@@ -144,8 +147,13 @@ class _Group:
             self.rejected[key] = why
 
     def take(self, slots: tuple[str, ...]) -> list[str]:
-        """Remove slots from the group, returning their keys."""
-        return [self.by_role.pop(s).key for s in slots if s in self.by_role]
+        """Remove slots from the group, returning their keys (a joined slot's: every key it took)."""
+        keys = []
+        for s in slots:
+            if s in self.by_role:
+                keys += self.joined.pop(s)[1] if s in self.joined else [self.by_role.pop(s).key]
+                self.by_role.pop(s, None)
+        return keys
 
     def add(self, parameter: str, delta: AnyDelta, slots: tuple[str, ...]) -> None:
         keys = self.take(slots)
@@ -162,6 +170,7 @@ LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"
 def _build(keys: list[ParsedKey], state: Mapping[str, torch.Tensor], alpha_of: AlphaLookup) -> _Group:
     """All deltas of one module: at most one factorised delta, plus full deltas and biases."""
     group = _Group(keys, state)
+    _join_split_up(group)
     kinds = [k for k, slots in (("lowrank", ("down", "up")), ("loha", LOHA), ("lokr", LOKR))
              if group.has(*slots)]
     if len(kinds) > 1:
@@ -191,7 +200,10 @@ def _leftover_reason(group: _Group) -> str:
 
 
 def _stored_alpha(group: _Group) -> float | None:
-    """The module's .alpha, or None (absent or unusable: then the key is reported)."""
+    """The module's .alpha, or None (absent or unusable: then the key is reported). LongCat's
+    ``alpha_scale`` is alpha/rank itself: it becomes alpha = scale · rank, under the slot "alpha"."""
+    if group.has("alpha_scale"):
+        _alpha_from_scale(group)
     if not group.has("alpha"):
         return None
     value = _alpha_value(group.tensor("alpha"))
@@ -199,6 +211,63 @@ def _stored_alpha(group: _Group) -> float | None:
         group.reject(group.take(("alpha",)), value)
         return None
     return value
+
+
+def _alpha_from_scale(group: _Group) -> None:
+    """LongCat's ``alpha_scale`` (the factor its forward multiplies the LoRA's output by) as the
+    alpha of the module's low-rank pair, whose rank is the down-projection's rows."""
+    key = group.by_role["alpha_scale"].key
+    if group.has("alpha"):
+        group.reject(group.take(("alpha", "alpha_scale")), "an alpha and an alpha_scale for one module")
+        return
+    scale = _alpha_value(group.tensor("alpha_scale"))
+    if not group.has("down"):
+        why = "an alpha_scale without its lora_down"
+    else:
+        why = scale if isinstance(scale, str) else f"alpha_scale = {scale} (must be > 0)" if scale <= 0 else ""
+    if why:
+        group.reject(group.take(("alpha_scale",)), why)
+        return
+    rank = int(group.tensor("down").shape[0])
+    alpha = torch.tensor(scale * rank, dtype=torch.float64)
+    group.joined["alpha"] = (alpha, [key])
+    group.by_role["alpha"] = group.by_role.pop("alpha_scale")
+
+
+def _join_split_up(group: _Group) -> None:
+    """LongCat's fused layers (``attn.qkv``, ``cross_attn.kv_linear``, ``adaLN_modulation.1``) hold
+    one up-projection per output block, ``lora_up.blocks.i`` (out/n, r), fed by rows i·r…(i+1)·r of
+    a down-projection (n·r, in). That is one low-rank pair of rank n·r whose up is the blocks on
+    the diagonal (zeros elsewhere add exact zeros), joined here into the slot "up"."""
+    slots = sorted((s for s in group.by_role if s.startswith("up_block.")), key=lambda s: int(s.split(".")[1]))
+    if not slots:
+        return
+    keys = [group.by_role[s].key for s in slots]
+    blocks = [group.tensor(s) for s in slots]
+    why = _split_up_problem(group, [int(s.split(".")[1]) for s in slots], blocks)
+    if why:
+        group.reject(group.take(tuple(slots)), why)
+        return
+    for s in slots:
+        group.by_role.pop(s)
+    group.joined["up"] = (torch.block_diag(*blocks), keys)
+    group.by_role["up"] = ParsedKey(keys[0], group.dialect, group.module, group.source, "up")
+
+
+def _split_up_problem(group: _Group, indices: list[int], blocks: list[torch.Tensor]) -> str:
+    """Why split up-projections cannot be joined, or "" when they can."""
+    if group.has("up"):
+        return "lora_up.blocks beside a whole lora_up"
+    if indices != list(range(len(blocks))):
+        return f"lora_up.blocks numbered {indices}, not 0…{len(blocks) - 1}"
+    if any(b.ndim != 2 or b.shape != blocks[0].shape for b in blocks):
+        return "lora_up.blocks of different shapes"
+    if not group.has("down"):
+        return "lora_up.blocks without their lora_down"
+    down, rank = group.tensor("down"), int(blocks[0].shape[1])
+    if down.ndim != 2 or down.shape[0] != rank * len(blocks):
+        return f"lora_down {tuple(down.shape)} does not feed {len(blocks)} lora_up.blocks of rank {rank}"
+    return ""
 
 
 def _lowrank(group: _Group, weight: str, alpha: float | None, alpha_of: AlphaLookup) -> float:

@@ -26,7 +26,13 @@ Shape = tuple[int, ...]
 #: Module kinds a report counts, in the order it prints them.
 KINDS = ("self-attention", "cross-attention", "ffn", "norms", "modulation", "head", "embeddings",
          "other")
-EMBEDDINGS = ("patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb.")
+EMBEDDINGS = ("patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb.",
+              "x_embedder.", "t_embedder.", "y_embedder.")  # the last three: LongCat-Video's
+#: A block module's name part -> its kind (Wan's names, then LongCat-Video's ``attn``).
+BLOCK_PARTS = (("self_attn", "self-attention"), ("cross_attn", "cross-attention"), ("ffn", "ffn"),
+               ("attn", "self-attention"))
+#: LongCat-Video's self-attention output projection: its name says the DiT, its rows the width.
+LONGCAT_PROJ = re.compile(r"blocks\.\d+\.attn\.proj\.weight")
 #: Parameters that exist only in DiTs with CLIP image cross-attention (Wan2.1 I2V and FLF2V).
 IMAGE_PARTS = ("k_img", "v_img", "norm_k_img", "img_emb")
 #: Width of the released Wan DiTs -> what a user calls them.
@@ -62,23 +68,26 @@ def fits(delta: Shape, param: Shape) -> bool:
 def module_kind(name: str) -> str:
     """The kind of module an official parameter name belongs to (one of ``KINDS``)."""
     parts = name.split(".")
-    if parts[-1] == "modulation":
+    if parts[-1] == "modulation" or "adaLN_modulation" in parts:
         return "modulation"
-    if any(p.startswith("norm") for p in parts):  # norm_q, norm_k, norm3, norm_k_img
+    if any(p.startswith("norm") or p.endswith("_norm") for p in parts):  # norm_q, norm3; LongCat's q_norm
         return "norms"
-    for part, kind in (("self_attn", "self-attention"), ("cross_attn", "cross-attention"), ("ffn", "ffn")):
+    for part, kind in BLOCK_PARTS:
         if part in parts:
             return kind
-    if name.startswith("head."):
+    if name.startswith(("head.", "final_layer.")):
         return "head"
     return "embeddings" if name.startswith(EMBEDDINGS) else "other"
 
 
 def looks_made_for(shapes: Mapping[str, Shape]) -> str:
-    """The Wan DiT a set of official-name shapes belongs to, as a user would name it.
+    """The Wan DiT (or LongCat-Video's) a set of official-name shapes belongs to, as a user would name it.
 
     The width (dim) comes from the attention, FFN, norm and modulation shapes; image
     cross-attention names mark Wan2.1 I2V/FLF2V."""
+    longcat = [shape[0] for name, shape in shapes.items() if LONGCAT_PROJ.fullmatch(name) and shape]
+    if longcat:
+        return f"LongCat-Video (width {Counter(longcat).most_common(1)[0][0]})"
     widths = Counter(w for name, shape in shapes.items() if (w := _width(name, shape)))
     if not widths:
         return "no Wan DiT (none of its names is a Wan DiT parameter)"

@@ -10,7 +10,14 @@ take and clips that leave nothing to generate after them.
 
 from __future__ import annotations
 
-from wanflow.families.longcat import COND_FRAMES, PIPELINE, SOLVER
+from wanflow.families.longcat import (
+    AUTHORS_SOLVERS,
+    COND_FRAMES,
+    DISTILLED_LORA,
+    DISTILLED_SOLVER,
+    PIPELINE,
+    REPO,
+)
 from wanflow.families.spec import FamilySpec
 from wanflow.recipe.longcat_train_rules import check_longcat_training
 from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
@@ -37,10 +44,12 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         check_longcat_training(recipe, problems)
     _check_frames(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
-    if s.solver == SOLVER and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
+    if s.solver in AUTHORS_SOLVERS and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
         problems.add(("sampler", "shift"), s.shift, "the authors' sampler takes its shift from the release's "
                      'scheduler/scheduler_config.json: remove it, or sample as DiffSynth does (solver = "euler", '
                      "shift = 1.0)")
+    if s.solver == DISTILLED_SOLVER:
+        _check_distilled(recipe, problems)
     refuse_changed(problems, ("sampler",), s, defaults, _UNREAD)
     if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
         problems.add(("sampler", "denoising_strength"), s.denoising_strength, "LongCat starts from noise (video "
@@ -50,6 +59,23 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
                      'DiTs; LongCat\'s denoise step has none: use "none"')
     refuse_whole_dit_settings(problems, recipe, "LongCat's DiT")
     _check_memory(recipe, problems)
+
+
+#: The distilled schedule picks its steps from the authors' 50 (``sampling.longcat.DISTILL_GRID``).
+_DISTILL_GRID = 50
+
+
+def _check_distilled(recipe: Recipe, problems: Problems) -> None:
+    """The distilled schedule has at most 50 steps, and samples the distilled model: the base
+    with the release's cfg_step LoRA, which a generation recipe must name."""
+    steps = recipe.sampler.steps
+    if steps > _DISTILL_GRID and not problems.is_bad(("sampler", "steps")):
+        problems.add(("sampler", "steps"), steps, f"the distilled schedule picks its steps from the authors' "
+                     f"{_DISTILL_GRID} timesteps (it was distilled for 16): use at most {_DISTILL_GRID}")
+    if recipe.train is None and not any(lora.target == "dit" for lora in recipe.lora):
+        problems.add(("sampler", "solver"), DISTILLED_SOLVER, "samples the distilled model, the DiT with the "
+                     f"release's {DISTILLED_LORA}: add it as [[lora]] (source = \"modelscope:{REPO}\", "
+                     f'file = "{DISTILLED_LORA}"), or use solver = "longcat"')
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
@@ -101,9 +127,10 @@ def _check_frames(recipe: Recipe, problems: Problems) -> None:
 
 def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """LongCat's solver and conditioning settings are refused in other families' recipes."""
-    if recipe.sampler.solver == SOLVER and not problems.is_bad(("sampler", "solver")):
-        problems.add(("sampler", "solver"), SOLVER, f"LongCat-Video's sampler runs the longcat-video family only; "
-                     f"{family.name} samples with " + (", ".join(s for s in family.solvers if s != SOLVER)
+    solver = recipe.sampler.solver
+    if solver in AUTHORS_SOLVERS and not problems.is_bad(("sampler", "solver")):
+        problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
+                     f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
     if recipe.inputs.longcat_cond_frames != COND_FRAMES:
         problems.add(("inputs", "longcat_cond_frames"), recipe.inputs.longcat_cond_frames,

@@ -134,14 +134,18 @@ def _resolve(merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str
 
 
 def _with_family(recipe: Recipe, family: FamilySpec, origins: Mapping[KeyPath, Origin], path: Path) -> Recipe:
-    """Fill unset family-dependent settings with the family's official values, and the name."""
+    """Fill unset family-dependent settings with the family's official values (those of the
+    solver the recipe picks, where the family has its own for it), and the name."""
+    written = ("sampler", "solver") in origins
+    solver = recipe.sampler.solver if written else family.defaults.get("sampler.solver", recipe.sampler.solver)
+    defaults = {**family.defaults, **family.solver_defaults.get(str(solver), {})}
     tables = {}
     for field in attrs.fields(Recipe):
         table = getattr(recipe, field.name)
         if not attrs.has(type(table)):
             continue
-        changes = {f.name: family.defaults[f"{field.name}.{f.name}"] for f in attrs.fields(type(table))
-                   if f.metadata.get("family") and f"{field.name}.{f.name}" in family.defaults
+        changes = {f.name: defaults[f"{field.name}.{f.name}"] for f in attrs.fields(type(table))
+                   if f.metadata.get("family") and f"{field.name}.{f.name}" in defaults
                    and (field.name, f.name) not in origins}
         tables[field.name] = attrs.evolve(table, **changes) if changes else table
     name = recipe.name or path.stem

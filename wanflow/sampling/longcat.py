@@ -125,9 +125,19 @@ def authors_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
     return longcat_schedule(steps, shift)
 
 
+def distilled_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The distilled solver's grid: ``longcat_schedule(distill=True)``, no tail (the authors refuse
+    both); the sampler always starts from noise."""
+    if strength != 1.0:
+        raise ModelInputError(f"denoising_strength = {strength}: LongCat's sampler starts from noise; use 1.0")
+    return longcat_schedule(steps, shift, distill=True, enhance_hf=False)
+
+
 #: The authors' sampler as a solver (``[sampler].solver = "longcat"``): Euler over LongCat's σ list
 #: and tail. Its guidance (CFG-Zero* at 4) is the recipe's ``cfg`` and ``cfg_zero_star``.
 SOLVER = Solver("longcat", euler_step, authors_grid)
+#: The distilled run (``"longcat-distill"``): Euler over the distilled list, for the cfg_step LoRA.
+DISTILLED_SOLVER = Solver("longcat-distill", euler_step, distilled_grid)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -6,8 +6,9 @@ the conditioning frames of a continuation (``longcat-video``'s latents) are run 
 DiT at t = 0 into a KV cache (``LongCatDiT.cache_conditioning``) that every later call attends
 to, as LongCat's default loop does: the same numbers as the full pass, which tests check. The
 DiT's output becomes a velocity in one place (``sampling.longcat.flow_velocity``), guidance
-(CFG, CFG-Zero*) wraps it like every family's, and Euler walks either the authors' grid (σ list
-shifted by the release's scheduler config, ``enhance_hf`` tail) or DiffSynth's Wan grid.
+(CFG, CFG-Zero*) wraps it like every family's, and Euler walks the authors' grid (σ list
+shifted by the release's scheduler config, ``enhance_hf`` tail), their distilled one, or
+DiffSynth's Wan grid.
 The result is the whole clip: the conditioning latents, unchanged, then the generated frames.
 """
 
@@ -38,7 +39,7 @@ class LongCatDenoise:
     latent_stride: int  # pixels per latent along height and width
     #: The denoise input roles of the job's conditioners (the continuation's frames, when given).
     conditions: tuple[str, ...] = ()
-    #: The registry's entry for ``sampler.solver`` ("longcat" or "euler"), keyed by name through
+    #: The registry's entry for ``sampler.solver`` ("longcat", "longcat-distill" or "euler"), keyed by name through
     #: ``sampler.*``; loaded when the step runs.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
     dit_dtype: str = "auto"  # [models.dit].dtype; "auto" follows [runtime].dtype
@@ -98,12 +99,13 @@ class LongCatDenoise:
         return {"latents": (x if cond is None else torch.cat([cond.float(), x], dim=2)).contiguous()}
 
     def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
-        """The solver's grid: the authors' at the release's scheduler shift, or the Wan Euler grid
-        at ``[sampler].shift`` (DiffSynth's configuration)."""
+        """The solver's grid: the authors' (full or distilled) at the release's scheduler shift, or
+        the Wan Euler grid at ``[sampler].shift`` (DiffSynth's configuration)."""
+        from wanflow.families.longcat import AUTHORS_SOLVERS
         from wanflow.sampling.longcat import scheduler_shift
 
         solver = self.solver.load()
-        if solver.name != "longcat":
+        if solver.name not in AUTHORS_SOLVERS:
             return solver.schedule(p["sampler.steps"], p["sampler.shift"], 1.0)
         path = ctx.weight(SCHEDULER)
         try:

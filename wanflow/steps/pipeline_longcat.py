@@ -18,7 +18,7 @@ import attrs
 
 from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.families.longcat import SCHEDULER_CONFIG, SOLVER
+from wanflow.families.longcat import AUTHORS_SOLVERS, SCHEDULER_CONFIG
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
 from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
 from wanflow.steps.runtime import effective_device
@@ -58,14 +58,14 @@ def longcat_job_plan(job: Any) -> Any:
 
 
 def longcat_node(denoise: StepSpec, resolved: Any) -> StepSpec:
-    """The denoise node with LongCat's step; the scheduler config is its own weight when the
-    authors' solver reads it, and left out otherwise."""
+    """The denoise node with LongCat's step; the scheduler config is its own weight when one of
+    the authors' solvers reads it, and left out otherwise."""
     dit = {role: w for role, w in denoise.weights.items() if role.startswith("dit.")}
     scheduler = [role for role, w in dit.items() if w.path.name == SCHEDULER_CONFIG]
     files = [w for role, w in dit.items() if role not in scheduler]
     weights = {f"dit.{i}": w for i, w in enumerate(files)}
     weights |= {role: w for role, w in denoise.weights.items() if role.startswith("lora.")}  # [[lora]] files
-    if resolved.values["sampler.solver"] == SOLVER:
+    if resolved.values["sampler.solver"] in AUTHORS_SOLVERS:
         if not scheduler and all(w.present for w in files):
             raise ModelLoadError(f"[models.dit]: the authors' sampler reads the release's scheduler/{SCHEDULER_CONFIG} "
                                  "for its shift, and none is among the DiT's files; add it to [models.dit].files, "
