@@ -99,19 +99,24 @@ def _check_memory(recipe: Recipe, problems: Problems) -> None:
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:
-    """Conditioning frames the VAE can encode alone (4n+1), read only for a continuation, with
-    latent frames left to generate after them."""
+    """Conditioning frames the VAE can encode alone (4n+1), read only for a continuation (of the
+    input video, or of each clip of a long video by the next), with latent frames left to
+    generate after them."""
     k, frames = recipe.inputs.longcat_cond_frames, recipe.video.frames
     key = ("inputs", "longcat_cond_frames")
+    if recipe.train is not None and recipe.inputs.longcat_segments:
+        problems.add(("inputs", "longcat_segments"), recipe.inputs.longcat_segments, "chains generated clips, "
+                     "which a training stage does not make: remove it")
     if recipe.train is not None:  # every sample's longcat_video column is continued from its last k frames
         if (k - 1) % 4 and not problems.is_bad(key):
             lo = k - (k - 1) % 4
             problems.add(key, k, f"must be 4n+1 ({lo} or {lo + 4}; the authors use 13, DiffSynth's example 17): "
                          "the VAE encodes the first frame alone and then groups of 4")
         return
-    if recipe.inputs.longcat_video is None:
+    if recipe.inputs.longcat_video is None and recipe.inputs.longcat_segments == 0:
         if k != COND_FRAMES and not problems.is_bad(key):
-            problems.add(key, k, "is read only for a continuation: set [inputs].longcat_video, or remove it")
+            problems.add(key, k, "is read only for a continuation: set [inputs].longcat_video or "
+                         "[inputs].longcat_segments, or remove it")
         return
     if (k - 1) % 4:
         lo = k - (k - 1) % 4
@@ -132,6 +137,7 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
         problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
-    if recipe.inputs.longcat_cond_frames != COND_FRAMES:
-        problems.add(("inputs", "longcat_cond_frames"), recipe.inputs.longcat_cond_frames,
-                     f"is read by longcat-video only, not {family.name}: remove it")
+    for name, default in (("longcat_cond_frames", COND_FRAMES), ("longcat_segments", 0)):
+        if getattr(recipe.inputs, name) != default:
+            problems.add(("inputs", name), getattr(recipe.inputs, name),
+                         f"is read by longcat-video only, not {family.name}: remove it")

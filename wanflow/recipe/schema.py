@@ -167,6 +167,8 @@ class Inputs:
                                         "longcat_cond_frames frames condition the clip)")
     longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
                                        "held as the clip's first frames (4n+1; the authors' 13)")
+    longcat_segments: int = setting(0, ge=0, why="LongCat-Video: clips chained after the first, each continuing "
+                                    "the one before from its last longcat_cond_frames frames (a long video)")
     animate_mode: str | None = setting(
         None, family=True, why="Animate: \"animation\" moves the reference character as the pose video "
         "does; \"replacement\" puts it into the background video in place of the masked person")

@@ -2,6 +2,8 @@
 
 Text encoding, the continuation's conditioning frames (``longcat-video``), decode and save are
 the Wan pipeline's; denoise is ``denoise_longcat`` whatever the solver, since the DiT is LongCat's.
+A long video (``[inputs].longcat_segments``) chains continuations after the first clip
+(``steps/longcat_segments.py``).
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
@@ -20,6 +22,7 @@ from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import AUTHORS_SOLVERS, SCHEDULER_CONFIG
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
+from wanflow.steps.longcat_segments import segment_nodes
 from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
 from wanflow.steps.runtime import effective_device
 
@@ -29,7 +32,10 @@ class LongCatPipeline(WanPipeline):
     """``WanPipeline`` with LongCat's denoise step and LongCat's memory plan."""
 
     def steps(self, resolved: Any) -> list[StepSpec]:
-        return [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
+        nodes = [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
+        if resolved.recipe.train is not None:
+            return nodes
+        return segment_nodes(nodes, resolved.values["inputs.longcat_segments"])  # a long video's chained clips
 
     def job_plan(self, job: Any) -> Any:
         """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None for a training
