@@ -158,6 +158,32 @@ def test_denoise_equals_the_dit_and_sampler_driven_by_hand(longcat_env, longcat_
         assert ("scheduler" in weights) == (config == "authors")
 
 
+def test_text_to_video_walks_the_authors_grid_without_the_tail(longcat_env, longcat_root, tmp_path):
+    """generate_t2v has no enhance_hf tail (only generate_vc adds it): 3 steps run 3 DiT calls a pass."""
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity, longcat_schedule
+
+    dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
+
+    def by_hand(schedule, pos, neg):
+        x = initial_noise((1, 16, 3, 2, 2), 0, noise_device="cpu")
+        for i, t in enumerate(schedule.timesteps):
+            with torch.no_grad():
+                vc, vu = (flow_velocity(dit(x, t.reshape(1), c)) for c in (pos, neg))
+            s = (vc * vu).sum() / (vu.pow(2).sum() + 1e-8)
+            x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (s * vu + 4.0 * (vc - s * vu))
+        return x
+
+    for _, ex in _executed(_recipe(tmp_path, sampler={"steps": 3})):
+        ours = ex.load("denoise")["latents"]
+        pos, neg = ex.load("encode-text:positive")["context"], ex.load("encode-text:negative")["context"]
+        expected = by_hand(longcat_schedule(3, SHIFT, enhance_hf=False), pos, neg)
+        assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5), (ours - expected).abs().max()
+        with_tail = by_hand(longcat_schedule(3, SHIFT), pos, neg)
+        assert (ours - with_tail).abs().max() > 1e-2
+
+
 def test_the_authors_grid_takes_the_releases_shift(longcat_env, longcat_root, videos, tmp_path):
     """The same run by hand at shift 1 instead of the release's 3 (t = 500.5 for 750) is another result."""
     from wanflow.models.longcat_loader import load_longcat_dit

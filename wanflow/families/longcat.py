@@ -12,7 +12,8 @@ diffusers' layouts (docs/longcat.md).
 Three ways to sample, chosen by ``[sampler].solver`` (docs/longcat.md):
 
 - ``"longcat"`` (the default, the authors' ``generate_vc``): Euler over ``linspace(1, 0.001, N)``
-  shifted by the release's scheduler shift, with the ``enhance_hf`` tail, and CFG-Zero* at 4;
+  shifted by the release's scheduler shift, with the ``enhance_hf`` tail when continuing frames,
+  and CFG-Zero* at 4;
 - ``"longcat-distill"`` (the authors' distilled run): 16 steps picked from their 50-step grid,
   without guidance, with the release's ``lora/cfg_step_lora.safetensors`` as a ``[[lora]]``;
 - ``"euler"`` with shift 1 and plain CFG 2 (DiffSynth-Studio's example;
@@ -32,7 +33,7 @@ from wanflow.families.wan import families as wan_families
 
 NAME = "longcat-video"
 REPO = "meituan-longcat/LongCat-Video"
-#: The solver name of the authors' sampler (σ list, enhance_hf tail); CFG-Zero* is the recipe's.
+#: The solver name of the authors' sampler (σ list; enhance_hf tail for continuations); CFG-Zero* is the recipe's.
 SOLVER = "longcat"
 #: The authors' distilled sampler: 16 of their 50 timesteps, for the release's cfg_step LoRA.
 DISTILLED_SOLVER = "longcat-distill"

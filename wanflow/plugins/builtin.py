@@ -33,7 +33,7 @@ def wanflow_samplers() -> list[SamplerEntry]:
             SamplerEntry(krea.CAUSAL_SOLVER, _lazy("wanflow.sampling.krea", "sample_blocks"),
                          "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)"),
             SamplerEntry(longcat.SOLVER, _lazy("wanflow.sampling.longcat", "SOLVER"),
-                         "LongCat-Video's Euler over its own σ list and enhance_hf tail (longcat-video only)"),
+                         "LongCat-Video's Euler over its own σ list (and enhance_hf tail, continuing) (longcat-video only)"),
             SamplerEntry(longcat.DISTILLED_SOLVER, _lazy("wanflow.sampling.longcat", "DISTILLED_SOLVER"),
                          "LongCat-Video's distilled Euler: 16 of its 50 timesteps, for its cfg_step LoRA (longcat-video only)")]
 

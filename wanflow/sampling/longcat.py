@@ -117,12 +117,13 @@ def scheduler_shift(doc: Mapping[str, object], source: str) -> float:
     return float(shift)
 
 
-def authors_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
-    """The registered solver's grid: ``longcat_schedule`` with the ``enhance_hf`` tail (the
-    authors' video-continuation default); the sampler always starts from noise."""
+def authors_grid(steps: int, shift: float, strength: float = 1.0, *, continuation: bool = False) -> Schedule:
+    """The registered solver's grid: LongCat's σ list at the release's shift, with the
+    ``enhance_hf`` tail for a video continuation (``generate_vc``'s default) and without it for
+    text-to-video (``generate_t2v`` has no tail); the sampler always starts from noise."""
     if strength != 1.0:
         raise ModelInputError(f"denoising_strength = {strength}: LongCat's sampler starts from noise; use 1.0")
-    return longcat_schedule(steps, shift)
+    return longcat_schedule(steps, shift, enhance_hf=continuation)
 
 
 def distilled_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
@@ -134,10 +135,19 @@ def distilled_grid(steps: int, shift: float, strength: float = 1.0) -> Schedule:
 
 
 #: The authors' sampler as a solver (``[sampler].solver = "longcat"``): Euler over LongCat's σ list
-#: and tail. Its guidance (CFG-Zero* at 4) is the recipe's ``cfg`` and ``cfg_zero_star``.
+#: (and tail, for a continuation). Its guidance (CFG-Zero* at 4) is the recipe's ``cfg`` and ``cfg_zero_star``.
 SOLVER = Solver("longcat", euler_step, authors_grid)
 #: The distilled run (``"longcat-distill"``): Euler over the distilled list, for the cfg_step LoRA.
 DISTILLED_SOLVER = Solver("longcat-distill", euler_step, distilled_grid)
+
+
+def authors_schedule(solver: str, steps: int, shift: float, *, continuation: bool) -> Schedule:
+    """The grid one of the authors' solvers walks for a job: the distilled list, or their σ list
+    with the tail only when the clip continues frames (as ``generate_vc`` adds it and
+    ``generate_t2v`` does not)."""
+    if solver == DISTILLED_SOLVER.name:
+        return distilled_grid(steps, shift)
+    return authors_grid(steps, shift, continuation=continuation)
 
 
 # ----------------------------------------------------------------------------- presets

@@ -7,8 +7,9 @@ DiT at t = 0 into a KV cache (``LongCatDiT.cache_conditioning``) that every late
 to, as LongCat's default loop does: the same numbers as the full pass, which tests check. The
 DiT's output becomes a velocity in one place (``sampling.longcat.flow_velocity``), guidance
 (CFG, CFG-Zero*) wraps it like every family's, and Euler walks the authors' grid (σ list
-shifted by the release's scheduler config, ``enhance_hf`` tail), their distilled one, or
-DiffSynth's Wan grid.
+shifted by the release's scheduler config, with the ``enhance_hf`` tail for a continuation as
+their ``generate_vc`` and without it for text-to-video as their ``generate_t2v``), their
+distilled one, or DiffSynth's Wan grid.
 The result is the whole clip: the conditioning latents, unchanged, then the generated frames.
 """
 
@@ -52,7 +53,7 @@ class LongCatDenoise:
     attention: Any = attrs.field(default=None, metadata=NOT_KEYED)
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
     kind: str = "denoise-longcat"
-    version: int = 1
+    version: int = 2  # 2: text-to-video under the authors' sampler walks their grid without the enhance_hf tail
     output: str = "tensors"
     reads: tuple[str, ...] = DENOISE_READS
 
@@ -99,10 +100,11 @@ class LongCatDenoise:
         return {"latents": (x if cond is None else torch.cat([cond.float(), x], dim=2)).contiguous()}
 
     def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
-        """The solver's grid: the authors' (full or distilled) at the release's scheduler shift, or
-        the Wan Euler grid at ``[sampler].shift`` (DiffSynth's configuration)."""
+        """The solver's grid: the authors' (full, with the ``enhance_hf`` tail when continuing
+        frames, or distilled) at the release's scheduler shift, or the Wan Euler grid at
+        ``[sampler].shift`` (DiffSynth's configuration)."""
         from wanflow.families.longcat import AUTHORS_SOLVERS
-        from wanflow.sampling.longcat import scheduler_shift
+        from wanflow.sampling.longcat import authors_schedule, scheduler_shift
 
         solver = self.solver.load()
         if solver.name not in AUTHORS_SOLVERS:
@@ -114,7 +116,8 @@ class LongCatDenoise:
             raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
         if not isinstance(doc, dict):
             raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
-        return solver.schedule(p["sampler.steps"], scheduler_shift(doc, str(path)), 1.0)
+        return authors_schedule(solver.name, p["sampler.steps"], scheduler_shift(doc, str(path)),
+                                continuation=bool(self.conditions))
 
     def noise(self, p: Mapping[str, Any], cond: Any) -> Any:
         """The seeded noise of the whole clip (LongCat draws it so), less the conditioning frames."""
