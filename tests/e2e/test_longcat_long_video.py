@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.e2e._layout_longcat import REPO
+from tests.e2e._layout_longcat import REPO, SHIFT
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import use_models, write_recipe
 from tests.e2e.test_longcat_runs import _executed
@@ -33,11 +33,11 @@ def longcat_env(longcat_root, tmp_path, monkeypatch):
     return use_models(longcat_root, tmp_path, monkeypatch)
 
 
-def _recipe(tmp_path, segments: int, frames: int = 9, train: dict | None = None):
+def _recipe(tmp_path, segments: int, frames: int = 9, train: dict | None = None, sampler: dict = SAMPLER):
     import tomlkit
 
     tables = {"train": train} if train else {}
-    path = write_recipe(tmp_path, FAMILY, video={"width": 16, "height": 16, "frames": frames}, sampler=SAMPLER,
+    path = write_recipe(tmp_path, FAMILY, video={"width": 16, "height": 16, "frames": frames}, sampler=sampler,
                         **tables)
     doc = tomlkit.parse(path.read_text())
     doc["inputs"] = {"longcat_segments": segments, "longcat_cond_frames": COND}
@@ -55,16 +55,22 @@ def test_a_long_video_is_the_first_clip_then_each_segment_s_new_frames(longcat_e
     assert video_shape(longer.archive / "outputs" / "video.mp4") == (9 + 3 * (9 - COND), 16, 16)
 
 
-def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat_env, longcat_root, tmp_path):
+@pytest.mark.parametrize("config", ["diffsynth", "authors"])
+def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat_env, longcat_root, tmp_path, config):
+    """Under the authors' sampler each segment walks generate_vc's grid, the enhance_hf tail included."""
     from wanflow.memory import pool as model_pool
     from wanflow.models.longcat_loader import load_longcat_dit
     from wanflow.output import to_model_video
     from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import longcat_schedule
     from wanflow.sampling.schedules import euler_schedule
 
     dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
-    schedule = euler_schedule(2, 1.0)
-    for _, ex in _executed(_recipe(tmp_path, 2), keep={"decode"}):
+    if config == "authors":
+        sampler, schedule, cfg = {"steps": 3}, longcat_schedule(3, SHIFT), 4.0
+    else:
+        sampler, schedule, cfg = SAMPLER, euler_schedule(2, 1.0), 2.0
+    for _, ex in _executed(_recipe(tmp_path, 2, sampler=sampler), keep={"decode"}):
         vae = model_pool.vae(ex.plan.get("decode").spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
         pos, neg = ex.load("encode-text:positive")["context"], ex.load("encode-text:negative")["context"]
         clips = [ex.load("decode")["frames"]]
@@ -79,7 +85,8 @@ def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat
                 with torch.no_grad():
                     vc, vu = (-dit(torch.cat([cond, x], dim=2), t.reshape(1), c, cond_frames=2)[:, :, 2:]
                               for c in (pos, neg))
-                x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (vu + 2.0 * (vc - vu))
+                st = (vc * vu).sum() / (vu.pow(2).sum() + 1e-8) if config == "authors" else 1.0
+                x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (st * vu + cfg * (vc - st * vu))
             ours = ex.load(f"denoise:segment-{k}")["latents"]
             assert torch.equal(ours[:, :, :2], cond)
             assert torch.allclose(ours[:, :, 2:], x, rtol=1e-5, atol=1e-5), (ours[:, :, 2:] - x).abs().max()

@@ -205,3 +205,21 @@ def test_bad_settings_are_refused_at_validation_naming_the_key(venv_runs, tmp_pa
     for part in says:
         assert part in err, err
     assert "Traceback" not in err
+
+
+def test_an_image_sample_holds_the_image_as_its_first_frame(venv_runs, longcat_root, tmp_path, media):
+    """A row with an input_image trains image-to-video: the image's latent, as a generation encodes
+    it, written clean over the first latent frame and read as one conditioning frame."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(13).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "data" / "clips" / "start.png")
+    train = run(_recipe(tmp_path, [_row() | {"input_image": "clips/start.png"}], frames=9), venv_runs)
+    gen = _generation(tmp_path / "gen", frames=9)
+    doc = tomlkit.parse(gen.read_text())
+    doc["inputs"] = {"image": str(tmp_path / "data" / "clips" / "start.png")}
+    gen.write_text(tomlkit.dumps(doc))
+    cond = stored_tensors(run(gen, venv_runs), "encode-conditioning:longcat-image")["latents"]
+    assert cond.shape[2] == 1
+    assert torch.equal(stored_tensors(train, "train/longcat:0")["latents"], cond)
+    assert first_loss(train) == pytest.approx(loss_by_hand(longcat_root, train, cond), rel=1e-5, abs=1e-7)

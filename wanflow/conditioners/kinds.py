@@ -117,8 +117,9 @@ KINDS: Mapping[str, Kind] = {k.name: k for k in (
          "start_from_ref puts the reference image in the last 6",
          ("motion_video", "start_from_ref"), frozenset({"extras"})),
     Kind("longcat-frames", "longcat", "LongCat-Video's continuation: the VAE latents of the last "
-         "[inputs].longcat_cond_frames frames of [inputs].longcat_video, held clean as the clip's first "
-         "latent frames (t = 0, attending only to themselves)", ("longcat_video",), frozenset({"clamp"})),
+         "[inputs].longcat_cond_frames frames of [inputs].longcat_video (or of [inputs].image alone, "
+         "image-to-video), held clean as the clip's first latent frames (t = 0, attending only to themselves)",
+         ("longcat_video", "image"), frozenset({"clamp"})),
     Kind("animate-reference", "animate_reference", "Wan2.2-Animate's character image, letterboxed onto black "
          "at the video's size: its VAE latent (latent frame 0 of every clip) and its CLIP tokens",
          ("reference_image",), frozenset({"tokens", "channels"})),

@@ -19,6 +19,9 @@ Three ways to sample, chosen by ``[sampler].solver`` (docs/longcat.md):
 - ``"euler"`` with shift 1 and plain CFG 2 (DiffSynth-Studio's example;
   ``recipes/longcat-video-diffsynth.toml``).
 
+Image-to-video: ``[inputs].image`` is held as the clip's first frame (one latent frame), as the
+authors' ``generate_i2v`` holds it.
+
 Video continuation: ``[inputs].longcat_video`` (DiffSynth's name for it) is the video to continue;
 its last ``[inputs].longcat_cond_frames`` frames (the authors' 13; DiffSynth's example 17) are
 VAE-encoded and held as the first latent frames, clean, at t = 0, attending only to themselves.
@@ -71,9 +74,10 @@ def family() -> FamilySpec:
     dit = ComponentSpec("dit", f"modelscope:{REPO}", DIT_FILES, "longcat-video")
     components = {"dit": dit, **{name: spec for name, spec in base.components.items() if name != "dit"}}
     return FamilySpec(
-        NAME, f"LongCat-Video 13.6B: text-to-video and video continuation from [inputs].longcat_video ({REPO}); "
+        NAME, f"LongCat-Video 13.6B: text-to-video, image-to-video ([inputs].image) and video continuation "
+        f"from [inputs].longcat_video ({REPO}); "
         f'[sampler].solver = "{SOLVER}" as its authors sample it ("{DISTILLED_SOLVER}": their 16-step distilled run), '
         'or "euler" as DiffSynth does',
-        components, DEFAULTS, frozenset({"longcat_video"}), sizes=((832, 480), (480, 832)),
+        components, DEFAULTS, frozenset({"longcat_video", "image"}), sizes=((832, 480), (480, 832)),
         solvers=(*AUTHORS_SOLVERS, "euler"), solver_defaults=SOLVER_DEFAULTS, pipeline=PIPELINE,
         conditioners=(conditioner("longcat-frames"),))

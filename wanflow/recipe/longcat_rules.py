@@ -43,6 +43,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if recipe.train is not None:
         check_longcat_training(recipe, problems)
     _check_frames(recipe, problems)
+    _check_image(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver in AUTHORS_SOLVERS and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
         problems.add(("sampler", "shift"), s.shift, "the authors' sampler takes its shift from the release's "
@@ -128,6 +129,19 @@ def _check_frames(recipe: Recipe, problems: Problems) -> None:
     if frames <= k:
         problems.add(("video", "frames"), frames, f"leaves no frame to generate after the {k} conditioning frames "
                      f"([inputs].longcat_cond_frames; the clip includes them): use at least {k + 4}")
+
+
+def _check_image(recipe: Recipe, problems: Problems) -> None:
+    """Image-to-video holds the image as the clip's first frame: not beside a video to continue,
+    and with frames after it."""
+    if recipe.inputs.image is None or recipe.train is not None:
+        return
+    if recipe.inputs.longcat_video is not None:
+        problems.add(("inputs", "image"), recipe.inputs.image, "LongCat-Video continues a video or starts from "
+                     "an image, not both: remove [inputs].image or [inputs].longcat_video")
+    elif recipe.video.frames < 5 and not problems.is_bad(("video", "frames")):
+        problems.add(("video", "frames"), recipe.video.frames, "leaves no frame to generate after the image "
+                     "(the clip's first frame): use at least 5")
 
 
 def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:

@@ -9,6 +9,11 @@ step's key holds the video's digest, the frame count, the frame rate, the size a
 settings, never the clip's length or the sampler's: a longer clip or another guidance reuses
 the encode.
 
+Image-to-video (the authors' ``generate_i2v``) is the same conditioning with one frame: the
+``[inputs].image``, resized and centre-cropped to the clip's size, is VAE-encoded alone into one
+latent frame held clean as the clip's first (``encode-conditioning:longcat-image``; its key holds
+the image's digest, the size and the VAE's settings).
+
 The latents are the posterior mean (DiffSynth's encoding; the authors draw a posterior sample).
 """
 
@@ -33,6 +38,8 @@ from wanflow.steps.longcat_frames import (
 from wanflow.steps.text import RUNTIME_READS
 
 NODE = "encode-conditioning:longcat-frames"
+#: The node of image-to-video's one conditioning frame.
+IMAGE_NODE = "encode-conditioning:longcat-image"
 #: What the encode reads: the frames it keeps (how many, at which rate), their size, the VAE's
 #: tiling and the runtime.
 READS = ("inputs.longcat_cond_frames", "video.fps", "video.width", "video.height", *VAE_READS, *RUNTIME_READS)
@@ -78,7 +85,35 @@ class EncodeLongCatVideo:
         return {"latents": encode(self, ctx, pixels).contiguous()}  # (1, z, k, h, w)
 
 
+@attrs.frozen
+class EncodeLongCatImage:
+    """"latents" (1, z, 1, h, w): the VAE latent of the image as the clip's first frame."""
+
+    vae_version: str  # "wan2.1"
+    dtype: str = "auto"  # [models.vae].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.vae].device
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    kind: str = "encode-longcat-image"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = ("video.width", "video.height", *VAE_READS, *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        from wanflow.steps.media import image_tensor
+
+        p = ctx.params
+        pixels = image_tensor(ctx.file("image"), p["video.width"], p["video.height"])  # (3, 1, H, W)
+        return {"latents": encode(self, ctx, pixels).contiguous()}  # (1, z, 1, h, w)
+
+
 def _node(job: Any, declared: Any) -> StepSpec | None:
+    if job.given("longcat_video") and job.given("image"):
+        raise ModelInputError("LongCat-Video continues a video or starts from an image, not both: give "
+                              "[inputs].longcat_video or [inputs].image")
+    if job.given("image"):  # image-to-video: one conditioning frame
+        step = EncodeLongCatImage(job.vae_version, **job.placed("vae"))
+        return StepSpec(IMAGE_NODE, step, files={"image": job.file("image")}, weights=job.vae_weight())
     if not job.given("longcat_video"):
         return None  # text-to-video
     step = EncodeLongCatVideo(job.vae_version, **job.placed("vae"))

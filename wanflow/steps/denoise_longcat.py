@@ -40,6 +40,9 @@ class LongCatDenoise:
     latent_stride: int  # pixels per latent along height and width
     #: The denoise input roles of the job's conditioners (the continuation's frames, when given).
     conditions: tuple[str, ...] = ()
+    #: The authors' ``enhance_hf`` tail under their sampler: their ``generate_vc`` (a video
+    #: continuation) walks it, ``generate_t2v`` and ``generate_i2v`` do not.
+    tail: bool = False
     #: The registry's entry for ``sampler.solver`` ("longcat", "longcat-distill" or "euler"), keyed by name through
     #: ``sampler.*``; loaded when the step runs.
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)
@@ -58,10 +61,11 @@ class LongCatDenoise:
     reads: tuple[str, ...] = DENOISE_READS
 
     @classmethod
-    def replacing(cls, denoise: Any) -> LongCatDenoise:
-        """LongCat's step for the job a Wan ``Denoise`` step was planned for."""
+    def replacing(cls, denoise: Any, tail: bool) -> LongCatDenoise:
+        """LongCat's step for the job a Wan ``Denoise`` step was planned for (``tail``: it continues
+        a video)."""
         (role, files), = denoise.experts
-        return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, denoise.solver,
+        return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, tail, denoise.solver,
                    dict(denoise.dtypes).get(role, "auto"), denoise.loras, denoise.residency, denoise.attention,
                    denoise.peak)
 
@@ -117,7 +121,7 @@ class LongCatDenoise:
         if not isinstance(doc, dict):
             raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
         return authors_schedule(solver.name, p["sampler.steps"], scheduler_shift(doc, str(path)),
-                                continuation=bool(self.conditions))
+                                continuation=self.tail)
 
     def noise(self, p: Mapping[str, Any], cond: Any) -> Any:
         """The seeded noise of the whole clip (LongCat draws it so), less the conditioning frames."""

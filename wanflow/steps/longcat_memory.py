@@ -65,7 +65,7 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, "wan2.1")
     continues = job.given("longcat_video") or v["inputs.longcat_segments"] > 0  # a long video's segments do
-    cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if continues else 0
+    cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if continues else 1 if job.given("image") else 0
     tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
     pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
     return [

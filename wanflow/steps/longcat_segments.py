@@ -112,8 +112,8 @@ def segment_nodes(nodes: list[StepSpec], segments: int) -> list[StepSpec]:
         added.append(StepSpec(segment_name("encode-conditioning", k), encode_step,
                               inputs={"frames": segment_name("decode", k - 1)}, weights=decode.weights))
         fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
-                  if f.name not in ("kind", "conditions")}
-        step = LongCatSegmentDenoise(**fields, conditions=(ROLE,), segment=k)
+                  if f.name not in ("kind", "conditions", "tail")}
+        step = LongCatSegmentDenoise(**fields, conditions=(ROLE,), tail=True, segment=k)  # continues a video
         inputs = {role: name for role, name in denoise.inputs.items() if role != ROLE}
         added.append(attrs.evolve(denoise, name=segment_name("denoise", k), step=step,
                                   inputs={**inputs, ROLE: segment_name("encode-conditioning", k)}))

@@ -78,5 +78,6 @@ def longcat_node(denoise: StepSpec, resolved: Any) -> StepSpec:
                                  'or sample as DiffSynth does ([sampler].solver = "euler")')
         if scheduler:
             weights[SCHEDULER] = dit[scheduler[0]]
-    step = attrs.evolve(LongCatDenoise.replacing(denoise.step), dit_files=len(files))
+    continues = resolved.recipe.inputs.longcat_video is not None
+    step = attrs.evolve(LongCatDenoise.replacing(denoise.step, tail=continues), dit_files=len(files))
     return attrs.evolve(denoise, step=step, weights=weights)
