@@ -33,7 +33,8 @@ def longcat_env(longcat_root, tmp_path, monkeypatch):
     return use_models(longcat_root, tmp_path, monkeypatch)
 
 
-def _recipe(tmp_path, segments: int, frames: int = 9, train: dict | None = None, sampler: dict = SAMPLER):
+def _recipe(tmp_path, segments: int, frames: int = 9, train: dict | None = None, sampler: dict = SAMPLER,
+            prompts: tuple[str, ...] = ()):
     import tomlkit
 
     tables = {"train": train} if train else {}
@@ -41,6 +42,8 @@ def _recipe(tmp_path, segments: int, frames: int = 9, train: dict | None = None,
                         **tables)
     doc = tomlkit.parse(path.read_text())
     doc["inputs"] = {"longcat_segments": segments, "longcat_cond_frames": COND}
+    if prompts:
+        doc["inputs"]["longcat_segment_prompts"] = list(prompts)
     path.write_text(tomlkit.dumps(doc))
     return path
 
@@ -55,9 +58,10 @@ def test_a_long_video_is_the_first_clip_then_each_segment_s_new_frames(longcat_e
     assert video_shape(longer.archive / "outputs" / "video.mp4") == (9 + 3 * (9 - COND), 16, 16)
 
 
-@pytest.mark.parametrize("config", ["diffsynth", "authors"])
+@pytest.mark.parametrize("config", ["diffsynth", "authors", "prompts"])
 def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat_env, longcat_root, tmp_path, config):
-    """Under the authors' sampler each segment walks generate_vc's grid, the enhance_hf tail included."""
+    """Under the authors' sampler each segment walks generate_vc's grid, the enhance_hf tail included;
+    with segment prompts each segment is guided by its own prompt's features."""
     from wanflow.memory import pool as model_pool
     from wanflow.models.longcat_loader import load_longcat_dit
     from wanflow.output import to_model_video
@@ -70,7 +74,8 @@ def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat
         sampler, schedule, cfg = {"steps": 3}, longcat_schedule(3, SHIFT), 4.0
     else:
         sampler, schedule, cfg = SAMPLER, euler_schedule(2, 1.0), 2.0
-    for _, ex in _executed(_recipe(tmp_path, 2, sampler=sampler), keep={"decode"}):
+    prompts = ("the ball rolls left", "the ball stops") if config == "prompts" else ()
+    for _, ex in _executed(_recipe(tmp_path, 0 if prompts else 2, sampler=sampler, prompts=prompts), keep={"decode"}):
         vae = model_pool.vae(ex.plan.get("decode").spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
         pos, neg = ex.load("encode-text:positive")["context"], ex.load("encode-text:negative")["context"]
         clips = [ex.load("decode")["frames"]]
@@ -81,10 +86,12 @@ def test_each_segment_continues_the_one_before_as_a_continuation_by_hand(longcat
                 expected = vae.encode(torch.from_numpy(to_model_video(before[-COND:].numpy()))[None])
             assert torch.equal(cond, expected.float())
             x = initial_noise((1, 16, 3, 2, 2), k, noise_device="cpu")[:, :, 2:]  # seed 0 + k
+            own = ex.load(f"encode-text:segment-{k}")["context"] if prompts else pos
+            assert torch.equal(own, pos) != bool(prompts)
             for i, t in enumerate(schedule.timesteps):
                 with torch.no_grad():
                     vc, vu = (-dit(torch.cat([cond, x], dim=2), t.reshape(1), c, cond_frames=2)[:, :, 2:]
-                              for c in (pos, neg))
+                              for c in (own, neg))
                 st = (vc * vu).sum() / (vu.pow(2).sum() + 1e-8) if config == "authors" else 1.0
                 x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (st * vu + cfg * (vc - st * vu))
             ours = ex.load(f"denoise:segment-{k}")["latents"]
@@ -132,3 +139,24 @@ def test_a_long_video_may_start_from_a_continuation_and_is_planned(longcat_env, 
         "join-segments", "save", "save-metadata"}
     assert video_shape(outcome.archive / "outputs" / "video.mp4") == (9 + (9 - COND), 16, 16)
     assert main(["plan", str(path)]) == 0  # the memory plan sizes the segments' denoise with its conditioning
+
+
+def test_segment_prompts_set_the_count_and_a_changed_prompt_reruns_only_its_segments(longcat_env, tmp_path):
+    first = run(_recipe(tmp_path, 0, prompts=("a ball rolls", "it stops", "it rolls back")), longcat_env)
+    assert {"encode-text:segment-1", "encode-text:segment-3", "denoise:segment-3"} <= computed(first)
+    assert video_shape(first.archive / "outputs" / "video.mp4") == (9 + 3 * (9 - COND), 16, 16)
+    changed = run(_recipe(tmp_path, 0, prompts=("a ball rolls", "it stops", "it spins")), longcat_env)
+    assert computed(changed) == _segment(3) - {"encode-conditioning:segment-3"} | {
+        "encode-text:segment-3", "join-segments", "save", "save-metadata"}
+
+
+@pytest.mark.parametrize("segments, prompts, message", [
+    (3, ("one", "two"), "gives 2 prompts for [inputs].longcat_segments = 3 segments"),
+    (0, ("one", " "), "prompt 1 is empty"),
+])
+def test_segment_prompts_that_do_not_fit_are_refused(longcat_env, tmp_path, segments, prompts, message):
+    from wanflow.recipe import load_recipe
+
+    with pytest.raises(WanflowError) as err:
+        load_recipe(_recipe(tmp_path, segments, prompts=prompts))
+    assert message in str(err.value)

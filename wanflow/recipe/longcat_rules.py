@@ -43,6 +43,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if recipe.train is not None:
         check_longcat_training(recipe, problems)
     _check_frames(recipe, problems)
+    _check_segment_prompts(recipe, problems)
     _check_image(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver in AUTHORS_SOLVERS and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
@@ -105,16 +106,18 @@ def _check_frames(recipe: Recipe, problems: Problems) -> None:
     generate after them."""
     k, frames = recipe.inputs.longcat_cond_frames, recipe.video.frames
     key = ("inputs", "longcat_cond_frames")
-    if recipe.train is not None and recipe.inputs.longcat_segments:
-        problems.add(("inputs", "longcat_segments"), recipe.inputs.longcat_segments, "chains generated clips, "
-                     "which a training stage does not make: remove it")
+    if recipe.train is not None:
+        for name in ("longcat_segments", "longcat_segment_prompts"):
+            if getattr(recipe.inputs, name):
+                problems.add(("inputs", name), getattr(recipe.inputs, name), "chains generated clips, which a "
+                             "training stage does not make: remove it")
     if recipe.train is not None:  # every sample's longcat_video column is continued from its last k frames
         if (k - 1) % 4 and not problems.is_bad(key):
             lo = k - (k - 1) % 4
             problems.add(key, k, f"must be 4n+1 ({lo} or {lo + 4}; the authors use 13, DiffSynth's example 17): "
                          "the VAE encodes the first frame alone and then groups of 4")
         return
-    if recipe.inputs.longcat_video is None and recipe.inputs.longcat_segments == 0:
+    if recipe.inputs.longcat_video is None and _segments(recipe) == 0:
         if k != COND_FRAMES and not problems.is_bad(key):
             problems.add(key, k, "is read only for a continuation: set [inputs].longcat_video or "
                          "[inputs].longcat_segments, or remove it")
@@ -129,6 +132,25 @@ def _check_frames(recipe: Recipe, problems: Problems) -> None:
     if frames <= k:
         problems.add(("video", "frames"), frames, f"leaves no frame to generate after the {k} conditioning frames "
                      f"([inputs].longcat_cond_frames; the clip includes them): use at least {k + 4}")
+
+
+def _segments(recipe: Recipe) -> int:
+    """A long video's segments after the first clip: ``longcat_segments``, or one per segment prompt."""
+    return max(recipe.inputs.longcat_segments, len(recipe.inputs.longcat_segment_prompts))
+
+
+def _check_segment_prompts(recipe: Recipe, problems: Problems) -> None:
+    """One prompt per segment, none empty, as many as ``longcat_segments`` says where both are set."""
+    prompts, count = recipe.inputs.longcat_segment_prompts, recipe.inputs.longcat_segments
+    key = ("inputs", "longcat_segment_prompts")
+    if not prompts or recipe.train is not None:
+        return
+    if count and count != len(prompts):
+        problems.add(key, list(prompts), f"gives {len(prompts)} prompts for [inputs].longcat_segments = {count} "
+                     "segments: give one prompt per segment, or remove longcat_segments (the prompts set the count)")
+    empty = [i for i, text in enumerate(prompts) if not text.strip()]
+    if empty:
+        problems.add(key, list(prompts), f"prompt {empty[0]} is empty: give every segment its text")
 
 
 def _check_image(recipe: Recipe, problems: Problems) -> None:
@@ -151,7 +173,9 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
         problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
-    for name, default in (("longcat_cond_frames", COND_FRAMES), ("longcat_segments", 0)):
+    for name, default in (("longcat_cond_frames", COND_FRAMES), ("longcat_segments", 0),
+                          ("longcat_segment_prompts", ())):
         if getattr(recipe.inputs, name) != default:
-            problems.add(("inputs", name), getattr(recipe.inputs, name),
+            value = getattr(recipe.inputs, name)
+            problems.add(("inputs", name), list(value) if isinstance(value, tuple) else value,
                          f"is read by longcat-video only, not {family.name}: remove it")

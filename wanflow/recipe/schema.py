@@ -169,6 +169,9 @@ class Inputs:
                                        "held as the clip's first frames (4n+1; the authors' 13)")
     longcat_segments: int = setting(0, ge=0, why="LongCat-Video: clips chained after the first, each continuing "
                                     "the one before from its last longcat_cond_frames frames (a long video)")
+    longcat_segment_prompts: tuple[str, ...] = setting(
+        factory=tuple, why="LongCat-Video: one prompt per segment after the first clip (the authors' interactive "
+        "video; as many segments as prompts); empty: every segment takes [prompt].text")
     animate_mode: str | None = setting(
         None, family=True, why="Animate: \"animation\" moves the reference character as the pose video "
         "does; \"replacement\" puts it into the background video in place of the masked person")

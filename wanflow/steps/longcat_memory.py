@@ -24,6 +24,7 @@ from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
 from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read_headers
 from wanflow.models import longcat_config
+from wanflow.steps.longcat_segments import segment_count
 from wanflow.steps.memory_plan import (
     ITEMSIZE,
     component_sizes,
@@ -64,7 +65,7 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
     v = job.values
     frames, height, width = v["video.frames"], v["video.height"], v["video.width"]
     grid = latent_grid(frames, height, width, "wan2.1")
-    continues = job.given("longcat_video") or v["inputs.longcat_segments"] > 0  # a long video's segments do
+    continues = job.given("longcat_video") or segment_count(v) > 0  # a long video's segments do
     cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if continues else 1 if job.given("image") else 0
     tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
     pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None

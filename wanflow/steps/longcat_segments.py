@@ -6,7 +6,9 @@ continuation continues an input video: the last ``[inputs].longcat_cond_frames``
 decoded frames (uint8, as the authors pass the frames on between segments) are VAE-encoded and
 held clean as the first latent frames of a clip of ``[video].frames`` frames, which the DiT
 denoises against them. The video is the first clip, then each segment's frames after its
-conditioning frames: ``frames + N · (frames − longcat_cond_frames)`` frames.
+conditioning frames: ``frames + N · (frames − longcat_cond_frames)`` frames. With
+``[inputs].longcat_segment_prompts`` (the authors' interactive video) segment k is guided by the
+k-th prompt, encoded in a text step of its own, instead of ``[prompt].text``.
 
 Every segment is steps of its own, keyed by what it reads: the encode by the frames it is given,
 the denoise by those latents, the prompts and the sampler, the decode by its latents. A longer
@@ -98,15 +100,28 @@ class JoinSegments:
         return {"frames": torch.cat([frames[0], *(f[k:] for f in frames[1:])]).contiguous()}
 
 
-def segment_nodes(nodes: list[StepSpec], segments: int) -> list[StepSpec]:
-    """The plan's nodes with ``segments`` chained continuations after the first clip, and the save
-    steps reading the joined video; unchanged when there are none."""
+def segment_count(values: Mapping[str, Any]) -> int:
+    """The segments after the first clip: ``longcat_segments``, or one per segment prompt."""
+    return max(values["inputs.longcat_segments"], len(values["inputs.longcat_segment_prompts"]))
+
+
+def segment_nodes(nodes: list[StepSpec], values: Mapping[str, Any]) -> list[StepSpec]:
+    """The plan's nodes with the chained continuations after the first clip (each with its own
+    prompt's text step where segment prompts are given), and the save steps reading the joined
+    video; unchanged when there are none."""
+    segments, prompts = segment_count(values), tuple(values["inputs.longcat_segment_prompts"])
     if segments == 0:
         return nodes
     by_name = {n.name: n for n in nodes}
-    denoise, decode = by_name["denoise"], by_name["decode"]
+    denoise, decode, text = by_name["denoise"], by_name["decode"], by_name["encode-text:positive"]
     added = []
     for k in range(1, segments + 1):
+        pos = {}
+        if prompts:
+            encode_text = attrs.evolve(text, name=f"encode-text:segment-{k}", step=attrs.evolve(
+                text.step, prompt_key="inputs.longcat_segment_prompts", text=prompts[k - 1]))
+            added.append(encode_text)
+            pos = {"pos": encode_text.name}
         encode_step = EncodeSegmentFrames(decode.step.vae_version, decode.step.dtype, decode.step.device,
                                           decode.step.residency)
         added.append(StepSpec(segment_name("encode-conditioning", k), encode_step,
@@ -116,7 +131,7 @@ def segment_nodes(nodes: list[StepSpec], segments: int) -> list[StepSpec]:
         step = LongCatSegmentDenoise(**fields, conditions=(ROLE,), tail=True, segment=k)  # continues a video
         inputs = {role: name for role, name in denoise.inputs.items() if role != ROLE}
         added.append(attrs.evolve(denoise, name=segment_name("denoise", k), step=step,
-                                  inputs={**inputs, ROLE: segment_name("encode-conditioning", k)}))
+                                  inputs={**inputs, **pos, ROLE: segment_name("encode-conditioning", k)}))
         added.append(attrs.evolve(decode, name=segment_name("decode", k),
                                   inputs={"latents": segment_name("denoise", k)}))
     join = StepSpec(JOIN, JoinSegments(segments + 1),

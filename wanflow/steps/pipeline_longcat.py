@@ -35,7 +35,7 @@ class LongCatPipeline(WanPipeline):
         nodes = [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
         if resolved.recipe.train is not None:
             return nodes
-        return segment_nodes(nodes, resolved.values["inputs.longcat_segments"])  # a long video's chained clips
+        return segment_nodes(nodes, resolved.values)  # a long video's chained clips
 
     def job_plan(self, job: Any) -> Any:
         """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None for a training
