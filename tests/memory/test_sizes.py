@@ -57,3 +57,23 @@ def test_planning_modules_do_not_import_torch(tmp_path):
     code = ("import sys; import wanflow.memory.planner, wanflow.memory.sizes, wanflow.memory.estimates; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_header_is_parsed_once_per_version_of_its_file(tmp_path, monkeypatch):
+    """Planning reads the same shards several times: the JSON is parsed once, and again when the
+    file is rewritten (another size or modification time), never served stale."""
+    from wanflow.memory import sizes
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2, 3)}, str(path))
+    parses = []
+    real = sizes.json.loads
+    monkeypatch.setattr(sizes.json, "loads", lambda raw: parses.append(1) or real(raw))
+    sizes._parsed_header.cache_clear()
+    first, again = read_header(path), read_header(path)
+    assert first == again == {"a": sizes.TensorInfo("F32", (2, 3))} and len(parses) == 1
+    first["b"] = None  # a caller's copy: the cache is not changed through it
+    assert "b" not in read_header(path)
+    save_file({"a": torch.zeros(4, 3), "c": torch.zeros(1)}, str(path))
+    assert read_header(path) == {"a": sizes.TensorInfo("F32", (4, 3)), "c": sizes.TensorInfo("F32", (1,))}
+    assert len(parses) == 2

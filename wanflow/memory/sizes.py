@@ -12,6 +12,7 @@ and ComfyUI (``model.diffusion_model.blocks.N.``) layouts all share.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -81,9 +82,19 @@ MAX_HEADER_BYTES = 100 * 2**20
 
 def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     """name -> (dtype, shape) of every tensor of one safetensors file, from its JSON header alone
-    (no torch, no tensor data): what planning reads, a fully cached rerun included."""
+    (no torch, no tensor data): what planning reads, a fully cached rerun included.
+
+    Planning asks several times for the same shards (sizes, shapes, variant recognition); each
+    file is parsed once per (size, modification time), so a rewritten file is read again."""
     path = Path(path)
-    size = path.stat().st_size
+    st = path.stat()
+    return dict(_parsed_header(str(path.resolve()), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_header(path_text: str, size: int, mtime_ns: int) -> dict[str, TensorInfo]:
+    """``read_header``'s work for one version of a file (the cache key is its size and mtime)."""
+    path = Path(path_text)
     with path.open("rb") as f:
         prefix = f.read(8)
         length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
