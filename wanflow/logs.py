@@ -65,6 +65,11 @@ def level_for(*, verbose: bool, quiet: bool, json: bool) -> int:
     return logging.DEBUG if verbose or json else logging.INFO
 
 
+#: The node-name column of step lines: wide enough for the longest built-in node names
+#: (``prepare-conditioning:animate-background``), so the durations line up.
+NODE_WIDTH = 40
+
+
 class StepLines:
     """An event callback that prints one line per step: hit, or computed with its duration.
 
@@ -81,7 +86,7 @@ class StepLines:
         elif name == "step.hit":
             write_line(f"  hit       {event['node']}", self._stream)
         elif name == "step.done":
-            write_line(f"  computed  {event['node']:<28} {_seconds(float(event['duration_s']))}",
+            write_line(f"  computed  {event['node']:<{NODE_WIDTH}} {_seconds(float(event['duration_s']))}",
                        self._stream)
         elif name == "step.resume":
             write_line(f"  resuming  {event['node']} after {event['done']} saved steps", self._stream)
