@@ -19,8 +19,8 @@ def recognises_marker(names) -> bool:
     return any(n.startswith("marker.") for n in names)
 
 
-def load_marker(weights, dtype, device, attention_kernel):
-    LOADED.append((tuple(weights), dtype, device, attention_kernel))
+def load_marker(weights, dtype, device, attention_kernel, storage="compute"):
+    LOADED.append((tuple(weights), dtype, device, attention_kernel, storage))
     return "model"
 
 
@@ -40,7 +40,7 @@ def test_the_first_variant_whose_headers_match_loads_and_a_plain_dit_is_none(tmp
     assert variant_of([tmp_path / "index.json"], (MARKER,)) is None  # no shard: nothing to read
     LOADED.clear()
     assert load_variant(MARKER, [marked], torch.float32, "cpu", "sdpa", "compute", ()) == "model"
-    assert LOADED == [((marked,), torch.float32, "cpu", "sdpa")]
+    assert LOADED == [((marked,), torch.float32, "cpu", "sdpa", "compute")]
 
 
 def test_video_as_prompt_shards_are_recognised_by_their_reference_stream(tmp_path):
@@ -60,6 +60,7 @@ def test_what_a_variant_cannot_do_is_refused_before_loading(tmp_path, storage, t
     assert LOADED == []
     streams = DitVariant("Marker", __name__, "recognises_marker", "load_marker", streams=True, fp8=True)
     assert load_variant(streams, [tmp_path / "x.safetensors"], torch.float32, "cpu", "sdpa", storage, tiers) == "model"
+    assert LOADED[-1][-1] == storage  # a variant that stores in fp8 is told the storage
 
 
 def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkpoint(tmp_path):
@@ -79,8 +80,12 @@ def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkp
     assert variant_of([_shard(tmp_path / "part.safetensors", *MARKER_KEYS[:-1])]) is None  # every marker, or none
     model = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "compute", ())
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in keys)
-    with pytest.raises(ModelInputError, match=r"LongCat-Video: \[memory\]\.fp8"):
-        load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ())
+    from wanflow.models.fp8 import fp8_layers
+
+    stored = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ())
+    assert len(fp8_layers(stored)) == 8 * cfg.depth  # every projection of its blocks
+    with pytest.raises(ModelInputError, match=r"LongCat-Video: blocks streamed"):
+        load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ("host",))
 
 
 def test_telling_a_variant_never_imports_torch(tmp_path):

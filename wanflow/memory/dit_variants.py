@@ -28,8 +28,8 @@ class DitVariant:
     every shard; ``load``
     names a function of ``module``, ``load(weights, dtype=, device=, attention_kernel=)``, that
     returns the model. Variants load whole: ``streams`` and ``fp8`` say whether the memory policy may stream
-    its blocks and whether ``[memory].fp8`` applies (neither, until the variant's blocks are
-    taught to)."""
+    its blocks and whether ``[memory].fp8`` applies (its ``load`` then takes ``storage=``, one of
+    ``fp8.STORAGES``)."""
 
     name: str
     module: str
@@ -50,7 +50,7 @@ class DitVariant:
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
     DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards"),
-    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load"),
+    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", fp8=True),
     DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
 )
 
@@ -75,4 +75,6 @@ def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, devic
                               "raise [memory].limit_gb (or set [memory].policy) so the DiT fits whole")
     if storage != "compute" and not variant.fp8:
         raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
-    return variant.function(variant.load)(list(weights), dtype=dtype, device=device, attention_kernel=attention)
+    extra = {"storage": storage} if variant.fp8 else {}  # its loader stores the block projections in fp8
+    return variant.function(variant.load)(list(weights), dtype=dtype, device=device, attention_kernel=attention,
+                                          **extra)

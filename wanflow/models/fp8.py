@@ -63,9 +63,11 @@ def stores_in_fp8(storage: str) -> bool:
 Granularity = Literal["row", "tensor"]
 DEFAULT_GRANULARITY: Granularity = "row"  # measured: see the module docstring and docs/fp8.md
 
-#: State-dict keys of the weights stored in fp8: every Linear inside the DiT's blocks.
+#: State-dict keys of the weights stored in fp8: every Linear inside the DiT's blocks (a Wan DiT's,
+#: and LongCat-Video's own names: its fused qkv, kv_linear and SwiGLU; its adaLN modulation is an fp32 island).
 FP8_WEIGHT_KEY = re.compile(
-    r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.(?:q|k|v|o|k_img|v_img)|ffn\.[02])\.weight"
+    r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.(?:q|k|v|o|k_img|v_img)|ffn\.[02]"
+    r"|attn\.(?:qkv|proj)|cross_attn\.(?:q_linear|kv_linear|proj)|ffn\.w[123])\.weight"
 )
 
 #: Rows of a weight quantised at once: bounds the fp32 temporaries to 16 MiB at any size.

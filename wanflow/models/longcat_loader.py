@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import longcat_config, signature
+from wanflow.models import fp8, longcat_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     merged_shards,
@@ -35,28 +35,46 @@ log = structlog.get_logger(__name__)
 
 def load_longcat_dit(
     weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa",
+    attention_kernel: str = "sdpa", storage: str = "compute",
 ) -> LongCatDiT:
     """A ready LongCatDiT from the ``dit/`` folder, its index json, one safetensors file, or a
     state dict. The sizes come from the weights; ``text_tokens_zero_pad`` from the config.json
-    beside them (True, the released value, when there is none). Mismatches raise ModelLoadError."""
+    beside them (True, the released value, when there is none). ``storage = "fp8"`` stores the
+    blocks' projections in float8 e4m3 with one scale per row, as a Wan DiT's
+    (``wanflow.models.fp8``; ``"fp8-matmul"`` multiplies them in fp8 too). Mismatches raise
+    ModelLoadError."""
     opened = open_weights(weights)
     config = longcat_config_of(opened.state, opened.source)
     if not opened.borrowed:
         config = _with_config_beside(config, Path(os.fspath(weights)))
-    return _built(config, opened.state, opened.source, dtype, device, attention_kernel, opened.borrowed)
+    return _built(config, opened.state, opened.source, dtype, device, attention_kernel, opened.borrowed, storage)
 
 
 def _built(config: LongCatConfig, state: Mapping[str, Tensor], source: str, dtype: torch.dtype,
-           device: torch.device | str, attention_kernel: str, borrowed: bool = False) -> LongCatDiT:
-    """The model built on the meta device and loaded strictly from ``state`` (fp32 islands kept)."""
+           device: torch.device | str, attention_kernel: str, borrowed: bool = False,
+           storage: str = "compute") -> LongCatDiT:
+    """The model built on the meta device and loaded strictly from ``state`` (fp32 islands kept;
+    the block projections in fp8 under an fp8 ``storage``)."""
+    if storage not in fp8.STORAGES:
+        raise ValueError(f"load_longcat_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
     expected = f"LongCat-Video DiT ({config.describe()})"
-    load_state_into(model, state, source=source, expected=expected, device=device,
-                    dtype=lambda name: torch.float32 if longcat_config.keeps_fp32(name) else dtype,
-                    borrowed=borrowed)
+    def dtypes(name: str) -> torch.dtype:
+        return torch.float32 if longcat_config.keeps_fp32(name) else dtype
+
+    scaled = fp8.split_scales(state, source)
+    if fp8.stores_in_fp8(storage) or scaled.quantised:
+        if fp8.stores_in_fp8(storage):
+            fp8.require_fp8(device)
+        fp8.load_scaled(model, scaled, source=source, expected=expected, dtype=dtypes, device=device,
+                        borrowed=borrowed, fp8=fp8.stores_in_fp8(storage))
+        if storage == "fp8-matmul":
+            fp8.use_fp8_matmul(model, source)
+    else:
+        load_state_into(model, state, source=source, expected=expected, device=device, dtype=dtypes,
+                        borrowed=borrowed)
     log.debug("longcat_dit_loaded", source=source, hidden=config.hidden_size, depth=config.depth,
-              dtype=str(dtype), zero_pad=config.text_tokens_zero_pad)
+              dtype=str(dtype), zero_pad=config.text_tokens_zero_pad, storage=storage)
     return model
 
 
@@ -92,14 +110,15 @@ def _with_config_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
 
 
 def load(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
-         device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> LongCatDiT:
+         device: torch.device | str = "cpu", attention_kernel: str = "sdpa", storage: str = "compute") -> LongCatDiT:
     """The DiT from the shard files a family's component lists (the pool passes its tensor files),
     read as one checkpoint; the config.json beside them applies as ``load_longcat_dit`` reads it."""
     files = [Path(w) for w in weights]
     if len(files) == 1:
-        return load_longcat_dit(files[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
+        return load_longcat_dit(files[0], dtype=dtype, device=device, attention_kernel=attention_kernel,
+                                storage=storage)
     if not files:
         raise ModelLoadError("LongCat-Video DiT: no checkpoint file given; pass the shards, their index or dit/.")
     state = merged_shards(files)
     config = _with_config_beside(longcat_config_of(state, str(files[0].parent)), files[0])
-    return _built(config, state, ", ".join(str(f) for f in files), dtype, device, attention_kernel)
+    return _built(config, state, ", ".join(str(f) for f in files), dtype, device, attention_kernel, storage=storage)

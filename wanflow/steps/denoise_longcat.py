@@ -24,8 +24,8 @@ import attrs
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelLoadError
 from wanflow.steps.component import component_runtime
-from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.denoise import CHECKPOINT_EVERY, DENOISE_READS
+from wanflow.steps.dit_on_device import step_dit
 
 #: The weight role of the release's ``scheduler/scheduler_config.json`` (the authors' grid only).
 SCHEDULER = "scheduler"
@@ -50,6 +50,9 @@ class LongCatDenoise:
     #: (weight role of the LoRA file, DiT role, scale) of the recipe's ``[[lora]]`` tables, in
     #: order: merged into the DiT as a Wan DiT's are (their files' digests are weights, keyed).
     loras: tuple[tuple[str, str, float], ...] = ()
+    #: How the block projections are held ("compute", "fp8", "fp8-matmul": ``fp8.STORAGES``);
+    #: fp8 rounds the weights, so it is keyed. LoRAs are then applied on the fly.
+    storage: str = "compute"
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     #: A plugin's attention backend (keyed through the node's ``uses``); None for wanflow's own.
@@ -66,8 +69,8 @@ class LongCatDenoise:
         a video)."""
         (role, files), = denoise.experts
         return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, tail, denoise.solver,
-                   dict(denoise.dtypes).get(role, "auto"), denoise.loras, denoise.residency, denoise.attention,
-                   denoise.peak)
+                   dict(denoise.dtypes).get(role, "auto"), denoise.loras, denoise.storage, denoise.residency,
+                   denoise.attention, denoise.peak)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from wanflow.steps.oom import reported_oom
@@ -152,7 +155,9 @@ class LongCatDenoise:
         return guided_model(passes, guidance, schedule)
 
     def _dit(self, ctx: Any) -> Any:
-        """The DiT from the pool, through its row of the DiT variant table (loaded whole), with the
-        recipe's LoRAs merged into it (a patched DiT is its own pool entry)."""
+        """The DiT from the pool, through its row of the DiT variant table (loaded whole; its block
+        projections in fp8 under ``[memory].fp8``; its blocks compiled under ``[runtime].compile``),
+        with the recipe's LoRAs merged into it, or applied on the fly to fp8 weights (a patched DiT
+        is its own pool entry)."""
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,
-                        attention=self.attention)
+                        storage=self.storage, compile_mode=ctx.params["runtime.compile"], attention=self.attention)

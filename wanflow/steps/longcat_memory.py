@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from wanflow.memory.estimates import latent_grid, text_encode_bytes, vae_decode_bytes
 from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_bytes
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
@@ -47,7 +49,9 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    sizes = [dit_size(tensors, itemsize), *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
+    dit = dit_size(tensors, itemsize)
+    sizes = [dit.as_fp8() if v["memory.fp8"] else dit,
+             *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     return plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
@@ -55,8 +59,11 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
 
 
 def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int) -> ComponentSize:
-    """LongCat's DiT, whole (no block of it is streamed), at ``itemsize`` with its fp32 islands."""
-    return component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32)
+    """LongCat's DiT, whole (no block of it is streamed), at ``itemsize`` with its fp32 islands,
+    and its size with the block projections in fp8 (``as_fp8``: ``[memory].fp8``, or a fix the
+    planner offers)."""
+    size = component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32, blocks=True)
+    return attrs.evolve(size, block_bytes=(), fp8_block_bytes=())  # sized whole: its blocks are never placed apart
 
 
 def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> list[StepDemand]:
