@@ -3,8 +3,8 @@
 `wanflow plan` prints the placement of its DiT (sized whole from its own headers) and each step's
 peak; a job under ``offload`` keeps one large model at a time and makes latents bit-identical to
 the resident run's (placement never changes the numbers); a budget nothing fits is refused with
-the numbers before any model loads (exit 2); the policies that would stream its blocks are
-refused at validation.
+the numbers before any model loads (exit 2); the streaming policies are honoured with the same
+latents.
 """
 
 from __future__ import annotations
@@ -102,10 +102,17 @@ def test_the_denoise_step_is_planned_at_the_clips_size_with_its_cached_condition
 
 
 @pytest.mark.parametrize("policy", ["stream", "disk"])
-def test_policies_that_stream_its_blocks_are_refused_at_validation(longcat_env, tmp_path, policy):
-    from wanflow.errors import RecipeError
+def test_the_streaming_policies_are_honoured_and_make_the_resident_runs_latents(longcat_env, tmp_path, monkeypatch,
+                                                                                policy):
+    """The CPU run's plan keeps the tiny DiT's blocks resident under either policy (the step-level
+    tests stream them); the run is planned, placed and keyed as the resident one."""
+    from wanflow.memory import pool as model_pool
 
-    recipe = _recipe(tmp_path, memory={"policy": policy})
-    with pytest.raises(RecipeError, match=rf"\[memory\]\.policy = \"{policy}\": LongCat's DiT loads whole, so its "
-                                          r"blocks cannot be streamed.*use \"offload\""):
-        run(recipe, longcat_env)
+    digests = {}
+    for asked in ("none", policy):
+        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{asked}"))
+        model_pool.clear()
+        outcome = run(_recipe(tmp_path, memory={"policy": asked}), longcat_env)
+        assert outcome.plan.get("denoise").spec.step.residency.policy == asked
+        digests[asked] = (outcome.results["denoise"].key, outcome.results["denoise"].digest)
+    assert digests[policy] == digests["none"]

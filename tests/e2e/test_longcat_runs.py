@@ -235,7 +235,6 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
                                                                "caches are calibrated on Wan DiTs"),
     ("fast-short", {}, r"the video has 7 frames \(4 at \[video\]\.fps = 15: every 2 of its 30 fps\), fewer than "
                        r"the 5 conditioning frames"),
-    (None, {"memory": {"policy": "stream"}}, r"\[memory\]\.policy = \"stream\": LongCat's DiT loads whole"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "
                                                     "continuation"),
 ])

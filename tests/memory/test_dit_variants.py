@@ -84,7 +84,10 @@ def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkp
 
     stored = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ())
     assert len(fp8_layers(stored)) == 8 * cfg.depth  # every projection of its blocks
-    with pytest.raises(ModelInputError, match=r"LongCat-Video: blocks streamed"):
+    placed = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "compute",
+                          ("disk", "host"))
+    assert [b.tier for b in placed.placement.blocks] == ["disk", "host"]
+    with pytest.raises(ModelInputError, match=r"LongCat-Video: \[memory\]\.fp8 with blocks streamed"):
         load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ("host",))
 
 

@@ -68,7 +68,8 @@ def test_the_dit_is_sized_from_its_headers_with_its_fp32_islands(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     size = dit_size(read_headers([path]), 2)
     loaded = sum(p.numel() * (4 if keeps_fp32(n) else 2) for n, p in model.state_dict().items())
-    assert size.weight_bytes == loaded and size.block_bytes == ()  # planned whole
+    assert size.weight_bytes == loaded and len(size.block_bytes) == 2  # per block, for the streaming policies
+    assert dit_size(read_headers([path]), 2, whole=True).block_bytes == ()  # as one piece (fp8, compiled)
     assert loaded < sum(p.numel() * 4 for p in model.state_dict().values())
 
 
@@ -96,3 +97,34 @@ def test_a_dit_planned_whole_is_never_streamed_and_the_fixes_name_only_its_polic
     assert refused.value.fixes == ["a host budget of 11.00 GiB", "a device budget of 13.00 GiB", "'vae' computing on the CPU"]
     with pytest.raises(ValueError, match="policy 'disk' is not among"):
         plan(Budgets(8 * gib, 64 * gib), "disk", sizes, steps, policies=("none", "offload"))
+
+
+def _released_headers() -> dict:
+    """The released DiT's tensor shapes (bf16), built on the meta device: nothing is allocated."""
+    from wanflow.memory.sizes import TensorInfo
+    from wanflow.models.loading import build_on_meta
+
+    config = LongCatConfig(hidden_size=4096, depth=48, num_heads=32, ffn_dim=swiglu_width(4096))
+    model = build_on_meta(lambda: LongCatDiT(config))
+    return config, {k: TensorInfo("BF16", tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+def test_the_released_dit_streams_its_blocks_where_it_does_not_fit_whole_and_moves_whole_in_fp8():
+    """A 24 GiB card at 93x480x832: the bf16 DiT (about 28 GB) cannot sit whole beside its
+    activations, so ``auto`` streams its blocks from host memory; stored in fp8 it is sized whole
+    (fp8 blocks are not streamed yet) at about half the bytes."""
+    from wanflow.memory.planner import POLICIES
+
+    gib = 1024**3
+    config, headers = _released_headers()
+    whole = dit_size(headers, 2)
+    assert len(whole.block_bytes) == 48 and 28e9 < whole.weight_bytes < 29e9
+    grid = (24, 60, 104)  # 93 frames at 480x832
+    steps = [StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, 2))]
+    found = plan(Budgets(24 * gib, 128 * gib), "auto", [whole], steps, policies=POLICIES)
+    tiers = found.placement("dit").blocks
+    assert found.policy == "stream" and "host" in tiers and "device" in tiers
+    fp8 = dit_size(headers, 2, whole=True).as_fp8()
+    assert fp8.block_bytes == () and 15e9 < fp8.weight_bytes < 16e9
+    found = plan(Budgets(24 * gib, 128 * gib), "auto", [fp8], steps, policies=POLICIES)
+    assert found.placement("dit").blocks == ()

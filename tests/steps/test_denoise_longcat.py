@@ -3,6 +3,7 @@ frames come back unchanged, and without them the clip is text-to-video."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -56,3 +57,28 @@ def test_the_conditioning_frames_come_back_unchanged_and_without_them_it_is_text
     alone = t2v.run(Ctx(PARAMS, _inputs(cond=False), weights))["latents"]
     assert alone.shape == (1, 16, 4, 2, 2)
     assert (alone[:, :, 2:] - found[:, :, 2:]).abs().max() > 1e-3  # the conditioning reaches the new frames
+
+
+def test_blocks_streamed_from_disk_and_host_give_the_same_latents_to_the_bit(weights, monkeypatch):
+    """The memory plan's tiers only move weights: the KV cache, the guided passes and Euler see the
+    same numbers with each block read from its mapped file or host memory when it runs."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.memory import streamed
+
+    placed = []
+    real = streamed.load_placed_longcat
+
+    def spy(files, tiers, **kwargs):
+        model = real(files, tiers, **kwargs)
+        placed.append((tuple(tiers), model.placement))
+        return model
+
+    monkeypatch.setattr(streamed, "load_placed_longcat", spy)
+    model_pool.clear()
+    resident = STEP.run(Ctx(PARAMS, _inputs(), weights))["latents"]
+    assert placed == []
+    model_pool.clear()
+    stepped = attrs.evolve(STEP, tiers=("disk", "host"))
+    assert torch.equal(stepped.run(Ctx(PARAMS, _inputs(), weights))["latents"], resident)
+    assert [tiers for tiers, _ in placed] == [("disk", "host")]
+    model_pool.clear()

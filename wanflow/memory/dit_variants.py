@@ -38,6 +38,11 @@ class DitVariant:
     streams: bool = False
     fp8: bool = False
     names_module: str = "wanflow.models.dit_names"
+    #: With ``streams``: the function of ``placed_module`` that loads it into the plan's block tiers,
+    #: ``load_placed(weights, tiers, dtype=, device=, attention_kernel=)`` (the model's
+    #: ``placement`` holds the hooks).
+    load_placed: str = ""
+    placed_module: str = "wanflow.memory.streamed"
 
     def function(self, attribute: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attribute)
@@ -50,7 +55,8 @@ class DitVariant:
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
     DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards"),
-    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", fp8=True),
+    DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", streams=True, fp8=True,
+               load_placed="load_placed_longcat"),
     DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
 )
 
@@ -68,11 +74,18 @@ def variant_of(weights: Sequence[Path], variants: Sequence[DitVariant] = VARIANT
 
 def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, device: str, attention: str,
                  storage: str, tiers: Sequence[str]) -> Any:
-    """``variant``'s model, loaded whole; refused with the setting to change when the memory plan
-    streams its blocks or ``[memory].fp8`` is on and the variant cannot."""
+    """``variant``'s model, loaded whole or (``tiers``, a variant that ``streams``) into the plan's
+    block tiers; refused with the setting to change when the memory plan streams its blocks or
+    ``[memory].fp8`` is on and the variant cannot."""
     if tiers and not variant.streams:
         raise ModelInputError(f"{variant.name}: blocks streamed by the memory policy are not supported yet; "
                               "raise [memory].limit_gb (or set [memory].policy) so the DiT fits whole")
+    if tiers and variant.load_placed:
+        if storage != "compute":
+            raise ModelInputError(f"{variant.name}: [memory].fp8 with blocks streamed by the memory policy is not "
+                                  "supported yet; raise the budget, or set fp8 = false")
+        placed = getattr(importlib.import_module(variant.placed_module), variant.load_placed)
+        return placed(list(weights), tiers, dtype=dtype, device=device, attention_kernel=attention)
     if storage != "compute" and not variant.fp8:
         raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
     extra = {"storage": storage} if variant.fp8 else {}  # its loader stores the block projections in fp8

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,3 +67,52 @@ def load_placed_dit(
         model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
     handle = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
     return model, handle
+
+
+# ----------------------------------------------------------------------------- LongCat-Video
+
+
+def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+    """The DiT with its blocks in the memory plan's ``tiers`` (``wanflow.memory.placement``):
+    device-tier blocks and everything outside the blocks on ``device``, host-tier blocks in host
+    memory, disk-tier blocks read from the mapped shards when they run. Nothing of a disk-tier
+    block is read here. The placement's hooks live on ``model.placement``."""
+    from wanflow.models import longcat_config
+    from wanflow.models.longcat import LongCatDiT
+    from wanflow.models.longcat_loader import (
+        longcat_config_of,
+        longcat_config_with_file_beside,
+    )
+
+    files = [Path(w) for w in weights if str(w).endswith(".safetensors")]
+    if not files:
+        raise ModelLoadError("LongCat-Video DiT: no safetensors shard given to place its blocks from.")
+    views: dict[str, Tensor] = {}
+    for path in files:
+        part = map_safetensors(path)
+        twice = sorted(set(part) & set(views))
+        if twice:
+            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
+        views.update(part)
+    source = ", ".join(str(f) for f in files)
+    config = longcat_config_with_file_beside(longcat_config_of(views, source), files[0])
+    model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if longcat_config.keeps_fp32(name) else dtype
+
+    for name, param in model.named_parameters():  # disk-tier placeholders carry the dtype they are read at
+        param.data = param.data.to(target(name))
+    report = mismatch_report(model.state_dict(keep_vars=True), views)
+    if report:
+        raise ModelLoadError(f"{source}: does not fit LongCat-Video DiT ({config.describe()}):\n{report}")
+
+    def tier_of(name: str) -> str:
+        return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
+
+    for tier, where in (("device", device), ("host", "cpu")):
+        part = {k: v for k, v in views.items() if tier_of(k) == tier}
+        model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
+    model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
+    return model

@@ -46,7 +46,7 @@ def load_longcat_dit(
     opened = open_weights(weights)
     config = longcat_config_of(opened.state, opened.source)
     if not opened.borrowed:
-        config = _with_config_beside(config, Path(os.fspath(weights)))
+        config = longcat_config_with_file_beside(config, Path(os.fspath(weights)))
     return _built(config, opened.state, opened.source, dtype, device, attention_kernel, opened.borrowed, storage)
 
 
@@ -90,7 +90,7 @@ def longcat_config_of(state: Mapping[str, Tensor], source: str) -> LongCatConfig
     return longcat_config.from_shapes(shapes, source)
 
 
-def _with_config_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
+def longcat_config_with_file_beside(config: LongCatConfig, path: Path) -> LongCatConfig:
     """Apply the config.json in the weights' folder, if there is one."""
     config_file = (path if path.is_dir() else path.parent) / "config.json"
     if not config_file.is_file():
@@ -120,5 +120,6 @@ def load(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float3
     if not files:
         raise ModelLoadError("LongCat-Video DiT: no checkpoint file given; pass the shards, their index or dit/.")
     state = merged_shards(files)
-    config = _with_config_beside(longcat_config_of(state, str(files[0].parent)), files[0])
+    config = longcat_config_with_file_beside(longcat_config_of(state, str(files[0].parent)), files[0])
     return _built(config, state, ", ".join(str(f) for f in files), dtype, device, attention_kernel, storage=storage)
+

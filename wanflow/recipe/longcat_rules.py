@@ -83,9 +83,8 @@ def _check_distilled(recipe: Recipe, problems: Problems) -> None:
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
-    """LongCat's DiT loads whole (its blocks cannot be streamed), so the memory plan places it
-    under ``none`` or ``offload`` only; its train step is not sized yet, so a training recipe's
-    budgets and policy would not be read."""
+    """A generation's plan honours every policy (its blocks stream as a Wan DiT's); the train
+    step is not sized yet, so a training recipe's budgets and policy would not be read."""
     m = recipe.memory
     if recipe.train is not None:
         if m.policy not in ("auto", "none"):
@@ -95,11 +94,6 @@ def _check_memory(recipe: Recipe, problems: Problems) -> None:
             if getattr(m, key) is not None:
                 problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
                              "LongCat's train step yet: remove it")
-        return
-    if m.policy in ("stream", "disk"):
-        problems.add(("memory", "policy"), m.policy, "LongCat's DiT loads whole, so its blocks cannot be streamed "
-                     'from host memory or disk: use "offload" (one model on the device at a time), "none" '
-                     'or "auto"')
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:

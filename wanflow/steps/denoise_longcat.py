@@ -55,6 +55,9 @@ class LongCatDenoise:
     storage: str = "compute"
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The memory plan's tier of each block ("device", "host", "disk"), empty when all stay on the
+    #: device: placement only, never part of the key (streamed blocks give the same numbers).
+    tiers: tuple[str, ...] = attrs.field(default=(), metadata=NOT_KEYED)
     #: A plugin's attention backend (keyed through the node's ``uses``); None for wanflow's own.
     attention: Any = attrs.field(default=None, metadata=NOT_KEYED)
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
@@ -70,7 +73,7 @@ class LongCatDenoise:
         (role, files), = denoise.experts
         return cls(files, denoise.z_dim, denoise.latent_stride, denoise.conditions, tail, denoise.solver,
                    dict(denoise.dtypes).get(role, "auto"), denoise.loras, denoise.storage, denoise.residency,
-                   denoise.attention, denoise.peak)
+                   tuple(dict(denoise.tiers).get(role, ())), denoise.attention, denoise.peak)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from wanflow.steps.oom import reported_oom
@@ -160,4 +163,5 @@ class LongCatDenoise:
         with the recipe's LoRAs merged into it, or applied on the fly to fp8 weights (a patched DiT
         is its own pool entry)."""
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,
-                        storage=self.storage, compile_mode=ctx.params["runtime.compile"], attention=self.attention)
+                        storage=self.storage, tiers=self.tiers, compile_mode=ctx.params["runtime.compile"],
+                        attention=self.attention)

@@ -3,11 +3,11 @@
 As a Wan job's (``wanflow.steps.memory_plan``), with LongCat's DiT read as what it is: its config
 comes from its own keys (``models.longcat_config.from_shapes``), its weights are sized from its
 headers with its own fp32 islands, and its denoise step's activations from
-``memory.longcat_estimate`` at the recipe's size and its conditioning frames. Its loader loads
-it whole (the block placement hooks are the Wan DiT's), so it is sized whole and planned under
-``none`` or ``offload`` only: the plan never streams its blocks, and ``auto`` chooses between the
-two (the recipe's rules refuse ``stream`` and ``disk``). A plan that cannot fit is refused here
-with the numbers and the changes that fit, before any weight is read.
+``memory.longcat_estimate`` at the recipe's size and its conditioning frames. Every policy
+applies: under ``stream`` and ``disk`` its blocks are placed in tiers by the same hooks as a Wan
+DiT's (``memory.streamed.load_placed_longcat``), except where they cannot be streamed yet (fp8
+storage, compiled blocks): then it is sized whole and moved whole, as a Wan DiT is. A plan that
+cannot fit is refused here with the numbers and the changes that fit, before any weight is read.
 
 LongCat's train step is not sized yet: a training job is planned without a memory plan (its
 recipe's rules refuse the [memory] budgets and policies it would not honour).
@@ -35,8 +35,8 @@ from wanflow.steps.memory_plan import (
     text_encoder_fraction,  # the text encoder's share of umT5-XXL, as a Wan job's plan scales it
 )
 
-#: The policies a LongCat job can honour, fastest first: its DiT loads whole.
-POLICIES = ("none", "offload")
+#: The policies a LongCat job can honour, fastest first (the planner's).
+POLICIES = ("none", "offload", "stream", "disk")
 #: The Wan2.1 VAE's decoder base width (LongCat reads Wan2.1's VAE).
 DECODER_DIM = 96
 
@@ -49,7 +49,8 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    dit = dit_size(tensors, itemsize)
+    streams = not v["memory.fp8"] and v["runtime.compile"] == "none"  # fp8 or compiled blocks move whole
+    dit = dit_size(tensors, itemsize, whole=not streams)
     sizes = [dit.as_fp8() if v["memory.fp8"] else dit,
              *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
@@ -58,12 +59,12 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
                 policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
 
 
-def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int) -> ComponentSize:
-    """LongCat's DiT, whole (no block of it is streamed), at ``itemsize`` with its fp32 islands,
-    and its size with the block projections in fp8 (``as_fp8``: ``[memory].fp8``, or a fix the
-    planner offers)."""
+def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int, *, whole: bool = False) -> ComponentSize:
+    """LongCat's DiT at ``itemsize`` with its fp32 islands, per block (``whole``: as one piece,
+    never placed apart), and its size with the block projections in fp8 (``as_fp8``:
+    ``[memory].fp8``, or a fix the planner offers)."""
     size = component_size("dit", tensors, itemsize, keeps_fp32=longcat_config.keeps_fp32, blocks=True)
-    return attrs.evolve(size, block_bytes=(), fp8_block_bytes=())  # sized whole: its blocks are never placed apart
+    return attrs.evolve(size, block_bytes=(), fp8_block_bytes=()) if whole else size
 
 
 def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> list[StepDemand]:
