@@ -54,18 +54,9 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
     """LongCat's DiT loads whole (its blocks cannot be streamed), so the memory plan places it
-    under ``none`` or ``offload`` only; its train step is not sized yet, so a training recipe's
-    budgets and policy would not be read."""
+    under ``none`` or ``offload`` only, for generation and training alike (a training job's plan
+    sizes its train step, which holds the DiT whole on the run's device)."""
     m = recipe.memory
-    if recipe.train is not None:
-        if m.policy not in ("auto", "none"):
-            problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's train step "
-                         "yet, which holds the DiT on the run's device: use \"auto\"")
-        for key in ("limit_gb", "host_limit_gb"):
-            if getattr(m, key) is not None:
-                problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
-                             "LongCat's train step yet: remove it")
-        return
     if m.policy in ("stream", "disk"):
         problems.add(("memory", "policy"), m.policy, "LongCat's DiT loads whole, so its blocks cannot be streamed "
                      'from host memory or disk: use "offload" (one model on the device at a time), "none" '

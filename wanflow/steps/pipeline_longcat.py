@@ -5,9 +5,8 @@ the Wan pipeline's; denoise is ``denoise_longcat`` whatever the solver, since th
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
-does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``); a
-training job is planned without one (its train step is not sized yet). Importing this module
-does not import torch.
+does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``), and a
+training job's train step with it. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import StepSpec
-from wanflow.errors import ModelInputError, ModelLoadError
+from wanflow.errors import ModelLoadError
 from wanflow.families.longcat import SCHEDULER_CONFIG, SOLVER
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
 from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
@@ -32,17 +31,12 @@ class LongCatPipeline(WanPipeline):
         return [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
 
     def job_plan(self, job: Any) -> Any:
-        """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None for a training
-        job (its train step is not sized yet) and when weights are missing here."""
-        if job.resolved.recipe.train is not None:
-            return None
+        """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None when weights
+        are missing here."""
         return longcat_job_plan(job)
 
     def memory_plan(self, resolved: Any) -> Any:
-        """The memory plan of a job (``wanflow plan``); refused for a training job."""
-        if resolved.recipe.train is not None:
-            raise ModelInputError(f"{resolved.path}: the memory planner does not size {resolved.family.name}'s train "
-                                  "step yet; `wanflow run` trains with the DiT resident on the run's device")
+        """The memory plan of a job (``wanflow plan``), a training job's train step included."""
         return self.job_plan(_Job(resolved, resolve_weights(resolved, self.fetch), self.catalog))
 
 
