@@ -113,3 +113,26 @@ def test_a_budget_and_policy_are_honoured_by_a_training_run(venv_runs, tmp_path,
     assert train.peak == planned and planned.host_bytes <= 4 * 2**30
     assert outcome.plan.get("train/x0:0").spec.step.residency.policy == "offload"
     assert not outcome.results["train"].hit
+
+
+def test_when_no_single_change_fits_the_refusal_names_only_what_longcat_can_change(longcat_root):
+    """fp8 storage is refused for LongCat's frozen base, so the refusal never suggests it."""
+    from tests.e2e._layout_longcat import REPO
+    from wanflow.memory.planner import Budgets
+    from wanflow.memory.sizes import read_headers
+    from wanflow.models.longcat_config import from_shapes
+    from wanflow.steps.longcat_train_memory import LongCatTrainJob
+    from wanflow.steps.memory_plan import sized_train_step
+
+    files = sorted((longcat_root / REPO / "dit").glob("*.safetensors"))
+    tensors = read_headers(files)
+    config = from_shapes({k: t.shape for k, t in tensors.items()}, "the tiny DiT")
+    train = LongCatTrainJob(config, tensors, {"dit": files}, (3, 4, 4), "32x32x9", 4, False, 1,
+                            ("attn.qkv", "ffn.w2"), 4, "lora", 2, False, False)
+    with pytest.raises(MemoryPlanError) as refused:
+        sized_train_step("train.toml", train, Budgets(None, 1000))
+    text = str(refused.value)
+    assert text.startswith("train.toml: [train]: the train step needs ")
+    assert "no [train] change alone fits: combine gradient_checkpointing, offload_activations, batch_size 1 or " \
+           "LoRA, train on smaller clips" in text
+    assert "fp8" not in text and refused.value.fixes[0].startswith("a host budget ([memory].host_limit_gb) of ")

@@ -39,11 +39,12 @@ class Case:
     width: int = 256
     depth: int = 2
     targets: tuple[str, ...] = TARGETS
+    text_len: int = 512  # prompt slots the DiT pads the text to (the release's 512)
 
     def config(self) -> LongCatConfig:
         return LongCatConfig(hidden_size=self.width, depth=self.depth, num_heads=self.width // 128,
                              ffn_dim=swiglu_width(self.width), caption_channels=32, adaln_tembed_dim=24,
-                             frequency_embedding_size=16)
+                             frequency_embedding_size=16, text_len=self.text_len)
 
     def setup(self, adapters: te.Adapters | None, offload: bool = False) -> te.TrainSetup:
         itemsize = self.dtype.itemsize if self.method == "lora" else 4
@@ -136,6 +137,22 @@ def test_without_checkpointing_every_block_holds_its_tensors(case):
 def test_checkpointing_keeps_one_input_per_block():
     measured, predicted = growth(lambda n: Case(depth=n, grid=(9, 16, 16)), 2, 8)
     assert predicted == pytest.approx(measured, rel=0.2)
+
+
+@pytest.mark.parametrize("case", [Case(checkpointing=False, depth=4), Case(method="full", depth=4)],
+                         ids=["lora", "full"])
+def test_what_the_prompts_slots_add(case):
+    """Every slot of the padded prompt: each block's keys, values and normed keys of it, and the
+    embedded prompt."""
+    measured, predicted = growth(lambda n: attrs.evolve(case, text_len=n), 512, 1536)
+    assert predicted == pytest.approx(measured, rel=0.1)
+
+
+def test_what_a_checkpointed_steps_tokens_add():
+    """Per token under checkpointing: each block's input, one recomputed block, the final layer's
+    fp32 tensors, the RoPE tables and backward's working set."""
+    measured, predicted = growth(lambda f: Case(depth=4, grid=(f, 16, 16)), 5, 13)
+    assert predicted == pytest.approx(measured, rel=0.05)  # the working set alone is 7 % of it
 
 
 def test_a_continuations_conditioning_frames_are_tokens_of_the_clip():

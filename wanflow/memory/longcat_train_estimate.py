@@ -25,7 +25,7 @@ itemsize s, width D, SwiGLU width F:
   a time in backward;
 - held once: the embedded prompt, the fp32 RoPE tables of the clip's grid, the final layer's
   fp32 norm (its fp32 projection's input under full fine-tuning), and backward's working set
-  (the SwiGLU's hidden gradients).
+  (a SwiGLU hidden gradient, ``s F``).
 
 A continuation sample (a row with a ``longcat_video`` column) runs its clean conditioning frames
 in the same forward as the frames it learns (``wanflow.train.longcat``): they are tokens of the
@@ -111,12 +111,12 @@ def block_context_bytes(cfg: LongCatConfig, setup: TrainSetup) -> int:
 def _once_bytes(cfg: LongCatConfig, setup: TrainSetup, tokens: int) -> int:
     """Held once per micro-batch: the embedded prompt (under full fine-tuning its projection's
     inputs too), the RoPE tables of one clip's grid, the final layer's fp32 tensors, and
-    backward's working set (the SwiGLU's hidden gradients)."""
+    backward's working set (a SwiGLU hidden gradient)."""
     s, d = setup.itemsize, cfg.hidden_size
     prompt = setup.batch * cfg.text_len * s * (3 * d + cfg.caption_channels if setup.method == "full" else d)
     rope = 2 * FP32 * cfg.head_dim * tokens // setup.batch
     head = tokens * FP32 * (3 if setup.method == "full" else 2) * d
-    working = tokens * 2 * s * cfg.ffn_dim
+    working = tokens * s * cfg.ffn_dim
     return prompt + rope + head + working
 
 

@@ -315,9 +315,9 @@ def _train_refusal(path: Any, train: Any, peak: TrainPeak, budgets: Budgets) -> 
     advice = f"the cheapest change that fits: {fixes[0]}" + (
         f" (also: {'; '.join(fixes[1:])})" if fixes[1:] else "")
     if len(fixes) == 1:
-        levers = "fp8 storage or LoRA" if train.fp8_storable else "or LoRA"
-        advice = (f"no [train] change alone fits: combine gradient_checkpointing, offload_activations, batch_size 1, "
-                  f"{levers}, train on smaller clips ([train].max_pixels, width/height, frames), "
+        levers = "batch_size 1, fp8 storage or LoRA" if train.fp8_storable else "batch_size 1 or LoRA"
+        advice = (f"no [train] change alone fits: combine gradient_checkpointing, offload_activations, {levers}, "
+                  f"train on smaller clips ([train].max_pixels, width/height, frames), "
                   f"or use {budget}")
     where = f"{display_path(path)}: " if path else ""
     return MemoryPlanError(f"{where}[train]: the train step needs {' and '.join(short)} ({parts}); {advice}.",
