@@ -6,13 +6,14 @@ the [memory] budgets and policies the plan honours now run."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import tomlkit
 
 from tests.e2e._run import run
-from tests.e2e._train import write_metadata
+from tests.e2e._train import clip, write_metadata
 from tests.e2e.conftest import use_models
-from tests.e2e.test_longcat_train import _row, media  # noqa: F401  (media: the clips' fixture)
+from tests.e2e.test_longcat_train import _row
 from tests.e2e.test_train_derivatives import train_recipe
 from wanflow.cli import main
 from wanflow.memory.planner import MemoryPlanError
@@ -30,6 +31,19 @@ def venv_runs(longcat_root, tmp_path, monkeypatch):
 
     model_pool.clear()
     return use_models(longcat_root, tmp_path, monkeypatch)
+
+
+@pytest.fixture()
+def media(tmp_path):
+    """A 9-frame clip and a 9-frame video to continue, at 8 fps, in the dataset's folder."""
+    from wanflow.output import save_mp4
+
+    folder = tmp_path / "data" / "clips"
+    folder.mkdir(parents=True)
+    past = np.random.default_rng(11).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    for name, frames in (("clip", clip("red", 1)), ("past", past)):
+        save_mp4(frames, folder / f"{name}.mp4", 8, {}, quality=0)
+    return {name: folder / f"{name}.mp4" for name in ("clip", "past")}
 
 
 def _recipe(tmp_path, rows, frames: int = 5, memory: dict | None = None, **train):

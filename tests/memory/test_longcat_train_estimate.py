@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import attrs
 import pytest
 import torch

@@ -9,9 +9,9 @@ autograd saves, and every live tensor of a CPU training step: ``tests/memory/
 test_longcat_train_estimate.py`` checks them within 20 %), per video token at the compute
 itemsize s, width D, SwiGLU width F:
 
-- one block under a LoRA holds ~10 (B, L, D) tensors and three SwiGLU hidden ones at s (the
-  fused projection, the rotated q and k, the attention outputs, the gated branches;
-  ``s (10 D + 3 F)``), the fp32 views its two modulations, its pre-cross-attention norm and its
+- one block under a LoRA holds 10 (B, L, D) tensors and three SwiGLU hidden ones at s (the
+  fused projection's three, the rotated q and k, the cross-attention's normed q, both
+  attentions' outputs, both gated branches; ``s (10 D + 3 F)``), the fp32 views its two modulations, its pre-cross-attention norm and its
   three q/k norms take (``8 · 4 D``; at fp32 the self-attention's q and k are their projection's
   own output, ``6 · 4 D``), each adapter's fp32 input (peft casts its input to the adapter's
   fp32; at fp32 those are the module's own input, so w1 and w3 share one, and the projections
