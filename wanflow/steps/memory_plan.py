@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
@@ -196,6 +196,23 @@ def _unstreamable_dits(values: Mapping[str, Any], dits: Mapping[str, Sequence[Pa
 # ----------------------------------------------------------------------------- the train step
 
 
+class SizedTrain(Protocol):
+    """What a train step's refusal reads of its job (``TrainJob``, or another DiT's of the same
+    shape): the settings a fix changes, and ``peak`` re-estimated with those changes."""
+
+    dit_files: Mapping[str, Sequence[Path]]
+    bucket: str
+    device_run: bool
+    method: str
+    batch: int
+    checkpointing: bool
+    offload: bool
+    fp8: bool
+    fp8_storable: ClassVar[bool]
+
+    def peak(self, **changes: Any) -> TrainPeak: ...
+
+
 @attrs.frozen
 class TrainJob:
     """What the train step's estimate reads from a training job; ``peak`` re-estimates it with
@@ -267,9 +284,8 @@ def train_step_peak(job: Any, config: DitConfig, itemsize: int, device: str, vae
                             budgets)
 
 
-def sized_train_step(path: Any, train: Any, budgets: Budgets) -> StepPeak:
-    """The peak of a train step (a ``TrainJob``, or a job of the same shape for another DiT: its
-    settings and ``peak(**changes)``), or MemoryPlanError naming the changes that fit."""
+def sized_train_step(path: Any, train: SizedTrain, budgets: Budgets) -> StepPeak:
+    """The peak of a train step, or MemoryPlanError naming the changes that fit."""
     found = train.peak()
     if _fits(found, budgets):
         return StepPeak("train", found.device_bytes, found.host_bytes)
@@ -281,7 +297,7 @@ def _fits(peak: TrainPeak, budgets: Budgets) -> bool:
         budgets.device_bytes is None or peak.device_bytes <= budgets.device_bytes)
 
 
-def _train_fixes(train: Any, budgets: Budgets) -> list[str]:
+def _train_fixes(train: SizedTrain, budgets: Budgets) -> list[str]:
     """Single [train] or [memory] changes that fit, cheapest first."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if not train.checkpointing:
@@ -299,7 +315,7 @@ def _train_fixes(train: Any, budgets: Budgets) -> list[str]:
     return [text for text, change in changes if _fits(train.peak(**change), budgets)]
 
 
-def _train_refusal(path: Any, train: Any, peak: TrainPeak, budgets: Budgets) -> MemoryPlanError:
+def _train_refusal(path: Any, train: SizedTrain, peak: TrainPeak, budgets: Budgets) -> MemoryPlanError:
     """The error when the train step cannot fit: where it falls short, what it holds, what would fit."""
     device_short = budgets.device_bytes is not None and peak.device_bytes > budgets.device_bytes
     host_short = peak.host_bytes > budgets.host_bytes
