@@ -254,15 +254,28 @@ def activation_bytes(cfg: DitConfig, setup: TrainSetup, *, device_run: bool) -> 
     """
     tokens = setup.batch * dit_tokens(cfg, setup.grid)
     blocks = block_bytes(cfg, setup, tokens)
-    largest = max((held for held, _ in blocks), default=0)
     rest = tokens * _working_bytes(cfg, setup) + setup.forwards * (
         _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens))
-    # what the forward passes leave for backward
+    offloaded = setup.offload and device_run
+    start, end = stack_bytes(blocks, rest, setup, offloaded=offloaded)
+    return start, end, _offloaded_bytes(cfg, setup, tokens, blocks) if offloaded else 0
+
+
+def stack_bytes(blocks: Sequence[tuple[int, int]], rest: int, setup: TrainSetup, *,
+                offloaded: bool) -> tuple[int, int]:
+    """(at backward's start, at its end) on the compute device, of a stack of blocks (each: held for
+    backward, checkpointed input) and ``rest`` (held once, and backward's working set).
+
+    The forward passes leave every block's tensors, or with checkpointing each block's input, and
+    backward recomputes one block at a time; at its end one block's tensors are left. Offloaded,
+    what autograd saves waits in host memory and one block's tensors are on the device at a time.
+    """
+    largest = max((held for held, _ in blocks), default=0)
+    if offloaded:
+        return largest + rest, largest + rest
     left = setup.forwards * sum(block_input if setup.checkpointing else held for held, block_input in blocks)
-    if setup.offload and device_run:
-        return largest + rest, largest + rest, _offloaded_bytes(cfg, setup, tokens, blocks)
     recomputed = largest if setup.checkpointing else 0
-    return left + recomputed + rest, max((sum(b) for b in blocks), default=0) + rest, 0
+    return left + recomputed + rest, max((sum(b) for b in blocks), default=0) + rest
 
 
 def _offloaded_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int, blocks: list[tuple[int, int]]) -> int:
@@ -286,10 +299,18 @@ def train_peak(cfg: DitConfig, setup: TrainSetup, dits: Sequence[Trained], *, de
     ``accumulation``: micro-batches per optimizer step (A14B: with several, each expert may hold
     gradients at once). ``loading_bytes``: what loading passes through the host (a device run).
     """
+    return held_peak(setup.method, dits, activation_bytes(cfg, setup, device_run=device_run),
+                     device_run=device_run, accumulation=accumulation, loading_bytes=loading_bytes)
+
+
+def held_peak(method: str, dits: Sequence[Trained], activations: tuple[int, int, int], *, device_run: bool,
+              accumulation: int = 1, loading_bytes: int = 0) -> TrainPeak:
+    """The peak of training ``dits`` (each resident, one trained per micro-batch) whose micro-batch
+    holds ``activations`` (``activation_bytes``' three numbers): the rule every DiT's estimate shares."""
     weights = sum(d.weight_bytes for d in dits)
     trained = sum(d.params for d in dits)
-    persistent = trained * (MOMENTS + (FP32 if setup.method == "lora" else 0))
-    start, end, offloaded = activation_bytes(cfg, setup, device_run=device_run)
+    persistent = trained * (MOMENTS + (FP32 if method == "lora" else 0))
+    start, end, offloaded = activations
     grads, activations = max((_phases(d, others, start, end, device_run, accumulation)
                               for d, others in _each_with_the_others(dits)), key=sum)
     checkpoint = int(CHECKPOINT * trained)

@@ -83,17 +83,14 @@ def _check_distilled(recipe: Recipe, problems: Problems) -> None:
 
 
 def _check_memory(recipe: Recipe, problems: Problems) -> None:
-    """A generation's plan honours every policy (its blocks stream as a Wan DiT's); the train
-    step is not sized yet, so a training recipe's budgets and policy would not be read."""
+    """A generation's plan honours every policy (its blocks stream as a Wan DiT's); a training
+    job's plan sizes its train step, which holds the DiT it trains whole on the run's device, so
+    there only ``none`` and ``offload`` apply."""
     m = recipe.memory
-    if recipe.train is not None:
-        if m.policy not in ("auto", "none"):
-            problems.add(("memory", "policy"), m.policy, "the memory planner does not size LongCat's train step "
-                         "yet, which holds the DiT on the run's device: use \"auto\"")
-        for key in ("limit_gb", "host_limit_gb"):
-            if getattr(m, key) is not None:
-                problems.add(("memory", key), getattr(m, key), "budgets the memory planner, which does not size "
-                             "LongCat's train step yet: remove it")
+    if recipe.train is not None and m.policy in ("stream", "disk"):
+        problems.add(("memory", "policy"), m.policy, "LongCat's train step holds the DiT it trains whole, so its "
+                     'blocks cannot be streamed from host memory or disk: use "offload" (one model on the device '
+                     'at a time), "none" or "auto"')
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:

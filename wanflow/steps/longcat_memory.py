@@ -9,8 +9,10 @@ DiT's (``memory.streamed.load_placed_longcat``), except where they cannot be str
 storage, compiled blocks): then it is sized whole and moved whole, as a Wan DiT is. A plan that
 cannot fit is refused here with the numbers and the changes that fit, before any weight is read.
 
-LongCat's train step is not sized yet: a training job is planned without a memory plan (its
-recipe's rules refuse the [memory] budgets and policies it would not honour).
+A training job adds its train step (``steps.longcat_train_memory``), as a Wan training job's
+plan does: the DiT it trains stays resident whatever the policy, with its trained state and the
+activations of the dataset's largest bucket (``memory.longcat_train_estimate``); a train step
+that cannot fit is refused the same way, naming the [train] changes that would fit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
 from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read_headers
 from wanflow.models import longcat_config
 from wanflow.steps.longcat_segments import segment_count
+from wanflow.steps.longcat_train_memory import longcat_train_step_peak
 from wanflow.steps.memory_plan import (
     ITEMSIZE,
     component_sizes,
@@ -49,14 +52,19 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    streams = not v["memory.fp8"] and v["runtime.compile"] == "none"  # fp8 or compiled blocks move whole
+    # fp8 or compiled blocks move whole, and the train step holds the DiT it trains whole
+    streams = not v["memory.fp8"] and v["runtime.compile"] == "none" and job.resolved.recipe.train is None
     dit = dit_size(tensors, itemsize, whole=not streams)
     sizes = [dit.as_fp8() if v["memory.fp8"] else dit,
              *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
-    return plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
-                policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
+    found = plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
+                 policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
+    if job.resolved.recipe.train is None:
+        return found
+    train = longcat_train_step_peak(job, config, tensors, itemsize, device, found.budgets)
+    return attrs.evolve(found, peaks=(*found.peaks, train))
 
 
 def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int, *, whole: bool = False) -> ComponentSize:

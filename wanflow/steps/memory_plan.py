@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
@@ -196,6 +196,23 @@ def _unstreamable_dits(values: Mapping[str, Any], dits: Mapping[str, Sequence[Pa
 # ----------------------------------------------------------------------------- the train step
 
 
+class SizedTrain(Protocol):
+    """What a train step's refusal reads of its job (``TrainJob``, or another DiT's of the same
+    shape): the settings a fix changes, and ``peak`` re-estimated with those changes."""
+
+    dit_files: Mapping[str, Sequence[Path]]
+    bucket: str
+    device_run: bool
+    method: str
+    batch: int
+    checkpointing: bool
+    offload: bool
+    fp8: bool
+    fp8_storable: ClassVar[bool]
+
+    def peak(self, **changes: Any) -> TrainPeak: ...
+
+
 @attrs.frozen
 class TrainJob:
     """What the train step's estimate reads from a training job; ``peak`` re-estimates it with
@@ -217,6 +234,8 @@ class TrainJob:
     offload: bool
     fp8: bool
     forwards: int  # DiT passes per micro-batch (direct distillation: the student's steps)
+    #: Whether [memory].fp8 can store the frozen base in fp8 (a refusal may offer it).
+    fp8_storable: ClassVar[bool] = True
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
@@ -261,11 +280,16 @@ def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_versi
 def train_step_peak(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str,
                     budgets: Budgets) -> StepPeak:
     """The train step's predicted peak, or MemoryPlanError naming the [train] changes that fit."""
-    train = train_job(job, config, itemsize, device, vae_version)
+    return sized_train_step(getattr(job.resolved, "path", None), train_job(job, config, itemsize, device, vae_version),
+                            budgets)
+
+
+def sized_train_step(path: Any, train: SizedTrain, budgets: Budgets) -> StepPeak:
+    """The peak of a train step, or MemoryPlanError naming the changes that fit."""
     found = train.peak()
     if _fits(found, budgets):
         return StepPeak("train", found.device_bytes, found.host_bytes)
-    raise _train_refusal(getattr(job.resolved, "path", None), train, found, budgets)
+    raise _train_refusal(path, train, found, budgets)
 
 
 def _fits(peak: TrainPeak, budgets: Budgets) -> bool:
@@ -273,7 +297,7 @@ def _fits(peak: TrainPeak, budgets: Budgets) -> bool:
         budgets.device_bytes is None or peak.device_bytes <= budgets.device_bytes)
 
 
-def _train_fixes(train: TrainJob, budgets: Budgets) -> list[str]:
+def _train_fixes(train: SizedTrain, budgets: Budgets) -> list[str]:
     """Single [train] or [memory] changes that fit, cheapest first."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if not train.checkpointing:
@@ -284,14 +308,14 @@ def _train_fixes(train: TrainJob, budgets: Budgets) -> list[str]:
     if smaller is not None:
         text = f"[train].batch_size = {smaller} (gradient_accumulation keeps the effective batch)"
         changes.append((text, {"batch": smaller}))
-    if train.method == "lora" and not train.fp8:
+    if train.method == "lora" and not train.fp8 and train.fp8_storable:
         changes.append(("[memory].fp8 = true (the frozen base stored in fp8)", {"fp8": True}))
     if train.method == "full":
         changes.append(('[train].method = "lora"', {"method": "lora"}))
     return [text for text, change in changes if _fits(train.peak(**change), budgets)]
 
 
-def _train_refusal(path: Any, train: TrainJob, peak: TrainPeak, budgets: Budgets) -> MemoryPlanError:
+def _train_refusal(path: Any, train: SizedTrain, peak: TrainPeak, budgets: Budgets) -> MemoryPlanError:
     """The error when the train step cannot fit: where it falls short, what it holds, what would fit."""
     device_short = budgets.device_bytes is not None and peak.device_bytes > budgets.device_bytes
     host_short = peak.host_bytes > budgets.host_bytes
@@ -307,8 +331,9 @@ def _train_refusal(path: Any, train: TrainJob, peak: TrainPeak, budgets: Budgets
     advice = f"the cheapest change that fits: {fixes[0]}" + (
         f" (also: {'; '.join(fixes[1:])})" if fixes[1:] else "")
     if len(fixes) == 1:
-        advice = (f"no [train] change alone fits: combine gradient_checkpointing, offload_activations, batch_size 1, "
-                  f"fp8 storage or LoRA, train on smaller clips ([train].max_pixels, width/height, frames), "
+        levers = "batch_size 1, fp8 storage or LoRA" if train.fp8_storable else "batch_size 1 or LoRA"
+        advice = (f"no [train] change alone fits: combine gradient_checkpointing, offload_activations, {levers}, "
+                  f"train on smaller clips ([train].max_pixels, width/height, frames), "
                   f"or use {budget}")
     where = f"{display_path(path)}: " if path else ""
     return MemoryPlanError(f"{where}[train]: the train step needs {' and '.join(short)} ({parts}); {advice}.",

@@ -7,9 +7,8 @@ A long video (``[inputs].longcat_segments``) chains continuations after the firs
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
-does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``); a
-training job is planned without one (its train step is not sized yet). Importing this module
-does not import torch.
+does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``), and a
+training job's train step with it. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import StepSpec
-from wanflow.errors import ModelInputError, ModelLoadError
+from wanflow.errors import ModelLoadError
 from wanflow.families.longcat import AUTHORS_SOLVERS, SCHEDULER_CONFIG
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
 from wanflow.steps.longcat_segments import segment_nodes
@@ -38,17 +37,12 @@ class LongCatPipeline(WanPipeline):
         return segment_nodes(nodes, resolved.values)  # a long video's chained clips
 
     def job_plan(self, job: Any) -> Any:
-        """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None for a training
-        job (its train step is not sized yet) and when weights are missing here."""
-        if job.resolved.recipe.train is not None:
-            return None
+        """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None when weights
+        are missing here."""
         return longcat_job_plan(job)
 
     def memory_plan(self, resolved: Any) -> Any:
-        """The memory plan of a job (``wanflow plan``); refused for a training job."""
-        if resolved.recipe.train is not None:
-            raise ModelInputError(f"{resolved.path}: the memory planner does not size {resolved.family.name}'s train "
-                                  "step yet; `wanflow run` trains with the DiT resident on the run's device")
+        """The memory plan of a job (``wanflow plan``), a training job's train step included."""
         return self.job_plan(_Job(resolved, resolve_weights(resolved, self.fetch), self.catalog))
 
 

@@ -1,0 +1,90 @@
+"""LongCat-Video's train step in its job's memory plan: its inputs, sized, or refused with the fixes.
+
+What a Wan training job's plan does for its train step (``steps.memory_plan``: ``TrainJob``,
+``sized_train_step``, the same refusal and the same [train] changes offered), for LongCat's DiT:
+its config and weights read off its own headers (its fp32 islands, ``longcat_config.keeps_fp32``),
+its train step sized by ``memory.longcat_train_estimate`` at the dataset's largest bucket (a
+continuation's conditioning frames are tokens of its clip). fp8 storage and several processes
+are refused by its recipe's rules, so a refusal never offers them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+from wanflow.memory import longcat_train_estimate as lte
+from wanflow.memory.estimates import FP32, latent_grid
+from wanflow.memory.longcat_estimate import longcat_tokens
+from wanflow.memory.planner import Budgets, StepPeak
+from wanflow.memory.sizes import TensorInfo, block_index, component_size
+from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup
+from wanflow.models import longcat_config
+from wanflow.steps.memory_plan import _adapted, _linears, sized_train_step
+
+
+@attrs.frozen
+class LongCatTrainJob:
+    """What LongCat's train step estimate reads from a training job; ``peak`` re-estimates it with
+    changed [train] settings (the changes a refusal offers)."""
+
+    config: longcat_config.LongCatConfig
+    tensors: Mapping[str, TensorInfo]  # the DiT's header: every tensor's shape and dtype
+    dit_files: Mapping[str, Sequence[Path]]  # {"dit": its files}, as a refusal names them
+    grid: tuple[int, int, int]  # the largest bucket's latent grid, conditioning frames included
+    bucket: str  # its name, WIDTHxHEIGHTxFRAMES
+    itemsize: int  # the run's compute dtype
+    device_run: bool
+    accumulation: int
+    targets: tuple[str, ...]
+    rank: int
+    method: str
+    batch: int
+    checkpointing: bool
+    offload: bool
+    fp8: bool = False  # refused by the recipe's rules: LongCat's frozen base is not stored in fp8
+    fp8_storable: ClassVar[bool] = False
+
+    def peak(self, **changes: Any) -> TrainPeak:
+        job = attrs.evolve(self, **changes)
+        lora = job.method == "lora"
+        size = component_size("dit", job.tensors, job.itemsize if lora else FP32, keeps_fp32=longcat_config.keeps_fp32)
+        shapes = {name: t.shape for name, t in job.tensors.items()}
+        adapters = None
+        if lora:
+            adapters, params, block = lte.lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+        else:
+            params = sum(math.prod(shape) for shape in shapes.values())
+            block = sum(math.prod(shape) for name, shape in shapes.items() if block_index(name) == 0)
+        dit = Trained(size.weight_bytes, params, block, job.config.depth)
+        setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
+                           job.offload, adapters)
+        loading = component_size("dit", job.tensors, FP32, keeps_fp32=longcat_config.keeps_fp32).largest_tensor_bytes
+        return lte.train_peak(job.config, setup, dit, device_run=job.device_run, accumulation=job.accumulation,
+                              loading_bytes=loading)
+
+
+def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
+                      itemsize: int, device: str) -> LongCatTrainJob:
+    """The train step's inputs: the [train] settings, the DiT's header and the dataset's largest bucket."""
+    from wanflow.steps.train_data import training_dataset
+
+    t = job.resolved.recipe.train
+    targets = [s.target for s in training_dataset(job.resolved).samples]
+    grids = {s: latent_grid(s.frames, s.height, s.width, "wan2.1") for s in targets}
+    largest = max(targets, key=lambda s: (longcat_tokens(config, grids[s]), s))
+    files = {"dit": [w.path for w in job.weights["dit"].values()]}
+    return LongCatTrainJob(config, tensors, files, grids[largest], largest.bucket, itemsize, device != "cpu",
+                           t.gradient_accumulation, tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size,
+                           t.gradient_checkpointing, t.offload_activations)
+
+
+def longcat_train_step_peak(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
+                            itemsize: int, device: str, budgets: Budgets) -> StepPeak:
+    """The train step's predicted peak, or MemoryPlanError naming the [train] changes that fit."""
+    train = longcat_train_job(job, config, tensors, itemsize, device)
+    return sized_train_step(getattr(job.resolved, "path", None), train, budgets)
