@@ -24,7 +24,7 @@ from wanflow.memory.planner import Budgets, StepPeak
 from wanflow.memory.sizes import TensorInfo, block_index, component_size
 from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup
 from wanflow.models import longcat_config
-from wanflow.steps.memory_plan import _adapted, _linears, sized_train_step
+from wanflow.steps.memory_plan import adapted_weights, linear_weights, sized_train_step
 
 
 @attrs.frozen
@@ -56,7 +56,7 @@ class LongCatTrainJob:
         shapes = {name: t.shape for name, t in job.tensors.items()}
         adapters = None
         if lora:
-            adapters, params, block = lte.lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+            adapters, params, block = lte.lora_adapters(linear_weights(shapes), adapted_weights(shapes, job.targets), job.rank)
         else:
             params = sum(math.prod(shape) for shape in shapes.values())
             block = sum(math.prod(shape) for name, shape in shapes.items() if block_index(name) == 0)

@@ -245,7 +245,7 @@ class TrainJob:
             size = component_sizes({role: files}, job.itemsize if lora else FP32, job.fp8 and lora)[0]
             shapes = dit_shapes(files)
             if lora:
-                adapters, params, block = lora_adapters(_linears(shapes), _adapted(shapes, job.targets), job.rank)
+                adapters, params, block = lora_adapters(linear_weights(shapes), adapted_weights(shapes, job.targets), job.rank)
                 dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
             else:
                 trained, parts = full_trained(shapes, job.config.num_layers, job.grid[0])
@@ -340,14 +340,14 @@ def _train_refusal(path: Any, train: SizedTrain, peak: TrainPeak, budgets: Budge
                            fixes)
 
 
-def _linears(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def linear_weights(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     """Every Linear of a DiT (a 2-D ``.weight``): module name -> (out, in)."""
     return {k.removesuffix(".weight"): s for k, s in shapes.items() if k.endswith(".weight") and len(s) == 2}
 
 
-def _adapted(shapes: Mapping[str, tuple[int, ...]], targets: Sequence[str]) -> list[str]:
+def adapted_weights(shapes: Mapping[str, tuple[int, ...]], targets: Sequence[str]) -> list[str]:
     """The Linears a LoRA's targets match (peft's suffix rule, as the training run applies it)."""
-    return [name for name in _linears(shapes) if any(matches(name, t) for t in targets)]
+    return [name for name in linear_weights(shapes) if any(matches(name, t) for t in targets)]
 
 
 def full_trained(shapes: Mapping[str, tuple[int, ...]], layers: int,
