@@ -170,3 +170,16 @@ def test_the_plan_moves_blocks_that_cannot_stream_whole_or_refuses_with_the_numb
     else:
         assert not streams_blocks(found) and found.placement("dit").blocks == ()
     assert not streams_blocks(memory_plan(0.015, setting))
+
+
+def test_cfg_merge_plans_the_denoise_step_with_both_passes_activations():
+    """cfg_merge runs the prompt and the negative prompt as one batch-2 forward, so the memory plan
+    sizes the denoise step's activations at batch 2; without guidance there is nothing to merge."""
+    def denoise_peak(*extra: str) -> int:
+        resolved = load_recipe(QUICKSTART, sets=("video.width=32", "video.height=32", "video.frames=5", *extra))
+        found = get_registry().pipeline(resolved.model).memory_plan(resolved)
+        return next(p.host_bytes for p in found.peaks if p.step == "denoise")
+
+    plain, merged = denoise_peak(), denoise_peak("sampler.cfg_merge=true")
+    assert merged > plain
+    assert denoise_peak("sampler.cfg=1.0") == denoise_peak("sampler.cfg=1.0", "sampler.cfg_merge=true")

@@ -125,26 +125,27 @@ def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: st
                           int(text_encode_bytes(itemsize=itemsize) * text_encoder_fraction(job)))]
     if "image_encoder" in job.weights:
         demands.append(StepDemand("encode-image", ("image_encoder",), 0))
+    batch = 2 if guided and v["sampler.cfg_merge"] else 1  # cfg_merge: both passes in one forward
     demands.append(StepDemand("denoise", dits, denoise_bytes(
-        dit_config, dit_names, grid, itemsize, prepared_contexts=2 if guided else 1)))
+        dit_config, dit_names, grid, itemsize, prepared_contexts=2 if guided else 1, batch=batch)))
     demands.append(StepDemand("decode", ("vae",), vae_decode_bytes(
         vae_version, 96, frames, height, width, itemsize, tile=pixels_tile)))
     return demands
 
 
 def denoise_bytes(config: DitConfig, names: Collection[str], grid: tuple[int, int, int], itemsize: int,
-                  prepared_contexts: int) -> int:
+                  prepared_contexts: int, batch: int = 1) -> int:
     """One denoise forward's activations, for the DiT whose checkpoint holds the tensors ``names``:
     a Wan DiT's, with a reference stream beside the video (Video-As-Prompt), or with S2V's
-    reference and motion tokens."""
+    reference and motion tokens; ``batch`` 2 where cfg_merge runs both guidance passes at once."""
     per_token_time = config.model_type == "ti2v"
     joined = joined_blocks(names)
     if joined:
-        return reference_forward_bytes(config, grid, itemsize, joined, prepared_contexts=prepared_contexts,
-                                       per_token_time=per_token_time)
+        return reference_forward_bytes(config, grid, itemsize, joined, batch=batch,
+                                       prepared_contexts=prepared_contexts, per_token_time=per_token_time)
     if holds_s2v_parts(names):
-        return s2v_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts)
-    return dit_forward_bytes(config, grid, itemsize, prepared_contexts=prepared_contexts,
+        return s2v_forward_bytes(config, grid, itemsize, batch=batch, prepared_contexts=prepared_contexts)
+    return dit_forward_bytes(config, grid, itemsize, batch=batch, prepared_contexts=prepared_contexts,
                              per_token_time=per_token_time)
 
 
