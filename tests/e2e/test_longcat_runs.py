@@ -230,7 +230,6 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
                                           r"the release's scheduler/scheduler_config\.json"),
     ("past", {"sampler": {"sliding_window_size": 2}}, r"\[sampler\]\.sliding_window_size = 2: LongCat's denoise "
                                                       "step runs the whole clip"),
-    ("past", {"sampler": {"cfg_merge": True}}, r"\[sampler\]\.cfg_merge = true: LongCat's denoise step guides"),
     ("past", {"sampler": {"cache": {"method": "teacache"}}}, r"\[sampler\.cache\]\.method = \"teacache\": the step "
                                                                "caches are calibrated on Wan DiTs"),
     ("fast-short", {}, r"the video has 7 frames \(4 at \[video\]\.fps = 15: every 2 of its 30 fps\), fewer than "
@@ -347,3 +346,21 @@ def test_a_faster_video_is_brought_to_the_clips_frame_rate_first(longcat_env, vi
     first = run(recipe, longcat_env)
     slower = run(recipe, longcat_env, "video.fps=30")  # every frame: another conditioning
     assert computed(slower) == {ENCODE, *AFTER} and slower.lock["outputs"] != first.lock["outputs"]
+
+
+@pytest.mark.parametrize("continuation", [False, True], ids=["text-to-video", "continuation"])
+def test_cfg_merge_gives_the_two_pass_numbers_and_is_keyed(longcat_env, videos, tmp_path, continuation):
+    """cfg_merge runs [prompt; negative] as one batch-2 forward over the one conditioning cache,
+    each row attending to its own text slots: CFG-Zero*'s result of the two passes, to fp32 rounding."""
+    video = videos["past"] if continuation else None
+    frames = 13 if continuation else 9
+    latents = {}
+    for merge in (False, True):
+        for _, ex in _executed(_recipe(tmp_path, video, frames=frames, sampler={"steps": 3, "cfg_merge": merge})):
+            latents[merge] = ex.load("denoise")["latents"]
+            assert ex.plan.get("denoise").spec.step.kind == "denoise-longcat"
+    assert torch.allclose(latents[True], latents[False], rtol=1e-5, atol=1e-5), \
+        (latents[True] - latents[False]).abs().max()
+    merged = run(_recipe(tmp_path, video, frames=frames, sampler={"steps": 3, "cfg_merge": True}), longcat_env)
+    apart = run(_recipe(tmp_path, video, frames=frames, sampler={"steps": 3}), longcat_env)
+    assert merged.results["denoise"].key != apart.results["denoise"].key  # the batched sums may round apart

@@ -128,3 +128,18 @@ def test_the_released_dit_streams_its_blocks_where_it_does_not_fit_whole_and_mov
     assert fp8.block_bytes == () and 15e9 < fp8.weight_bytes < 16e9
     found = plan(Budgets(24 * gib, 128 * gib), "auto", [fp8], steps, policies=POLICIES)
     assert found.placement("dit").blocks == ()
+
+
+@pytest.mark.parametrize("cond", [0, 4], ids=["text-to-video", "continuation"])
+def test_cfg_merge_s_batch_of_two_shares_the_cache(cond):
+    """cfg_merge's forward runs [prompt; negative] as a batch of two over one cached conditioning."""
+    model = tiny(256, 2)
+    x = torch.randn(2, 16, 9, 32, 32, generator=torch.Generator().manual_seed(0))
+    prompt = torch.randn(2, 512, 32)
+    rope_table.cache_clear()
+    with torch.no_grad(), LiveBytes(model) as ledger:
+        cache = model.cache_conditioning(x[:1, :, :cond]) if cond else None
+        model(x[:, :, cond:], torch.full((2,), 500.0), prompt, cache=cache)
+    predicted = longcat_forward_bytes(model.cfg, (9, 32, 32), 4, cond, batch=2)
+    assert predicted == pytest.approx(ledger.peak - weight_bytes(model), rel=0.2)
+    assert predicted > longcat_forward_bytes(model.cfg, (9, 32, 32), 4, cond) * 1.5

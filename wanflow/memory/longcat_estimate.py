@@ -48,10 +48,11 @@ def cond_latent_frames(cond_frames: int, temporal_stride: int = 4) -> int:
 
 
 def longcat_forward_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int,
-                          cond_latents: int = 0) -> int:
+                          cond_latents: int = 0, batch: int = 1) -> int:
     """Peak activation bytes of one denoise forward on a latent ``grid`` (the whole clip's,
     conditioning frames included) of which the first ``cond_latents`` latent frames are cached
-    conditioning; the cache counts, the weights do not."""
+    conditioning; the cache counts, the weights do not. ``batch`` 2: cfg_merge's [prompt;
+    negative] rows, which share the one cache."""
     s, d = itemsize, config.hidden_size
     frames, h, w = grid
     cached = longcat_tokens(config, (cond_latents, h, w))
@@ -61,4 +62,4 @@ def longcat_forward_bytes(config: LongCatConfig, grid: tuple[int, int, int], ite
     prompt = s * config.text_len * (config.caption_channels + 3 * d)
     ffn = tokens * (FFN_HIDDEN * s * config.ffn_dim + 2 * s * d + 4 * FP32 * d)
     attn = tokens * 8 * s * d + keys * ((2 * s * d if cached else 0) + ROTATE_FP32 * FP32 * d)
-    return held + prompt + max(ffn, attn)
+    return held + batch * (prompt + max(ffn, attn))

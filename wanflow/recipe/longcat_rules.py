@@ -26,7 +26,6 @@ from wanflow.recipe.schema import Recipe, Sampler
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
 #: [sampler] keys LongCat's denoise step does not read, with why and the fix.
 _UNREAD = {
-    "cfg_merge": _NO_GUIDANCE_OPTION,
     "slg_blocks": _NO_GUIDANCE_OPTION, "slg_scale": _NO_GUIDANCE_OPTION, "slg_start": _NO_GUIDANCE_OPTION,
     "slg_end": _NO_GUIDANCE_OPTION, "slg_mode": _NO_GUIDANCE_OPTION,
     "sliding_window_size": "LongCat's denoise step runs the whole clip in one pass: remove it",

@@ -140,7 +140,8 @@ class LongCatDenoise:
 
     def guided(self, p: Mapping[str, Any], dit: Any, ctx: Any, cache: Any, schedule: Any, device: str) -> Any:
         """The guided velocity: CFG, or CFG-Zero* (``cfg_zero_star``), over the prompt and the
-        negative prompt, each a LongCat forward turned into a flow velocity."""
+        negative prompt, each a LongCat forward turned into a flow velocity (both in one
+        forward under ``cfg_merge``)."""
         from wanflow.sampling.guidance import Guidance, Passes, guided_model
         from wanflow.steps.cond_call import tensor
 
@@ -152,10 +153,31 @@ class LongCatDenoise:
                                                   cache=cache))
 
         cfg = float(p["sampler.cfg"])
-        guidance = Guidance(cfg, zero_star=bool(p["sampler.cfg_zero_star"]),
+        batched = bool(p["sampler.cfg_merge"]) and cfg != 1.0
+        guidance = Guidance(cfg, batched=batched, zero_star=bool(p["sampler.cfg_zero_star"]),
                             zero_init_steps=int(p["sampler.cfg_zero_init_steps"]))
+        if batched:  # cfg_merge: [prompt; negative] in one batch-2 forward, sharing the cache
+            return guided_model(Passes(cond=velocity("pos"), pair=self.pair(ctx, dit, cache, device)), guidance,
+                                schedule)
         passes = Passes(cond=velocity("pos"), uncond=velocity("neg") if cfg != 1.0 else None)
         return guided_model(passes, guidance, schedule)
+
+    def pair(self, ctx: Any, dit: Any, cache: Any, device: str) -> Any:
+        """cfg_merge's pass: the prompt's and the negative prompt's features zero-padded to one
+        length, each sample attending to its own slots (``text_lens``), so each row computes what
+        its own pass would."""
+        import torch
+        import torch.nn.functional as F
+
+        from wanflow.sampling.longcat import flow_velocity
+        from wanflow.steps.cond_call import tensor
+
+        pos, neg = (tensor(ctx.input(role), "context", role) for role in ("pos", "neg"))  # (1, L, D) each
+        length = max(pos.shape[1], neg.shape[1])
+        context = torch.cat([F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (pos, neg)]).to(device)
+        lens = torch.tensor([pos.shape[1], neg.shape[1]], device=device)
+        return lambda x, t: flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context, lens,
+                                              cache=cache))
 
     def _dit(self, ctx: Any) -> Any:
         """The DiT from the pool, through its row of the DiT variant table (loaded whole; its block

@@ -83,12 +83,13 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
     grid = latent_grid(frames, height, width, "wan2.1")
     continues = job.given("longcat_video") or segment_count(v) > 0  # a long video's segments do
     cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if continues else 1 if job.given("image") else 0
+    merged = 2 if v["sampler.cfg_merge"] and v["sampler.cfg"] != 1.0 else 1  # both guidance passes at once
     tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
     pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
     return [
         StepDemand("encode-text", ("text_encoder",),
                    int(text_encode_bytes(itemsize=itemsize) * text_encoder_fraction(job))),
-        StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond)),
+        StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond, batch=merged)),
         StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                                                         tile=pixels_tile)),
     ]
