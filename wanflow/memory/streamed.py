@@ -34,6 +34,12 @@ def open_dit_views(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
     safetensors files are mapped read-only (`mapped.map_safetensors`), so a file larger than
     RAM plus swap maps too; other formats go through the loaders' reader.
     """
+    return official_state(mapped_shards(paths), ", ".join(str(p) for p in paths))
+
+
+def mapped_shards(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
+    """The files' tensors as one state dict of views (safetensors mapped, nothing read); a key in
+    two files is refused (a shard passed twice, or two checkpoints mixed up)."""
     state: dict[str, Tensor] = {}
     for path in paths:
         part = map_safetensors(path) if str(path).endswith(".safetensors") else open_state_dict(path)
@@ -41,7 +47,7 @@ def open_dit_views(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
         if twice:
             raise ModelLoadError(f"{path}: repeats keys of an earlier file ({twice[:4]}); pass each shard once.")
         state.update(part)
-    return official_state(state, ", ".join(str(p) for p in paths))
+    return state
 
 
 def load_placed_dit(
@@ -88,13 +94,7 @@ def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[st
     files = [Path(w) for w in weights if str(w).endswith(".safetensors")]
     if not files:
         raise ModelLoadError("LongCat-Video DiT: no safetensors shard given to place its blocks from.")
-    views: dict[str, Tensor] = {}
-    for path in files:
-        part = map_safetensors(path)
-        twice = sorted(set(part) & set(views))
-        if twice:
-            raise ModelLoadError(f"{path}: repeats keys of an earlier shard ({twice[:4]}); pass each shard once.")
-        views.update(part)
+    views = mapped_shards(files)
     source = ", ".join(str(f) for f in files)
     config = longcat_config_with_file_beside(longcat_config_of(views, source), files[0])
     model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
