@@ -180,8 +180,9 @@ class LongCatDenoise:
                                               cache=cache))
 
     def _dit(self, ctx: Any) -> Any:
-        """The DiT from the pool, through its row of the DiT variant table (loaded whole; its block
-        projections in fp8 under ``[memory].fp8``; its blocks compiled under ``[runtime].compile``),
+        """The DiT from the pool, through its row of the DiT variant table (whole, or its blocks in
+        the memory plan's tiers; its block projections in fp8 under ``[memory].fp8``; its blocks
+        compiled under ``[runtime].compile``),
         with the recipe's LoRAs merged into it, or applied on the fly to fp8 weights (a patched DiT
         is its own pool entry)."""
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,

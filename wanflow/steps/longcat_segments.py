@@ -39,10 +39,9 @@ ROLE = "longcat"
 
 
 def segment_name(stage: str, k: int) -> str:
-    """The node of segment k's stage ("encode-conditioning", "denoise", "decode"); k = 0 is the first clip's."""
-    if k == 0:
-        return "encode-conditioning:longcat-frames" if stage == "encode-conditioning" else stage
-    return f"{stage}:segment-{k}"
+    """The node of segment k's stage ("encode-conditioning", "denoise", "decode"); k = 0 is the
+    first clip's own node ("denoise", "decode")."""
+    return stage if k == 0 else f"{stage}:segment-{k}"
 
 
 @attrs.frozen
