@@ -40,6 +40,8 @@ from wanflow.steps.memory_plan import (
 
 #: The policies a LongCat job can honour, fastest first (the planner's).
 POLICIES = ("none", "offload", "stream", "disk")
+#: A training job's: its train step holds the DiT it trains whole (the recipe's rules refuse the others).
+TRAIN_POLICIES = ("none", "offload")
 #: The Wan2.1 VAE's decoder base width (LongCat reads Wan2.1's VAE).
 DECODER_DIM = 96
 
@@ -60,7 +62,8 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
     found = plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
-                 policies=POLICIES, whole_on_device=frozenset({"dit"}))  # its step computes where the run does
+                 policies=TRAIN_POLICIES if job.resolved.recipe.train is not None else POLICIES,
+                 whole_on_device=frozenset({"dit"}))  # its step computes where the run does
     if job.resolved.recipe.train is None:
         return found
     train = longcat_train_step_peak(job, config, tensors, itemsize, device, found.budgets)
