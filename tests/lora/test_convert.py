@@ -36,7 +36,7 @@ def assert_same_deltas(a: LoraFile, b: LoraFile) -> None:
 
 def test_holds_covers_every_source_and_every_dialect_is_tested():
     assert set(HOLDS) == set(fx.ALL)
-    assert WRITABLE == ("diffsynth", "comfyui", "diffusers", "musubi")
+    assert WRITABLE == ("diffsynth", "comfyui", "diffusers", "musubi", "longcat")
 
 
 @pytest.mark.parametrize("source", sorted(fx.ALL))

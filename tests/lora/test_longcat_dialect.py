@@ -85,3 +85,41 @@ def test_a_longcat_lora_converts_to_other_dialects_with_the_same_delta(tmp_path,
     write_lora(lora, out, dialect)
     back = read_lora(out)
     assert torch.equal(back.deltas["blocks.0.attn.qkv.weight"].tensor(), lora.deltas["blocks.0.attn.qkv.weight"].tensor())
+
+
+@pytest.mark.parametrize("alpha", [None, 8.0, 2.0], ids=["no alpha", "alpha = rank/2", "alpha = rank/8"])
+def test_written_in_longcat_s_format_it_reads_back_and_longcat_s_forward_applies_it(tmp_path, alpha):
+    """Every low-rank pair as LongCat's loader reads one: hyphenated names, one lora_up (its
+    n_seperate = 1 for a fused layer too) and alpha_scale, always present (it loads strictly)."""
+    from safetensors.torch import load_file
+
+    from wanflow.lora.delta import LoraFile, LowRank
+
+    g = torch.Generator().manual_seed(3)
+    deltas = {"blocks.0.attn.qkv.weight": LowRank(torch.randn(16, 8, generator=g), torch.randn(24, 16, generator=g),
+                                                  alpha),
+              "blocks.1.ffn.w2.weight": LowRank(torch.randn(16, 32, generator=g), torch.randn(8, 16, generator=g),
+                                                alpha)}
+    out = write_lora(LoraFile("diffsynth", deltas), tmp_path / "l.safetensors", "longcat")
+    state = load_file(str(out))
+    qkv = "lora" + HYPHEN + "blocks" + HYPHEN + "0" + HYPHEN + "attn" + HYPHEN + "qkv."
+    assert {k.removeprefix(qkv) for k in state if k.startswith(qkv)} == {"lora_down.weight", "lora_up.weight",
+                                                                        "alpha_scale"}
+    scale = 1.0 if alpha is None else alpha / 16
+    assert float(state[qkv + "alpha_scale"]) == scale
+    back = read_lora(out)
+    assert back.dialect == "longcat"
+    for name, delta in deltas.items():
+        assert torch.equal(back.deltas[name].tensor(), delta.tensor())
+    x = torch.randn(3, 8, generator=g)  # LongCat's forward: out + alpha_scale · up(down(x))
+    by_forward = (x @ state[qkv + "lora_down.weight"].T @ state[qkv + "lora_up.weight"].T) * float(state[qkv + "alpha_scale"])
+    assert torch.allclose(x @ deltas["blocks.0.attn.qkv.weight"].tensor().T, by_forward, atol=1e-5)
+
+
+def test_a_delta_longcat_s_format_cannot_hold_is_refused(tmp_path):
+    from wanflow.lora.delta import Full, LoraFile
+    from wanflow.lora.dialects import LoraFormatError
+
+    lora = LoraFile("comfyui", {"blocks.0.attn.proj.bias": Full(torch.zeros(8))})
+    with pytest.raises(LoraFormatError, match="holds low-rank pairs only; use --format comfyui"):
+        write_lora(lora, tmp_path / "l.safetensors", "longcat")

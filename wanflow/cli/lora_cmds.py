@@ -9,7 +9,7 @@ from pathlib import Path
 from wanflow.errors import WanflowError
 
 #: The dialects `convert --format` writes (kept here so `--help` needs no torch).
-FORMATS = ("diffsynth", "comfyui", "diffusers", "musubi")
+FORMATS = ("diffsynth", "comfyui", "diffusers", "musubi", "longcat")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

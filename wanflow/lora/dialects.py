@@ -120,11 +120,13 @@ class WriteSpec:
     """How one dialect names what it writes, and which deltas it can hold."""
 
     prefix: str
-    spelling: str  # "dotted" (official), "diffusers" or "underscored"
+    spelling: str  # "dotted" (official), "diffusers", "underscored" or "hyphenated" (LongCat's)
     down: str
     up: str
     holds: tuple[str, ...]  # "lowrank", "loha", "lokr", "full"
-    alpha: str  # "when-stored" (an .alpha key when the delta has one), "always", "metadata"
+    #: "when-stored" (an .alpha key when the delta has one), "always", "metadata", or "scale"
+    #: (LongCat's ``alpha_scale``: the scale alpha/rank itself, always written)
+    alpha: str
     note: str  # what to use instead, for the refusal message
 
 
@@ -141,6 +143,8 @@ WRITE_SPECS: dict[str, WriteSpec] = {
     "musubi": WriteSpec("lora_unet_", "underscored", "lora_down.weight", "lora_up.weight",
                         ("lowrank", "loha", "lokr"), "always",
                         "musubi/kohya names hold no full deltas; use --format comfyui"),
+    "longcat": WriteSpec(f"lora{HYPHEN}", "hyphenated", "lora_down.weight", "lora_up.weight", ("lowrank",),
+                         "scale", "LongCat-Video's own format holds low-rank pairs only; use --format comfyui"),
 }
 
 #: The dialects ``write_lora`` and ``wanflow lora convert --format`` accept.

@@ -1,4 +1,4 @@
-"""Write a LoRA in one of the dialects other tools read: diffsynth, comfyui, diffusers, musubi.
+"""Write a LoRA in one of the dialects other tools read: diffsynth, comfyui, diffusers, musubi, longcat.
 
 Round trips are exact: factors are written as they are (same dtype, same bits) and the trainer's
 alpha travels beside them in the dialect's own place (an ``.alpha`` key; for diffusers, PEFT's
@@ -20,7 +20,7 @@ import torch
 
 from wanflow.lora.delta import AnyDelta, Full, LoHa, LoKr, LoraFile, LowRank
 from wanflow.lora.describe import delta_type, made_for, module_of
-from wanflow.lora.dialects import WRITE_SPECS, LoraFormatError, WriteSpec
+from wanflow.lora.dialects import HYPHEN, WRITE_SPECS, LoraFormatError, WriteSpec
 from wanflow.lora.names import diffusers_module, dotted_module, underscored_module
 from wanflow.lora.peft_config import ADAPTER_METADATA_KEY, config_json
 from wanflow.models.checkpoint_files import capped
@@ -66,6 +66,8 @@ def _spelled(module: str, spec: WriteSpec) -> str:
         return diffusers_module(module)
     if spec.spelling == "underscored":
         return underscored_module(module)
+    if spec.spelling == "hyphenated":
+        return module.replace(".", HYPHEN)
     return module
 
 
@@ -116,6 +118,9 @@ def _with_alpha(stem: str, alpha: float | None, rank: int | None, spec: WriteSpe
         return {f"{stem}.alpha": _alpha_tensor(alpha)}
     if spec.alpha == "always" and (alpha is not None or rank is not None):
         return {f"{stem}.alpha": _alpha_tensor(float(rank if alpha is None else alpha))}
+    if spec.alpha == "scale":  # LongCat loads it strictly: always there, 1 for a LoRA without alpha
+        scale = 1.0 if alpha is None or alpha <= 0 or rank is None else alpha / rank  # LowRank.scale's rule
+        return {f"{stem}.alpha_scale": _alpha_tensor(scale)}
     return {}
 
 
