@@ -222,3 +222,19 @@ def test_an_image_sample_holds_the_image_as_its_first_frame(venv_runs, longcat_r
     assert cond.shape[2] == 1
     assert torch.equal(stored_tensors(train, "train/longcat:0")["latents"], cond)
     assert first_loss(train) == pytest.approx(loss_by_hand(longcat_root, train, cond), rel=1e-5, abs=1e-7)
+
+
+def test_a_lora_exported_in_longcat_s_format_holds_the_same_deltas(venv_runs, tmp_path, media):
+    """export_dialect = "longcat" writes LongCat's own layout (its loader's names, an alpha_scale per
+    module) of the very LoRA the DiffSynth export holds; the export step alone re-runs."""
+    from wanflow.lora import read_lora
+
+    first = run(_recipe(tmp_path, [_row()], steps=2, learning_rate=0.05), venv_runs)
+    longcat = run(_recipe(tmp_path, [_row()], steps=2, learning_rate=0.05, export_dialect="longcat"), venv_runs)
+    assert {n for n in computed(longcat) if not n.startswith("save")} == {"export:dit"}
+    ours, theirs = (read_lora(o.archive / "outputs" / "lora.safetensors") for o in (first, longcat))
+    assert theirs.dialect == "longcat" and sorted(theirs.deltas) == sorted(ours.deltas)
+    for name, delta in ours.deltas.items():
+        assert torch.equal(theirs.deltas[name].tensor(), delta.tensor()), name
+    with safe_open(str(longcat.archive / "outputs" / "lora.safetensors"), "pt") as f:
+        assert sum(k.endswith(".alpha_scale") for k in f.keys()) == len(ours.deltas)
