@@ -96,6 +96,23 @@ class Parts:
 
 
 @attrs.frozen
+class SideBlocks:
+    """Blocks beside the stack that each run after a block of it, on its output, and that
+    checkpointing never recomputes: what they keep for backward is held from the forward to
+    backward's start, as a trained part's is (``Parts.side_blocks``).
+
+    ``"audio"``: Wan2.2-S2V's audio injectors, over the video tokens after the reference (latent
+    frame 0 of a training clip, which the bucket's grid counts; a training sample has no motion
+    tokens). ``"face"``: Wan2.2-Animate's face blocks, frozen under a LoRA (full fine-tuning
+    trains them as ``Parts``), over every token. ``adapters``: a LoRA's in one of them, the
+    layers that read those tokens (``token_inputs``, ``token_layers``)."""
+
+    kind: Literal["audio", "face"]
+    count: int
+    adapters: Adapters | None = None
+
+
+@attrs.frozen
 class TrainSetup:
     """What sizes a train step's activations: the method, the micro-batch and its precision."""
 
@@ -112,6 +129,9 @@ class TrainSetup:
     #: blocks a frozen second stream joins, reading as many tokens as the video (Video-As-Prompt's
     #: reference stream under a LoRA of the main stream: the joint attention gives it the gradient)
     frozen_stream_blocks: int = 0
+    #: blocks beside the stack under a LoRA or full fine-tuning of every weight (S2V's audio
+    #: injectors, Animate's face blocks under a LoRA): ``SideBlocks``
+    side_blocks: tuple[SideBlocks, ...] = ()
 
 
 @attrs.frozen
@@ -235,6 +255,35 @@ def _parts_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int) -> int:
     return tokens * parts.side_blocks * SIDE_BLOCK * setup.itemsize * cfg.dim + setup.batch * parts.encoder_bytes
 
 
+#: Halves of the D-wide values at the compute itemsize an S2V audio injector keeps per video token
+#: (counted): frozen, as a LoRA's gradient passes through it, 7 (its adaptive norm's input and
+#: output, the normed queries, attention's output); trained, 11 (its q and o projections' inputs
+#: besides).
+AUDIO_INJECTOR_HALVES = {"lora": 7, "full": 11}
+#: D-wide values at the compute itemsize a frozen face block keeps per token (counted): its norm's
+#: input and output and attention's output; its query norm's fp32 view adds ``4 D``.
+FACE_CARRIED = 3
+
+
+def side_block_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
+    """Held through one forward by the blocks beside the stack (``TrainSetup.side_blocks``)."""
+    s, d = setup.itemsize, cfg.dim
+    frames, height, width = setup.grid
+    total = 0
+    for side in setup.side_blocks:
+        if side.kind == "audio":
+            tokens = setup.batch * dit_tokens(cfg, (frames - 1, height, width))
+            held = AUDIO_INJECTOR_HALVES[setup.method] * s * d // 2
+        else:
+            tokens = setup.batch * dit_tokens(cfg, setup.grid)
+            held = FACE_CARRIED * s * d + FP32 * d
+        a = side.adapters
+        if a is not None:  # at fp32 an adapter's input is a tensor the block keeps anyway
+            held += FP32 * (a.token_inputs if s < FP32 else 0) + FP32 * a.rank * a.token_layers
+        total += side.count * tokens * held
+    return total
+
+
 def _working_bytes(cfg: DitConfig, setup: TrainSetup) -> int:
     """Per token, backward's transients: the FFN's hidden gradients, RoPE tables, the head's fp32 input."""
     s = setup.itemsize
@@ -255,7 +304,7 @@ def activation_bytes(cfg: DitConfig, setup: TrainSetup, *, device_run: bool) -> 
     tokens = setup.batch * dit_tokens(cfg, setup.grid)
     blocks = block_bytes(cfg, setup, tokens)
     rest = tokens * _working_bytes(cfg, setup) + setup.forwards * (
-        _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens))
+        _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens) + side_block_bytes(cfg, setup))
     offloaded = setup.offload and device_run
     start, end = stack_bytes(blocks, rest, setup, offloaded=offloaded)
     return start, end, _offloaded_bytes(cfg, setup, tokens, blocks) if offloaded else 0
