@@ -5,6 +5,8 @@ steps (within 20 %), and those blocks as the planner finds them in the released 
 
 from __future__ import annotations
 
+import math
+
 import attrs
 import pytest
 import torch
@@ -190,3 +192,38 @@ def test_s2v_full_fine_tuning_trains_no_frame_packer():
     assert untrained_prefixes(shapes) == ("frame_packer.",)
     assert full_trained(shapes, model.cfg.num_layers)[0].params == with_state
     assert untrained_prefixes(names_and_shapes(animate_model())) == ()
+
+
+def test_a_training_job_s_plan_reads_the_injectors_off_the_released_files(tmp_path):
+    """``TrainJob.peak``, as a training plan calls it on the release's shards: the injectors
+    (with a LoRA's adapters) are in its activations, and full fine-tuning's state leaves out the
+    frame packer."""
+    from tests.e2e._layout_s2v import write_dit
+    from wanflow.memory.sizes import dit_shapes
+    from wanflow.models.dit_config import from_shapes
+    from wanflow.steps.memory_plan import TrainJob
+
+    write_dit(tmp_path)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    shapes = dit_shapes(files)
+    config = from_shapes(shapes, str(files[0]))
+    grid = (3, 8, 8)
+    job = TrainJob(config, {"dit": files}, grid, "64x64x9", 4, False, 1, 1, TARGETS, RANK, "lora", 1, True, False,
+                   False, 1)
+    adapters, params, block = te.lora_adapters(linear_weights(shapes), adapted_weights(shapes, TARGETS), RANK)
+    plain = te.TrainSetup("lora", 1, grid, 4, True, adapters=adapters)
+    count = len(tiny_s2v_config().inject_layers)
+    sides = (te.SideBlocks("audio", count, te.Adapters(RANK, 2 * config.dim, 2 * config.dim, 0, 2)),)
+    with_sides = attrs.evolve(plain, side_blocks=sides)
+    found = job.peak()
+    expected = te.train_peak(config, with_sides, [te.Trained(0, params, block, config.num_layers)], device_run=False)
+    assert found.activations == expected.activations
+    assert found.activations - te.train_peak(config, plain, [te.Trained(0, params, block, config.num_layers)],
+                                             device_run=False).activations == te.side_block_bytes(config, with_sides) > 0
+    full = job.peak(method="full")
+    packer = sum(math.prod(s) for k, s in shapes.items() if k.startswith("frame_packer."))
+    every = sum(math.prod(s) for s in shapes.values())
+    trained, _ = full_trained(shapes, config.num_layers, grid[0])
+    assert packer > 0 and trained.params == every - packer
+    full_setup = te.TrainSetup("full", 1, grid, 4, True, side_blocks=(te.SideBlocks("audio", count),))
+    assert full.state == te.train_peak(config, full_setup, [trained], device_run=False).state
