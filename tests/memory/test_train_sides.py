@@ -215,11 +215,11 @@ def test_a_training_job_s_plan_reads_the_injectors_off_the_released_files(tmp_pa
     count = len(tiny_s2v_config().inject_layers)
     sides = (te.SideBlocks("audio", count, te.Adapters(RANK, 2 * config.dim, 2 * config.dim, 0, 2)),)
     with_sides = attrs.evolve(plain, side_blocks=sides)
+    lora = [te.Trained(0, params, block, config.num_layers)]
     found = job.peak()
-    expected = te.train_peak(config, with_sides, [te.Trained(0, params, block, config.num_layers)], device_run=False)
-    assert found.activations == expected.activations
-    assert found.activations - te.train_peak(config, plain, [te.Trained(0, params, block, config.num_layers)],
-                                             device_run=False).activations == te.side_block_bytes(config, with_sides) > 0
+    assert found.activations == te.train_peak(config, with_sides, lora, device_run=False).activations
+    without = te.train_peak(config, plain, lora, device_run=False).activations
+    assert found.activations - without == te.side_block_bytes(config, with_sides) > 0
     full = job.peak(method="full")
     packer = sum(math.prod(s) for k, s in shapes.items() if k.startswith("frame_packer."))
     every = sum(math.prod(s) for s in shapes.values())

@@ -32,7 +32,11 @@ counts the trained parameters' state only; the frozen blocks their gradient pass
 what backward needs for that (``carried_token_bytes``), the trained ones full fine-tuning's
 tensors, and trained parts outside the blocks their own (``SIDE_BLOCK``, a trained encoder's
 bytes). A LoRA beside a frozen second stream counts the stream's frozen blocks the same way
-(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these.
+(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these. Blocks beside the
+stack under a LoRA or full fine-tuning of every weight (S2V's audio injectors, Animate's face
+blocks under a LoRA: ``SideBlocks``, read off the names by ``wanflow.memory.train_sides``) are
+never recomputed, so what they keep is held from the forward on; ``tests/memory/test_train_sides.py``
+counts them.
 
 Gradients appear block by block in backward while the blocks' tensors are freed, so the peak is the
 larger of backward's start (every activation, only the head's gradients) and its end (every
