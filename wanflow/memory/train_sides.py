@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 
-from wanflow.memory.train_estimate import Adapters, SideBlocks
+from wanflow.memory.side_estimate import SideBlocks
+from wanflow.memory.train_estimate import Adapters
 
 #: A side block's parameter names: its kind's pattern, the block's index in group 1.
 SIDE_NAMES = {"audio": re.compile(r"^audio_injector\.injector\.(\d+)\."),
