@@ -32,7 +32,11 @@ counts the trained parameters' state only; the frozen blocks their gradient pass
 what backward needs for that (``carried_token_bytes``), the trained ones full fine-tuning's
 tensors, and trained parts outside the blocks their own (``SIDE_BLOCK``, a trained encoder's
 bytes). A LoRA beside a frozen second stream counts the stream's frozen blocks the same way
-(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these.
+(``frozen_stream_blocks``). ``tests/memory/test_train_parts.py`` counts these. Blocks beside the
+stack under a LoRA or full fine-tuning of every weight (S2V's audio injectors, Animate's face
+blocks under a LoRA: ``SideBlocks``, read off the names by ``wanflow.memory.train_sides``) are
+never recomputed, so what they keep is held from the forward on; ``tests/memory/test_train_sides.py``
+counts them.
 
 Gradients appear block by block in backward while the blocks' tensors are freed, so the peak is the
 larger of backward's start (every activation, only the head's gradients) and its end (every
@@ -53,6 +57,7 @@ from typing import Literal
 import attrs
 
 from wanflow.memory.estimates import FP32, dit_tokens
+from wanflow.memory.side_estimate import SideBlocks, side_block_bytes
 from wanflow.models.dit_config import DitConfig
 
 #: AdamW's two moments per trained parameter, fp32 (kept from the first step to the last).
@@ -112,6 +117,9 @@ class TrainSetup:
     #: blocks a frozen second stream joins, reading as many tokens as the video (Video-As-Prompt's
     #: reference stream under a LoRA of the main stream: the joint attention gives it the gradient)
     frozen_stream_blocks: int = 0
+    #: blocks beside the stack under a LoRA or full fine-tuning of every weight (S2V's audio
+    #: injectors, Animate's face blocks under a LoRA): ``SideBlocks``
+    side_blocks: tuple[SideBlocks, ...] = ()
 
 
 @attrs.frozen
@@ -255,7 +263,7 @@ def activation_bytes(cfg: DitConfig, setup: TrainSetup, *, device_run: bool) -> 
     tokens = setup.batch * dit_tokens(cfg, setup.grid)
     blocks = block_bytes(cfg, setup, tokens)
     rest = tokens * _working_bytes(cfg, setup) + setup.forwards * (
-        _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens))
+        _shared_bytes(cfg, setup, tokens) + _parts_bytes(cfg, setup, tokens) + side_block_bytes(cfg, setup))
     offloaded = setup.offload and device_run
     start, end = stack_bytes(blocks, rest, setup, offloaded=offloaded)
     return start, end, _offloaded_bytes(cfg, setup, tokens, blocks) if offloaded else 0

@@ -58,6 +58,7 @@ from wanflow.memory.train_estimate import (
     lora_adapters,
     train_peak,
 )
+from wanflow.memory.train_sides import side_blocks, untrained_prefixes
 from wanflow.models import animate_config
 from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
@@ -241,12 +242,13 @@ class TrainJob:
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
         lora = job.method == "lora"
-        dits, adapters = [], None
+        dits, adapters, adapted = [], None, []
         for role, files in job.dit_files.items():
             size = component_sizes({role: files}, job.itemsize if lora else FP32, job.fp8 and lora)[0]
             shapes = dit_shapes(files)
             if lora:
-                adapters, params, block = lora_adapters(linear_weights(shapes), adapted_weights(shapes, job.targets), job.rank)
+                adapted = adapted_weights(shapes, job.targets)
+                adapters, params, block = lora_adapters(linear_weights(shapes), adapted, job.rank)
                 dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
             else:
                 trained, parts = full_trained(shapes, job.config.num_layers, job.grid[0])
@@ -254,7 +256,8 @@ class TrainJob:
         setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
                            job.offload, adapters, per_token_time=job.config.model_type == "ti2v",
                            forwards=job.forwards, parts=None if lora else parts,
-                           frozen_stream_blocks=joined_blocks(shapes) if lora else 0)
+                           frozen_stream_blocks=joined_blocks(shapes) if lora else 0,
+                           side_blocks=side_blocks(shapes, linear_weights(shapes), adapted, job.rank, job.method))
         loading = max(component_sizes({"dit": f}, FP32, False)[0].largest_tensor_bytes
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
@@ -358,7 +361,8 @@ def full_trained(shapes: Mapping[str, tuple[int, ...]], layers: int,
     (``Parts``: the blocks they sit in, ``blocks.N.`` of the stack or ``<stream>.blocks.N.`` of a
     second stream; blocks beside the stack, ``<name>_blocks.N.``; a trained motion encoder, run
     over the face crops of a clip of ``latent_frames``)."""
-    named = {stream_name(k): math.prod(s) for k, s in shapes.items()}
+    untrained = untrained_prefixes(shapes)  # S2V's frame packer, which a sample never runs
+    named = {stream_name(k): math.prod(s) for k, s in shapes.items() if not k.startswith(untrained)}
     prefixes = trained_prefixes(named)
     named = {name: count for name, count in named.items() if trains(name, prefixes)}
     per_block: dict[tuple[bool, int], int] = {}
