@@ -182,7 +182,7 @@ def _refusal(tmp_path, recipe, capsys) -> str:
 @pytest.mark.parametrize(("rows", "frames", "settings", "extra", "says"), [
     ([_row()], 5, {"task": "direct_distill"}, {}, ["[train].task", 'use task = "sft"']),
     ([_row()], 5, {"distribution": "ddp", "processes": 2}, {}, ["[train].distribution", 'distribution = "none"']),
-    ([_row()], 5, {}, {"memory": {"fp8": True}}, ["[memory].fp8", "not built yet"]),
+    ([_row()], 5, {}, {"runtime": {"compile": "blocks"}}, ["[runtime].compile", "not built yet"]),
     ([_row()], 5, {}, {"memory": {"policy": "stream"}}, ['[memory].policy = "stream"', "cannot be streamed"]),
     ([_row()], 5, {"validation_prompts": ["a red square"]}, {}, ["[train].validation_prompts", "validation_samples"]),
     ([_row()], 5, {}, {"inputs": {"longcat_video": "data/clips/past.mp4"}},
@@ -238,3 +238,25 @@ def test_a_lora_exported_in_longcat_s_format_holds_the_same_deltas(venv_runs, tm
         assert torch.equal(theirs.deltas[name].tensor(), delta.tensor()), name
     with safe_open(str(longcat.archive / "outputs" / "lora.safetensors"), "pt") as f:
         assert sum(k.endswith(".alpha_scale") for k in f.keys()) == len(ours.deltas)
+
+
+def test_a_lora_trains_over_a_frozen_base_stored_in_fp8(venv_runs, longcat_root, tmp_path, media):
+    """[memory].fp8 stores the frozen base's block projections in fp8 (as a generation's): the first
+    loss moves by fp8's rounding only, and the memory plan sizes the base at its fp8 bytes."""
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    plain = _recipe(tmp_path, [_row()], steps=2, learning_rate=0.05, name="plain")
+    fp8 = _recipe(tmp_path, [_row()], steps=2, learning_rate=0.05, name="fp8")
+    doc = tomlkit.parse(fp8.read_text())
+    doc["memory"] = {"fp8": True}
+    fp8.write_text(tomlkit.dumps(doc))
+    losses = {name: first_loss(run(recipe, venv_runs)) for name, recipe in (("plain", plain), ("fp8", fp8))}
+    assert losses["fp8"] != losses["plain"]
+    assert losses["fp8"] == pytest.approx(losses["plain"], rel=0.05)
+    peaks = {}
+    for name, recipe in (("plain", plain), ("fp8", fp8)):
+        resolved = load_recipe(recipe)
+        found = get_registry().pipeline(resolved.model).memory_plan(resolved)
+        peaks[name] = next(p.host_bytes for p in found.peaks if p.step == "train")
+    assert peaks["fp8"] < peaks["plain"]

@@ -58,9 +58,9 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the step caches are calibrated on Wan "
                      'DiTs; LongCat\'s denoise step has none: use "none"')
-    # generation stores its blocks in fp8 and compiles them as a Wan DiT's; training does neither yet
-    training = recipe.train is not None
-    refuse_whole_dit_settings(problems, recipe, "LongCat's DiT", compile_too=training, fp8_too=training)
+    # its blocks are stored in fp8 as a Wan DiT's (a LoRA's frozen base too) and compiled for generation;
+    # training does not compile them yet
+    refuse_whole_dit_settings(problems, recipe, "LongCat's DiT", compile_too=recipe.train is not None, fp8_too=False)
     _check_memory(recipe, problems)
 
 

@@ -4,8 +4,9 @@ LongCat-Video trains through ``[train]`` as DiffSynth trains it (docs/longcat.md
 on its DiT, a LoRA on its own module names or full fine-tuning, text-to-video samples and, where
 a row has a ``longcat_video`` column, continuation samples. What the stage offers for Wan DiTs
 and has not been built for LongCat's is refused here, naming the key and the fix, before
-anything loads: fp8 storage of the frozen base (also refused by the family's memory rules),
-``direct_distill`` (the few-step student of a Wan sampler) and several processes. A
+anything loads: ``direct_distill`` (the few-step student of a Wan sampler) and several
+processes (compiled blocks are refused by the family's rules). A LoRA's frozen base may be
+stored in fp8 (``[memory].fp8``), as a Wan DiT's. A
 clip too short for its continuation frames is refused with the dataset (``steps.train_checks``).
 """
 

@@ -4,8 +4,9 @@ What a Wan training job's plan does for its train step (``steps.memory_plan``: `
 ``sized_train_step``, the same refusal and the same [train] changes offered), for LongCat's DiT:
 its config and weights read off its own headers (its fp32 islands, ``longcat_config.keeps_fp32``),
 its train step sized by ``memory.longcat_train_estimate`` at the dataset's largest bucket (a
-continuation's conditioning frames are tokens of its clip). fp8 storage and several processes
-are refused by its recipe's rules, so a refusal never offers them.
+continuation's conditioning frames are tokens of its clip). A LoRA's frozen base may be stored
+in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer); several
+processes are refused by its recipe's rules.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ class LongCatTrainJob:
     batch: int
     checkpointing: bool
     offload: bool
-    fp8: bool = False  # refused by the recipe's rules: LongCat's frozen base is not stored in fp8
-    fp8_storable: ClassVar[bool] = False
+    fp8: bool = False  # [memory].fp8: a LoRA's frozen base with its block projections in fp8
+    fp8_storable: ClassVar[bool] = True
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
         lora = job.method == "lora"
-        size = component_size("dit", job.tensors, job.itemsize if lora else FP32, keeps_fp32=longcat_config.keeps_fp32)
+        size = component_size("dit", job.tensors, job.itemsize if lora else FP32, keeps_fp32=longcat_config.keeps_fp32,
+                              blocks=True)
+        size = size.as_fp8() if lora and job.fp8 else size
         shapes = {name: t.shape for name, t in job.tensors.items()}
         adapters = None
         if lora:
@@ -80,7 +83,7 @@ def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: M
     files = {"dit": [w.path for w in job.weights["dit"].values()]}
     return LongCatTrainJob(config, tensors, files, grids[largest], largest.bucket, itemsize, device != "cpu",
                            t.gradient_accumulation, tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size,
-                           t.gradient_checkpointing, t.offload_activations)
+                           t.gradient_checkpointing, t.offload_activations, bool(job.values["memory.fp8"]))
 
 
 def longcat_train_step_peak(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
