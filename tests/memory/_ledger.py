@@ -17,6 +17,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
+def growth(measure, small, large) -> tuple[int, int]:
+    """(measured, predicted) growth of a step's bytes from case ``small`` to case ``large``;
+    ``measure(case)`` gives the case's (measured, predicted) bytes."""
+    (m1, p1), (m2, p2) = measure(small), measure(large)
+    return m2 - m1, p2 - p1
+
+
+def seeded(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
+    """``model`` with every parameter drawn from N(0, std²), seed 0 (a tiny model that moves its
+    tokens, so each operation's tensors are what a trained one's are)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
 def weight_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers that hold memory now (each data pointer once)."""
     seen: dict[int, int] = {}

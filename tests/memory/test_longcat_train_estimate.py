@@ -16,6 +16,7 @@ from wanflow.train.batch import Batch
 from wanflow.train.loop import Expert, Settings, Trainer
 from wanflow.train.order import batch_order
 
+from ._ledger import growth as measured_growth
 from .test_train_estimate import Offloaded, TrainingBytes
 
 #: The family's default LoRA targets (DiffSynth's).
@@ -116,8 +117,7 @@ def test_train_step_estimate(case):
 
 def growth(make, small, large) -> tuple[int, int]:
     """(measured, predicted) growth of the step's bytes from ``make(small)`` to ``make(large)``."""
-    (m1, p1), (m2, p2) = measured_and_predicted(make(small)), measured_and_predicted(make(large))
-    return m2 - m1, p2 - p1
+    return measured_growth(measured_and_predicted, make(small), make(large))
 
 
 #: Growth per block isolates what a block holds for backward; counted to within a few percent.

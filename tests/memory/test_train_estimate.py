@@ -28,6 +28,7 @@ from wanflow.train.loop import Expert, Settings, Trainer
 from wanflow.train.order import batch_order
 
 from ..models._dit_fixtures import random_state, tiny_config
+from ._ledger import growth as measured_growth
 
 TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")
 RANK = 8
@@ -157,8 +158,7 @@ def test_train_step_estimate(case):
 
 def growth(make, small, large) -> tuple[int, int]:
     """(measured, predicted) growth of the step's bytes from ``make(small)`` to ``make(large)``."""
-    (m1, p1), (m2, p2) = measured_and_predicted(make(small)), measured_and_predicted(make(large))
-    return m2 - m1, p2 - p1
+    return measured_growth(measured_and_predicted, make(small), make(large))
 
 
 def test_checkpointing_keeps_one_input_per_block():

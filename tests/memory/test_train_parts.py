@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.memory._ledger import seeded
 from tests.memory.test_train_estimate import RANK, SHAPE, TARGETS, TrainingBytes
 from tests.models._dit_fixtures import tiny_config
 from wanflow.memory import train_estimate as te
@@ -33,21 +34,13 @@ GRID = (5, 16, 16)
 def vap_model(layers: int = 4, mot_layers: tuple[int, ...] = (0, 2)) -> VapDiT:
     cfg = VapConfig(tiny_config("i2v", **SHAPE, num_layers=layers), mot_layers)
     model = VapDiT(cfg)
-    return _seeded(model)
+    return seeded(model)
 
 
 def animate_model(layers: int = 5) -> AnimateDiT:
     motion = MotionEncoderConfig(size=16, widths=(8, 16, 16), style_dim=32, motion_dim=6, direction_dim=32)
     model = AnimateDiT(AnimateConfig(tiny_config("i2v", **SHAPE, num_layers=layers), motion, face_hidden_dim=24))
-    return _seeded(model)
-
-
-def _seeded(model: torch.nn.Module) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
+    return seeded(model)
 
 
 def names_and_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

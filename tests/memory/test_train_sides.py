@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from tests.e2e._layout_s2v import tiny_s2v_config
+from tests.memory._ledger import growth as measured_growth
+from tests.memory._ledger import seeded
 from tests.memory.test_train_estimate import RANK, SHAPE, TARGETS, TrainingBytes
 from tests.memory.test_train_parts import animate_model, names_and_shapes
 from tests.models._dit_fixtures import tiny_config
@@ -32,17 +34,9 @@ from wanflow.train.order import batch_order
 GRID = (5, 32, 32)  # frame 0: S2V's reference, Animate's image frame
 
 
-def _seeded(model: torch.nn.Module) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
-
-
 def s2v_model(layers: int = 4, inject: tuple[int, ...] = (0, 1, 2, 3)) -> S2VDiT:
     """A tiny S2V DiT, an audio injector after each block in ``inject``."""
-    return _seeded(S2VDiT(S2VConfig(tiny_config("t2v", **SHAPE, num_layers=layers), inject_layers=inject,
+    return seeded(S2VDiT(S2VConfig(tiny_config("t2v", **SHAPE, num_layers=layers), inject_layers=inject,
                                     audio_dim=24)))
 
 
@@ -132,8 +126,7 @@ def test_the_train_step_with_its_side_blocks(case):
 
 
 def growth(small: Case, large: Case) -> tuple[int, int]:
-    (m1, p1), (m2, p2) = measured_and_predicted(small), measured_and_predicted(large)
-    return m2 - m1, p2 - p1
+    return measured_growth(measured_and_predicted, small, large)
 
 
 def test_what_an_animate_face_block_keeps_under_a_lora():
