@@ -145,26 +145,29 @@ def wanflow_model(job: Job):
     return compile_blocks(model) if job.compile else model
 
 
-def wanflow_sampler(model, job: Job, seed: int, steps: int, cache=None, branch_cache=None):
-    """(run, final latent holder): UniPC with CFG over contexts prepared once, as denoise runs it."""
+def wanflow_sampler(model, job: Job, seed: int, steps: int, cache=None, branch_cache=None, merged: bool = False):
+    """(run, final latent holder): UniPC with CFG over contexts prepared once, as denoise runs it;
+    ``merged``: both guidance passes in one batch-2 forward (``[sampler].cfg_merge``)."""
     from wanflow.models.dit_cache import cached_forward
     from wanflow.sampling import make_schedule, sample
     from wanflow.sampling.guidance import Guidance, Passes, guided_model
 
     noise, pos, neg = inputs(job, seed)
     schedule = make_schedule("unipc", steps, SHIFT)
-    prepared = {n: model.prepare_context(c.to(job.device)) for n, c in (("pos", pos), ("neg", neg))}
+    pairs = (("pos", pos), ("neg", neg)) + ((("pair", torch.cat([pos, neg])),) if merged else ())
+    prepared = {n: model.prepare_context(c.to(job.device)) for n, c in pairs}
 
     def velocity(name: str, branch: str):
         def fn(x, t):
-            tt = t.reshape(1).to(job.device)
+            tt = t.reshape(1).expand(x.shape[0]).to(job.device)
             if cache is None:
                 return model(x.to(job.device), tt, prepared[name]).float()
             return cached_forward(model, x.to(job.device), tt, prepared[name], cache=cache, branch=branch).float()
         return fn
 
-    guided = guided_model(Passes(cond=velocity("pos", "cond"), uncond=velocity("neg", "uncond")),
-                          Guidance(CFG), schedule)
+    passes = Passes(cond=velocity("pos", "cond"), uncond=velocity("neg", "uncond"),
+                    pair=velocity("pair", "pair") if merged else None)
+    guided = guided_model(passes, Guidance(CFG, batched=merged), schedule)
     out = {}
 
     def run(tick: Callable[[], None] = lambda: None) -> None:

@@ -62,10 +62,32 @@ def usable_backends(job: Job) -> list[str]:
     return [name for name in BACKENDS if not backend_problems(name, job.device, dtype)]
 
 
-def cfg_step(model, job: Job, steps: int, warmup: int) -> float:
-    """Median wall seconds of one CFG step of wanflow's sampling loop over ``model``."""
-    run = wanflow_sampler(model, job, 0, warmup + steps)[0]
+def cfg_step(model, job: Job, steps: int, warmup: int, merged: bool = False) -> float:
+    """Median wall seconds of one CFG step of wanflow's sampling loop over ``model``
+    (``merged``: both passes in one batch-2 forward, ``[sampler].cfg_merge``)."""
+    run = wanflow_sampler(model, job, 0, warmup + steps, merged=merged)[0]
     return medians(step_times(run, job)[warmup:])[0]
+
+
+def peak_gib(job: Job) -> float | None:
+    """The device's peak allocated memory since the last reset, in GiB; then reset it."""
+    if not job.device.startswith("cuda"):
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def attempt(label: str, measure) -> None:
+    """Run one variant's measurement; a variant that fails is reported and the others still run
+    (a CUDA path never run on this card must not cost the figures of the rest)."""
+    try:
+        measure()
+    except Exception as exc:  # noqa: BLE001 - reported, and the next variant runs
+        print(f"  {label:<28} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+              flush=True)
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 def velocity(model, job: Job) -> torch.Tensor:
@@ -107,21 +129,28 @@ def main() -> None:
 
         def report(label: str, seconds: float, impl: str = "wanflow", differ: float | None = None) -> None:
             share = flops[impl] / seconds / peak
-            entry = {"seconds": seconds, "roofline": share, "differ": differ}
+            memory = peak_gib(job)
+            entry = {"seconds": seconds, "roofline": share, "differ": differ, "peak_gib": memory}
             base = found["variants"].get("diffusers", {}).get("seconds")
             entry["vs_diffusers"] = seconds / base if base else None
             found["variants"][label] = entry
             extra = f"  {seconds / base:.3f}x diffusers" if base and impl == "wanflow" else ""
             extra += f"  {seconds / SGLANG_H200_STEP:.2f}x SGLang's 5.14 s" if args.config == "14b" else ""
             extra += f"  velocity off sdpa by {differ:.1e}" if differ is not None else ""
+            extra += f"  peak {memory:.1f} GiB" if memory is not None else ""
             print(f"  {label:<28} {seconds:7.3f} s per CFG step  {share:6.1%} of the roofline{extra}", flush=True)
+            if args.json:  # after every variant: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(found, indent=1))
 
-        theirs = diffusers_model(job)
-        run, _ = diffusers_sampler(theirs, job, 0, args.warmup + args.steps)
-        report("diffusers", medians(step_times(run, job)[args.warmup:])[0], "diffusers")
-        del theirs, run
+        def theirs() -> None:
+            model = diffusers_model(job)
+            run, _ = diffusers_sampler(model, job, 0, args.warmup + args.steps)
+            report("diffusers", medians(step_times(run, job)[args.warmup:])[0], "diffusers")
+
+        attempt("diffusers", theirs)
         gc.collect()
         torch.cuda.empty_cache() if args.device.startswith("cuda") else None
+        peak_gib(job)
 
         ours = wanflow_model(job)
         reference = velocity(ours, job)
@@ -130,20 +159,30 @@ def main() -> None:
             """How far ``model``'s velocity is from the sdpa model's, relative to its largest value."""
             return ((velocity(model, job) - reference).abs().max() / reference.abs().max()).item()
 
-        best = ("sdpa", float("inf"))
-        for backend in usable_backends(job):
+        best = ["sdpa", float("inf")]
+
+        def backend_step(backend: str) -> None:
             ours.attention_kernel = backend
             seconds = cfg_step(ours, job, args.steps, args.warmup)
             report(f"wanflow {backend}", seconds, differ=off(ours))
-            best = min(best, (backend, seconds), key=lambda b: b[1])
+            if seconds < best[1]:
+                best[:] = [backend, seconds]
+
+        for backend in usable_backends(job):
+            attempt(f"wanflow {backend}", lambda: backend_step(backend))
         ours.attention_kernel = best[0]
+        attempt(f"wanflow {best[0]} cfg_merge",
+                lambda: report(f"wanflow {best[0]} cfg_merge", cfg_step(ours, job, args.steps, args.warmup, merged=True)))
         if args.compile:
             from wanflow.memory.pool import compile_blocks
 
-            compile_blocks(ours)
-            seconds = cfg_step(ours, job, args.steps, args.warmup + 1)  # the first steps compile
-            report(f"wanflow {best[0]} compiled", seconds, differ=off(ours))
-        del ours
+            def compiled() -> None:
+                compile_blocks(ours)
+                seconds = cfg_step(ours, job, args.steps, args.warmup + 1)  # the first steps compile
+                report(f"wanflow {best[0]} compiled", seconds, differ=off(ours))
+
+            attempt(f"wanflow {best[0]} compiled", compiled)
+        ours = None  # freed before the fp8 model is built
         gc.collect()
 
         from wanflow.models.fp8_matmul import problems
@@ -153,10 +192,13 @@ def main() -> None:
             print(f"  fp8 matmuls not measured: {'; '.join(fp8_problems) or '--no-fp8'}")
         else:
             torch.cuda.empty_cache() if args.device.startswith("cuda") else None
-            fp8 = wanflow_model(attrs.evolve(job, attention=best[0], storage="fp8-matmul"))
-            report(f"wanflow {best[0]} fp8 matmul", cfg_step(fp8, job, args.steps, args.warmup), differ=off(fp8))
-    if args.json:
-        Path(args.json).write_text(json.dumps(found, indent=1))
+            peak_gib(job)
+
+            def fp8_step() -> None:
+                fp8 = wanflow_model(attrs.evolve(job, attention=best[0], storage="fp8-matmul"))
+                report(f"wanflow {best[0]} fp8 matmul", cfg_step(fp8, job, args.steps, args.warmup), differ=off(fp8))
+
+            attempt(f"wanflow {best[0]} fp8 matmul", fp8_step)
 
 
 if __name__ == "__main__":
