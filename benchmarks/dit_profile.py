@@ -94,6 +94,11 @@ class Profile:
     ops: Counter[tuple[str, str]]
 
 
+#: Device-side records that are no GPU work: "Command Buffer Full" spans the wait of a launch on a
+#: full queue (seen on an H200, torch 2.11); charged as kernels they counted attention twice.
+NOT_KERNELS = frozenset({"Command Buffer Full"})
+
+
 def event_times(events, cuda: bool) -> Profile:
     """Seconds by kind and the profiled total. CPU: each op's self CPU time, the total being the
     ``forward`` range's, and the ranges' own time (Python) apart. CUDA: each kernel charged to the op (or range) that launched it, the total
@@ -104,7 +109,7 @@ def event_times(events, cuda: bool) -> Profile:
     for e in events:
         if e.device_type != DeviceType.CPU or not within(e, forward):
             continue
-        own = (sum(k.duration for k in e.kernels if k.name not in annotations) if cuda
+        own = (sum(k.duration for k in e.kernels if k.name not in annotations and k.name not in NOT_KERNELS) if cuda
                else e.self_cpu_time_total)
         kind = PYTHON if not cuda and e.name.startswith(LABEL) else classify(path(e))
         ops[kind, e.name] += own / 1e6
@@ -113,7 +118,8 @@ def event_times(events, cuda: bool) -> Profile:
         times[kind] += seconds
     if not cuda:
         return Profile(times, forward.cpu_time_total / 1e6, ops)
-    device = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    device = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+              and e.name not in NOT_KERNELS]
     return Profile(times, sum(e.time_range.elapsed_us() for e in device) / 1e6, ops)
 
 

@@ -235,10 +235,17 @@ def diffusers_sampler(model, job: Job, seed: int, steps: int):
 def gemm_flops(job: Job) -> float:
     """FLOP/s of a large matmul in the job's dtype: the machine's practical ceiling. On the CPU
     it is timed in process time, as the steps are compared in it."""
-    n = 8192 if job.device.startswith("cuda") else 2048
+    cuda = job.device.startswith("cuda")
+    n = 8192 if cuda else 2048
     a, b = (torch.randn(n, n, device=job.device, dtype=job.dtype) for _ in range(2))
     a @ b
-    repeats = 5
+    if cuda:  # an idle GPU's clocks take a while to rise: a cold measurement reads ~10 % low
+        start = time.perf_counter()
+        while time.perf_counter() - start < 2.0:
+            for _ in range(50):
+                a @ b
+            job.sync()
+    repeats = 20 if cuda else 5
     times = step_times(lambda tick: [(a @ b, tick()) for _ in range(repeats)], job)
     return 2 * n**3 / statistics.median(t[1 if job.device == "cpu" else 0] for t in times)
 

@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--compile", action="store_true", help="also time compiled blocks (best backend)")
     parser.add_argument("--no-fp8", action="store_true", help="skip the fp8-matmul variant")
+    parser.add_argument("--compiled-only", action="store_true",
+                        help="time only diffusers and the compiled variants (sdpa; fp8 matmuls)")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
     cfg = CONFIGS[args.config]
@@ -168,11 +170,12 @@ def main() -> None:
             if seconds < best[1]:
                 best[:] = [backend, seconds]
 
-        for backend in usable_backends(job):
+        for backend in () if args.compiled_only else usable_backends(job):
             attempt(f"wanflow {backend}", lambda: backend_step(backend))
         ours.attention_kernel = best[0]
-        attempt(f"wanflow {best[0]} cfg_merge",
-                lambda: report(f"wanflow {best[0]} cfg_merge", cfg_step(ours, job, args.steps, args.warmup, merged=True)))
+        if not args.compiled_only:
+            attempt(f"wanflow {best[0]} cfg_merge", lambda: report(
+                f"wanflow {best[0]} cfg_merge", cfg_step(ours, job, args.steps, args.warmup, merged=True)))
         if args.compile:
             from wanflow.memory.pool import compile_blocks
 
@@ -196,7 +199,15 @@ def main() -> None:
 
             def fp8_step() -> None:
                 fp8 = wanflow_model(attrs.evolve(job, attention=best[0], storage="fp8-matmul"))
-                report(f"wanflow {best[0]} fp8 matmul", cfg_step(fp8, job, args.steps, args.warmup), differ=off(fp8))
+                if not args.compiled_only:
+                    report(f"wanflow {best[0]} fp8 matmul", cfg_step(fp8, job, args.steps, args.warmup),
+                           differ=off(fp8))
+                if args.compile:  # inductor may fuse each token's quantisation into the op before it
+                    from wanflow.memory.pool import compile_blocks
+
+                    compile_blocks(fp8)
+                    report(f"wanflow {best[0]} fp8 matmul compiled", cfg_step(fp8, job, args.steps, args.warmup + 1),
+                           differ=off(fp8))
 
             attempt(f"wanflow {best[0]} fp8 matmul", fp8_step)
 

@@ -19,11 +19,14 @@ weights already do); ``benchmarks/fp8_error.py`` measures the velocity of whole 
 step's ``storage`` is ``"fp8-matmul"``).
 
 Where it runs: ``torch._scaled_mm`` with one scale per row needs an sm89+ GPU (Ada, Hopper,
-Blackwell) and a bf16 output; torch's CPU kernel runs it too (slowly: it is there so the
-arithmetic is tested everywhere). ``problems`` says why not elsewhere, for validation.
+Blackwell) and a bf16 output; torch's CPU kernel runs it too from torch 2.13 (slowly: it is there
+so the arithmetic is tested everywhere; 2.11's takes one scale per tensor only, found by a probe).
+``problems`` says why not elsewhere, for validation.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -69,6 +72,18 @@ def scaled_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor 
     return out.view(*x.shape[:-1], out_features)
 
 
+@functools.cache
+def cpu_takes_row_scales() -> bool:
+    """Whether this torch's CPU ``_scaled_mm`` multiplies with one scale per row (2.13 does; 2.11's
+    refuses anything but one scale per tensor): probed once, on a 16x16 product."""
+    a = torch.zeros(16, 16, dtype=torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def multipliable(weight: Tensor, weight_scale: Tensor) -> str | None:
     """Why a stored layer cannot multiply in fp8 (None when it can)."""
     out_features, in_features = weight.shape
@@ -86,7 +101,9 @@ def problems(device: str, dtype: str) -> list[str]:
     if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
         return [f"torch {torch.__version__} has no fp8 matmul (torch._scaled_mm); upgrade torch"]
     if not device.startswith("cuda"):
-        return []
+        return [] if cpu_takes_row_scales() else [
+            f"torch {torch.__version__}'s CPU fp8 matmul takes one scale per tensor, not one per token; "
+            "run on an sm89+ GPU or upgrade torch (2.13 multiplies per-token scales on the CPU)"]
     found = [] if dtype == "bf16" else [f"its GPU kernels return bf16 only (the DiT runs in {dtype})"]
     if not torch.cuda.is_available():
         return [*found, "torch sees no CUDA device on this machine"]

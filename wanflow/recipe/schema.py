@@ -213,8 +213,9 @@ class Runtime:
         "none", why="blocks: torch.compile each DiT block (faster steps after a first slow one; may "
         "change the last bits)")
     fp8_matmul: bool = setting(
-        False, why="multiply the DiT's fp8-stored block projections in fp8 (GPUs sm89+: faster GEMMs; "
-        "needs [memory].fp8); changes the numbers")
+        False, why="multiply the DiT's fp8-stored block projections in fp8 (GPUs sm89+; needs [memory].fp8); "
+        "pays with compile = \"blocks\", which fuses each token's scaling (14B, H200: 0.87x the compiled "
+        "bf16 step; uncompiled about even); changes the numbers")
 
 
 @attrs.frozen
