@@ -80,7 +80,8 @@ class Sampler:
     sliding_window_stride: int | None = setting(
         None, ge=1, why="latent frames between window starts (≤ the size, so windows overlap)")
     cfg_merge: bool = setting(False, why="DiffSynth's cfg_merge: prompt and negative in one batch-2 "
-                              "forward (faster where memory allows; the same numbers to fp32 rounding)")
+                              "forward (the same numbers to fp32 rounding; pays on small jobs: at 480p on an H200 no faster, "
+                              "more memory)")
     cfg_zero_star: bool = setting(False, family=True, why="CFG-Zero* (Fan et al. 2025): the negative pass rescaled by "
                                   "its optimal scale")
     cfg_zero_init_steps: int = setting(0, ge=0, why="CFG-Zero*: first steps with zero velocity "
