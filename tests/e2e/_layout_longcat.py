@@ -4,7 +4,8 @@
 ``diffusion_pytorch_model-0000N-of-00002.safetensors`` shards behind their index, beside the
 ``LongCatVideoTransformer3DModel`` config.json; ``scheduler/scheduler_config.json``: the diffusers
 ``FlowMatchEulerDiscreteScheduler`` config whose shift the authors' σ list uses;
-``lora/cfg_step_lora.safetensors``: the distilled run's LoRA in LongCat's own format (module names
+``lora/cfg_step_lora.safetensors`` and ``lora/refinement_lora.safetensors``: the distilled run's and
+the 720p refinement's LoRAs in LongCat's own format (module names
 spelled with ``___lorahyphen___``, the fused ``qkv`` and ``kv_linear`` with one up-projection per
 output block, an ``alpha_scale`` per module). Its umT5 and VAE are Wan-AI/Wan2.1-T2V-14B's, which
 ``_layout`` writes.
@@ -51,7 +52,13 @@ def config_json() -> dict:
             "depth": c.depth, "num_heads": c.num_heads, "caption_channels": c.caption_channels, "mlp_ratio": 4,
             "adaln_tembed_dim": c.adaln_tembed_dim, "frequency_embedding_size": c.frequency_embedding_size,
             "patch_size": list(c.patch_size), "enable_flashattn3": False, "enable_flashattn2": True,
-            "enable_xformers": False, "enable_bsa": False, "cp_split_hw": [1, 1], "text_tokens_zero_pad": True}
+            "enable_xformers": False, "enable_bsa": False, "cp_split_hw": [1, 1], "text_tokens_zero_pad": True,
+            "bsa_params": BSA_PARAMS}
+
+
+#: The tiny release's block-sparse attention: chunks of 4 frames x 2 x 2 tokens, half of them
+#: attended (the release's 0.9375 would leave no chunk of a tiny clip).
+BSA_PARAMS = {"sparsity": 0.5, "chunk_3d_shape_q": [4, 2, 2], "chunk_3d_shape_k": [4, 2, 2]}
 
 
 def scheduler_json(shift: float = SHIFT) -> dict:
@@ -69,6 +76,12 @@ def lora_key(module: str, tensor: str) -> str:
     """A key of LongCat's LoRA format: ``lora`` + the module with each dot spelled ``___lorahyphen___``."""
     hyphen = "___lorahyphen___"
     return "lora" + hyphen + module.replace(".", hyphen) + "." + tensor
+
+
+def refinement_lora() -> dict[str, torch.Tensor]:
+    """A seeded LoRA in the layout of the release's lora/refinement_lora.safetensors (LongCat's own
+    format, as the cfg_step LoRA's), at the tiny sizes."""
+    return cfg_step_lora(seed=43)
 
 
 def cfg_step_lora(seed: int = 41) -> dict[str, torch.Tensor]:
@@ -107,6 +120,7 @@ def write_longcat_repo(root: Path, seed: int = 40) -> Path:
     (repo / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_json(), indent=2))
     (repo / "lora").mkdir()
     save_file(cfg_step_lora(), str(repo / "lora" / "cfg_step_lora.safetensors"))
+    save_file(refinement_lora(), str(repo / "lora" / "refinement_lora.safetensors"))
     return repo
 
 

@@ -18,9 +18,9 @@ RECIPES = sorted(p for p in (Path(__file__).resolve().parents[2] / "recipes").gl
 
 def test_every_builtin_family_has_a_recipe():
     # one per family, the few-step LoRA workflow, Krea Realtime's DiffSynth configuration, LongCat's
-    # continuation, image-to-video, its distilled run, a long and an interactive video and its DiffSynth
-    # configuration, Animate's replacement mode
-    assert len(RECIPES) == len(build_registry(entry_points=False).family_names()) + 9
+    # continuation, image-to-video, its distilled run, its 720p refinement, a long and an interactive video
+    # and its DiffSynth configuration, Animate's replacement mode
+    assert len(RECIPES) == len(build_registry(entry_points=False).family_names()) + 10
     families = {load_recipe(p, families=build_registry(entry_points=False)).model for p in RECIPES}
     assert families == set(build_registry(entry_points=False).family_names())
 

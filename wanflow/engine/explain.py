@@ -67,6 +67,10 @@ def reasons_for(last: Mapping[str, Any] | None, fingerprint: Mapping[str, Any]) 
     return found or ["its output was evicted or found corrupt"]
 
 
+#: The node column, as wide as `wanflow run`'s step lines' (the longest built-in node names fit).
+NODE_WIDTH = 40
+
+
 @attrs.frozen
 class Explanation:
     """One step's verdict: ``hit`` or ``miss``, and why."""
@@ -80,10 +84,10 @@ class Explanation:
     def line(self) -> str:
         """``denoise  miss because [sampler].cfg 5.0 → 6.0``."""
         if self.status == "hit":
-            return f"{self.node:<28} hit"
+            return f"{self.node:<{NODE_WIDTH}} hit"
         if self.reasons == (NO_WEIGHTS,):
-            return f"{self.node:<28} will run: {NO_WEIGHTS}"
-        return f"{self.node:<28} miss because " + "; ".join(self.reasons)
+            return f"{self.node:<{NODE_WIDTH}} will run: {NO_WEIGHTS}"
+        return f"{self.node:<{NODE_WIDTH}} miss because " + "; ".join(self.reasons)
 
 
 def _waiting(ps: PlannedStep, waiting: list[str], last: Mapping[str, Any] | None,

@@ -44,6 +44,20 @@ DISTILLED_SOLVER = "longcat-distill"
 AUTHORS_SOLVERS = (SOLVER, DISTILLED_SOLVER)
 #: The LoRA the distilled sampler's schedule was distilled with, in the release.
 DISTILLED_LORA = "lora/cfg_step_lora.safetensors"
+#: The LoRA the authors' 720p refinement runs with, in the release (a ``[[lora]]`` with target "refine").
+REFINE_LORA = "lora/refinement_lora.safetensors"
+#: The stage of ``[inputs].longcat_refine``, a LoRA target of its own.
+REFINE_STAGE = "refine"
+#: The authors' 720p sizes for refinement, (height, width) by height/width ratio: the refined video
+#: takes the one whose ratio is nearest the video's (their ``get_condition_shape(..., "720p", 64)``,
+#: ``ASPECT_RATIO_960_F64``); each a multiple of 64 (VAE stride 8 x patch 2 x attention chunk 4).
+REFINE_SIZES = {0.22: (448, 2048), 0.29: (512, 1792), 0.36: (576, 1600), 0.45: (640, 1408), 0.55: (704, 1280),
+                0.63: (768, 1216), 0.76: (832, 1088), 0.88: (896, 1024), 1.00: (960, 960), 1.14: (1024, 896),
+                1.31: (1088, 832), 1.50: (1152, 768), 1.58: (1216, 768), 1.82: (1280, 704), 1.91: (1344, 704),
+                2.20: (1408, 640), 2.30: (1472, 640), 2.67: (1536, 576), 2.89: (1664, 576), 3.62: (1856, 512),
+                3.75: (1920, 512)}
+#: What a refined size must be a multiple of: the VAE's stride x the patch x the attention chunk.
+REFINE_MULTIPLE = 64
 #: The pipeline that runs this family's steps (the Wan pipeline with LongCat's denoise step).
 PIPELINE = "longcat"
 #: Where the umT5 encoder, its tokenizer and the Wan2.1 VAE come from (DiffSynth's example too).
@@ -80,4 +94,12 @@ def family() -> FamilySpec:
         'or "euler" as DiffSynth does',
         components, DEFAULTS, frozenset({"longcat_video", "image"}), sizes=((832, 480), (480, 832)),
         solvers=(*AUTHORS_SOLVERS, "euler"), solver_defaults=SOLVER_DEFAULTS, pipeline=PIPELINE,
-        conditioners=(conditioner("longcat-frames"),))
+        conditioners=(conditioner("longcat-frames"),), lora_stages=(REFINE_STAGE,))
+
+
+def refine_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of the refined video: the authors' 720p size nearest the aspect of a
+    ``width`` x ``height`` video (``REFINE_SIZES``)."""
+    ratio = height / width
+    h, w = REFINE_SIZES[min(REFINE_SIZES, key=lambda r: abs(r - ratio))]
+    return w, h

@@ -62,6 +62,9 @@ class FamilySpec:
     #: names) or "video-as-prompt-release" (the trained reference stream merged over the base's
     #: files, in the release's layout).
     full_export: str = "official"
+    #: Stages after the main denoise that run the DiT again with LoRAs of their own, a ``[[lora]]``
+    #: naming the stage as its ``target`` (LongCat-Video: ("refine",), its 720p refinement).
+    lora_stages: tuple[str, ...] = ()
 
 
 class FamilyLookup(Protocol):

@@ -47,6 +47,19 @@ def cond_latent_frames(cond_frames: int, temporal_stride: int = 4) -> int:
     return (cond_frames - 1) // temporal_stride + 1
 
 
+#: Block-sparse attention's query chunks per SDPA call, tokens per chunk and share of key chunks
+#: skipped, as ``models.longcat_bsa`` runs it at the release's ``bsa_params`` (a test checks they agree).
+BSA_GROUP_CHUNKS, BSA_CHUNK_TOKENS, BSA_SPARSITY = 8, 64, 0.9375
+
+
+def bsa_gather_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int) -> int:
+    """The keys and values block-sparse attention gathers for one SDPA call: each of its query
+    chunks' selected key chunks, every head, at the release's chunk and sparsity."""
+    chunks = longcat_tokens(config, grid) // BSA_CHUNK_TOKENS
+    selected = int((1 - BSA_SPARSITY) * chunks)
+    return 2 * itemsize * BSA_GROUP_CHUNKS * selected * BSA_CHUNK_TOKENS * config.hidden_size
+
+
 def longcat_forward_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int,
                           cond_latents: int = 0, batch: int = 1) -> int:
     """Peak activation bytes of one denoise forward on a latent ``grid`` (the whole clip's,

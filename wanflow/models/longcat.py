@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import attrs
 import torch
@@ -146,6 +147,34 @@ class AffineLayerNorm(nn.Module):
 # ----------------------------------------------------------------------------- attention
 
 
+@attrs.frozen
+class SparseKernel:
+    """Self-attention made block-sparse (``models.longcat_bsa``, the authors' BSA, for the 720p
+    refinement): every other attention of the DiT keeps ``dense``."""
+
+    params: Any  # longcat_bsa.BsaParams
+    dense: str  # the kernel of the cross-attention
+    grid_hw: tuple[int, int]  # tokens along height and width
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, Lq, H, d), k/v (B, Lk, H, d): whole frames of tokens, in (T, h, w) order."""
+        from wanflow.models.longcat_bsa import block_sparse_attention
+
+        h, w = self.grid_hw
+        return block_sparse_attention(q, k, v, (q.shape[1] // (h * w), h, w), (k.shape[1] // (h * w), h, w),
+                                      self.params)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str | SparseKernel) -> Tensor:
+    """Self-attention with the named kernel, or block-sparse."""
+    return kernel(q, k, v) if isinstance(kernel, SparseKernel) else attention(q, k, v, kernel)
+
+
+def dense(kernel: str | SparseKernel) -> str:
+    """The kernel of the attentions that are never sparse (cross-attention)."""
+    return kernel.dense if isinstance(kernel, SparseKernel) else kernel
+
+
 class SelfAttention(nn.Module):
     """Self-attention over video tokens: fused [q | k | v], per-head q/k norms, fp32 3-D RoPE."""
 
@@ -175,10 +204,10 @@ class SelfAttention(nn.Module):
         k = rotate(k, rope)
         if cond_tokens:
             c = cond_tokens
-            out = torch.cat([attention(q[:, :c], k[:, :c], v[:, :c], kernel),
-                             attention(q[:, c:], k, v, kernel)], dim=1)  # (B, L, H, d)
+            out = torch.cat([attend(q[:, :c], k[:, :c], v[:, :c], kernel),
+                             attend(q[:, c:], k, v, kernel)], dim=1)  # (B, L, H, d)
         else:
-            out = attention(q, k, v, kernel)
+            out = attend(q, k, v, kernel)
         return self.proj(out.flatten(2)), own
 
 
@@ -246,7 +275,7 @@ class Block(nn.Module):
         x = gated(framed, y.view(B, T, -1, D), mod[2]).view(B, N, D)
         if text is not None:
             c = cond_tokens
-            y = self.cross_attn(self.pre_crs_attn_norm(x[:, c:]), text, text_lens, kernel)
+            y = self.cross_attn(self.pre_crs_attn_norm(x[:, c:]), text, text_lens, dense(kernel))
             x = torch.cat([x[:, :c], x[:, c:] + y], dim=1)
         framed = x.view(B, T, -1, D)
         y = self.ffn(modulate(framed, mod[3], mod[4], self.eps).view(B, N, D))
@@ -316,7 +345,7 @@ class LongCatDiT(nn.Module):
 
     def forward(
         self, x: Tensor, t: Tensor, context: Tensor, text_lens: Tensor | None = None,
-        cond_frames: int = 0, cache: ConditionCache | None = None,
+        cond_frames: int = 0, cache: ConditionCache | None = None, sparse: Any = None,
     ) -> Tensor:
         """LongCat's prediction x0 − noise, (B, C_out, T, H, W) fp32 (conditioning frames included).
 
@@ -331,6 +360,9 @@ class LongCatDiT(nn.Module):
             cond_frames: leading latent frames of x that are conditioning (video continuation);
                 0 for text-to-video, and with a cache (which holds them).
             cache: ``cache_conditioning`` of the conditioning frames (the KV-cache path).
+            sparse: ``longcat_bsa.BsaParams``: self-attention block-sparse where the clip (its
+                cached frames included) has more than one latent frame, as the authors' BSA is
+                (the refinement stage); None: dense.
         """
         t = checks.check_forward(self.cfg, x, t, context, text_lens, cond_frames, cache)
         _, _, T, H, W = x.shape
@@ -342,8 +374,9 @@ class LongCatDiT(nn.Module):
         rope = rope_table((T + (cache.frames if cache else 0), *grid[1:]), self.cfg.head_dim, x.device)
         tokens = self.embed_patches(x)
         cond_tokens = cond_frames * grid[1] * grid[2]
+        kernel = self._kernel(sparse, T + (cache.frames if cache else 0), grid[1:])
         for i, block in enumerate(self.blocks):
-            run = functools.partial(block, cond_tokens=cond_tokens, kernel=self.attention_kernel,
+            run = functools.partial(block, cond_tokens=cond_tokens, kernel=kernel,
                                     past=past[i] if past else None)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, _ = checkpoint(run, tokens, t_emb, rope, text=text, text_lens=text_lens, use_reentrant=False)
@@ -351,7 +384,14 @@ class LongCatDiT(nn.Module):
                 tokens, _ = run(tokens, t_emb, rope, text=text, text_lens=text_lens)
         return self.unpatchify(self.final_layer(tokens, t_emb), grid)
 
-    def cache_conditioning(self, latents: Tensor) -> ConditionCache:
+    def _kernel(self, sparse: Any, frames: int, grid_hw: tuple[int, int]) -> str | SparseKernel:
+        """The self-attention kernel: block-sparse with ``sparse`` over more than one frame (the
+        authors apply BSA only then), else the DiT's own."""
+        if sparse is None or frames <= 1:
+            return self.attention_kernel
+        return SparseKernel(sparse, self.attention_kernel, grid_hw)
+
+    def cache_conditioning(self, latents: Tensor, sparse: Any = None) -> ConditionCache:
         """Run the clean conditioning frames (B, C, Tc, H, W) once, at t = 0 and without text, and
         keep every block's pre-RoPE keys/values: ``forward(..., cache=...)`` then reuses them.
 
@@ -363,8 +403,9 @@ class LongCatDiT(nn.Module):
         t_emb = self.embed_time(latents.new_zeros(B, T))
         rope = rope_table(grid, self.cfg.head_dim, latents.device)
         tokens, kv = self.embed_patches(latents), []
+        kernel = self._kernel(sparse, T, grid[1:])
         for block in self.blocks:
-            tokens, pair = block(tokens, t_emb, rope, 0, None, None, self.attention_kernel)
+            tokens, pair = block(tokens, t_emb, rope, 0, None, None, kernel)
             kv.append(pair)
         return ConditionCache(tuple(kv), T, grid[1:])
 

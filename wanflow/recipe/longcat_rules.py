@@ -19,6 +19,7 @@ from wanflow.families.longcat import (
     REPO,
 )
 from wanflow.families.spec import FamilySpec
+from wanflow.recipe.longcat_refine_rules import check_refine, check_refine_borrowed
 from wanflow.recipe.longcat_train_rules import check_longcat_training
 from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
 from wanflow.recipe.schema import Recipe, Sampler
@@ -44,6 +45,7 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     _check_frames(recipe, problems)
     _check_segment_prompts(recipe, problems)
     _check_image(recipe, problems)
+    check_refine(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver in AUTHORS_SOLVERS and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
         problems.add(("sampler", "shift"), s.shift, "the authors' sampler takes its shift from the release's "
@@ -165,6 +167,7 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
         problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
+    check_refine_borrowed(recipe, family.name, problems)
     for name, default in (("longcat_cond_frames", COND_FRAMES), ("longcat_segments", 0),
                           ("longcat_segment_prompts", ())):
         if getattr(recipe.inputs, name) != default:

@@ -173,6 +173,18 @@ class Inputs:
     longcat_segment_prompts: tuple[str, ...] = setting(
         factory=tuple, why="LongCat-Video: one prompt per segment after the first clip (the authors' interactive "
         "video; as many segments as prompts); empty: every segment takes [prompt].text")
+    longcat_refine: bool = setting(False, why="LongCat-Video: refine the video to 720p as the authors' "
+                                   "generate_refine does (a [[lora]] with target = \"refine\", block-sparse attention)")
+    longcat_refine_steps: int = setting(50, ge=1, why="LongCat-Video refinement: the authors' 50-step grid, of which "
+                                        "the steps below longcat_refine_strength run")
+    longcat_refine_strength: float = setting(0.5, gt=0, le=1, why="LongCat-Video refinement: the noise level the "
+                                             "upscaled video is re-noised to (the authors' t_thresh 0.5)")
+    longcat_refine_spatial_only: bool = setting(False, why="LongCat-Video refinement: keep the frame count (false: "
+                                                "twice the frames at twice the frame rate, as the authors' default)")
+    longcat_refine_width: int = setting(0, ge=0, why="LongCat-Video refinement: 0 (with height 0): the authors' "
+                                        "720p size nearest the video's aspect (a multiple of 64)")
+    longcat_refine_height: int = setting(0, ge=0, why="LongCat-Video refinement: 0 (with width 0): the authors' "
+                                         "720p size nearest the video's aspect (a multiple of 64)")
     animate_mode: str | None = setting(
         None, family=True, why="Animate: \"animation\" moves the reference character as the pose video "
         "does; \"replacement\" puts it into the background video in place of the masked person")

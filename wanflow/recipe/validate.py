@@ -174,7 +174,7 @@ def _check_models(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
 def _check_loras(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """Where each LoRA comes from, what it patches, and finite scales."""
     experts = tuple(family.experts)
-    targets = ("dit", *experts)
+    targets = ("dit", *experts, *family.lora_stages)
     for i, lora in enumerate(recipe.lora):
         if bool(lora.path) == bool(lora.source):
             problems.add(("lora", i, "path"), lora.path, "give exactly one of `path` (a local file) and "

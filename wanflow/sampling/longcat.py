@@ -94,6 +94,18 @@ def longcat_schedule(steps: int, shift: float, *, distill: bool = False, enhance
     return Schedule(sigmas=torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps=timesteps)
 
 
+def refine_schedule(steps: int, shift: float, strength: float) -> Schedule:
+    """The authors' refinement grid (``generate_refine``): LongCat's σ list of ``steps`` at the
+    release's shift, no tail, cut below ``strength`` (their t_thresh) and started at it:
+    t = 1000·strength, then the grid's timesteps below it; σ = t / 1000 and a final 0."""
+    if not 0.0 < strength <= 1.0:
+        raise ModelInputError(f"refinement strength {strength}: must be in (0, 1]")
+    start = torch.tensor(strength * NUM_TRAIN_TIMESTEPS, dtype=torch.float32)
+    grid = longcat_schedule(steps, shift, enhance_hf=False).timesteps
+    timesteps = torch.cat([start.reshape(1), grid[grid < start]])
+    return Schedule(sigmas=torch.cat([timesteps / NUM_TRAIN_TIMESTEPS, timesteps.new_zeros(1)]), timesteps=timesteps)
+
+
 def with_tail(timesteps: torch.Tensor) -> Schedule:
     """``enhance_hf``: the timesteps above 500, then 500, 450, … 50; σ = t / 1000 and a final 0."""
     tail = torch.from_numpy(np.linspace(TAIL_START, 0.0, TAIL_STEPS, endpoint=False, dtype=np.float32))

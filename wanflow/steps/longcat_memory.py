@@ -24,7 +24,11 @@ from typing import Any
 import attrs
 
 from wanflow.memory.estimates import latent_grid, text_encode_bytes, vae_decode_bytes
-from wanflow.memory.longcat_estimate import cond_latent_frames, longcat_forward_bytes
+from wanflow.memory.longcat_estimate import (
+    bsa_gather_bytes,
+    cond_latent_frames,
+    longcat_forward_bytes,
+)
 from wanflow.memory.planner import Budgets, MemoryPlan, StepDemand, plan
 from wanflow.memory.sizes import ComponentSize, TensorInfo, component_size, read_headers
 from wanflow.models import longcat_config
@@ -87,13 +91,36 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
     continues = job.given("longcat_video") or segment_count(v) > 0  # a long video's segments do
     cond = cond_latent_frames(v["inputs.longcat_cond_frames"]) if continues else 1 if job.given("image") else 0
     merged = 2 if v["sampler.cfg_merge"] and v["sampler.cfg"] != 1.0 else 1  # both guidance passes at once
-    tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
-    pixels_tile = (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
+    latent_tile = tuple(v["vae.tile_size"]) if v["vae.tiled"] else None
+    tile = pixels_tile(latent_tile, height, width)
     return [
         StepDemand("encode-text", ("text_encoder",),
                    int(text_encode_bytes(itemsize=itemsize) * text_encoder_fraction(job))),
         StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond, batch=merged)),
         StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
-                                                        tile=pixels_tile)),
+                                                        tile=tile)),
+        *(refine_demands(v, config, itemsize, latent_tile) if v["inputs.longcat_refine"] else ()),
     ]
+
+
+def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, itemsize: int,
+                   tile: tuple[int, int] | None) -> list[StepDemand]:
+    """The 720p refinement's steps (``steps.longcat_refine``): the encode of the upscaled clip
+    (sized as its decode, an upper bound), the denoise of its latents with block-sparse attention
+    (one pass a step, no conditioning) and their decode."""
+    from wanflow.steps import longcat_refine as refine
+
+    width, height = refine.refined_size(v)
+    frames = refine.padded_frames(refine.refined_frames(v)) - refine.TEMPORAL_STRIDE + 1  # what the VAE reads
+    grid = latent_grid(frames, height, width, "wan2.1")
+    vae = vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
+                           tile=pixels_tile(tile, height, width))
+    dit = longcat_forward_bytes(config, grid, itemsize) + bsa_gather_bytes(config, grid, itemsize)
+    return [StepDemand(refine.ENCODE, ("vae",), vae), StepDemand(refine.DENOISE, ("dit",), dit),
+            StepDemand(refine.DECODE, ("vae",), vae)]
+
+
+def pixels_tile(tile: tuple[int, int] | None, height: int, width: int) -> tuple[int, int] | None:
+    """A tiled VAE's tile in pixels at a video's size (None: not tiled)."""
+    return (min(tile[0] * 8, height), min(tile[1] * 8, width)) if tile else None
 

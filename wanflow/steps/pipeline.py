@@ -304,10 +304,14 @@ class WanPipeline:
         if resolved.recipe.train is not None:
             from wanflow.steps.train_plan import training_nodes
 
-            return training_nodes(job, job.vae_version, job.z_dim)
+            return self.finish(job, training_nodes(job, job.vae_version, job.z_dim))
         texts, conditioning = _text_nodes(job), _conditioning_nodes(job)
-        return [*texts, *(s for _, s in conditioning), _denoise_node(job, texts, conditioning),
-                *_output_nodes(job)]
+        return self.finish(job, [*texts, *(s for _, s in conditioning), _denoise_node(job, texts, conditioning),
+                                 *_output_nodes(job)])
+
+    def finish(self, job: _Job, nodes: list[StepSpec]) -> list[StepSpec]:
+        """The job's nodes as this pipeline runs them (a subclass swaps or adds steps)."""
+        return nodes
 
     def job_plan(self, job: _Job) -> Any:
         """The memory plan the steps are placed by (a pipeline whose DiT the planner cannot size

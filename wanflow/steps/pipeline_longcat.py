@@ -30,11 +30,13 @@ from wanflow.steps.runtime import effective_device
 class LongCatPipeline(WanPipeline):
     """``WanPipeline`` with LongCat's denoise step and LongCat's memory plan."""
 
-    def steps(self, resolved: Any) -> list[StepSpec]:
-        nodes = [longcat_node(n, resolved) if n.name == "denoise" else n for n in super().steps(resolved)]
+    def finish(self, job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
+        resolved = job.resolved
+        nodes = [longcat_node(n, resolved) if n.name == "denoise" else n for n in nodes]
         if resolved.recipe.train is not None:
             return nodes
-        return segment_nodes(nodes, resolved.values)  # a long video's chained clips
+        nodes = segment_nodes(nodes, resolved.values)  # a long video's chained clips
+        return refine_stage(job, nodes)  # the 720p refinement, when asked
 
     def job_plan(self, job: Any) -> Any:
         """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None when weights
@@ -44,6 +46,31 @@ class LongCatPipeline(WanPipeline):
     def memory_plan(self, resolved: Any) -> Any:
         """The memory plan of a job (``wanflow plan``), a training job's train step included."""
         return self.job_plan(_Job(resolved, resolve_weights(resolved, self.fetch), self.catalog))
+
+
+def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
+    """The nodes with the 720p refinement after the clip (``steps.longcat_refine``): its LoRAs
+    are the ``[[lora]]`` tables whose target is "refine", checked against the DiT now; its grid
+    takes the release's scheduler config whatever the clip's solver."""
+    from wanflow.families.longcat import REFINE_STAGE
+    from wanflow.steps.longcat_refine import DECODE, DENOISE, refine_nodes
+    from wanflow.steps.loras import check_loras, lora_uses
+
+    if not job.values["inputs.longcat_refine"]:
+        return nodes
+    uses = tuple((role, "dit", scale) for role, _, scale in lora_uses(job.resolved, (REFINE_STAGE,)))
+    lora_weights = {role: job.weights["lora"][role] for role, _, _ in uses}
+    dit = job.weights["dit"]
+    scheduler = next((w for w in dit.values() if w.path.name == SCHEDULER_CONFIG), None)
+    if scheduler is None and all(w.present for w in dit.values()):
+        raise ModelLoadError(f"[models.dit]: the refinement walks the authors' grid, whose shift is the release's "
+                             f"scheduler/{SCHEDULER_CONFIG}, and none is among the DiT's files; add it to "
+                             "[models.dit].files")
+    if uses and all(w.present for weights in job.weights.values() for w in weights.values()):
+        check_loras(uses, lora_weights, {"dit": [w.path for w in dit.values()]}, job.family.name)
+    refined = refine_nodes(nodes, job.resolved, uses, lora_weights | ({SCHEDULER: scheduler} if scheduler else {}))
+    return [attrs.evolve(n, step=attrs.evolve(n.step, peak=job.peak(n.name))) if n.name in (DENOISE, DECODE) else n
+            for n in refined]
 
 
 def longcat_job_plan(job: Any) -> Any:

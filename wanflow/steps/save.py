@@ -48,9 +48,13 @@ class SaveVideo:
         extra = {"quality": p["output.quality"]} if "quality" in inspect.signature(save).parameters else {}
         with tempfile.TemporaryDirectory(prefix="wanflow-save-") as tmp:
             path = Path(tmp) / f"video{self.saver.suffix}"
-            save(frames, path, p["video.fps"], metadata(p), **extra)
+            save(frames, path, self.fps(p), metadata(p), **extra)
             self.finish(path, ctx)
             return path.read_bytes()
+
+    def fps(self, p: Mapping[str, Any]) -> float:
+        """The frame rate the video is written at (a subclass's frames may be more)."""
+        return p["video.fps"]
 
     def finish(self, path: Path, ctx: Any) -> None:
         """Change the written file before it is stored (a subclass muxes a sound track in)."""

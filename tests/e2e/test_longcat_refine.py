@@ -1,0 +1,197 @@
+"""LongCat-Video's 720p refinement end to end, on the tiny release in its real layout.
+
+The refinement's encode equals the VAE latents of the clip's frames upscaled as the authors'
+``generate_refine`` upscales them (written out here: bilinear, trilinear to twice the frames,
+padded with the last frame); its denoise equals the tiny DiT driven by hand with the release's
+refinement LoRA applied as LongCat's own forward applies it, block-sparse attention at the DiT
+config's ``bsa_params``, from the latents re-noised to the strength, over the authors' grid cut
+below it, without guidance; the saved video holds the refined frames at twice the frame rate.
+A new strength re-runs only the refinement's denoise and what follows; recipes that cannot be
+refined are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.e2e._layout_longcat import BSA_PARAMS, REPO, SHIFT, refinement_lora
+from tests.e2e._run import computed, run, video_shape
+from tests.e2e.conftest import use_models, write_recipe
+from tests.e2e.test_longcat_distilled import _longcat_lora_hooks
+from tests.e2e.test_longcat_runs import _executed
+from wanflow.errors import WanflowError
+
+FAMILY = "longcat-video"
+LORA = {"source": f"modelscope:{REPO}", "file": "lora/refinement_lora.safetensors", "target": "refine"}
+REFINE = {"longcat_refine": True, "longcat_refine_width": 64, "longcat_refine_height": 64,
+          "longcat_refine_steps": 6}
+ENCODE, DENOISE, DECODE = "encode-conditioning:longcat-refine", "denoise:refine", "decode:refine"
+FIRST = {"encode-text:positive", "encode-text:negative", "denoise", "decode"}
+REFINED = {ENCODE, DENOISE, DECODE, "save", "save-metadata"}
+
+
+@pytest.fixture()
+def longcat_env(longcat_root, tmp_path, monkeypatch):
+    return use_models(longcat_root, tmp_path, monkeypatch)
+
+
+def _recipe(tmp_path, inputs=None, lora=(LORA,), **tables):
+    """A 16 x 16, 9-frame text-to-video recipe with the [inputs] given as typed TOML values."""
+    import tomlkit
+
+    extra = {"lora": [dict(x) for x in lora]} if lora else {}
+    path = write_recipe(tmp_path, FAMILY, None, video={"width": 16, "height": 16, "frames": 9},
+                        sampler={"steps": 3}, **extra, **tables)
+    doc = tomlkit.parse(path.read_text())
+    doc["inputs"] = dict(REFINE if inputs is None else inputs)
+    path.write_text(tomlkit.dumps(doc))
+    return path
+
+
+def _upscaled(frames: torch.Tensor, size: int, new_frames: int, padded: int) -> torch.Tensor:
+    """generate_refine's pixels: (T, H, W, 3) uint8 -> (1, 3, padded, size, size) in [-1, 1]."""
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True) / 255.0
+    x = F.interpolate(x.permute(1, 0, 2, 3)[None], size=(new_frames, size, size), mode="trilinear",
+                      align_corners=True) * 2 - 1
+    return torch.cat([x, x[:, :, -1:].repeat(1, 1, padded - new_frames, 1, 1)], dim=2)
+
+
+def _grid(steps: int, shift: float, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """generate_refine's timesteps and σ: the shifted linspace(1, 0.001) cut below the strength."""
+    sigmas = torch.linspace(1.0, 0.001, steps)
+    t = shift * sigmas / (1 + (shift - 1) * sigmas) * 1000
+    t = torch.cat([torch.tensor([strength * 1000]), t[t < strength * 1000]])
+    return t, torch.cat([t / 1000, torch.zeros(1)])
+
+
+def test_the_refinement_equals_the_authors_stage_by_hand(longcat_env, longcat_root, tmp_path):
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.longcat_bsa import BsaParams
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity
+    from wanflow.steps.conditioning import tile_spec
+
+    for resolved, ex in _executed(_recipe(tmp_path), keep={"decode", DECODE}):
+        frames = ex.load("decode")["frames"]  # (9, 16, 16, 3)
+        # twice the frames, padded to 8 latent frames (2 chunks of 4); diffusers' VAE, which the
+        # authors encode with, reads the first 1 + 4·7 = 29 of the 32 and leaves the rest
+        pixels = _upscaled(frames, 64, 18, 32)
+        vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
+        with torch.no_grad():
+            clean = vae.encode(pixels[:, :, :29], tile=tile_spec(resolved.values)).float()  # 8 latent frames
+        ours = ex.load(ENCODE)["latents"]
+        assert ours.shape == (1, 16, 8, 8, 8)
+        assert torch.allclose(ours, clean, atol=1e-5), (ours - clean).abs().max()
+
+        dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
+        assert _longcat_lora_hooks(dit, refinement_lora()) == 14
+        sparse = BsaParams.from_config(BSA_PARAMS)
+        context = ex.load("encode-text:positive")["context"]
+        timesteps, sigmas = _grid(6, SHIFT, 0.5)
+        x = 0.5 * clean + 0.5 * initial_noise((1, 16, 8, 8, 8), 0, noise_device="cpu")
+        dense = x.clone()
+        for i, t in enumerate(timesteps):
+            with torch.no_grad():
+                v = flow_velocity(dit(x, t.reshape(1), context, sparse=sparse))
+                v_dense = flow_velocity(dit(dense, t.reshape(1), context))
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+            dense = dense + (sigmas[i + 1] - sigmas[i]) * v_dense
+        refined = ex.load(DENOISE)["latents"]
+        assert torch.allclose(refined, x, rtol=1e-5, atol=1e-5), (refined - x).abs().max()
+        assert (refined - dense).abs().max() > 1e-3  # the attention is sparse: dense attention is another result
+        decoded = ex.load(DECODE)["frames"]
+        assert decoded.shape == (18, 64, 64, 3)
+
+
+def test_a_refined_run_saves_twice_the_frames_and_reruns_only_what_changed(longcat_env, tmp_path):
+    import imageio.v3 as iio
+
+    recipe = _recipe(tmp_path)
+    first = run(recipe, longcat_env)
+    assert computed(first) == FIRST | REFINED
+    video = first.archive / "outputs" / "video.mp4"
+    assert video_shape(video) == (18, 64, 64)
+    assert iio.immeta(video)["fps"] == 30  # LongCat's 15 fps, doubled with the frames
+    assert computed(run(recipe, longcat_env)) == set()
+    # a new strength: only the refinement's denoise and what follows
+    assert computed(run(recipe, longcat_env, "inputs.longcat_refine_strength=0.7")) == REFINED - {ENCODE}
+    # spatial only: the same frame count, re-encoded
+    spatial = run(recipe, longcat_env, "inputs.longcat_refine_spatial_only=true")
+    assert computed(spatial) == REFINED
+    assert video_shape(spatial.archive / "outputs" / "video.mp4") == (9, 64, 64)
+
+
+def test_the_refined_size_defaults_to_the_authors_720p_bucket():
+    from wanflow.families.longcat import refine_size
+
+    assert refine_size(832, 480) == (1280, 704)  # 480p landscape -> 704 x 1280
+    assert refine_size(480, 832) == (704, 1280)
+    assert refine_size(512, 512) == (960, 960)
+
+
+@pytest.mark.parametrize("inputs, lora, message", [
+    (REFINE, (), 'target = "refine"'),
+    ({"longcat_refine_steps": 10}, (), "is read only by the 720p refinement"),
+    ({}, (LORA,), "patches the 720p refinement"),
+    ({**REFINE, "longcat_refine_width": 100}, (LORA,), "must be a multiple of 64"),
+    ({**REFINE, "longcat_refine_width": 0}, (LORA,), "give the refined width and height together"),
+    ({**REFINE, "longcat_segments": 1}, (LORA,), "refining a long video is not built yet"),
+])
+def test_a_refinement_that_cannot_run_is_refused_before_anything_runs(longcat_env, tmp_path, inputs, lora, message):
+    from wanflow.recipe import load_recipe
+
+    with pytest.raises(WanflowError) as err:
+        load_recipe(_recipe(tmp_path, inputs=inputs, lora=lora))
+    assert message in str(err.value) and "longcat-video.toml" in str(err.value)
+
+
+def test_other_families_cannot_refine(env, tmp_path):
+    from wanflow.recipe import load_recipe
+
+    import tomlkit
+
+    path = write_recipe(tmp_path, "wan2.1-t2v-1.3b", None, video={"width": 16, "height": 16})
+    doc = tomlkit.parse(path.read_text())
+    doc["inputs"] = {"longcat_refine": True}
+    path.write_text(tomlkit.dumps(doc))
+    with pytest.raises(WanflowError, match="is read by longcat-video only"):
+        load_recipe(path)
+    lora = write_recipe(tmp_path, "wan2.1-t2v-1.3b", {}, video={"width": 16, "height": 16},
+                        lora=[{"path": "x.safetensors", "target": "refine"}])
+    with pytest.raises(WanflowError, match="takes LoRAs on dit"):
+        load_recipe(lora)
+
+
+def test_the_tiny_release_s_config_carries_its_block_sparse_attention(longcat_root):
+    config = json.loads((longcat_root / REPO / "dit" / "config.json").read_text())
+    assert config["bsa_params"] == BSA_PARAMS
+
+
+def test_the_plan_sizes_the_refinement(longcat_env, tmp_path):
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    resolved = load_recipe(_recipe(tmp_path))
+    peaks = {p.step: p for p in get_registry().pipeline(resolved.model).memory_plan(resolved).peaks}
+    assert {ENCODE, DENOISE, DECODE} <= set(peaks)
+    # the refined clip (64 x 64, 8 latent frames) holds more activations than the 16 x 16 one
+    assert peaks[DENOISE].host_bytes > peaks["denoise"].host_bytes
+    assert peaks[DECODE].host_bytes > peaks["decode"].host_bytes
+
+
+def test_the_plan_and_the_attention_agree_on_the_released_chunking():
+    import math
+
+    from wanflow.memory import longcat_estimate
+    from wanflow.models import longcat_bsa
+
+    released = longcat_bsa.BsaParams()
+    assert longcat_estimate.BSA_GROUP_CHUNKS == longcat_bsa.GROUP_CHUNKS
+    assert longcat_estimate.BSA_SPARSITY == released.sparsity
+    assert longcat_estimate.BSA_CHUNK_TOKENS == math.prod(released.chunk_k)

@@ -1,0 +1,65 @@
+"""What a LongCat-Video refinement recipe must be (``[inputs].longcat_refine``, docs/longcat.md).
+
+The refinement runs the DiT with the release's refinement LoRA, which the recipe names as a
+``[[lora]]`` whose target is ``"refine"``; its settings and such LoRAs are read only when it is
+on, and only by longcat-video. What it is not built for yet (refining an image-to-video clip, a
+continuation or a long video, and training) is refused here, naming the key.
+"""
+
+from __future__ import annotations
+
+from wanflow.families.longcat import REFINE_LORA, REFINE_MULTIPLE, REFINE_STAGE, REPO
+from wanflow.recipe.problems import Problems
+from wanflow.recipe.schema import Inputs, Recipe
+
+#: The refinement's own settings, read only when ``longcat_refine`` is on.
+SETTINGS = ("longcat_refine_steps", "longcat_refine_strength", "longcat_refine_spatial_only",
+            "longcat_refine_width", "longcat_refine_height")
+_FIX_LORA = (f'[[lora]] (source = "modelscope:{REPO}", file = "{REFINE_LORA}", target = "{REFINE_STAGE}")')
+
+
+def check_refine(recipe: Recipe, problems: Problems) -> None:
+    """A longcat-video recipe's refinement settings and refinement LoRAs."""
+    inputs, defaults = recipe.inputs, Inputs()
+    refine_loras = [i for i, lora in enumerate(recipe.lora) if lora.target == REFINE_STAGE]
+    if not inputs.longcat_refine:
+        for name in SETTINGS:
+            if getattr(inputs, name) != getattr(defaults, name):
+                problems.add(("inputs", name), getattr(inputs, name), "is read only by the 720p refinement: set "
+                             "[inputs].longcat_refine = true, or remove it")
+        for i in refine_loras:
+            problems.add(("lora", i, "target"), REFINE_STAGE, "patches the 720p refinement, which runs only with "
+                         "[inputs].longcat_refine = true: set it, or remove this [[lora]]")
+        return
+    key = ("inputs", "longcat_refine")
+    if recipe.train is not None:
+        problems.add(key, True, "a training stage makes no video to refine: remove it")
+        return
+    for name, what in (("image", "an image-to-video clip"), ("longcat_video", "a continuation")):
+        if getattr(inputs, name) is not None:
+            problems.add(key, True, f"refining {what} is not built yet (only text-to-video clips): remove "
+                         f"[inputs].longcat_refine or [inputs].{name}")
+    if inputs.longcat_segments or inputs.longcat_segment_prompts:
+        problems.add(key, True, "refining a long video is not built yet (only one text-to-video clip): remove "
+                     "[inputs].longcat_refine or the segments")
+    if not refine_loras:
+        problems.add(key, True, f"runs the DiT with the release's refinement LoRA: add it as {_FIX_LORA}")
+    w, h = inputs.longcat_refine_width, inputs.longcat_refine_height
+    if bool(w) != bool(h):
+        which = "longcat_refine_height" if w else "longcat_refine_width"
+        problems.add(("inputs", which), 0, "give the refined width and height together (both 0: the authors' "
+                     "720p size nearest the video's aspect)")
+    for name, value in (("longcat_refine_width", w), ("longcat_refine_height", h)):
+        if value % REFINE_MULTIPLE:
+            lo = value - value % REFINE_MULTIPLE
+            problems.add(("inputs", name), value, f"must be a multiple of {REFINE_MULTIPLE} (the VAE's 8 x the "
+                         f"patch's 2 x the attention chunk's 4): use {lo or REFINE_MULTIPLE} or {lo + REFINE_MULTIPLE}")
+
+
+def check_refine_borrowed(recipe: Recipe, family_name: str, problems: Problems) -> None:
+    """Another family's recipe: the refinement settings are longcat-video's."""
+    defaults = Inputs()
+    for name in ("longcat_refine", *SETTINGS):
+        if getattr(recipe.inputs, name) != getattr(defaults, name):
+            problems.add(("inputs", name), getattr(recipe.inputs, name),
+                         f"is read by longcat-video only, not {family_name}: remove it")

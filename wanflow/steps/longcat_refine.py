@@ -1,0 +1,261 @@
+"""LongCat-Video's 720p refinement, as the authors' ``generate_refine`` makes it.
+
+``[inputs].longcat_refine = true`` adds a second stage after the clip is decoded: its frames are
+upscaled in pixels (bilinearly to the refined size, then trilinearly to twice the frames unless
+``longcat_refine_spatial_only``), padded at the end with copies of the last frame to a whole
+number of attention chunks (4 latent frames), and VAE-encoded (``EncodeRefineVideo``); the
+denoise step re-noises those latents to ``longcat_refine_strength`` (the authors' t_thresh,
+0.5) with noise of the run's seed and walks the authors' grid below it, without guidance, with
+the DiT patched by the ``[[lora]]`` tables whose target is ``"refine"`` (the release's
+refinement LoRA) and its self-attention block-sparse (``models.longcat_bsa``, the DiT config's
+``bsa_params``); the decode keeps the refined frames (``DecodeRefined``), and the save writes them
+at the refined frame rate.
+
+Every stage is a step of its own: a new refinement strength re-runs only the refinement's
+denoise and what follows, never the 480p clip. Where wanflow differs from the authors' code:
+the upscaled video is encoded to its posterior mean (theirs draws a sample with the global RNG),
+the re-noising noise comes from ``[sampler].seed`` (theirs from the global RNG), and the
+upscaling computes in fp32 (theirs in the DiT's dtype). Importing this module does not import
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from wanflow.engine.step import NOT_KEYED
+from wanflow.errors import ModelInputError, ModelLoadError
+from wanflow.families.longcat import REFINE_MULTIPLE, refine_size
+from wanflow.steps.conditioning import VAE_READS, encode
+from wanflow.steps.decode import Decode
+from wanflow.steps.denoise_longcat import LongCatDenoise
+from wanflow.steps.save import SaveVideo
+from wanflow.steps.text import RUNTIME_READS
+
+#: The nodes of the refinement stage.
+ENCODE = "encode-conditioning:longcat-refine"
+DENOISE = "denoise:refine"
+DECODE = "decode:refine"
+#: The denoise input role of the upscaled video's latents.
+ROLE = "refine"
+#: Latent frames per attention chunk along time: the refined clip is padded to a multiple of it
+#: (the authors' ``bsa_latent_granularity``).
+CHUNK_FRAMES = 4
+#: The VAE's frames per latent frame after the first.
+TEMPORAL_STRIDE = 4
+#: What the upscaling and its padding read.
+SIZE_READS = ("inputs.longcat_refine_spatial_only", "inputs.longcat_refine_width", "inputs.longcat_refine_height",
+              "video.width", "video.height", "video.frames")
+
+
+def refined_size(p: Mapping[str, Any]) -> tuple[int, int]:
+    """(width, height) of the refined video: the recipe's, else the authors' 720p size nearest
+    the clip's aspect."""
+    w, h = p["inputs.longcat_refine_width"], p["inputs.longcat_refine_height"]
+    return (w, h) if w and h else refine_size(p["video.width"], p["video.height"])
+
+
+def refined_frames(p: Mapping[str, Any]) -> int:
+    """Frames of the refined video: the clip's, doubled unless spatial only."""
+    return p["video.frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+
+
+def padded_frames(frames: int) -> int:
+    """Frames the upscaled video is padded to: latent frames ⌈frames / 4⌉ rounded up to whole
+    chunks of 4, times the VAE's 4 frames each (the authors' ``num_noise_frames_added``)."""
+    latents = math.ceil(frames / TEMPORAL_STRIDE)
+    return math.ceil(latents / CHUNK_FRAMES) * CHUNK_FRAMES * TEMPORAL_STRIDE
+
+
+def upscale(frames: Any, width: int, height: int, new_frames: int) -> Any:
+    """(3, padded_frames(new_frames), height, width) fp32 in [-1, 1] from (T, H, W, 3) uint8, as
+    ``generate_refine`` upscales: bilinear in space (corners aligned), to [0, 1], trilinear to
+    ``new_frames`` (corners aligned), to [-1, 1], then the last frame repeated."""
+    import torch
+    import torch.nn.functional as F
+
+    x = frames.permute(0, 3, 1, 2).float()  # (T, 3, h, w), 0..255
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True) / 255.0
+    x = x.permute(1, 0, 2, 3)[None]  # (1, 3, T, H, W)
+    x = F.interpolate(x, size=(new_frames, height, width), mode="trilinear", align_corners=True) * 2 - 1
+    pad = padded_frames(new_frames) - new_frames
+    return torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)[0].contiguous()
+
+
+@attrs.frozen
+class EncodeRefineVideo:
+    """"latents" (1, z, T', h, w): the clip's decoded frames (``frames``, (T, H, W, 3) uint8)
+    upscaled and padded (``upscale``), encoded clean with the family's VAE."""
+
+    vae_version: str
+    dtype: str = "auto"  # [models.vae].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.vae].device
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    kind: str = "encode-longcat-refine"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = (*SIZE_READS, *VAE_READS, *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        p = ctx.params
+        width, height = refined_size(p)
+        pixels = upscale(ctx.input("frames")["frames"], width, height, refined_frames(p))
+        read = pixels.shape[1] - TEMPORAL_STRIDE + 1  # 1 + 4·(latents − 1): the authors' VAE leaves the rest unread
+        return {"latents": encode(self, ctx, pixels[:, :read]).contiguous()}
+
+
+@attrs.frozen
+class LongCatRefineDenoise(LongCatDenoise):
+    """The refinement's denoise: the upscaled latents re-noised to the strength, the authors'
+    grid below it, one unguided pass a step through the DiT patched by the refinement LoRAs with
+    block-sparse self-attention."""
+
+    kind: str = "denoise-longcat-refine"
+    version: int = 1
+    reads: tuple[str, ...] = ("sampler.seed", "sampler.noise_device", "inputs.longcat_refine_steps",
+                              "inputs.longcat_refine_strength", "runtime.device", "runtime.dtype",
+                              "runtime.attention", "runtime.compile", "model")
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        from wanflow.sampling import SolverState, start_state
+        from wanflow.sampling.euler import euler_step
+        from wanflow.sampling.longcat import flow_velocity
+        from wanflow.steps.component import component_runtime
+        from wanflow.steps.cond_call import tensor
+
+        p = ctx.params
+        device, _ = component_runtime(p, self.dit_dtype)
+        clean = tensor(ctx.input(ROLE), "latents", ROLE).float()  # (1, z, T', h, w)
+        schedule = self.schedule(p, ctx)
+        resumed = ctx.load_partial()
+        state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(self.renoised(p, clean))
+        state = attrs.evolve(state, x=state.x.to(device))
+        sparse = self.sparse_attention(ctx, clean.shape)
+        bar = ctx.progress(schedule.steps - state.index, unit="step")
+        with torch.no_grad():
+            dit = self._dit(ctx)
+            context = tensor(ctx.input("pos"), "context", "pos").to(device)
+
+            def velocity(x: Any, t: Any) -> Any:
+                return flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context, sparse=sparse))
+
+            while state.index < schedule.steps:
+                state = euler_step(state, velocity, schedule)
+                bar.update(1)
+                if state.index % 5 == 0 or state.index == schedule.steps:
+                    ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
+        bar.close()
+        return {"latents": state.x.float().cpu().contiguous()}
+
+    def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
+        """The authors' grid of ``longcat_refine_steps`` at the release's shift, cut at the strength."""
+        from wanflow.sampling.longcat import refine_schedule, scheduler_shift
+
+        path = ctx.weight("scheduler")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
+        return refine_schedule(p["inputs.longcat_refine_steps"], scheduler_shift(doc, str(path)),
+                               p["inputs.longcat_refine_strength"])
+
+    def renoised(self, p: Mapping[str, Any], clean: Any) -> Any:
+        """(1 − s)·latents + s·ε at the strength s, ε drawn from the run's seed."""
+        from wanflow.sampling import initial_noise
+
+        s = float(p["inputs.longcat_refine_strength"])
+        noise = initial_noise(tuple(clean.shape), p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
+        return (1 - s) * clean + s * noise
+
+    def sparse_attention(self, ctx: Any, shape: tuple[int, ...]) -> Any:
+        """The DiT config's ``bsa_params`` (the authors' class default where it has none), checked
+        against the refined clip's token grid."""
+        from wanflow.models.longcat_bsa import BsaParams
+
+        config = next((ctx.weight(f"dit.{i}") for i in range(self.dit_files)
+                       if ctx.weight(f"dit.{i}").name == "config.json"), None)
+        doc = json.loads(config.read_text(encoding="utf-8")) if config is not None else {}
+        raw = doc.get("bsa_params") if isinstance(doc, dict) else None
+        try:
+            params = BsaParams.from_config(raw) if raw else BsaParams()
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"{config}: bsa_params {raw!r}: {err}") from None
+        _, _, frames, h, w = shape
+        grid = (frames, h // 2, w // 2)  # the DiT's (1, 2, 2) patches
+        problems = params.problems(grid, grid)
+        if problems:
+            raise ModelInputError(f"[inputs].longcat_refine: the refined clip's {grid} token grid cannot take the "
+                                  f"DiT's block-sparse attention ({'; '.join(problems)}); refine to a larger "
+                                  "size (longcat_refine_width / longcat_refine_height)")
+        return params
+
+
+@attrs.frozen
+class DecodeRefined(Decode):
+    """The refined frames: the decode of the refinement's latents, less the padding frames."""
+
+    keep: int = 0  # frames of the refined video
+    kind: str = "decode-longcat-refine"
+
+    def _compute(self, ctx: Any) -> dict[str, Any]:
+        frames = super()._compute(ctx)["frames"]
+        return {"frames": frames[:self.keep].contiguous()}
+
+
+@attrs.frozen
+class SaveRefined(SaveVideo):
+    """The refined video, at twice the clip's frame rate where its frames were doubled."""
+
+    kind: str = "save-longcat-refine"
+
+    def fps(self, p: Mapping[str, Any]) -> float:
+        return p["video.fps"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+
+
+def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, float], ...],
+                 lora_weights: Mapping[str, Any]) -> list[Any]:
+    """The plan's nodes with the refinement stage after the clip's decode, the saves reading it;
+    unchanged when ``[inputs].longcat_refine`` is off. ``loras``: the refinement LoRAs' uses."""
+    from wanflow.engine.step import StepSpec
+
+    if not resolved.values["inputs.longcat_refine"]:
+        return nodes
+    by_name = {n.name: n for n in nodes}
+    denoise, decode = by_name["denoise"], by_name["decode"]
+    encode_step = EncodeRefineVideo(decode.step.vae_version, decode.step.dtype, decode.step.device,
+                                    decode.step.residency)
+    fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
+              if f.name not in ("kind", "version", "reads", "conditions", "tail", "loras")}
+    step = LongCatRefineDenoise(**fields, loras=loras)
+    weights = {role: w for role, w in denoise.weights.items() if not role.startswith("lora.")} | dict(lora_weights)
+    added = [
+        StepSpec(ENCODE, encode_step, inputs={"frames": "decode"}, weights=decode.weights),
+        attrs.evolve(denoise, name=DENOISE, step=step, weights=weights,
+                     inputs={"pos": denoise.inputs["pos"], ROLE: ENCODE}),
+        attrs.evolve(decode, name=DECODE, inputs={"latents": DENOISE},
+                     step=DecodeRefined(decode.step.vae_version, decode.step.dtype, decode.step.device,
+                                        decode.step.residency, keep=refined_frames(resolved.values))),
+    ]
+    out = []
+    for n in nodes:
+        if n.inputs.get("frames") == "decode" and n.name != ENCODE:  # save, save-frames
+            step = SaveRefined(n.step.saver) if isinstance(n.step, SaveVideo) else n.step
+            n = attrs.evolve(n, step=step, inputs={**n.inputs, "frames": DECODE})
+        out.append(n)
+        if n.name == "decode":
+            out += added
+    return out
+
+
+def check_refined_size(width: int, height: int) -> list[str]:
+    """Why a refined size cannot be attended in chunks (each a multiple of 64)."""
+    return [f"{name} {value} is not a multiple of {REFINE_MULTIPLE}" for name, value in (("width", width),
+            ("height", height)) if value % REFINE_MULTIPLE]
