@@ -22,7 +22,7 @@ from tests.e2e._layout_longcat import BSA_PARAMS, REPO, SHIFT, refinement_lora
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import use_models, write_recipe
 from tests.e2e.test_longcat_distilled import _longcat_lora_hooks
-from tests.e2e.test_longcat_runs import _executed
+from tests.e2e.test_longcat_runs import _executed, videos  # noqa: F401 (the input videos' fixture)
 from wanflow.errors import WanflowError
 
 FAMILY = "longcat-video"
@@ -30,6 +30,7 @@ LORA = {"source": f"modelscope:{REPO}", "file": "lora/refinement_lora.safetensor
 REFINE = {"longcat_refine": True, "longcat_refine_width": 64, "longcat_refine_height": 64,
           "longcat_refine_steps": 6}
 ENCODE, DENOISE, DECODE = "encode-conditioning:longcat-refine", "denoise:refine", "decode:refine"
+ENCODE_COND = "encode-conditioning:longcat-refine-cond"
 FIRST = {"encode-text:positive", "encode-text:negative", "denoise", "decode"}
 REFINED = {ENCODE, DENOISE, DECODE, "save", "save-metadata"}
 
@@ -52,13 +53,15 @@ def _recipe(tmp_path, inputs=None, lora=(LORA,), **tables):
     return path
 
 
-def _upscaled(frames: torch.Tensor, size: int, new_frames: int, padded: int) -> torch.Tensor:
-    """generate_refine's pixels: (T, H, W, 3) uint8 -> (1, 3, padded, size, size) in [-1, 1]."""
+def _upscaled(frames: torch.Tensor, size: int, new_frames: int, padded: int, front: int = 0) -> torch.Tensor:
+    """generate_refine's pixels: (T, H, W, 3) uint8 -> (1, 3, front + new_frames + back, size, size)
+    in [-1, 1], the first frame repeated ``front`` times before and the last after, to ``padded``."""
     x = frames.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True) / 255.0
     x = F.interpolate(x.permute(1, 0, 2, 3)[None], size=(new_frames, size, size), mode="trilinear",
                       align_corners=True) * 2 - 1
-    return torch.cat([x, x[:, :, -1:].repeat(1, 1, padded - new_frames, 1, 1)], dim=2)
+    return torch.cat([x[:, :, :1].repeat(1, 1, front, 1, 1), x,
+                      x[:, :, -1:].repeat(1, 1, padded - new_frames - front, 1, 1)], dim=2)
 
 
 def _grid(steps: int, shift: float, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +145,7 @@ def test_the_refined_size_defaults_to_the_authors_720p_bucket():
     ({**REFINE, "longcat_refine_width": 100}, (LORA,), "must be a multiple of 64"),
     ({**REFINE, "longcat_refine_width": 0}, (LORA,), "give the refined width and height together"),
     ({**REFINE, "longcat_segments": 1}, (LORA,), "refining a long video is not built yet"),
+    ({**REFINE, "longcat_refine_height": 0}, (LORA,), "give the refined width and height together"),
 ])
 def test_a_refinement_that_cannot_run_is_refused_before_anything_runs(longcat_env, tmp_path, inputs, lora, message):
     from wanflow.recipe import load_recipe
@@ -152,9 +156,9 @@ def test_a_refinement_that_cannot_run_is_refused_before_anything_runs(longcat_en
 
 
 def test_other_families_cannot_refine(env, tmp_path):
-    from wanflow.recipe import load_recipe
-
     import tomlkit
+
+    from wanflow.recipe import load_recipe
 
     path = write_recipe(tmp_path, "wan2.1-t2v-1.3b", None, video={"width": 16, "height": 16})
     doc = tomlkit.parse(path.read_text())
@@ -195,3 +199,68 @@ def test_the_plan_and_the_attention_agree_on_the_released_chunking():
     assert longcat_estimate.BSA_GROUP_CHUNKS == longcat_bsa.GROUP_CHUNKS
     assert longcat_estimate.BSA_SPARSITY == released.sparsity
     assert longcat_estimate.BSA_CHUNK_TOKENS == math.prod(released.chunk_k)
+
+
+def test_a_continuation_s_refinement_holds_its_frames_at_the_refined_rate(longcat_env, longcat_root, tmp_path,
+                                                                          videos):  # noqa: F811 (the fixture)
+    """generate_refine(video=video[::stride], num_cond_frames=2 · 5): the input video's last 10
+    frames at 30 fps, the first repeated 3 times before them, encode to 4 clean latent frames; the
+    clip's 18 upscaled frames (its own first 10 being the conditioning ones) with the same 3 before
+    and 8 after encode to 8; the DiT runs the full pass with them as conditioning frames."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.longcat_bsa import BsaParams
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.output import load_video, to_model_video
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity
+    from wanflow.steps.conditioning import tile_spec
+
+    inputs = {**REFINE, "longcat_video": str(videos["past"]), "longcat_cond_frames": 5}
+    for resolved, ex in _executed(_recipe(tmp_path, inputs=inputs), keep={"decode", DECODE}):
+        vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
+        tile = tile_spec(resolved.values)
+        last = torch.from_numpy(to_model_video(load_video(videos["past"], 11, 64, 64)))[:, 1:]  # 10 of 11 at 8 fps
+        with torch.no_grad():
+            cond = vae.encode(torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None], tile=tile).float()
+            clean = vae.encode(_upscaled(ex.load("decode")["frames"], 64, 18, 29, front=3), tile=tile).float()
+        assert cond.shape == (1, 16, 4, 8, 8) and clean.shape == (1, 16, 8, 8, 8)
+        assert torch.allclose(ex.load(ENCODE_COND)["latents"], cond, atol=1e-5)
+        assert torch.allclose(ex.load(ENCODE)["latents"], clean, atol=1e-5)
+
+        dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
+        _longcat_lora_hooks(dit, refinement_lora())
+        sparse = BsaParams.from_config(BSA_PARAMS)
+        context = ex.load("encode-text:positive")["context"]
+        timesteps, sigmas = _grid(6, SHIFT, 0.5)
+        x = (0.5 * clean + 0.5 * initial_noise((1, 16, 8, 8, 8), 0, noise_device="cpu"))[:, :, 4:]
+        for i, t in enumerate(timesteps):
+            with torch.no_grad():
+                out = dit(torch.cat([cond, x], dim=2), t.reshape(1), context, cond_frames=4, sparse=sparse)
+            x = x + (sigmas[i + 1] - sigmas[i]) * flow_velocity(out[:, :, 4:])
+        refined = ex.load(DENOISE)["latents"]
+        assert torch.allclose(refined, torch.cat([cond, x], dim=2), rtol=1e-5, atol=1e-5)
+        assert ex.load(DECODE)["frames"].shape == (18, 64, 64, 3)  # the 3 padding frames dropped
+
+
+def test_an_image_to_video_refinement_holds_the_image(longcat_env, images, tmp_path):
+    """generate_refine(image=..., num_cond_frames=1): the image at the refined size, repeated 12
+    times before itself, encodes to 4 clean latent frames; a new image re-runs both encodes."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.steps.conditioning import tile_spec
+    from wanflow.steps.media import image_tensor
+
+    inputs = {**REFINE, "image": str(images["first"])}
+    for resolved, ex in _executed(_recipe(tmp_path, inputs=inputs), keep={"decode"}):
+        vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
+        image = image_tensor(images["first"], 64, 64)  # (3, 1, 64, 64)
+        with torch.no_grad():
+            cond = vae.encode(image.repeat(1, 13, 1, 1)[None], tile=tile_spec(resolved.values)).float()
+        assert torch.allclose(ex.load(ENCODE_COND)["latents"], cond, atol=1e-5)
+        assert ex.load(ENCODE)["latents"].shape == (1, 16, 12, 8, 8)  # 4 conditioning + 8 generated
+        assert torch.equal(ex.load(DENOISE)["latents"][:, :, :4], cond)
+    first = run(_recipe(tmp_path, inputs=inputs), longcat_env)
+    assert video_shape(first.archive / "outputs" / "video.mp4") == (18, 64, 64)
+    (tmp_path / "other").mkdir()
+    other = run(_recipe(tmp_path / "other", inputs={**inputs, "image": str(images["last"])}), longcat_env)
+    assert {ENCODE_COND, ENCODE, DENOISE} <= computed(other)
+    assert not {"encode-text:positive", "encode-text:negative"} & computed(other)

@@ -2,8 +2,8 @@
 
 The refinement runs the DiT with the release's refinement LoRA, which the recipe names as a
 ``[[lora]]`` whose target is ``"refine"``; its settings and such LoRAs are read only when it is
-on, and only by longcat-video. What it is not built for yet (refining an image-to-video clip, a
-continuation or a long video, and training) is refused here, naming the key.
+on, and only by longcat-video. What it is not built for yet (refining a long video) and training
+are refused here, naming the key.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ def check_refine(recipe: Recipe, problems: Problems) -> None:
     if recipe.train is not None:
         problems.add(key, True, "a training stage makes no video to refine: remove it")
         return
-    for name, what in (("image", "an image-to-video clip"), ("longcat_video", "a continuation")):
-        if getattr(inputs, name) is not None:
-            problems.add(key, True, f"refining {what} is not built yet (only text-to-video clips): remove "
-                         f"[inputs].longcat_refine or [inputs].{name}")
     if inputs.longcat_segments or inputs.longcat_segment_prompts:
         problems.add(key, True, "refining a long video is not built yet (only one text-to-video clip): remove "
                      "[inputs].longcat_refine or the segments")

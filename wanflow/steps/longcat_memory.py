@@ -99,23 +99,26 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
         StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond, batch=merged)),
         StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                                                         tile=tile)),
-        *(refine_demands(v, config, itemsize, latent_tile) if v["inputs.longcat_refine"] else ()),
+        *(refine_demands(v, config, itemsize, latent_tile, "image" if job.given("image") else
+                         "video" if job.given("longcat_video") else "") if v["inputs.longcat_refine"] else ()),
     ]
 
 
 def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, itemsize: int,
-                   tile: tuple[int, int] | None) -> list[StepDemand]:
+                   tile: tuple[int, int] | None, cond: str) -> list[StepDemand]:
     """The 720p refinement's steps (``steps.longcat_refine``): the encode of the upscaled clip
     (sized as its decode, an upper bound), the denoise of its latents with block-sparse attention
-    (one pass a step, no conditioning) and their decode."""
+    (one pass a step, its conditioning frames ``cond`` cached) and their decode."""
     from wanflow.steps import longcat_refine as refine
 
     width, height = refine.refined_size(v)
-    frames = refine.padded_frames(refine.refined_frames(v)) - refine.TEMPORAL_STRIDE + 1  # what the VAE reads
+    layout = refine.Layout.of(refine.refined_frames(v), refine.cond_frames(v, cond))
+    frames = layout.read  # what the VAE reads and the decode makes
     grid = latent_grid(frames, height, width, "wan2.1")
     vae = vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                            tile=pixels_tile(tile, height, width))
-    dit = longcat_forward_bytes(config, grid, itemsize) + bsa_gather_bytes(config, grid, itemsize)
+    dit = (longcat_forward_bytes(config, grid, itemsize, layout.cond_latents)
+           + bsa_gather_bytes(config, grid, itemsize))
     return [StepDemand(refine.ENCODE, ("vae",), vae), StepDemand(refine.DENOISE, ("dit",), dit),
             StepDemand(refine.DECODE, ("vae",), vae)]
 

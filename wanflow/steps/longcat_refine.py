@@ -39,10 +39,13 @@ from wanflow.steps.text import RUNTIME_READS
 
 #: The nodes of the refinement stage.
 ENCODE = "encode-conditioning:longcat-refine"
+#: The node of the refinement's conditioning frames (an image-to-video clip's image, a
+#: continuation's last frames), at the refined size and frame rate.
+ENCODE_COND = "encode-conditioning:longcat-refine-cond"
 DENOISE = "denoise:refine"
 DECODE = "decode:refine"
-#: The denoise input role of the upscaled video's latents.
-ROLE = "refine"
+#: The denoise input roles of the upscaled video's latents and of the conditioning latents.
+ROLE, COND_ROLE = "refine", "refine-cond"
 #: Latent frames per attention chunk along time: the refined clip is padded to a multiple of it
 #: (the authors' ``bsa_latent_granularity``).
 CHUNK_FRAMES = 4
@@ -65,17 +68,54 @@ def refined_frames(p: Mapping[str, Any]) -> int:
     return p["video.frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
 
 
-def padded_frames(frames: int) -> int:
-    """Frames the upscaled video is padded to: latent frames ⌈frames / 4⌉ rounded up to whole
-    chunks of 4, times the VAE's 4 frames each (the authors' ``num_noise_frames_added``)."""
-    latents = math.ceil(frames / TEMPORAL_STRIDE)
-    return math.ceil(latents / CHUNK_FRAMES) * CHUNK_FRAMES * TEMPORAL_STRIDE
+def cond_frames(p: Mapping[str, Any], kind: str) -> int:
+    """Conditioning frames of the refined clip: none for text-to-video, the image for
+    image-to-video (``"image"``), the continuation's frames at the refined rate (``"video"``:
+    ``longcat_cond_frames``, doubled with the frames, as the authors' ``cur_num_cond_frames``)."""
+    if kind == "image":
+        return 1
+    if kind == "video":
+        return p["inputs.longcat_cond_frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+    return 0
 
 
-def upscale(frames: Any, width: int, height: int, new_frames: int) -> Any:
-    """(3, padded_frames(new_frames), height, width) fp32 in [-1, 1] from (T, H, W, 3) uint8, as
-    ``generate_refine`` upscales: bilinear in space (corners aligned), to [0, 1], trilinear to
-    ``new_frames`` (corners aligned), to [-1, 1], then the last frame repeated."""
+@attrs.frozen
+class Layout:
+    """How the refined clip's frames sit in its latents (the authors' BSA padding): the
+    conditioning frames, first frame repeated ``front`` times, fill ``cond_latents`` latent frames
+    (a multiple of 4, or 0); the generated frames, last frame repeated ``back`` times, fill
+    ``noise_latents`` (a multiple of 4)."""
+
+    cond_latents: int
+    front: int
+    noise_latents: int
+    back: int
+
+    @classmethod
+    def of(cls, frames: int, cond: int) -> Layout:
+        """The layout of ``frames`` refined frames whose first ``cond`` are conditioning."""
+        cond_latents = front = 0
+        if cond:
+            cond_latents = _whole_chunks(1 + math.ceil((cond - 1) / TEMPORAL_STRIDE))
+            front = 1 + (cond_latents - 1) * TEMPORAL_STRIDE - cond
+        noise_latents = _whole_chunks(math.ceil((frames - cond) / TEMPORAL_STRIDE))
+        return cls(cond_latents, front, noise_latents, noise_latents * TEMPORAL_STRIDE - (frames - cond))
+
+    @property
+    def read(self) -> int:
+        """Frames the VAE reads of the padded clip: 1 + 4·(latents − 1) (diffusers' encoder, which
+        the authors encode with, leaves the rest of a text-to-video clip's padding unread)."""
+        return 1 + (self.cond_latents + self.noise_latents - 1) * TEMPORAL_STRIDE
+
+
+def _whole_chunks(latents: int) -> int:
+    return math.ceil(latents / CHUNK_FRAMES) * CHUNK_FRAMES
+
+
+def upscale(frames: Any, width: int, height: int, new_frames: int, layout: Layout) -> Any:
+    """(3, F, height, width) fp32 in [-1, 1] from (T, H, W, 3) uint8, as ``generate_refine``
+    upscales: bilinear in space (corners aligned), to [0, 1], trilinear to ``new_frames`` (corners
+    aligned), to [-1, 1], then the first frame repeated before and the last after (``layout``)."""
     import torch
     import torch.nn.functional as F
 
@@ -83,8 +123,8 @@ def upscale(frames: Any, width: int, height: int, new_frames: int) -> Any:
     x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=True) / 255.0
     x = x.permute(1, 0, 2, 3)[None]  # (1, 3, T, H, W)
     x = F.interpolate(x, size=(new_frames, height, width), mode="trilinear", align_corners=True) * 2 - 1
-    pad = padded_frames(new_frames) - new_frames
-    return torch.cat([x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)[0].contiguous()
+    front, back = x[:, :, :1].expand(-1, -1, layout.front, -1, -1), x[:, :, -1:].expand(-1, -1, layout.back, -1, -1)
+    return torch.cat([front, x, back], dim=2)[0, :, :layout.read].contiguous()
 
 
 @attrs.frozen
@@ -97,17 +137,55 @@ class EncodeRefineVideo:
     device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    cond: str = ""  # "", "image" or "video": what conditions the clip (its frames are padded before)
     kind: str = "encode-longcat-refine"
     version: int = 1
     output: str = "tensors"
-    reads: tuple[str, ...] = (*SIZE_READS, *VAE_READS, *RUNTIME_READS)
+    reads: tuple[str, ...] = (*SIZE_READS, "inputs.longcat_cond_frames", *VAE_READS, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         p = ctx.params
         width, height = refined_size(p)
-        pixels = upscale(ctx.input("frames")["frames"], width, height, refined_frames(p))
-        read = pixels.shape[1] - TEMPORAL_STRIDE + 1  # 1 + 4·(latents − 1): the authors' VAE leaves the rest unread
-        return {"latents": encode(self, ctx, pixels[:, :read]).contiguous()}
+        layout = Layout.of(refined_frames(p), cond_frames(p, self.cond))
+        pixels = upscale(ctx.input("frames")["frames"], width, height, refined_frames(p), layout)
+        return {"latents": encode(self, ctx, pixels).contiguous()}
+
+
+@attrs.frozen
+class EncodeRefineCond:
+    """"latents" (1, z, c, h, w): the refined clip's conditioning frames at the refined size, the
+    first repeated before them to whole chunks (``Layout``), encoded clean: the image of an
+    image-to-video clip, or the last frames of the video a continuation continues, at the refined
+    frame rate (the authors pass ``video[::stride]`` at 30 fps)."""
+
+    vae_version: str
+    dtype: str = "auto"  # [models.vae].dtype; "auto" follows [runtime].dtype
+    device: str = "auto"  # [models.vae].device
+    #: What the model pool may keep loaded (placement only: never part of the key).
+    residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    cond: str = "image"  # "image" or "video"
+    kind: str = "encode-longcat-refine-cond"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = (*SIZE_READS, "inputs.longcat_cond_frames", "video.fps", *VAE_READS, *RUNTIME_READS)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        from wanflow.steps.cond_longcat import last_frames
+        from wanflow.steps.media import image_tensor
+
+        p = ctx.params
+        width, height = refined_size(p)
+        count = cond_frames(p, self.cond)
+        if self.cond == "image":
+            pixels = image_tensor(ctx.file("image"), width, height)  # (3, 1, H, W)
+        else:
+            fps = p["video.fps"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+            pixels = last_frames(ctx.file("longcat_video"), count, fps, width, height)  # (3, count, H, W)
+        front = Layout.of(refined_frames(p), count).front
+        pixels = torch.cat([pixels[:, :1].expand(-1, front, -1, -1), pixels], dim=1)
+        return {"latents": encode(self, ctx, pixels).contiguous()}
 
 
 @attrs.frozen
@@ -133,19 +211,24 @@ class LongCatRefineDenoise(LongCatDenoise):
 
         p = ctx.params
         device, _ = component_runtime(p, self.dit_dtype)
-        clean = tensor(ctx.input(ROLE), "latents", ROLE).float()  # (1, z, T', h, w)
+        clean = tensor(ctx.input(ROLE), "latents", ROLE).float()  # (1, z, c + n, h, w)
+        cond = tensor(ctx.input(COND_ROLE), "latents", COND_ROLE).float() if self.conditions else None
+        c = 0 if cond is None else cond.shape[2]
         schedule = self.schedule(p, ctx)
         resumed = ctx.load_partial()
-        state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(self.renoised(p, clean))
+        start = self.renoised(p, clean)[:, :, c:]  # the authors re-noise the whole clip, then set its first frames
+        state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(start)
         state = attrs.evolve(state, x=state.x.to(device))
-        sparse = self.sparse_attention(ctx, clean.shape)
+        sparse = self.sparse_attention(ctx, clean.shape, c)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             dit = self._dit(ctx)
             context = tensor(ctx.input("pos"), "context", "pos").to(device)
+            cache = None if cond is None else dit.cache_conditioning(cond.to(device), sparse=sparse)
 
             def velocity(x: Any, t: Any) -> Any:
-                return flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context, sparse=sparse))
+                return flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context, cache=cache,
+                                         sparse=sparse))
 
             while state.index < schedule.steps:
                 state = euler_step(state, velocity, schedule)
@@ -153,7 +236,8 @@ class LongCatRefineDenoise(LongCatDenoise):
                 if state.index % 5 == 0 or state.index == schedule.steps:
                     ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
         bar.close()
-        return {"latents": state.x.float().cpu().contiguous()}
+        x = state.x.float().cpu()
+        return {"latents": (x if cond is None else torch.cat([cond, x], dim=2)).contiguous()}
 
     def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
         """The authors' grid of ``longcat_refine_steps`` at the release's shift, cut at the strength."""
@@ -175,9 +259,10 @@ class LongCatRefineDenoise(LongCatDenoise):
         noise = initial_noise(tuple(clean.shape), p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
         return (1 - s) * clean + s * noise
 
-    def sparse_attention(self, ctx: Any, shape: tuple[int, ...]) -> Any:
+    def sparse_attention(self, ctx: Any, shape: tuple[int, ...], cond: int) -> Any:
         """The DiT config's ``bsa_params`` (the authors' class default where it has none), checked
-        against the refined clip's token grid."""
+        against the refined clip's token grids: the generated frames' queries over every frame's
+        keys, and the ``cond`` conditioning frames' over their own."""
         from wanflow.models.longcat_bsa import BsaParams
 
         config = next((ctx.weight(f"dit.{i}") for i in range(self.dit_files)
@@ -190,7 +275,9 @@ class LongCatRefineDenoise(LongCatDenoise):
             raise ModelLoadError(f"{config}: bsa_params {raw!r}: {err}") from None
         _, _, frames, h, w = shape
         grid = (frames, h // 2, w // 2)  # the DiT's (1, 2, 2) patches
-        problems = params.problems(grid, grid)
+        problems = params.problems((frames - cond, *grid[1:]), grid)
+        if cond and not problems:
+            problems = params.problems((cond, *grid[1:]), (cond, *grid[1:]))
         if problems:
             raise ModelInputError(f"[inputs].longcat_refine: the refined clip's {grid} token grid cannot take the "
                                   f"DiT's block-sparse attention ({'; '.join(problems)}); refine to a larger "
@@ -203,11 +290,12 @@ class DecodeRefined(Decode):
     """The refined frames: the decode of the refinement's latents, less the padding frames."""
 
     keep: int = 0  # frames of the refined video
+    skip: int = 0  # padding frames before them (the conditioning frames' ``Layout.front``)
     kind: str = "decode-longcat-refine"
 
     def _compute(self, ctx: Any) -> dict[str, Any]:
         frames = super()._compute(ctx)["frames"]
-        return {"frames": frames[:self.keep].contiguous()}
+        return {"frames": frames[self.skip:self.skip + self.keep].contiguous()}
 
 
 @attrs.frozen
@@ -230,19 +318,24 @@ def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, f
         return nodes
     by_name = {n.name: n for n in nodes}
     denoise, decode = by_name["denoise"], by_name["decode"]
-    encode_step = EncodeRefineVideo(decode.step.vae_version, decode.step.dtype, decode.step.device,
-                                    decode.step.residency)
+    given = resolved.recipe.inputs
+    cond = "image" if given.image is not None else "video" if given.longcat_video is not None else ""
+    vae = (decode.step.vae_version, decode.step.dtype, decode.step.device, decode.step.residency)
     fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
               if f.name not in ("kind", "version", "reads", "conditions", "tail", "loras")}
-    step = LongCatRefineDenoise(**fields, loras=loras)
+    step = LongCatRefineDenoise(**fields, loras=loras, conditions=(COND_ROLE,) if cond else ())
     weights = {role: w for role, w in denoise.weights.items() if not role.startswith("lora.")} | dict(lora_weights)
-    added = [
-        StepSpec(ENCODE, encode_step, inputs={"frames": "decode"}, weights=decode.weights),
-        attrs.evolve(denoise, name=DENOISE, step=step, weights=weights,
-                     inputs={"pos": denoise.inputs["pos"], ROLE: ENCODE}),
+    inputs = {"pos": denoise.inputs["pos"], ROLE: ENCODE} | ({COND_ROLE: ENCODE_COND} if cond else {})
+    layout = Layout.of(refined_frames(resolved.values), cond_frames(resolved.values, cond))
+    added = [StepSpec(ENCODE, EncodeRefineVideo(*vae, cond=cond), inputs={"frames": "decode"}, weights=decode.weights)]
+    if cond:
+        source = next(n for n in nodes if n.files and set(n.files) <= {"image", "longcat_video"})
+        added.append(StepSpec(ENCODE_COND, EncodeRefineCond(*vae, cond=cond), files=source.files,
+                              weights=decode.weights))
+    added += [
+        attrs.evolve(denoise, name=DENOISE, step=step, weights=weights, inputs=inputs),
         attrs.evolve(decode, name=DECODE, inputs={"latents": DENOISE},
-                     step=DecodeRefined(decode.step.vae_version, decode.step.dtype, decode.step.device,
-                                        decode.step.residency, keep=refined_frames(resolved.values))),
+                     step=DecodeRefined(*vae, keep=refined_frames(resolved.values), skip=layout.front)),
     ]
     out = []
     for n in nodes:
