@@ -144,7 +144,6 @@ def test_the_refined_size_defaults_to_the_authors_720p_bucket():
     ({}, (LORA,), "patches the 720p refinement"),
     ({**REFINE, "longcat_refine_width": 100}, (LORA,), "must be a multiple of 64"),
     ({**REFINE, "longcat_refine_width": 0}, (LORA,), "give the refined width and height together"),
-    ({**REFINE, "longcat_segments": 1}, (LORA,), "refining a long video is not built yet"),
     ({**REFINE, "longcat_refine_height": 0}, (LORA,), "give the refined width and height together"),
 ])
 def test_a_refinement_that_cannot_run_is_refused_before_anything_runs(longcat_env, tmp_path, inputs, lora, message):
@@ -264,3 +263,51 @@ def test_an_image_to_video_refinement_holds_the_image(longcat_env, images, tmp_p
     other = run(_recipe(tmp_path / "other", inputs={**inputs, "image": str(images["last"])}), longcat_env)
     assert {ENCODE_COND, ENCODE, DENOISE} <= computed(other)
     assert not {"encode-text:positive", "encode-text:negative"} & computed(other)
+
+
+def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp_path):
+    """The authors' long-video refinement: windows of 9 frames 4 apart in the joined video; window 1
+    holds the last 10 frames of refined window 0 (3 padding frames before them) as conditioning,
+    the empty prompt, noise from seed + 1; the video is window 0's 18 frames, then window 1's 8 new."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.longcat_bsa import BsaParams
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.output import to_model_video
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity
+    from wanflow.steps.conditioning import tile_spec
+
+    inputs = {**REFINE, "longcat_segments": 1, "longcat_cond_frames": 5}
+    keep = {"decode", "decode:segment-1", "join-segments", "decode:refine-0", "decode:refine-1"}
+    for resolved, ex in _executed(_recipe(tmp_path, inputs=inputs), keep=keep):
+        joined = ex.load("join-segments")["frames"]  # 9 + 4 frames
+        assert torch.equal(ex.load("frames:refine-1")["frames"], joined[4:13])
+        vae = model_pool.vae(ex.plan.get("encode-conditioning:longcat-refine-1").spec.weights["vae"].path, "wan2.1",
+                             torch.float32, "cpu")
+        last = torch.from_numpy(to_model_video(ex.load("decode:refine-0")["frames"][-10:].numpy()))
+        with torch.no_grad():
+            cond = vae.encode(torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None],
+                              tile=tile_spec(resolved.values)).float()
+        assert torch.allclose(ex.load("encode-conditioning:longcat-refine-cond-1")["latents"], cond, atol=1e-5)
+        empty, prompt = ex.load("encode-text:refine")["context"], ex.load("encode-text:positive")["context"]
+        assert empty.shape != prompt.shape or not torch.equal(empty, prompt)
+
+        dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
+        _longcat_lora_hooks(dit, refinement_lora())
+        sparse = BsaParams.from_config(BSA_PARAMS)
+        clean = ex.load("encode-conditioning:longcat-refine-1")["latents"]
+        timesteps, sigmas = _grid(6, SHIFT, 0.5)
+        x = (0.5 * clean + 0.5 * initial_noise((1, 16, 8, 8, 8), 1, noise_device="cpu"))[:, :, 4:]
+        for i, t in enumerate(timesteps):
+            with torch.no_grad():
+                out = dit(torch.cat([cond, x], dim=2), t.reshape(1), empty, cond_frames=4, sparse=sparse)
+            x = x + (sigmas[i + 1] - sigmas[i]) * flow_velocity(out[:, :, 4:])
+        assert torch.allclose(ex.load("denoise:refine-1")["latents"], torch.cat([cond, x], dim=2),
+                              rtol=1e-5, atol=1e-5)
+    first = run(_recipe(tmp_path, inputs=inputs), longcat_env)
+    assert video_shape(first.archive / "outputs" / "video.mp4") == (18 + 8, 64, 64)
+    # a second segment reuses the first windows' refinement
+    longer = run(_recipe(tmp_path, inputs={**inputs, "longcat_segments": 2}), longcat_env)
+    assert not {"denoise:refine-0", "denoise:refine-1", "encode-text:refine"} & computed(longer)
+    assert {"denoise:refine-2", "decode:refine-2"} <= computed(longer)
+    assert video_shape(longer.archive / "outputs" / "video.mp4") == (18 + 8 + 8, 64, 64)

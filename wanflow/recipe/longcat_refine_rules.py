@@ -2,8 +2,7 @@
 
 The refinement runs the DiT with the release's refinement LoRA, which the recipe names as a
 ``[[lora]]`` whose target is ``"refine"``; its settings and such LoRAs are read only when it is
-on, and only by longcat-video. What it is not built for yet (refining a long video) and training
-are refused here, naming the key.
+on, and only by longcat-video; a training stage makes no video to refine.
 """
 
 from __future__ import annotations
@@ -35,9 +34,6 @@ def check_refine(recipe: Recipe, problems: Problems) -> None:
     if recipe.train is not None:
         problems.add(key, True, "a training stage makes no video to refine: remove it")
         return
-    if inputs.longcat_segments or inputs.longcat_segment_prompts:
-        problems.add(key, True, "refining a long video is not built yet (only one text-to-video clip): remove "
-                     "[inputs].longcat_refine or the segments")
     if not refine_loras:
         problems.add(key, True, f"runs the DiT with the release's refinement LoRA: add it as {_FIX_LORA}")
     w, h = inputs.longcat_refine_width, inputs.longcat_refine_height

@@ -99,8 +99,7 @@ def demands(job: Any, config: longcat_config.LongCatConfig, itemsize: int) -> li
         StepDemand("denoise", ("dit",), longcat_forward_bytes(config, grid, itemsize, cond, batch=merged)),
         StepDemand("decode", ("vae",), vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                                                         tile=tile)),
-        *(refine_demands(v, config, itemsize, latent_tile, "image" if job.given("image") else
-                         "video" if job.given("longcat_video") else "") if v["inputs.longcat_refine"] else ()),
+        *(refine_demands(v, config, itemsize, latent_tile, refine_cond(job)) if v["inputs.longcat_refine"] else ()),
     ]
 
 
@@ -121,6 +120,14 @@ def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, i
            + bsa_gather_bytes(config, grid, itemsize))
     return [StepDemand(refine.ENCODE, ("vae",), vae), StepDemand(refine.DENOISE, ("dit",), dit),
             StepDemand(refine.DECODE, ("vae",), vae)]
+
+
+def refine_cond(job: Any) -> str:
+    """What conditions the largest refined clip: a long video's later windows hold the previous
+    window's frames; else the image, or the continued video's frames, or nothing."""
+    if segment_count(job.values):
+        return "segment"
+    return "image" if job.given("image") else "video" if job.given("longcat_video") else ""
 
 
 def pixels_tile(tile: tuple[int, int] | None, height: int, width: int) -> tuple[int, int] | None:

@@ -30,11 +30,11 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.families.longcat import REFINE_MULTIPLE, refine_size
+from wanflow.families.longcat import refine_size
 from wanflow.steps.conditioning import VAE_READS, encode
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise_longcat import LongCatDenoise
-from wanflow.steps.save import SaveVideo
+from wanflow.steps.save import SaveFrames, SaveVideo
 from wanflow.steps.text import RUNTIME_READS
 
 #: The nodes of the refinement stage.
@@ -71,10 +71,11 @@ def refined_frames(p: Mapping[str, Any]) -> int:
 def cond_frames(p: Mapping[str, Any], kind: str) -> int:
     """Conditioning frames of the refined clip: none for text-to-video, the image for
     image-to-video (``"image"``), the continuation's frames at the refined rate (``"video"``:
-    ``longcat_cond_frames``, doubled with the frames, as the authors' ``cur_num_cond_frames``)."""
+    ``longcat_cond_frames``, doubled with the frames, as the authors' ``cur_num_cond_frames``), as
+    many of the previous refined segment's for a long video's later segments (``"segment"``)."""
     if kind == "image":
         return 1
-    if kind == "video":
+    if kind in ("video", "segment"):
         return p["inputs.longcat_cond_frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
     return 0
 
@@ -163,7 +164,7 @@ class EncodeRefineCond:
     device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
-    cond: str = "image"  # "image" or "video"
+    cond: str = "image"  # "image", "video" or "segment" (the previous refined segment's ``frames``)
     kind: str = "encode-longcat-refine-cond"
     version: int = 1
     output: str = "tensors"
@@ -180,6 +181,10 @@ class EncodeRefineCond:
         count = cond_frames(p, self.cond)
         if self.cond == "image":
             pixels = image_tensor(ctx.file("image"), width, height)  # (3, 1, H, W)
+        elif self.cond == "segment":  # the authors pass the previous refined segment's frames on
+            from wanflow.output import to_model_video
+
+            pixels = torch.from_numpy(to_model_video(ctx.input("frames")["frames"][-count:].numpy()))
         else:
             fps = p["video.fps"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
             pixels = last_frames(ctx.file("longcat_video"), count, fps, width, height)  # (3, count, H, W)
@@ -194,6 +199,7 @@ class LongCatRefineDenoise(LongCatDenoise):
     grid below it, one unguided pass a step through the DiT patched by the refinement LoRAs with
     block-sparse self-attention."""
 
+    segment: int = 0  # a long video's segment: its noise is drawn from [sampler].seed + segment
     kind: str = "denoise-longcat-refine"
     version: int = 1
     reads: tuple[str, ...] = ("sampler.seed", "sampler.noise_device", "inputs.longcat_refine_steps",
@@ -256,7 +262,8 @@ class LongCatRefineDenoise(LongCatDenoise):
         from wanflow.sampling import initial_noise
 
         s = float(p["inputs.longcat_refine_strength"])
-        noise = initial_noise(tuple(clean.shape), p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
+        seed = p["sampler.seed"] + self.segment
+        noise = initial_noise(tuple(clean.shape), seed, noise_device=p["sampler.noise_device"]).cpu()
         return (1 - s) * clean + s * noise
 
     def sparse_attention(self, ctx: Any, shape: tuple[int, ...], cond: int) -> Any:
@@ -310,21 +317,44 @@ class SaveRefined(SaveVideo):
 
 def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, float], ...],
                  lora_weights: Mapping[str, Any]) -> list[Any]:
-    """The plan's nodes with the refinement stage after the clip's decode, the saves reading it;
-    unchanged when ``[inputs].longcat_refine`` is off. ``loras``: the refinement LoRAs' uses."""
-    from wanflow.engine.step import StepSpec
+    """The plan's nodes with the refinement stage after the clip's decode (a long video's: its
+    chain, ``longcat_refine_long``), the saves reading it; unchanged when
+    ``[inputs].longcat_refine`` is off. ``loras``: the refinement LoRAs' uses."""
+    from wanflow.steps.longcat_refine_long import refine_chain
+    from wanflow.steps.longcat_segments import JOIN
 
     if not resolved.values["inputs.longcat_refine"]:
         return nodes
     by_name = {n.name: n for n in nodes}
+    denoise = by_name["denoise"]
+    fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
+              if f.name not in ("kind", "version", "reads", "conditions", "tail", "loras")}
+    template = attrs.evolve(denoise, step=LongCatRefineDenoise(**fields, loras=loras), weights={
+        role: w for role, w in denoise.weights.items() if not role.startswith("lora.")} | dict(lora_weights))
+    if JOIN in by_name:
+        added, last = refine_chain(nodes, resolved, template)
+    else:
+        added, last = _refine_clip(nodes, resolved, template), DECODE
+    out = []
+    for n in nodes:
+        if isinstance(n.step, (SaveVideo, SaveFrames)):
+            step = SaveRefined(n.step.saver) if isinstance(n.step, SaveVideo) else n.step
+            n = attrs.evolve(n, step=step, inputs={**n.inputs, "frames": last})
+        out.append(n)
+        if n.name == (JOIN if JOIN in by_name else "decode"):
+            out += added
+    return out
+
+
+def _refine_clip(nodes: list[Any], resolved: Any, template: Any) -> list[Any]:
+    """One clip's refinement: its encode (and its conditioning frames' encode), denoise, decode."""
+    from wanflow.engine.step import StepSpec
+
+    by_name = {n.name: n for n in nodes}
     denoise, decode = by_name["denoise"], by_name["decode"]
     given = resolved.recipe.inputs
     cond = "image" if given.image is not None else "video" if given.longcat_video is not None else ""
-    vae = (decode.step.vae_version, decode.step.dtype, decode.step.device, decode.step.residency)
-    fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
-              if f.name not in ("kind", "version", "reads", "conditions", "tail", "loras")}
-    step = LongCatRefineDenoise(**fields, loras=loras, conditions=(COND_ROLE,) if cond else ())
-    weights = {role: w for role, w in denoise.weights.items() if not role.startswith("lora.")} | dict(lora_weights)
+    vae = vae_fields(decode.step)
     inputs = {"pos": denoise.inputs["pos"], ROLE: ENCODE} | ({COND_ROLE: ENCODE_COND} if cond else {})
     layout = Layout.of(refined_frames(resolved.values), cond_frames(resolved.values, cond))
     added = [StepSpec(ENCODE, EncodeRefineVideo(*vae, cond=cond), inputs={"frames": "decode"}, weights=decode.weights)]
@@ -332,23 +362,13 @@ def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, f
         source = next(n for n in nodes if n.files and set(n.files) <= {"image", "longcat_video"})
         added.append(StepSpec(ENCODE_COND, EncodeRefineCond(*vae, cond=cond), files=source.files,
                               weights=decode.weights))
-    added += [
-        attrs.evolve(denoise, name=DENOISE, step=step, weights=weights, inputs=inputs),
-        attrs.evolve(decode, name=DECODE, inputs={"latents": DENOISE},
-                     step=DecodeRefined(*vae, keep=refined_frames(resolved.values), skip=layout.front)),
-    ]
-    out = []
-    for n in nodes:
-        if n.inputs.get("frames") == "decode" and n.name != ENCODE:  # save, save-frames
-            step = SaveRefined(n.step.saver) if isinstance(n.step, SaveVideo) else n.step
-            n = attrs.evolve(n, step=step, inputs={**n.inputs, "frames": DECODE})
-        out.append(n)
-        if n.name == "decode":
-            out += added
-    return out
+    step = attrs.evolve(template.step, conditions=(COND_ROLE,) if cond else ())
+    return [*added, attrs.evolve(template, name=DENOISE, step=step, inputs=inputs),
+            attrs.evolve(decode, name=DECODE, inputs={"latents": DENOISE},
+                         step=DecodeRefined(*vae, keep=refined_frames(resolved.values), skip=layout.front))]
 
 
-def check_refined_size(width: int, height: int) -> list[str]:
-    """Why a refined size cannot be attended in chunks (each a multiple of 64)."""
-    return [f"{name} {value} is not a multiple of {REFINE_MULTIPLE}" for name, value in (("width", width),
-            ("height", height)) if value % REFINE_MULTIPLE]
+def vae_fields(decode: Any) -> tuple[Any, ...]:
+    """The VAE settings of a decode step, which the refinement's encodes and decodes share."""
+    return decode.vae_version, decode.dtype, decode.device, decode.residency
+

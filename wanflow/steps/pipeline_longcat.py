@@ -69,8 +69,11 @@ def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
     if uses and all(w.present for weights in job.weights.values() for w in weights.values()):
         check_loras(uses, lora_weights, {"dit": [w.path for w in dit.values()]}, job.family.name)
     refined = refine_nodes(nodes, job.resolved, uses, lora_weights | ({SCHEDULER: scheduler} if scheduler else {}))
-    return [attrs.evolve(n, step=attrs.evolve(n.step, peak=job.peak(n.name))) if n.name in (DENOISE, DECODE) else n
-            for n in refined]
+    out = []
+    for n in refined:
+        stage = n.name.rsplit("-", 1)[0]  # a long video's windows ("denoise:refine-2") peak as one clip's
+        out.append(attrs.evolve(n, step=attrs.evolve(n.step, peak=job.peak(stage))) if stage in (DENOISE, DECODE) else n)
+    return out
 
 
 def longcat_job_plan(job: Any) -> Any:
