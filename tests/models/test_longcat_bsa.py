@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from wanflow.errors import ModelLoadError
+from wanflow.models import longcat_bsa
 from wanflow.models.attention import sdpa
-from wanflow.models.longcat_bsa import CALL_DEFAULTS, BsaParams, block_sparse_attention
+from wanflow.models.longcat_bsa import (
+    CALL_DEFAULTS,
+    BsaParams,
+    block_sparse_attention,
+    select_chunks,
+    to_chunks,
+)
 
 HEADS, DIM = 2, 8
 
@@ -114,6 +121,27 @@ def test_cdf_modes_match_the_masked_reference(sparsity, cdf):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_no_row_reaches_the_kernel_fully_masked(monkeypatch):
+    """A chunk that keeps nothing is zeroed after the kernel; the kernel itself never sees a row
+    with no key (some backends answer NaN there, which would reach the gradients)."""
+    seen = []
+
+    def checked(q, k, v, attn_mask=None):
+        if attn_mask is not None:
+            seen.append(attn_mask.any(dim=-1).all().item())
+        return real(q, k, v, attn_mask=attn_mask)
+
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(longcat_bsa.F, "scaled_dot_product_attention", checked)
+    grid, chunk = (8, 8, 4), (4, 2, 2)
+    q, k, v = qkv(grid, chunk, seed=3)
+    expected, counts = reference(q, k, v, grid, grid, chunk, chunk, cdf=0.9)
+    out = block_sparse_attention(q, k, v, grid, grid, BsaParams(sparsity=None, cdf_threshold=0.9,
+                                                                chunk_q=chunk, chunk_k=chunk))
+    assert 0 in counts and seen and all(seen)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_queries_on_a_suffix_of_the_key_frames():
     """A continuation's noise tokens (the last frames) attend to every frame's keys."""
     grid_k, grid_q, chunk = (8, 8, 4), (4, 8, 4), (4, 4, 2)
@@ -127,6 +155,20 @@ def test_queries_on_a_suffix_of_the_key_frames():
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     dense = block_sparse_attention(q, k, v, grid_q, grid_k, BsaParams(sparsity=0.0, chunk_q=chunk, chunk_k=chunk))
     torch.testing.assert_close(dense, sdpa(q, k, v), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("cdf", "kept", "dtype"), [
+    (0.25, 1, torch.float32), (0.5, 2, torch.float32), (0.75, 3, torch.float32), (1.0, 4, torch.float32),
+    (0.4999, 1, torch.bfloat16),  # the threshold is compared in fp32: in bf16 0.4999 would be 0.5
+])
+def test_cdf_keeps_the_chunk_that_reaches_the_threshold_exactly(cdf, kept, dtype):
+    """Zero queries weigh 4 key chunks 1/4 each (exact in fp32 and bf16): the cumulative mass
+    equals c at the c·4-th chunk, which is kept (searchsorted right=True)."""
+    grid, chunk = (4, 4, 4), (4, 2, 2)
+    q, k = torch.zeros(1, 64, HEADS, DIM, dtype=dtype), tokens(grid, chunk, 7, batch=1).to(dtype)
+    params = BsaParams(sparsity=None, cdf_threshold=cdf, chunk_q=chunk, chunk_k=chunk)
+    _, counts = select_chunks(to_chunks(q, grid, chunk), to_chunks(k, grid, chunk), params)
+    assert counts.tolist() == [[[kept] * 4] * HEADS]
 
 
 @pytest.mark.parametrize(("sparsity", "cdf"), [(0.75, None), (None, 0.9)])

@@ -224,6 +224,7 @@ def _attend_group(q: Tensor, k: Tensor, v: Tensor, picks: Tensor, kept: Tensor |
     mask = None
     if kept is not None:
         slots = torch.arange(picks.shape[-1], device=q.device) < kept.unsqueeze(-1)  # (B, heads, G, S)
+        slots |= (kept == 0).unsqueeze(-1)  # no row fully masked (NaN on some kernels); zeroed below
         mask = slots.repeat_interleave(k.shape[3], dim=-1).view(B, heads * G, 1, -1)
     out = F.scaled_dot_product_attention(q.reshape(B, heads * G, cq, D), keys, values, attn_mask=mask)
     out = out.view(B, heads, G, cq, D)
