@@ -214,6 +214,7 @@ def test_problems_refuse_and_the_attention_raises(params, grid_q, grid_k, said):
 
 def test_problems_accept_what_can_run():
     assert BsaParams().problems((4, 16, 16), (8, 16, 16)) == []  # 32 key chunks: 2 kept
+    assert BsaParams().problems([4, 16, 16], [8, 16, 16]) == []  # grids as a config's lists
     # topk alone would keep nothing of 4 chunks, but the cdf threshold still picks some.
     assert BsaParams(cdf_threshold=0.9).problems((4, 8, 8), (4, 8, 8)) == []
 

@@ -66,7 +66,7 @@ class BsaParams:
     ``bsa_params``."""
 
     sparsity: float | None = 0.9375  # topk keeps int((1 - s) · Nk) key chunks: 1/16 in the release
-    cdf_threshold: float | None = None  # cdf keeps the best chunks holding this softmax mass (unused)
+    cdf_threshold: float | None = None  # cdf keeps the best chunks holding this softmax mass (unset in the release)
     chunk_q: Grid = attrs.field(default=(4, 4, 4), converter=_as_shape)  # (t, h, w) tokens per query chunk
     chunk_k: Grid = attrs.field(default=(4, 4, 4), converter=_as_shape)  # (t, h, w) tokens per key chunk
 
@@ -122,7 +122,7 @@ def _is_number(value: object) -> bool:
 
 
 def _shape_problems(what: str, shape: object) -> list[str]:
-    ok = (isinstance(shape, tuple) and len(shape) == 3
+    ok = (isinstance(shape, tuple | list) and len(shape) == 3
           and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape))
     return [] if ok else [f"{what} {shape!r}: must be three positive integers (t, h, w)"]
 
