@@ -311,3 +311,29 @@ def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp
     assert not {"denoise:refine-0", "denoise:refine-1", "encode-text:refine"} & computed(longer)
     assert {"denoise:refine-2", "decode:refine-2"} <= computed(longer)
     assert video_shape(longer.archive / "outputs" / "video.mp4") == (18 + 8 + 8, 64, 64)
+
+
+def test_compiled_blocks_attend_block_sparsely_as_the_eager_dit(longcat_root):
+    """[runtime].compile = "blocks" with the refinement's sparse attention: the same velocity."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.longcat_bsa import BsaParams
+
+    if model_pool.compile_problems("cpu"):
+        pytest.skip("torch cannot compile here: " + "; ".join(model_pool.compile_problems("cpu")))
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model_pool.clear()
+    files = sorted((longcat_root / REPO / "dit").glob("*.safetensors"))
+    eager = model_pool.dit(files, torch.float32, "cpu", "sdpa")
+    compiled = model_pool.dit(files, torch.float32, "cpu", "sdpa", compile_mode="blocks")
+    sparse = BsaParams.from_config(BSA_PARAMS)
+    g = torch.Generator().manual_seed(5)
+    x, context = torch.randn(1, 16, 8, 8, 8, generator=g), torch.randn(1, 5, 64, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        expected, out = eager(x, t, context, sparse=sparse), compiled(x, t, context, sparse=sparse)
+        dense = eager(x, t, context)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    assert (expected - dense).abs().max() > 1e-3
+    model_pool.clear()
