@@ -320,6 +320,22 @@ class ConditionCache:
         return self.kv[0][0].shape[0]
 
 
+@attrs.frozen(eq=False)
+class StackInputs:
+    """What the blocks of one forward share, computed once before them (``embed_inputs``): a step
+    cache runs them in parts (``models.longcat_cache``)."""
+
+    tokens: Tensor  # (B, N, D) the patch embeddings
+    t_emb: Tensor  # (B, T, A) fp32 per-frame time embedding
+    text: Tensor | None
+    text_lens: Tensor | None
+    rope: tuple[Tensor, Tensor]
+    past: tuple[KeyValues, ...] | None  # the conditioning cache's keys/values per block
+    cond_tokens: int
+    kernel: Any  # the self-attention's kernel name, or a SparseKernel
+    grid: tuple[int, int, int]
+
+
 class LongCatDiT(nn.Module):
     """LongCat-Video's DiT: predicts x0 − noise of latent video frames given time and text."""
 
@@ -364,25 +380,41 @@ class LongCatDiT(nn.Module):
                 cached frames included) has more than one latent frame, as the authors' BSA is
                 (the refinement stage); None: dense.
         """
+        inputs = self.embed_inputs(x, t, context, text_lens, cond_frames, cache, sparse)
+        return self.head_output(inputs, self.run_blocks(inputs, inputs.tokens, 0, len(self.blocks)))
+
+    def embed_inputs(
+        self, x: Tensor, t: Tensor, context: Tensor, text_lens: Tensor | None = None,
+        cond_frames: int = 0, cache: ConditionCache | None = None, sparse: Any = None,
+    ) -> StackInputs:
+        """The forward up to the blocks (``forward``'s arguments): what every block reads."""
         t = checks.check_forward(self.cfg, x, t, context, text_lens, cond_frames, cache)
         _, _, T, H, W = x.shape
         grid = (T, H // self.cfg.patch_size[1], W // self.cfg.patch_size[2])
         t[:, :cond_frames] = 0  # t is the checks' own (B, T) copy
         t_emb = self.embed_time(t)
         text, text_lens = self.embed_text(context, text_lens)
-        past = self._expanded(cache, x.shape[0])
         rope = rope_table((T + (cache.frames if cache else 0), *grid[1:]), self.cfg.head_dim, x.device)
-        tokens = self.embed_patches(x)
-        cond_tokens = cond_frames * grid[1] * grid[2]
         kernel = self._kernel(sparse, T + (cache.frames if cache else 0), grid[1:])
-        for i, block in enumerate(self.blocks):
-            run = functools.partial(block, cond_tokens=cond_tokens, kernel=kernel,
+        return StackInputs(self.embed_patches(x), t_emb, text, text_lens, rope, self._expanded(cache, x.shape[0]),
+                           cond_frames * grid[1] * grid[2], kernel, grid)
+
+    def run_blocks(self, inputs: StackInputs, tokens: Tensor, start: int, stop: int) -> Tensor:
+        """Blocks [start, stop) over ``tokens`` (B, N, D)."""
+        past = inputs.past
+        for i in range(start, stop):
+            run = functools.partial(self.blocks[i], cond_tokens=inputs.cond_tokens, kernel=inputs.kernel,
                                     past=past[i] if past else None)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens, _ = checkpoint(run, tokens, t_emb, rope, text=text, text_lens=text_lens, use_reentrant=False)
+                tokens, _ = checkpoint(run, tokens, inputs.t_emb, inputs.rope, text=inputs.text,
+                                       text_lens=inputs.text_lens, use_reentrant=False)
             else:
-                tokens, _ = run(tokens, t_emb, rope, text=text, text_lens=text_lens)
-        return self.unpatchify(self.final_layer(tokens, t_emb), grid)
+                tokens, _ = run(tokens, inputs.t_emb, inputs.rope, text=inputs.text, text_lens=inputs.text_lens)
+        return tokens
+
+    def head_output(self, inputs: StackInputs, tokens: Tensor) -> Tensor:
+        """The final layer and unpatchify: x0 − noise, (B, C_out, T, H, W) fp32."""
+        return self.unpatchify(self.final_layer(tokens, inputs.t_emb), inputs.grid)
 
     def _kernel(self, sparse: Any, frames: int, grid_hw: tuple[int, int]) -> str | SparseKernel:
         """The self-attention kernel: block-sparse with ``sparse`` over more than one frame (the

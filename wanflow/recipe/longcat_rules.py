@@ -57,9 +57,10 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
         problems.add(("sampler", "denoising_strength"), s.denoising_strength, "LongCat starts from noise (video "
                      "continuation is [inputs].longcat_video): use 1.0")
-    if s.cache.method != "none":
-        problems.add(("sampler", "cache", "method"), s.cache.method, "the step caches are calibrated on Wan "
-                     'DiTs; LongCat\'s denoise step has none: use "none"')
+    if s.cache.method in ("teacache", "magcache"):
+        problems.add(("sampler", "cache", "method"), s.cache.method, "is fitted to a model (TeaCache's "
+                     "polynomial, MagCache's ratios) and none is published for LongCat-Video: use \"first-block\" "
+                     'or "easycache", which read only the model\'s own outputs, or "none"')
     # its blocks are stored in fp8 as a Wan DiT's (a LoRA's frozen base too) and compiled for generation;
     # training does not compile them yet
     refuse_whole_dit_settings(problems, recipe, "LongCat's DiT", compile_too=recipe.train is not None, fp8_too=False)

@@ -24,7 +24,12 @@ import attrs
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelLoadError
 from wanflow.steps.component import component_runtime
-from wanflow.steps.denoise import CHECKPOINT_EVERY, DENOISE_READS
+from wanflow.steps.denoise import (
+    CACHE_PREFIX,
+    CHECKPOINT_EVERY,
+    DENOISE_READS,
+    cache_settings,
+)
 from wanflow.steps.dit_on_device import step_dit
 
 #: The weight role of the release's ``scheduler/scheduler_config.json`` (the authors' grid only).
@@ -92,19 +97,25 @@ class LongCatDenoise:
         cond = model_call(self.conditions, {r: ctx.input(r) for r in self.conditions}).clamp  # (1, z, k, h, w)
         schedule = self.schedule(p, ctx)
         resumed = ctx.load_partial()
-        state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(self.noise(p, cond))
+        saved = dict(resumed[1]) if resumed else {}
+        cache_state = {k.removeprefix(CACHE_PREFIX): saved.pop(k) for k in list(saved) if k.startswith(CACHE_PREFIX)}
+        state = SolverState.from_tensors(saved) if resumed else start_state(self.noise(p, cond))
         state = attrs.evolve(state, x=state.x.to(device))
         step = self.solver.load().step
+        steps = step_cache(p, schedule, cache_state)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             dit = self._dit(ctx)
             cache = None if cond is None else dit.cache_conditioning(cond.to(device))
-            model_fn = self.guided(p, dit, ctx, cache, schedule, device)
+            model_fn = self.guided(p, dit, ctx, cache, schedule, device, steps)
             while state.index < schedule.steps:
                 state = step(state, model_fn, schedule)
                 bar.update(1)
                 if state.index % CHECKPOINT_EVERY == 0 or state.index == schedule.steps:
-                    ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
+                    tensors = {k: v.cpu() for k, v in state.to_tensors().items()}
+                    if steps is not None:  # a resumed run decides and adds as an uninterrupted one
+                        tensors |= {f"{CACHE_PREFIX}{k}": v.cpu() for k, v in steps.state_tensors().items()}
+                    ctx.save_partial(state.index, tensors)
         bar.close()
         x = state.x.float().cpu()
         return {"latents": (x if cond is None else torch.cat([cond.float(), x], dim=2)).contiguous()}
@@ -138,46 +149,45 @@ class LongCatDenoise:
         noise = initial_noise(shape, p["sampler.seed"], noise_device=p["sampler.noise_device"]).cpu()
         return noise if cond is None else noise[:, :, cond.shape[2]:]
 
-    def guided(self, p: Mapping[str, Any], dit: Any, ctx: Any, cache: Any, schedule: Any, device: str) -> Any:
+    def guided(self, p: Mapping[str, Any], dit: Any, ctx: Any, cache: Any, schedule: Any, device: str,
+               steps: Any = None) -> Any:
         """The guided velocity: CFG, or CFG-Zero* (``cfg_zero_star``), over the prompt and the
         negative prompt, each a LongCat forward turned into a flow velocity (both in one
-        forward under ``cfg_merge``)."""
+        forward under ``cfg_merge``), through the step cache ``steps`` when there is one."""
         from wanflow.sampling.guidance import Guidance, Passes, guided_model
         from wanflow.steps.cond_call import tensor
 
         def velocity(prompt: str) -> Any:
-            from wanflow.sampling.longcat import flow_velocity
-
             context = tensor(ctx.input(prompt), "context", prompt).to(device)  # (1, L, D)
-            return lambda x, t: flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context,
-                                                  cache=cache))
+            branch = {"pos": "cond", "neg": "uncond"}[prompt]
+            return lambda x, t: forward(dit, x, t.reshape(1).expand(x.shape[0]).to(device), context, None, cache,
+                                        steps, branch)
 
         cfg = float(p["sampler.cfg"])
         batched = bool(p["sampler.cfg_merge"]) and cfg != 1.0
         guidance = Guidance(cfg, batched=batched, zero_star=bool(p["sampler.cfg_zero_star"]),
                             zero_init_steps=int(p["sampler.cfg_zero_init_steps"]))
         if batched:  # cfg_merge: [prompt; negative] in one batch-2 forward, sharing the cache
-            return guided_model(Passes(cond=velocity("pos"), pair=self.pair(ctx, dit, cache, device)), guidance,
-                                schedule)
+            return guided_model(Passes(cond=velocity("pos"), pair=self.pair(ctx, dit, cache, device, steps)),
+                                guidance, schedule)
         passes = Passes(cond=velocity("pos"), uncond=velocity("neg") if cfg != 1.0 else None)
         return guided_model(passes, guidance, schedule)
 
-    def pair(self, ctx: Any, dit: Any, cache: Any, device: str) -> Any:
+    def pair(self, ctx: Any, dit: Any, cache: Any, device: str, steps: Any = None) -> Any:
         """cfg_merge's pass: the prompt's and the negative prompt's features zero-padded to one
         length, each sample attending to its own slots (``text_lens``), so each row computes what
         its own pass would."""
         import torch
         import torch.nn.functional as F
 
-        from wanflow.sampling.longcat import flow_velocity
         from wanflow.steps.cond_call import tensor
 
         pos, neg = (tensor(ctx.input(role), "context", role) for role in ("pos", "neg"))  # (1, L, D) each
         length = max(pos.shape[1], neg.shape[1])
         context = torch.cat([F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (pos, neg)]).to(device)
         lens = torch.tensor([pos.shape[1], neg.shape[1]], device=device)
-        return lambda x, t: flow_velocity(dit(x, t.reshape(1).expand(x.shape[0]).to(device), context, lens,
-                                              cache=cache))
+        return lambda x, t: forward(dit, x, t.reshape(1).expand(x.shape[0]).to(device), context, lens, cache,
+                                    steps, "pair")
 
     def _dit(self, ctx: Any) -> Any:
         """The DiT from the pool, through its row of the DiT variant table (whole, or its blocks in
@@ -188,3 +198,30 @@ class LongCatDenoise:
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,
                         storage=self.storage, tiers=self.tiers, compile_mode=ctx.params["runtime.compile"],
                         attention=self.attention)
+
+
+def step_cache(p: Mapping[str, Any], schedule: Any, resumed: Mapping[str, Any]) -> Any:
+    """The step cache of ``[sampler.cache]`` over the whole schedule (None for ``"none"``),
+    restored when resuming: First-Block-Cache or EasyCache, the rules recipe validation lets
+    LongCat take."""
+    settings = cache_settings(p)
+    if settings is None:
+        return None
+    from wanflow.sampling.step_cache_settings import make_step_cache
+
+    cache = make_step_cache(settings, schedule.timesteps)
+    if resumed:
+        cache.load_state_tensors(resumed)
+    return cache
+
+
+def forward(dit: Any, x: Any, t: Any, context: Any, lens: Any, cache: Any, steps: Any, branch: str) -> Any:
+    """One LongCat forward as a flow velocity, through the step cache ``steps`` when given (the
+    guidance pass ``branch`` keeps its own state there)."""
+    from wanflow.sampling.longcat import flow_velocity
+
+    if steps is None:
+        return flow_velocity(dit(x, t, context, lens, cache=cache))
+    from wanflow.models.longcat_cache import cached_forward
+
+    return flow_velocity(cached_forward(dit, x, t, context, lens, cache=cache, step_cache=steps, branch=branch))
