@@ -108,7 +108,9 @@ def test_the_dit_s_fp8_size_counts_its_block_projections_at_one_byte(longcat_roo
     assert len(projections) == 16 and size.weight_bytes - size.as_fp8().weight_bytes == saved
 
 
-def test_compiled_blocks_match_the_eager_dit(longcat_root):
+def eager_and_compiled(root):
+    """The tiny release's DiT from a fresh pool, eager and with compiled blocks (skips where torch
+    cannot compile)."""
     from wanflow.memory import pool as model_pool
 
     if model_pool.compile_problems("cpu"):
@@ -117,9 +119,15 @@ def test_compiled_blocks_match_the_eager_dit(longcat_root):
 
     torch._dynamo.reset()
     model_pool.clear()
-    files = sorted((longcat_root / REPO / "dit").glob("*.safetensors"))
-    eager = model_pool.dit(files, torch.float32, "cpu", "sdpa")
-    compiled = model_pool.dit(files, torch.float32, "cpu", "sdpa", compile_mode="blocks")
+    files = sorted((root / REPO / "dit").glob("*.safetensors"))
+    return model_pool.dit(files, torch.float32, "cpu", "sdpa"), model_pool.dit(files, torch.float32, "cpu", "sdpa",
+                                                                                 compile_mode="blocks")
+
+
+def test_compiled_blocks_match_the_eager_dit(longcat_root):
+    from wanflow.memory import pool as model_pool
+
+    eager, compiled = eager_and_compiled(longcat_root)
     assert compiled is not eager
     g = torch.Generator().manual_seed(3)
     x, context = torch.randn(1, 16, 3, 2, 2, generator=g), torch.randn(1, 5, 64, generator=g)

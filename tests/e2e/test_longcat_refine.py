@@ -72,6 +72,29 @@ def _grid(steps: int, shift: float, strength: float) -> tuple[torch.Tensor, torc
     return t, torch.cat([t / 1000, torch.zeros(1)])
 
 
+def _refined_by_hand(root, clean: torch.Tensor, cond: torch.Tensor, context: torch.Tensor, seed: int) -> torch.Tensor:
+    """generate_refine's denoise with conditioning frames, written out: the clip re-noised to 0.5
+    with the seed's noise, its first 4 latent frames then set to ``cond``, the authors' grid cut
+    below 0.5, the DiT's full pass over [cond; x] with the refinement LoRA and block-sparse
+    attention, Euler on the generated frames only; returns [cond; x]."""
+    from wanflow.models.longcat_bsa import BsaParams
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity
+
+    dit = load_longcat_dit(root / REPO / "dit").eval()
+    _longcat_lora_hooks(dit, refinement_lora())
+    sparse = BsaParams.from_config(BSA_PARAMS)
+    timesteps, sigmas = _grid(6, SHIFT, 0.5)
+    c = cond.shape[2]
+    x = (0.5 * clean + 0.5 * initial_noise(tuple(clean.shape), seed, noise_device="cpu"))[:, :, c:]
+    for i, t in enumerate(timesteps):
+        with torch.no_grad():
+            out = dit(torch.cat([cond, x], dim=2), t.reshape(1), context, cond_frames=c, sparse=sparse)
+        x = x + (sigmas[i + 1] - sigmas[i]) * flow_velocity(out[:, :, c:])
+    return torch.cat([cond, x], dim=2)
+
+
 def test_the_refinement_equals_the_authors_stage_by_hand(longcat_env, longcat_root, tmp_path):
     from wanflow.memory import pool as model_pool
     from wanflow.models.longcat_bsa import BsaParams
@@ -207,11 +230,7 @@ def test_a_continuation_s_refinement_holds_its_frames_at_the_refined_rate(longca
     clip's 18 upscaled frames (its own first 10 being the conditioning ones) with the same 3 before
     and 8 after encode to 8; the DiT runs the full pass with them as conditioning frames."""
     from wanflow.memory import pool as model_pool
-    from wanflow.models.longcat_bsa import BsaParams
-    from wanflow.models.longcat_loader import load_longcat_dit
     from wanflow.output import load_video, to_model_video
-    from wanflow.sampling import initial_noise
-    from wanflow.sampling.longcat import flow_velocity
     from wanflow.steps.conditioning import tile_spec
 
     inputs = {**REFINE, "longcat_video": str(videos["past"]), "longcat_cond_frames": 5}
@@ -226,18 +245,9 @@ def test_a_continuation_s_refinement_holds_its_frames_at_the_refined_rate(longca
         assert torch.allclose(ex.load(ENCODE_COND)["latents"], cond, atol=1e-5)
         assert torch.allclose(ex.load(ENCODE)["latents"], clean, atol=1e-5)
 
-        dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
-        _longcat_lora_hooks(dit, refinement_lora())
-        sparse = BsaParams.from_config(BSA_PARAMS)
         context = ex.load("encode-text:positive")["context"]
-        timesteps, sigmas = _grid(6, SHIFT, 0.5)
-        x = (0.5 * clean + 0.5 * initial_noise((1, 16, 8, 8, 8), 0, noise_device="cpu"))[:, :, 4:]
-        for i, t in enumerate(timesteps):
-            with torch.no_grad():
-                out = dit(torch.cat([cond, x], dim=2), t.reshape(1), context, cond_frames=4, sparse=sparse)
-            x = x + (sigmas[i + 1] - sigmas[i]) * flow_velocity(out[:, :, 4:])
-        refined = ex.load(DENOISE)["latents"]
-        assert torch.allclose(refined, torch.cat([cond, x], dim=2), rtol=1e-5, atol=1e-5)
+        expected = _refined_by_hand(longcat_root, clean, cond, context, seed=0)
+        assert torch.allclose(ex.load(DENOISE)["latents"], expected, rtol=1e-5, atol=1e-5)
         assert ex.load(DECODE)["frames"].shape == (18, 64, 64, 3)  # the 3 padding frames dropped
 
 
@@ -270,11 +280,7 @@ def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp
     holds the last 10 frames of refined window 0 (3 padding frames before them) as conditioning,
     the empty prompt, noise from seed + 1; the video is window 0's 18 frames, then window 1's 8 new."""
     from wanflow.memory import pool as model_pool
-    from wanflow.models.longcat_bsa import BsaParams
-    from wanflow.models.longcat_loader import load_longcat_dit
     from wanflow.output import to_model_video
-    from wanflow.sampling import initial_noise
-    from wanflow.sampling.longcat import flow_velocity
     from wanflow.steps.conditioning import tile_spec
 
     inputs = {**REFINE, "longcat_segments": 1, "longcat_cond_frames": 5}
@@ -292,18 +298,9 @@ def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp
         empty, prompt = ex.load("encode-text:refine")["context"], ex.load("encode-text:positive")["context"]
         assert empty.shape != prompt.shape or not torch.equal(empty, prompt)
 
-        dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
-        _longcat_lora_hooks(dit, refinement_lora())
-        sparse = BsaParams.from_config(BSA_PARAMS)
         clean = ex.load("encode-conditioning:longcat-refine-1")["latents"]
-        timesteps, sigmas = _grid(6, SHIFT, 0.5)
-        x = (0.5 * clean + 0.5 * initial_noise((1, 16, 8, 8, 8), 1, noise_device="cpu"))[:, :, 4:]
-        for i, t in enumerate(timesteps):
-            with torch.no_grad():
-                out = dit(torch.cat([cond, x], dim=2), t.reshape(1), empty, cond_frames=4, sparse=sparse)
-            x = x + (sigmas[i + 1] - sigmas[i]) * flow_velocity(out[:, :, 4:])
-        assert torch.allclose(ex.load("denoise:refine-1")["latents"], torch.cat([cond, x], dim=2),
-                              rtol=1e-5, atol=1e-5)
+        expected = _refined_by_hand(longcat_root, clean, cond, empty, seed=1)
+        assert torch.allclose(ex.load("denoise:refine-1")["latents"], expected, rtol=1e-5, atol=1e-5)
     first = run(_recipe(tmp_path, inputs=inputs), longcat_env)
     assert video_shape(first.archive / "outputs" / "video.mp4") == (18 + 8, 64, 64)
     # a second segment reuses the first windows' refinement
@@ -315,18 +312,11 @@ def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp
 
 def test_compiled_blocks_attend_block_sparsely_as_the_eager_dit(longcat_root):
     """[runtime].compile = "blocks" with the refinement's sparse attention: the same velocity."""
+    from tests.e2e.test_longcat_fp8 import eager_and_compiled
     from wanflow.memory import pool as model_pool
     from wanflow.models.longcat_bsa import BsaParams
 
-    if model_pool.compile_problems("cpu"):
-        pytest.skip("torch cannot compile here: " + "; ".join(model_pool.compile_problems("cpu")))
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    model_pool.clear()
-    files = sorted((longcat_root / REPO / "dit").glob("*.safetensors"))
-    eager = model_pool.dit(files, torch.float32, "cpu", "sdpa")
-    compiled = model_pool.dit(files, torch.float32, "cpu", "sdpa", compile_mode="blocks")
+    eager, compiled = eager_and_compiled(longcat_root)
     sparse = BsaParams.from_config(BSA_PARAMS)
     g = torch.Generator().manual_seed(5)
     x, context = torch.randn(1, 16, 8, 8, 8, generator=g), torch.randn(1, 5, 64, generator=g)
