@@ -21,7 +21,7 @@ from wanflow.families.longcat import (
 from wanflow.families.spec import FamilySpec
 from wanflow.recipe.longcat_refine_rules import check_refine, check_refine_borrowed
 from wanflow.recipe.longcat_train_rules import check_longcat_training
-from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
@@ -61,9 +61,6 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
         problems.add(("sampler", "cache", "method"), s.cache.method, "is fitted to a model (TeaCache's "
                      "polynomial, MagCache's ratios) and none is published for LongCat-Video: use \"first-block\" "
                      'or "easycache", which read only the model\'s own outputs, or "none"')
-    # its blocks are stored in fp8 as a Wan DiT's (a LoRA's frozen base too) and compiled for generation;
-    # training does not compile them yet
-    refuse_whole_dit_settings(problems, recipe, "LongCat's DiT", compile_too=recipe.train is not None, fp8_too=False)
     _check_memory(recipe, problems)
 
 

@@ -5,7 +5,7 @@ on its DiT, a LoRA on its own module names or full fine-tuning, text-to-video sa
 a row has a ``longcat_video`` column, continuation samples. What the stage offers for Wan DiTs
 and has not been built for LongCat's is refused here, naming the key and the fix, before
 anything loads: ``direct_distill`` (the few-step student of a Wan sampler) and several
-processes (compiled blocks are refused by the family's rules). A LoRA's frozen base may be
+processes and compiled blocks. A LoRA's frozen base may be
 stored in fp8 (``[memory].fp8``), as a Wan DiT's. A
 clip too short for its continuation frames is refused with the dataset (``steps.train_checks``).
 """
@@ -28,3 +28,6 @@ def check_longcat_training(recipe: Recipe, problems: Problems) -> None:
     if t.distribution != "none":
         problems.add(("train", "distribution"), t.distribution, "training LongCat-Video in several processes is "
                      'not built yet (its DiT is trained in one process): use distribution = "none"')
+    if recipe.runtime.compile != "none":
+        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling LongCat's DiT's blocks is not built "
+                     'yet for its training (generation compiles them): use "none"')

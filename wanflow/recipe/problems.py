@@ -90,16 +90,14 @@ def refuse_changed(problems: Problems, table: KeyPath, current: object, defaults
             problems.add((*table, key), list(value) if isinstance(value, tuple) else value, fix)
 
 
-def refuse_whole_dit_settings(problems: Problems, recipe: Any, dit: str, *, compile_too: bool = True,
-                              fp8_too: bool = True) -> None:
+def refuse_whole_dit_settings(problems: Problems, recipe: Any, dit: str, *, compile_too: bool = True) -> None:
     """The settings a DiT loaded whole by its own loader would not read, refused naming ``dit``
-    ("the S2V DiT", "LongCat's DiT"): with ``fp8_too``, ``[memory].fp8`` and ``[runtime].fp8_matmul``
-    (fp8 storage of its blocks is not built) and, with ``compile_too``, ``[runtime].compile`` (its
-    blocks are not compiled)."""
-    if fp8_too and recipe.memory.fp8:
+    ("the S2V DiT"): ``[memory].fp8`` and ``[runtime].fp8_matmul`` (fp8 storage of its blocks is
+    not built) and, with ``compile_too``, ``[runtime].compile`` (its blocks are not compiled)."""
+    if recipe.memory.fp8:
         problems.add(("memory", "fp8"), True, f"fp8 storage of {dit}'s blocks is not built yet (it loads whole in "
                      "the compute dtype): use false")
-    if fp8_too and recipe.runtime.fp8_matmul:
+    if recipe.runtime.fp8_matmul:
         problems.add(("runtime", "fp8_matmul"), True, f"fp8 matmuls of {dit}'s blocks are not built yet: "
                      "use false")
     if compile_too and recipe.runtime.compile != "none":
