@@ -168,7 +168,12 @@ class EncodeRefineCond:
     kind: str = "encode-longcat-refine-cond"
     version: int = 1
     output: str = "tensors"
-    reads: tuple[str, ...] = (*SIZE_READS, "inputs.longcat_cond_frames", "video.fps", *VAE_READS, *RUNTIME_READS)
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The sizes and the VAE's settings; the frame count and rate where frames condition."""
+        frames = () if self.cond == "image" else ("inputs.longcat_cond_frames", "video.fps")
+        return (*SIZE_READS, *frames, *VAE_READS, *RUNTIME_READS)
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import torch
