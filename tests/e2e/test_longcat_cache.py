@@ -3,7 +3,8 @@
 A cache that never skips (First-Block-Cache at threshold 0) gives the uncached video bit for bit,
 so the cached forward makes LongCat's calls in LongCat's order; a First-Block-Cache that skips
 equals the tiny DiT driven by hand through the same rule and changes the denoise's key only;
-TeaCache and MagCache, fitted to other models, are refused before anything runs.
+`wanflow cache calibrate` fits TeaCache and MagCache on LongCat's own denoise (nothing is published
+for it), and the fit runs; unfitted TeaCache and MagCache are refused before anything runs.
 """
 
 from __future__ import annotations
@@ -84,6 +85,57 @@ def test_the_cache_settings_are_keyed_and_refused_where_they_cannot_apply(longca
     assert computed(cached) == {"denoise", "decode", "save", "save-metadata"}  # EasyCache skipped: another video
     again = run(recipe, longcat_env, 'sampler.cache.method="easycache"', "sampler.cache.threshold=5.0")
     assert computed(again) == set()
-    for method in ("teacache", "magcache"):
-        with pytest.raises(WanflowError, match="none is published for LongCat-Video"):
-            load_recipe(recipe, sets=(f'sampler.cache.method="{method}"', "sampler.cache.threshold=0.1"))
+    with pytest.raises(WanflowError, match="no TeaCache polynomial is published for LongCat-Video"):
+        load_recipe(recipe, sets=('sampler.cache.method="teacache"', "sampler.cache.threshold=0.1"))
+    with pytest.raises(WanflowError, match="ratios"):  # MagCache without a calibration's ratios
+        load_recipe(recipe, sets=('sampler.cache.method="magcache"', "sampler.cache.threshold=0.1"))
+
+
+def test_calibration_fits_longcat_as_a_calibration_by_hand_and_its_fit_runs(longcat_env, longcat_root, tmp_path,
+                                                                            capsys):
+    """`wanflow cache calibrate` on a LongCat recipe: the recipe's own denoise, never skipping,
+    fits the TeaCache polynomial and MagCache ratios a Calibration fits when the tiny DiT is
+    driven by hand; pasted into the recipe, TeaCache at a 2x target and MagCache both run."""
+    import numpy as np
+    import tomllib
+
+    from wanflow.cli import main
+    from wanflow.models.longcat_cache import cached_forward
+    from wanflow.models.longcat_loader import load_longcat_dit
+    from wanflow.sampling import initial_noise
+    from wanflow.sampling.longcat import flow_velocity, longcat_schedule
+    from wanflow.sampling.step_cache_calibration import Calibration
+
+    recipe = _recipe(tmp_path)
+    assert main(["cache", "calibrate", str(recipe), "--runs", "1"]) == 0
+    fragment = tomllib.loads(capsys.readouterr().out)
+
+    schedule = longcat_schedule(6, SHIFT, enhance_hf=False)
+    dit = load_longcat_dit(longcat_root / REPO / "dit").eval()
+    calibration = Calibration(schedule.timesteps)
+    for _, ex in _executed(recipe):
+        pos, neg = ex.load("encode-text:positive")["context"], ex.load("encode-text:negative")["context"]
+    x = initial_noise((1, 16, 3, 2, 2), 0, noise_device="cpu")
+    for i, t in enumerate(schedule.timesteps):
+        with torch.no_grad():
+            vc, vu = (flow_velocity(cached_forward(dit, x, t.reshape(1), c, step_cache=calibration, branch=b))
+                      for c, b in ((pos, "cond"), (neg, "uncond")))
+        s = (vc * vu).sum() / (vu.pow(2).sum() + 1e-8)
+        x = x + (schedule.sigmas[i + 1] - schedule.sigmas[i]) * (s * vu + 4.0 * (vc - s * vu))
+    # the by-hand loop's CFG-Zero* rounds apart from the step's in the last bits, which the
+    # degree-4 fit amplifies to ~2e-5
+    np.testing.assert_allclose(fragment["calibrated"], calibration.teacache_coefficients("e"), rtol=1e-4)
+    ratios = dict(calibration.magcache_ratios())
+    np.testing.assert_allclose(fragment["ratios_cond"], ratios["cond"], rtol=1e-5)
+    np.testing.assert_allclose(fragment["ratios_uncond"], ratios["uncond"], rtol=1e-5)
+
+    plain = run(recipe, longcat_env)
+    fit = {k: fragment[k] for k in ("coefficients", "calibrated", "ratios_cond", "ratios_uncond")}
+    for method, extra in (("teacache", {"target_speedup": 2.0}), ("magcache", {"threshold": 0.5})):
+        (tmp_path / method).mkdir()
+        cached = _recipe(tmp_path / method, method=method, **extra, **fit)
+        outcome = run(cached, longcat_env)
+        assert computed(outcome) >= {"denoise", "decode"}
+        assert not {"encode-text:positive", "encode-text:negative"} & computed(outcome)
+        assert (outcome.archive / "outputs" / "video.mp4").read_bytes() != \
+            (plain.archive / "outputs" / "video.mp4").read_bytes()

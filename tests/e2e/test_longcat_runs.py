@@ -230,8 +230,8 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
                                           r"the release's scheduler/scheduler_config\.json"),
     ("past", {"sampler": {"sliding_window_size": 2}}, r"\[sampler\]\.sliding_window_size = 2: LongCat's denoise "
                                                       "step runs the whole clip"),
-    ("past", {"sampler": {"cache": {"method": "teacache"}}}, r"\[sampler\.cache\]\.method = \"teacache\": is fitted "
-                                                               "to a model .* none is published for LongCat-Video"),
+    ("past", {"sampler": {"cache": {"method": "teacache", "threshold": 0.1}}},
+     r"\[sampler\.cache\]\.coefficients = \"auto\": no TeaCache polynomial is published for LongCat-Video"),
     ("fast-short", {}, r"the video has 7 frames \(4 at \[video\]\.fps = 15: every 2 of its 30 fps\), fewer than "
                        r"the 5 conditioning frames"),
     (None, {"inputs": {"longcat_cond_frames": 17}}, r"\[inputs\]\.longcat_cond_frames = 17: is read only for a "

@@ -57,10 +57,13 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if s.denoising_strength != 1.0 and not problems.is_bad(("sampler", "denoising_strength")):
         problems.add(("sampler", "denoising_strength"), s.denoising_strength, "LongCat starts from noise (video "
                      "continuation is [inputs].longcat_video): use 1.0")
-    if s.cache.method in ("teacache", "magcache"):
-        problems.add(("sampler", "cache", "method"), s.cache.method, "is fitted to a model (TeaCache's "
-                     "polynomial, MagCache's ratios) and none is published for LongCat-Video: use \"first-block\" "
-                     'or "easycache", which read only the model\'s own outputs, or "none"')
+    if s.cache.method == "teacache" and s.cache.coefficients != "calibrated":
+        problems.add(("sampler", "cache", "coefficients"), s.cache.coefficients, "no TeaCache polynomial is "
+                     "published for LongCat-Video: calibrate one on it (wanflow cache calibrate RECIPE, "
+                     'docs/step-cache.md) and use coefficients = "calibrated", or use "first-block" or "easycache"')
+    if s.cache.method == "teacache" and s.cache.mode != "e":
+        problems.add(("sampler", "cache", "mode"), s.cache.mode, "LongCat's blocks take no shared modulation "
+                     'to read: use the time embedding, mode = "e"')
     _check_memory(recipe, problems)
 
 

@@ -115,7 +115,7 @@ def _finite_at_least(value: object, low: float) -> bool:
     return number and math.isfinite(value) and value >= low  # type: ignore[operator]
 
 
-def teacache_coefficients(settings: StepCacheSettings, arch: DitArchitecture, family: str) -> tuple[float, ...]:
+def teacache_coefficients(settings: StepCacheSettings, arch: DitArchitecture | None, family: str) -> tuple[float, ...]:
     """The calibrated polynomial, or the published set matching the DiT's architecture."""
     if settings.coefficients == "calibrated":
         return tuple(settings.calibrated)
@@ -143,7 +143,7 @@ def make_step_cache(
         rule = MagCacheRule(_resampled(settings.ratios, len(timesteps)), float(settings.threshold),
                             settings.max_skips, settings.retention)
         return StepCache(rule, timesteps, start, stop)
-    if arch is None:
+    if arch is None and settings.coefficients != "calibrated":
         raise ModelInputError("step cache: TeaCache needs the DiT's architecture to choose coefficients")
     coefficients = teacache_coefficients(settings, arch, family)
     if settings.target_speedup is not None:

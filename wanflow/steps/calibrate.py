@@ -6,7 +6,8 @@ denoise node itself, with a ``Calibration`` standing where its step cache would 
 files and LoRAs through the model pool, the same solver, schedule, guidance, noise and
 conditioning, so what is fitted is the model the recipe generates with. The nodes before denoise
 (text encoding, conditioning) run through the engine and are cached like those of any run.
-An A14B recipe gets one calibration per expert segment, as each expert is its own DiT.
+An A14B recipe gets one calibration per expert segment, as each expert is its own DiT;
+LongCat-Video's denoise step (its own DiT and loop) takes one over its whole schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from wanflow.engine.execute import Executor
 from wanflow.engine.plan import Plan, PlannedStep
 from wanflow.errors import EngineError, ModelInputError, RecipeError
 from wanflow.steps.denoise import Denoise, expert_cfgs
+from wanflow.steps.denoise_longcat import LongCatDenoise
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +99,28 @@ class CalibratingDenoise(Denoise):
         return self.recorder.cache_for(schedule.timesteps, span)
 
 
+@attrs.frozen
+class CalibratingLongCatDenoise(LongCatDenoise):
+    """LongCat's planned denoise with a never-skipping ``Calibration`` as its step cache."""
+
+    recorder: _Recorder = attrs.field(factory=_Recorder)
+
+    def _step_cache(self, p: Mapping[str, Any], schedule: Any, resumed: Mapping[str, Any], dit: Any,
+                    frames: int) -> Any:
+        self.recorder.role = "dit"
+        return self.recorder.cache_for(schedule.timesteps, (0, schedule.steps))
+
+
+class _PlannedWeights:
+    """The weights of a planned step, as a step's ``schedule`` reads them before anything runs."""
+
+    def __init__(self, ps: PlannedStep):
+        self._ps = ps
+
+    def weight(self, role: str) -> Path:
+        return Path(self._ps.spec.weights[role].path)
+
+
 class _DenoiseContext:
     """What the engine gives a running step, for a denoise whose output is not kept: its planned
     params, its inputs from the engine, its files and weights; no checkpoints (a calibration run
@@ -168,9 +192,8 @@ def calibrate(runs: Sequence[tuple[str, Plan]], cache: Any, bars: Any = None) ->
         ex = Executor(_upstream(plan, ps), cache, bars=bars)
         ex.run()
         step.run(_DenoiseContext(ex, ps))
-    denoise = runs[0][1].get("denoise")
-    steps = denoise.spec.step.schedule(denoise.params).steps
     experts = tuple(sorted(recorder.experts.values(), key=lambda e: e.start))
+    steps = len(experts[0].calibration.timesteps)  # every segment's calibration holds the whole schedule
     return CalibrationResult(experts, tuple(prompt for prompt, _ in runs), steps)
 
 
@@ -180,9 +203,12 @@ def check_enough_steps(plan: Plan, runs: int, where: str) -> None:
     ps = plan.get("denoise")
     step = _calibrating(ps, _Recorder())
     p = ps.params
-    schedule = step.schedule(p)
-    cfgs = expert_cfgs(p, step.roles)
-    for role, begin, stop in step._segments_from(p, schedule, 0):
+    if isinstance(step, CalibratingLongCatDenoise):  # one DiT over the whole schedule
+        segments, cfgs = [("dit", 0, step.schedule(p, _PlannedWeights(ps)).steps)], {"dit": float(p["sampler.cfg"])}
+    else:
+        schedule = step.schedule(p)
+        segments, cfgs = step._segments_from(p, schedule, 0), expert_cfgs(p, step.roles)
+    for role, begin, stop in segments:
         pairs = (stop - begin - 1) * (1 if cfgs[role] == 1.0 else 2) * runs
         if pairs <= DEGREE:
             raise RecipeError(
@@ -191,9 +217,12 @@ def check_enough_steps(plan: Plan, runs: int, where: str) -> None:
                 "fit needs at least 5: raise sampler.steps (--set sampler.steps=N) or --runs")
 
 
-def _calibrating(ps: PlannedStep, recorder: _Recorder) -> CalibratingDenoise:
+def _calibrating(ps: PlannedStep, recorder: _Recorder) -> CalibratingDenoise | CalibratingLongCatDenoise:
     """The planned denoise step turned into its calibrating twin (same fields)."""
     step = ps.spec.step
+    if type(step) is LongCatDenoise:
+        fields = {f.name: getattr(step, f.name) for f in attrs.fields(LongCatDenoise)}
+        return CalibratingLongCatDenoise(**fields, recorder=recorder)
     if not isinstance(step, Denoise):
         raise EngineError(f"calibration: the denoise step is a {type(step).__name__}, not wanflow's "
                           "Denoise; its family's pipeline cannot be calibrated")

@@ -102,10 +102,10 @@ class LongCatDenoise:
         state = SolverState.from_tensors(saved) if resumed else start_state(self.noise(p, cond))
         state = attrs.evolve(state, x=state.x.to(device))
         step = self.solver.load().step
-        steps = step_cache(p, schedule, cache_state)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             dit = self._dit(ctx)
+            steps = self._step_cache(p, schedule, cache_state, dit, state.x.shape[2])
             cache = None if cond is None else dit.cache_conditioning(cond.to(device))
             model_fn = self.guided(p, dit, ctx, cache, schedule, device, steps)
             while state.index < schedule.steps:
@@ -189,6 +189,30 @@ class LongCatDenoise:
         return lambda x, t: forward(dit, x, t.reshape(1).expand(x.shape[0]).to(device), context, lens, cache,
                                     steps, "pair")
 
+    def _step_cache(self, p: Mapping[str, Any], schedule: Any, resumed: Mapping[str, Any], dit: Any,
+                    frames: int) -> Any:
+        """The step cache of ``[sampler.cache]`` over the whole schedule (None for ``"none"``),
+        restored when resuming. TeaCache reads the calibrated polynomial (none is published for
+        LongCat) of the time embedding of the ``frames`` frames the DiT is called on; with a target
+        speed-up its plan is solved from every step's embedding before sampling."""
+        settings = cache_settings(p)
+        if settings is None:
+            return None
+        import torch
+
+        from wanflow.models.dit_cache import CacheSignals
+        from wanflow.sampling.step_cache_settings import make_step_cache
+
+        signals = None
+        if settings.method == "teacache":  # the forward's own t_emb of each step, as cached_forward passes it
+            device = next(dit.parameters()).device
+            embedded = (dit.embed_time(torch.full((1, frames), float(t), device=device)) for t in schedule.timesteps)
+            signals = [CacheSignals(e, e) for e in embedded]
+        cache = make_step_cache(settings, schedule.timesteps, family=p["model"], signals=signals)
+        if resumed:
+            cache.load_state_tensors(resumed)
+        return cache
+
     def _dit(self, ctx: Any) -> Any:
         """The DiT from the pool, through its row of the DiT variant table (whole, or its blocks in
         the memory plan's tiers; its block projections in fp8 under ``[memory].fp8``; its blocks
@@ -198,21 +222,6 @@ class LongCatDenoise:
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras,
                         storage=self.storage, tiers=self.tiers, compile_mode=ctx.params["runtime.compile"],
                         attention=self.attention)
-
-
-def step_cache(p: Mapping[str, Any], schedule: Any, resumed: Mapping[str, Any]) -> Any:
-    """The step cache of ``[sampler.cache]`` over the whole schedule (None for ``"none"``),
-    restored when resuming: First-Block-Cache or EasyCache, the rules recipe validation lets
-    LongCat take."""
-    settings = cache_settings(p)
-    if settings is None:
-        return None
-    from wanflow.sampling.step_cache_settings import make_step_cache
-
-    cache = make_step_cache(settings, schedule.timesteps)
-    if resumed:
-        cache.load_state_tensors(resumed)
-    return cache
 
 
 def forward(dit: Any, x: Any, t: Any, context: Any, lens: Any, cache: Any, steps: Any, branch: str) -> Any:
