@@ -327,3 +327,24 @@ def test_compiled_blocks_attend_block_sparsely_as_the_eager_dit(longcat_root):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
     assert (expected - dense).abs().max() > 1e-3
     model_pool.clear()
+
+
+def test_a_refined_grid_the_sparse_attention_cannot_attend_is_refused_before_anything_runs(
+        longcat_root, tmp_path, monkeypatch):
+    """With the release's own bsa_params (1 key chunk in 16), a 64 x 64 refinement of 9 frames has
+    2 key chunks and would keep none: refused at planning, naming the keys, nothing computed."""
+    import shutil
+
+    from wanflow.errors import ModelInputError
+
+    root = tmp_path / "models"
+    shutil.copytree(longcat_root, root)
+    config = root / REPO / "dit" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "bsa_params": {
+        "sparsity": 0.9375, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}}))
+    env = use_models(root, tmp_path, monkeypatch)
+    with pytest.raises(ModelInputError, match=r"\[inputs\]\.longcat_refine: the refined clip's \(8, 4, 4\) token "
+                                              r"grid cannot take the DiT's block-sparse attention .*keeps .* = 0 key "
+                                              r"chunks.*longcat_refine_width"):
+        run(_recipe(tmp_path), env)
+    assert not [p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]  # nothing computed

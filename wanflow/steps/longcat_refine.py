@@ -30,7 +30,7 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.families.longcat import refine_size
+from wanflow.families.longcat import REFINE_MULTIPLE, refine_size
 from wanflow.steps.conditioning import VAE_READS, encode
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise_longcat import LongCatDenoise
@@ -272,29 +272,59 @@ class LongCatRefineDenoise(LongCatDenoise):
         return (1 - s) * clean + s * noise
 
     def sparse_attention(self, ctx: Any, shape: tuple[int, ...], cond: int) -> Any:
-        """The DiT config's ``bsa_params`` (the authors' class default where it has none), checked
-        against the refined clip's token grids: the generated frames' queries over every frame's
-        keys, and the ``cond`` conditioning frames' over their own."""
-        from wanflow.models.longcat_bsa import BsaParams
-
+        """The DiT config's block-sparse attention settings, checked against the refined clip's
+        latents ``shape`` of which the first ``cond`` frames condition (planning checked them
+        already; a run of a changed config file is checked again here)."""
         config = next((ctx.weight(f"dit.{i}") for i in range(self.dit_files)
                        if ctx.weight(f"dit.{i}").name == "config.json"), None)
-        doc = json.loads(config.read_text(encoding="utf-8")) if config is not None else {}
-        raw = doc.get("bsa_params") if isinstance(doc, dict) else None
-        try:
-            params = BsaParams.from_config(raw) if raw else BsaParams()
-        except (TypeError, ValueError) as err:
-            raise ModelLoadError(f"{config}: bsa_params {raw!r}: {err}") from None
+        params = bsa_settings(config)
         _, _, frames, h, w = shape
-        grid = (frames, h // 2, w // 2)  # the DiT's (1, 2, 2) patches
-        problems = params.problems((frames - cond, *grid[1:]), grid)
-        if cond and not problems:
-            problems = params.problems((cond, *grid[1:]), (cond, *grid[1:]))
-        if problems:
-            raise ModelInputError(f"[inputs].longcat_refine: the refined clip's {grid} token grid cannot take the "
-                                  f"DiT's block-sparse attention ({'; '.join(problems)}); refine to a larger "
-                                  "size (longcat_refine_width / longcat_refine_height)")
+        refuse_grid(attention_problems(params, frames - cond, cond, (h // 2, w // 2)), (frames, h // 2, w // 2))
         return params
+
+
+def bsa_settings(config: Any) -> Any:
+    """The ``bsa_params`` of the DiT's ``config.json`` (``longcat_bsa_params.BsaParams``; the
+    authors' class default where it has none). Torch-free: planning reads them."""
+    from wanflow.models.longcat_bsa_params import BsaParams
+
+    doc = json.loads(config.read_text(encoding="utf-8")) if config is not None else {}
+    raw = doc.get("bsa_params") if isinstance(doc, dict) else None
+    try:
+        return BsaParams.from_config(raw) if raw else BsaParams()
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{config}: bsa_params {raw!r}: {err}") from None
+
+
+def attention_problems(params: Any, noise: int, cond: int, grid_hw: tuple[int, int]) -> list[str]:
+    """Why block-sparse attention cannot run over a refined clip of ``noise`` generated and
+    ``cond`` conditioning latent frames of ``grid_hw`` tokens each: the generated frames' queries
+    attend every frame's keys, the conditioning frames' their own."""
+    found = params.problems((noise, *grid_hw), (noise + cond, *grid_hw))
+    if cond and not found:
+        found = params.problems((cond, *grid_hw), (cond, *grid_hw))
+    return found
+
+
+def refuse_grid(problems: list[str], grid: tuple[int, int, int]) -> None:
+    """ModelInputError naming the refinement's keys, when ``problems`` says the grid cannot be attended."""
+    if problems:
+        raise ModelInputError(f"[inputs].longcat_refine: the refined clip's {grid} token grid cannot take the "
+                              f"DiT's block-sparse attention ({'; '.join(problems)}); refine to a larger size "
+                              "(longcat_refine_width / longcat_refine_height) or more frames")
+
+
+def check_refined_grids(values: Mapping[str, Any], cond: str, long_video: bool, config: Any) -> None:
+    """Refuse, before any model loads, a refinement whose token grids the DiT config's
+    block-sparse attention cannot attend: each clip (a long video's first window, and its later
+    ones holding the previous window's frames) at the refined size."""
+    params = bsa_settings(config)
+    width, height = refined_size(values)
+    grid_hw = (height // (REFINE_MULTIPLE // 4), width // (REFINE_MULTIPLE // 4))  # VAE 8 x patch 2
+    for kind in ("", "segment") if long_video else (cond,):
+        layout = Layout.of(refined_frames(values), cond_frames(values, kind))
+        refuse_grid(attention_problems(params, layout.noise_latents, layout.cond_latents, grid_hw),
+                    (layout.noise_latents + layout.cond_latents, *grid_hw))
 
 
 @attrs.frozen

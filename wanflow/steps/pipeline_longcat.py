@@ -21,7 +21,7 @@ from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelLoadError
 from wanflow.families.longcat import AUTHORS_SOLVERS, SCHEDULER_CONFIG
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
-from wanflow.steps.longcat_segments import segment_nodes
+from wanflow.steps.longcat_segments import segment_count, segment_nodes
 from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
 from wanflow.steps.runtime import effective_device
 
@@ -53,7 +53,12 @@ def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
     are the ``[[lora]]`` tables whose target is "refine", checked against the DiT now; its grid
     takes the release's scheduler config whatever the clip's solver."""
     from wanflow.families.longcat import REFINE_STAGE
-    from wanflow.steps.longcat_refine import DECODE, DENOISE, refine_nodes
+    from wanflow.steps.longcat_refine import (
+        DECODE,
+        DENOISE,
+        check_refined_grids,
+        refine_nodes,
+    )
     from wanflow.steps.loras import check_loras, lora_uses
 
     if not job.values["inputs.longcat_refine"]:
@@ -68,6 +73,11 @@ def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
                              "[models.dit].files")
     if uses and all(w.present for weights in job.weights.values() for w in weights.values()):
         check_loras(uses, lora_weights, {"dit": [w.path for w in dit.values()]}, job.family.name)
+    config = next((w for w in dit.values() if w.path.name == "config.json"), None)
+    if config is not None and config.present:  # the DiT config's sparse attention fits the refined clips
+        given = job.resolved.recipe.inputs
+        cond = "image" if given.image is not None else "video" if given.longcat_video is not None else ""
+        check_refined_grids(job.values, cond, segment_count(job.values) > 0, config.path)
     refined = refine_nodes(nodes, job.resolved, uses, lora_weights | ({SCHEDULER: scheduler} if scheduler else {}))
     out = []
     for n in refined:
