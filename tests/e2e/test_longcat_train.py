@@ -181,7 +181,7 @@ def _refusal(tmp_path, recipe, capsys) -> str:
 
 @pytest.mark.parametrize(("rows", "frames", "settings", "extra", "says"), [
     ([_row()], 5, {"task": "direct_distill"}, {}, ["[train].task", 'use task = "sft"']),
-    ([_row()], 5, {"distribution": "ddp", "processes": 2}, {}, ["[train].distribution", 'distribution = "none"']),
+    ([_row()], 5, {"distribution": "fsdp", "processes": 2}, {}, ["[train].distribution", 'use "ddp" or "none"']),
     ([_row()], 5, {}, {"runtime": {"compile": "blocks"}}, ["[runtime].compile", "not built yet"]),
     ([_row()], 5, {}, {"memory": {"policy": "stream"}}, ['[memory].policy = "stream"', "cannot be streamed"]),
     ([_row()], 5, {"validation_prompts": ["a red square"]}, {}, ["[train].validation_prompts", "validation_samples"]),
@@ -260,3 +260,19 @@ def test_a_lora_trains_over_a_frozen_base_stored_in_fp8(venv_runs, longcat_root,
         found = get_registry().pipeline(resolved.model).memory_plan(resolved)
         peaks[name] = next(p.host_bytes for p in found.peaks if p.step == "train")
     assert peaks["fp8"] < peaks["plain"]
+
+
+def test_ddp_with_two_processes_trains_the_lora_one_process_trains(venv_runs, media, tmp_path):
+    """[train].distribution = "ddp" over two CPU processes (gloo) with batches of one trains the
+    LoRA one process trains with batches of two, to fp32 rounding (tests/train/test_distributed.py
+    says why 1e-5), over two text-to-video samples."""
+    from safetensors.torch import load_file
+
+    rows = [_row(), _row(clip_file="clips/past.mp4", prompt="noise")]
+    train = {"steps": 4, "learning_rate": 1e-4, "checkpoint_every": 2}
+    single = run(_recipe(tmp_path, rows, batch_size=2, **train), venv_runs)
+    ddp = run(_recipe(tmp_path, rows, name="ddp", batch_size=1, distribution="ddp", processes=2, **train), venv_runs)
+    got, want = (load_file(str(o.archive / "outputs" / "lora.safetensors")) for o in (ddp, single))
+    assert set(got) == set(want) and want
+    assert max(float(v.abs().max()) for k, v in want.items() if "lora_B" in k or "lora_up" in k) > 2e-4  # it trained
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) <= 1e-5

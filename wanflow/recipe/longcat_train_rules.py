@@ -25,9 +25,9 @@ def check_longcat_training(recipe: Recipe, problems: Problems) -> None:
         problems.add(("train", "task"), t.task, "LongCat-Video trains with the flow-matching objective only "
                      '(DiffSynth\'s sft); direct_distill runs a Wan sampler\'s steps, which is not built for '
                      'LongCat\'s DiT: use task = "sft"')
-    if t.distribution != "none":
-        problems.add(("train", "distribution"), t.distribution, "training LongCat-Video in several processes is "
-                     'not built yet (its DiT is trained in one process): use distribution = "none"')
+    if t.distribution not in ("none", "ddp"):
+        problems.add(("train", "distribution"), t.distribution, "LongCat-Video trains in several processes with "
+                     'DDP (each holds the whole DiT); sharding it is not built yet: use "ddp" or "none"')
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling LongCat's DiT's blocks is not built "
                      'yet for its training (generation compiles them): use "none"')

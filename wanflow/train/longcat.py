@@ -27,10 +27,11 @@ ROLE = "longcat"
 
 
 def is_longcat(dit: torch.nn.Module) -> bool:
-    """Whether ``dit`` is LongCat-Video's DiT (its own forward and sign)."""
+    """Whether ``dit`` is LongCat-Video's DiT (its own forward and sign), also inside a
+    data-parallel wrapper (``DistributedDataParallel.module``)."""
     from wanflow.models.longcat import LongCatDiT
 
-    return isinstance(dit, LongCatDiT)
+    return isinstance(getattr(dit, "module", dit), LongCatDiT)
 
 
 def text_lengths(context: torch.Tensor) -> torch.Tensor:
