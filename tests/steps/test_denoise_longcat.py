@@ -18,7 +18,7 @@ PARAMS = {"sampler.solver": "longcat", "sampler.steps": 3, "sampler.shift": 5.0,
           "sampler.cfg_zero_star": True, "sampler.cfg_zero_init_steps": 0, "sampler.seed": 0,
           "sampler.noise_device": "cpu", "video.width": 16, "video.height": 16, "video.frames": 13,
           "runtime.device": "cpu", "runtime.dtype": "fp32", "runtime.attention": "sdpa", "runtime.compile": "none",
-          "sampler.cfg_merge": False}
+          "sampler.cfg_merge": False, "sampler.cache.method": "none"}
 STEP = LongCatDenoise(dit_files=4, z_dim=16, latent_stride=8, conditions=("longcat",), tail=True,
                       solver=SamplerEntry("longcat", lambda: SOLVER))  # a continuation: the enhance_hf tail
 
