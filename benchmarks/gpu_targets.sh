@@ -7,7 +7,8 @@
 #   3. the real pipeline on CUDA (benchmarks/gpu_smoke.sh: the quickstart under each memory policy,
 #      a LoRA training run);
 #   4. the profile of one 14B forward (PROFILE=0 leaves it out);
-#   5. the 1.3B targets (SMALL=0 leaves them out).
+#   5. the 1.3B targets (SMALL=0 leaves them out);
+#   6. LongCat's block-sparse attention against dense over one 720p refinement layer (BSA=0 leaves it out).
 # Figures go to $OUT (default /tmp/gpu-out), at most 8 files. Packages the machine lacks travel as
 # wheels in .whl/ (docs/speed.md, "Measuring on a GPU").
 set -u
@@ -44,5 +45,9 @@ fi
 if [ "${SMALL:-1}" = 1 ] && [ "$(cap 60)" -ge 60 ]; then
   timeout "$(cap "${SMALL_S:-120}")" python3 benchmarks/gpu_targets.py --config 1.3b --compile \
     --json "$OUT/targets-1.3b.json" 2>&1 | tee "$OUT/targets-1.3b.txt"
+fi
+if [ "${BSA:-1}" = 1 ] && [ "$(cap 30)" -ge 30 ]; then
+  timeout "$(cap "${BSA_S:-60}")" python3 benchmarks/longcat_bsa.py --device cuda --grid 48x44x80 2>&1 \
+    | tee "$OUT/bsa.txt"
 fi
 echo "done in ${SECONDS} s"
