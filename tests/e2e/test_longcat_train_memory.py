@@ -76,6 +76,8 @@ def test_wanflow_plan_prints_the_train_step_sized_by_its_settings(venv_runs, tmp
     assert _train_host_bytes(recipe, "train.method=full") > base
     assert _train_host_bytes(recipe, "train.lora_rank=16") > base
     assert _train_host_bytes(recipe, "train.frames=9") > base  # the largest bucket's tokens
+    ddp = ('train.distribution="ddp"', "train.processes=3")  # on the CPU each process holds a replica
+    assert _train_host_bytes(recipe, *ddp) == 3 * base
     assert main(["plan", str(recipe)]) == 0
     assert "step train: peak host" in capsys.readouterr().out
 

@@ -5,8 +5,8 @@ What a Wan training job's plan does for its train step (``steps.memory_plan``: `
 its config and weights read off its own headers (its fp32 islands, ``longcat_config.keeps_fp32``),
 its train step sized by ``memory.longcat_train_estimate`` at the dataset's largest bucket (a
 continuation's conditioning frames are tokens of its clip). A LoRA's frozen base may be stored
-in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer); several
-processes are refused by its recipe's rules.
+in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer); with DDP each
+process holds a whole replica in host memory, counted once per process.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class LongCatTrainJob:
     checkpointing: bool
     offload: bool
     fp8: bool = False  # [memory].fp8: a LoRA's frozen base with its block projections in fp8
+    processes: int = 1  # processes holding a whole replica each (DDP)
     fp8_storable: ClassVar[bool] = True
 
     def peak(self, **changes: Any) -> TrainPeak:
@@ -67,8 +68,9 @@ class LongCatTrainJob:
         setup = TrainSetup(job.method, job.batch, job.grid, job.itemsize if lora else FP32, job.checkpointing,
                            job.offload, adapters)
         loading = component_size("dit", job.tensors, FP32, keeps_fp32=longcat_config.keeps_fp32).largest_tensor_bytes
-        return lte.train_peak(job.config, setup, dit, device_run=job.device_run, accumulation=job.accumulation,
-                              loading_bytes=loading)
+        found = lte.train_peak(job.config, setup, dit, device_run=job.device_run, accumulation=job.accumulation,
+                               loading_bytes=loading)
+        return attrs.evolve(found, host_bytes=found.host_bytes * job.processes)
 
 
 def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
@@ -83,7 +85,8 @@ def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: M
     files = {"dit": [w.path for w in job.weights["dit"].values()]}
     return LongCatTrainJob(config, tensors, files, grids[largest], largest.bucket, itemsize, device != "cpu",
                            t.gradient_accumulation, tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size,
-                           t.gradient_checkpointing, t.offload_activations, bool(job.values["memory.fp8"]))
+                           t.gradient_checkpointing, t.offload_activations, bool(job.values["memory.fp8"]),
+                           t.processes if t.distribution != "none" else 1)
 
 
 def longcat_train_step_peak(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
