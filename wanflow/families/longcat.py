@@ -91,7 +91,7 @@ def family() -> FamilySpec:
         NAME, f"LongCat-Video 13.6B: text-to-video, image-to-video ([inputs].image) and video continuation "
         f"from [inputs].longcat_video ({REPO}); "
         f'[sampler].solver = "{SOLVER}" as its authors sample it ("{DISTILLED_SOLVER}": their 16-step distilled run), '
-        'or "euler" as DiffSynth does',
+        'or "euler" as DiffSynth does; [inputs].longcat_refine: the authors\' 720p refinement',
         components, DEFAULTS, frozenset({"longcat_video", "image"}), sizes=((832, 480), (480, 832)),
         solvers=(*AUTHORS_SOLVERS, "euler"), solver_defaults=SOLVER_DEFAULTS, pipeline=PIPELINE,
         conditioners=(conditioner("longcat-frames"),), lora_stages=(REFINE_STAGE,))
