@@ -136,6 +136,10 @@ def test_the_refinement_equals_the_authors_stage_by_hand(longcat_env, longcat_ro
 
 
 def test_a_refined_run_saves_twice_the_frames_and_reruns_only_what_changed(longcat_env, tmp_path):
+    import zipfile
+
+    from PIL import Image
+
     from wanflow.steps.longcat_frames import source_rate
 
     recipe = _recipe(tmp_path)
@@ -151,6 +155,13 @@ def test_a_refined_run_saves_twice_the_frames_and_reruns_only_what_changed(longc
     spatial = run(recipe, longcat_env, "inputs.longcat_refine_spatial_only=true")
     assert computed(spatial) == REFINED
     assert video_shape(spatial.archive / "outputs" / "video.mp4") == (9, 64, 64)
+    # PNG frames are the refined ones too
+    pngs = run(recipe, longcat_env, "output.png_frames=true")
+    with zipfile.ZipFile(pngs.archive / "outputs" / "frames.zip") as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith(".png"))
+        assert len(names) == 18
+        with zf.open(names[0]) as f:
+            assert Image.open(f).size == (64, 64)
 
 
 def test_the_refined_size_defaults_to_the_authors_720p_bucket():
