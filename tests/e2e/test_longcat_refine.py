@@ -359,3 +359,40 @@ def test_a_refined_grid_the_sparse_attention_cannot_attend_is_refused_before_any
                                               r"chunks.*longcat_refine_width"):
         run(_recipe(tmp_path), env)
     assert not [p for p in (tmp_path / "cache" / "objects").rglob("*") if p.is_file()]  # nothing computed
+
+
+def test_the_refinement_streams_its_blocks_to_the_same_latents(longcat_env, tmp_path, monkeypatch):
+    """The refinement's DiT (LoRA-patched, block-sparse) with its two blocks streamed, one from
+    its checkpoint file and one from host memory, gives the latents of the whole DiT to fp32
+    rounding: a streamed DiT takes its LoRA on the fly where a resident one merges it (docs/lora.md,
+    "Merged or on the fly": ≤ 2e-6 of the largest value). Each run in a cache of its own."""
+    import attrs
+
+    from wanflow.engine.cache import Cache
+    from wanflow.engine.execute import Executor
+    from wanflow.engine.runner import plan_job
+    from wanflow.memory import pool as model_pool
+    from wanflow.memory import streamed
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    placed, real = [], streamed.load_placed_longcat
+    monkeypatch.setattr(streamed, "load_placed_longcat",
+                        lambda files, tiers, **kw: placed.append(tuple(tiers)) or real(files, tiers, **kw))
+    model_pool.clear()
+    resolved = load_recipe(_recipe(tmp_path))
+    latents = {}
+    for tiers in ((), ("disk", "host")):
+        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{len(tiers)}"))
+        with Cache() as cache:
+            plan = plan_job(resolved, get_registry().pipeline(resolved.model), cache)
+            steps = tuple(attrs.evolve(s, spec=attrs.evolve(s.spec, step=attrs.evolve(s.spec.step, tiers=tiers)))
+                          if s.name == DENOISE else s for s in plan.steps if s.name not in ("save", "save-metadata"))
+            ex = Executor(attrs.evolve(plan, steps=steps), cache)
+            ex.run()
+            assert not ex.results[DENOISE].hit
+            latents[tiers] = ex.load(DENOISE)["latents"]
+    assert placed == [("disk", "host")]  # the refinement's DiT streamed its blocks; the first clip's did not
+    model_pool.clear()
+    moved, whole = latents[("disk", "host")], latents[()]
+    assert (moved - whole).abs().max() <= 2e-6 * whole.abs().max()
