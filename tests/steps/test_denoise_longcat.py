@@ -83,3 +83,51 @@ def test_blocks_streamed_from_disk_and_host_give_the_same_latents_to_the_bit(wei
     assert torch.equal(stepped.run(Ctx(PARAMS, _inputs(), weights))["latents"], resident)
     assert [tiers for tiers, _ in placed] == [("disk", "host")]
     model_pool.clear()
+
+
+REFINE_PARAMS = {**PARAMS, "inputs.longcat_refine_steps": 12, "inputs.longcat_refine_strength": 0.9}
+
+
+def _refine_inputs() -> dict:
+    """The prompt, an upscaled clip's latents (8 conditioning + 4 generated frames of 4 x 4: whole
+    chunks of the tiny release's block-sparse attention) and its conditioning latents."""
+    g = torch.Generator().manual_seed(6)
+    clip = torch.randn(1, 16, 12, 4, 4, generator=g)
+    return {"pos": {"context": torch.randn(1, 7, 64, generator=g)}, "refine": {"latents": clip},
+            "refine-cond": {"latents": clip[:, :, :8] + 0.1}}
+
+
+def test_a_killed_refinement_resumes_bit_for_bit(weights, monkeypatch):
+    from wanflow.steps import longcat_refine
+    from wanflow.steps.longcat_refine import LongCatRefineDenoise
+
+    monkeypatch.setattr(longcat_refine, "CHECKPOINT_EVERY", 3)
+    step = LongCatRefineDenoise(dit_files=4, z_dim=16, latent_stride=8, conditions=("refine-cond",))
+    full = step.run(Ctx(REFINE_PARAMS, _refine_inputs(), weights))["latents"]
+    assert full.shape == (1, 16, 12, 4, 4) and torch.equal(full[:, :, :8], _refine_inputs()["refine-cond"]["latents"])
+    killed = Ctx(REFINE_PARAMS, _refine_inputs(), weights, stop_after=3)
+    with pytest.raises(Stop):
+        step.run(killed)
+    assert killed.partial[0] == 3
+    resumed = Ctx(REFINE_PARAMS, _refine_inputs(), weights, partial=killed.partial)
+    assert torch.equal(step.run(resumed)["latents"], full)
+
+
+def test_a_killed_run_resumes_its_step_cache_bit_for_bit(weights, monkeypatch):
+    """The step cache's state is checkpointed with the solver's: a resumed First-Block-Cache run
+    skips and adds exactly as the uninterrupted one."""
+    monkeypatch.setattr(denoise_longcat, "CHECKPOINT_EVERY", 5)
+    params = {**PARAMS, "model": "longcat-video", "sampler.cache.method": "first-block", "sampler.cache.threshold": 0.3,
+              **{f"sampler.cache.{k}": v for k, v in (("target_speedup", None), ("mode", "e"),
+                                                        ("coefficients", "auto"), ("calibrated", ()),
+                                                        ("ratios_cond", ()), ("ratios_uncond", ()),
+                                                        ("max_skips", 2), ("retention", 0.2))}}
+    full = STEP.run(Ctx(params, _inputs(), weights))["latents"]
+    plain = STEP.run(Ctx(PARAMS, _inputs(), weights))["latents"]
+    assert not torch.equal(full, plain)  # the cache skipped
+    killed = Ctx(params, _inputs(), weights, stop_after=5)
+    with pytest.raises(Stop):
+        STEP.run(killed)
+    assert any(k.startswith("cache.") for k in killed.partial[1])
+    resumed = Ctx(params, _inputs(), weights, partial=killed.partial)
+    assert torch.equal(STEP.run(resumed)["latents"], full)

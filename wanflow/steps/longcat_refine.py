@@ -33,6 +33,7 @@ from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import REFINE_MULTIPLE, refine_size
 from wanflow.steps.conditioning import VAE_READS, encode
 from wanflow.steps.decode import Decode
+from wanflow.steps.denoise import CHECKPOINT_EVERY
 from wanflow.steps.denoise_longcat import LongCatDenoise
 from wanflow.steps.save import SaveFrames, SaveVideo
 from wanflow.steps.text import RUNTIME_READS
@@ -244,7 +245,7 @@ class LongCatRefineDenoise(LongCatDenoise):
             while state.index < schedule.steps:
                 state = euler_step(state, velocity, schedule)
                 bar.update(1)
-                if state.index % 5 == 0 or state.index == schedule.steps:
+                if state.index % CHECKPOINT_EVERY == 0 or state.index == schedule.steps:
                     ctx.save_partial(state.index, {k: v.cpu() for k, v in state.to_tensors().items()})
         bar.close()
         x = state.x.float().cpu()
