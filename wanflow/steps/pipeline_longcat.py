@@ -3,7 +3,8 @@
 Text encoding, the continuation's conditioning frames (``longcat-video``), decode and save are
 the Wan pipeline's; denoise is ``denoise_longcat`` whatever the solver, since the DiT is LongCat's.
 A long video (``[inputs].longcat_segments``) chains continuations after the first clip
-(``steps/longcat_segments.py``).
+(``steps/longcat_segments.py``); ``[inputs].longcat_refine`` adds the 720p refinement after it
+(``steps/longcat_refine.py``), its LoRAs and grids checked here before any model loads.
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
