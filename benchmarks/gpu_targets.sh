@@ -31,7 +31,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . -e 
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   timeout "$(cap "${TESTS_S:-50}")" python3 -m pytest -q -p no:cacheprovider tests/models/test_fp8_matmul.py \
-    tests/models/test_attention_backends.py 2>&1 | tail -25
+    tests/models/test_attention_backends.py tests/models/test_longcat_bsa.py 2>&1 | tail -25
 } 2>&1 | tee "$OUT/tests.txt"
 timeout "$(cap "${BIG_S:-330}")" python3 benchmarks/gpu_targets.py --config 14b --compile --json "$OUT/targets-14b.json" 2>&1 \
   | tee "$OUT/targets-14b.txt"

@@ -238,3 +238,17 @@ def test_from_config_reads_the_authors_keys():
         BsaParams.from_config({"sparsity": 1.5})
     with pytest.raises(ModelLoadError, match="key chunk 4: must be three positive integers"):
         BsaParams.from_config({"chunk_3d_shape_k": 4})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_path_computes_what_the_cpu_one_does():
+    """On a GPU in fp32: the CPU's result (the same chunks win; the kernels round apart); in bf16,
+    as the refinement runs, a finite result of the same shape."""
+    grid, params = (8, 8, 8), BsaParams(sparsity=0.75)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 512, 4, 64, generator=gen) for _ in range(3))
+    cpu = block_sparse_attention(q, k, v, grid, grid, params)
+    gpu = block_sparse_attention(q.cuda(), k.cuda(), v.cuda(), grid, grid, params).cpu()
+    assert ((gpu - cpu).norm() / cpu.norm()).item() < 1e-4
+    half = block_sparse_attention(*(x.cuda().bfloat16() for x in (q, k, v)), grid, grid, params)
+    assert half.shape == q.shape and half.dtype == torch.bfloat16 and torch.isfinite(half).all()
