@@ -143,8 +143,10 @@ def test_when_no_single_change_fits_the_refusal_names_what_longcat_can_change(lo
     files = sorted((longcat_root / REPO / "dit").glob("*.safetensors"))
     tensors = read_headers(files)
     config = from_shapes({k: t.shape for k, t in tensors.items()}, "the tiny DiT")
-    train = LongCatTrainJob(config, tensors, {"dit": files}, (3, 4, 4), "32x32x9", 4, False, 1,
-                            ("attn.qkv", "ffn.w2"), 4, "lora", 2, False, False)
+    train = LongCatTrainJob(config=config, tensors=tensors, dit_files={"dit": files}, grid=(3, 4, 4),
+                            bucket="32x32x9", itemsize=4, device_run=False, accumulation=1,
+                            targets=("attn.qkv", "ffn.w2"), rank=4, method="lora", batch=2, checkpointing=False,
+                            offload=False)
     with pytest.raises(MemoryPlanError) as refused:
         sized_train_step("train.toml", train, Budgets(None, 1000))
     text = str(refused.value)

@@ -201,8 +201,9 @@ def test_a_training_job_s_plan_reads_the_injectors_off_the_released_files(tmp_pa
     shapes = dit_shapes(files)
     config = from_shapes(shapes, str(files[0]))
     grid = (3, 8, 8)
-    job = TrainJob(config, {"dit": files}, grid, "64x64x9", 4, False, 1, 1, TARGETS, RANK, "lora", 1, True, False,
-                   False, 1)
+    job = TrainJob(config=config, dit_files={"dit": files}, grid=grid, bucket="64x64x9", itemsize=4, device_run=False,
+                   accumulation=1, targets=TARGETS, rank=RANK, method="lora", batch=1, checkpointing=True,
+                   offload=False)
     adapters, params, block = te.lora_adapters(linear_weights(shapes), adapted_weights(shapes, TARGETS), RANK)
     plain = te.TrainSetup("lora", 1, grid, 4, True, adapters=adapters)
     count = len(tiny_s2v_config().inject_layers)

@@ -12,9 +12,8 @@ process holds a whole replica in host memory, counted once per process.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -25,31 +24,22 @@ from wanflow.memory.planner import Budgets, StepPeak
 from wanflow.memory.sizes import TensorInfo, block_index, component_size
 from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup
 from wanflow.models import longcat_config
-from wanflow.steps.memory_plan import adapted_weights, linear_weights, sized_train_step
+from wanflow.steps.memory_plan import (
+    TrainSettings,
+    adapted_weights,
+    linear_weights,
+    sized_train_step,
+    train_settings,
+)
 
 
-@attrs.frozen
-class LongCatTrainJob:
-    """What LongCat's train step estimate reads from a training job; ``peak`` re-estimates it with
-    changed [train] settings (the changes a refusal offers)."""
+@attrs.frozen(kw_only=True)
+class LongCatTrainJob(TrainSettings):
+    """LongCat's train step; ``peak`` re-estimates it with changed [train] settings (the changes a
+    refusal offers)."""
 
     config: longcat_config.LongCatConfig
     tensors: Mapping[str, TensorInfo]  # the DiT's header: every tensor's shape and dtype
-    dit_files: Mapping[str, Sequence[Path]]  # {"dit": its files}, as a refusal names them
-    grid: tuple[int, int, int]  # the largest bucket's latent grid, conditioning frames included
-    bucket: str  # its name, WIDTHxHEIGHTxFRAMES
-    itemsize: int  # the run's compute dtype
-    device_run: bool
-    accumulation: int
-    targets: tuple[str, ...]
-    rank: int
-    method: str
-    batch: int
-    checkpointing: bool
-    offload: bool
-    fp8: bool = False  # [memory].fp8: a LoRA's frozen base with its block projections in fp8
-    processes: int = 1  # processes holding a whole replica each (DDP)
-    fp8_storable: ClassVar[bool] = True
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
@@ -83,10 +73,8 @@ def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: M
     grids = {s: latent_grid(s.frames, s.height, s.width, "wan2.1") for s in targets}
     largest = max(targets, key=lambda s: (longcat_tokens(config, grids[s]), s))
     files = {"dit": [w.path for w in job.weights["dit"].values()]}
-    return LongCatTrainJob(config, tensors, files, grids[largest], largest.bucket, itemsize, device != "cpu",
-                           t.gradient_accumulation, tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size,
-                           t.gradient_checkpointing, t.offload_activations, bool(job.values["memory.fp8"]),
-                           t.processes if t.distribution != "none" else 1)
+    return LongCatTrainJob(config=config, tensors=tensors,
+                           **train_settings(t, job.values, files, grids[largest], largest.bucket, itemsize, device))
 
 
 def longcat_train_step_peak(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],

@@ -215,29 +215,36 @@ class SizedTrain(Protocol):
     def peak(self, **changes: Any) -> TrainPeak: ...
 
 
-@attrs.frozen
-class TrainJob:
-    """What the train step's estimate reads from a training job; ``peak`` re-estimates it with
-    changed [train] settings (the changes a refusal offers)."""
+@attrs.frozen(kw_only=True)
+class TrainSettings:
+    """What every family's train-step estimate reads from a training job: its DiT files, the
+    dataset's largest bucket and the [train] settings a refusal may change (``peak(**changes)``)."""
 
-    config: DitConfig
     dit_files: Mapping[str, Sequence[Path]]  # every DiT the step holds (A14B: both experts)
-    grid: tuple[int, int, int]  # the largest bucket's latent grid
+    grid: tuple[int, int, int]  # the largest bucket's latent grid (a continuation's frames included)
     bucket: str  # its name, WIDTHxHEIGHTxFRAMES
     itemsize: int  # the run's compute dtype
     device_run: bool
     accumulation: int
-    processes: int  # processes holding a whole replica each (a distributed run)
+    processes: int = 1  # processes holding a whole replica each (a distributed run)
     targets: tuple[str, ...]
     rank: int
     method: str
     batch: int
     checkpointing: bool
     offload: bool
-    fp8: bool
-    forwards: int  # DiT passes per micro-batch (direct distillation: the student's steps)
+    fp8: bool = False  # [memory].fp8: a LoRA's frozen base with its block projections in fp8
     #: Whether [memory].fp8 can store the frozen base in fp8 (a refusal may offer it).
     fp8_storable: ClassVar[bool] = True
+
+
+@attrs.frozen(kw_only=True)
+class TrainJob(TrainSettings):
+    """A Wan DiT's train step; ``peak`` re-estimates it with changed [train] settings (the
+    changes a refusal offers)."""
+
+    config: DitConfig
+    forwards: int = 1  # DiT passes per micro-batch (direct distillation: the student's steps)
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
@@ -274,11 +281,18 @@ def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_versi
     grids = {s: latent_grid(s.frames, s.height, s.width, vae_version) for s in targets}
     largest = max(targets, key=lambda s: (dit_tokens(config, grids[s]), s))
     files = {d: [w.path for w in job.weights[d].values()] for d in job.dits()}
-    return TrainJob(config, files, grids[largest], largest.bucket, itemsize, device != "cpu",
-                    t.gradient_accumulation, t.processes if t.distribution != "none" else 1,
-                    tuple(t.lora_targets), t.lora_rank, t.method, t.batch_size, t.gradient_checkpointing,
-                    t.offload_activations, bool(v["memory.fp8"]),
-                    int(v["sampler.steps"]) if t.task == "direct_distill" else 1)
+    return TrainJob(config=config, forwards=int(v["sampler.steps"]) if t.task == "direct_distill" else 1,
+                    **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))
+
+
+def train_settings(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
+                   grid: tuple[int, int, int], bucket: str, itemsize: int, device: str) -> dict[str, Any]:
+    """The ``TrainSettings`` fields of a job's [train] table (``t``), its DiT files and largest bucket."""
+    return {"dit_files": files, "grid": grid, "bucket": bucket, "itemsize": itemsize, "device_run": device != "cpu",
+            "accumulation": t.gradient_accumulation, "processes": t.processes if t.distribution != "none" else 1,
+            "targets": tuple(t.lora_targets), "rank": t.lora_rank, "method": t.method, "batch": t.batch_size,
+            "checkpointing": t.gradient_checkpointing, "offload": t.offload_activations,
+            "fp8": bool(values["memory.fp8"])}
 
 
 def train_step_peak(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str,
