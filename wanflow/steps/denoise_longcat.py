@@ -125,20 +125,12 @@ class LongCatDenoise:
         frames, or distilled) at the release's scheduler shift, or the Wan Euler grid at
         ``[sampler].shift`` (DiffSynth's configuration)."""
         from wanflow.families.longcat import AUTHORS_SOLVERS
-        from wanflow.sampling.longcat import authors_schedule, scheduler_shift
+        from wanflow.sampling.longcat import authors_schedule
 
         solver = self.solver.load()
         if solver.name not in AUTHORS_SOLVERS:
             return solver.schedule(p["sampler.steps"], p["sampler.shift"], 1.0)
-        path = ctx.weight(SCHEDULER)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
-        if not isinstance(doc, dict):
-            raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
-        return authors_schedule(solver.name, p["sampler.steps"], scheduler_shift(doc, str(path)),
-                                continuation=self.tail)
+        return authors_schedule(solver.name, p["sampler.steps"], release_shift(ctx), continuation=self.tail)
 
     def noise(self, p: Mapping[str, Any], cond: Any) -> Any:
         """The seeded noise of the whole clip (LongCat draws it so), less the conditioning frames."""
@@ -234,3 +226,18 @@ def forward(dit: Any, x: Any, t: Any, context: Any, lens: Any, cache: Any, steps
     from wanflow.models.longcat_cache import cached_forward
 
     return flow_velocity(cached_forward(dit, x, t, context, lens, cache=cache, step_cache=steps, branch=branch))
+
+
+def release_shift(ctx: Any) -> float:
+    """The flow shift of the release's ``scheduler/scheduler_config.json`` (the step's
+    ``scheduler`` weight), which the authors' grids take."""
+    from wanflow.sampling.longcat import scheduler_shift
+
+    path = ctx.weight(SCHEDULER)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
+    return scheduler_shift(doc, str(path))

@@ -125,9 +125,9 @@ def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, i
 def refine_cond(job: Any) -> str:
     """What conditions the largest refined clip: a long video's later windows hold the previous
     window's frames; else the image, or the continued video's frames, or nothing."""
-    if segment_count(job.values):
-        return "segment"
-    return "image" if job.given("image") else "video" if job.given("longcat_video") else ""
+    from wanflow.steps.longcat_refine import clip_cond
+
+    return "segment" if segment_count(job.values) else clip_cond(job.resolved.recipe.inputs)
 
 
 def pixels_tile(tile: tuple[int, int] | None, height: int, width: int) -> tuple[int, int] | None:

@@ -30,11 +30,11 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError, ModelLoadError
-from wanflow.families.longcat import REFINE_MULTIPLE, refine_size
+from wanflow.families.longcat import refine_size
 from wanflow.steps.conditioning import VAE_READS, encode
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import CHECKPOINT_EVERY
-from wanflow.steps.denoise_longcat import LongCatDenoise
+from wanflow.steps.denoise_longcat import LongCatDenoise, release_shift
 from wanflow.steps.save import SaveFrames, SaveVideo
 from wanflow.steps.text import RUNTIME_READS
 
@@ -52,6 +52,8 @@ ROLE, COND_ROLE = "refine", "refine-cond"
 CHUNK_FRAMES = 4
 #: The VAE's frames per latent frame after the first.
 TEMPORAL_STRIDE = 4
+#: Pixels per DiT token along height and width: the VAE's 8 x the patch's 2.
+TOKEN_PIXELS = 16
 #: What the upscaling and its padding read.
 SIZE_READS = ("inputs.longcat_refine_spatial_only", "inputs.longcat_refine_width", "inputs.longcat_refine_height",
               "video.width", "video.height", "video.frames")
@@ -64,9 +66,21 @@ def refined_size(p: Mapping[str, Any]) -> tuple[int, int]:
     return (w, h) if w and h else refine_size(p["video.width"], p["video.height"])
 
 
+def frame_factor(p: Mapping[str, Any]) -> int:
+    """How many times the refinement multiplies the frames and the frame rate: 2, or 1 when
+    spatial only."""
+    return 1 if p["inputs.longcat_refine_spatial_only"] else 2
+
+
 def refined_frames(p: Mapping[str, Any]) -> int:
     """Frames of the refined video: the clip's, doubled unless spatial only."""
-    return p["video.frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+    return p["video.frames"] * frame_factor(p)
+
+
+def clip_cond(inputs: Any) -> str:
+    """What conditions a clip that is refined: "image" (image-to-video), "video" (a
+    continuation) or "" (text-to-video), from the recipe's ``[inputs]``."""
+    return "image" if inputs.image is not None else "video" if inputs.longcat_video is not None else ""
 
 
 def cond_frames(p: Mapping[str, Any], kind: str) -> int:
@@ -77,7 +91,7 @@ def cond_frames(p: Mapping[str, Any], kind: str) -> int:
     if kind == "image":
         return 1
     if kind in ("video", "segment"):
-        return p["inputs.longcat_cond_frames"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+        return p["inputs.longcat_cond_frames"] * frame_factor(p)
     return 0
 
 
@@ -192,8 +206,7 @@ class EncodeRefineCond:
 
             pixels = torch.from_numpy(to_model_video(ctx.input("frames")["frames"][-count:].numpy()))
         else:
-            fps = p["video.fps"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
-            pixels = last_frames(ctx.file("longcat_video"), count, fps, width, height)  # (3, count, H, W)
+            pixels = last_frames(ctx.file("longcat_video"), count, p["video.fps"] * frame_factor(p), width, height)  # (3, count, H, W)
         front = Layout.of(refined_frames(p), count).front
         pixels = torch.cat([pixels[:, :1].expand(-1, front, -1, -1), pixels], dim=1)
         return {"latents": encode(self, ctx, pixels).contiguous()}
@@ -253,15 +266,9 @@ class LongCatRefineDenoise(LongCatDenoise):
 
     def schedule(self, p: Mapping[str, Any], ctx: Any) -> Any:
         """The authors' grid of ``longcat_refine_steps`` at the release's shift, cut at the strength."""
-        from wanflow.sampling.longcat import refine_schedule, scheduler_shift
+        from wanflow.sampling.longcat import refine_schedule
 
-        path = ctx.weight("scheduler")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
-        return refine_schedule(p["inputs.longcat_refine_steps"], scheduler_shift(doc, str(path)),
-                               p["inputs.longcat_refine_strength"])
+        return refine_schedule(p["inputs.longcat_refine_steps"], release_shift(ctx), p["inputs.longcat_refine_strength"])
 
     def renoised(self, p: Mapping[str, Any], clean: Any) -> Any:
         """(1 − s)·latents + s·ε at the strength s, ε drawn from the run's seed."""
@@ -321,7 +328,7 @@ def check_refined_grids(values: Mapping[str, Any], cond: str, long_video: bool, 
     ones holding the previous window's frames) at the refined size."""
     params = bsa_settings(config)
     width, height = refined_size(values)
-    grid_hw = (height // (REFINE_MULTIPLE // 4), width // (REFINE_MULTIPLE // 4))  # VAE 8 x patch 2
+    grid_hw = (height // TOKEN_PIXELS, width // TOKEN_PIXELS)
     for kind in ("", "segment") if long_video else (cond,):
         layout = Layout.of(refined_frames(values), cond_frames(values, kind))
         refuse_grid(attention_problems(params, layout.noise_latents, layout.cond_latents, grid_hw),
@@ -348,7 +355,7 @@ class SaveRefined(SaveVideo):
     kind: str = "save-longcat-refine"
 
     def fps(self, p: Mapping[str, Any]) -> float:
-        return p["video.fps"] * (1 if p["inputs.longcat_refine_spatial_only"] else 2)
+        return p["video.fps"] * frame_factor(p)
 
 
 def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, float], ...],
@@ -388,8 +395,7 @@ def _refine_clip(nodes: list[Any], resolved: Any, template: Any) -> list[Any]:
 
     by_name = {n.name: n for n in nodes}
     denoise, decode = by_name["denoise"], by_name["decode"]
-    given = resolved.recipe.inputs
-    cond = "image" if given.image is not None else "video" if given.longcat_video is not None else ""
+    cond = clip_cond(resolved.recipe.inputs)
     vae = vae_fields(decode.step)
     inputs = {"pos": denoise.inputs["pos"], ROLE: ENCODE} | ({COND_ROLE: ENCODE_COND} if cond else {})
     layout = Layout.of(refined_frames(resolved.values), cond_frames(resolved.values, cond))

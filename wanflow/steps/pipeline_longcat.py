@@ -58,6 +58,7 @@ def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
         DECODE,
         DENOISE,
         check_refined_grids,
+        clip_cond,
         refine_nodes,
     )
     from wanflow.steps.loras import check_loras, lora_uses
@@ -76,9 +77,8 @@ def refine_stage(job: Any, nodes: list[StepSpec]) -> list[StepSpec]:
         check_loras(uses, lora_weights, {"dit": [w.path for w in dit.values()]}, job.family.name)
     config = next((w for w in dit.values() if w.path.name == "config.json"), None)
     if config is not None and config.present:  # the DiT config's sparse attention fits the refined clips
-        given = job.resolved.recipe.inputs
-        cond = "image" if given.image is not None else "video" if given.longcat_video is not None else ""
-        check_refined_grids(job.values, cond, segment_count(job.values) > 0, config.path)
+        check_refined_grids(job.values, clip_cond(job.resolved.recipe.inputs), segment_count(job.values) > 0,
+                            config.path)
     refined = refine_nodes(nodes, job.resolved, uses, lora_weights | ({SCHEDULER: scheduler} if scheduler else {}))
     out = []
     for n in refined:
