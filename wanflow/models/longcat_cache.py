@@ -5,10 +5,10 @@ the same decision rules (``wanflow.sampling.step_cache``) through the same ``Blo
 protocol. ``cached_forward`` makes the calls ``LongCatDiT.forward`` makes, in the same order, so a
 cache that never skips reproduces the plain forward bit for bit (tested).
 
-The rules that apply: First-Block-Cache (block 0 always runs; its residual decides whether
-blocks 1.. run) and EasyCache (the DiT's output extrapolated from its input's change). TeaCache
-and MagCache are fitted to a model (TeaCache's polynomial of its time embedding, MagCache's
-residual-magnitude ratios); none is published for LongCat, so recipe validation refuses them.
+Every rule applies: First-Block-Cache (block 0 always runs; its residual decides whether blocks
+1.. run), EasyCache (the DiT's output extrapolated from its input's change), and TeaCache and
+MagCache, which are fitted to a model: nothing is published for LongCat, so they take a
+calibration on it (``wanflow cache calibrate``), and recipe validation refuses them without one.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def cached_forward(
     if step_cache.uses_first_block:
         head = dit.run_blocks(inputs, tokens, 0, 1)
         first_residual, tokens, first = head - inputs.tokens, head, 1
-    # LongCat's blocks take no shared modulation: the time embedding stands for both signals,
-    # which the rules that apply here (first block, EasyCache) never read
+    # LongCat's blocks take no shared modulation: its time embedding is TeaCache's signal ("e"),
+    # and stands for "e0" too, which validation refuses for LongCat
     if step_cache.decide(step, branch, CacheSignals(inputs.t_emb, inputs.t_emb, first_residual)):
         out = dit.run_blocks(inputs, tokens, first, len(dit.blocks))
         residual = out - tokens

@@ -2,7 +2,8 @@
 
 The refinement runs the DiT with the release's refinement LoRA, which the recipe names as a
 ``[[lora]]`` whose target is ``"refine"``; its settings and such LoRAs are read only when it is
-on, and only by longcat-video; a training stage makes no video to refine.
+on, and only by longcat-video (``longcat_rules`` refuses them in other families' recipes); a
+training stage makes no video to refine.
 """
 
 from __future__ import annotations
@@ -46,12 +47,3 @@ def check_refine(recipe: Recipe, problems: Problems) -> None:
             lo = value - value % REFINE_MULTIPLE
             problems.add(("inputs", name), value, f"must be a multiple of {REFINE_MULTIPLE} (the VAE's 8 x the "
                          f"patch's 2 x the attention chunk's 4): use {lo or REFINE_MULTIPLE} or {lo + REFINE_MULTIPLE}")
-
-
-def check_refine_borrowed(recipe: Recipe, family_name: str, problems: Problems) -> None:
-    """Another family's recipe: the refinement settings are longcat-video's."""
-    defaults = Inputs()
-    for name in ("longcat_refine", *SETTINGS):
-        if getattr(recipe.inputs, name) != getattr(defaults, name):
-            problems.add(("inputs", name), getattr(recipe.inputs, name),
-                         f"is read by longcat-video only, not {family_name}: remove it")

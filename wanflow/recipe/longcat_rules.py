@@ -19,10 +19,11 @@ from wanflow.families.longcat import (
     REPO,
 )
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.longcat_refine_rules import check_refine, check_refine_borrowed
+from wanflow.recipe.longcat_refine_rules import SETTINGS as REFINE_SETTINGS
+from wanflow.recipe.longcat_refine_rules import check_refine
 from wanflow.recipe.longcat_train_rules import check_longcat_training
 from wanflow.recipe.problems import Problems, refuse_changed
-from wanflow.recipe.schema import Recipe, Sampler
+from wanflow.recipe.schema import Inputs, Recipe, Sampler
 
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
 #: [sampler] keys LongCat's denoise step does not read, with why and the fix.
@@ -168,10 +169,10 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
         problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
-    check_refine_borrowed(recipe, family.name, problems)
-    for name, default in (("longcat_cond_frames", COND_FRAMES), ("longcat_segments", 0),
-                          ("longcat_segment_prompts", ())):
-        if getattr(recipe.inputs, name) != default:
+    defaults = Inputs()
+    for name in ("longcat_cond_frames", "longcat_segments", "longcat_segment_prompts", "longcat_refine",
+                 *REFINE_SETTINGS):
+        if getattr(recipe.inputs, name) != getattr(defaults, name):
             value = getattr(recipe.inputs, name)
             problems.add(("inputs", name), list(value) if isinstance(value, tuple) else value,
                          f"is read by longcat-video only, not {family.name}: remove it")

@@ -121,13 +121,14 @@ class _PlannedWeights:
         return Path(self._ps.spec.weights[role].path)
 
 
-class _DenoiseContext:
+class _DenoiseContext(_PlannedWeights):
     """What the engine gives a running step, for a denoise whose output is not kept: its planned
     params, its inputs from the engine, its files and weights; no checkpoints (a calibration run
     is not resumed)."""
 
     def __init__(self, ex: Executor, ps: PlannedStep):
-        self._ex, self._ps = ex, ps
+        super().__init__(ps)
+        self._ex = ex
         self.params = dict(ps.params)
 
     def input(self, role: str) -> Any:
@@ -135,9 +136,6 @@ class _DenoiseContext:
 
     def file(self, role: str) -> Path:
         return Path(self._ps.spec.files[role])
-
-    def weight(self, role: str) -> Path:
-        return Path(self._ps.spec.weights[role].path)
 
     def progress(self, total: int, desc: str = "", unit: str = "it") -> Any:
         return self._ex.bars(total, desc or "calibrate", unit)
