@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wanflow.models import longcat_checks as checks
 from wanflow.models.attention import attention, check_kernel
+from wanflow.models.longcat_bsa import SparseKernel, attend, dense
 from wanflow.models.longcat_config import LongCatConfig
 from wanflow.models.precision import Conv3d, Linear
 from wanflow.models.rope import axis_dims
@@ -145,34 +146,6 @@ class AffineLayerNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------- attention
-
-
-@attrs.frozen
-class SparseKernel:
-    """Self-attention made block-sparse (``models.longcat_bsa``, the authors' BSA, for the 720p
-    refinement): every other attention of the DiT keeps ``dense``."""
-
-    params: Any  # longcat_bsa.BsaParams
-    dense: str  # the kernel of the cross-attention
-    grid_hw: tuple[int, int]  # tokens along height and width
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q (B, Lq, H, d), k/v (B, Lk, H, d): whole frames of tokens, in (T, h, w) order."""
-        from wanflow.models.longcat_bsa import block_sparse_attention
-
-        h, w = self.grid_hw
-        return block_sparse_attention(q, k, v, (q.shape[1] // (h * w), h, w), (k.shape[1] // (h * w), h, w),
-                                      self.params)
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str | SparseKernel) -> Tensor:
-    """Self-attention with the named kernel, or block-sparse."""
-    return kernel(q, k, v) if isinstance(kernel, SparseKernel) else attention(q, k, v, kernel)
-
-
-def dense(kernel: str | SparseKernel) -> str:
-    """The kernel of the attentions that are never sparse (cross-attention)."""
-    return kernel.dense if isinstance(kernel, SparseKernel) else kernel
 
 
 class SelfAttention(nn.Module):

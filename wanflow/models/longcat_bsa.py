@@ -23,7 +23,7 @@ The definition (the authors' ``flash_attn_bsa_3d``):
 
 LongCat uses BSA only on clips of more than one latent frame, with the keys' grid sharing the
 queries' H and W (a continuation's noise tokens attend to the conditioning frames' keys too);
-the caller decides when, this module only attends.
+the caller decides when (``SparseKernel``, below, is what LongCat's DiT passes its blocks).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wanflow.models.attention import attention
 from wanflow.models.longcat_bsa_params import (
     CALL_DEFAULTS,
     BsaParams,
@@ -49,7 +51,8 @@ from wanflow.models.longcat_bsa_params import (
 #: extra memory while each call still has 8 · 32 (chunk, head) rows of 10,560 keys to fill a GPU.
 GROUP_CHUNKS = 8
 
-__all__ = ["CALL_DEFAULTS", "GROUP_CHUNKS", "BsaParams", "Grid", "block_sparse_attention", "chunk_count"]
+__all__ = ["CALL_DEFAULTS", "GROUP_CHUNKS", "BsaParams", "Grid", "SparseKernel", "attend", "block_sparse_attention",
+           "chunk_count", "dense"]
 
 
 # ----------------------------------------------------------------------------- layout
@@ -183,3 +186,32 @@ def _tensor_problems(q: Tensor, k: Tensor, v: Tensor, grid_q: Grid, grid_k: Grid
     if k.shape[1] != math.prod(grid_k):
         found.append(f"k has {k.shape[1]} tokens, the key grid {tuple(grid_k)} {math.prod(grid_k)}")
     return found
+
+
+# ----------------------------------------------------------------------------- the DiT's kernel
+
+
+@attrs.frozen
+class SparseKernel:
+    """LongCat's self-attention made block-sparse (the 720p refinement): what its DiT passes its
+    blocks as their kernel; every other attention of the DiT keeps ``dense``."""
+
+    params: BsaParams
+    dense: str  # the kernel of the cross-attention
+    grid_hw: tuple[int, int]  # tokens along height and width
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, Lq, H, d), k/v (B, Lk, H, d): whole frames of tokens, in (T, h, w) order."""
+        h, w = self.grid_hw
+        return block_sparse_attention(q, k, v, (q.shape[1] // (h * w), h, w), (k.shape[1] // (h * w), h, w),
+                                      self.params)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str | SparseKernel) -> Tensor:
+    """Self-attention with the named kernel, or block-sparse."""
+    return kernel(q, k, v) if isinstance(kernel, SparseKernel) else attention(q, k, v, kernel)
+
+
+def dense(kernel: str | SparseKernel) -> str:
+    """The kernel of the attentions that are never sparse (cross-attention)."""
+    return kernel.dense if isinstance(kernel, SparseKernel) else kernel
