@@ -12,7 +12,6 @@ with ``storage="fp8"``, dequantised tensor by tensor otherwise (``wanflow.models
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from wanflow.models.checkpoint_files import OpenedWeights, open_state_dict, open
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_keys import TO_OFFICIAL
+from wanflow.models.json_file import read_json_object
 from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
 
 log = structlog.get_logger(__name__)
@@ -167,12 +167,7 @@ def _shapes_config(state: Mapping[str, Tensor], source: str) -> DitConfig:
 
 def read_config(config_file: Path, *, has_clip: bool) -> DitConfig:
     """Parse an official or diffusers config.json; whether i2v uses CLIP comes from the weights."""
-    try:
-        doc = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    doc = read_json_object(config_file)
     if "num_attention_heads" in doc:
         return dit_config.from_diffusers(doc, str(config_file))
     clip = has_clip if doc.get("model_type") == "i2v" else None

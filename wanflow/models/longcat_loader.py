@@ -10,7 +10,6 @@ and the tensors are assigned one by one, each cast to its dtype (fp32 islands st
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from wanflow.models.checkpoint_files import (
     merged_shards,
     open_weights,
 )
+from wanflow.models.json_file import read_json_object
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.longcat import LongCatDiT
 from wanflow.models.longcat_config import LongCatConfig
@@ -97,12 +97,7 @@ def longcat_config_with_file_beside(config: LongCatConfig, path: Path) -> LongCa
         log.info("longcat_config_default", source=str(path),
                  note="no config.json beside the weights; text_tokens_zero_pad = true (the released value)")
         return config
-    try:
-        doc = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    doc = read_json_object(config_file)
     return longcat_config.with_config_json(config, doc, str(config_file))
 
 

@@ -11,7 +11,6 @@ above all, which S2V's shares all its base keys with) is refused, saying what it
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from wanflow.models.checkpoint_files import (
     merged_shards,
     open_weights,
 )
+from wanflow.models.json_file import read_json_object
 from wanflow.models.loading import build_on_meta, load_state_into, require_parts
 from wanflow.models.s2v import S2VDiT
 
@@ -89,10 +89,5 @@ def _fields_beside(path: Path) -> dict[str, Any]:
         log.info("s2v_config_default", source=str(path),
                  note="no config.json beside the weights; heads of 128 and the released injector blocks")
         return {}
-    try:
-        doc = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    doc = read_json_object(config_file)
     return s2v_config.config_fields(doc, str(config_file))

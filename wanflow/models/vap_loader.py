@@ -27,6 +27,7 @@ from wanflow.models.checkpoint_files import (
     merged_shards,
     open_weights,
 )
+from wanflow.models.json_file import read_json_object
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.vap import HeadTimestep, VapDiT
 from wanflow.models.vap_config import MOT_PREFIX, VapConfig
@@ -123,10 +124,5 @@ def config_json_beside(path: Path) -> dict | None:
     config_file = folder / "config.json"
     if not config_file.is_file():
         return None
-    try:
-        doc = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_file}: unreadable config ({err}); fetch it again.") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{config_file}: expected a JSON object, got {type(doc).__name__}.")
+    doc = read_json_object(config_file)
     return doc

@@ -15,14 +15,12 @@ The result is the whole clip: the conditioning latents, unchanged, then the gene
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from wanflow.engine.step import NOT_KEYED
-from wanflow.errors import ModelLoadError
 from wanflow.steps.component import component_runtime
 from wanflow.steps.denoise import (
     CACHE_PREFIX,
@@ -231,13 +229,8 @@ def forward(dit: Any, x: Any, t: Any, context: Any, lens: Any, cache: Any, steps
 def release_shift(ctx: Any) -> float:
     """The flow shift of the release's ``scheduler/scheduler_config.json`` (the step's
     ``scheduler`` weight), which the authors' grids take."""
+    from wanflow.models.json_file import read_json_object
     from wanflow.sampling.longcat import scheduler_shift
 
     path = ctx.weight(SCHEDULER)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: unreadable scheduler config ({err}); fetch it again.") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, got {type(doc).__name__}.")
-    return scheduler_shift(doc, str(path))
+    return scheduler_shift(read_json_object(path, "scheduler config"), str(path))
