@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -45,7 +46,7 @@ def _here(tmp_path, monkeypatch):
 
 def test_builtin_backends_register_through_the_hook():
     registry = build_registry(entry_points=False)
-    assert sorted(registry.attention) == ["cudnn", "flash3", "math", "sage", "sdpa"]
+    assert sorted(registry.attention) == ["cudnn", "flash3", "flash4", "math", "sage", "sdpa"]
     assert {registry.owner("attention backend", n) for n in registry.attention} == {"wanflow"}
     assert registry.attention["sdpa"].load() is attn.sdpa
     assert registry.attention["flash3"].load() is attn.flash3_attention
@@ -83,6 +84,7 @@ def test_builtin_backends_are_keyed_by_the_packages_their_kernels_come_from(monk
 
 @pytest.mark.parametrize(("backend", "why"), [
     ("flash3", "its module flash_attn_interface is not installed"),
+    ("flash4", "its module flash_attn.cute is not installed (pip install --pre flash-attn-4)"),
     ("sage", "its module sageattention is not installed (pip install sageattention)"),
     ("cudnn", "it needs a CUDA device (this run's device is cpu)"),
 ])
@@ -145,8 +147,27 @@ def test_flash3_needs_a_hopper_gpu(hopper):
     assert attn.backend_problems("cudnn", "cuda", "bf16") == []
 
 
+@pytest.mark.parametrize(("capability", "runs"), [((7, 5), False), ((8, 0), True), ((9, 0), True),
+                                                  ((10, 0), True), ((12, 0), True), ((13, 0), False)])
+def test_flash4_runs_from_ampere_to_blackwell(hopper, capability, runs):
+    hopper["capability"] = capability
+    found = attn.backend_problems("flash4", "cuda", "bf16")
+    major, minor = capability
+    assert found == ([] if runs else [f"it needs an Ampere, Hopper or Blackwell GPU (sm80 to sm12x) "
+                                      f"(this GPU is sm{major}{minor})"])
+
+
+def test_flash4_is_keyed_by_its_package_and_the_dsl_that_compiles_it(monkeypatch):
+    registry = build_registry(entry_points=False)
+    installed = {"flash-attn-4": "4.0.0b36", "nvidia-cutlass-dsl": "4.8.1"}
+    monkeypatch.setattr(registry_module, "_installed_version", lambda dist: installed.get(dist, ""))
+    assert registry.attention_uses("flash4") == ("flash-attn-4@4.0.0b36", "nvidia-cutlass-dsl@4.8.1")
+    installed["nvidia-cutlass-dsl"] = "4.9.0"
+    assert registry.attention_uses("flash4") == ("flash-attn-4@4.0.0b36", "nvidia-cutlass-dsl@4.9.0")
+
+
 def test_half_precision_kernels_refuse_fp32_even_on_a_gpu(hopper):
-    for name in ("flash3", "sage", "cudnn"):
+    for name in ("flash3", "flash4", "sage", "cudnn"):
         assert attn.backend_problems(name, "cuda", "fp32") == ["it computes in bf16 or fp16 only (the DiT runs in fp32)"]
     assert attn.backend_problems("sdpa", "cpu", "fp32") == attn.backend_problems("math", "cuda", "bf16") == []
 
@@ -195,3 +216,69 @@ def test_the_pool_attends_with_a_plugin_kernel(tmp_path, monkeypatch):
         model_pool.clear()
     assert len(calls) == 2 * cfg.num_layers  # self- and cross-attention of every block
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _qkv(device: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(2, 77, 4, 64, generator=gen).to(device, dtype) for _ in range(3))
+
+
+#: Largest difference from the fp32 math reference, relative to its largest value, per backend in
+#: bf16: one bf16 rounding of the output is 0.4 %; SageAttention also rounds QK^T to INT8.
+BF16_TOLERANCE = {"sage": 0.05}
+
+
+@pytest.mark.parametrize("name", ["sdpa", "math", "cudnn", "flash3", "flash4", "sage"])
+def test_every_backend_that_runs_here_computes_attention(name):
+    """Where a GPU and the packages are there, each backend against the fp32 reference; on a CPU
+    the torch kernels alone."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bf16" if device == "cuda" else "fp32"
+    why = attn.backend_problems(name, device, dtype)
+    if why:
+        pytest.skip("; ".join(why))
+    q, k, v = _qkv(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    reference = attn.math_attention(q.float(), k.float(), v.float())
+    out = attn.KERNELS[name](q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    off = ((out.float() - reference).abs().max() / reference.abs().max()).item()
+    assert off < (BF16_TOLERANCE.get(name, 0.01) if dtype == "bf16" else 1e-5), off
+
+
+@pytest.fixture
+def fake_flash4(monkeypatch):
+    """A stand-in ``flash_attn.cute`` that attends as torch does and returns (out, lse) as FA4."""
+    calls = []
+
+    def flash_attn_func(q, k, v):
+        torch._dynamo.graph_break()  # as the DSL's Python: nothing dynamo can trace
+        calls.append(q.requires_grad)
+        return attn.math_attention(q, k, v), torch.zeros(q.shape[:3])
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    return calls
+
+
+def test_flash4_compiles_as_one_opaque_op(fake_flash4):
+    """A compiled block (``[runtime].compile``) keeps FA4 whole: the op's shape rule stands in for
+    the kernel while tracing, and the compiled result is the eager one."""
+    q, k, v = _qkv("cpu", torch.float32)
+
+    def block(q, k, v):
+        return attn.flash4_attention(q * 2, k, v) + 1
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), attn.math_attention(q * 2, k, v) + 1)
+    assert fake_flash4 == [False]  # run once, by the op, never traced into
+
+
+def test_flash4_trains_through_the_package_autograd(fake_flash4):
+    q, k, v = (t.requires_grad_() for t in _qkv("cpu", torch.float32))
+    attn.flash4_attention(q, k, v).sum().backward()
+    assert fake_flash4 == [True] and q.grad is not None and q.grad.abs().sum() > 0

@@ -3,10 +3,12 @@
 Every kernel takes q, k, v laid out (B, L, H, D) and returns (B, Lq, H, D). This is the layout
 that the projections produce, so models never reshape for a particular kernel.
 
-Besides torch's own kernels (``sdpa``, ``math``, ``cudnn``), two come from packages that only
-build on CUDA machines: ``flash3`` (FlashAttention 3, Hopper GPUs, module ``flash_attn_interface``)
-and ``sage`` (SageAttention, module ``sageattention``). They are usable in a process only where
-their package is installed. What each needs of the device and dtype is said by
+Besides torch's own kernels (``sdpa``, ``math``, ``cudnn``), three come from packages that run
+only on CUDA machines: ``flash3`` (FlashAttention 3, Hopper GPUs, module ``flash_attn_interface``),
+``flash4`` (FlashAttention 4, written in NVIDIA's CuTe DSL and compiled for the GPU at first use;
+module ``flash_attn.cute``, PyPI ``flash-attn-4``: the FlashAttention-3-class kernel that installs
+from wheels) and ``sage`` (SageAttention, module ``sageattention``). They are usable in a process
+only where their package is installed. What each needs of the device and dtype is said by
 :func:`backend_problems`, which validation asks before any model loads.
 """
 
@@ -59,6 +61,35 @@ def flash3_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out[0] if isinstance(out, tuple) else out  # some releases also return the log-sum-exp
 
 
+def _flash4(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # (out, log-sum-exp)
+
+
+@torch.library.custom_op("wanflow::flash4_attention", mutates_args=())
+def _flash4_op(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """FlashAttention 4 as one opaque op: ``torch.compile`` of a block (``[runtime].compile``)
+    keeps it whole instead of tracing into the DSL's Python, which it cannot."""
+    return _flash4(q, k, v)
+
+
+@_flash4_op.register_fake
+def _flash4_shape(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, Lq, H, Dv), as the kernel allocates it
+
+
+def flash4_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """FlashAttention 4 (the CuTe-DSL FlashAttention; sm80 to sm12x), which reads (B, L, H, D) as it is.
+    Each new shape compiles its kernel once per process (seconds), then runs from memory. Where a
+    gradient is wanted (training) it runs through the package's own autograd function; the opaque
+    op has no backward."""
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _flash4(q, k, v)
+    return _flash4_op(q, k, v)
+
+
 def sage_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """SageAttention (Zhang et al. 2024): INT8 QK^T, fp16 PV; (B, L, H, D) is its "NHD" layout."""
     from sageattention import sageattn
@@ -70,6 +101,7 @@ def sage_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 OPTIONAL_KERNELS: dict[str, tuple[str, AttentionKernel, str]] = {
     "flash3": ("flash_attn_interface", flash3_attention,
                "build it from FlashAttention's hopper/ folder: cd flash-attention/hopper && python setup.py install"),
+    "flash4": ("flash_attn.cute", flash4_attention, "pip install --pre flash-attn-4"),
     "sage": ("sageattention", sage_attention, "pip install sageattention"),
 }
 
@@ -177,6 +209,8 @@ def backend_problems(name: str, device: str, dtype: str) -> list[str]:
         found += _needs_sm(device, 8, None, "an Ampere or newer GPU (sm80+)")
     elif name == "flash3":
         found += _needs_sm(device, 9, 9, "a Hopper GPU (sm90: H100, H200, H20)")
+    elif name == "flash4":
+        found += _needs_sm(device, 8, 12, "an Ampere, Hopper or Blackwell GPU (sm80 to sm12x)")
     elif name == "sage":
         found += _needs_sm(device, 8, None, "an Ampere or newer GPU (sm80+)")
     return found

@@ -60,7 +60,7 @@ def _attention(name: str, description: str, packages: tuple[str, ...] = ()) -> A
     """A kernel of ``wanflow.models.attention`` (imported, with torch, only when asked)."""
     module = "wanflow.models.attention"
     kernels = {"sdpa": "sdpa", "math": "math_attention", "cudnn": "cudnn_attention",
-               "flash3": "flash3_attention", "sage": "sage_attention"}
+               "flash3": "flash3_attention", "flash4": "flash4_attention", "sage": "sage_attention"}
 
     def problems(device: str, dtype: str) -> list[str]:
         return importlib.import_module(module).backend_problems(name, device, dtype)
@@ -74,4 +74,6 @@ def wanflow_attention_backends() -> list[AttentionEntry]:
             _attention("math", "softmax(QK^T/sqrt(D))V in fp32: the slow, readable reference"),
             _attention("cudnn", "torch's SDPA held to the cuDNN kernel (CUDA, bf16/fp16, sm80+)"),
             _attention("flash3", "FlashAttention 3 (Hopper GPUs, bf16/fp16)", ("flash_attn_3", "flashattn-hopper")),
+            _attention("flash4", "FlashAttention 4, CuTe DSL (CUDA sm80-sm12x, bf16/fp16), compiled at first use",
+                       ("flash-attn-4", "nvidia-cutlass-dsl")),
             _attention("sage", "SageAttention: INT8 QK^T (CUDA, bf16/fp16, sm80+)", ("sageattention",))]

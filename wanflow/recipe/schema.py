@@ -220,7 +220,7 @@ class Runtime:
     device: Literal["auto", "cpu", "cuda"] = setting("auto", why="CUDA when present, else CPU")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = setting(
         "auto", why="bf16 on CUDA, fp32 on CPU (CPU bf16 is slower for small models)")
-    attention: str = setting("sdpa", why="torch's fused attention; cudnn, flash3, sage where they can run, "
+    attention: str = setting("sdpa", why="torch's fused attention; cudnn, flash3, flash4, sage where they can run, "
                              "plugins add more")
     compile: Literal["none", "blocks"] = setting(
         "none", why="blocks: torch.compile each DiT block (faster steps after a first slow one; may "
