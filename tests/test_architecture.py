@@ -20,7 +20,9 @@ ALLOWED = {
     "families": {"conditioners"},  # data: family specs and the conditioning they declare
     "conditioners": set(),  # the torch-free registry of conditioning kinds a family may declare
     "plugins": {"families", "steps"},  # steps only lazily, inside the pipelines hook
-    "engine": set(),
+    "engine": {"columns"},
+    "columns": set(),  # the widths of printed columns, shared by explain and the terminal's step lines
+    "logs": {"columns"},
     "models": {"file_kinds"},
     "sampling": set(),
     "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train",

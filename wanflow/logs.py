@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from wanflow.columns import NODE_WIDTH
+
 
 def write_line(text: str, stream: TextIO | None = None) -> None:
     """Write one line to ``stream`` (default: the current ``sys.stderr``) without tearing a bar.
@@ -63,11 +65,6 @@ def level_for(*, verbose: bool, quiet: bool, json: bool) -> int:
     if quiet:
         return logging.ERROR
     return logging.DEBUG if verbose or json else logging.INFO
-
-
-#: The node-name column of step lines: wide enough for the longest built-in node names
-#: (``prepare-conditioning:animate-background``), so the durations line up.
-NODE_WIDTH = 40
 
 
 class StepLines:

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from wanflow.columns import NODE_WIDTH
 from wanflow.engine.cache import Cache
 from wanflow.engine.keys import key_of
 from wanflow.engine.plan import ABSENT, Plan, PlannedStep
@@ -65,10 +66,6 @@ def reasons_for(last: Mapping[str, Any] | None, fingerprint: Mapping[str, Any]) 
         return [NEVER_RUN]
     found = changes(last, fingerprint)
     return found or ["its output was evicted or found corrupt"]
-
-
-#: The node column, as wide as `wanflow run`'s step lines' (the longest built-in node names fit).
-NODE_WIDTH = 40
 
 
 @attrs.frozen
