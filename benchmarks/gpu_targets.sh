@@ -10,7 +10,8 @@
 #   5. the 1.3B targets (SMALL=0 leaves them out);
 #   6. LongCat's block-sparse attention against dense over one 720p refinement layer (BSA=0 leaves it out).
 # Figures go to $OUT (default /tmp/gpu-out), at most 8 files. Packages the machine lacks travel as
-# wheels in .whl/ (docs/speed.md, "Measuring on a GPU").
+# wheels in .whl/, FlashAttention 4 in two calls (benchmarks/gpu_wheels.sh; docs/speed.md, "Measuring
+# on a GPU").
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 DEADLINE=${DEADLINE_S:-540}
@@ -19,7 +20,9 @@ cap() {  # seconds for the next part: its own cap, or what is left before the de
   local left=$((DEADLINE - SECONDS))
   if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
 }
-if compgen -G ".whl/*.whl" > /dev/null; then
+if [ -f /tmp/site/.staged ]; then  # benchmarks/gpu_stage.sh installed the wheels and FlashAttention 4's libraries
+  export PYTHONPATH=/tmp/site
+elif compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
@@ -30,7 +33,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . -e 
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-  timeout "$(cap "${TESTS_S:-50}")" python3 -m pytest -q -p no:cacheprovider tests/models/test_fp8_matmul.py \
+  timeout "$(cap "${TESTS_S:-80}")" python3 -m pytest -q -p no:cacheprovider tests/models/test_fp8_matmul.py \
     tests/models/test_attention_backends.py tests/models/test_longcat_bsa.py 2>&1 | tail -25
 } 2>&1 | tee "$OUT/tests.txt"
 timeout "$(cap "${BIG_S:-330}")" python3 benchmarks/gpu_targets.py --config 14b --compile --json "$OUT/targets-14b.json" 2>&1 \
