@@ -32,7 +32,7 @@ def _family(name: str) -> FamilySpec:
 def test_builtins_register_through_the_hooks():
     registry = build_registry(entry_points=False)
     assert set(registry.family_names()) == OFFICIAL | DERIVATIVES
-    assert registry.solver_names() == ["dpm++", "euler", "krea-causal", "longcat", "longcat-distill", "unipc"]
+    assert registry.solver_names() == ["dpm++", "euler", "flow", "krea-causal", "longcat", "longcat-distill", "unipc"]
     assert all(registry.owner("family", n) == "wanflow" for n in OFFICIAL | DERIVATIVES)
     assert registry.plugins()[0][0] == "wanflow"
 

@@ -55,10 +55,17 @@ def diffusers_euler(steps: int, shift: float) -> FlowMatchEulerDiscreteScheduler
     return scheduler
 
 
-REFERENCES = {"unipc": diffusers_unipc, "dpm++": diffusers_dpmpp, "euler": diffusers_euler}
+def diffusers_flow(steps: int, shift: float) -> FlowMatchEulerDiscreteScheduler:
+    """VideoX-Fun's "Flow": the scheduler as its configs build it, on its own grid."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    scheduler.set_timesteps(steps)
+    return scheduler
 
 
-@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+REFERENCES = {"unipc": diffusers_unipc, "dpm++": diffusers_dpmpp, "euler": diffusers_euler, "flow": diffusers_flow}
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler", "flow"])
 @pytest.mark.parametrize("steps, shift", [(50, 5.0), (12, 3.0), (2, 12.0)])
 def test_solver_matches_diffusers(solver, steps, shift, latent, toy):
     reference = REFERENCES[solver](steps, shift)
@@ -78,6 +85,9 @@ def test_solvers_differ_from_each_other(latent, toy):
     finals = {s: sample(s, toy(), latent, schedule).x for s in ("unipc", "dpm++", "euler")}
     assert relative_error(finals["unipc"], finals["euler"]) > 1e-3
     assert relative_error(finals["unipc"], finals["dpm++"]) > 1e-4
+    # flow and euler step alike; only their grids differ, and that must show
+    grids = {s: sample(s, toy(), latent, make_schedule(s, 12, 3.0)).x for s in ("euler", "flow")}
+    assert relative_error(grids["flow"], grids["euler"]) > 1e-3
 
 
 def roundtrip(state: SolverState) -> SolverState:
@@ -85,7 +95,7 @@ def roundtrip(state: SolverState) -> SolverState:
     return SolverState.from_tensors(load(save(state.to_tensors())))
 
 
-@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler", "flow"])
 @pytest.mark.parametrize("k", [1, 2, 7])
 def test_interrupted_and_resumed_run_is_bit_identical(solver, k, latent, toy):
     schedule = make_schedule(solver, 10, 5.0)

@@ -5,8 +5,9 @@ or a camera adapter: InP (start and/or end frame), Control (a depth/pose/canny v
 Wan2.2 also a reference image) and Control-Camera (a start frame moved by camera poses). Their
 defaults are the authors' (VideoX-Fun's example scripts and configs): 50 steps, guidance 6.0,
 flow shift 5.0, 832x480 (the Wan2.1 Control examples 480x832 and 49 frames), and for Wan2.2 A14B
-the experts switching at 0.900. VideoX-Fun samples with flow-matching Euler ("Flow") on its own σ
-grid; wanflow's Euler walks DiffSynth's grid (same shift, other intermediate σ).
+the experts switching at 0.900, sampled with their "Flow" sampler (solver "flow": flow-matching
+Euler on diffusers' FlowMatchEulerDiscreteScheduler grid). DiffSynth samples the same models with
+Euler on its own grid (solver "euler": same shift, other intermediate σ).
 
 Speed control is DiffSynth's: Wan2.1-T2V-1.3B unchanged plus a motion controller file, with
 DiffSynth's example settings (Euler, 50 steps, guidance 5, shift 5).
@@ -19,7 +20,7 @@ from wanflow.families.spec import ComponentSpec, FamilySpec
 from wanflow.families.wan import DIT_FILES, NEGATIVE, SOURCE
 
 #: The authors' sampler settings (VideoX-Fun ``predict_*.py`` and ``config/wan2.*/*.yaml``).
-FUN_SAMPLING = {"sampler.solver": "euler", "sampler.steps": 50, "sampler.cfg": 6.0, "sampler.shift": 5.0}
+FUN_SAMPLING = {"sampler.solver": "flow", "sampler.steps": 50, "sampler.cfg": 6.0, "sampler.shift": 5.0}
 #: Expert switch of the Wan2.2 Fun A14B models (VideoX-Fun ``wan_civitai_i2v.yaml``; DiffSynth keeps 0.875).
 FUN_A14B_BOUNDARY = 0.900
 SIZES_1_3B = ((832, 480), (480, 832))

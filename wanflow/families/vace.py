@@ -9,7 +9,7 @@ Four releases share one conditioner (``vace-context``: video, mask and reference
   guidance 5, 81 frames at 16 fps.
 - PAI/Wan2.2-VACE-Fun-A14B: two experts, each a Wan2.1-VACE-14B-shaped DiT (its own VACE
   blocks) under ``high_noise_model/`` and ``low_noise_model/``; its authors (VideoX-Fun) sample
-  with their flow-matching Euler sampler, shift 12, guidance 5, 50 steps, 832×480, switching
+  with their "Flow" sampler (solver "flow"), shift 12, guidance 5, 50 steps, 832×480, switching
   experts at 0.875.
 
 The denoiser's noise covers the reference frames as one draw of the whole latent, references
@@ -67,6 +67,6 @@ def families() -> list[FamilySpec]:
         FamilySpec("wan2.2-vace-fun-a14b", "Wan2.2 VACE-Fun, two 14B experts (PAI/Wan2.2-VACE-Fun-A14B)",
                    {"dit_high_noise": _dit(fun, "wan2.2-vace-fun-a14b", "high_noise_model"),
                     "dit_low_noise": _dit(fun, "wan2.2-vace-fun-a14b", "low_noise_model"), **_encoders(fun)},
-                   _defaults(832, 480, "euler", 12.0, boundary=0.875), frozenset({"vace"}),
+                   _defaults(832, 480, "flow", 12.0, boundary=0.875), frozenset({"vace"}),
                    sizes=T2V_SIZES_14B, experts=EXPERTS, conditioners=VACE),
     ]

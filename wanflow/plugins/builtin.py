@@ -30,6 +30,9 @@ def wanflow_samplers() -> list[SamplerEntry]:
     return [SamplerEntry("euler", _builtin_solver("euler"), "flow-matching Euler (DiffSynth's)"),
             SamplerEntry("unipc", _builtin_solver("unipc"), "UniPC (Zhao et al. 2023), official"),
             SamplerEntry("dpm++", _builtin_solver("dpm++"), "DPM-Solver++ 2M (Lu et al. 2022)"),
+            SamplerEntry("flow", _builtin_solver("flow"),
+                         "flow-matching Euler on diffusers' FlowMatchEulerDiscreteScheduler grid: VideoX-Fun's "
+                         "\"Flow\", the Wan-Fun authors' default"),
             SamplerEntry(krea.CAUSAL_SOLVER, _lazy("wanflow.sampling.krea", "sample_blocks"),
                          "Krea Realtime's block-causal few-step sampler (its own denoise step; krea-realtime-video only)"),
             SamplerEntry(longcat.SOLVER, _lazy("wanflow.sampling.longcat", "SOLVER"),

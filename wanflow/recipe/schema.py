@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import attrs
 
-Solver = str  # a name in the sampler registry ("euler", "unipc", "dpm++", or a plugin's)
+Solver = str  # a name in the sampler registry ("euler", "unipc", "dpm++", "flow", or a plugin's)
 
 
 def setting(default: Any = attrs.NOTHING, *, why: str, family: bool = False, ge: float | None = None,

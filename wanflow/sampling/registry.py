@@ -12,7 +12,7 @@ import torch
 from wanflow.errors import ModelInputError
 from wanflow.sampling.dpmpp import dpmpp_step
 from wanflow.sampling.euler import euler_step
-from wanflow.sampling.schedules import Schedule, dpmpp_schedule, euler_schedule, unipc_schedule
+from wanflow.sampling.schedules import Schedule, dpmpp_schedule, euler_schedule, flow_schedule, unipc_schedule
 from wanflow.sampling.state import ModelFn, SolverState, StepFn, start_state
 from wanflow.sampling.unipc import unipc_step
 
@@ -34,6 +34,7 @@ BUILTIN_SOLVERS: Mapping[str, Solver] = MappingProxyType(
         "euler": Solver("euler", euler_step, euler_schedule),  # DiffSynth's default
         "unipc": Solver("unipc", unipc_step, unipc_schedule),  # the official default
         "dpm++": Solver("dpm++", dpmpp_step, dpmpp_schedule),  # the official alternative
+        "flow": Solver("flow", euler_step, flow_schedule),  # the Wan-Fun authors' (VideoX-Fun's "Flow")
     }
 )
 

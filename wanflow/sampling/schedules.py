@@ -1,4 +1,5 @@
-"""Noise schedules of the flow-matching samplers: the official Wan grids and DiffSynth's Euler grid.
+"""Noise schedules of the flow-matching samplers: the official Wan grids, DiffSynth's Euler grid and
+the Wan-Fun authors' "Flow" grid.
 
 Every schedule walks σ from (nearly) 1 down to 0, where x_σ = (1 − σ)·x0 + σ·ε. The model sees
 the timestep t = 1000·σ; the official UniPC and DPM++ schedulers truncate it to int64 (computed
@@ -124,6 +125,28 @@ def euler_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
     sigmas = shift * grid / (1 + (shift - 1) * grid)
     timesteps = sigmas * NUM_TRAIN_TIMESTEPS
     return Schedule(sigmas=torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps=timesteps)
+
+
+def flow_schedule(steps: int, shift: float, strength: float = 1.0) -> Schedule:
+    """The grid of VideoX-Fun's "Flow" sampler, the Wan-Fun and VACE-Fun authors' default: diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` as their configs build it (1000 training steps, the config's
+    shift, no dynamic shifting).
+
+    That scheduler keeps σ_min = s(1/1000) of its training table (s: the shift) and places the N
+    steps evenly in t between 1000 and 1000·σ_min before shifting them again: σ = s(linspace(1,
+    s(0.001), N)), then 0; t = 1000·σ in fp32. The last step therefore jumps from a small σ to 0,
+    where DiffSynth's grid walks s(linspace(1, 0, N+1)[:-1]): same shift, other intermediate σ.
+    ``strength`` < 1 starts the even placement at ``strength`` instead of 1 (DiffSynth's rule,
+    applied to this grid) and still takes all N steps.
+    """
+    check_steps_and_shift(steps, shift)
+    check_strength(strength)
+    # σ_min as the scheduler computes it: its fp32 training table's last σ (1/1000), shifted in fp32.
+    table_min = torch.tensor(1.0 / NUM_TRAIN_TIMESTEPS, dtype=torch.float32)
+    sigma_min = float(shift * table_min / (1 + (shift - 1) * table_min))
+    t = np.linspace(float(strength) * NUM_TRAIN_TIMESTEPS, sigma_min * NUM_TRAIN_TIMESTEPS, steps)  # float64
+    sigmas = torch.from_numpy(shift_sigmas(t / NUM_TRAIN_TIMESTEPS, shift)).to(torch.float32)
+    return Schedule(sigmas=torch.cat([sigmas, sigmas.new_zeros(1)]), timesteps=sigmas * NUM_TRAIN_TIMESTEPS)
 
 
 def denoise_start(steps: int, denoising_strength: float) -> int:
