@@ -10,7 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from wanflow.errors import ModelInputError
-from wanflow.memory.dit_variants import VARIANTS, DitVariant, load_variant, variant_of
+from wanflow.memory.dit_variants import (
+    VARIANTS,
+    DitVariant,
+    load_variant,
+    shard_unit,
+    variant_of,
+)
 
 LOADED: list[tuple] = []
 
@@ -102,3 +108,23 @@ def test_telling_a_variant_never_imports_torch(tmp_path):
             f"print(variant_of([{str(vap)!r}]).name, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["Video-As-Prompt", "False"]
+
+
+def test_fsdp_finds_the_block_class_each_dit_s_files_name(tmp_path):
+    """The block class name read off a DiT's files is the class accelerate's TRANSFORMER_BASED_WRAP
+    finds in the loaded model (by name), and every one of its blocks is one: LongCat's own Block and
+    the Wan DiT's are other classes of the same name."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    from tests.e2e._layout_longcat import CONFIG, longcat_state
+    from tests.models._dit_fixtures import random_state, tiny_config
+    from wanflow.models import dit, longcat
+
+    longcat_file = tmp_path / "longcat.safetensors"
+    save_file(longcat_state(7), str(longcat_file))
+    wan_file = tmp_path / "wan.safetensors"
+    save_file(random_state(tiny_config()), str(wan_file))
+    for files, model, block in (([longcat_file], longcat.LongCatDiT(CONFIG), longcat.Block),
+                                ([wan_file], dit.WanDiT(tiny_config()), dit.Block)):
+        found = get_module_class_from_name(model, shard_unit(files))
+        assert found is block and all(type(b) is block for b in model.blocks)
