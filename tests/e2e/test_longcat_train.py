@@ -13,7 +13,6 @@ sample's encode; bad settings are refused at validation naming the key.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tomlkit
@@ -85,7 +84,13 @@ def loss_by_hand(root, train, cond=None, include_cond_frames: bool = True) -> fl
     called by hand, its output negated (x0 − noise -> ε − x0); ``cond`` (1, z, k, h, w) written
     clean over the first frames, read as conditioning frames."""
     from wanflow.models.longcat_loader import load_longcat_dit
-    from wanflow.train.objective import TrainingSchedule, draw, noised, velocity_target, weighted_mse
+    from wanflow.train.objective import (
+        TrainingSchedule,
+        draw,
+        noised,
+        velocity_target,
+        weighted_mse,
+    )
 
     x0 = stored_tensors(train, "train/x0:0")["x0"]
     context = stored_tensors(train, "train/text:0")["context"]
@@ -181,7 +186,12 @@ def _refusal(tmp_path, recipe, capsys) -> str:
 
 @pytest.mark.parametrize(("rows", "frames", "settings", "extra", "says"), [
     ([_row()], 5, {"task": "direct_distill"}, {}, ["[train].task", 'use task = "sft"']),
-    ([_row()], 5, {"distribution": "fsdp", "processes": 2}, {}, ["[train].distribution", 'use "ddp" or "none"']),
+    ([_row()], 5, {"distribution": "fsdp", "processes": 2}, {}, ['[train].distribution = "fsdp"',
+                                                                 "run only on CUDA GPUs", 'use "ddp" here']),
+    ([_row()], 5, {"distribution": "deepspeed-zero2", "processes": 2},
+     {"runtime": {"dtype": "bf16"}, "memory": {"fp8": True}},
+     ['[train].distribution = "deepspeed-zero2" with [runtime].dtype = "bf16"', 'set [runtime].dtype = "fp32"',
+      'with [memory].fp8 = true', "set [memory].fp8 = false"]),
     ([_row()], 5, {}, {"runtime": {"compile": "blocks"}}, ["[runtime].compile", "not built yet"]),
     ([_row()], 5, {}, {"memory": {"policy": "stream"}}, ['[memory].policy = "stream"', "cannot be streamed"]),
     ([_row()], 5, {"validation_prompts": ["a red square"]}, {}, ["[train].validation_prompts", "validation_samples"]),

@@ -82,6 +82,22 @@ def test_wanflow_plan_prints_the_train_step_sized_by_its_settings(venv_runs, tmp
     assert "step train: peak host" in capsys.readouterr().out
 
 
+def test_a_sharded_run_is_planned_per_process_with_deepspeed_s_host_state(venv_runs, tmp_path, media):
+    """FSDP: each process planned as a replica (an upper bound for a shard); DeepSpeed adds the
+    optimizer state it keeps on the host for every trained parameter, once (partitioned), and
+    ZeRO-3 the parameters it keeps there after each process built the whole model."""
+    recipe = _recipe(tmp_path, [_row()])
+
+    def host(distribution: str, rank: int = 4) -> int:
+        return _train_host_bytes(recipe, f'train.distribution="{distribution}"', "train.processes=2",
+                                 f"train.lora_rank={rank}", f"train.lora_alpha={rank}")
+
+    assert host("fsdp") == host("ddp")
+    offloaded = {rank: host("deepspeed-zero2", rank) - host("ddp", rank) for rank in (4, 8)}
+    assert offloaded[4] > 0 and offloaded[8] == 2 * offloaded[4]  # per trained (LoRA) parameter
+    assert host("deepspeed-zero3") > host("deepspeed-zero2")
+
+
 def test_a_continuations_conditioning_frames_are_tokens_of_its_clip(venv_runs, tmp_path, media):
     """A 9-frame clip continued from 5 frames is sized as 9 frames, as the training call runs it."""
     recipes = {}

@@ -10,7 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from wanflow.errors import ModelInputError
-from wanflow.memory.dit_variants import VARIANTS, DitVariant, load_variant, variant_of
+from wanflow.memory.dit_variants import (
+    VARIANTS,
+    DitVariant,
+    load_variant,
+    shard_unit,
+    variant_of,
+)
 
 LOADED: list[tuple] = []
 
@@ -102,3 +108,26 @@ def test_telling_a_variant_never_imports_torch(tmp_path):
             f"print(variant_of([{str(vap)!r}]).name, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["Video-As-Prompt", "False"]
+
+
+def test_fsdp_finds_the_block_class_each_dit_s_files_name(tmp_path):
+    """The block class name read off a DiT's files is the class accelerate's TRANSFORMER_BASED_WRAP
+    finds in the loaded model (by name), and every one of its blocks is one: LongCat's own Block and
+    the Wan DiT's are other classes of the same name; S2V's blocks subclass the Wan Block under
+    another name."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    from tests.e2e._layout_longcat import CONFIG, longcat_state
+    from tests.e2e._layout_s2v import s2v_state, tiny_s2v_config
+    from tests.models._dit_fixtures import random_state, tiny_config
+    from wanflow.models import dit, longcat, s2v
+
+    states = {"longcat": longcat_state(7), "wan": random_state(tiny_config()), "s2v": s2v_state(tiny_s2v_config(), 7)}
+    for name, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / f"{name}.safetensors"))
+    for name, model, block in (("longcat", longcat.LongCatDiT(CONFIG), longcat.Block),
+                               ("wan", dit.WanDiT(tiny_config()), dit.Block),
+                               ("s2v", s2v.S2VDiT(tiny_s2v_config()), s2v.S2VBlock)):  # a Block of another name
+        files = [tmp_path / f"{name}.safetensors"]
+        found = get_module_class_from_name(model, shard_unit(files))
+        assert found is block and all(type(b) is block for b in model.blocks)

@@ -177,10 +177,12 @@ def test_ddp_config_launches_one_process_per_worker_without_mixed_precision():
 
 
 def test_fsdp_config_shards_by_transformer_block_and_gathers_whole_state_dicts():
-    fsdp = accelerate_config("fsdp", 2, "bfloat16")["fsdp_config"]
+    fsdp = accelerate_config("fsdp", 2, "bfloat16", shard_unit="S2VBlock")["fsdp_config"]
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "Block"
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "S2VBlock"  # the trained DiT's block class
     assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT" and fsdp["fsdp_version"] == 2
+    with pytest.raises(AssertionError, match="name their class"):
+        accelerate_config("fsdp", 2, "bfloat16")
 
 
 @pytest.mark.parametrize("distribution, stage", [("deepspeed-zero2", 2), ("deepspeed-zero3", 3)])
@@ -202,9 +204,11 @@ def test_written_configs_are_what_accelerate_reads(tmp_path, distribution):
 
     params = {"train.distribution": distribution, "train.processes": 3, "train.batch_size": 1,
               "train.gradient_accumulation": 2, "train.max_grad_norm": 0.0}
-    path = write_configs(tmp_path, params, "bfloat16")
+    path = write_configs(tmp_path, params, "bfloat16", shard_unit="Block")
     read = load_config_from_file(str(path))  # accelerate's own reader, as `accelerate launch` uses it
     assert read.num_processes == 3
+    if distribution == "fsdp":
+        assert read.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
     assert read.distributed_type.value == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(distribution, "DEEPSPEED")
     written = yaml.safe_load(path.read_text())
     if distribution.startswith("deepspeed"):

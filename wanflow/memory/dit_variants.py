@@ -43,6 +43,9 @@ class DitVariant:
     #: ``placement`` holds the hooks).
     load_placed: str = ""
     placed_module: str = "wanflow.memory.streamed"
+    #: The class name of its transformer block: the unit FSDP shards and gathers one at a time
+    #: (accelerate's ``TRANSFORMER_BASED_WRAP`` finds the class by this name in the loaded model).
+    shard_unit: str = "Block"
 
     def function(self, attribute: str) -> Callable[..., Any]:
         return getattr(importlib.import_module(self.module), attribute)
@@ -54,11 +57,23 @@ class DitVariant:
 #: In the order they are tried; the first that recognises the headers loads the file.
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
-    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards"),
+    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards",
+               shard_unit="S2VBlock"),  # wanflow.models.s2v.S2VBlock: a Block with segment timesteps
     DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", streams=True, fp8=True,
-               load_placed="load_placed_longcat"),
+               load_placed="load_placed_longcat", shard_unit="Block"),  # wanflow.models.longcat.Block
     DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
 )
+
+
+#: The Wan DiT's transformer block (``wanflow.models.dit.Block``), what FSDP shards of a plain Wan DiT.
+WAN_SHARD_UNIT = "Block"
+
+
+def shard_unit(weights: Sequence[Path]) -> str:
+    """The class name of the transformer block of the DiT ``weights`` hold (its variant's, or the
+    Wan DiT's): what a distributed run's FSDP wraps, one unit per block."""
+    variant = variant_of(weights)
+    return WAN_SHARD_UNIT if variant is None else variant.shard_unit
 
 
 def variant_of(weights: Sequence[Path], variants: Sequence[DitVariant] = VARIANTS) -> DitVariant | None:

@@ -47,6 +47,13 @@ autograd saves to host memory (a CPU run has nowhere to move it).
 Host memory besides: the checkpoint written every ``checkpoint_every`` steps is built in memory
 (the trained parameters copied, then serialised with their moments), and loading passes one
 tensor at a time through the host.
+
+A distributed run (``processes``, ``spread``): the device peak is one process's, sized as a whole
+replica (DDP holds one; FSDP and ZeRO shard, so for them it is an upper bound), and host memory
+counts every process's. DeepSpeed keeps the optimizer on the host (both stages offload it,
+``train.distributed.deepspeed_config``): an fp32 master, two moments and an fp32 gradient per
+trained parameter (``ZERO_OFFLOAD``), partitioned over the processes, so counted once; ZeRO-3
+keeps the parameters there too, after each process built the whole model on the host.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ GRAD = FP32
 #: Host bytes per trained parameter while a checkpoint is built: the parameters' fp32 copy, and
 #: torch.save's growing buffer of them and their two moments (it over-allocates by an eighth).
 CHECKPOINT = FP32 + 3 * FP32 * 9 / 8
+#: Host bytes per trained parameter DeepSpeed's offloaded optimizer holds: fp32 master, moments, gradient.
+ZERO_OFFLOAD = FP32 + MOMENTS + GRAD
 
 
 @attrs.frozen
@@ -349,3 +358,15 @@ def _phases(d: Trained, others: int, start: int, end: int, device_run: bool,
         phases.append((d.params * GRAD, d.params * FP32))
     grads, activations = max(phases, key=sum)
     return held + grads, activations
+
+
+def spread(found: TrainPeak, dits: Sequence[Trained], distribution: str, processes: int) -> TrainPeak:
+    """``found`` (one process's peak) in a run of ``processes`` under ``distribution`` (the module
+    docstring says what each holds): the device peak one process's, host memory every process's."""
+    host = found.host_bytes * processes
+    if distribution.startswith("deepspeed"):
+        host += sum(d.params for d in dits) * ZERO_OFFLOAD
+    if distribution == "deepspeed-zero3":
+        weights = sum(d.weight_bytes for d in dits)
+        host = max(host + weights, processes * weights)  # partitioned on the host, after each built it whole
+    return attrs.evolve(found, host_bytes=host)

@@ -4,10 +4,12 @@ LongCat-Video trains through ``[train]`` as DiffSynth trains it (docs/longcat.md
 on its DiT, a LoRA on its own module names or full fine-tuning, text-to-video samples and, where
 a row has a ``longcat_video`` column, continuation samples. What the stage offers for Wan DiTs
 and has not been built for LongCat's is refused here, naming the key and the fix, before
-anything loads: ``direct_distill`` (the few-step student of a Wan sampler) and several
-processes and compiled blocks. A LoRA's frozen base may be
-stored in fp8 (``[memory].fp8``), as a Wan DiT's. A
-clip too short for its continuation frames is refused with the dataset (``steps.train_checks``).
+anything loads: ``direct_distill`` (the few-step student of a Wan sampler) and compiled blocks.
+It trains in several processes under every ``[train].distribution`` (FSDP shards its
+``Block``s, as a Wan DiT's); what DeepSpeed cannot hold of it (its fp32 layers in a bf16 run, an
+fp8 base) is refused with the run's dtype (``steps.longcat_train_checks``). A LoRA's frozen base
+may be stored in fp8 (``[memory].fp8``), as a Wan DiT's. A clip too short for its continuation
+frames is refused with the dataset (``steps.train_checks``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ def check_longcat_training(recipe: Recipe, problems: Problems) -> None:
         problems.add(("train", "task"), t.task, "LongCat-Video trains with the flow-matching objective only "
                      '(DiffSynth\'s sft); direct_distill runs a Wan sampler\'s steps, which is not built for '
                      'LongCat\'s DiT: use task = "sft"')
-    if t.distribution not in ("none", "ddp"):
-        problems.add(("train", "distribution"), t.distribution, "LongCat-Video trains in several processes with "
-                     'DDP (each holds the whole DiT); sharding it is not built yet: use "ddp" or "none"')
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling LongCat's DiT's blocks is not built "
                      'yet for its training (generation compiles them): use "none"')

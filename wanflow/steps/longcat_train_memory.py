@@ -5,8 +5,10 @@ What a Wan training job's plan does for its train step (``steps.memory_plan``: `
 its config and weights read off its own headers (its fp32 islands, ``longcat_config.keeps_fp32``),
 its train step sized by ``memory.longcat_train_estimate`` at the dataset's largest bucket (a
 continuation's conditioning frames are tokens of its clip). A LoRA's frozen base may be stored
-in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer); with DDP each
-process holds a whole replica in host memory, counted once per process.
+in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer). A distributed
+run is sized as a Wan DiT's (``train_estimate.spread``): one process's device peak as a whole
+replica (an upper bound for FSDP and ZeRO, which shard), every process's host memory and, under
+DeepSpeed, the optimizer state (and ZeRO-3's parameters) it keeps on the host.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from wanflow.memory.estimates import FP32, latent_grid
 from wanflow.memory.longcat_estimate import longcat_tokens
 from wanflow.memory.planner import Budgets, StepPeak
 from wanflow.memory.sizes import TensorInfo, block_index, component_size
-from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup
+from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup, spread
 from wanflow.models import longcat_config
 from wanflow.steps.memory_plan import (
     TrainSettings,
@@ -60,7 +62,7 @@ class LongCatTrainJob(TrainSettings):
         loading = component_size("dit", job.tensors, FP32, keeps_fp32=longcat_config.keeps_fp32).largest_tensor_bytes
         found = lte.train_peak(job.config, setup, dit, device_run=job.device_run, accumulation=job.accumulation,
                                loading_bytes=loading)
-        return attrs.evolve(found, host_bytes=found.host_bytes * job.processes)
+        return spread(found, [dit], job.distribution, job.processes)
 
 
 def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],

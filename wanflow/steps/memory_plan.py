@@ -56,6 +56,7 @@ from wanflow.memory.train_estimate import (
     TrainPeak,
     TrainSetup,
     lora_adapters,
+    spread,
     train_peak,
 )
 from wanflow.memory.train_sides import side_blocks, untrained_prefixes
@@ -226,7 +227,8 @@ class TrainSettings:
     itemsize: int  # the run's compute dtype
     device_run: bool
     accumulation: int
-    processes: int = 1  # processes holding a whole replica each (a distributed run)
+    processes: int = 1  # processes of a distributed run (``train_estimate.spread``)
+    distribution: str = "none"
     targets: tuple[str, ...]
     rank: int
     method: str
@@ -269,7 +271,7 @@ class TrainJob(TrainSettings):
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
                            accumulation=job.accumulation, loading_bytes=loading)
-        return attrs.evolve(found, host_bytes=found.host_bytes * job.processes)
+        return spread(found, dits, job.distribution, job.processes)
 
 
 def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str) -> TrainJob:
@@ -290,6 +292,7 @@ def train_settings(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequen
     """The ``TrainSettings`` fields of a job's [train] table (``t``), its DiT files and largest bucket."""
     return {"dit_files": files, "grid": grid, "bucket": bucket, "itemsize": itemsize, "device_run": device != "cpu",
             "accumulation": t.gradient_accumulation, "processes": t.processes if t.distribution != "none" else 1,
+            "distribution": t.distribution,
             "targets": tuple(t.lora_targets), "rank": t.lora_rank, "method": t.method, "batch": t.batch_size,
             "checkpointing": t.gradient_checkpointing, "offload": t.offload_activations,
             "fp8": bool(values["memory.fp8"])}

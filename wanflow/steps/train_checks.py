@@ -19,7 +19,7 @@ from typing import Any
 from wanflow.errors import ModelLoadError, display_path
 from wanflow.memory.sizes import TensorInfo, read_header
 from wanflow.steps.input_checks import format_value
-from wanflow.steps.longcat_train_checks import continuation_problems
+from wanflow.steps.longcat_train_checks import continuation_problems, deepspeed_problems
 from wanflow.steps.runtime import effective_device
 from wanflow.steps.train_animate import animate_mask_problems
 from wanflow.steps.train_conditioning import declared_conditioning
@@ -97,7 +97,7 @@ def _engine_problems(resolved: Any, where: Where) -> list[str]:
         found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
                      f"DeepSpeed wraps one model and {resolved.family.name} trains two experts in one run; "
                      'use "ddp" or "fsdp", or train one expert with components = ["dit_high_noise"]')
-    return found
+    return found + deepspeed_problems(resolved, where)
 
 
 def _dialect_problems(t: Any, where: Where) -> list[str]:

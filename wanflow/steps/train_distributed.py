@@ -69,7 +69,7 @@ def run_distributed(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
         job = Path(tmp)
         write_job(job, step, ctx)
         _, compute = component_runtime(ctx.params)
-        config = write_configs(job, ctx.params, str(compute).removeprefix("torch."))
+        config = write_configs(job, ctx.params, str(compute).removeprefix("torch."), trained_shard_unit(step, ctx))
         resumed = ctx.load_partial()
         if resumed is not None:
             (job / RESUME).write_bytes(bytes(resumed[1]))
@@ -81,6 +81,15 @@ def run_distributed(step: Any, ctx: Any) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(job / FINAL))
+
+
+def trained_shard_unit(step: Any, ctx: Any) -> str:
+    """The transformer block class FSDP wraps, read off the trained DiT's files (A14B's two experts
+    are Wan DiTs alike)."""
+    from wanflow.memory.dit_variants import shard_unit
+
+    role, n = step.experts[0]
+    return shard_unit([ctx.weight(f"{role}.{i}") for i in range(n)])
 
 
 def write_job(job: Path, step: Any, ctx: Any) -> None:

@@ -28,8 +28,6 @@ from typing import Any
 ENGINE_TYPES = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed-zero2": "DEEPSPEED", "deepspeed-zero3": "DEEPSPEED"}
 #: distributions that run only with CUDA (see the module docstring for why).
 NEEDS_CUDA = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
-#: The DiT's transformer block, the unit FSDP shards and gathers one at a time.
-FSDP_WRAP_CLASS = "Block"
 
 
 def mixed_precision(dtype_name: str, distribution: str) -> str:
@@ -42,8 +40,10 @@ def mixed_precision(dtype_name: str, distribution: str) -> str:
 
 
 def accelerate_config(distribution: str, processes: int, dtype_name: str,
-                      deepspeed_file: Path | None = None) -> dict[str, Any]:
-    """The accelerate configuration (as written to ``accelerate.yaml``)."""
+                      deepspeed_file: Path | None = None, shard_unit: str = "") -> dict[str, Any]:
+    """The accelerate configuration (as written to ``accelerate.yaml``). ``shard_unit``: for FSDP,
+    the class name of the trained DiT's transformer block (``memory.dit_variants.shard_unit``),
+    the unit FSDP shards and gathers one at a time."""
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": ENGINE_TYPES[distribution],
@@ -55,10 +55,11 @@ def accelerate_config(distribution: str, processes: int, dtype_name: str,
         "use_cpu": False,  # see the module docstring: CPU workers are chosen inside each worker
     }
     if distribution == "fsdp":
+        assert shard_unit, "FSDP wraps the DiT's transformer blocks: name their class"
         config["fsdp_config"] = {
             "fsdp_version": 2,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": FSDP_WRAP_CLASS,
+            "fsdp_transformer_layer_cls_to_wrap": shard_unit,
             "fsdp_reshard_after_forward": True,
             "fsdp_state_dict_type": "FULL_STATE_DICT",  # checkpoints and outputs gather whole tensors
             "fsdp_offload_params": False,
@@ -96,8 +97,9 @@ def deepspeed_config(distribution: str, batch_size: int, gradient_accumulation: 
     }
 
 
-def write_configs(folder: Path, params: dict[str, Any], dtype_name: str) -> Path:
-    """Write ``accelerate.yaml`` (and ``deepspeed.json``) into ``folder``; returns the YAML's path."""
+def write_configs(folder: Path, params: dict[str, Any], dtype_name: str, shard_unit: str = "") -> Path:
+    """Write ``accelerate.yaml`` (and ``deepspeed.json``) into ``folder``; returns the YAML's path.
+    ``shard_unit``: the DiT's transformer block class (FSDP only)."""
     import yaml
 
     distribution, processes = params["train.distribution"], int(params["train.processes"])
@@ -109,7 +111,7 @@ def write_configs(folder: Path, params: dict[str, Any], dtype_name: str) -> Path
                               dtype_name)
         ds_file.write_text(json.dumps(ds, indent=2), encoding="utf-8")
     path = folder / "accelerate.yaml"
-    config = accelerate_config(distribution, processes, dtype_name, ds_file)
+    config = accelerate_config(distribution, processes, dtype_name, ds_file, shard_unit)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
