@@ -155,3 +155,29 @@ def test_the_transformers_encoders_adopt_the_rule_without_changing_their_weights
         ref = run(model.float())  # the same bf16-valued weights, all fp32
     assert low.dtype == torch.bfloat16
     assert torch.nn.functional.cosine_similarity(low.float(), ref, dim=-1).min() > 0.99  # random weights
+
+
+def test_an_fp32_input_meets_bf16_weights_in_fp32():
+    """An fp32 island (head, time modulation) whose weights were cast to bf16 with the whole model."""
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(2, 5, 24, generator=g), torch.randn(7, 24, generator=g), torch.randn(7, generator=g)
+    out = precision.linear(x, w.bfloat16(), b.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, w.bfloat16().float(), b.bfloat16().float()))
+
+
+def test_a_dit_cast_whole_to_bf16_trains():
+    """DeepSpeed's bf16 engine casts every parameter, the fp32 islands too: the DiT still runs
+    forward and backward, close to its fp32 self."""
+    cfg = tiny_config()
+    model = WanDiT(cfg)
+    model.load_state_dict(random_state(cfg))
+    args = inputs(cfg)
+    reference = model(**args)
+    cast = WanDiT(cfg)
+    cast.load_state_dict(random_state(cfg))
+    cast = cast.bfloat16()
+    out = cast(**args)
+    out.float().square().mean().backward()
+    assert float((out.float() - reference).abs().max() / reference.abs().max()) < 0.02
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in cast.parameters() if p.requires_grad)

@@ -133,12 +133,16 @@ def triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`F.linear` computed in `compute_dtype(x)`, returned in x's dtype.
 
+    Weights of another dtype are cast too, block by block: an fp32 island (the head, the time
+    modulation) whose weights DeepSpeed's bf16/fp16 engine cast with the whole model still
+    computes in fp32 on its fp32 input.
+
     Upcasting whole operands would cost twice their bf16 size on top (1.8 GB for the 14B's FFN
     input at 480p), so the upcast runs in blocks of weight rows x tokens, each at most
     BLOCK_ELEMENTS: GEMMs stay large enough to run at full speed, the extra memory stays ~50 MiB.
     """
     work = compute_dtype(x)
-    if work == x.dtype:
+    if work == x.dtype == weight.dtype:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])  # (N, in)
     out = x.new_empty(rows.shape[0], weight.shape[0])  # (N, out) in x's dtype
