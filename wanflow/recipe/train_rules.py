@@ -189,14 +189,17 @@ def _check_vap_lora_targets(t: Train, problems: Problems) -> None:
 
 
 def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
-    """What is trained: components the family has, each once, and DiTs only."""
+    """What is trained: components the family has, each once, and DiTs, or one of the family's
+    ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
     dits = dit_roles(family)
     seen: set[str] = set()
     for name in t.components:
         if name in seen:
             _add(problems, "components", t.components, f"names {name!r} twice; list each component once")
         seen.add(name)
-        if name not in family.components:
+        if name in family.trainable_parts:
+            _check_part(t, name, problems)
+        elif name not in family.components:
             hint = (f"; its DiTs are {' and '.join(dits)}" if name == "dit" and family.experts
                     else did_you_mean(name, family.components))
             _add(problems, "components", t.components, f"{family.name} has no component {name!r} (its "
@@ -205,6 +208,18 @@ def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
             what = "a LoRA is trained on a DiT" if t.method == "lora" else "full fine-tuning trains DiTs"
             _add(problems, "components", t.components, f"{name!r} cannot be trained: {what}, and the encoders "
                  f"run once per sample as cached steps; use {' and/or '.join(map(repr, dits))}")
+
+
+def _check_part(t: Train, name: str, problems: Problems) -> None:
+    """A part trained alone (speed control's motion controller): by full fine-tuning, in a run of
+    its own, as its authors train it (DiffSynth's ``--trainable_models motion_controller``)."""
+    if t.method == "lora":
+        _add(problems, "components", t.components, f"{name!r} is trained whole, not by a LoRA (a LoRA adapts a "
+             f"DiT's layers, and {name!r} is a small network of its own, which DiffSynth trains fully); "
+             'use method = "full"')
+    elif len(t.components) > 1:
+        _add(problems, "components", t.components, f"{name!r} trains alone, every other component frozen (as "
+             f'DiffSynth trains it); use components = ["{name}"], and train a DiT in a run of its own')
 
 
 def _check_method(recipe: Recipe, problems: Problems) -> None:
