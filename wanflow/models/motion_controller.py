@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from wanflow.errors import ModelLoadError
 from wanflow.models import signature
 from wanflow.models.checkpoint_files import open_weights
-from wanflow.models.dit_extras import DitExtras
 from wanflow.models.dit import sinusoidal_embedding
+from wanflow.models.dit_extras import DitExtras
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.precision import Linear
 
