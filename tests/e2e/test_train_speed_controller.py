@@ -159,3 +159,6 @@ def test_keys_the_base_controller_and_each_sample_s_bucket(senv, tmp_path, speed
     assert "train" in computed(moved)
     dit = run(_recipe(tmp_path, metadata, components=[]), senv)  # the DiT fully trained: another step
     assert "train" in computed(dit) and (dit.archive / "outputs" / "dit.safetensors").is_file()
+    # the memory plan sizes the controller's AdamW state, not the DiT's
+    peaks = [next(s for s in r.plan.steps if s.name == "train").spec.step.peak for r in (first, dit)]
+    assert peaks[0].host_bytes < peaks[1].host_bytes
