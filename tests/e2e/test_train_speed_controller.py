@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import tomlkit
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.e2e._layout import write_models_root
@@ -135,6 +136,9 @@ def test_the_export_is_the_release_layout_and_changes_a_generation(senv, tmp_pat
     tensors = load_file(exported)
     assert sorted(tensors) == sorted(load_file(bf16)) and {t.dtype for t in tensors.values()} == {torch.bfloat16}
     load_motion_controller(exported)  # recognised as a controller by the release's loader
+    with safe_open(str(exported), framework="pt") as f:
+        header = f.metadata()
+    assert header["wanflow.component"] == "motion_controller" and header["wanflow.steps"] == "2"
     base = run(_generation(tmp_path, "base", bf16), senv)
     tuned = run(_generation(tmp_path, "tuned", exported), senv)
     assert "motion-bucket" in computed(tuned) and "denoise" in computed(tuned)
