@@ -166,3 +166,15 @@ def test_keys_the_base_controller_and_each_sample_s_bucket(senv, tmp_path, speed
     # the memory plan sizes the controller's AdamW state, not the DiT's
     peaks = [next(s for s in r.plan.steps if s.name == "train").spec.step.peak for r in (first, dit)]
     assert peaks[0].host_bytes < peaks[1].host_bytes
+
+
+def test_ddp_with_two_processes_trains_the_controller_as_one_process_of_batch_2(senv, tmp_path):
+    """Each process runs the controller on its own sample's bucket; the all-reduced gradient is the
+    batch's (to fp32 rounding, lifted by AdamW's normalisation where a gradient is near zero)."""
+    metadata = _dataset(tmp_path / "data", ("10", "90"))
+    single = run(_recipe(tmp_path, metadata, name="single", steps=2, batch_size=2), senv)
+    ddp = run(_recipe(tmp_path, metadata, name="ddp", steps=2, batch_size=1, distribution="ddp", processes=2), senv)
+    want = load_file(single.archive / "outputs" / "motion_controller.safetensors")
+    got = load_file(ddp.archive / "outputs" / "motion_controller.safetensors")
+    assert set(got) == set(want)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) <= 1e-5
