@@ -50,7 +50,7 @@ class MotionOffset:
 
 @attrs.frozen
 class MotionBucketId:
-    """{"bucket": (1,) fp32}: the recipe's motion bucket id itself, for a training sample whose
+    """{"motion_bucket": (1,) fp32}: the recipe's motion bucket id itself, for a training sample whose
     controller trains (``[train].components = ["motion_controller"]``): the train step runs the
     controller on it at every step, with gradients, instead of reading a frozen offset."""
 

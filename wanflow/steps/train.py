@@ -7,7 +7,8 @@ LoRA it starts from. It checkpoints through the engine's partial state (every
 ``checkpoint_every`` steps), so a killed run resumes where its last checkpoint left it.
 
 Output (tensors): the trained tensors under ``<dit role>/<parameter>`` (LoRA factors, or every
-weight of a fully fine-tuned DiT; a part trained alone under ``<part>/controller.<parameter>``), the loss history (``history``), and the validation latents
+weight of a fully fine-tuned DiT; a part trained alone under ``<part>/controller.<parameter>``),
+the loss history (``history``), and the validation latents
 (``validation/<step>/<prompt>``). ``export`` turns them into files; ``validation-latents``,
 ``decode`` and ``save`` into videos.
 """

@@ -5,7 +5,7 @@ DiffSynth's full-training script for the speed-control release trains the motion
 ``model.safetensors`` holding ``linear.{0,2,4}.{weight,bias}``. The train step keeps the
 controller's fp32 master weights (``<part>/controller.<name>``); this step writes them under the
 release's names, in the dtype of the controller file the run started from (the release's own,
-so the trained file replaces it byte for byte in layout), with the run's facts in the header.
+so the trained file takes its place as it is), with the run's facts in the header.
 The file loads wherever the release does: ``[models.motion_controller].source`` of a generation,
 ``load_motion_controller``.
 """
