@@ -371,3 +371,16 @@ def test_a_component_that_is_not_a_trainable_part_stays_refused(tmp_path):
                         "DiTs, and the encoders run once per sample as cached steps; use 'dit'"]
     problems = refused(tmp_path, T2V + 'method = "full"\ncomponents = ["motion_controller"]\n')
     assert len(problems) == 1 and "wan2.1-t2v-1.3b has no component 'motion_controller'" in problems[0]
+
+
+def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tmp_path):
+    part = SPEED + 'method = "full"\ncomponents = ["motion_controller"]\n'
+    problems = refused(tmp_path, part + '[models.motion_controller]\ndtype = "bf16"\ndevice = "cpu"\n')
+    assert problems == [
+        "r.toml: [models.motion_controller].dtype = \"bf16\": 'motion_controller' trains in fp32 (full fine-tuning's "
+        'master weights; the export takes its base file\'s dtype); remove it, or set "fp32"',
+        "r.toml: [models.motion_controller].device = \"cpu\": 'motion_controller' trains on the run's device, beside "
+        "the DiT it drives; remove it"]
+    path = tmp_path / "ok.toml"
+    path.write_text(SPEED + '[models.motion_controller]\ndtype = "bf16"\n', encoding="utf-8")
+    assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured
