@@ -346,3 +346,41 @@ def test_caption_dropout_is_refused_where_nothing_reads_the_empty_prompt(tmp_pat
     path.write_text(T2V + "caption_dropout = 0.1\n", encoding="utf-8")
     assert load_recipe(path).recipe.train.caption_dropout == 0.1
     assert any("caption_dropout" in p for p in refused(tmp_path, T2V + "caption_dropout = 1.5\n"))
+
+
+SPEED = 'model = "wan2.1-1.3b-speedcontrol"\n[train]\ndataset = "data.csv"\n'
+
+
+def test_speed_control_s_motion_controller_trains_alone_by_full_fine_tuning(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(SPEED + 'method = "full"\ncomponents = ["motion_controller"]\n', encoding="utf-8")
+    assert load_recipe(path).recipe.train.components == ("motion_controller",)
+    assert refused(tmp_path, SPEED + 'components = ["motion_controller"]\n') == [
+        "r.toml: [train].components = [\"motion_controller\"]: 'motion_controller' is trained whole, not by a LoRA "
+        "(a LoRA adapts a DiT's layers, and 'motion_controller' is a small network of its own, which DiffSynth "
+        'trains fully); use method = "full"']
+    assert refused(tmp_path, SPEED + 'method = "full"\ncomponents = ["dit", "motion_controller"]\n') == [
+        "r.toml: [train].components = [\"dit\", \"motion_controller\"]: 'motion_controller' trains alone, every "
+        "other component frozen (as DiffSynth trains it); use components = [\"motion_controller\"], and train a DiT "
+        "in a run of its own"]
+
+
+def test_a_component_that_is_not_a_trainable_part_stays_refused(tmp_path):
+    problems = refused(tmp_path, SPEED + 'method = "full"\ncomponents = ["vae"]\n')
+    assert problems == ["r.toml: [train].components = [\"vae\"]: 'vae' cannot be trained: full fine-tuning trains "
+                        "DiTs, and the encoders run once per sample as cached steps; use 'dit'"]
+    problems = refused(tmp_path, T2V + 'method = "full"\ncomponents = ["motion_controller"]\n')
+    assert len(problems) == 1 and "wan2.1-t2v-1.3b has no component 'motion_controller'" in problems[0]
+
+
+def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tmp_path):
+    part = SPEED + 'method = "full"\ncomponents = ["motion_controller"]\n'
+    problems = refused(tmp_path, part + '[models.motion_controller]\ndtype = "bf16"\ndevice = "cpu"\n')
+    assert problems == [
+        "r.toml: [models.motion_controller].dtype = \"bf16\": 'motion_controller' trains in fp32 (full fine-tuning's "
+        'master weights; the export takes its base file\'s dtype); remove it, or set "fp32"',
+        "r.toml: [models.motion_controller].device = \"cpu\": 'motion_controller' trains on the run's device, beside "
+        "the DiT it drives; remove it"]
+    path = tmp_path / "ok.toml"
+    path.write_text(SPEED + '[models.motion_controller]\ndtype = "bf16"\n', encoding="utf-8")
+    assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured

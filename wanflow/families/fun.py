@@ -126,7 +126,8 @@ def speed_control() -> FamilySpec:
     return FamilySpec("wan2.1-1.3b-speedcontrol", "Wan2.1-T2V-1.3B with DiffSynth's speed control "
                       "(DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1): [inputs].motion_bucket 0 slow … 100 fast",
                       components, defaults, frozenset({"motion_bucket", "video"}), frozenset({"motion_bucket"}),
-                      sizes=SIZES_1_3B, conditioners=(conditioner("motion-bucket"), SOURCE))
+                      sizes=SIZES_1_3B, conditioners=(conditioner("motion-bucket"), SOURCE),
+                      trainable_parts=("motion_controller",))
 
 
 def families() -> list[FamilySpec]:

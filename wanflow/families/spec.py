@@ -62,6 +62,10 @@ class FamilySpec:
     #: names) or "video-as-prompt-release" (the trained reference stream merged over the base's
     #: files, in the release's layout).
     full_export: str = "official"
+    #: Components besides the DiTs that full fine-tuning trains alone, the DiT and encoders frozen,
+    #: as the release's authors train them (speed control: its ``motion_controller``, DiffSynth's
+    #: ``--trainable_models motion_controller``); ``[train].components`` may name one of them.
+    trainable_parts: tuple[str, ...] = ()
     #: Stages after the main denoise that run the DiT again with LoRAs of their own, a ``[[lora]]``
     #: naming the stage as its ``target`` (LongCat-Video: ("refine",), its 720p refinement).
     lora_stages: tuple[str, ...] = ()

@@ -27,7 +27,8 @@ Per video token (B·L of them), with the compute itemsize s, width D, FFN width 
 - backward's working set: the FFN's hidden gradients (``2 s F``), the RoPE tables and the head's
   fp32 copy of its input.
 
-Full fine-tuning of a DiT's own parts alone (Animate's, Video-As-Prompt's reference stream: ``Parts``)
+Full fine-tuning of a DiT's own parts alone (Animate's, Video-As-Prompt's reference stream, or a
+component outside it, speed control's motion controller, whose offset joins every block: ``Parts``)
 counts the trained parameters' state only; the frozen blocks their gradient passes through hold
 what backward needs for that (``carried_token_bytes``), the trained ones full fine-tuning's
 tensors, and trained parts outside the blocks their own (``SIDE_BLOCK``, a trained encoder's
@@ -107,6 +108,10 @@ class Parts:
     #: what a trained encoder run inside the step keeps for backward, per clip (Animate's motion
     #: encoder over the clip's face crops, ``wanflow.memory.motion_estimate``)
     encoder_bytes: int = 0
+    #: the blocks' modulation requires grad (speed control's motion controller trains alone and
+    #: its offset joins every block's modulation): each frozen block also keeps what its scales
+    #: and gates multiply, ``MODULATED`` D-wide values per token
+    modulated: bool = False
 
 
 @attrs.frozen
@@ -158,6 +163,11 @@ class TrainPeak:
 #: block keeps of the same tensors: its queries' projection input and norm, attention's output
 #: (counted on Animate's face blocks, as the growth of a checkpointed stack by five blocks and one).
 SIDE_BLOCK = 3
+
+#: D-wide values per video token a frozen block keeps when its modulation requires grad
+#: (``Parts.modulated``): the two normed inputs its scales multiply and the attention's and
+#: FFN's outputs its gates multiply (counted on tiny DiTs under a trained motion controller).
+MODULATED = 4
 
 #: Layers of a block that read the prompt's tokens rather than the video's.
 TEXT_READERS = ("cross_attn.k", "cross_attn.v")
@@ -237,6 +247,8 @@ def block_bytes(cfg: DitConfig, setup: TrainSetup, tokens: int) -> list[tuple[in
     trained = tokens * block_token_bytes(cfg, whole) + setup.batch * block_context_bytes(cfg, whole)
     carried = tokens * carried_token_bytes(cfg, setup) + setup.batch * carried_context_bytes(cfg, setup)
     parts = setup.parts
+    if parts.modulated:
+        carried += tokens * MODULATED * s * d
     blocks = [(trained, block_input)] * parts.trained_blocks
     blocks += [(carried, block_input)] * (cfg.num_layers - parts.trained_blocks)
     joined = [(held + trained, 2 * held_input) for held, held_input in blocks[:parts.stream_blocks]]

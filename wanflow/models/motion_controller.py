@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import attrs
 import structlog
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from wanflow.errors import ModelLoadError
 from wanflow.models import signature
 from wanflow.models.checkpoint_files import open_weights
 from wanflow.models.dit import sinusoidal_embedding
+from wanflow.models.dit_extras import DitExtras
 from wanflow.models.loading import build_on_meta, load_state_into
 from wanflow.models.precision import Linear
 
@@ -63,3 +65,36 @@ def load_motion_controller(
                     dtype=dtype, device=device, borrowed=opened.borrowed)
     log.debug("motion_controller_loaded", source=opened.source, dim=dim)
     return model
+
+
+class ControlledDiT(nn.Module):
+    """A frozen DiT under a motion controller that trains (``[train].components =
+    ["motion_controller"]``, DiffSynth's ``--trainable_models motion_controller``).
+
+    Each forward runs the controller on the batch's bucket ids (B,) with gradients and adds its
+    offset to every block's modulation as a generation does (``DitExtras.modulation``, fp32), so
+    the loss's gradient reaches the controller through the whole frozen block stack. Full
+    fine-tuning's rules see the controller alone: its parameters are the ``full_trained_prefixes``
+    and the only ones stored (``exports_trained_alone``).
+    """
+
+    #: The controller's parameters, by name in this module (``controller.linear.0.weight``, …).
+    full_trained_prefixes = ("controller.",)
+    exports_trained_alone = True
+
+    def __init__(self, dit: nn.Module, controller: MotionController):
+        super().__init__()
+        self.dit, self.controller = dit, controller
+
+    @property
+    def cfg(self):  # what the training objective reads of the DiT (its patch size)
+        return self.dit.cfg
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, *, motion_bucket: Tensor | None = None,
+                extras: DitExtras | None = None, **kwargs) -> Tensor:
+        if motion_bucket is None:
+            raise ValueError("a DiT whose motion controller trains needs each sample's motion bucket id")
+        bucket = motion_bucket.reshape(-1).to(device=x.device, dtype=self.controller.linear[0].weight.dtype)
+        offset = self.controller(bucket).float()  # (B, 6, D), as the generation's step hands it over
+        extras = attrs.evolve(extras if extras is not None else DitExtras(), modulation=offset)
+        return self.dit(x, t, context, extras=extras, **kwargs)

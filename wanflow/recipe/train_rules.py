@@ -8,6 +8,8 @@ the value and the fix, and all of them are reported together with the rest of th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from wanflow.families.krea import CAUSAL_SOLVER
 from wanflow.families.spec import FamilySpec
@@ -30,7 +32,7 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
              "folder of media with .txt captions")
     _check_conditioning(recipe, family, problems)
     _check_sizes(t, family, problems)
-    _check_components(t, family, problems)
+    _check_components(t, family, problems, recipe.models)
     _check_method(recipe, problems)
     _check_schedule(t, problems)
     _check_validation(t, problems)
@@ -188,15 +190,19 @@ def _check_vap_lora_targets(t: Train, problems: Problems) -> None:
              "target the main stream's layers (q, k, v, o, ffn.0, ffn.2)")
 
 
-def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
-    """What is trained: components the family has, each once, and DiTs only."""
+def _check_components(t: Train, family: FamilySpec, problems: Problems,
+                      models: Mapping[str, Any] | None = None) -> None:
+    """What is trained: components the family has, each once, and DiTs, or one of the family's
+    ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
     dits = dit_roles(family)
     seen: set[str] = set()
     for name in t.components:
         if name in seen:
             _add(problems, "components", t.components, f"names {name!r} twice; list each component once")
         seen.add(name)
-        if name not in family.components:
+        if name in family.trainable_parts:
+            _check_part(t, name, problems, (models or {}).get(name))
+        elif name not in family.components:
             hint = (f"; its DiTs are {' and '.join(dits)}" if name == "dit" and family.experts
                     else did_you_mean(name, family.components))
             _add(problems, "components", t.components, f"{family.name} has no component {name!r} (its "
@@ -205,6 +211,26 @@ def _check_components(t: Train, family: FamilySpec, problems: Problems) -> None:
             what = "a LoRA is trained on a DiT" if t.method == "lora" else "full fine-tuning trains DiTs"
             _add(problems, "components", t.components, f"{name!r} cannot be trained: {what}, and the encoders "
                  f"run once per sample as cached steps; use {' and/or '.join(map(repr, dits))}")
+
+
+def _check_part(t: Train, name: str, problems: Problems, override: Any = None) -> None:
+    """A part trained alone (speed control's motion controller): by full fine-tuning, in a run of
+    its own, as its authors train it (DiffSynth's ``--trainable_models motion_controller``); it
+    trains in fp32 on the run's device, so a ``[models.<part>]`` dtype or device saying otherwise
+    would be ignored: refused."""
+    if override is not None and override.dtype not in ("auto", "fp32"):
+        problems.add(("models", name, "dtype"), override.dtype, f"{name!r} trains in fp32 (full fine-tuning's "
+                     "master weights; the export takes its base file's dtype); remove it, or set \"fp32\"")
+    if override is not None and override.device != "auto":
+        problems.add(("models", name, "device"), override.device, f"{name!r} trains on the run's device, beside "
+                     "the DiT it drives; remove it")
+    if t.method == "lora":
+        _add(problems, "components", t.components, f"{name!r} is trained whole, not by a LoRA (a LoRA adapts a "
+             f"DiT's layers, and {name!r} is a small network of its own, which DiffSynth trains fully); "
+             'use method = "full"')
+    elif len(t.components) > 1:
+        _add(problems, "components", t.components, f"{name!r} trains alone, every other component frozen (as "
+             f'DiffSynth trains it); use components = ["{name}"], and train a DiT in a run of its own')
 
 
 def _check_method(recipe: Recipe, problems: Problems) -> None:

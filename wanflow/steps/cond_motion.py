@@ -48,6 +48,32 @@ class MotionOffset:
             return {"modulation": controller(bucket).float().cpu().contiguous()}  # (1, 6, D)
 
 
+@attrs.frozen
+class MotionBucketId:
+    """{"motion_bucket": (1,) fp32}: the recipe's motion bucket id itself, for a training sample whose
+    controller trains (``[train].components = ["motion_controller"]``): the train step runs the
+    controller on it at every step, with gradients, instead of reading a frozen offset."""
+
+    kind: str = "motion-bucket-id"
+    version: int = 1
+    output: str = "tensors"
+    reads: tuple[str, ...] = ("inputs.motion_bucket",)
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import torch
+
+        return {BUCKET: torch.tensor([float(ctx.params["inputs.motion_bucket"])], dtype=torch.float32)}
+
+
+#: The tensor a trained controller's sample carries, and the batch field it becomes.
+BUCKET = "motion_bucket"
+
+
+def as_trained(spec: StepSpec) -> StepSpec:
+    """A sample's motion-bucket node when the controller itself trains: the id, no model run."""
+    return attrs.evolve(spec, step=MotionBucketId(), weights={})
+
+
 def _node(job: Any, declared: Any) -> StepSpec | None:
     if job.values.get("inputs.motion_bucket") is None:
         return None  # no speed asked for: the base model's motion (the family requires one)

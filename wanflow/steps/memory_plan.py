@@ -66,6 +66,7 @@ from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
 from wanflow.models.dit_names import holds_s2v_parts
 from wanflow.models.full_training import stream_name, trained_prefixes, trains
 from wanflow.steps.denoise import expert_cfgs
+from wanflow.steps.train_conditioning import trained_parts
 from wanflow.steps.train_targets import matches
 
 GIB = 1024**3
@@ -247,6 +248,8 @@ class TrainJob(TrainSettings):
 
     config: DitConfig
     forwards: int = 1  # DiT passes per micro-batch (direct distillation: the student's steps)
+    #: A component trained alone beside the frozen DiT (speed control's controller): its files.
+    part_files: Mapping[str, Sequence[Path]] = attrs.field(factory=dict)
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
@@ -259,6 +262,9 @@ class TrainJob(TrainSettings):
                 adapted = adapted_weights(shapes, job.targets)
                 adapters, params, block = lora_adapters(linear_weights(shapes), adapted, job.rank)
                 dits.append(Trained(size.weight_bytes, params, block, job.config.num_layers))
+            elif job.part_files:  # the DiT frozen in fp32, the part alone trained
+                trained, parts = parts_alone(job.part_files, job.config.num_layers)
+                dits.append(attrs.evolve(trained, weight_bytes=size.weight_bytes + trained.weight_bytes))
             else:
                 trained, parts = full_trained(shapes, job.config.num_layers, job.grid[0])
                 dits.append(attrs.evolve(trained, weight_bytes=size.weight_bytes))
@@ -283,8 +289,9 @@ def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_versi
     grids = {s: latent_grid(s.frames, s.height, s.width, vae_version) for s in targets}
     largest = max(targets, key=lambda s: (dit_tokens(config, grids[s]), s))
     files = {d: [w.path for w in job.weights[d].values()] for d in job.dits()}
+    parts = {c: [w.path for w in job.weights[c].values()] for c in trained_parts(job)}
     return TrainJob(config=config, forwards=int(v["sampler.steps"]) if t.task == "direct_distill" else 1,
-                    **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))
+                    part_files=parts, **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))
 
 
 def train_settings(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
@@ -395,6 +402,15 @@ def full_trained(shapes: Mapping[str, tuple[int, ...]], layers: int,
     stack = sum(main for main, _ in per_block)
     side = len({found.group(0) for name in named if (found := SIDE_BLOCK.search(name))})
     return trained, Parts(stack, len(per_block) - stack, side, _encoder_bytes(shapes, named, latent_frames))
+
+
+def parts_alone(files: Mapping[str, Sequence[Path]], layers: int) -> tuple[Trained, Parts]:
+    """A component trained alone beside a frozen DiT (``FamilySpec.trainable_parts``), from its
+    header: its fp32 weights (in ``weight_bytes``) and parameters; no block of the stack trains,
+    but every one passes the gradient through to its modulation, which the part's offset joins."""
+    state = read_headers(p for paths in files.values() for p in paths)
+    params = sum(math.prod(info.shape) for info in state.values())
+    return Trained(params * FP32, params, 0, layers), Parts(0, modulated=True)
 
 
 #: A block of a module list beside the stack (Animate's ``face_adapter.fuser_blocks.N.``).

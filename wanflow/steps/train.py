@@ -7,7 +7,8 @@ LoRA it starts from. It checkpoints through the engine's partial state (every
 ``checkpoint_every`` steps), so a killed run resumes where its last checkpoint left it.
 
 Output (tensors): the trained tensors under ``<dit role>/<parameter>`` (LoRA factors, or every
-weight of a fully fine-tuned DiT), the loss history (``history``), and the validation latents
+weight of a fully fine-tuned DiT; a part trained alone under ``<part>/controller.<parameter>``),
+the loss history (``history``), and the validation latents
 (``validation/<step>/<prompt>``). ``export`` turns them into files; ``validation-latents``,
 ``decode`` and ``save`` into videos.
 """
@@ -52,6 +53,9 @@ class TrainModel:
     #: Families trained through their declared conditioners: (sample, the conditioner roles of its
     #: encodes, in declared order); their tensors arrive as inputs "<role>.<sample>".
     conditioned: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    #: A component trained alone, the DiT frozen (``FamilySpec.trainable_parts``: speed control's
+    #: "motion_controller"); its file is the weight "<part>.0". () trains the DiTs.
+    parts: tuple[str, ...] = ()
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)

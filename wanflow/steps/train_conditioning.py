@@ -157,19 +157,30 @@ def sample_conditioning_nodes(job: Any, sample: Any) -> list[tuple[str, StepSpec
         build = TRAIN_NODES.get(declared.kind, IMPLEMENTATIONS[declared.kind].node)
         spec = build(view, declared)
         if spec is not None:
-            spec = _training_form(declared.kind, spec)
+            spec = _training_form(declared.kind, spec, trained_parts(job))
             out.append((declared.role, wrapped(spec, view.values, frames, f"train/{declared.role}:{sample.index}")))
     return out
 
 
-def _training_form(kind: str, spec: StepSpec) -> StepSpec:
+def trained_parts(job: Any) -> tuple[str, ...]:
+    """The family's ``trainable_parts`` that ``[train].components`` trains (its controller, say)."""
+    return tuple(c for c in job.resolved.recipe.train.components if c in job.family.trainable_parts)
+
+
+def _training_form(kind: str, spec: StepSpec, parts: tuple[str, ...] = ()) -> StepSpec:
     """The node as a training sample reads its input where that differs from a generation:
     Video-As-Prompt's reference video is a dataset video column, read (as DiffSynth's dataset
-    reads the clip beside it) as its first frames, not frames picked across it."""
+    reads the clip beside it) as its first frames, not frames picked across it. A conditioner
+    whose own model trains (``parts``: speed control's controller) gives the sample its raw
+    input instead of its frozen output, and the train step runs that model."""
     if kind == "vap-video":
         from wanflow.steps.cond_vap import as_training
 
         return as_training(spec)
+    if kind == "motion-bucket":
+        from wanflow.steps.cond_motion import COMPONENT, as_trained
+
+        return as_trained(spec) if COMPONENT in parts else spec
     return spec
 
 

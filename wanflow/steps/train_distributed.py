@@ -105,7 +105,7 @@ def write_job(job: Path, step: Any, ctx: Any) -> None:
     for role in roles:
         save_file({k: v.contiguous() for k, v in ctx.input(role).items()}, str(job / "inputs" / f"{role}.safetensors"))
     weights = {f"{role}.{i}": str(ctx.weight(f"{role}.{i}")) for role, n in step.experts for i in range(n)}
-    weights |= {name: str(ctx.weight(name)) for name in step.init}
+    weights |= {name: str(ctx.weight(name)) for name in (*step.init, *(f"{part}.0" for part in step.parts))}
     solver = LoadedSolver(step.solver.load()) if step.solver is not None else None
     spec = {"step": attrs.evolve(step, solver=solver), "params": dict(p), "weights": weights, "parent": os.getpid()}
     (job / JOB).write_bytes(pickle.dumps(spec))

@@ -31,9 +31,11 @@ from wanflow.steps.train_animate import animate_sample_nodes, is_animate
 from wanflow.steps.train_conditioning import (
     declared_conditioning,
     sample_conditioning_nodes,
+    trained_parts,
 )
 from wanflow.steps.train_data import training_dataset
 from wanflow.steps.train_encode import EncodeSample
+from wanflow.steps.train_part_export import ExportPart
 from wanflow.steps.train_vap_export import ExportVapDiT
 from wanflow.train.order import split_validation
 
@@ -110,18 +112,24 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
     weights = {role: w for d in dits for role, w in job.weights[d].items()}
     init = tuple(name for name in ("lora_init", "preset_lora") if getattr(t, name))
     weights |= {name: job.weights["train_files"][name] for name in init}
+    parts = trained_parts(job)  # a component trained alone (speed control's controller), the DiT frozen
+    weights |= {f"{part}.0": next(iter(job.weights[part].values())) for part in parts}
     boundary = float(job.values["sampler.boundary"]) * 1000 if len(dits) > 1 else 0.0
     solver, uses = job.provided("sampler", job.values["sampler.solver"])
     train = TrainModel(
         experts=tuple((d, len(job.weights[d])) for d in dits),
         samples=tuple((s.index, s.bucket, s.index in held) for s in dataset.samples),
         conditions=conditions, first_frame=takes_image and not y_mode, boundary=boundary,
-        conditioned=tuple(conditioned),
+        conditioned=tuple(conditioned), parts=parts,
         validation_prompts=len(t.validation_prompts), z_dim=z_dim,
         latent_stride=family.spatial_factor // 2, init=init, solver=solver,
         execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY), peak=job.peak("train"))
     nodes.append(StepSpec("train", train, inputs=inputs, weights=weights, uses=uses))
-    nodes += _outputs(job, t, dits, vae_version, vae, vae_own)
+    nodes += _outputs(job, t, () if parts else dits, vae_version, vae, vae_own)
+    for part in parts:  # the trained part in the release's layout, in place of a DiT's export
+        nodes.append(StepSpec(f"export:{part}", ExportPart(part, _header(job)), inputs={"trained": "train"},
+                              weights={part: next(iter(job.weights[part].values()))},
+                              archive_as=f"{part}.safetensors"))
     return nodes
 
 

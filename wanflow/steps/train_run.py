@@ -95,7 +95,9 @@ def step_is_lora(p: Any) -> bool:
 def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: torch.dtype) -> Expert:
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
-    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, variant_loader(files))
+    parts = {part: ctx.weight(f"{part}.0") for part in step.parts}
+    return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, variant_loader(files),
+                        parts)
 
 
 def variant_loader(files: list[Any]) -> Any:
@@ -123,6 +125,7 @@ def empty_context(ctx: Any, p: Any, device: Any) -> torch.Tensor | None:
 def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:
     """One sample's encodes as ``collate`` takes them: text features, x0, and its conditioning
     (the base encodes' y and CLIP tokens, or what its declared conditioners hand the DiT)."""
+    from wanflow.steps.cond_motion import BUCKET
     from wanflow.steps.train_animate import with_background
     from wanflow.steps.train_call import conditioning_tensors
 
@@ -133,7 +136,10 @@ def sample_tensors(ctx: Any, index: int, step: Any) -> dict[str, Any]:
     if roles:
         found = {r: ctx.input(f"{r}.{index}") for r in roles}
         out = with_background(out, found)  # Animate replacement: the background's channels
-        out |= conditioning_tensors(tuple(found), found, out["x0"])
+        # a trained controller's bucket id (1,): the train step runs the controller on it
+        out |= {BUCKET: found.pop(r)[BUCKET] for r in list(found) if BUCKET in found[r]}
+        if found:
+            out |= conditioning_tensors(tuple(found), found, out["x0"])
     return out
 
 

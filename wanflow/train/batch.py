@@ -42,6 +42,9 @@ class Batch:
     extras: DitExtras | None = None
     #: LongCat-Video continuation: the clean latents (B, z, k, h, w) over the clip's first k frames.
     longcat: torch.Tensor | None = None
+    #: Speed control whose motion controller trains: each sample's motion bucket id (B,), which
+    #: the controller turns into the modulation offset inside the step.
+    motion_bucket: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -70,7 +73,7 @@ def collate(samples: Sequence[dict[str, Any]], device: str, first_frame: bool = 
 
     extras = stacked_extras([s["extras"] for s in samples], device) if "extras" in parts else None
     return Batch(context.to(device), stacked("x0").float(), stacked("y"), stacked("clip"), first_frame, extras,
-                 stacked("longcat"))
+                 stacked("longcat"), stacked("motion_bucket"))
 
 
 def stacked_extras(extras: Sequence[DitExtras], device: str) -> DitExtras:
@@ -148,6 +151,8 @@ def velocity(dit: torch.nn.Module, batch: Batch, x: torch.Tensor, t: torch.Tenso
         return torch.cat([x[:, :, :1].float(), pred], dim=2)
     timesteps = token_timesteps(batch, t.to(x.device), dit.cfg.patch_size)
     more = {} if batch.extras is None else {"extras": batch.extras}  # DiTs without extras take none
+    if batch.motion_bucket is not None:  # a trained motion controller runs inside the step
+        more["motion_bucket"] = batch.motion_bucket
     return dit(x, timesteps, batch.context, clip_fea=batch.clip, y=batch.y, **more).float()
 
 

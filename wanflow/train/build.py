@@ -12,8 +12,21 @@ from wanflow.train.adapters import inject_lora, merge_preset, start_from, unfree
 from wanflow.train.loop import Expert
 
 
+def _motion_controller(dit: torch.nn.Module, file: Path, device: str) -> torch.nn.Module:
+    from wanflow.models.motion_controller import ControlledDiT, load_motion_controller
+
+    return ControlledDiT(dit, load_motion_controller(file, dtype=torch.float32, device=device))
+
+
+#: Component trained alone -> (frozen DiT, the component's file, device) -> the module that trains.
+PART_WRAPPERS: Mapping[str, Callable[[torch.nn.Module, Path, str], torch.nn.Module]] = {
+    "motion_controller": _motion_controller,
+}
+
+
 def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], init: Mapping[str, Path],
-                 device: str, compute: torch.dtype, boundary: float, load: Callable[..., Any] | None = None) -> Expert:
+                 device: str, compute: torch.dtype, boundary: float, load: Callable[..., Any] | None = None,
+                 parts: Mapping[str, Path] | None = None) -> Expert:
     """One DiT ready to train: loaded, preset LoRA merged, adapter injected (or unfrozen).
 
     LoRA: the frozen base computes in the run's dtype and the adapter keeps fp32 (peft upcasts
@@ -21,6 +34,9 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
     ``init`` maps "lora_init" / "preset_lora" to their files when the recipe names them;
     ``boundary`` (A14B) is the t where the high-noise expert hands over, 0 for one DiT.
     ``load`` (``load_dit``'s signature) loads a DiT of another architecture (a variant's loader).
+    ``parts`` maps a component trained alone (``FamilySpec.trainable_parts``) to its file: the DiT
+    stays frozen (fp32, as full fine-tuning computes), wrapped with the part, which alone trains;
+    the expert is then named after the part.
     """
     from wanflow.models.dit_loader import load_dit
 
@@ -36,9 +52,12 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
                     float(params["train.lora_alpha"]), int(params["train.seed"]))
         if "lora_init" in init:
             start_from(model, init["lora_init"])
-    else:
-        unfreeze(model)
     model.gradient_checkpointing = bool(params["train.gradient_checkpointing"])
+    if parts:
+        (role, file), = parts.items()
+        model = PART_WRAPPERS[role](model, file, device)
+    if not lora:
+        unfreeze(model)
     model.train()
     if not boundary:
         return Expert(role, model)
