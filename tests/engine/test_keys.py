@@ -65,3 +65,23 @@ def test_the_effective_runtime_enters_every_key(world, cache):
     cpu_keys = {s.name: key_of(s.fingerprint({}, on_cpu.env)) for s in on_cpu.steps}
     gpu_keys = {s.name: key_of(s.fingerprint({}, on_gpu.env)) for s in on_gpu.steps}
     assert all(cpu_keys[n] != gpu_keys[n] for n in cpu_keys)
+
+
+def test_a_field_keyed_when_set_leaves_the_default_s_key_as_before() -> None:
+    """A field added to a step kind for a new computation keeps every existing key."""
+    import attrs
+
+    from wanflow.engine.step import KEYED_WHEN_SET, step_config
+
+    @attrs.frozen
+    class Before:
+        mode: str = "a"
+
+    @attrs.frozen
+    class After:
+        mode: str = "a"
+        parts: tuple[str, ...] = attrs.field(default=(), metadata=KEYED_WHEN_SET)
+
+    assert step_config(After()) == step_config(Before()) == {"mode": "a"}
+    assert step_config(After(parts=("controller",))) == {"mode": "a", "parts": ("controller",)}
+    assert key_of(step_config(After(parts=("controller",)))) != key_of(step_config(Before()))

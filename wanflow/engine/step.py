@@ -62,6 +62,11 @@ class WeightFile:
 
 #: Field metadata of a step attribute that must not enter its key (see :func:`step_config`).
 NOT_KEYED = {"key": False}
+#: Field metadata of a step attribute keyed only when it differs from its default: a field added
+#: to a step kind for a new computation leaves the keys of every existing computation as they were
+#: (their cached outputs stay valid). Only for a default that computes what the kind computed
+#: before the field existed.
+KEYED_WHEN_SET = {"key": "when-set"}
 
 #: Fields every step has; ``kind`` and ``version`` are keyed on their own, the other two are
 #: the engine's plumbing (what is read is keyed through the params, the output type is the kind's).
@@ -75,13 +80,15 @@ def step_config(step: Any) -> dict[str, Any]:
     the VAE version, the experts): without it in the key, two different computations over the
     same inputs would share one cached output. An attrs step contributes every field except the
     protocol ones and those marked ``metadata=NOT_KEYED`` (placement, and plugin objects whose
-    identity is keyed as ``name@version`` through :attr:`StepSpec.uses`). Any other step gives
+    identity is keyed as ``name@version`` through :attr:`StepSpec.uses`); a field marked
+    ``metadata=KEYED_WHEN_SET`` only when it is not its default. Any other step gives
     ``key_config()``, or its public attributes.
     """
     if attrs.has(type(step)):
         fields = attrs.fields(type(step))
         return {f.name: getattr(step, f.name) for f in fields
-                if f.name not in _PROTOCOL_FIELDS and f.metadata.get("key", True)}
+                if f.name not in _PROTOCOL_FIELDS and f.metadata.get("key", True)
+                and not (f.metadata.get("key") == "when-set" and getattr(step, f.name) == f.default)}
     custom = getattr(step, "key_config", None)
     if callable(custom):
         return dict(custom())

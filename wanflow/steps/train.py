@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from wanflow.engine.step import NOT_KEYED
+from wanflow.engine.step import KEYED_WHEN_SET, NOT_KEYED
 from wanflow.steps.text import RUNTIME_READS
 
 #: [train] settings that only change how the run executes, never its numbers: where activations
@@ -55,7 +55,7 @@ class TrainModel:
     conditioned: tuple[tuple[int, tuple[str, ...]], ...] = ()
     #: A component trained alone, the DiT frozen (``FamilySpec.trainable_parts``: speed control's
     #: "motion_controller"); its file is the weight "<part>.0". () trains the DiTs.
-    parts: tuple[str, ...] = ()
+    parts: tuple[str, ...] = attrs.field(default=(), metadata=KEYED_WHEN_SET)  # DiT training keys as before
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
