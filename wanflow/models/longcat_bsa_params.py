@@ -86,6 +86,53 @@ class BsaParams:
         return int((1 - self.sparsity) * key_chunks)
 
 
+#: How block-sparse attention is computed (``models.longcat_bsa``): gathering the selected chunks
+#: for SDPA, or FlexAttention's block-sparse kernel (torch 2.5 and later).
+IMPLEMENTATIONS = ("gather", "flex")
+#: ``[runtime].sparse_attention``'s values: an implementation, or "auto" (flex on CUDA).
+SETTINGS = ("auto", *IMPLEMENTATIONS)
+#: The first torch release with ``torch.nn.attention.flex_attention``.
+FLEX_TORCH = (2, 5)
+
+
+@attrs.frozen
+class SparseAttention:
+    """Block-sparse attention as a run asks for it: the DiT config's settings and the implementation
+    that computes them (the refinement's denoise passes this to the DiT)."""
+
+    params: BsaParams
+    implementation: str = "gather"
+
+
+def torch_has_flex(version: str | None = None) -> bool:
+    """Whether the installed torch (or the ``version`` given) has FlexAttention, read from the
+    package's metadata without importing torch."""
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("torch")
+        except PackageNotFoundError:
+            return False
+    parts = version.split("+")[0].split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= FLEX_TORCH
+    except (IndexError, ValueError):
+        return False
+
+
+def implementation_for(setting: str, device: str, flex: bool | None = None) -> str:
+    """The implementation ``[runtime].sparse_attention`` means on ``device`` ("cpu", "cuda",
+    "cuda:1"): "auto" is flex on CUDA where torch has it (``flex``; None: ask the installed
+    torch), else gather; a named one is itself."""
+    if setting != "auto":
+        return setting
+    if not device.startswith("cuda"):
+        return "gather"
+    return "flex" if (torch_has_flex() if flex is None else flex) else "gather"
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
