@@ -33,13 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wanflow.models.longcat_bsa_params import gpu_tile
+
 #: The compiled ``flex_attention``, made on first use (compiling is per process; each new shape
 #: compiles once more).
 _compiled: Any = None
-
-#: Tile sizes the GPU kernel may use along a block, largest first; the smallest is what Triton's
-#: dot product needs.
-TILES = (128, 64, 32, 16)
 
 
 def flex_attention_fn(compiled: bool) -> Any:
@@ -54,17 +52,12 @@ def flex_attention_fn(compiled: bool) -> Any:
     return _compiled
 
 
-def tile(tokens: int, widest: int) -> int | None:
-    """The widest GPU tile (at most ``widest``) that divides a block of ``tokens``; None if none does."""
-    return next((t for t in TILES if t <= widest and tokens % t == 0), None)
-
-
 def kernel_options(tokens_q: int, tokens_k: int, device: torch.device) -> dict[str, int] | None:
     """BLOCK_M / BLOCK_N dividing the query and key chunks on CUDA (None elsewhere: the CPU
     template takes any block size). 128 x 64 is torch's own default for half precision."""
     if device.type != "cuda":
         return None
-    block_m, block_n = tile(tokens_q, 128), tile(tokens_k, 64)
+    block_m, block_n = gpu_tile(tokens_q, 128), gpu_tile(tokens_k, 64)
     if block_m is None or block_n is None:
         raise ValueError(f"flex block-sparse attention on CUDA needs chunks of a multiple of 16 tokens "
                          f"(the GPU kernel's smallest tile); these hold {tokens_q} (query) and {tokens_k} (key): "

@@ -133,6 +133,27 @@ def implementation_for(setting: str, device: str, flex: bool | None = None) -> s
     return "flex" if (torch_has_flex() if flex is None else flex) else "gather"
 
 
+#: Tile sizes FlexAttention's GPU kernel may use along a block, largest first; 16 is the least
+#: Triton's dot product takes.
+GPU_TILES = (128, 64, 32, 16)
+
+
+def gpu_tile(tokens: int, widest: int) -> int | None:
+    """The widest GPU tile (at most ``widest``) dividing a chunk of ``tokens``; None if none does."""
+    return next((t for t in GPU_TILES if t <= widest and tokens % t == 0), None)
+
+
+def gpu_problems(params: BsaParams) -> list[str]:
+    """Why FlexAttention's GPU kernel cannot take these chunks as its blocks (it tiles each block,
+    so a chunk's tokens must be a multiple of a tile); empty when it can."""
+    tokens = math.prod(params.chunk_q), math.prod(params.chunk_k)
+    if all(gpu_tile(n, 16) for n in tokens):
+        return []
+    return [f"flex block-sparse attention on CUDA needs chunks of a multiple of 16 tokens (the GPU kernel's "
+            f"smallest tile); the query chunk {tuple(params.chunk_q)} holds {tokens[0]} and the key chunk "
+            f"{tuple(params.chunk_k)} {tokens[1]}"]
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

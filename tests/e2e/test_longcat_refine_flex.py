@@ -1,0 +1,58 @@
+"""The 720p refinement with its block-sparse attention computed by FlexAttention
+(``[runtime].sparse_attention = "flex"``), end to end on the tiny release: the same refined latents
+as gathering within rounding, keyed as the implementation it computes with ("auto" on the CPU is
+gather and shares gather's keys; flex is keyed apart), and "auto" on a CUDA machine is flex."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e._run import computed, run
+from tests.e2e.test_longcat_refine import DENOISE, ENCODE, FIRST, REFINED, _recipe
+from tests.e2e.test_longcat_runs import _executed
+
+
+@pytest.fixture()
+def longcat_env(longcat_root, tmp_path, monkeypatch):
+    from tests.e2e.conftest import use_models
+
+    return use_models(longcat_root, tmp_path, monkeypatch)
+
+
+def _recipes(tmp_path):
+    """The same refinement recipe three times: sparse_attention unset ("auto"), "gather", "flex"."""
+    out = {}
+    for setting in ("auto", "gather", "flex"):
+        folder = tmp_path / setting
+        folder.mkdir()
+        out[setting] = _recipe(folder, **({} if setting == "auto" else {"runtime": {"sparse_attention": setting}}))
+    return out
+
+
+def test_flex_refines_as_gathering_does_keyed_as_what_it_computes(longcat_env, tmp_path):
+    recipes = _recipes(tmp_path)
+    assert computed(run(recipes["gather"], longcat_env)) == FIRST | REFINED
+    # on the CPU auto is gather, one computation: only the saves, which record the recipe, run again
+    assert computed(run(recipes["auto"], longcat_env)) == {"save", "save-metadata"}
+    # flex rounds apart: the refinement's denoise and what follows run again, its encode does not
+    assert computed(run(recipes["flex"], longcat_env)) == REFINED - {ENCODE}
+    refined = {}
+    for setting in ("gather", "flex"):
+        for _, ex in _executed(recipes[setting], keep={"decode"}):
+            refined[setting] = ex.load(DENOISE)["latents"]
+            assert ex.plan.get(DENOISE).spec.step.sparse_attention == setting
+    torch.testing.assert_close(refined["flex"], refined["gather"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("setting", "cuda", "chosen"), [
+    ("auto", True, "flex"), ("auto", False, "gather"), ("gather", True, "gather"), ("flex", False, "flex"),
+])
+def test_auto_is_flex_on_a_cuda_run(longcat_env, tmp_path, monkeypatch, setting, cuda, chosen):
+    from wanflow.recipe import load_recipe
+    from wanflow.steps import runtime
+    from wanflow.steps.longcat_refine import sparse_implementation
+
+    monkeypatch.setattr(runtime, "machine", lambda: runtime.MachineProbe(cuda=cuda, cpu_threads=1, cpu_compute={}))
+    resolved = load_recipe(_recipes(tmp_path)[setting])
+    assert sparse_implementation(resolved.values) == chosen
