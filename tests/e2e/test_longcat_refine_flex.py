@@ -57,3 +57,24 @@ def test_auto_is_flex_on_a_cuda_run(longcat_env, tmp_path, monkeypatch, setting,
     monkeypatch.setattr(runtime, "machine", lambda: runtime.MachineProbe(cuda=cuda, cpu_threads=1, cpu_compute={}))
     resolved = load_recipe(_recipes(tmp_path)[setting])
     assert sparse_implementation(resolved.values) == chosen
+
+
+def test_compiled_blocks_attend_with_flex_as_the_eager_dit_gathers(longcat_root):
+    """[runtime].compile = "blocks" with flex: the compiled blocks leave the flex call to its own
+    compiled kernel (traced into a block's graph it fails on the CPU) and give the eager DiT's
+    gathered velocity."""
+    from tests.e2e._layout_longcat import BSA_PARAMS
+    from tests.e2e.test_longcat_fp8 import eager_and_compiled
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.longcat_bsa import BsaParams, SparseAttention
+
+    eager, compiled = eager_and_compiled(longcat_root)
+    params = BsaParams.from_config(BSA_PARAMS)
+    g = torch.Generator().manual_seed(5)
+    x, context = torch.randn(1, 16, 8, 8, 8, generator=g), torch.randn(1, 5, 64, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        gathered = eager(x, t, context, sparse=params)
+        flexed = compiled(x, t, context, sparse=SparseAttention(params, "flex"))
+    torch.testing.assert_close(flexed, gathered, rtol=0, atol=1e-5 * gathered.abs().max().item())
+    model_pool.clear()

@@ -129,3 +129,20 @@ def test_rows_without_blocks_are_zeroed_whatever_the_kernel_leaves_there(monkeyp
     per = torch.tensor(counts).view(q.shape[0], HEADS, -1)
     empty = (per == 0)[:, :, chunk_ids(grid, chunk)].permute(0, 2, 1)
     assert empty.any() and (out[empty] == 0).all() and (out[~empty] == 1).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunk", [(4, 4, 4), (4, 4, 8)])  # the release's 64 tokens; the call default's 128
+def test_the_gpu_kernel_computes_what_gathering_does(chunk):
+    """Triton's kernel with the tiles chosen for the chunks, at head size 128 as the release's:
+    gather's result in fp32 and within bf16 rounding in bf16, topk and cdf (chunks keeping nothing)."""
+    grid = (8, 8, 16)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, math.prod(grid), 4, 128, generator=gen).cuda() for _ in range(3))
+    for params in (BsaParams(sparsity=0.75, chunk_q=chunk, chunk_k=chunk),
+                   BsaParams(sparsity=None, cdf_threshold=0.2, chunk_q=chunk, chunk_k=chunk)):
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+            x = [t.to(dtype) for t in (q, k, v)]
+            gather = block_sparse_attention(*x, grid, grid, params).float()
+            flex = block_sparse_attention(*x, grid, grid, params, implementation="flex").float()
+            assert ((flex - gather).norm() / gather.norm()).item() < tol
