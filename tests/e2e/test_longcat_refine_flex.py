@@ -60,9 +60,8 @@ def test_auto_is_flex_on_a_cuda_run(longcat_env, tmp_path, monkeypatch, setting,
 
 
 def test_compiled_blocks_attend_with_flex_as_the_eager_dit_gathers(longcat_root):
-    """[runtime].compile = "blocks" with flex: the compiled blocks leave the flex call to its own
-    compiled kernel (traced into a block's graph it fails on the CPU) and give the eager DiT's
-    gathered velocity."""
+    """[runtime].compile = "blocks" with flex: the flex call traced into the compiled blocks (its
+    block lists recompiled on new strides there) gives the eager DiT's gathered velocity."""
     from tests.e2e._layout_longcat import BSA_PARAMS
     from tests.e2e.test_longcat_fp8 import eager_and_compiled
     from wanflow.memory import pool as model_pool

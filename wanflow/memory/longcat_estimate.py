@@ -64,11 +64,16 @@ def bsa_gather_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize
 BLOCK_INDEX = 4
 
 
+#: Block lists of FlexAttention's mask: the full blocks (the selection) and the empty partial ones.
+BLOCK_LISTS = 2
+
+
 def bsa_flex_bytes(config: LongCatConfig, grid: tuple[int, int, int]) -> int:
     """The block mask FlexAttention reads instead of gathered keys: per head and query chunk a row
-    of key-chunk indices as wide as the key chunks (``models.longcat_bsa_flex``), and its count."""
+    of key-chunk indices as wide as the key chunks and its count, for the full blocks and again
+    for the (empty) partial ones (``models.longcat_bsa_flex``)."""
     chunks = longcat_tokens(config, grid) // BSA_CHUNK_TOKENS
-    return BLOCK_INDEX * config.num_heads * chunks * (chunks + 1)
+    return BLOCK_LISTS * BLOCK_INDEX * config.num_heads * chunks * (chunks + 1)
 
 
 def bsa_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int, implementation: str) -> int:

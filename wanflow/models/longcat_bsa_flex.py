@@ -11,10 +11,10 @@ Two ways to run it:
 
 - compiled (``torch.compile(flex_attention)``, made once per process): the fused kernel reads
   only the listed blocks. The blocks are passed as *full* blocks (no mask is evaluated per
-  element); the partial-block lists FlexAttention also takes are an expanded zero tensor (no
-  memory). This is the path a real run takes, on CUDA and on the CPU (inductor's C++ template).
+  element); the partial-block lists FlexAttention also takes are empty (zeros as large as the
+  full lists, see ``flex_chunks``). This is the path a real run takes, on CUDA and on the CPU (inductor's C++ template).
 - eager (tests only): torch's reference implementation ignores the block lists and evaluates a
-  mask function over the whole (Lq, Lk) score matrix, so the selection is given as a mask
+  mask function over the whole (Lq, Lk) score matrix, so the selection is also given as a mask
   function there; it materialises every score and is usable only on tiny grids.
 
 A query chunk that keeps nothing outputs zeros, as the authors' kernel does (forced here; flex
@@ -87,16 +87,14 @@ def flex_chunks(qc: Tensor, kc: Tensor, vc: Tensor, ranked: Tensor, kept: Tensor
     indices = torch.zeros(B, heads, Mq, Nk, dtype=torch.int32, device=qc.device)
     indices[..., :ranked.shape[-1]] = ranked.to(torch.int32)
     lengths = (Mq * cq, Nk * ck)
-    if compiled:
-        # A distinct expanded zero tensor for the partial blocks: inductor's CPU template fails to
-        # compile when the partial and full lists are one tensor, and gets the wrong answer when
-        # the partial lists broadcast over batch and heads (size 1) against full ones that do not.
-        none = torch.zeros((), dtype=torch.int32, device=qc.device)
-        mask = BlockMask.from_kv_blocks(none.expand(B, heads, Mq), none.expand(B, heads, Mq, Nk), counts, indices,
-                                        BLOCK_SIZE=(cq, ck), seq_lengths=lengths, compute_q_blocks=False)
-    else:
-        mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(cq, ck), seq_lengths=lengths,
-                                        compute_q_blocks=False, mask_mod=_selected(indices, counts, cq, ck))
+    # The partial-block lists are empty, held in tensors of their own as large as the full ones:
+    # with inductor's CPU kernel (torch 2.13) lists that share the full ones' memory fail to
+    # compile, lists broadcast over batch and heads (size 1) give wrong results, and expanded
+    # (stride 0) zeros fail at run time once a call recompiles on their strides (as a call from
+    # compiled DiT blocks does). The eager reference reads only the mask function.
+    mask = BlockMask.from_kv_blocks(torch.zeros_like(counts), torch.zeros_like(indices), counts, indices,
+                                    BLOCK_SIZE=(cq, ck), seq_lengths=lengths, compute_q_blocks=False,
+                                    mask_mod=None if compiled else _selected(indices, counts, cq, ck))
     options = kernel_options(cq, ck, qc.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*without torch.compile.*")  # eager is asked for
