@@ -107,6 +107,16 @@ def test_an_unknown_implementation_is_refused():
                                implementation="triton")
 
 
+def test_the_recipe_offers_the_implementations_the_attention_has():
+    import typing
+
+    from wanflow.models.longcat_bsa_params import IMPLEMENTATIONS, SETTINGS
+    from wanflow.recipe.schema import Runtime
+
+    assert typing.get_args(typing.get_type_hints(Runtime)["sparse_attention"]) == SETTINGS
+    assert SETTINGS == ("auto", *IMPLEMENTATIONS) and Runtime().sparse_attention == "auto"
+
+
 def test_auto_is_flex_on_cuda_where_torch_has_it():
     assert implementation_for("auto", "cuda", flex=True) == "flex"
     assert implementation_for("auto", "cuda:1", flex=True) == "flex"

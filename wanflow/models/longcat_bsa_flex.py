@@ -12,15 +12,16 @@ Two ways to run it:
 - compiled (``torch.compile(flex_attention)``, made once per process): the fused kernel reads
   only the listed blocks. The blocks are passed as *full* blocks (no mask is evaluated per
   element); the partial-block lists FlexAttention also takes are empty (zeros as large as the
-  full lists, see ``flex_chunks``). This is the path a real run takes, on CUDA and on the CPU (inductor's C++ template).
+  full lists, see ``flex_chunks``). This is the path a run takes, on CUDA (Triton's kernel) and
+  on the CPU (inductor's C++ template).
 - eager (tests only): torch's reference implementation ignores the block lists and evaluates a
   mask function over the whole (Lq, Lk) score matrix, so the selection is also given as a mask
   function there; it materialises every score and is usable only on tiny grids.
 
 A query chunk that keeps nothing outputs zeros, as the authors' kernel does (forced here; flex
 also returns zeros for a row without blocks). FlexAttention's GPU kernel tiles each block with
-BLOCK_M x BLOCK_N tiles and needs the chunks' token counts to be multiples of them; ``kernel_options``
-picks tiles that divide the chunks (64-token chunks: 64 x 64 instead of the default 128 x 64 for
+BLOCK_M x BLOCK_N tiles and needs the chunks' token counts to be multiples of them;
+``kernel_options`` picks tiles that divide the chunks (64-token chunks: 64 x 64 instead of the default 128 x 64 for
 bf16 at head size 128 on sm90).
 """
 
