@@ -77,3 +77,28 @@ def test_compiled_blocks_attend_with_flex_as_the_eager_dit_gathers(longcat_root)
         flexed = compiled(x, t, context, sparse=SparseAttention(params, "flex"))
     torch.testing.assert_close(flexed, gathered, rtol=0, atol=1e-5 * gathered.abs().max().item())
     model_pool.clear()
+
+
+def test_chunks_the_gpu_kernel_cannot_tile_are_refused_at_planning(longcat_env, tmp_path, monkeypatch):
+    """A CUDA run computing with flex, the DiT config's chunks of 8 tokens: refused before any model
+    loads, naming the setting; gather, or the CPU, takes them."""
+    import json
+
+    from wanflow.errors import ModelInputError
+    from wanflow.recipe import load_recipe
+    from wanflow.steps import runtime
+    from wanflow.steps.longcat_refine import check_refined_grids
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"bsa_params": {"sparsity": 0.5, "chunk_3d_shape_q": [4, 1, 2],
+                                                 "chunk_3d_shape_k": [4, 1, 2]}}))
+    values = dict(load_recipe(_recipes(tmp_path)["auto"]).values)
+    for cuda in (True, False):
+        monkeypatch.setattr(runtime, "machine", lambda cuda=cuda: runtime.MachineProbe(cuda, 1, {}))
+        check_refined_grids({**values, "runtime.sparse_attention": "gather"}, "", False, config)
+        if cuda:
+            with pytest.raises(ModelInputError, match=r'\[runtime\].sparse_attention = .auto. computes .* multiple '
+                               r"of 16 tokens .* query chunk \(4, 1, 2\) holds 8 .*use sparse_attention = \"gather\""):
+                check_refined_grids(values, "", False, config)
+        else:
+            check_refined_grids(values, "", False, config)
