@@ -2,9 +2,12 @@
 
 The 720p refinement attends ~169,000 tokens a layer (48 latent frames of 44 x 80 tokens, 32 heads
 of 128) block-sparsely: each 4 x 4 x 4 query chunk attends the 1/16 of key chunks whose means
-score best (``wanflow.models.longcat_bsa``). This times that attention against torch's dense SDPA
-over the same random q, k, v in the same process and prints both and their ratio (the outputs
-differ by design; tests/models/test_longcat_bsa.py checks the sparse one's numbers).
+score best (``wanflow.models.longcat_bsa``). This times its two implementations, gathering the
+selected chunks for SDPA ("gather") and FlexAttention's compiled block-sparse kernel ("flex", its
+compile not timed), against torch's dense SDPA over the same random q, k, v in the same process,
+and prints each time, its ratio to dense, flex's ratio to gather and how far flex's output is from
+gather's (the sparse outputs differ from dense by design; tests/models/test_longcat_bsa*.py check
+their numbers).
 
     python benchmarks/longcat_bsa.py                                   # CPU: a small grid, fp32
     python benchmarks/longcat_bsa.py --device cuda --grid 48x44x80 --dtype bf16   # one 720p layer
@@ -66,9 +69,19 @@ def main() -> None:
     with torch.inference_mode():
         dense_s, _ = timed(lambda: F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2), args.device, args.repeats)
-        sparse_s, _ = timed(lambda: block_sparse_attention(q, k, v, grid, grid, params), args.device, args.repeats)
-    print(f"  dense SDPA         {dense_s * 1e3:9.1f} ms")
-    print(f"  block-sparse       {sparse_s * 1e3:9.1f} ms   {sparse_s / dense_s:.3f}x dense", flush=True)
+        print(f"  dense SDPA           {dense_s * 1e3:9.1f} ms", flush=True)
+        gather_s, gathered = timed(lambda: block_sparse_attention(q, k, v, grid, grid, params), args.device,
+                                   args.repeats)
+        print(f"  block-sparse gather  {gather_s * 1e3:9.1f} ms   {gather_s / dense_s:.3f}x dense", flush=True)
+        start = time.perf_counter()
+        flexed = block_sparse_attention(q, k, v, grid, grid, params, implementation="flex")  # compiles
+        compile_s = time.perf_counter() - start
+        flex_s, flexed = timed(lambda: block_sparse_attention(q, k, v, grid, grid, params, implementation="flex"),
+                               args.device, args.repeats)
+    apart = ((flexed.float() - gathered.float()).abs().max() / gathered.float().abs().max()).item()
+    print(f"  block-sparse flex    {flex_s * 1e3:9.1f} ms   {flex_s / dense_s:.3f}x dense, "
+          f"{flex_s / gather_s:.3f}x gather (first call, compiling: {compile_s:.1f} s; "
+          f"max |flex - gather| / max |gather| = {apart:.1e})", flush=True)
 
 
 if __name__ == "__main__":

@@ -143,3 +143,35 @@ def test_cfg_merge_s_batch_of_two_shares_the_cache(cond):
     predicted = longcat_forward_bytes(model.cfg, (9, 32, 32), 4, cond, batch=2)
     assert predicted == pytest.approx(ledger.peak - weight_bytes(model), rel=0.2)
     assert predicted > longcat_forward_bytes(model.cfg, (9, 32, 32), 4, cond) * 1.5
+
+
+@pytest.mark.parametrize("grid", [(4, 16, 16), (8, 16, 32)])
+def test_flex_holds_its_block_mask_where_gather_holds_gathered_keys(monkeypatch, grid):
+    """With FlexAttention the attention's extra is the block lists it builds (spied on here, at the
+    release's 4 x 4 x 4 chunks), which the estimate names; gathering is sized as before."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from wanflow.memory.longcat_estimate import (
+        bsa_bytes,
+        bsa_flex_bytes,
+        bsa_gather_bytes,
+        longcat_tokens,
+    )
+    from wanflow.models.longcat_bsa import BsaParams, block_sparse_attention
+
+    built = []
+    real = BlockMask.from_kv_blocks.__func__
+
+    def spy(cls, *args, **kwargs):
+        built.append([a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BlockMask, "from_kv_blocks", classmethod(spy))
+    config = LongCatConfig(hidden_size=4 * 8, depth=1, num_heads=4, ffn_dim=64)
+    tokens_grid = (grid[0], grid[1] // 2, grid[2] // 2)  # one token per 1 x 2 x 2 latent patch
+    q, k, v = (torch.randn(1, longcat_tokens(config, grid), 4, 8) for _ in range(3))
+    block_sparse_attention(q, k, v, tokens_grid, tokens_grid, BsaParams(sparsity=0.75), implementation="flex",
+                           compiled=False)
+    held = sum(t.untyped_storage().nbytes() for t in built[0])
+    assert held == bsa_flex_bytes(config, grid) == bsa_bytes(config, grid, 2, "flex")
+    assert bsa_bytes(config, grid, 2, "gather") == bsa_gather_bytes(config, grid, 2) != held

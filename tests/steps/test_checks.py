@@ -208,3 +208,21 @@ def test_a_window_is_measured_against_the_clip_s_latent_frames(tmp_path):
     assert problems(tmp_path, TINY, *window, "sampler.sliding_window_size=21") == []
     (found,) = problems(tmp_path, TINY, *window, "sampler.sliding_window_size=22")
     assert "the clip has 21 latent frames ([video].frames = 81)" in found
+
+
+def test_flex_sparse_attention_where_torch_has_no_flex_attention(tmp_path, monkeypatch, capsys):
+    from wanflow.cli import main
+    from wanflow.families.longcat import REFINE_LORA, REPO
+    from wanflow.models import longcat_bsa_params
+
+    refine = ('model = "longcat-video"\n[prompt]\ntext = "a cat"\n[inputs]\nlongcat_refine = true\n[[lora]]\n'
+              f'source = "modelscope:{REPO}"\nfile = "{REFINE_LORA}"\ntarget = "refine"\n[runtime]\n')
+    assert problems(tmp_path, refine + 'sparse_attention = "flex"\n') == []  # this torch has it
+    monkeypatch.setattr(longcat_bsa_params, "torch_has_flex", lambda version=None: False)
+    found = problems(tmp_path, refine + 'sparse_attention = "flex"\n')
+    assert len(found) == 1 and found[0].startswith('r.toml: [runtime].sparse_attention = "flex": this torch (')
+    assert 'has no FlexAttention (torch 2.5 or later); use "gather" or "auto"' in found[0]
+    assert problems(tmp_path, refine + 'sparse_attention = "auto"\n') == []  # auto falls back to gather
+    assert main(["validate", "r.toml", "--set", "runtime.sparse_attention=flex"]) == 2
+    err = capsys.readouterr().err
+    assert "[runtime].sparse_attention" in err and "has no FlexAttention" in err and "Traceback" not in err

@@ -60,6 +60,28 @@ def bsa_gather_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize
     return 2 * itemsize * BSA_GROUP_CHUNKS * selected * BSA_CHUNK_TOKENS * config.hidden_size
 
 
+#: Bytes of one entry of FlexAttention's block lists (int32).
+BLOCK_INDEX = 4
+
+
+#: Block lists of FlexAttention's mask: the full blocks (the selection) and the empty partial ones.
+BLOCK_LISTS = 2
+
+
+def bsa_flex_bytes(config: LongCatConfig, grid: tuple[int, int, int]) -> int:
+    """The block mask FlexAttention reads instead of gathered keys: per head and query chunk a row
+    of key-chunk indices as wide as the key chunks and its count, for the full blocks and again
+    for the (empty) partial ones (``models.longcat_bsa_flex``)."""
+    chunks = longcat_tokens(config, grid) // BSA_CHUNK_TOKENS
+    return BLOCK_LISTS * BLOCK_INDEX * config.num_heads * chunks * (chunks + 1)
+
+
+def bsa_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int, implementation: str) -> int:
+    """What block-sparse attention adds to a forward beyond dense attention's tensors, as the
+    implementation ("gather" or "flex") computes it."""
+    return bsa_flex_bytes(config, grid) if implementation == "flex" else bsa_gather_bytes(config, grid, itemsize)
+
+
 def longcat_forward_bytes(config: LongCatConfig, grid: tuple[int, int, int], itemsize: int,
                           cond_latents: int = 0, batch: int = 1) -> int:
     """Peak activation bytes of one denoise forward on a latent ``grid`` (the whole clip's,

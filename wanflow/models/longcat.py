@@ -349,7 +349,8 @@ class LongCatDiT(nn.Module):
             cond_frames: leading latent frames of x that are conditioning (video continuation);
                 0 for text-to-video, and with a cache (which holds them).
             cache: ``cache_conditioning`` of the conditioning frames (the KV-cache path).
-            sparse: ``longcat_bsa.BsaParams``: self-attention block-sparse where the clip (its
+            sparse: ``longcat_bsa.BsaParams`` (computed by gathering) or ``SparseAttention`` (the
+                settings and the implementation): self-attention block-sparse where the clip (its
                 cached frames included) has more than one latent frame, as the authors' BSA is
                 (the refinement stage); None: dense.
         """
@@ -394,7 +395,7 @@ class LongCatDiT(nn.Module):
         authors apply BSA only then), else the DiT's own."""
         if sparse is None or frames <= 1:
             return self.attention_kernel
-        return SparseKernel(sparse, self.attention_kernel, grid_hw)
+        return SparseKernel.of(sparse, self.attention_kernel, grid_hw)
 
     def cache_conditioning(self, latents: Tensor, sparse: Any = None) -> ConditionCache:
         """Run the clean conditioning frames (B, C, Tc, H, W) once, at t = 0 and without text, and

@@ -24,6 +24,11 @@ The definition (the authors' ``flash_attn_bsa_3d``):
 LongCat uses BSA only on clips of more than one latent frame, with the keys' grid sharing the
 queries' H and W (a continuation's noise tokens attend to the conditioning frames' keys too);
 the caller decides when (``SparseKernel``, below, is what LongCat's DiT passes its blocks).
+
+Two implementations compute it (``[runtime].sparse_attention``): "gather", here, copies each group
+of query chunks' selected key/value chunks and calls SDPA (any device, any torch); "flex"
+(``longcat_bsa_flex``) hands the selection to FlexAttention's block-sparse kernel as a block mask,
+gathering nothing (the GPU's path).
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from torch import Tensor
 from wanflow.models.attention import attention
 from wanflow.models.longcat_bsa_params import (
     CALL_DEFAULTS,
+    IMPLEMENTATIONS,
     BsaParams,
     Grid,
+    SparseAttention,
     chunk_count,
 )
 
@@ -51,8 +58,8 @@ from wanflow.models.longcat_bsa_params import (
 #: extra memory while each call still has 8 · 32 (chunk, head) rows of 10,560 keys to fill a GPU.
 GROUP_CHUNKS = 8
 
-__all__ = ["CALL_DEFAULTS", "GROUP_CHUNKS", "BsaParams", "Grid", "SparseKernel", "attend", "block_sparse_attention",
-           "chunk_count", "dense"]
+__all__ = ["CALL_DEFAULTS", "GROUP_CHUNKS", "IMPLEMENTATIONS", "BsaParams", "Grid", "SparseAttention", "SparseKernel",
+           "attend", "block_sparse_attention", "chunk_count", "dense"]
 
 
 # ----------------------------------------------------------------------------- layout
@@ -149,13 +156,17 @@ def _attend_group(q: Tensor, k: Tensor, v: Tensor, picks: Tensor, kept: Tensor |
 
 
 def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, grid_q: Grid, grid_k: Grid,
-                           params: BsaParams, group_chunks: int = GROUP_CHUNKS) -> Tensor:
+                           params: BsaParams, group_chunks: int = GROUP_CHUNKS,
+                           implementation: str = "gather", compiled: bool = True) -> Tensor:
     """LongCat's block-sparse attention, exact up to its chunk selection.
 
     Args:
         q: (B, Lq, heads, D) with Lq = Tq·H·W tokens in (T, H, W) raster order (``grid_q``).
         k, v: (B, Lk, heads, D) on ``grid_k``.
         group_chunks: query chunks attended per SDPA call (bounds the gathered keys' memory).
+        implementation: "gather" (gathered chunks, one SDPA call per group) or "flex" (one
+            FlexAttention call, ``longcat_bsa_flex``); the same attention, rounded apart.
+        compiled: flex only: its fused kernel (False: torch's eager reference, tiny grids only).
 
     Returns:
         (B, Lq, heads, D) in q's dtype.
@@ -163,11 +174,17 @@ def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, grid_q: Grid, grid_k
     found = params.problems(grid_q, grid_k)
     if not found:
         found = _tensor_problems(q, k, v, grid_q, grid_k)
+    if implementation not in IMPLEMENTATIONS:
+        found.append(f"implementation {implementation!r} is not one of {list(IMPLEMENTATIONS)}")
     if found:
         raise ValueError("block-sparse attention cannot run: " + "; ".join(found))
     qc, kc, vc = (to_chunks(x, grid, chunk) for x, grid, chunk in
                   ((q, grid_q, params.chunk_q), (k, grid_k, params.chunk_k), (v, grid_k, params.chunk_k)))
     ranked, kept = select_chunks(qc, kc, params)
+    if implementation == "flex":
+        from wanflow.models.longcat_bsa_flex import flex_chunks
+
+        return from_chunks(flex_chunks(qc, kc, vc, ranked, kept, compiled=compiled), grid_q, params.chunk_q)
     out = torch.empty_like(qc)
     for start, stop, width, ragged in _groups(kept, max(1, group_chunks)):
         picks = ranked[:, :, start:stop, :width]
@@ -199,12 +216,20 @@ class SparseKernel:
     params: BsaParams
     dense: str  # the kernel of the cross-attention
     grid_hw: tuple[int, int]  # tokens along height and width
+    implementation: str = "gather"  # "gather" or "flex" (``block_sparse_attention``)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (B, Lq, H, d), k/v (B, Lk, H, d): whole frames of tokens, in (T, h, w) order."""
         h, w = self.grid_hw
         return block_sparse_attention(q, k, v, (q.shape[1] // (h * w), h, w), (k.shape[1] // (h * w), h, w),
-                                      self.params)
+                                      self.params, implementation=self.implementation)
+
+    @classmethod
+    def of(cls, sparse: BsaParams | SparseAttention, dense: str, grid_hw: tuple[int, int]) -> SparseKernel:
+        """The kernel of a DiT's ``sparse`` argument: the config's settings (gathered), or them with
+        the implementation the run chose."""
+        chosen = sparse if isinstance(sparse, SparseAttention) else SparseAttention(sparse)
+        return cls(chosen.params, dense, grid_hw, chosen.implementation)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str | SparseKernel) -> Tensor:

@@ -86,6 +86,74 @@ class BsaParams:
         return int((1 - self.sparsity) * key_chunks)
 
 
+#: How block-sparse attention is computed (``models.longcat_bsa``): gathering the selected chunks
+#: for SDPA, or FlexAttention's block-sparse kernel (torch 2.5 and later).
+IMPLEMENTATIONS = ("gather", "flex")
+#: ``[runtime].sparse_attention``'s values: an implementation, or "auto" (flex on CUDA).
+SETTINGS = ("auto", *IMPLEMENTATIONS)
+#: The first torch release with ``torch.nn.attention.flex_attention``.
+FLEX_TORCH = (2, 5)
+
+
+@attrs.frozen
+class SparseAttention:
+    """Block-sparse attention as a run asks for it: the DiT config's settings and the implementation
+    that computes them (the refinement's denoise passes this to the DiT)."""
+
+    params: BsaParams
+    implementation: str = "gather"
+
+
+def torch_has_flex(version: str | None = None) -> bool:
+    """Whether the installed torch (or the ``version`` given) has FlexAttention, read from the
+    package's metadata without importing torch."""
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("torch")
+        except PackageNotFoundError:
+            return False
+    parts = version.split("+")[0].split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= FLEX_TORCH
+    except (IndexError, ValueError):
+        return False
+
+
+def implementation_for(setting: str, device: str, flex: bool | None = None) -> str:
+    """The implementation ``[runtime].sparse_attention`` means on ``device`` ("cpu", "cuda",
+    "cuda:1"): "auto" is flex on CUDA where torch has it (``flex``; None: ask the installed
+    torch), else gather; a named one is itself."""
+    if setting != "auto":
+        return setting
+    if not device.startswith("cuda"):
+        return "gather"
+    return "flex" if (torch_has_flex() if flex is None else flex) else "gather"
+
+
+#: Tile sizes FlexAttention's GPU kernel may use along a block, largest first; 16 is the least
+#: Triton's dot product takes.
+GPU_TILES = (128, 64, 32, 16)
+
+
+def gpu_tile(tokens: int, widest: int) -> int | None:
+    """The widest GPU tile (at most ``widest``) dividing a chunk of ``tokens``; None if none does."""
+    return next((t for t in GPU_TILES if t <= widest and tokens % t == 0), None)
+
+
+def gpu_problems(params: BsaParams) -> list[str]:
+    """Why FlexAttention's GPU kernel cannot take these chunks as its blocks (it tiles each block,
+    so a chunk's tokens must be a multiple of a tile); empty when it can."""
+    tokens = math.prod(params.chunk_q), math.prod(params.chunk_k)
+    if all(gpu_tile(n, 16) for n in tokens):
+        return []
+    return [f"flex block-sparse attention on CUDA needs chunks of a multiple of 16 tokens (the GPU kernel's "
+            f"smallest tile); the query chunk {tuple(params.chunk_q)} holds {tokens[0]} and the key chunk "
+            f"{tuple(params.chunk_k)} {tokens[1]}"]
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -2,15 +2,16 @@
 
 The refinement runs the DiT with the release's refinement LoRA, which the recipe names as a
 ``[[lora]]`` whose target is ``"refine"``; its settings and such LoRAs are read only when it is
-on, and only by longcat-video (``longcat_rules`` refuses them in other families' recipes); a
-training stage makes no video to refine.
+on, and only by longcat-video (``longcat_rules`` refuses them in other families' recipes); so is
+``[runtime].sparse_attention``, how its block-sparse attention is computed; a training stage
+makes no video to refine.
 """
 
 from __future__ import annotations
 
 from wanflow.families.longcat import REFINE_LORA, REFINE_MULTIPLE, REFINE_STAGE, REPO
 from wanflow.recipe.problems import Problems
-from wanflow.recipe.schema import Inputs, Recipe
+from wanflow.recipe.schema import Inputs, Recipe, Runtime
 
 #: The refinement's own settings, read only when ``longcat_refine`` is on.
 SETTINGS = ("longcat_refine_steps", "longcat_refine_strength", "longcat_refine_spatial_only",
@@ -30,6 +31,10 @@ def check_refine(recipe: Recipe, problems: Problems) -> None:
         for i in refine_loras:
             problems.add(("lora", i, "target"), REFINE_STAGE, "patches the 720p refinement, which runs only with "
                          "[inputs].longcat_refine = true: set it, or remove this [[lora]]")
+        if recipe.runtime.sparse_attention != Runtime().sparse_attention:
+            problems.add(("runtime", "sparse_attention"), recipe.runtime.sparse_attention, "is read only by the "
+                         "720p refinement's block-sparse attention (LongCat's clip attends densely): set "
+                         "[inputs].longcat_refine = true, or remove it")
         return
     key = ("inputs", "longcat_refine")
     if recipe.train is not None:

@@ -23,7 +23,7 @@ from wanflow.recipe.longcat_refine_rules import SETTINGS as REFINE_SETTINGS
 from wanflow.recipe.longcat_refine_rules import check_refine
 from wanflow.recipe.longcat_train_rules import check_longcat_training
 from wanflow.recipe.problems import Problems, refuse_changed
-from wanflow.recipe.schema import Inputs, Recipe, Sampler
+from wanflow.recipe.schema import Inputs, Recipe, Runtime, Sampler
 
 _NO_GUIDANCE_OPTION = "LongCat's denoise step guides with cfg and CFG-Zero* only: remove it"
 #: [sampler] keys LongCat's denoise step does not read, with why and the fix.
@@ -163,7 +163,8 @@ def _check_image(recipe: Recipe, problems: Problems) -> None:
 
 
 def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
-    """LongCat's solver and conditioning settings are refused in other families' recipes."""
+    """LongCat's solver, its conditioning settings and its refinement's sparse attention are refused in
+    other families' recipes."""
     solver = recipe.sampler.solver
     if solver in AUTHORS_SOLVERS and not problems.is_bad(("sampler", "solver")):
         problems.add(("sampler", "solver"), solver, f"LongCat-Video's sampler runs the longcat-video family only; "
@@ -176,3 +177,7 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
             value = getattr(recipe.inputs, name)
             problems.add(("inputs", name), list(value) if isinstance(value, tuple) else value,
                          f"is read by longcat-video only, not {family.name}: remove it")
+    if recipe.runtime.sparse_attention != Runtime().sparse_attention:
+        problems.add(("runtime", "sparse_attention"), recipe.runtime.sparse_attention, "chooses how "
+                     f"longcat-video's 720p refinement computes its block-sparse attention; {family.name} attends "
+                     "densely: remove it")

@@ -225,6 +225,9 @@ class Runtime:
     compile: Literal["none", "blocks"] = setting(
         "none", why="blocks: torch.compile each DiT block (faster steps after a first slow one; may "
         "change the last bits)")
+    sparse_attention: Literal["auto", "gather", "flex"] = setting(
+        "auto", why="LongCat's 720p refinement: its block-sparse attention by FlexAttention's kernel on CUDA "
+        "(\"flex\", nothing gathered), by gathering chunks for SDPA elsewhere (\"gather\"); they round apart")
     fp8_matmul: bool = setting(
         False, why="multiply the DiT's fp8-stored block projections in fp8 (GPUs sm89+; needs [memory].fp8); "
         "pays with compile = \"blocks\", which fuses each token's scaling (14B, H200: 0.87x the compiled "

@@ -77,6 +77,8 @@ def _machine_problems(values: Any, where: Where, catalog: Any = None) -> list[st
     backend = values.get("runtime.attention", TORCH_ATTENTION)
     if backend != TORCH_ATTENTION:  # torch's own runs everywhere: no look-up, no torch import
         found += _attention_problems(backend, values, where, catalog)
+    if values.get("runtime.sparse_attention") == "flex":
+        found += _flex_problems(where)
     if values.get("runtime.compile", "none") != "none":
         from wanflow.memory.pool import compile_problems
         from wanflow.steps.runtime import effective_device
@@ -109,6 +111,19 @@ def _attention_problems(backend: str, values: Any, where: Where, catalog: Any) -
         return [f"{stated}: cannot run here: {'; '.join(reasons)} (available here: {here}); "
                 f'use "{TORCH_ATTENTION}" (the default), or run where it can']
     return []
+
+
+def _flex_problems(where: Where) -> list[str]:
+    """FlexAttention asked of a torch that has none (torch 2.5 brought it): read from the
+    package's metadata, without importing torch."""
+    from wanflow.engine.plan import runtime_env
+    from wanflow.models.longcat_bsa_params import torch_has_flex
+
+    if torch_has_flex():
+        return []
+    return [f'{where("runtime.sparse_attention")}: [runtime].sparse_attention = "flex": this torch '
+            f"({runtime_env()['torch']}) has no FlexAttention (torch 2.5 or later); use \"gather\" or \"auto\" "
+            "(gather where flex is missing), or upgrade torch"]
 
 
 def _dit_dtypes(values: Any, device: str) -> list[str]:

@@ -25,7 +25,7 @@ import attrs
 
 from wanflow.memory.estimates import latent_grid, text_encode_bytes, vae_decode_bytes
 from wanflow.memory.longcat_estimate import (
-    bsa_gather_bytes,
+    bsa_bytes,
     cond_latent_frames,
     longcat_forward_bytes,
 )
@@ -107,7 +107,8 @@ def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, i
                    tile: tuple[int, int] | None, cond: str) -> list[StepDemand]:
     """The 720p refinement's steps (``steps.longcat_refine``): the encode of the upscaled clip
     (sized as its decode, an upper bound), the denoise of its latents with block-sparse attention
-    (one pass a step, its conditioning frames ``cond`` cached) and their decode."""
+    (one pass a step, its conditioning frames ``cond`` cached; what the attention adds follows
+    ``[runtime].sparse_attention``: gathered chunks, or FlexAttention's block mask) and their decode."""
     from wanflow.steps import longcat_refine as refine
 
     width, height = refine.refined_size(v)
@@ -117,7 +118,7 @@ def refine_demands(v: Mapping[str, Any], config: longcat_config.LongCatConfig, i
     vae = vae_decode_bytes("wan2.1", DECODER_DIM, frames, height, width, itemsize,
                            tile=pixels_tile(tile, height, width))
     dit = (longcat_forward_bytes(config, grid, itemsize, layout.cond_latents)
-           + bsa_gather_bytes(config, grid, itemsize))
+           + bsa_bytes(config, grid, itemsize, refine.sparse_implementation(v)))
     return [StepDemand(refine.ENCODE, ("vae",), vae), StepDemand(refine.DENOISE, ("dit",), dit),
             StepDemand(refine.DECODE, ("vae",), vae)]
 

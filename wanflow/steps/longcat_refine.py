@@ -219,6 +219,10 @@ class LongCatRefineDenoise(LongCatDenoise):
     block-sparse self-attention."""
 
     segment: int = 0  # a long video's segment: its noise is drawn from [sampler].seed + segment
+    #: How the block-sparse attention is computed ("gather" or "flex"): ``[runtime].sparse_attention``
+    #: with "auto" resolved for the run's device at planning, keyed as the implementation it names
+    #: (the two round apart; "auto" on CUDA and "flex" are one computation).
+    sparse_attention: str = "gather"
     kind: str = "denoise-longcat-refine"
     version: int = 1
     reads: tuple[str, ...] = ("sampler.seed", "sampler.noise_device", "inputs.longcat_refine_steps",
@@ -244,7 +248,7 @@ class LongCatRefineDenoise(LongCatDenoise):
         start = self.renoised(p, clean)[:, :, c:]  # the authors re-noise the whole clip, then set its first frames
         state = SolverState.from_tensors(dict(resumed[1])) if resumed else start_state(start)
         state = attrs.evolve(state, x=state.x.to(device))
-        sparse = self.sparse_attention(ctx, clean.shape, c)
+        sparse = self.sparse(ctx, clean.shape, c)
         bar = ctx.progress(schedule.steps - state.index, unit="step")
         with torch.no_grad():
             dit = self._dit(ctx)
@@ -279,16 +283,19 @@ class LongCatRefineDenoise(LongCatDenoise):
         noise = initial_noise(tuple(clean.shape), seed, noise_device=p["sampler.noise_device"]).cpu()
         return (1 - s) * clean + s * noise
 
-    def sparse_attention(self, ctx: Any, shape: tuple[int, ...], cond: int) -> Any:
-        """The DiT config's block-sparse attention settings, checked against the refined clip's
-        latents ``shape`` of which the first ``cond`` frames condition (planning checked them
-        already; a run of a changed config file is checked again here)."""
+    def sparse(self, ctx: Any, shape: tuple[int, ...], cond: int) -> Any:
+        """The DiT config's block-sparse attention settings with this step's implementation
+        (``longcat_bsa_params.SparseAttention``), checked against the refined clip's latents
+        ``shape`` of which the first ``cond`` frames condition (planning checked them already; a
+        run of a changed config file is checked again here)."""
+        from wanflow.models.longcat_bsa_params import SparseAttention
+
         config = next((ctx.weight(f"dit.{i}") for i in range(self.dit_files)
                        if ctx.weight(f"dit.{i}").name == "config.json"), None)
         params = bsa_settings(config)
         _, _, frames, h, w = shape
         refuse_grid(attention_problems(params, frames - cond, cond, (h // 2, w // 2)), (frames, h // 2, w // 2))
-        return params
+        return SparseAttention(params, self.sparse_attention)
 
 
 def bsa_settings(config: Any) -> Any:
@@ -333,6 +340,21 @@ def check_refined_grids(values: Mapping[str, Any], cond: str, long_video: bool, 
         layout = Layout.of(refined_frames(values), cond_frames(values, kind))
         refuse_grid(attention_problems(params, layout.noise_latents, layout.cond_latents, grid_hw),
                     (layout.noise_latents + layout.cond_latents, *grid_hw))
+    _refuse_gpu_chunks(values, params)
+
+
+def _refuse_gpu_chunks(values: Mapping[str, Any], params: Any) -> None:
+    """ModelInputError when a CUDA run computes with flex and the DiT config's chunks are not
+    blocks FlexAttention's GPU kernel can tile."""
+    from wanflow.models.longcat_bsa_params import gpu_problems
+    from wanflow.steps.runtime import effective_device
+
+    cuda = effective_device(values["runtime.device"]).startswith("cuda")
+    found = gpu_problems(params) if cuda and sparse_implementation(values) == "flex" else []
+    if found:
+        raise ModelInputError(f"[runtime].sparse_attention = {values['runtime.sparse_attention']!r} computes the "
+                              f"refinement's attention with FlexAttention here, and {found[0]}: "
+                              'use sparse_attention = "gather"')
 
 
 @attrs.frozen
@@ -358,6 +380,15 @@ class SaveRefined(SaveVideo):
         return p["video.fps"] * frame_factor(p)
 
 
+def sparse_implementation(values: Mapping[str, Any]) -> str:
+    """The block-sparse attention implementation a run computes with: ``[runtime].sparse_attention``,
+    "auto" being flex on a CUDA run whose torch has FlexAttention and gather otherwise."""
+    from wanflow.models.longcat_bsa_params import implementation_for
+    from wanflow.steps.runtime import effective_device
+
+    return implementation_for(values["runtime.sparse_attention"], effective_device(values["runtime.device"]))
+
+
 def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, float], ...],
                  lora_weights: Mapping[str, Any]) -> list[Any]:
     """The plan's nodes with the refinement stage after the clip's decode (a long video's: its
@@ -372,7 +403,8 @@ def refine_nodes(nodes: list[Any], resolved: Any, loras: tuple[tuple[str, str, f
     denoise = by_name["denoise"]
     fields = {f.name: getattr(denoise.step, f.name) for f in attrs.fields(LongCatDenoise)
               if f.name not in ("kind", "version", "reads", "conditions", "tail", "loras")}
-    template = attrs.evolve(denoise, step=LongCatRefineDenoise(**fields, loras=loras), weights={
+    step = LongCatRefineDenoise(**fields, loras=loras, sparse_attention=sparse_implementation(resolved.values))
+    template = attrs.evolve(denoise, step=step, weights={
         role: w for role, w in denoise.weights.items() if not role.startswith("lora.")} | dict(lora_weights))
     if JOIN in by_name:
         added, last = refine_chain(nodes, resolved, template)
