@@ -102,3 +102,34 @@ def test_telling_a_variant_never_imports_torch(tmp_path):
             f"print(variant_of([{str(vap)!r}]).name, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["Video-As-Prompt", "False"]
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
+    """Placed blocks (the face blocks and encoders on the device) give the whole model's output to
+    the bit, from either layout's shards; fp8 stores the main blocks' projections; fp8 with
+    streamed blocks is refused before loading."""
+    from tests.models._animate_fixtures import diffusers_layout, inputs, seeded_state, tiny_config, write_checkpoint
+    from wanflow.models.animate import AnimateExtras
+    from wanflow.models.fp8 import fp8_layers
+
+    cfg = tiny_config(num_layers=5)
+    state = seeded_state(cfg)
+    write_checkpoint(tmp_path, diffusers_layout(cfg, state) if layout == "diffusers" else state, shards=2)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    variant = variant_of(files)
+    assert variant.name == "Wan2.2-Animate"
+    tiers = ("disk", "host", "device", "disk", "host")
+    whole = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", ())
+    placed = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", tiers)
+    assert [b.tier for b in placed.placement.blocks] == list(tiers)
+    assert placed.blocks[0].self_attn.q.weight.is_meta and not placed.face_adapter.fuser_blocks[0].linear2.weight.is_meta
+    x = inputs(cfg, frames=3)
+    with torch.no_grad():
+        outs = [m(x["x"], x["t"], x["context"], clip_fea=x["clip_fea"], y=x["y"],
+                  extras=AnimateExtras(pose=x["pose"], face=x["face"])) for m in (whole, placed)]
+    assert torch.equal(*outs)
+    stored = load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ())
+    assert len(fp8_layers(stored)) == 12 * cfg.dit.num_layers  # the main blocks' projections only
+    with pytest.raises(ModelInputError, match=r"Wan2.2-Animate: \[memory\]\.fp8 with blocks streamed"):
+        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ("host",) * 5)

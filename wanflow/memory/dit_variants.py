@@ -57,7 +57,8 @@ VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards"),
     DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", streams=True, fp8=True,
                load_placed="load_placed_longcat"),
-    DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
+    DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files",
+               streams=True, fp8=True, load_placed="load_placed_animate"),
 )
 
 
