@@ -87,6 +87,8 @@ def test_replacement_applies_the_relighting_lora_on_the_fly_to_streamed_blocks(a
     merged = _latents(path)
     _streamed(monkeypatch, tmp_path, "streamed-cache")
     on_the_fly = _latents(path)
+    dits = [e.model for k, e in model_pool._POOL.items() if k[0] == "dit"]
+    assert dits and all(hasattr(d, "placement") for d in dits)  # streamed, the LoRA attached, not merged
     (tmp_path / "plain").mkdir()
     without = _latents(recipe(tmp_path / "plain", media, mode="replacement", sampler=ONE_STEP,
                               inputs={"relighting_lora": False}))

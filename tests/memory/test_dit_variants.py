@@ -133,3 +133,29 @@ def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
     assert len(fp8_layers(stored)) == 12 * cfg.dit.num_layers  # the main blocks' projections only
     with pytest.raises(ModelInputError, match=r"Wan2.2-Animate: \[memory\]\.fp8 with blocks streamed"):
         load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ("host",) * 5)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_s2v_shards_load_into_block_tiers_and_in_fp8(tmp_path, prefix):
+    """Placed blocks (the audio injectors and encoders on the device) give the whole model's output
+    to the bit, from the release's shards or ComfyUI's prefixed names, with the heads of the
+    config.json beside them; fp8 stores the blocks' projections only."""
+    from tests.models.test_s2v_loading import released_layout
+    from tests.models.test_s2v_model import TINY, inputs, run, tiny
+    from wanflow.models.fp8 import fp8_layers
+
+    folder = released_layout(tmp_path / "s2v", {prefix + k: v for k, v in tiny(seed=3).state_dict().items()})
+    files = sorted(folder.glob("*.safetensors"))
+    variant = variant_of(files)
+    assert variant.name == "Wan2.2 S2V"
+    tiers = ("disk", "device", "host")
+    whole = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", ())
+    placed = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", tiers)
+    assert placed.s2v_config == TINY and [b.tier for b in placed.placement.blocks] == list(tiers)
+    assert placed.blocks[0].ffn[0].weight.is_meta and not placed.audio_injector.injector[0].q.weight.is_meta
+    data = inputs()
+    assert torch.equal(run(placed, data), run(whole, data))
+    stored = load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ())
+    assert len(fp8_layers(stored)) == 10 * TINY.dit.num_layers
+    with pytest.raises(ModelInputError, match=r"Wan2.2 S2V: \[memory\]\.fp8 with blocks streamed"):
+        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", tiers)

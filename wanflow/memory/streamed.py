@@ -145,3 +145,26 @@ def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[st
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
     return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected)
+
+
+def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+    """The Wan2.2-S2V DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``); its
+    audio injectors run after their blocks from the device, as its audio encoder, frame packer and
+    pose encoder do."""
+    from wanflow.models import s2v_config, signature
+    from wanflow.models.s2v import S2VDiT
+    from wanflow.models.s2v_loader import require_s2v, s2v_fields_beside
+
+    files = _safetensors(weights, "Wan2.2 S2V")
+    source = ", ".join(str(f) for f in files)
+    _, views = signature.unprefixed(mapped_shards(files))  # ComfyUI's prefix off: still nothing read
+    require_s2v(views, source)
+    config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in views.items()}, source,
+                                    **s2v_fields_beside(files[0]))
+    model = build_on_meta(lambda: S2VDiT(config, attention_kernel))
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if s2v_config.keeps_fp32(name) else dtype
+
+    return placed_variant(model, views, target, tiers, device, source, f"Wan2.2 S2V DiT ({config.describe()})")
