@@ -129,8 +129,14 @@ def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
         outs = [m(x["x"], x["t"], x["context"], clip_fea=x["clip_fea"], y=x["y"],
                   extras=AnimateExtras(pose=x["pose"], face=x["face"])) for m in (whole, placed)]
     assert torch.equal(*outs)
-    stored = load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ())
+    stored = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8", ())
     assert len(fp8_layers(stored)) == 12 * cfg.dit.num_layers  # the main blocks' projections only
+    multiplied = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8-matmul", ())
+    with torch.no_grad():
+        bf16 = [m(x["x"].bfloat16(), x["t"], x["context"].bfloat16(), clip_fea=x["clip_fea"].bfloat16(),
+                  y=x["y"].bfloat16(), extras=AnimateExtras(pose=x["pose"].bfloat16(), face=x["face"].bfloat16()))
+                for m in (stored, multiplied)]
+    assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
     with pytest.raises(ModelInputError, match=r"Wan2.2-Animate: \[memory\]\.fp8 with blocks streamed"):
         load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ("host",) * 5)
 
@@ -155,7 +161,11 @@ def test_s2v_shards_load_into_block_tiers_and_in_fp8(tmp_path, prefix):
     assert placed.blocks[0].ffn[0].weight.is_meta and not placed.audio_injector.injector[0].q.weight.is_meta
     data = inputs()
     assert torch.equal(run(placed, data), run(whole, data))
-    stored = load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ())
+    stored = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8", ())
     assert len(fp8_layers(stored)) == 10 * TINY.dit.num_layers
+    multiplied = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8-matmul", ())
+    half = {k: v.bfloat16() for k, v in data.items()}
+    bf16 = [run(m, half) for m in (stored, multiplied)]
+    assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
     with pytest.raises(ModelInputError, match=r"Wan2.2 S2V: \[memory\]\.fp8 with blocks streamed"):
         load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", tiers)
