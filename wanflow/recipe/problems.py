@@ -104,8 +104,9 @@ def refuse_training_fp8(problems: Problems, recipe: Any, family: str) -> None:
 
 def refuse_whole_dit_settings(problems: Problems, recipe: Any, dit: str, *, compile_too: bool = True) -> None:
     """The settings a DiT loaded whole by its own loader would not read, refused naming ``dit``
-    ("the S2V DiT"): ``[memory].fp8`` and ``[runtime].fp8_matmul`` (fp8 storage of its blocks is
-    not built) and, with ``compile_too``, ``[runtime].compile`` (its blocks are not compiled)."""
+    ("Video-As-Prompt's DiT"): ``[memory].fp8`` and ``[runtime].fp8_matmul`` (fp8 storage of its
+    blocks is not built) and, with ``compile_too``, ``[runtime].compile`` (its blocks are not
+    compiled)."""
     if recipe.memory.fp8:
         problems.add(("memory", "fp8"), True, f"fp8 storage of {dit}'s blocks is not built yet (it loads whole in "
                      "the compute dtype): use false")
