@@ -50,7 +50,11 @@ def animate_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory, images):
-    folder = tmp_path_factory.mktemp("animate-inputs")
+    return write_media(tmp_path_factory.mktemp("animate-inputs"), images)
+
+
+def write_media(folder, images) -> dict:
+    """The driving videos (pose, face, background, mask) of one clip and of two, beside ``images``."""
     out = dict(images)
     for frames in (FRAMES, LONG):
         for name, seed, size in (("pose", 1, (SIZE, SIZE)), ("pose2", 5, (SIZE, SIZE)), ("face", 2, (24, 24)),
@@ -137,40 +141,45 @@ def _padded(path, frames: int, size: tuple[int, int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
 def test_one_clip_equals_a_hand_driven_euler_step(animate_env, animate_root, media, tmp_path, cfg):
-    from wanflow.memory import pool as model_pool
-    from wanflow.models.animate import AnimateExtras, unconditional_face
     from wanflow.models.animate_loader import load_animate_files
-    from wanflow.sampling import BUILTIN_SOLVERS, initial_noise, make_schedule
 
     path = recipe(tmp_path, media, sampler={"solver": "euler", "steps": 1, "shift": 5.0, "cfg": cfg})
     folder = animate_root / REPO
     dit = load_animate_files(sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))).eval()
-    vae = model_pool.vae(folder / "Wan2.1_VAE.pth", "wan2.1", torch.float32, "cpu")
     for _, ex in _executed(path):
-        reference = ex.load("encode-conditioning:animate-reference")
-        with torch.no_grad():
-            pose = vae.encode(_padded(media[f"pose{FRAMES}"], FRAMES, (SIZE, SIZE)), tile=None)
-            crops = _padded(media[f"face{FRAMES}"], FRAMES, (16, 16))  # the tiny motion encoder's size
-            known = vae.encode(torch.zeros(1, 3, 77, SIZE, SIZE), tile=None)  # clip 0: nothing known
-        y = torch.cat([torch.cat([torch.ones(1, 4, 1, 2, 2), reference["latent"]], dim=1),
-                       torch.cat([torch.zeros(1, 4, 20, 2, 2), known], dim=1)], dim=2)
-        x = initial_noise((1, 16, 21, 2, 2), 0, noise_device="cpu")
-        schedule = make_schedule(BUILTIN_SOLVERS["euler"], 1, 5.0, 1.0)
-        t = schedule.timesteps[0].reshape(1)
-
-        def velocity(text: str, face: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return dit(x, t, ex.load(text)["context"], clip_fea=reference["clip"], y=y,
-                           extras=AnimateExtras(pose=pose, face=face))
-
-        v = velocity("encode-text:positive", crops)
-        if cfg != 1.0:
-            uncond = velocity("encode-text:negative", unconditional_face(crops))
-            v = uncond + cfg * (v - uncond)
-        expected = x + (schedule.sigma(1) - schedule.sigma(0)) * v
-        ours = ex.load("denoise")["latents"]
+        ours, expected = ex.load("denoise")["latents"], hand_driven_step(dit, animate_root, media, ex, cfg)
         assert ours.shape == expected.shape == (1, 16, 21, 2, 2)
         assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-5), (ours - expected).abs().max()
+
+
+def hand_driven_step(dit, animate_root, media, ex, cfg: float) -> torch.Tensor:
+    """One Euler step of the first clip through ``dit``, from the run's encodes and the input files."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.animate import AnimateExtras, unconditional_face
+    from wanflow.sampling import BUILTIN_SOLVERS, initial_noise, make_schedule
+
+    vae = model_pool.vae(animate_root / REPO / "Wan2.1_VAE.pth", "wan2.1", torch.float32, "cpu")
+    reference = ex.load("encode-conditioning:animate-reference")
+    with torch.no_grad():
+        pose = vae.encode(_padded(media[f"pose{FRAMES}"], FRAMES, (SIZE, SIZE)), tile=None)
+        crops = _padded(media[f"face{FRAMES}"], FRAMES, (16, 16))  # the tiny motion encoder's size
+        known = vae.encode(torch.zeros(1, 3, 77, SIZE, SIZE), tile=None)  # clip 0: nothing known
+    y = torch.cat([torch.cat([torch.ones(1, 4, 1, 2, 2), reference["latent"]], dim=1),
+                   torch.cat([torch.zeros(1, 4, 20, 2, 2), known], dim=1)], dim=2)
+    x = initial_noise((1, 16, 21, 2, 2), 0, noise_device="cpu")
+    schedule = make_schedule(BUILTIN_SOLVERS["euler"], 1, 5.0, 1.0)
+    t = schedule.timesteps[0].reshape(1)
+
+    def velocity(text: str, face: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return dit(x, t, ex.load(text)["context"], clip_fea=reference["clip"], y=y,
+                       extras=AnimateExtras(pose=pose, face=face))
+
+    v = velocity("encode-text:positive", crops)
+    if cfg != 1.0:
+        uncond = velocity("encode-text:negative", unconditional_face(crops))
+        v = uncond + cfg * (v - uncond)
+    return x + (schedule.sigma(1) - schedule.sigma(0)) * v
 
 
 def test_a_long_video_runs_clips_each_started_by_the_last_frames_of_the_one_before(

@@ -51,7 +51,11 @@ def s2v_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory, images):
-    folder = tmp_path_factory.mktemp("s2v-inputs")
+    return write_media(tmp_path_factory.mktemp("s2v-inputs"), images)
+
+
+def write_media(folder, images) -> dict:
+    """Recordings of one clip and of two, a pose and a motion video, beside ``images``."""
     out = dict(images)
     # 0.3 s: one clip (5 frames cover its 4.8); 0.75 s: two clips (13 frames cover its 12)
     for name, seconds, seed in (("short", 0.3, 0), ("speech", 0.75, 1), ("speech2", 0.75, 2)):

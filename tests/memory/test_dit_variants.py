@@ -131,3 +131,70 @@ def test_fsdp_finds_the_block_class_each_dit_s_files_name(tmp_path):
         files = [tmp_path / f"{name}.safetensors"]
         found = get_module_class_from_name(model, shard_unit(files))
         assert found is block and all(type(b) is block for b in model.blocks)
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
+    """Placed blocks (the face blocks and encoders on the device) give the whole model's output to
+    the bit, from either layout's shards; fp8 stores the main blocks' projections; fp8 with
+    streamed blocks is refused before loading."""
+    from tests.models._animate_fixtures import diffusers_layout, inputs, seeded_state, tiny_config, write_checkpoint
+    from wanflow.models.animate import AnimateExtras
+    from wanflow.models.fp8 import fp8_layers
+
+    cfg = tiny_config(num_layers=5)
+    state = seeded_state(cfg)
+    write_checkpoint(tmp_path, diffusers_layout(cfg, state) if layout == "diffusers" else state, shards=2)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    variant = variant_of(files)
+    assert variant.name == "Wan2.2-Animate"
+    tiers = ("disk", "host", "device", "disk", "host")
+    whole = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", ())
+    placed = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", tiers)
+    assert [b.tier for b in placed.placement.blocks] == list(tiers)
+    assert placed.blocks[0].self_attn.q.weight.is_meta and not placed.face_adapter.fuser_blocks[0].linear2.weight.is_meta
+    x = inputs(cfg, frames=3)
+    with torch.no_grad():
+        outs = [m(x["x"], x["t"], x["context"], clip_fea=x["clip_fea"], y=x["y"],
+                  extras=AnimateExtras(pose=x["pose"], face=x["face"])) for m in (whole, placed)]
+    assert torch.equal(*outs)
+    stored = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8", ())
+    assert len(fp8_layers(stored)) == 12 * cfg.dit.num_layers  # the main blocks' projections only
+    multiplied = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8-matmul", ())
+    with torch.no_grad():
+        bf16 = [m(x["x"].bfloat16(), x["t"], x["context"].bfloat16(), clip_fea=x["clip_fea"].bfloat16(),
+                  y=x["y"].bfloat16(), extras=AnimateExtras(pose=x["pose"].bfloat16(), face=x["face"].bfloat16()))
+                for m in (stored, multiplied)]
+    assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
+    with pytest.raises(ModelInputError, match=r"Wan2.2-Animate: \[memory\]\.fp8 with blocks streamed"):
+        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ("host",) * 5)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_s2v_shards_load_into_block_tiers_and_in_fp8(tmp_path, prefix):
+    """Placed blocks (the audio injectors and encoders on the device) give the whole model's output
+    to the bit, from the release's shards or ComfyUI's prefixed names, with the heads of the
+    config.json beside them; fp8 stores the blocks' projections only."""
+    from tests.models.test_s2v_loading import released_layout
+    from tests.models.test_s2v_model import TINY, inputs, run, tiny
+    from wanflow.models.fp8 import fp8_layers
+
+    folder = released_layout(tmp_path / "s2v", {prefix + k: v for k, v in tiny(seed=3).state_dict().items()})
+    files = sorted(folder.glob("*.safetensors"))
+    variant = variant_of(files)
+    assert variant.name == "Wan2.2 S2V"
+    tiers = ("disk", "device", "host")
+    whole = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", ())
+    placed = load_variant(variant, files, torch.float32, "cpu", "sdpa", "compute", tiers)
+    assert placed.s2v_config == TINY and [b.tier for b in placed.placement.blocks] == list(tiers)
+    assert placed.blocks[0].ffn[0].weight.is_meta and not placed.audio_injector.injector[0].q.weight.is_meta
+    data = inputs()
+    assert torch.equal(run(placed, data), run(whole, data))
+    stored = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8", ())
+    assert len(fp8_layers(stored)) == 10 * TINY.dit.num_layers
+    multiplied = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", "fp8-matmul", ())
+    half = {k: v.bfloat16() for k, v in data.items()}
+    bf16 = [run(m, half) for m in (stored, multiplied)]
+    assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
+    with pytest.raises(ModelInputError, match=r"Wan2.2 S2V: \[memory\]\.fp8 with blocks streamed"):
+        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", tiers)

@@ -77,6 +77,15 @@ def test_settings_training_would_not_read_are_refused_naming_the_key(folder):
     assert main(["validate", str(folder / "t.toml")]) == 2
 
 
+def test_fp8_storage_is_refused_in_training_only(folder):
+    """A generation stores the blocks in fp8; the train step holds the DiT in the compute dtype."""
+    problems = _recipe(folder, [HEAD, GOOD], train="[memory]\nfp8 = true\n[runtime]\nfp8_matmul = true\n")
+    assert _has(problems, "t.toml: [memory].fp8 = true: Animate's train step holds the DiT in the compute "
+                "dtype"), problems
+    assert _has(problems, "t.toml: [runtime].fp8_matmul = true: Animate's train step multiplies in the compute "
+                "dtype"), problems
+
+
 def test_batches_of_animate_samples_validate(folder):
     assert _recipe(folder, [HEAD, GOOD, "clip.mp4,another dancer,pose.mp4,face.mp4"], train="batch_size = 2\n") == []
 

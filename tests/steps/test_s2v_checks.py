@@ -106,14 +106,17 @@ def test_a_motion_video_shorter_than_the_motion_context_is_refused(tmp_path, med
     ({"sampler": {"slg_blocks": [1]}}, "[sampler].slg_blocks = [1]: skip-layer guidance is not built"),
     ({"sampler": {"sliding_window_size": 2}}, "[sampler].sliding_window_size = 2: the clip loop already"),
     ({"sampler": {"cache": {"method": "first-block", "threshold": 0.1}}}, "[sampler.cache].method"),
-    ({"memory": {"fp8": True}}, "[memory].fp8 = true: fp8 storage of the S2V DiT's blocks"),
-    ({"memory": {"fp8": True}, "runtime": {"fp8_matmul": True}},
-     "[runtime].fp8_matmul = true: fp8 matmuls of the S2V DiT's blocks are not built"),
     ({"runtime": {"compile": "blocks"}}, '[runtime].compile = "blocks": compiling the S2V DiT\'s blocks is not built'),
 ])
 def test_settings_the_clip_loop_would_not_read_are_refused(tmp_path, media, tables, words):
     found = _problems(tmp_path, media, **tables)
     assert any(words in p for p in found), found
+
+
+@pytest.mark.parametrize("policy", ["stream", "disk"])
+def test_fp8_storage_and_the_streaming_policies_are_taken_by_a_generation(tmp_path, media, policy):
+    """The clip loop stores the blocks in fp8 and streams them (docs/s2v.md): nothing refused."""
+    assert _problems(tmp_path, media, memory={"fp8": True, "policy": policy}) == []
 
 
 def _train_problems(tmp_path, media, rows, inputs=None, **train):
@@ -168,6 +171,18 @@ def test_a_bad_training_row_is_refused_naming_its_column(tmp_path, media, column
 def test_settings_s2v_training_would_not_read_are_refused(tmp_path, media, inputs, train, words):
     found = _train_problems(tmp_path, media, [_row(media)], {k: media[v] for k, v in inputs.items()}, **train)
     assert any(words in p for p in found), found
+
+
+def test_fp8_storage_is_refused_in_training(tmp_path, media):
+    """The train step holds the DiT in the compute dtype: [memory].fp8 and fp8_matmul are refused."""
+    _train_problems(tmp_path, media, [_row(media)])
+    doc = tomlkit.parse((tmp_path / "t.toml").read_text())
+    doc["memory"], doc["runtime"] = {"fp8": True}, {"fp8_matmul": True}
+    (tmp_path / "t.toml").write_text(tomlkit.dumps(doc))
+    found = wanflow.validate(tmp_path / "t.toml")
+    assert any("[memory].fp8 = true: S2V's train step holds the DiT in the compute dtype" in p for p in found), found
+    assert any("[runtime].fp8_matmul = true: S2V's train step multiplies in the compute dtype" in p
+               for p in found), found
 
 
 def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monkeypatch):

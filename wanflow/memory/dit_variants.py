@@ -57,11 +57,13 @@ class DitVariant:
 #: In the order they are tried; the first that recognises the headers loads the file.
 VARIANTS: tuple[DitVariant, ...] = (
     DitVariant("Video-As-Prompt", "wanflow.models.vap_loader", "holds_reference_stream", "load_vap_dit"),
-    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards",
+    DitVariant("Wan2.2 S2V", "wanflow.models.s2v_loader", "holds_s2v_parts", "load_s2v_shards", streams=True,
+               fp8=True, load_placed="load_placed_s2v",
                shard_unit="S2VBlock"),  # wanflow.models.s2v.S2VBlock: a Block with segment timesteps
     DitVariant("LongCat-Video", "wanflow.models.longcat_loader", "holds_longcat_dit", "load", streams=True, fp8=True,
                load_placed="load_placed_longcat", shard_unit="Block"),  # wanflow.models.longcat.Block
-    DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files"),
+    DitVariant("Wan2.2-Animate", "wanflow.models.animate_loader", "holds_animate_parts", "load_animate_files",
+               streams=True, fp8=True, load_placed="load_placed_animate"),
 )
 
 

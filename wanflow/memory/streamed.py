@@ -10,7 +10,7 @@ keep meta placeholders that carry their compute dtype; `BlockPlacement` reads th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,38 +75,21 @@ def load_placed_dit(
     return model, handle
 
 
-# ----------------------------------------------------------------------------- LongCat-Video
+# ----------------------------------------------------------------------------- the DiT variants
 
 
-def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
-    """The DiT with its blocks in the memory plan's ``tiers`` (``wanflow.memory.placement``):
-    device-tier blocks and everything outside the blocks on ``device``, host-tier blocks in host
-    memory, disk-tier blocks read from the mapped shards when they run. Nothing of a disk-tier
-    block is read here. The placement's hooks live on ``model.placement``."""
-    from wanflow.models import longcat_config
-    from wanflow.models.longcat import LongCatDiT
-    from wanflow.models.longcat_loader import (
-        longcat_config_of,
-        longcat_config_with_file_beside,
-    )
-
-    files = [Path(w) for w in weights if str(w).endswith(".safetensors")]
-    if not files:
-        raise ModelLoadError("LongCat-Video DiT: no safetensors shard given to place its blocks from.")
-    views = mapped_shards(files)
-    source = ", ".join(str(f) for f in files)
-    config = longcat_config_with_file_beside(longcat_config_of(views, source), files[0])
-    model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
-
-    def target(name: str) -> torch.dtype:
-        return torch.float32 if longcat_config.keeps_fp32(name) else dtype
-
+def placed_variant(model: Any, views: Mapping[str, Tensor], target: Callable[[str], torch.dtype],
+                   tiers: Sequence[str], device: torch.device | str, source: str, expected: str) -> Any:
+    """A variant's ``model`` (built on meta) loaded from the mapped ``views`` into ``tiers``:
+    device-tier blocks and everything outside ``model.blocks`` (the side modules: Animate's face
+    blocks and encoders, S2V's audio injectors and encoder) on ``device``, host-tier blocks in
+    host memory, disk-tier blocks left on meta and read when they run. ``target`` is each
+    tensor's dtype by name (the variant's fp32 islands). The hooks live on ``model.placement``."""
     for name, param in model.named_parameters():  # disk-tier placeholders carry the dtype they are read at
         param.data = param.data.to(target(name))
     report = mismatch_report(model.state_dict(keep_vars=True), views)
     if report:
-        raise ModelLoadError(f"{source}: does not fit LongCat-Video DiT ({config.describe()}):\n{report}")
+        raise ModelLoadError(f"{source}: does not fit {expected}:\n{report}")
 
     def tier_of(name: str) -> str:
         return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
@@ -116,3 +99,72 @@ def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[st
         model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
     model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
     return model
+
+
+def _safetensors(weights: Sequence[str | os.PathLike], name: str) -> list[Path]:
+    files = [Path(w) for w in weights if str(w).endswith(".safetensors")]
+    if not files:
+        raise ModelLoadError(f"{name} DiT: no safetensors shard given to place its blocks from.")
+    return files
+
+
+def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+    """LongCat-Video's DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``)."""
+    from wanflow.models import longcat_config
+    from wanflow.models.longcat import LongCatDiT
+    from wanflow.models.longcat_loader import (
+        longcat_config_of,
+        longcat_config_with_file_beside,
+    )
+
+    files = _safetensors(weights, "LongCat-Video")
+    views = mapped_shards(files)
+    source = ", ".join(str(f) for f in files)
+    config = longcat_config_with_file_beside(longcat_config_of(views, source), files[0])
+    model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if longcat_config.keeps_fp32(name) else dtype
+
+    return placed_variant(model, views, target, tiers, device, source, f"LongCat-Video DiT ({config.describe()})")
+
+
+def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+    """The Wan2.2-Animate DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``);
+    its face blocks run after their DiT blocks from the device, as its encoders do."""
+    from wanflow.models import animate_config
+    from wanflow.models.animate import AnimateDiT
+    from wanflow.models.animate_loader import animate_dtypes, official_state
+
+    files = _safetensors(weights, "Wan2.2-Animate")
+    source = ", ".join(str(f) for f in files)
+    views = official_state(mapped_shards(files), source)  # renamed views: still nothing read
+    config = animate_config.from_shapes({k: tuple(v.shape) for k, v in views.items()}, source)
+    model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
+    expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
+    return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected)
+
+
+def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+    """The Wan2.2-S2V DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``); its
+    audio injectors run after their blocks from the device, as its audio encoder, frame packer and
+    pose encoder do."""
+    from wanflow.models import s2v_config, signature
+    from wanflow.models.s2v import S2VDiT
+    from wanflow.models.s2v_loader import require_s2v, s2v_fields_beside
+
+    files = _safetensors(weights, "Wan2.2 S2V")
+    source = ", ".join(str(f) for f in files)
+    _, views = signature.unprefixed(mapped_shards(files))  # ComfyUI's prefix off: still nothing read
+    require_s2v(views, source)
+    config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in views.items()}, source,
+                                    **s2v_fields_beside(files[0]))
+    model = build_on_meta(lambda: S2VDiT(config, attention_kernel))
+
+    def target(name: str) -> torch.dtype:
+        return torch.float32 if s2v_config.keeps_fp32(name) else dtype
+
+    return placed_variant(model, views, target, tiers, device, source, f"Wan2.2 S2V DiT ({config.describe()})")

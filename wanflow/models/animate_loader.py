@@ -4,7 +4,9 @@ An Animate checkpoint is recognised by its parts' keys (``pose_patch_embedding.*
 ``motion_encoder.*``, ``face_encoder.*``, ``face_adapter.*``), whichever layout names them;
 every size is read off the shapes (``animate_config.from_shapes``). The model is built on the
 meta device and each tensor assigned to it on its way to the device, as ``dit_loader`` does:
-the blur kernels of the official file included, the QR direction basis kept in fp32.
+the blur kernels of the official file included, the QR direction basis kept in fp32. Under an
+fp8 ``storage`` the blocks' projections are stored in float8 e4m3 with one scale per row, as a Wan
+DiT's (``wanflow.models.fp8``); the Animate parts (face blocks, encoders) keep the compute dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import animate_config, animate_keys, signature
+from wanflow.models import animate_config, animate_keys, fp8, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
 from wanflow.models.checkpoint_files import (
     Checkpoint,
@@ -38,21 +40,33 @@ log = structlog.get_logger(__name__)
 
 def load_animate_dit(
     weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa",
+    attention_kernel: str = "sdpa", storage: str = "compute",
 ) -> AnimateDiT:
     """A ready AnimateDiT from a checkpoint file, a sharded index or its folder, or a state dict.
 
     It computes in ``dtype`` except its fp32 islands (the DiT's, the motion direction basis and
-    the blur kernels). A file that is not an Animate checkpoint raises ModelLoadError saying
-    what it looks like instead."""
+    the blur kernels). ``storage = "fp8"`` stores the blocks' projections in fp8 (``"fp8-matmul"``
+    multiplies them in fp8 too). A file that is not an Animate checkpoint raises ModelLoadError
+    saying what it looks like instead."""
+    if storage not in fp8.STORAGES:
+        raise ValueError(f"load_animate_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     opened = open_weights(weights)
     state = official_state(opened.state, opened.source)
     config = animate_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source)
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
-    load_state_into(model, state, source=opened.source, expected=expected, device=device, dtype=_dtypes(dtype),
-                    borrowed=opened.borrowed)
-    log.debug("animate_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype))
+    scaled = fp8.split_scales(state, opened.source)
+    if fp8.stores_in_fp8(storage) or scaled.quantised:
+        if fp8.stores_in_fp8(storage):
+            fp8.require_fp8(device)
+        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=animate_dtypes(dtype),
+                        device=device, borrowed=opened.borrowed, fp8=fp8.stores_in_fp8(storage))
+        if storage == "fp8-matmul":
+            fp8.use_fp8_matmul(model, opened.source)
+    else:
+        load_state_into(model, state, source=opened.source, expected=expected, device=device,
+                        dtype=animate_dtypes(dtype), borrowed=opened.borrowed)
+    log.debug("animate_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype), storage=storage)
     return model
 
 
@@ -73,7 +87,7 @@ def require_animate(state: Mapping[str, Tensor], source: str) -> None:
                   "Point the Animate DiT at Wan2.2-Animate-14B's diffusion_pytorch_model*.safetensors.")
 
 
-def _dtypes(dtype: torch.dtype):
+def animate_dtypes(dtype: torch.dtype):
     """Each tensor's dtype by name: fp32 for the fp32 islands, ``dtype`` for the rest."""
     def choose(name: str) -> torch.dtype:
         fp32 = keeps_fp32(name) or name == DIRECTION_KEY or name.endswith(".kernel")
@@ -82,12 +96,14 @@ def _dtypes(dtype: torch.dtype):
 
 
 def load_animate_files(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
-                       device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> AnimateDiT:
+                       device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                       storage: str = "compute") -> AnimateDiT:
     """``load_animate_dit`` over a family component's shard files (as the model pool lists them):
     one file as it is, several merged (a key in two shards is refused)."""
     if len(weights) == 1:
-        return load_animate_dit(weights[0], dtype=dtype, device=device, attention_kernel=attention_kernel)
+        return load_animate_dit(weights[0], dtype=dtype, device=device, attention_kernel=attention_kernel,
+                                storage=storage)
     if not weights:
         raise ModelLoadError("load_animate_files: no checkpoint file given; pass the Animate DiT's shards.")
     state = merged_shards(weights)
-    return load_animate_dit(state, dtype=dtype, device=device, attention_kernel=attention_kernel)
+    return load_animate_dit(state, dtype=dtype, device=device, attention_kernel=attention_kernel, storage=storage)

@@ -6,7 +6,9 @@ the index, one safetensors file (ComfyUI's repackaged single file included) or a
 accepted. The keys are the official ones and load with no conversion. Every size is read off the
 shapes (``s2v_config.from_shapes``); the heads and the audio injectors' blocks come from the
 config.json beside the weights, or are the release's. A file of another model (a Wan T2V DiT
-above all, which S2V's shares all its base keys with) is refused, saying what it looks like.
+above all, which S2V's shares all its base keys with) is refused, saying what it looks like. Under
+an fp8 ``storage`` the blocks' projections are stored in float8 e4m3 with one scale per row, as a
+Wan DiT's (``wanflow.models.fp8``); the audio injectors and encoders keep their dtypes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import s2v_config, signature
+from wanflow.models import fp8, s2v_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -37,41 +39,59 @@ log = structlog.get_logger(__name__)
 
 def load_s2v_dit(
     weights: Checkpoint, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa",
+    attention_kernel: str = "sdpa", storage: str = "compute",
 ) -> S2VDiT:
     """A ready S2VDiT from the release folder, its index json, one safetensors file, or a state
-    dict. It computes in ``dtype`` except its fp32 islands (the DiT's and the audio encoder).
-    A file that is not an S2V checkpoint raises ModelLoadError saying what it looks like instead."""
+    dict. It computes in ``dtype`` except its fp32 islands (the DiT's and the audio encoder);
+    ``storage = "fp8"`` stores the blocks' projections in fp8 (``"fp8-matmul"`` multiplies them in
+    fp8 too). A file that is not an S2V checkpoint raises ModelLoadError saying what it looks like
+    instead."""
     opened = open_weights(weights)
-    fields = {} if opened.borrowed else _fields_beside(Path(os.fspath(weights)))
-    return _built(opened, fields, dtype, device, attention_kernel)
+    fields = {} if opened.borrowed else s2v_fields_beside(Path(os.fspath(weights)))
+    return _built(opened, fields, dtype, device, attention_kernel, storage)
 
 
 def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> S2VDiT:
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                    storage: str = "compute") -> S2VDiT:
     """``load_s2v_dit`` for the shard files themselves, as a family's component lists them (the
     model pool's variant entry); the config.json beside the first shard gives the heads and blocks."""
     if not weights:
         raise ModelLoadError("load_s2v_shards: no checkpoint file given; pass the shards, their index or a folder.")
     if len(weights) == 1:
-        return load_s2v_dit(weights[0], dtype, device, attention_kernel)
+        return load_s2v_dit(weights[0], dtype, device, attention_kernel, storage)
     state = merged_shards(weights)
     opened = OpenedWeights(state, ", ".join(str(w) for w in weights), borrowed=False)
-    return _built(opened, _fields_beside(Path(os.fspath(weights[0]))), dtype, device, attention_kernel)
+    return _built(opened, s2v_fields_beside(Path(os.fspath(weights[0]))), dtype, device, attention_kernel, storage)
 
 
 def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, device: torch.device | str,
-           attention_kernel: str) -> S2VDiT:
+           attention_kernel: str, storage: str = "compute") -> S2VDiT:
     """The model of an opened checkpoint, sized by its shapes and ``fields`` (the config.json's)."""
+    if storage not in fp8.STORAGES:
+        raise ValueError(f"load_s2v_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     _, state = signature.unprefixed(opened.state)  # ComfyUI's prefix off
     require_s2v(state, opened.source)
     config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source, **fields)
     model = build_on_meta(lambda: S2VDiT(config, attention_kernel))
-    load_state_into(model, state, source=opened.source, expected=f"Wan2.2 S2V DiT ({config.describe()})",
-                    device=device, dtype=lambda name: torch.float32 if s2v_config.keeps_fp32(name) else dtype,
-                    borrowed=opened.borrowed)
+    expected = f"Wan2.2 S2V DiT ({config.describe()})"
+
+    def dtypes(name: str) -> torch.dtype:
+        return torch.float32 if s2v_config.keeps_fp32(name) else dtype
+
+    scaled = fp8.split_scales(state, opened.source)
+    if fp8.stores_in_fp8(storage) or scaled.quantised:
+        if fp8.stores_in_fp8(storage):
+            fp8.require_fp8(device)
+        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes, device=device,
+                        borrowed=opened.borrowed, fp8=fp8.stores_in_fp8(storage))
+        if storage == "fp8-matmul":
+            fp8.use_fp8_matmul(model, opened.source)
+    else:
+        load_state_into(model, state, source=opened.source, expected=expected, device=device, dtype=dtypes,
+                        borrowed=opened.borrowed)
     log.debug("s2v_dit_loaded", source=opened.source, dim=config.dit.dim, layers=config.dit.num_layers,
-              inject_layers=list(config.inject_layers), dtype=str(dtype))
+              inject_layers=list(config.inject_layers), dtype=str(dtype), storage=storage)
     return model
 
 
@@ -81,7 +101,7 @@ def require_s2v(state: Mapping[str, Tensor], source: str) -> None:
                   "Point the S2V DiT at Wan2.2-S2V-14B's diffusion_pytorch_model*.safetensors (or their index json).")
 
 
-def _fields_beside(path: Path) -> dict[str, Any]:
+def s2v_fields_beside(path: Path) -> dict[str, Any]:
     """What the config.json in the weights' folder says of the heads and the injector blocks;
     {} where there is none (the release's)."""
     config_file = (path if path.is_dir() else path.parent) / "config.json"

@@ -3,7 +3,8 @@
 The mode decides the inputs: replacement reads a background video and a mask video (and applies
 the relighting LoRA unless ``relighting_lora = false``); animation reads neither, so giving them
 is refused rather than ignored. The clip loop reads its own settings and none of a step cache,
-sliding windows, which are refused naming the key. A training recipe takes its inputs from the
+sliding windows, which are refused naming the key; its DiT takes ``[memory].fp8`` (fp8 block
+projections) and ``[runtime].compile`` in a generation. A training recipe takes its inputs from the
 dataset's columns (``wanflow.steps.train_animate``); what it cannot honour is refused here. The videos themselves
 (frame counts, sizes, a binary mask) are checked when the files are opened
 (``wanflow.steps.animate_checks``).
@@ -19,7 +20,7 @@ from wanflow.families.animate import (
     REPLACEMENT_INPUTS,
 )
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_whole_dit_settings
+from wanflow.recipe.problems import Problems, refuse_training_fp8
 from wanflow.recipe.schema import Recipe
 
 #: Animate's settings under [inputs] that are not files (files are refused by _check_inputs).
@@ -104,7 +105,8 @@ _WHAT = {"background_video": "the driving video with its person removed",
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
-    refuse_whole_dit_settings(problems, recipe, "the Animate DiT", compile_too=False)  # its clip loop compiles
+    if recipe.train is not None:  # a generation stores its blocks in fp8; the train step does not
+        refuse_training_fp8(problems, recipe, "Animate")
     s = recipe.sampler
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the Animate clip loop takes no step "

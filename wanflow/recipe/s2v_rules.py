@@ -8,7 +8,9 @@ audio only; the video carries the recording as an mp4 audio track. ``start_from_
 release's zero motion context with the reference image, so it is refused beside a motion video,
 which replaces that context; it and ``num_clip`` are refused on other families. A ``[train]``
 recipe trains one clip per sample from dataset columns (``wanflow.steps.train_s2v``): the
-recipe-wide inputs it would not read are refused here.
+recipe-wide inputs it would not read are refused here. A generation stores the DiT's blocks in fp8
+under ``[memory].fp8`` and streams them under every memory policy; compiled blocks are not built
+for it, and its train step holds the DiT in the compute dtype (fp8 refused there).
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from wanflow.families.s2v import PIPELINE
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_changed, refuse_whole_dit_settings
+from wanflow.recipe.problems import Problems, refuse_changed, refuse_training_fp8
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: The rate wav2vec2 was trained on; its feature extractor refuses any other.
@@ -67,7 +69,11 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    refuse_whole_dit_settings(problems, recipe, "the S2V DiT")
+    if recipe.train is not None:  # a generation stores its blocks in fp8; the train step does not
+        refuse_training_fp8(problems, recipe, "S2V")
+    if recipe.runtime.compile != "none":
+        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not built "
+                     'yet: use "none"')
 
 
 def _check_train(recipe: Recipe, problems: Problems) -> None:

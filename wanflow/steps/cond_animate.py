@@ -139,6 +139,11 @@ class EncodeAnimateFace:
     dit_files: int  # files of the DiT ("dit.0" …)
     dit_dtype: str = "auto"  # [models.dit].dtype
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The denoise step's storage of the block projections and the memory plan's block tiers, so
+    #: the DiT is loaded as lean as the denoise step's (``AnimatePipeline`` sets them). Not keyed:
+    #: the face tokens come from the encoders outside the blocks, which neither touches.
+    storage: str = attrs.field(default="compute", metadata=NOT_KEYED)
+    tiers: tuple[str, ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "encode-animate-face"
     version: int = 1
     output: str = "tensors"
@@ -154,7 +159,8 @@ class EncodeAnimateFace:
         p = ctx.params
         device, dtype = component_runtime(p, self.dit_dtype)
         dit = model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                             p["runtime.attention"], self.residency)  # animation: the denoise step's DiT
+                             p["runtime.attention"], self.residency, storage=self.storage,
+                             tiers=self.tiers)  # animation: the denoise step's DiT
         size = dit.animate_config.motion.size
         clips = clip_pixels(ctx.file("face_video"), p, size, size)  # (n, 77, S, S, 3)
         tokens = []

@@ -33,9 +33,9 @@ import attrs
 from wanflow.engine.step import NOT_KEYED
 from wanflow.errors import ModelInputError
 from wanflow.steps.component import component_runtime
-from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise import DENOISE_READS
+from wanflow.steps.dit_on_device import step_dit
 from wanflow.steps.s2v_checks import made_clips
 from wanflow.steps.s2v_encode import MOTION_FRAMES, frames_per_clip
 from wanflow.steps.vae_on_device import VaeOnDevice, vae_on_device
@@ -61,6 +61,9 @@ class S2VDenoise:
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     attention: Any = attrs.field(default=None, metadata=NOT_KEYED)
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The memory plan's tier of each block ("device", "host", "disk"), empty when all stay on the
+    #: device: placement only, never part of the key (streamed blocks give the same numbers).
+    tiers: tuple[str, ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "denoise-s2v"
     version: int = 1
     output: str = "tensors"
@@ -69,13 +72,13 @@ class S2VDenoise:
     @classmethod
     def replacing(cls, denoise: Any, decode: Any, pose: bool, motion_given: bool) -> S2VDenoise:
         """The clip loop for the job a Wan ``Denoise`` step was planned for, with ``decode``'s VAE."""
-        if len(denoise.experts) != 1 or denoise.tiers:
-            raise ModelInputError("speech-to-video runs one DiT, resident whole; raise [memory].limit_gb "
-                                  "so that it fits")
+        if len(denoise.experts) != 1:
+            raise ModelInputError("speech-to-video runs one DiT; the job names "
+                                  f"{', '.join(role for role, _ in denoise.experts)}")
         (role, files), = denoise.experts
         return cls(files, decode.vae_version, pose, motion_given, denoise.solver, dict(denoise.dtypes).get(role, "auto"),
                    denoise.loras, denoise.storage, decode.dtype, decode.device, denoise.residency,
-                   denoise.attention, denoise.peak)
+                   denoise.attention, denoise.peak, tuple(dict(denoise.tiers).get(role, ())))
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from wanflow.steps.oom import reported_oom
@@ -104,7 +107,7 @@ class S2VDenoise:
 
     def _dit(self, ctx: Any) -> Any:
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
-                        attention=self.attention)
+                        tiers=self.tiers, attention=self.attention)
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
         return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)

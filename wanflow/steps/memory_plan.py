@@ -65,6 +65,7 @@ from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
 from wanflow.models.dit_names import holds_s2v_parts
 from wanflow.models.full_training import stream_name, trained_prefixes, trains
+from wanflow.models.s2v_config import keeps_fp32 as s2v_keeps_fp32
 from wanflow.steps.denoise import expert_cfgs
 from wanflow.steps.train_conditioning import trained_parts
 from wanflow.steps.train_targets import matches
@@ -104,12 +105,19 @@ def component_sizes(files: Mapping[str, Sequence[Path]], itemsize: int, fp8: boo
     for name, paths in files.items():
         tensors = [p for p in paths if Path(p).suffix == ".safetensors"]
         if tensors:
-            size = component_size(name, read_headers(tensors), itemsize, keeps_fp32=keeps_fp32,
+            size = component_size(name, read_headers(tensors), itemsize,
+                                  keeps_fp32=dit_keeps_fp32 if name in DIT_ROLES else keeps_fp32,
                                   blocks=name in DIT_ROLES)
             out.append(size.as_fp8() if fp8 and name in DIT_ROLES else size)
         else:
             out.append(ComponentSize(name, sum(Path(p).stat().st_size for p in paths)))
     return out
+
+
+def dit_keeps_fp32(name: str) -> bool:
+    """Whether a DiT tensor is held in fp32 whatever the run's dtype: a Wan DiT's islands (Animate's
+    included), and S2V's audio encoder, which its loader keeps fp32 (a name no other DiT has)."""
+    return s2v_keeps_fp32(name)
 
 
 def step_demands(job: Any, dit_config: DitConfig, itemsize: int, vae_version: str,

@@ -6,8 +6,9 @@ The clip loop reads the VAE (a clip starts from the previous one's decoded last 
 VAE's file joins the denoise step's weights. Replacement mode applies the family's relighting
 LoRA (``relighting_lora.ckpt``) to the DiT, first, at scale 1, unless ``[inputs].relighting_lora
 = false``: its file digest and scale are part of the denoise key. The driving videos are checked
-against each other before anything is planned (``animate_checks``). Importing this module does
-not import torch.
+against each other before anything is planned (``animate_checks``). The face encode loads the DiT
+with the clip loop's storage and block tiers, so it is never loaded whole where the plan streams
+its blocks. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from wanflow.engine.step import StepSpec
 from wanflow.errors import RecipeError
 from wanflow.steps.animate_checks import animate_problems
 from wanflow.steps.checks import locator
+from wanflow.steps.cond_animate import FACE
 from wanflow.steps.denoise_animate import AnimateDecode, AnimateDenoise
 from wanflow.steps.pipeline import WanPipeline, resolve_weights
 
@@ -54,4 +56,9 @@ class AnimatePipeline(WanPipeline):
             weights[RELIGHTING] = resolve_weights(resolved, self.fetch)["relighting_lora"][RELIGHTING]
         loop = attrs.evolve(denoise, step=AnimateDenoise.replacing(denoise.step, decode.step, loras), weights=weights)
         clips = attrs.evolve(decode, step=AnimateDecode.replacing(decode.step))
-        return [loop if n.name == "denoise" else clips if n.name == "decode" else n for n in nodes]
+        replaced = {"denoise": loop, "decode": clips}
+        face = next((n for n in nodes if n.name == FACE), None)
+        if face is not None:  # the face encode loads the DiT as the clip loop does: never whole where it streams
+            replaced[FACE] = attrs.evolve(face, step=attrs.evolve(face.step, storage=loop.step.storage,
+                                                                  tiers=loop.step.tiers))
+        return [replaced.get(n.name, n) for n in nodes]
