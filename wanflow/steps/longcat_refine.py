@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from wanflow.engine.step import NOT_KEYED
+from wanflow.engine.step import KEYED_WHEN_SET, NOT_KEYED
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import refine_size
 from wanflow.steps.conditioning import VAE_READS, encode
@@ -221,8 +221,9 @@ class LongCatRefineDenoise(LongCatDenoise):
     segment: int = 0  # a long video's segment: its noise is drawn from [sampler].seed + segment
     #: How the block-sparse attention is computed ("gather" or "flex"): ``[runtime].sparse_attention``
     #: with "auto" resolved for the run's device at planning, keyed as the implementation it names
-    #: (the two round apart; "auto" on CUDA and "flex" are one computation).
-    sparse_attention: str = "gather"
+    #: (the two round apart; "auto" on CUDA and "flex" are one computation). Gather, what the step
+    #: computed before the setting existed, keeps the keys it had.
+    sparse_attention: str = attrs.field(default="gather", metadata=KEYED_WHEN_SET)
     kind: str = "denoise-longcat-refine"
     version: int = 1
     reads: tuple[str, ...] = ("sampler.seed", "sampler.noise_device", "inputs.longcat_refine_steps",
