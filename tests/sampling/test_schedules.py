@@ -123,7 +123,7 @@ def test_bad_steps_or_shift_are_refused(steps, shift, word):
 
 
 def test_unknown_solver_names_the_known_ones():
-    with pytest.raises(ModelInputError, match=r"'dpm\+\+', 'euler', 'unipc'"):
+    with pytest.raises(ModelInputError, match=r"'dpm\+\+', 'euler', 'flow', 'unipc'"):
         make_schedule("ddim", 10, 5.0)
 
 
