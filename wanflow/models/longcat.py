@@ -228,7 +228,7 @@ class Block(nn.Module):
     def __init__(self, cfg: LongCatConfig):
         super().__init__()
         self.eps = cfg.eps
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.adaln_tembed_dim, 6 * cfg.hidden_size))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(cfg.adaln_tembed_dim, 6 * cfg.hidden_size))
         self.attn = SelfAttention(cfg.hidden_size, cfg.num_heads, cfg.eps)
         self.pre_crs_attn_norm = AffineLayerNorm(cfg.hidden_size, cfg.eps)
         self.cross_attn = CrossAttention(cfg.hidden_size, cfg.num_heads, cfg.eps)
@@ -261,8 +261,8 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: LongCatConfig):
         super().__init__()
         self.eps = cfg.eps
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.adaln_tembed_dim, 2 * cfg.hidden_size))
-        self.linear = nn.Linear(cfg.hidden_size, cfg.patch_volume * cfg.out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(cfg.adaln_tembed_dim, 2 * cfg.hidden_size))
+        self.linear = Linear(cfg.hidden_size, cfg.patch_volume * cfg.out_channels)
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
         """x (B, N, D), t_emb (B, T, A) -> (B, N, patch_volume * C_out) fp32."""
@@ -319,8 +319,8 @@ class LongCatDiT(nn.Module):
         dim = cfg.hidden_size
         self.x_embedder = nn.ModuleDict({"proj": Conv3d(cfg.in_channels, dim, cfg.patch_size, stride=cfg.patch_size)})
         self.t_embedder = nn.ModuleDict({"mlp": nn.Sequential(
-            nn.Linear(cfg.frequency_embedding_size, cfg.adaln_tembed_dim), nn.SiLU(),
-            nn.Linear(cfg.adaln_tembed_dim, cfg.adaln_tembed_dim))})
+            Linear(cfg.frequency_embedding_size, cfg.adaln_tembed_dim), nn.SiLU(),
+            Linear(cfg.adaln_tembed_dim, cfg.adaln_tembed_dim))})
         self.y_embedder = nn.ModuleDict({"y_proj": nn.Sequential(
             Linear(cfg.caption_channels, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))})
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))

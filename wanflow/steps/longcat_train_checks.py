@@ -2,10 +2,11 @@
 
 DeepSpeed: its bf16 and fp16 modes cast every parameter of the model to that dtype when the engine
 is prepared (``module.bfloat16()``), LongCat's fp32 layers included (its timestep embedding, its
-modulations and final projection take fp32 inputs, ``longcat_config.keeps_fp32``), so the first
-forward fails; its fp32 mode keeps them. DeepSpeed holds the model in one dtype, so a frozen base
-stored in fp8 (``[memory].fp8``) is not kept. Both are refused naming the keys and the fix;
-FSDP keeps every parameter's dtype (its all-gathers carry mixed dtypes as bytes) and takes both.
+modulations and final projection, ``longcat_config.keeps_fp32``); those layers cast their weights
+back to their fp32 inputs' dtype (``precision.linear``), so the model still trains. DeepSpeed holds
+the model in one dtype, so a frozen base stored in fp8 (``[memory].fp8``) is not kept: refused
+naming the keys and the fix; FSDP keeps every parameter's dtype (its all-gathers carry mixed dtypes
+as bytes) and takes it.
 
 A row with a ``longcat_video`` column continues that video from its last
 ``[inputs].longcat_cond_frames`` frames, which are the first frames of the row's clip (the clip
@@ -20,7 +21,6 @@ from typing import Any
 
 from wanflow.errors import display_path
 from wanflow.families.longcat import PIPELINE
-from wanflow.steps.runtime import effective_dtype_name
 
 #: The dataset column of the video a sample continues.
 COLUMN = "longcat_video"
@@ -44,19 +44,12 @@ def continuation_problems(dataset: Any, resolved: Any, label: str) -> list[str]:
 
 
 def deepspeed_problems(resolved: Any, where: Any) -> list[str]:
-    """LongCat under DeepSpeed: a compute dtype other than fp32, or a frozen base in fp8 (the
-    module docstring says why)."""
+    """LongCat under DeepSpeed over a frozen base in fp8 (the module docstring says why)."""
     t, v = resolved.recipe.train, resolved.values
     if resolved.family.pipeline != PIPELINE or not t.distribution.startswith("deepspeed"):
         return []
     label = f"{where('train.distribution')}: [train].distribution = \"{t.distribution}\""
     found = []
-    dtype = effective_dtype_name(v["runtime.dtype"], v["runtime.device"])
-    if dtype != "fp32":
-        found.append(f"{label} with [runtime].dtype = \"{v['runtime.dtype']}\" ({dtype} here): DeepSpeed's {dtype} mode "
-                     "casts every parameter to that dtype, and LongCat-Video's DiT keeps fp32 layers (its timestep "
-                     "embedding, modulations and final projection) that then fail; set [runtime].dtype = \"fp32\", "
-                     'or use distribution = "fsdp" (which keeps each parameter\'s dtype) or "ddp"')
     if t.method == "lora" and v["memory.fp8"]:
         found.append(f"{label} with [memory].fp8 = true: DeepSpeed holds the model in one dtype, so the frozen base "
                      'would not stay in fp8; set [memory].fp8 = false, or use distribution = "fsdp" or "ddp"')
