@@ -39,6 +39,8 @@ def clips(tmp_path_factory) -> Path:
     for i in range(2):
         _video(root / f"clip{i}.mp4", 9, 64, 48)
         (root / f"clip{i}.txt").write_text(f"clip number {i}", encoding="utf-8")
+    rows = "".join(f"{root / f'clip{i}.mp4'},clip number {i},{50 * i}\n" for i in range(2))
+    (root.parent / "speedcontrol.csv").write_text("video,prompt,motion_bucket_id\n" + rows, encoding="utf-8")
     return root
 
 
@@ -218,15 +220,17 @@ def _sets(path: Path, clips: Path, init: Path) -> list[str]:
     not from downloaded weights) that starting point, with a batch the two generated clips can fill."""
     quickstart = [f"models.{c}.source={init}" for c in ("dit", "text_encoder", "vae")] + ["train.batch_size=2"]
     quickstart = quickstart if path.stem.startswith("train-quickstart") else []
-    return [f"train.dataset={clips}", *quickstart]
+    speed = clips.parent / "speedcontrol.csv"  # rows with bucket ids (the clips fixture writes it)
+    dataset = speed if "speedcontrol" in path.stem and speed.is_file() else clips
+    return [f"train.dataset={dataset}", *quickstart]
 
 
 def test_training_recipes_ship_one_per_family_kind_and_the_quickstart_model_s_stages():
     families = build_registry(entry_points=False)
     models = {p.stem: load_recipe(p, families=families, sets=_sets(p, Path("."), Path("."))).model
               for p in TRAIN_RECIPES}
-    assert sorted(models.values()) == ["wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b", "wan2.2-t2v-a14b",
-                                       "wan2.2-ti2v-5b"] + ["wanflow-tiny"] * 5
+    assert sorted(models.values()) == ["wan2.1-1.3b-speedcontrol", "wan2.1-i2v-14b-480p", "wan2.1-t2v-1.3b",
+                                       "wan2.2-t2v-a14b", "wan2.2-ti2v-5b"] + ["wanflow-tiny"] * 5
 
 
 @pytest.mark.parametrize("path", TRAIN_RECIPES, ids=[p.stem for p in TRAIN_RECIPES])
