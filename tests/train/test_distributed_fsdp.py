@@ -85,3 +85,26 @@ def test_a_killed_fsdp_run_resumes_and_ends_with_the_uninterrupted_bits(tiny, fs
     assert f"trained_steps={TRAIN['steps'] - done}" in output
     want, got = _trained(fsdp["outcome"], "lora.safetensors"), _trained(resumed, "lora.safetensors")
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_the_memory_plan_sizes_each_fsdp_process_as_a_replica(tiny, tmp_path, monkeypatch):
+    # docs/memory.md: a distributed run is planned per process, each as a whole replica (for FSDP's
+    # shards an upper bound), and host memory counts every process: on the CPU, DDP's figure
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    for k, v in _env(tiny["models"], tmp_path).items():
+        monkeypatch.setenv(k, v)
+    recipe = write_train_recipe(tmp_path, MODEL, tiny["metadata"], **TRAIN)
+
+    def host(*sets: str) -> int:
+        resolved = load_recipe(recipe, sets=sets)
+        peaks = get_registry().pipeline(resolved.model).memory_plan(resolved).peaks
+        return next(p for p in peaks if p.step == "train").host_bytes
+
+    for method in ("lora", "full"):
+        one = host(f'train.method="{method}"')
+        two = {d: host(f'train.method="{method}"', f'train.distribution="{d}"', "train.processes=2")
+               for d in ("ddp", "fsdp")}
+        assert two["fsdp"] == two["ddp"] == 2 * one
+    assert host('train.method="full"') > host()
