@@ -1,11 +1,11 @@
 """Shared harness of the sharded-training tests: accelerate's FSDP on CPU processes, a killed run resumed.
 
 accelerate (1.x) runs FSDP only on GPUs (docs/training-distributed.md). ``fsdp_on_cpu`` lifts
-wanflow's refusal of FSDP without CUDA (``train_checks._engine_problems``, checked at
+wanflow's refusal of FSDP without CUDA (``train_checks._cuda_problems``, checked at
 validation) and puts ``_fsdp_on_cpu`` on the ``PYTHONPATH`` of the processes a run starts, whose
 ``sitecustomize`` makes accelerate's CPU state FSDP in every worker ``accelerate launch`` starts
 for FSDP: from there on the run takes accelerate's own FSDP2 path over gloo. Used by LongCat-Video's
-(tests/e2e/test_longcat_train_sharded.py) and the Wan DiTs' (tests/train/test_fsdp.py) tests, and
+(tests/e2e/test_longcat_train_sharded.py) and the Wan DiTs' (tests/train/test_distributed_fsdp.py) tests, and
 ``killed_and_resumed`` by the DDP tests too.
 """
 
@@ -29,7 +29,7 @@ HARNESS = Path(__file__).resolve().parent / "_fsdp_on_cpu"
 #: Runs a recipe in a fresh interpreter: ``python -c RUN [lift] recipe runs``; with ``lift`` the
 #: refusal of FSDP without CUDA is lifted there, as ``fsdp_on_cpu`` lifts it in the test's process.
 _RUN = ("import sys; from pathlib import Path; from tests.e2e._run import run; from wanflow.steps import train_checks\n"
-        "if sys.argv[1] == 'lift': train_checks._engine_problems = lambda r, w: []\n"
+        "if sys.argv[1] == 'lift': train_checks._cuda_problems = lambda r, w: []\n"
         "run(Path(sys.argv[2]), Path(sys.argv[3]))")
 
 
@@ -41,7 +41,7 @@ def run_fsdp_on_cpu(mp: pytest.MonkeyPatch) -> None:
     if torch.cuda.is_available():
         pytest.skip("runs accelerate's FSDP over gloo on the CPU; with CUDA the workers would take the GPU")
 
-    mp.setattr(train_checks, "_engine_problems", lambda resolved, where: [])
+    mp.setattr(train_checks, "_cuda_problems", lambda resolved, where: [])
     mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HARNESS), os.environ.get("PYTHONPATH")])))
 
 

@@ -118,7 +118,7 @@ def test_fsdp_on_the_cpu_is_refused_by_rank_not_run_as_ddp(setup, tmp_path, monk
         monkeypatch.setenv(k, v)
     # validation refuses fsdp without CUDA (tests/steps/test_train_checks.py); past it, the workers
     # still check which engine accelerate really started
-    monkeypatch.setattr(train_checks, "_engine_problems", lambda resolved, where: [])
+    monkeypatch.setattr(train_checks, "_cuda_problems", lambda resolved, where: [])
     recipe = write_train_recipe(tmp_path, MODEL, setup["metadata"], name="fsdp", distribution="fsdp",
                                 processes=2, batch_size=1, steps=1)
     with pytest.raises(TrainingWorkerError) as caught:

@@ -108,3 +108,22 @@ def test_the_memory_plan_sizes_each_fsdp_process_as_a_replica(tiny, tmp_path, mo
                for d in ("ddp", "fsdp")}
         assert two["fsdp"] == two["ddp"] == 2 * one
     assert host('train.method="full"') > host()
+
+
+def test_a14b_s_two_experts_under_fsdp_are_refused_before_any_model_loads(tiny, tmp_path, monkeypatch, fsdp_on_cpu):
+    # accelerate's FSDP2 prepares one model per run: launched, both workers failed in prepare
+    # ("Only one model is supported when using FSDP2"); the harness lifts only the CUDA refusal
+    from tests.e2e._layout import write_models_root
+    from wanflow.errors import WanflowError
+    from wanflow.steps.train_distributed import TrainingWorkerError
+
+    models = write_models_root(tmp_path / "models", ("wan2.2-t2v-a14b",))
+    for k, v in _env(models, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    recipe = write_train_recipe(tmp_path, "wan2.2-t2v-a14b", tiny["metadata"], name="a14b", distribution="fsdp",
+                                processes=2, batch_size=1, steps=1)
+    with pytest.raises(WanflowError) as caught:
+        run(recipe, tmp_path / "runs")
+    assert not isinstance(caught.value, TrainingWorkerError)
+    assert ("accelerate's FSDP2 shards one model per run and wan2.2-t2v-a14b trains two experts in one run; "
+            'use "ddp"') in str(caught.value)
