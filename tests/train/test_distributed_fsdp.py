@@ -18,13 +18,15 @@ import torch
 from safetensors.torch import load_file
 
 from tests.e2e import _sharded
+from tests.e2e import test_train_s2v as s2v
 from tests.e2e._run import run
 from tests.e2e._sharded import killed_and_resumed, run_fsdp_on_cpu
-from tests.e2e._train import write_train_recipe
+from tests.e2e._train import write_metadata, write_train_recipe
 from tests.train import test_distributed as ddp
 from tests.train.test_distributed import MODEL, TOLERANCE, TRAIN, _env, _losses, _matches
 
 tiny, fsdp_on_cpu = ddp.tiny, _sharded.fsdp_on_cpu  # fixtures: the DDP tests' models and data, the harness
+s2v_root, senv, media = s2v.s2v_root, s2v.senv, s2v.media  # Wan2.2-S2V's tiny release and media
 
 
 def _trained(outcome, name: str) -> dict[str, torch.Tensor]:
@@ -127,3 +129,16 @@ def test_a14b_s_two_experts_under_fsdp_are_refused_before_any_model_loads(tiny, 
     assert not isinstance(caught.value, TrainingWorkerError)
     assert ("accelerate's FSDP2 shards one model per run and wan2.2-t2v-a14b trains two experts in one run; "
             'use "ddp"') in str(caught.value)
+
+
+def test_s2v_trains_its_lora_under_fsdp_as_one_process_does(senv, tmp_path, media, fsdp_on_cpu):
+    # Wan2.2-S2V's DiT: FSDP2 shards its S2VBlocks (found by that name), the audio injectors run
+    # beside them; two speaking clips, fp32
+    rows = [{"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])},
+            {"video": "clips/clip2.mp4", "prompt": "another face", "input_audio": str(media["speech2"])}]
+    metadata = write_metadata(tmp_path / "data", rows)
+    train = {"steps": 4, "checkpoint_every": 2, "learning_rate": 1e-4}
+    single = run(s2v.train_recipe(tmp_path, metadata, name="single", batch_size=2, **train), senv)
+    fsdp = run(s2v.train_recipe(tmp_path, metadata, name="fsdp", batch_size=1, distribution="fsdp", processes=2,
+                                **train), senv)
+    _matches(fsdp, single)
