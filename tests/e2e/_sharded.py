@@ -4,10 +4,10 @@ accelerate (1.x) runs FSDP only on GPUs (docs/training-distributed.md). ``fsdp_o
 wanflow's refusal of FSDP without CUDA (``train_checks._cuda_problems``, checked at
 validation) and puts ``_fsdp_on_cpu`` on the ``PYTHONPATH`` of the processes a run starts, whose
 ``sitecustomize`` makes accelerate's CPU state FSDP in every worker ``accelerate launch`` starts
-for FSDP: from there on the run takes accelerate's own FSDP2 path over gloo. Used by LongCat-Video's
-(tests/e2e/test_longcat_train_sharded.py) and the Wan DiTs' (tests/train/test_distributed_fsdp.py: Wan2.1,
-Wan2.2-S2V) tests, and
-``killed_and_resumed`` by the DDP tests too.
+for FSDP: from there on the run takes accelerate's own FSDP2 path over gloo. Used by the tests of
+LongCat-Video (tests/e2e/test_longcat_train_sharded.py) and of the Wan DiTs
+(tests/train/test_distributed_fsdp.py: Wan2.1, Wan2.2-S2V); ``killed_and_resumed`` by the DDP
+tests too.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ FSDP2 shards each block, the loop trains (blocks checkpointed), the trained tens
 whole and checkpoints are accelerate's ``save_state`` of every shard. Tolerance and dataset as
 the DDP tests' (tests/train/test_distributed.py says why 1e-5): three clips in global batches of
 two, so every epoch ends with a batch of one that leaves the second process an empty shard.
+Also here: the memory plan of an FSDP run, A14B's two experts refused (FSDP2 prepares one model
+per run) and Wan2.2-S2V's DiT, whose blocks are ``S2VBlock``s.
 """
 
 from __future__ import annotations
