@@ -1,6 +1,6 @@
 """LongCat-Video trained sharded: two CPU processes (gloo) under FSDP against one process, and resumed.
 
-accelerate runs FSDP only on GPUs; here the workers start through ``tests/e2e/_fsdp_on_cpu``,
+accelerate runs FSDP only on GPUs; here the workers start through ``tests/e2e/_sharded.py``,
 which makes accelerate's CPU state FSDP, so the run takes the whole sharded path a GPU run
 takes: the engine step writes ``accelerate.yaml`` with LongCat's block class, ``accelerate
 launch`` starts the workers, accelerate's FSDP2 shards each of the DiT's ``Block``s, the loop
@@ -22,13 +22,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.e2e import _sharded
 from tests.e2e import test_longcat_train as unsharded
 from tests.e2e._run import run
+from tests.e2e._sharded import killed_and_resumed
 from tests.e2e.test_longcat_train import COND, _recipe, _row
 
 media, venv_runs = unsharded.media, unsharded.venv_runs  # its fixtures
+fsdp_on_cpu = _sharded.fsdp_on_cpu  # the harness's
 
-HARNESS = Path(__file__).resolve().parent / "_fsdp_on_cpu"
 TOLERANCE = 1e-5
 TRAIN = {"steps": 4, "learning_rate": 1e-4, "checkpoint_every": 2}
 
@@ -37,20 +39,6 @@ TRAIN = {"steps": 4, "learning_rate": 1e-4, "checkpoint_every": 2}
 NEEDS_DEEPSPEED = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None or torch.cuda.device_count() < 2,
     reason="DeepSpeed ZeRO needs deepspeed installed and two CUDA GPUs; accelerate does not run it on the CPU")
-
-
-@pytest.fixture()
-def fsdp_on_cpu(monkeypatch):
-    """Past validation (which refuses FSDP without CUDA), the workers run accelerate's FSDP on the CPU."""
-    import os
-
-    from wanflow.steps import train_checks
-
-    if torch.cuda.is_available():
-        pytest.skip("runs accelerate's FSDP over gloo on the CPU; with CUDA the workers would take the GPU")
-
-    monkeypatch.setattr(train_checks, "_engine_problems", lambda resolved, where: [])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HARNESS), os.environ.get("PYTHONPATH")])))
 
 
 def _trained(outcome, name: str) -> dict[str, torch.Tensor]:
@@ -112,41 +100,17 @@ def test_fsdp_fully_fine_tunes_on_continuations_as_one_process_does(venv_runs, m
     assert _losses(fsdp) == pytest.approx(_losses(single), rel=1e-5)
 
 
-
 def test_a_killed_fsdp_run_resumes_and_ends_with_the_uninterrupted_bits(venv_runs, media, tmp_path, fsdp_on_cpu):
-    import json
     import os
-    import signal
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
-    from tests.train.test_distributed import ROOT, _alive, _wait_for
 
     rows = [_row(), _row(clip_file="clips/past.mp4", prompt="noise")]
     train = {**TRAIN, "steps": 6}  # a checkpoint every 2: the kill lands well before the last
     recipe = _recipe(tmp_path, rows, name="fsdp", batch_size=1, distribution="fsdp", processes=2, **train)
     whole = run(recipe, venv_runs)  # uninterrupted, in its own cache
 
-    env = {**os.environ, "WANFLOW_CACHE": str(tmp_path / "cache-killed"), "TMPDIR": str(tmp_path)}
-    code = ("import sys; from pathlib import Path; from tests.e2e._run import run; "
-            "from wanflow.steps import train_checks; train_checks._engine_problems = lambda r, w: []; "
-            "run(Path(sys.argv[1]), Path(sys.argv[2]))")
-    runs = tmp_path / "killed-runs"
-    parent = subprocess.Popen([sys.executable, "-c", code, str(recipe), str(runs)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    handed = _wait_for(lambda: list(tmp_path.glob("wanflow-train-*/handed")), parent)
-    os.kill(parent.pid, signal.SIGKILL)  # the engine step dies with a sharded checkpoint handed to the engine
-    parent.wait()
-    pids = [int(p.read_text()) for p in (handed[0].parent / "pids").iterdir()]
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), None)
-
-    second = subprocess.run([sys.executable, "-c", code, str(recipe), str(runs)], cwd=ROOT, env=env, check=True,
-                            capture_output=True, text=True)
-    archive = next(a for a in (runs / "fsdp").iterdir() if (a / "COMPLETE").exists())
-    events = [json.loads(line) for line in (archive / "events.jsonl").read_text().splitlines()]
-    resumes = [e for e in events if e.get("event") == "step.resume" and e.get("node") == "train"]
-    assert resumes and 2 <= resumes[0]["done"] < train["steps"]  # from a sharded checkpoint
-    assert f"trained_steps={train['steps'] - resumes[0]['done']}" in second.stdout + second.stderr
-    want, got = _trained(whole, "lora.safetensors"), _trained(SimpleNamespace(archive=archive), "lora.safetensors")
+    env = {**os.environ, "WANFLOW_CACHE": str(tmp_path / "cache-killed")}
+    resumed, done, output = killed_and_resumed(recipe, tmp_path / "killed-runs", env, tmp_path, lift=True)
+    assert 2 <= done < train["steps"]  # from a sharded checkpoint
+    assert f"trained_steps={train['steps'] - done}" in output
+    want, got = _trained(whole, "lora.safetensors"), _trained(resumed, "lora.safetensors")
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)

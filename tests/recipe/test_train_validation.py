@@ -129,9 +129,14 @@ def test_a14b_components_are_the_experts(tmp_path):
     assert problems == ["r.toml: [train].components = [\"dit\"]: wan2.2-t2v-a14b has no component 'dit' (its "
                         "components: dit_high_noise, dit_low_noise, text_encoder, tokenizer, vae); its DiTs are "
                         "dit_high_noise and dit_low_noise"]
+    # both experts train in one run, each on its own timesteps: one alone would be trained with the other
+    assert refused(tmp_path, A14B + 'components = ["dit_low_noise"]\n') == [
+        "r.toml: [train].components = [\"dit_low_noise\"]: wan2.2-t2v-a14b's experts train together, each on its "
+        "own timesteps; training 'dit_low_noise' alone is not built: leave components empty (or list "
+        "'dit_high_noise' and 'dit_low_noise')"]
     path = tmp_path / "r.toml"
-    path.write_text(A14B + 'components = ["dit_low_noise"]\n', encoding="utf-8")
-    assert load_recipe(path).recipe.train.components == ("dit_low_noise",)
+    path.write_text(A14B + 'components = ["dit_low_noise", "dit_high_noise"]\n', encoding="utf-8")
+    assert load_recipe(path).recipe.train.components == ("dit_low_noise", "dit_high_noise")
 
 
 def test_every_problem_is_reported_at_once(tmp_path):

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,12 +21,12 @@ from safetensors.torch import load_file
 
 from tests.e2e._layout import write_models_root
 from tests.e2e._run import run
+from tests.e2e._sharded import killed_and_resumed
 from tests.e2e._train import write_dataset, write_train_recipe
 from wanflow.train.distributed import accelerate_config, deepspeed_config, write_configs
 
 MODEL = "wan2.1-t2v-1.3b"  # the tiny official-layout DiT of the e2e tests
 TOLERANCE = 1e-5
-ROOT = Path(__file__).resolve().parents[2]
 TRAIN = {"steps": 8, "checkpoint_every": 2, "learning_rate": 1e-4}
 
 
@@ -49,11 +44,18 @@ def _losses(outcome) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny models and a 3-clip dataset."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    return {"models": write_models_root(tmp / "models", (MODEL,)),
+            "metadata": write_dataset(tmp / "data", [("red", 1), ("green", -1), ("blue", 1)])}
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny models, a 3-clip dataset and an uninterrupted DDP run (shared by the tests)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    models = write_models_root(tmp / "models")
-    metadata = write_dataset(tmp / "data", [("red", 1), ("green", -1), ("blue", 1)])
+    models, metadata = tiny["models"], tiny["metadata"]
     ddp_recipe = write_train_recipe(tmp, MODEL, metadata, name="ddp", distribution="ddp", processes=2,
                                     batch_size=1, **TRAIN)
     with pytest.MonkeyPatch.context() as mp:
@@ -97,54 +99,14 @@ def test_ddp_splits_an_odd_batch_unevenly_and_weights_each_share(setup, tmp_path
 
 
 def test_a_killed_distributed_run_resumes_and_ends_with_the_uninterrupted_bits(setup, tmp_path):
-    env = {**os.environ, **_env(setup["models"], tmp_path), "TMPDIR": str(tmp_path)}
-    code = ("import sys; from pathlib import Path; from tests.e2e._run import run; "
-            "run(Path(sys.argv[1]), Path(sys.argv[2]))")
-    parent = subprocess.Popen([sys.executable, "-c", code, str(setup["ddp_recipe"]), str(tmp_path / "runs")],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    handed = _wait_for(lambda: list(tmp_path.glob("wanflow-train-*/handed")), parent)
-    os.kill(parent.pid, signal.SIGKILL)  # the engine step dies with a checkpoint handed to the engine
-    parent.wait()
-    job = handed[0].parent
-    pids = [int(p.read_text()) for p in (job / "pids").iterdir()]
-    assert len(pids) == 2
-    _wait_for(lambda: not any(_alive(pid) for pid in pids), None)  # no orphaned worker trains on
-
-    # resumed the same way (a new process, the same cache)
-    second = subprocess.run([sys.executable, "-c", code, str(setup["ddp_recipe"]), str(tmp_path / "runs")],
-                            cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    archives = [a for a in (tmp_path / "runs" / "ddp").iterdir() if (a / "COMPLETE").exists()]
-    assert len(archives) == 1
-    resumed = SimpleNamespace(archive=archives[0])
-    events = [json.loads(line) for line in (resumed.archive / "events.jsonl").read_text().splitlines()]
-    resumes = [e for e in events if e.get("event") == "step.resume" and e.get("node") == "train"]
-    assert resumes and resumes[0]["done"] >= 2
-    # the workers took only the steps after the checkpoint
-    assert f"trained_steps={TRAIN['steps'] - resumes[0]['done']}" in second.stdout + second.stderr
+    # resumed the same way (a new process, the same cache); the workers take only the steps after
+    # the checkpoint
+    env = {**os.environ, **_env(setup["models"], tmp_path)}
+    resumed, done, output = killed_and_resumed(setup["ddp_recipe"], tmp_path / "runs", env, tmp_path)
+    assert done >= 2
+    assert f"trained_steps={TRAIN['steps'] - done}" in output
     want, got = _lora(setup["ddp"]), _lora(resumed)
     assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (finished, not yet reaped by init) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for(found, process, seconds: float = 120.0):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = found()
-        if value:
-            return value
-        assert process is None or process.poll() is None, "the run ended before it was killed"
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs where CUDA is")
@@ -156,7 +118,7 @@ def test_fsdp_on_the_cpu_is_refused_by_rank_not_run_as_ddp(setup, tmp_path, monk
         monkeypatch.setenv(k, v)
     # validation refuses fsdp without CUDA (tests/steps/test_train_checks.py); past it, the workers
     # still check which engine accelerate really started
-    monkeypatch.setattr(train_checks, "_engine_problems", lambda resolved, where: [])
+    monkeypatch.setattr(train_checks, "_cuda_problems", lambda resolved, where: [])
     recipe = write_train_recipe(tmp_path, MODEL, setup["metadata"], name="fsdp", distribution="fsdp",
                                 processes=2, batch_size=1, steps=1)
     with pytest.raises(TrainingWorkerError) as caught:

@@ -192,8 +192,8 @@ def _check_vap_lora_targets(t: Train, problems: Problems) -> None:
 
 def _check_components(t: Train, family: FamilySpec, problems: Problems,
                       models: Mapping[str, Any] | None = None) -> None:
-    """What is trained: components the family has, each once, and DiTs, or one of the family's
-    ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
+    """What is trained: components the family has, each once, and DiTs (on A14B both experts), or
+    one of the family's ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
     dits = dit_roles(family)
     seen: set[str] = set()
     for name in t.components:
@@ -211,6 +211,12 @@ def _check_components(t: Train, family: FamilySpec, problems: Problems,
             what = "a LoRA is trained on a DiT" if t.method == "lora" else "full fine-tuning trains DiTs"
             _add(problems, "components", t.components, f"{name!r} cannot be trained: {what}, and the encoders "
                  f"run once per sample as cached steps; use {' and/or '.join(map(repr, dits))}")
+    chosen = [name for name in t.components if name in dits]
+    if family.experts and chosen and set(chosen) != set(dits):
+        # the run would train both experts (each on its own timesteps): one alone is not built
+        _add(problems, "components", t.components, f"{family.name}'s experts train together, each on its own "
+             f"timesteps; training {' and '.join(map(repr, chosen))} alone is not built: leave components empty "
+             f"(or list {' and '.join(map(repr, dits))})")
 
 
 def _check_part(t: Train, name: str, problems: Problems, override: Any = None) -> None:

@@ -82,22 +82,29 @@ def _package_problems(t: Any, where: Where) -> list[str]:
 
 
 def _engine_problems(resolved: Any, where: Where) -> list[str]:
-    """FSDP and DeepSpeed where they cannot run: without CUDA (accelerate would quietly run DDP
-    instead), and DeepSpeed over A14B's two DiTs (one engine wraps one model)."""
+    """FSDP and DeepSpeed where they cannot run: without CUDA (``_cuda_problems``), and over A14B's
+    two DiTs: a DeepSpeed engine wraps one model, and accelerate's FSDP2 prepares one model per
+    run (``Accelerator.prepare`` raises "Only one model is supported when using FSDP2")."""
     t = resolved.recipe.train
     if t.distribution in ("none", "ddp"):
         return []
-    found = []
-    device = effective_device(resolved.values["runtime.device"])
-    if device != "cuda":
+    found = _cuda_problems(resolved, where)
+    if len(trained_dits(resolved)) > 1:
+        engine = ("DeepSpeed wraps one model" if t.distribution.startswith("deepspeed")
+                  else "accelerate's FSDP2 shards one model per run")
         found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
-                     "FSDP and DeepSpeed run only on CUDA GPUs (on the CPU accelerate would fall back to DDP); "
-                     'use "ddp" here, or train on a machine with GPUs')
-    if t.distribution.startswith("deepspeed") and len(trained_dits(resolved)) > 1:
-        found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
-                     f"DeepSpeed wraps one model and {resolved.family.name} trains two experts in one run; "
-                     'use "ddp" or "fsdp", or train one expert with components = ["dit_high_noise"]')
+                     f"{engine} and {resolved.family.name} trains two experts in one run; use \"ddp\"")
     return found + deepspeed_problems(resolved, where)
+
+
+def _cuda_problems(resolved: Any, where: Where) -> list[str]:
+    """FSDP or DeepSpeed without CUDA: accelerate would quietly run DDP instead."""
+    t = resolved.recipe.train
+    if effective_device(resolved.values["runtime.device"]) == "cuda":
+        return []
+    return [f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
+            "FSDP and DeepSpeed run only on CUDA GPUs (on the CPU accelerate would fall back to DDP); "
+            'use "ddp" here, or train on a machine with GPUs']
 
 
 def _dialect_problems(t: Any, where: Where) -> list[str]:
