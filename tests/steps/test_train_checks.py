@@ -130,7 +130,7 @@ def test_a_distribution_whose_engine_is_not_installed(tmp_path, monkeypatch, dis
     assert (found == []) if expected is None else (len(found) == 1 and expected in found[0]), found
 
 
-def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts(tmp_path):
+def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts_not_one(tmp_path):
     for distribution in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
         found = problems(tmp_path, TINY + f'distribution = "{distribution}"\nprocesses = 2\n')
         assert found == [f'r.toml: [train].distribution = "{distribution}": FSDP and DeepSpeed run only on CUDA GPUs '
@@ -144,6 +144,13 @@ def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts(tmp_pa
     found = problems(tmp_path, a14b + 'distribution = "fsdp"\nprocesses = 2\n')
     assert any("accelerate's FSDP2 shards one model per run and wan2.2-t2v-a14b trains two experts in one run; "
                'use "ddp"' in p for p in found), found
+    # one expert alone is one model: FSDP and DeepSpeed shard it (here only CUDA is missing)
+    for distribution in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        for one in ("dit_high_noise", "dit_low_noise"):
+            found = problems(tmp_path, a14b + f'components = ["{one}"]\ndistribution = "{distribution}"\n'
+                                              "processes = 2\n")
+            assert not any("two experts" in p for p in found), found
+            assert any("run only on CUDA GPUs" in p for p in found), found
 
 
 def test_the_engines_are_looked_up_for_real():

@@ -55,11 +55,13 @@ def train_problems(resolved: Any, where: Where) -> list[str]:
 
 
 def trained_dits(resolved: Any) -> tuple[str, ...]:
-    """The DiT components the stage trains: ``[train].components``, else the family's DiT(s)."""
+    """The DiT components the stage trains: those ``[train].components`` names (on A14B one
+    expert alone, or both), else the family's DiT(s); in the family's order, so that naming both
+    experts is the default run whatever order they are listed in."""
     family = resolved.family
     dits = tuple(family.experts) or tuple(c for c in ("dit",) if c in family.components)
-    chosen = resolved.recipe.train.components
-    return tuple(c for c in chosen if c in dits) if chosen else dits
+    chosen = [c for c in resolved.recipe.train.components if c in dits]
+    return tuple(d for d in dits if d in chosen) if chosen else dits
 
 
 def _package_problems(t: Any, where: Where) -> list[str]:
