@@ -1,0 +1,47 @@
+"""One Wan2.2 A14B expert trained alone (``[train].components``), end to end on the tiny family."""
+
+from __future__ import annotations
+
+from safetensors.torch import load_file
+
+from tests.e2e._run import run
+from tests.e2e._train import write_dataset, write_train_recipe
+from wanflow.engine.cache import Cache
+from wanflow.engine.runner import plan_job
+from wanflow.plugins import get_registry
+from wanflow.recipe import load_recipe
+
+
+def _plan(recipe):
+    with Cache() as cache:
+        resolved = load_recipe(recipe)
+        return plan_job(resolved, get_registry().pipeline(resolved.model), cache)
+
+
+def test_one_expert_is_planned_alone_and_keyed_apart_and_naming_both_is_the_default_run(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    plans = {name: _plan(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, name=name, **train))
+             for name, train in (("default", {}), ("both", {"components": ["dit_low_noise", "dit_high_noise"]}),
+                                 ("high", {"components": ["dit_high_noise"]}),
+                                 ("low", {"components": ["dit_low_noise"]}))}
+    train = {name: p.get("train").fingerprint({}, {}) for name, p in plans.items()}
+    assert train["both"] == train["default"]
+    assert train["high"]["config"] != train["default"]["config"] != train["low"]["config"]
+    for one, other in (("high", "low"), ("low", "high")):
+        # the other expert's files are in no step: never hashed, never loaded
+        held = {role for s in plans[one].steps for role in s.weights}
+        assert not any(role.startswith(f"dit_{other}_noise") for role in held), held
+        assert any(role.startswith(f"dit_{one}_noise") for role in plans[one].get("train").weights)
+        exports = sorted(s.spec.archive_as for s in plans[one].steps if s.name.startswith("export:"))
+        assert exports == [f"lora_{one}_noise.safetensors"]
+
+
+def test_one_expert_trains_and_exports_its_lora_under_the_two_expert_run_s_name(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    outcome = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, components=["dit_low_noise"],
+                                     steps=2), env)
+    outputs = outcome.archive / "outputs"
+    assert not (outputs / "lora_high_noise.safetensors").exists()
+    tensors = load_file(str(outputs / "lora_low_noise.safetensors"))
+    ups = [t for k, t in tensors.items() if ".lora_B." in k]
+    assert ups and any(bool(t.abs().sum() > 0) for t in ups), "the low-noise expert never trained"
