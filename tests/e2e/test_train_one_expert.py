@@ -45,3 +45,15 @@ def test_one_expert_trains_and_exports_its_lora_under_the_two_expert_run_s_name(
     tensors = load_file(str(outputs / "lora_low_noise.safetensors"))
     ups = [t for k, t in tensors.items() if ".lora_B." in k]
     assert ups and any(bool(t.abs().sum() > 0) for t in ups), "the low-noise expert never trained"
+
+
+def test_the_memory_plan_sizes_the_one_expert_it_trains(env, tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+
+    def train_peak(**train) -> int:
+        resolved = load_recipe(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, **train))
+        peaks = get_registry().pipeline(resolved.model).memory_plan(resolved).peaks
+        return next(p for p in peaks if p.step == "train").host_bytes
+
+    both, high, low = train_peak(), train_peak(components=["dit_high_noise"]), train_peak(components=["dit_low_noise"])
+    assert high == low < both  # the tiny experts are the same size: one expert's weights, not two
