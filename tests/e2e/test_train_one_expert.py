@@ -1,4 +1,6 @@
-"""One Wan2.2 A14B expert trained alone (``[train].components``), end to end on the tiny family."""
+"""One Wan2.2 A14B expert trained alone (``[train].components``), end to end on the tiny family:
+planned and keyed apart, exported under the two-expert run's name, sized alone by the memory plan,
+and trained as the two-expert run trains it on the same draws."""
 
 from __future__ import annotations
 
@@ -57,3 +59,20 @@ def test_the_memory_plan_sizes_the_one_expert_it_trains(env, tmp_path):
 
     both, high, low = train_peak(), train_peak(components=["dit_high_noise"]), train_peak(components=["dit_low_noise"])
     assert high == low < both  # the tiny experts are the same size: one expert's weights, not two
+
+
+def test_one_expert_trains_what_the_two_expert_run_trains_it_on_the_same_draws(env, tmp_path):
+    # a timestep_range on the high-noise side (t ≥ 875 from index 0 to 416 at shift 5): the
+    # two-expert run routes every draw to the high-noise expert, on the levels the one-expert run draws
+    metadata = write_dataset(tmp_path / "data")
+    train = {"steps": 3, "timestep_range": [0.0, 0.4]}
+    both = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, name="both", **train), env)
+    alone = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, name="alone",
+                                   components=["dit_high_noise"], **train), env)
+    want = load_file(str(both.archive / "outputs" / "lora_high_noise.safetensors"))
+    got = load_file(str(alone.archive / "outputs" / "lora_high_noise.safetensors"))
+    assert any(bool(t.abs().sum() > 0) for k, t in want.items() if ".lora_B." in k)
+    assert set(got) == set(want) and all(bool((got[k] == want[k]).all()) for k in want)
+    idle = load_file(str(both.archive / "outputs" / "lora_low_noise.safetensors"))
+    assert not any(bool(t.abs().sum() > 0) for k, t in idle.items() if ".lora_B." in k)  # never routed to
+    assert (both.archive / "outputs" / "loss.csv").read_text() == (alone.archive / "outputs" / "loss.csv").read_text()
