@@ -4,12 +4,17 @@ and trained as the two-expert run trains it on the same draws."""
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 from safetensors.torch import load_file
 
 from tests.e2e._run import run
 from tests.e2e._train import write_dataset, write_train_recipe
+from tests.e2e.conftest import use_models
 from wanflow.engine.cache import Cache
 from wanflow.engine.runner import plan_job
+from wanflow.errors import ModelLoadError
 from wanflow.plugins import get_registry
 from wanflow.recipe import load_recipe
 
@@ -76,3 +81,18 @@ def test_one_expert_trains_what_the_two_expert_run_trains_it_on_the_same_draws(e
     idle = load_file(str(both.archive / "outputs" / "lora_low_noise.safetensors"))
     assert not any(bool(t.abs().sum() > 0) for k, t in idle.items() if ".lora_B." in k)  # never routed to
     assert (both.archive / "outputs" / "loss.csv").read_text() == (alone.archive / "outputs" / "loss.csv").read_text()
+
+
+def test_the_expert_left_out_need_not_be_on_the_machine(models_root, tmp_path, monkeypatch):
+    # offline, the low-noise expert's folder gone: a run of the high-noise expert alone neither
+    # fetches nor reads it (a two-expert run is refused for the missing files)
+    root = tmp_path / "models"
+    shutil.copytree(models_root / "Wan-AI" / "Wan2.2-T2V-A14B", root / "Wan-AI" / "Wan2.2-T2V-A14B",
+                    ignore=shutil.ignore_patterns("low_noise_model"))
+    runs = use_models(root, tmp_path, monkeypatch)
+    metadata = write_dataset(tmp_path / "data")
+    outcome = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, components=["dit_high_noise"],
+                                     steps=1), runs)
+    assert (outcome.archive / "outputs" / "lora_high_noise.safetensors").exists()
+    with pytest.raises(ModelLoadError, match="dit_low_noise"):
+        run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", metadata, name="both", steps=1), runs)
