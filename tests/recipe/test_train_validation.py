@@ -129,12 +129,17 @@ def test_a14b_components_are_the_experts(tmp_path):
     assert problems == ["r.toml: [train].components = [\"dit\"]: wan2.2-t2v-a14b has no component 'dit' (its "
                         "components: dit_high_noise, dit_low_noise, text_encoder, tokenizer, vae); its DiTs are "
                         "dit_high_noise and dit_low_noise"]
-    # both experts train in one run, each on its own timesteps: one alone would be trained with the other
-    assert refused(tmp_path, A14B + 'components = ["dit_low_noise"]\n') == [
-        "r.toml: [train].components = [\"dit_low_noise\"]: wan2.2-t2v-a14b's experts train together, each on its "
-        "own timesteps; training 'dit_low_noise' alone is not built: leave components empty (or list "
-        "'dit_high_noise' and 'dit_low_noise')"]
+    # one expert alone trains on its side of the boundary (DiffSynth's and diffusion-pipe's one expert per run)
     path = tmp_path / "r.toml"
+    for one in ("dit_low_noise", "dit_high_noise"):
+        path.write_text(A14B + f'components = ["{one}"]\n', encoding="utf-8")
+        assert load_recipe(path).recipe.train.components == (one,)
+    # but a validation video needs both experts' steps
+    assert refused(tmp_path, A14B + 'components = ["dit_high_noise"]\nvalidation_prompts = ["a cat"]\n') == [
+        "r.toml: [train].validation_prompts = [\"a cat\"]: a video of wan2.2-t2v-a14b is denoised by both experts, "
+        "and this run trains 'dit_high_noise' alone; use validation_samples for a held-out loss on its side of "
+        "the boundary, and a generation recipe with both experts' files to see videos (or train both experts: "
+        "components = ['dit_high_noise', 'dit_low_noise'])"]
     path.write_text(A14B + 'components = ["dit_low_noise", "dit_high_noise"]\n', encoding="utf-8")
     assert load_recipe(path).recipe.train.components == ("dit_low_noise", "dit_high_noise")
 

@@ -130,7 +130,7 @@ def test_a_distribution_whose_engine_is_not_installed(tmp_path, monkeypatch, dis
     assert (found == []) if expected is None else (len(found) == 1 and expected in found[0]), found
 
 
-def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts(tmp_path):
+def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts_not_one(tmp_path):
     for distribution in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
         found = problems(tmp_path, TINY + f'distribution = "{distribution}"\nprocesses = 2\n')
         assert found == [f'r.toml: [train].distribution = "{distribution}": FSDP and DeepSpeed run only on CUDA GPUs '
@@ -144,6 +144,13 @@ def test_fsdp_and_deepspeed_are_refused_without_cuda_and_over_two_experts(tmp_pa
     found = problems(tmp_path, a14b + 'distribution = "fsdp"\nprocesses = 2\n')
     assert any("accelerate's FSDP2 shards one model per run and wan2.2-t2v-a14b trains two experts in one run; "
                'use "ddp"' in p for p in found), found
+    # one expert alone is one model: FSDP and DeepSpeed shard it (here only CUDA is missing)
+    for distribution in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        for one in ("dit_high_noise", "dit_low_noise"):
+            found = problems(tmp_path, a14b + f'components = ["{one}"]\ndistribution = "{distribution}"\n'
+                                              "processes = 2\n")
+            assert not any("two experts" in p for p in found), found
+            assert any("run only on CUDA GPUs" in p for p in found), found
 
 
 def test_the_engines_are_looked_up_for_real():
@@ -267,3 +274,28 @@ def test_rows_of_one_bucket_with_different_inputs_cannot_share_a_batch(tmp_path)
     assert found == ["r.toml: [train].batch_size = 2: in bucket 32x32x5 some rows give reference_image and others "
                      "leave it empty, so their conditioning differs and they cannot share a batch; give every row the "
                      "same input columns, or use batch_size = 1"]
+
+
+@pytest.mark.parametrize("timestep_range", [(0.6, 1.0), (0.0, 0.3), (0.416, 0.417), (0.417, 0.418), (0.3, 0.7)])
+def test_one_expert_whose_side_the_timestep_range_misses_is_refused_as_the_loop_would(tmp_path, timestep_range):
+    from tests.train.test_one_expert import _trainer
+
+    a14b = 'model = "wan2.2-t2v-a14b"\n[train]\ndataset = "clips"\n'
+    for one in ("dit_high_noise", "dit_low_noise"):
+        found = [p for p in problems(tmp_path, a14b + f'components = ["{one}"]\n'
+                                                      f"timestep_range = {list(timestep_range)}\n")
+                 if "timestep_range" in p]
+        try:
+            _trainer((one,), timestep_range)
+            starves = False
+        except ValueError:
+            starves = True
+        assert bool(found) == starves, (one, found)
+        if found:
+            assert found == [f"r.toml: [train].timestep_range = {list(timestep_range)}: holds no timestep of {one}'s "
+                             f"side of the boundary (t {'≥' if one == 'dit_high_noise' else '<'} 875, with shift 5), "
+                             "which this run trains alone; widen the range across the boundary, or train the other "
+                             "expert"]
+    # both experts: a range on one side trains that side's expert only, as before
+    both = problems(tmp_path, a14b + f"timestep_range = {list(timestep_range)}\n")
+    assert not any("timestep_range" in p for p in both), both

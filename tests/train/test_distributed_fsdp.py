@@ -8,7 +8,8 @@ whole and checkpoints are accelerate's ``save_state`` of every shard. Tolerance 
 the DDP tests' (tests/train/test_distributed.py says why 1e-5): three clips in global batches of
 two, so every epoch ends with a batch of one that leaves the second process an empty shard.
 Also here: the memory plan of an FSDP run, A14B's two experts refused (FSDP2 prepares one model
-per run) and Wan2.2-S2V's DiT, whose blocks are ``S2VBlock``s.
+per run) while one expert trained alone is sharded, and Wan2.2-S2V's DiT, whose blocks are
+``S2VBlock``s.
 """
 
 from __future__ import annotations
@@ -144,3 +145,21 @@ def test_s2v_trains_its_lora_under_fsdp_as_one_process_does(senv, tmp_path, medi
     fsdp = run(s2v.train_recipe(tmp_path, metadata, name="fsdp", batch_size=1, distribution="fsdp", processes=2,
                                 **train), senv)
     _matches(fsdp, single)
+
+
+def test_one_a14b_expert_trains_under_fsdp_as_one_process_trains_it(tiny, tmp_path, monkeypatch, fsdp_on_cpu):
+    # one expert alone is one model: FSDP2 shards it, and its LoRA is the one-process run's
+    from tests.e2e._layout import write_models_root
+
+    models = write_models_root(tmp_path / "models", ("wan2.2-t2v-a14b",))
+    for k, v in _env(models, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    train = {**TRAIN, "steps": 2, "components": ["dit_high_noise"]}
+    single = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", tiny["metadata"], name="single", batch_size=2,
+                                    **train), tmp_path / "runs")
+    fsdp = run(write_train_recipe(tmp_path, "wan2.2-t2v-a14b", tiny["metadata"], name="fsdp", distribution="fsdp",
+                                  processes=2, batch_size=1, **train), tmp_path / "runs")
+    assert not (fsdp.archive / "outputs" / "lora_low_noise.safetensors").exists()
+    got, want = _trained(fsdp, "lora_high_noise.safetensors"), _trained(single, "lora_high_noise.safetensors")
+    assert set(got) == set(want) and any(bool(t.abs().sum() > 0) for k, t in want.items() if ".lora_B." in k)
+    assert all(float((got[k] - want[k]).abs().max()) < TOLERANCE for k in want)

@@ -192,8 +192,9 @@ def _check_vap_lora_targets(t: Train, problems: Problems) -> None:
 
 def _check_components(t: Train, family: FamilySpec, problems: Problems,
                       models: Mapping[str, Any] | None = None) -> None:
-    """What is trained: components the family has, each once, and DiTs (on A14B both experts), or
-    one of the family's ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
+    """What is trained: components the family has, each once, and DiTs (on A14B both experts, or
+    one alone, on its side of the boundary, as DiffSynth and diffusion-pipe train one expert per
+    run), or one of the family's ``trainable_parts`` alone under full fine-tuning (the DiT frozen)."""
     dits = dit_roles(family)
     seen: set[str] = set()
     for name in t.components:
@@ -212,11 +213,12 @@ def _check_components(t: Train, family: FamilySpec, problems: Problems,
             _add(problems, "components", t.components, f"{name!r} cannot be trained: {what}, and the encoders "
                  f"run once per sample as cached steps; use {' and/or '.join(map(repr, dits))}")
     chosen = [name for name in t.components if name in dits]
-    if family.experts and chosen and set(chosen) != set(dits):
-        # the run would train both experts (each on its own timesteps): one alone is not built
-        _add(problems, "components", t.components, f"{family.name}'s experts train together, each on its own "
-             f"timesteps; training {' and '.join(map(repr, chosen))} alone is not built: leave components empty "
-             f"(or list {' and '.join(map(repr, dits))})")
+    if family.experts and len(set(chosen)) == 1 and t.validation_prompts:
+        # one expert alone trains on its side of the boundary: a video needs both experts' steps
+        _add(problems, "validation_prompts", t.validation_prompts, f"a video of {family.name} is denoised by "
+             f"both experts, and this run trains {chosen[0]!r} alone; use validation_samples for a held-out "
+             "loss on its side of the boundary, and a generation recipe with both experts' files to see videos "
+             f"(or train both experts: components = {list(dits)})")
 
 
 def _check_part(t: Train, name: str, problems: Problems, override: Any = None) -> None:

@@ -67,6 +67,7 @@ from wanflow.models.dit_names import holds_s2v_parts
 from wanflow.models.full_training import stream_name, trained_prefixes, trains
 from wanflow.models.s2v_config import keeps_fp32 as s2v_keeps_fp32
 from wanflow.steps.denoise import expert_cfgs
+from wanflow.steps.train_checks import trained_dits
 from wanflow.steps.train_conditioning import trained_parts
 from wanflow.steps.train_targets import matches
 
@@ -296,7 +297,7 @@ def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_versi
     targets = [s.target for s in training_dataset(job.resolved).samples]
     grids = {s: latent_grid(s.frames, s.height, s.width, vae_version) for s in targets}
     largest = max(targets, key=lambda s: (dit_tokens(config, grids[s]), s))
-    files = {d: [w.path for w in job.weights[d].values()] for d in job.dits()}
+    files = {d: [w.path for w in job.weights[d].values()] for d in trained_dits(job.resolved)}
     parts = {c: [w.path for w in job.weights[c].values()] for c in trained_parts(job)}
     return TrainJob(config=config, forwards=int(v["sampler.steps"]) if t.task == "direct_distill" else 1,
                     part_files=parts, **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))

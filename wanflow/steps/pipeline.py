@@ -128,6 +128,8 @@ def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
     out: dict[str, Weights] = {}
     missing: list[str] = []
     for name, component in resolved.family.components.items():
+        if name in _untrained_experts(resolved):
+            continue  # one A14B expert trained alone: the other is neither fetched nor read
         o = overrides.get(name)
         try:
             found = resolve_component(component, (o.source, o.files) if o else None, base_dir=base,
@@ -150,6 +152,15 @@ def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
         raise ModelLoadError(f"{display_name(resolved)}: {len(missing)} model component(s) cannot be "
                              "used yet:\n" + "\n".join(f"- {m}" for m in missing))
     return out
+
+
+def _untrained_experts(resolved: Any) -> tuple[str, ...]:
+    """A14B's expert a training run leaves out (``[train].components`` names the other); ()."""
+    from wanflow.steps.train_checks import trained_dits
+
+    if resolved.recipe.train is None or not resolved.family.experts:
+        return ()
+    return tuple(e for e in resolved.family.experts if e not in trained_dits(resolved))
 
 
 def _train_files(resolved: Any) -> Weights:

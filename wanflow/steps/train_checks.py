@@ -51,15 +51,42 @@ def train_problems(resolved: Any, where: Where) -> list[str]:
     return [*_package_problems(t, where), *_engine_problems(resolved, where), *_dialect_problems(t, where),
 
             *_lora_file_problems(t, where), *target_problems(resolved, trained_dits(resolved), where),
-            *_dataset_problems(resolved, where)]
+            *_dataset_problems(resolved, where), *side_problems(resolved, where)]
 
 
 def trained_dits(resolved: Any) -> tuple[str, ...]:
-    """The DiT components the stage trains: ``[train].components``, else the family's DiT(s)."""
+    """The DiT components the stage trains: those ``[train].components`` names (on A14B one
+    expert alone, or both), else the family's DiT(s); in the family's order, so that naming both
+    experts is the default run whatever order they are listed in."""
     family = resolved.family
     dits = tuple(family.experts) or tuple(c for c in ("dit",) if c in family.components)
-    chosen = resolved.recipe.train.components
-    return tuple(c for c in chosen if c in dits) if chosen else dits
+    chosen = [c for c in resolved.recipe.train.components if c in dits]
+    return tuple(d for d in dits if d in chosen) if chosen else dits
+
+
+def side_problems(resolved: Any, where: Where) -> list[str]:
+    """One A14B expert alone whose side of the boundary holds no timestep of ``timestep_range``:
+    it would have nothing to draw. The training schedule's timesteps (``TrainingSchedule``: fp32
+    t = 1000·σ of the shifted σ) are computed here with numpy, as the loop routes them."""
+    import numpy as np
+
+    t = resolved.recipe.train
+    dits = trained_dits(resolved)
+    first, last = t.timestep_range
+    if not resolved.family.experts or len(dits) != 1 or t.task == "direct_distill" or not 0 <= first < last <= 1:
+        return []
+    boundary = float(resolved.values["sampler.boundary"]) * 1000
+    lo = int(first * 1000)
+    sigmas = np.linspace(1.0, 0.0, 1001)[:-1]
+    shifted = (t.shift * sigmas / (1.0 + (t.shift - 1.0) * sigmas)).astype(np.float32)
+    steps = (shifted * np.float32(1000))[lo:max(int(last * 1000), lo + 1)].astype(np.float64)
+    high = dits[0] == "dit_high_noise"
+    if bool((steps >= boundary).any() if high else (steps < boundary).any()):
+        return []
+    side = f"t ≥ {boundary:g}" if high else f"t < {boundary:g}"
+    return [f"{where('train.timestep_range')}: [train].timestep_range = {format_value(list(t.timestep_range))}: "
+            f"holds no timestep of {dits[0]}'s side of the boundary ({side}, with shift {t.shift:g}), which "
+            f"this run trains alone; widen the range across the boundary, or train the other expert"]
 
 
 def _package_problems(t: Any, where: Where) -> list[str]:

@@ -28,6 +28,7 @@ from wanflow.steps.train import (
     ValidationLatents,
 )
 from wanflow.steps.train_animate import animate_sample_nodes, is_animate
+from wanflow.steps.train_checks import trained_dits
 from wanflow.steps.train_conditioning import (
     declared_conditioning,
     sample_conditioning_nodes,
@@ -108,13 +109,13 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
             nodes.append(StepSpec(name, EncodeText("prompt.negative", text=negative, **own), weights=text_weights))
         inputs["val.neg"] = name
 
-    dits = job.dits()
+    dits = trained_dits(job.resolved)  # A14B: one expert alone, its side of the boundary; or both
     weights = {role: w for d in dits for role, w in job.weights[d].items()}
     init = tuple(name for name in ("lora_init", "preset_lora") if getattr(t, name))
     weights |= {name: job.weights["train_files"][name] for name in init}
     parts = trained_parts(job)  # a component trained alone (speed control's controller), the DiT frozen
     weights |= {f"{part}.0": next(iter(job.weights[part].values())) for part in parts}
-    boundary = float(job.values["sampler.boundary"]) * 1000 if len(dits) > 1 else 0.0
+    boundary = float(job.values["sampler.boundary"]) * 1000 if family.experts else 0.0
     solver, uses = job.provided("sampler", job.values["sampler.solver"])
     train = TrainModel(
         experts=tuple((d, len(job.weights[d])) for d in dits),
@@ -190,6 +191,6 @@ def _header(job: Any) -> tuple[tuple[str, str], ...]:
     values = job.values
     skipped = ("dataset", "base_path", "lora_init", "preset_lora", *EXECUTION_ONLY)
     train = {k: v for k, v in values.items() if k.startswith("train.") and k.removeprefix("train.") not in skipped}
-    sources = sorted({w.source for d in job.dits() for w in job.weights[d].values()})
+    sources = sorted({w.source for d in trained_dits(job.resolved) for w in job.weights[d].values()})
     return (("wanflow.base_model", f"{job.family.name} ({', '.join(sources)})"),
             ("wanflow.recipe_digest", digest_bytes(canonical_json(train).encode())))

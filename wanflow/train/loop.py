@@ -7,7 +7,8 @@ and resumed from its last checkpoint ends with the same bits as one that never s
 
 A14B: both experts train in one run. Each micro-batch draws its noise level first; the expert
 that denoises that level (the family's boundary) takes the batch, and only its parameters get a
-gradient (AdamW leaves parameters without one untouched, state included).
+gradient (AdamW leaves parameters without one untouched, state included). One expert trained
+alone draws every level on its own side of the boundary, uniformly, as the draws routed to it are.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ class Trainer:
         self.validate = validate
         self.schedule = TrainingSchedule.build(settings.shift, settings.loss_weighting)
         self.range = self.schedule.index_range(settings.timestep_range)
+        if len(self.experts) == 1 and settings.task != "direct_distill":
+            self._side(self.experts[0])  # one A14B expert alone: refuse a range off its side before step 1
         self.params = {f"{e.role}/{n}": p for e in self.experts for n, p in e.model.named_parameters()
                        if p.requires_grad}
         if not self.params:
@@ -274,14 +277,25 @@ class Trainer:
 
     def _route(self, gen: torch.Generator) -> tuple[Expert, tuple[int, int]]:
         """The expert this micro-batch trains, and the index range of its noise levels."""
-        if len(self.experts) == 1:
-            return self.experts[0], self.range
+        if len(self.experts) == 1:  # one DiT, or one A14B expert alone: its side of the boundary
+            return self.experts[0], self._side(self.experts[0])
         lo, hi = self.range
         first = int(torch.randint(lo, hi, (1,), generator=gen))
         t = float(self.schedule.timesteps[first])
         expert = next(e for e in self.experts if e.t_min <= t < e.t_max)
+        return expert, self._side(expert)
+
+    def _side(self, expert: Expert) -> tuple[int, int]:
+        """The indices of ``timestep_range`` whose noise level ``expert`` denoises ([first, stop)):
+        the whole range for one DiT; an A14B expert's side of the boundary, whether it trains
+        beside the other expert or alone (then every draw is uniform on that side, as the two-expert
+        run's draws routed to it are)."""
+        lo, hi = self.range
         inside = [i for i in range(lo, hi) if expert.t_min <= float(self.schedule.timesteps[i]) < expert.t_max]
-        return expert, (inside[0], inside[-1] + 1)
+        if not inside:
+            raise ValueError(f"{expert.role} denoises no noise level of train.timestep_range "
+                             f"{self.settings.timestep_range}: widen the range across the boundary")
+        return inside[0], inside[-1] + 1
 
     # ------------------------------------------------------------------ validation
 
