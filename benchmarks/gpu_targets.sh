@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the speed work in one command, sized for a short GPU loan (DEADLINE_S, default
 # 540 s, shared by the parts in this order; each part gets what is left, up to its own cap):
-#   1. the CUDA paths' tests (fp8 matmuls, attention backends);
+#   1. the CUDA paths' tests (fp8 matmuls, attention backends, block-sparse attention by gather and flex);
 #   2. the 14B targets (benchmarks/gpu_targets.py: diffusers, every attention backend, batched
 #      guidance, compiled blocks, fp8 matmuls);
 #   3. the real pipeline on CUDA (benchmarks/gpu_smoke.sh: the quickstart under each memory policy,
@@ -33,8 +33,8 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-cache-dir -e . -e 
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-  timeout "$(cap "${TESTS_S:-80}")" python3 -m pytest -q -p no:cacheprovider tests/models/test_fp8_matmul.py \
-    tests/models/test_attention_backends.py tests/models/test_longcat_bsa.py 2>&1 | tail -25
+  timeout "$(cap "${TESTS_S:-120}")" python3 -m pytest -q -p no:cacheprovider tests/models/test_fp8_matmul.py \
+    tests/models/test_attention_backends.py tests/models/test_longcat_bsa.py tests/models/test_longcat_bsa_flex.py 2>&1 | tail -25
 } 2>&1 | tee "$OUT/tests.txt"
 timeout "$(cap "${BIG_S:-330}")" python3 benchmarks/gpu_targets.py --config 14b --compile --json "$OUT/targets-14b.json" 2>&1 \
   | tee "$OUT/targets-14b.txt"
