@@ -30,10 +30,10 @@ from wanflow.models.dit_config import keeps_fp32
 from wanflow.models.dit_keys import DIFFUSERS_TO_OFFICIAL, LAYOUT_MARKERS
 from wanflow.models.loading import (
     build_on_meta,
-    load_state_into,
     rename_keys,
     require_parts,
 )
+from wanflow.models.storage_load import load_stored
 
 log = structlog.get_logger(__name__)
 
@@ -48,24 +48,13 @@ def load_animate_dit(
     the blur kernels). ``storage = "fp8"`` stores the blocks' projections in fp8 (``"fp8-matmul"``
     multiplies them in fp8 too). A file that is not an Animate checkpoint raises ModelLoadError
     saying what it looks like instead."""
-    if storage not in fp8.STORAGES:
-        raise ValueError(f"load_animate_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     opened = open_weights(weights)
     state = official_state(opened.state, opened.source)
     config = animate_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source)
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
-    scaled = fp8.split_scales(state, opened.source)
-    if fp8.stores_in_fp8(storage) or scaled.quantised:
-        if fp8.stores_in_fp8(storage):
-            fp8.require_fp8(device)
-        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=animate_dtypes(dtype),
-                        device=device, borrowed=opened.borrowed, fp8=fp8.stores_in_fp8(storage))
-        if storage == "fp8-matmul":
-            fp8.use_fp8_matmul(model, opened.source)
-    else:
-        load_state_into(model, state, source=opened.source, expected=expected, device=device,
-                        dtype=animate_dtypes(dtype), borrowed=opened.borrowed)
+    load_stored(model, fp8.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
+                dtype=animate_dtypes(dtype), device=device, borrowed=opened.borrowed)
     log.debug("animate_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype), storage=storage)
     return model
 

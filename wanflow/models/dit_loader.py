@@ -28,7 +28,8 @@ from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_keys import TO_OFFICIAL
 from wanflow.models.json_file import read_json_object
-from wanflow.models.loading import build_on_meta, load_state_into, rename_keys
+from wanflow.models.loading import build_on_meta, rename_keys
+from wanflow.models.storage_load import load_stored
 
 log = structlog.get_logger(__name__)
 
@@ -74,14 +75,8 @@ def load_dit(
     model = build_on_meta(lambda: WanDiT(config, attention_kernel))
     expected = f"Wan {config.model_type.upper()} DiT ({describe_config(config)})"
     dtypes = _island_dtypes(dtype)
-    if in_fp8 or scaled.quantised:
-        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes,
-                        device=device, borrowed=opened.borrowed, fp8=in_fp8)
-        if storage == "fp8-matmul":
-            fp8.use_fp8_matmul(model, opened.source)
-    else:
-        load_state_into(model, state, source=opened.source, expected=expected, device=device,
-                        dtype=dtypes, borrowed=opened.borrowed)
+    load_stored(model, scaled, storage, source=opened.source, expected=expected, dtype=dtypes, device=device,
+                borrowed=opened.borrowed)
     log.debug("dit_loaded", source=opened.source, model_type=config.model_type, dim=config.dim,
              dtype=str(dtype), storage=storage)
     return model

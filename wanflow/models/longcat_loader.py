@@ -26,9 +26,10 @@ from wanflow.models.checkpoint_files import (
     open_weights,
 )
 from wanflow.models.json_file import read_json_object
-from wanflow.models.loading import build_on_meta, load_state_into
+from wanflow.models.loading import build_on_meta
 from wanflow.models.longcat import LongCatDiT
 from wanflow.models.longcat_config import LongCatConfig
+from wanflow.models.storage_load import load_stored
 
 log = structlog.get_logger(__name__)
 
@@ -55,24 +56,13 @@ def _built(config: LongCatConfig, state: Mapping[str, Tensor], source: str, dtyp
            storage: str = "compute") -> LongCatDiT:
     """The model built on the meta device and loaded strictly from ``state`` (fp32 islands kept;
     the block projections in fp8 under an fp8 ``storage``)."""
-    if storage not in fp8.STORAGES:
-        raise ValueError(f"load_longcat_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     model = build_on_meta(lambda: LongCatDiT(config, attention_kernel))
     expected = f"LongCat-Video DiT ({config.describe()})"
     def dtypes(name: str) -> torch.dtype:
         return torch.float32 if longcat_config.keeps_fp32(name) else dtype
 
-    scaled = fp8.split_scales(state, source)
-    if fp8.stores_in_fp8(storage) or scaled.quantised:
-        if fp8.stores_in_fp8(storage):
-            fp8.require_fp8(device)
-        fp8.load_scaled(model, scaled, source=source, expected=expected, dtype=dtypes, device=device,
-                        borrowed=borrowed, fp8=fp8.stores_in_fp8(storage))
-        if storage == "fp8-matmul":
-            fp8.use_fp8_matmul(model, source)
-    else:
-        load_state_into(model, state, source=source, expected=expected, device=device, dtype=dtypes,
-                        borrowed=borrowed)
+    load_stored(model, fp8.split_scales(state, source), storage, source=source, expected=expected, dtype=dtypes,
+                device=device, borrowed=borrowed)
     log.debug("longcat_dit_loaded", source=source, hidden=config.hidden_size, depth=config.depth,
               dtype=str(dtype), zero_pad=config.text_tokens_zero_pad, storage=storage)
     return model

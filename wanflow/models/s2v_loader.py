@@ -31,8 +31,9 @@ from wanflow.models.checkpoint_files import (
     open_weights,
 )
 from wanflow.models.json_file import read_json_object
-from wanflow.models.loading import build_on_meta, load_state_into, require_parts
+from wanflow.models.loading import build_on_meta, require_parts
 from wanflow.models.s2v import S2VDiT
+from wanflow.models.storage_load import load_stored
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +69,6 @@ def load_s2v_shards(weights: Sequence[str | os.PathLike], dtype: torch.dtype = t
 def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, device: torch.device | str,
            attention_kernel: str, storage: str = "compute") -> S2VDiT:
     """The model of an opened checkpoint, sized by its shapes and ``fields`` (the config.json's)."""
-    if storage not in fp8.STORAGES:
-        raise ValueError(f"load_s2v_dit: storage={storage!r}; expected one of {fp8.STORAGES}")
     _, state = signature.unprefixed(opened.state)  # ComfyUI's prefix off
     require_s2v(state, opened.source)
     config = s2v_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source, **fields)
@@ -79,17 +78,8 @@ def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, de
     def dtypes(name: str) -> torch.dtype:
         return torch.float32 if s2v_config.keeps_fp32(name) else dtype
 
-    scaled = fp8.split_scales(state, opened.source)
-    if fp8.stores_in_fp8(storage) or scaled.quantised:
-        if fp8.stores_in_fp8(storage):
-            fp8.require_fp8(device)
-        fp8.load_scaled(model, scaled, source=opened.source, expected=expected, dtype=dtypes, device=device,
-                        borrowed=opened.borrowed, fp8=fp8.stores_in_fp8(storage))
-        if storage == "fp8-matmul":
-            fp8.use_fp8_matmul(model, opened.source)
-    else:
-        load_state_into(model, state, source=opened.source, expected=expected, device=device, dtype=dtypes,
-                        borrowed=opened.borrowed)
+    load_stored(model, fp8.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
+                dtype=dtypes, device=device, borrowed=opened.borrowed)
     log.debug("s2v_dit_loaded", source=opened.source, dim=config.dit.dim, layers=config.dit.num_layers,
               inject_layers=list(config.inject_layers), dtype=str(dtype), storage=storage)
     return model
