@@ -127,9 +127,10 @@ def resolve_weights(resolved: Any, fetch: bool = True) -> dict[str, Weights]:
     base = Path(resolved.path).parent
     out: dict[str, Weights] = {}
     missing: list[str] = []
+    left_out = _untrained_experts(resolved)  # one A14B expert trained alone: the other is neither fetched nor read
     for name, component in resolved.family.components.items():
-        if name in _untrained_experts(resolved):
-            continue  # one A14B expert trained alone: the other is neither fetched nor read
+        if name in left_out:
+            continue
         o = overrides.get(name)
         try:
             found = resolve_component(component, (o.source, o.files) if o else None, base_dir=base,
