@@ -120,7 +120,8 @@ def _engine_problems(resolved: Any, where: Where) -> list[str]:
         engine = ("DeepSpeed wraps one model" if t.distribution.startswith("deepspeed")
                   else "accelerate's FSDP2 shards one model per run")
         found.append(f"{where('train.distribution')}: [train].distribution = {format_value(t.distribution)}: "
-                     f"{engine} and {resolved.family.name} trains two experts in one run; use \"ddp\"")
+                     f"{engine} and {resolved.family.name} trains two experts in one run; use \"ddp\", or train "
+                     'one expert per run (components = ["dit_high_noise"], then ["dit_low_noise"])')
     return found + deepspeed_problems(resolved, where)
 
 
