@@ -159,6 +159,7 @@ class Trainer:
         self.validate = validate
         self.schedule = TrainingSchedule.build(settings.shift, settings.loss_weighting)
         self.range = self.schedule.index_range(settings.timestep_range)
+        self._sides: dict[str, tuple[int, int]] = {}  # each expert's side, found once (``_side``)
         if len(self.experts) == 1 and settings.task != "direct_distill":
             self._side(self.experts[0])  # one A14B expert alone: refuse a range off its side before step 1
         self.params = {f"{e.role}/{n}": p for e in self.experts for n, p in e.model.named_parameters()
@@ -290,12 +291,15 @@ class Trainer:
         the whole range for one DiT; an A14B expert's side of the boundary, whether it trains
         beside the other expert or alone (then every draw is uniform on that side, as the two-expert
         run's draws routed to it are)."""
+        if expert.role in self._sides:
+            return self._sides[expert.role]
         lo, hi = self.range
         inside = [i for i in range(lo, hi) if expert.t_min <= float(self.schedule.timesteps[i]) < expert.t_max]
         if not inside:
             raise ValueError(f"{expert.role} denoises no noise level of train.timestep_range "
                              f"{self.settings.timestep_range}: widen the range across the boundary")
-        return inside[0], inside[-1] + 1
+        self._sides[expert.role] = inside[0], inside[-1] + 1
+        return self._sides[expert.role]
 
     # ------------------------------------------------------------------ validation
 
