@@ -20,6 +20,9 @@ def test_schedule_is_diffsynths_shifted_grid_with_its_bell_weights():
     sigma = [5 * u / (1 + 4 * u) for u in (1.0, 1 - 1 / 1000, 0.5)]
     assert torch.allclose(s.sigmas[[0, 1, 500]], torch.tensor(sigma), atol=1e-6)
     assert torch.allclose(s.timesteps, s.sigmas * 1000)
+    # every σ is the float64 shift of DiffSynth's grid rounded once to fp32; t is fp32 1000·σ
+    exact = torch.tensor([5 * u / (1 + 4 * u) for u in (1 - i / 1000 for i in range(1000))], dtype=torch.float64)
+    assert torch.equal(s.sigmas, exact.float()) and torch.equal(s.timesteps, s.sigmas * 1000)
     assert abs(float(s.weights.mean()) - 1.0) < 1e-5  # mean 1
     assert float(s.weights[0]) == 0.0  # zero at t = 1000
     peak = int(s.weights.argmax())

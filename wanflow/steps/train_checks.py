@@ -66,9 +66,11 @@ def trained_dits(resolved: Any) -> tuple[str, ...]:
 
 def side_problems(resolved: Any, where: Where) -> list[str]:
     """One A14B expert alone whose side of the boundary holds no timestep of ``timestep_range``:
-    it would have nothing to draw. The training schedule's timesteps (``TrainingSchedule``: fp32
-    t = 1000·σ of the shifted σ) are computed here with numpy, as the loop routes them."""
+    it would have nothing to draw. The timesteps are the loop's own table (``train.timesteps``),
+    cut by ``timestep_range`` the way the loop cuts it."""
     import numpy as np
+
+    from wanflow.train.timesteps import index_range, training_timesteps
 
     t = resolved.recipe.train
     dits = trained_dits(resolved)
@@ -76,10 +78,8 @@ def side_problems(resolved: Any, where: Where) -> list[str]:
     if not resolved.family.experts or len(dits) != 1 or t.task == "direct_distill" or not 0 <= first < last <= 1:
         return []
     boundary = float(resolved.values["sampler.boundary"]) * 1000
-    lo = int(first * 1000)
-    sigmas = np.linspace(1.0, 0.0, 1001)[:-1]
-    shifted = (t.shift * sigmas / (1.0 + (t.shift - 1.0) * sigmas)).astype(np.float32)
-    steps = (shifted * np.float32(1000))[lo:max(int(last * 1000), lo + 1)].astype(np.float64)
+    lo, stop = index_range((first, last))
+    steps = training_timesteps(t.shift)[lo:stop].astype(np.float64)
     high = dits[0] == "dit_high_noise"
     if bool((steps >= boundary).any() if high else (steps < boundary).any()):
         return []

@@ -17,9 +17,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from wanflow.sampling.schedules import shift_sigmas
-
-TRAIN_TIMESTEPS = 1000
+from wanflow.train.timesteps import TRAIN_TIMESTEPS, index_range, training_sigmas, training_timesteps
 
 
 @attrs.frozen(eq=False)
@@ -32,11 +30,8 @@ class TrainingSchedule:
 
     @classmethod
     def build(cls, shift: float, weighting: str = "diffsynth") -> TrainingSchedule:
-        import numpy as np
-
-        sigmas = shift_sigmas(np.linspace(1.0, 0.0, TRAIN_TIMESTEPS + 1)[:-1], shift)
-        sigmas_t = torch.tensor(sigmas, dtype=torch.float32)
-        timesteps = sigmas_t * TRAIN_TIMESTEPS
+        sigmas_t = torch.from_numpy(training_sigmas(shift))
+        timesteps = torch.from_numpy(training_timesteps(shift))
         if weighting == "uniform":
             weights = torch.ones(TRAIN_TIMESTEPS)
         else:  # DiffSynth: y = exp(−2((t − 500)/1000)²), shifted to 0 at its minimum, mean 1
@@ -47,8 +42,7 @@ class TrainingSchedule:
 
     def index_range(self, fractions: tuple[float, float]) -> tuple[int, int]:
         """[first, stop) of the indices a range of fractions covers (DiffSynth's boundaries)."""
-        lo, hi = int(fractions[0] * TRAIN_TIMESTEPS), int(fractions[1] * TRAIN_TIMESTEPS)
-        return lo, max(hi, lo + 1)
+        return index_range(fractions)
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:
