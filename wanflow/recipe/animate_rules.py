@@ -105,8 +105,7 @@ _WHAT = {"background_video": "the driving video with its person removed",
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
-    if recipe.train is not None:  # a generation stores its blocks in fp8; the train step does not
-        refuse_training_fp8(problems, recipe, "Animate")
+    refuse_training_fp8(problems, recipe, "Animate")  # a generation stores its blocks in fp8; training does not
     s = recipe.sampler
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the Animate clip loop takes no step "

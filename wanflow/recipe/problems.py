@@ -93,7 +93,9 @@ def refuse_changed(problems: Problems, table: KeyPath, current: object, defaults
 def refuse_training_fp8(problems: Problems, recipe: Any, family: str) -> None:
     """``[memory].fp8`` and ``[runtime].fp8_matmul`` in a training recipe of a DiT whose generation
     takes them but whose train step holds its frozen base in the compute dtype (``family``:
-    "Animate", "S2V"), refused naming the fix."""
+    "Animate", "S2V"), refused naming the fix; a recipe without ``[train]`` passes."""
+    if recipe.train is None:
+        return
     if recipe.memory.fp8:
         problems.add(("memory", "fp8"), True, f"{family}'s train step holds the DiT in the compute dtype (fp8 "
                      "storage of its blocks serves generation only): use false")

@@ -69,8 +69,7 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    if recipe.train is not None:  # a generation stores its blocks in fp8; the train step does not
-        refuse_training_fp8(problems, recipe, "S2V")
+    refuse_training_fp8(problems, recipe, "S2V")  # a generation stores its blocks in fp8; training does not
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not built "
                      'yet: use "none"')
