@@ -98,9 +98,10 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
     DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
-    in fp8 (``"fp8-matmul"`` multiplies them in fp8 too); LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
-    are when ``tiers`` (the memory plan) streams blocks in and out: a streamed block is read again
-    from its file, where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
+    in fp8 (``"fp8-matmul"`` multiplies them in fp8 too), streamed as fp8 too when ``tiers`` (the
+    memory plan) streams blocks in and out (``memory.fp8_placed``); LoRAs are then applied on the
+    fly: a merge would be lost in fp8's rounding, and a streamed block is read again from its file,
+    where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
     compiles each block with torch.compile; ``kernel`` is a plugin's attention kernel, made
     usable under the name ``attention`` (wanflow's own kernels need none)."""
     from wanflow.memory.dit_variants import load_variant, variant_of
@@ -116,9 +117,6 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
     key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers), compile_mode)
 
     def load() -> Any:
-        if tiers and stores_in_fp8(storage):
-            raise ModelInputError("[memory].fp8 with blocks streamed by the memory policy is not "
-                                  "supported yet; raise the budget, or set fp8 = false")
         if tiers and compile_mode != "none":
             raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
                                   'policy is not supported yet; raise the budget, or set compile = "none"')
@@ -126,7 +124,7 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
         if variant is not None:
             model = load_variant(variant, weights, dtype, device, attention, storage, tiers)
         elif tiers:
-            model = _placed_dit(weights, tiers, dtype, device, attention)
+            model = _placed_dit(weights, tiers, dtype, device, attention, storage)
         else:
             model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
                              storage=storage)
@@ -176,13 +174,13 @@ def compile_problems(device: str) -> list[str]:
 
 
 def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, device: str,
-                attention: str) -> Any:
+                attention: str, storage: str = "compute") -> Any:
     """A DiT whose blocks sit in the memory plan's tiers; the placement's hooks live with it."""
     from wanflow.memory.streamed import load_placed_dit
 
     config = _config_of(weights)
     model, placement = load_placed_dit(weights, config, tiers, dtype=dtype, device=device,
-                                       attention_kernel=attention)
+                                       attention_kernel=attention, storage=storage)
     model.placement = placement  # the hooks stay registered as long as the pooled model lives
     return model
 
