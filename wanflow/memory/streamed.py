@@ -82,6 +82,8 @@ def placed_variant(model: Any, views: Mapping[str, Tensor], target: Callable[[st
     host memory, disk-tier blocks left on meta and read when they run. ``target`` is each
     tensor's dtype by name (the variant's fp32 islands). ``storage`` (``fp8.STORAGES``) and a
     scaled-fp8 file go through ``fp8_placed.load_stored_placed``. The hooks live on ``model.placement``."""
+    if len(tiers) != len(model.blocks):
+        raise ValueError(f"expected {len(model.blocks)} tiers, one per block of {expected}, got {list(tiers)}")
     for name, param in model.named_parameters():  # disk-tier placeholders carry the dtype they are read at
         if not is_fp8(param.dtype):
             param.data = param.data.to(target(name))
