@@ -16,12 +16,20 @@ import pytest
 import torch
 
 from tests.e2e._run import computed, run
-from tests.e2e.test_lora_runs import TINY_DIT, cache_env, denoised, recipe, write_diffsynth_lora  # noqa: F401
+from tests.e2e.test_lora_runs import TINY_DIT, denoised, recipe, write_diffsynth_lora
 from wanflow.memory import pool as model_pool
 
 FP8 = "[memory]\nfp8 = true\n"
 #: Tiny enough that a CPU run's plan under a 0.015 GiB budget streams half the DiT's blocks from disk.
 SMALL = "[video]\nwidth = 16\nheight = 16\nframes = 1\n"
+
+
+@pytest.fixture()
+def cache_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
+    model_pool.clear()
+    yield tmp_path / "runs"
+    model_pool.clear()
 
 
 def _placed() -> list:

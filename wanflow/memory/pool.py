@@ -187,9 +187,9 @@ def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, devic
 
 def _config_of(weights: Sequence[Path]) -> Any:
     """The DiT config beside the weights (config.json), else read off the header shapes."""
+    from wanflow.memory.sizes import dit_shapes
     from wanflow.models.dit_config import from_shapes
     from wanflow.models.dit_loader import read_config
-    from wanflow.memory.sizes import dit_shapes
 
     beside = Path(weights[0]).parent / "config.json"
     shapes = dit_shapes(weights)

@@ -5,6 +5,8 @@ built on the meta device, the checkpoint is mapped (views, nothing read), and on
 outside disk-tier blocks are read, cast and moved, tensor by tensor (`wanflow.models.residency`):
 resident ones straight to the compute device, host-tier ones to host memory. Disk-tier blocks
 keep meta placeholders that carry their compute dtype; `BlockPlacement` reads them when they run.
+Under fp8 storage, or from a scaled-fp8 file, the blocks load and stream in their stored form
+(``fp8_placed``): the resident fp8 model's bytes, whichever tier.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _safetensors(weights: Sequence[str | os.PathLike], name: str) -> list[Path]:
 
 
 def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa", storage: str = "compute") -> Any:
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                        storage: str = "compute") -> Any:
     """LongCat-Video's DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``)."""
     from wanflow.models import longcat_config
     from wanflow.models.longcat import LongCatDiT
@@ -138,7 +141,8 @@ def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[st
 
 
 def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa", storage: str = "compute") -> Any:
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                        storage: str = "compute") -> Any:
     """The Wan2.2-Animate DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``);
     its face blocks run after their DiT blocks from the device, as its encoders do."""
     from wanflow.models import animate_config
@@ -155,7 +159,8 @@ def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[st
 
 
 def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa", storage: str = "compute") -> Any:
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                    storage: str = "compute") -> Any:
     """The Wan2.2-S2V DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``); its
     audio injectors run after their blocks from the device, as its audio encoder, frame packer and
     pose encoder do."""
