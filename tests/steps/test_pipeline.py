@@ -171,10 +171,11 @@ def test_fp8_blocks_are_planned_streamed_where_neither_bf16_streaming_nor_fp8_wh
 
 @pytest.mark.parametrize("setting", ["runtime.compile=blocks"])
 def test_the_plan_moves_blocks_that_cannot_stream_whole_or_refuses_with_the_numbers(monkeypatch, setting):
-    """Compiled blocks cannot be streamed yet, so under a GPU budget where the plain
+    """Compiled blocks cannot be streamed under a torch older than 2.5, so under a GPU budget where the plain
     DiT is streamed block by block the plan moves such a DiT whole (offload) where that fits, and
     else refuses while planning (exit 2, nothing loaded) with the budget that fits, never a plan the
     DiT's load would refuse."""
+    from wanflow.memory import pool
     from wanflow.memory.planner import MemoryPlanError, streams_blocks
     from wanflow.steps import pipeline
 
@@ -186,6 +187,8 @@ def test_the_plan_moves_blocks_that_cannot_stream_whole_or_refuses_with_the_numb
         return get_registry().pipeline(resolved.model).memory_plan(resolved)
 
     assert streams_blocks(memory_plan(0.012))  # the plain DiT: streamed
+    assert streams_blocks(memory_plan(0.012, setting)) == pool.compiled_blocks_stream()  # torch 2.5+: streamed too
+    monkeypatch.setattr(pool, "compiled_blocks_stream", lambda: False)
     try:
         found = memory_plan(0.012, setting)
     except MemoryPlanError as err:

@@ -117,9 +117,10 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
     key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers), compile_mode)
 
     def load() -> Any:
-        if tiers and compile_mode != "none":
+        if tiers and compile_mode != "none" and not compiled_blocks_stream():
             raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
-                                  'policy is not supported yet; raise the budget, or set compile = "none"')
+                                  'policy needs torch 2.5 or later; upgrade torch, raise the budget, or set '
+                                  'compile = "none"')
         variant = variant_of(weights)  # a DiT that is more than Wan's (dit_variants.VARIANTS)
         if variant is not None:
             model = load_variant(variant, weights, dtype, device, attention, storage, tiers)
@@ -142,13 +143,33 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
 
 
 def compile_blocks(model: Any) -> Any:
-    """torch.compile each DiT block in place, for fixed shapes (a new latent size compiles anew).
+    """torch.compile each DiT block's forward in place, for fixed shapes (a new latent size compiles anew).
 
     The blocks hold nearly all of a forward's time; the embeddings and the head stay eager. Fused
-    kernels may round differently in the last bits, so ``[runtime].compile`` is keyed."""
+    kernels may round differently in the last bits, so ``[runtime].compile`` is keyed. The forward
+    alone is compiled, not the module's call: the placement's hooks of a streamed block (which
+    wait for reads and swap its parameters) stay eager outside the graph, and since torch 2.5
+    the parameters a hook swaps in are inputs of that graph, so a streamed block reuses it
+    (``compiled_blocks_stream``)."""
+    import torch
+
     for block in model.blocks:
-        block.compile(dynamic=False)
+        block.forward = torch.compile(block.forward, dynamic=False)
     return model
+
+
+def compiled_blocks_stream() -> bool:
+    """Whether compiled blocks may be streamed: torch 2.5 and later treat a module's parameters as
+    graph inputs (``inline_inbuilt_nn_modules``), so a block whose parameters the placement swaps
+    at every step runs the graph it compiled once; earlier ones guard on each parameter's identity
+    and would compile again at every step. Read off the installed version, torch not imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("torch").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (2, 5)
 
 
 def compile_problems(device: str) -> list[str]:
