@@ -85,7 +85,7 @@ class BlockPlacement:
             "disk" blocks; it must hold the values the model was loaded with (no merged LoRA).
         convert: full parameter name -> the function that turns its mapped view into the
             parameter (on the CPU, in the parameter's dtype), for disk-tier weights whose file
-            form is not the stored one (`wanflow.memory.streamed`'s fp8 conversions).
+            form is not the stored one (`wanflow.memory.fp8_placed`'s fp8 conversions).
     """
 
     def __init__(self, model: nn.Module, tiers: Sequence[str], device: torch.device | str,
