@@ -66,7 +66,40 @@ def test_compiled_blocks_match_the_eager_model(dit_files, recipe):
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
 
-def test_compile_with_streamed_blocks_is_refused(dit_files):
+@pytest.mark.parametrize("storage", ["compute", "fp8"])
+def test_compiled_streamed_blocks_equal_the_compiled_resident_ones_without_recompiling(dit_files, storage):
+    """A streamed block's parameters are swapped in by the placement at every forward; compiled
+    (its forward alone, the hooks eager), it reuses its graph: the second forward compiles
+    nothing, and the output is the compiled resident model's to the bit."""
+    if model_pool.compile_problems("cpu"):
+        pytest.skip("torch cannot compile here: " + "; ".join(model_pool.compile_problems("cpu")))
+    if not model_pool.compiled_blocks_stream():
+        pytest.skip("torch older than 2.5: compiled blocks are not streamed")
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    cfg, files = dit_files
+    torch._dynamo.reset()
+    inp = inputs(cfg, seed=6, grid=(2, 4, 4))
+    resident = model_pool.dit(files, torch.float32, "cpu", "sdpa", storage=storage, compile_mode="blocks")
+    with torch.no_grad():
+        expected = resident(**inp)
+    streamed = model_pool.dit(files, torch.float32, "cpu", "sdpa", storage=storage, tiers=("disk",),
+                              compile_mode="blocks")
+    assert [b.tier for b in streamed.placement.blocks] == ["disk"]
+    with torch.no_grad():
+        first = streamed(**inp)
+        graphs, frames = counters["stats"]["unique_graphs"], counters["frames"]["total"]
+        second = streamed(**inp)
+    assert graphs >= 1 and counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
+    assert not counters["recompiles"] and counters["frames"]["total"] == frames  # no frame converted again
+    assert not counters["graph_break"]  # the hooks stay outside the graph
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_compile_with_streamed_blocks_is_refused_before_torch_2_5(dit_files, monkeypatch):
     _, files = dit_files
-    with pytest.raises(ModelInputError, match='compile = "blocks" with blocks streamed by the memory policy'):
+    monkeypatch.setattr(model_pool, "compiled_blocks_stream", lambda: False)
+    with pytest.raises(ModelInputError, match='compile = "blocks" with blocks streamed by the memory policy needs '
+                                              'torch 2.5'):
         model_pool.dit(files, torch.float32, "cpu", "sdpa", tiers=("host",), compile_mode="blocks")

@@ -6,7 +6,8 @@ bit, the face encode loads the DiT in the same tiers (never whole), and replacem
 LoRA applies on the fly to streamed blocks. ``[memory].fp8`` stores the main blocks' projections
 in fp8 (the face blocks keep the compute dtype): the clip loop equals a hand-driven step through
 the DiT loaded that way, stays within fp8's rounding of the plain run, is keyed apart, takes the
-relighting LoRA on the fly, and the memory plan sizes it at its fp8 bytes.
+relighting LoRA on the fly, and the memory plan sizes it at its fp8 bytes; its fp8 blocks stream
+too, giving the fp8 resident run's latents to the bit.
 """
 
 from __future__ import annotations
@@ -158,4 +159,25 @@ def test_the_memory_plan_streams_the_dit_and_sizes_it_at_its_fp8_bytes(animate_e
     peak = {name: next(p.host_bytes for p in found.peaks if p.step == "denoise")
             for name, found in (("plain", plain), ("fp8", fp8))}
     assert peak["fp8"] < peak["plain"]  # a CPU run: the DiT in RAM
-    assert len(plain.placement("dit").blocks) == 5 and fp8.placement("dit").blocks == ()  # fp8: moved whole
+    assert len(plain.placement("dit").blocks) == 5 and len(fp8.placement("dit").blocks) == 5  # fp8 blocks stream too
+
+
+@pytest.mark.parametrize("mode", ["animation", "replacement"])  # replacement: its relighting LoRA, attached
+def test_streamed_fp8_blocks_give_the_resident_fp8_latents_to_the_bit(animate_env, media, tmp_path, monkeypatch,
+                                                                      mode):
+    """fp8 main blocks streamed from host memory and disk (``memory.fp8_placed``) reach the same
+    kernels with the same bytes as the fp8 DiT loaded whole: the same key, the same latents."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.models.fp8 import fp8_layers
+
+    path = recipe(tmp_path, media, mode=mode, sampler=ONE_STEP, memory={"fp8": True})
+    model_pool.clear()
+    resident = run(path, animate_env)
+    _streamed(monkeypatch, tmp_path, "streamed-cache")
+    streamed = run(path, animate_env)
+    assert "denoise" in computed(streamed)
+    dits = _placed_dits()
+    assert dits and all([b.tier for b in d.placement.blocks] == list(TIERS) and fp8_layers(d) for d in dits)
+    assert streamed.results["denoise"].key == resident.results["denoise"].key  # placement is in no key
+    assert streamed.results["denoise"].digest == resident.results["denoise"].digest  # the same latents, to the bit
+    model_pool.clear()

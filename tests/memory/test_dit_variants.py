@@ -93,7 +93,13 @@ def test_longcat_shards_are_recognised_by_their_own_names_and_load_as_one_checkp
     placed = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "compute",
                           ("disk", "host"))
     assert [b.tier for b in placed.placement.blocks] == ["disk", "host"]
-    with pytest.raises(ModelInputError, match=r"LongCat-Video: \[memory\]\.fp8 with blocks streamed"):
+    streamed = load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8",
+                            ("disk", "host"))  # fp8 blocks stream (memory.fp8_placed)
+    assert len(fp8_layers(streamed)) == 8 * cfg.depth and streamed.blocks[0].attn.qkv.weight.is_meta
+    streamed.placement.remove()  # the weights it streamed come back: the whole fp8 load's, to the bit
+    want = stored.state_dict()
+    assert all(torch.equal(t.view(torch.uint8), want[k].view(torch.uint8)) for k, t in streamed.state_dict().items())
+    with pytest.raises(ValueError, match="expected 2 tiers"):
         load_variant(variant_of([first, second]), [first, second], torch.float32, "cpu", "sdpa", "fp8", ("host",))
 
 
@@ -137,7 +143,7 @@ def test_fsdp_finds_the_block_class_each_dit_s_files_name(tmp_path):
 def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
     """Placed blocks (the face blocks and encoders on the device) give the whole model's output to
     the bit, from either layout's shards; fp8 stores the main blocks' projections; fp8 with
-    streamed blocks is refused before loading."""
+    streamed blocks gives the whole fp8 model's output to the bit."""
     from tests.models._animate_fixtures import diffusers_layout, inputs, seeded_state, tiny_config, write_checkpoint
     from wanflow.models.animate import AnimateExtras
     from wanflow.models.fp8 import fp8_layers
@@ -166,8 +172,14 @@ def test_animate_shards_load_into_block_tiers_and_in_fp8(tmp_path, layout):
                   y=x["y"].bfloat16(), extras=AnimateExtras(pose=x["pose"].bfloat16(), face=x["face"].bfloat16()))
                 for m in (stored, multiplied)]
     assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
-    with pytest.raises(ModelInputError, match=r"Wan2.2-Animate: \[memory\]\.fp8 with blocks streamed"):
-        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", ("host",) * 5)
+    for storage, want in zip(("fp8", "fp8-matmul"), bf16):  # fp8 blocks streamed: the whole fp8 model's output
+        streamed = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", storage, tiers)
+        assert streamed.blocks[0].self_attn.q.weight.is_meta
+        with torch.no_grad():
+            out = streamed(x["x"].bfloat16(), x["t"], x["context"].bfloat16(), clip_fea=x["clip_fea"].bfloat16(),
+                           y=x["y"].bfloat16(), extras=AnimateExtras(pose=x["pose"].bfloat16(),
+                                                                     face=x["face"].bfloat16()))
+        assert torch.equal(out, want), storage
 
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
@@ -196,5 +208,7 @@ def test_s2v_shards_load_into_block_tiers_and_in_fp8(tmp_path, prefix):
     half = {k: v.bfloat16() for k, v in data.items()}
     bf16 = [run(m, half) for m in (stored, multiplied)]
     assert not torch.equal(*bf16) and (bf16[1] - bf16[0]).norm() / bf16[0].norm() < 0.1  # fp8 activations too
-    with pytest.raises(ModelInputError, match=r"Wan2.2 S2V: \[memory\]\.fp8 with blocks streamed"):
-        load_variant(variant, files, torch.float32, "cpu", "sdpa", "fp8", tiers)
+    for storage, want in zip(("fp8", "fp8-matmul"), bf16):  # fp8 blocks streamed: the whole fp8 model's output
+        streamed = load_variant(variant, files, torch.bfloat16, "cpu", "sdpa", storage, tiers)
+        assert streamed.blocks[0].ffn[0].weight.is_meta
+        assert torch.equal(run(streamed, half), want), storage

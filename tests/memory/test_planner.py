@@ -140,16 +140,20 @@ def test_refusal_offers_fp8_and_the_cpu_for_what_only_they_fix():
     assert peaks(moved)["encode_text"][0] == 0  # nothing of the text encoder on the device
 
 
-def test_fp8_is_not_offered_where_it_fits_only_by_streaming_its_blocks():
-    """fp8 blocks cannot be streamed yet (a plan streaming them is refused), so a budget that fp8
-    fits only block by block must not offer it."""
+def test_fp8_is_offered_where_it_fits_only_by_streaming_its_blocks():
+    """fp8 blocks stream (memory.fp8_placed): a budget that neither the bf16 blocks streamed nor
+    the fp8 DiT whole fits, but its fp8 blocks streamed do, is planned so under auto and offered
+    as the fix under a bf16 run."""
     steps = [StepDemand("denoise", ("dit",), 100 * MIB)]
     budget = DIT.non_block_bytes + DEVICE_SWAP_BLOCKS * 352 * MIB + 100 * MIB + 16 * MIB
-    fp8_streamed = plan(Budgets(budget, 64 * GIB), "stream", [DIT.as_fp8()], steps)
+    fp8_streamed = plan(Budgets(budget, 64 * GIB), "auto", [DIT.as_fp8()], steps)
+    assert fp8_streamed.policy == "stream"
     assert any(tier != "device" for tier in fp8_streamed.placement("dit").blocks)
-    with pytest.raises(MemoryPlanError) as err:
+    with pytest.raises(MemoryPlanError):  # fp8 whole does not fit
+        plan(Budgets(budget, 64 * GIB), "offload", [DIT.as_fp8()], steps)
+    with pytest.raises(MemoryPlanError) as err:  # nor do the bf16 blocks streamed
         plan(Budgets(budget, 64 * GIB), "stream", [DIT], steps)
-    assert "fp8 storage of the DiT" not in err.value.fixes and err.value.fixes
+    assert "fp8 storage of the DiT (its blocks streamed in fp8)" in err.value.fixes
 
 
 def test_explain_prints_each_component_and_each_step_against_its_budget():

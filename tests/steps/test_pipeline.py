@@ -146,12 +146,36 @@ def test_fp8_matmuls_are_in_the_denoise_key_only():
     assert stored["encode-text:positive"].params == multiplied["encode-text:positive"].params
 
 
-@pytest.mark.parametrize("setting", ["memory.fp8=true", "runtime.compile=blocks"])
+def test_fp8_blocks_are_planned_streamed_where_neither_bf16_streaming_nor_fp8_whole_fits(monkeypatch):
+    """Blocks kept in fp8 stream (memory.fp8_placed): under a GPU budget that neither the bf16
+    blocks streamed nor the fp8 DiT whole fit, auto streams the fp8 blocks, and the bf16 run's
+    refusal offers fp8 storage as the change that fits."""
+    from wanflow.memory.planner import MemoryPlanError, streams_blocks
+    from wanflow.steps import pipeline
+
+    monkeypatch.setattr(pipeline, "effective_device", lambda device: "cuda")  # budgets as on a GPU
+
+    def memory_plan(*extra: str):
+        sets = ("video.width=16", "video.height=16", "video.frames=1", "memory.limit_gb=0.01", *extra)
+        resolved = load_recipe(QUICKSTART, sets=sets)
+        return get_registry().pipeline(resolved.model).memory_plan(resolved)
+
+    found = memory_plan("memory.fp8=true")
+    assert found.policy == "stream" and streams_blocks(found)
+    with pytest.raises(MemoryPlanError):
+        memory_plan("memory.fp8=true", 'memory.policy="offload"')
+    with pytest.raises(MemoryPlanError) as err:
+        memory_plan()
+    assert "fp8 storage of the DiT (its blocks streamed in fp8)" in err.value.fixes
+
+
+@pytest.mark.parametrize("setting", ["runtime.compile=blocks"])
 def test_the_plan_moves_blocks_that_cannot_stream_whole_or_refuses_with_the_numbers(monkeypatch, setting):
-    """Blocks kept in fp8 or compiled cannot be streamed yet, so under a GPU budget where the plain
+    """Compiled blocks cannot be streamed under a torch older than 2.5, so under a GPU budget where the plain
     DiT is streamed block by block the plan moves such a DiT whole (offload) where that fits, and
     else refuses while planning (exit 2, nothing loaded) with the budget that fits, never a plan the
     DiT's load would refuse."""
+    from wanflow.memory import pool
     from wanflow.memory.planner import MemoryPlanError, streams_blocks
     from wanflow.steps import pipeline
 
@@ -163,6 +187,8 @@ def test_the_plan_moves_blocks_that_cannot_stream_whole_or_refuses_with_the_numb
         return get_registry().pipeline(resolved.model).memory_plan(resolved)
 
     assert streams_blocks(memory_plan(0.012))  # the plain DiT: streamed
+    assert streams_blocks(memory_plan(0.012, setting)) == pool.compiled_blocks_stream()  # torch 2.5+: streamed too
+    monkeypatch.setattr(pool, "compiled_blocks_stream", lambda: False)
     try:
         found = memory_plan(0.012, setting)
     except MemoryPlanError as err:

@@ -40,7 +40,7 @@ class DitVariant:
     names_module: str = "wanflow.models.dit_names"
     #: With ``streams``: the function of ``placed_module`` that loads it into the plan's block tiers,
     #: ``load_placed(weights, tiers, dtype=, device=, attention_kernel=)`` (the model's
-    #: ``placement`` holds the hooks).
+    #: ``placement`` holds the hooks), with ``storage=`` too when ``fp8``: its fp8 blocks stream.
     load_placed: str = ""
     placed_module: str = "wanflow.memory.streamed"
     #: The class name of its transformer block: the unit FSDP shards and gathers one at a time
@@ -97,14 +97,12 @@ def load_variant(variant: DitVariant, weights: Sequence[Path], dtype: Any, devic
     if tiers and not variant.streams:
         raise ModelInputError(f"{variant.name}: blocks streamed by the memory policy are not supported yet; "
                               "raise [memory].limit_gb (or set [memory].policy) so the DiT fits whole")
-    if tiers and variant.load_placed:
-        if storage != "compute":
-            raise ModelInputError(f"{variant.name}: [memory].fp8 with blocks streamed by the memory policy is not "
-                                  "supported yet; raise the budget, or set fp8 = false")
-        placed = getattr(importlib.import_module(variant.placed_module), variant.load_placed)
-        return placed(list(weights), tiers, dtype=dtype, device=device, attention_kernel=attention)
     if storage != "compute" and not variant.fp8:
         raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
+    if tiers and variant.load_placed:
+        placed = getattr(importlib.import_module(variant.placed_module), variant.load_placed)
+        extra = {"storage": storage} if variant.fp8 else {}  # its blocks stream in fp8 (memory.fp8_placed)
+        return placed(list(weights), tiers, dtype=dtype, device=device, attention_kernel=attention, **extra)
     extra = {"storage": storage} if variant.fp8 else {}  # its loader stores the block projections in fp8
     return variant.function(variant.load)(list(weights), dtype=dtype, device=device, attention_kernel=attention,
                                           **extra)

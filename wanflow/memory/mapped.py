@@ -63,6 +63,9 @@ def map_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
         for name, info in infos.items():
             dtype = _torch_dtypes()[info.dtype]
             begin, end = header[name]["data_offsets"]
+            if end == begin:  # an empty tensor (a scaled-fp8 file's marker): nothing to map
+                out[name] = torch.empty(info.shape, dtype=dtype)
+                continue
             flat = torch.frombuffer(mapping, dtype=torch.uint8, count=end - begin, offset=8 + length + begin)
             out[name] = flat.view(dtype).reshape(info.shape) if (8 + length + begin) % dtype.itemsize == 0 \
                 else flat.clone().view(dtype).reshape(info.shape)

@@ -22,14 +22,17 @@ Tiers of an offloaded block:
   ahead (``madvise(WILLNEED)``); on CUDA it also copies the block into pinned staging memory and
   on to the device on the side stream. After use, the mapped pages are dropped
   (``madvise(DONTNEED)``), so resident memory stays about one block whatever the model's size.
-  On the CPU a weight whose file dtype is its compute dtype is used in place (no copy).
+  On the CPU a weight whose file dtype is its compute dtype is used in place (no copy). A
+  weight the file holds in another form than the model's (``convert``: bf16 to be stored in fp8,
+  scaled fp8 to be computed in bf16) is converted as it is read, on the reader thread when read
+  ahead, by the same function the resident load applies.
 
 Placement never changes the numbers: the same bytes reach the same kernels in the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
@@ -80,11 +83,16 @@ class BlockPlacement:
         device: the compute device; the rest of the model's weights are moved there.
         checkpoint: full parameter name -> tensor viewing the mapped checkpoint, needed by
             "disk" blocks; it must hold the values the model was loaded with (no merged LoRA).
+        convert: full parameter name -> the function that turns its mapped view into the
+            parameter (on the CPU, in the parameter's dtype), for disk-tier weights whose file
+            form is not the stored one (`wanflow.memory.fp8_placed`'s fp8 conversions).
     """
 
     def __init__(self, model: nn.Module, tiers: Sequence[str], device: torch.device | str,
-                 checkpoint: Mapping[str, Tensor] | None = None):
+                 checkpoint: Mapping[str, Tensor] | None = None,
+                 convert: Mapping[str, Callable[[Tensor], Tensor]] | None = None):
         self.model, self.device = model, torch.device(device)
+        self.convert = dict(convert or {})
         blocks = list(model.blocks)
         _check_tiers(tiers, len(blocks), checkpoint)
         self.cuda = self.device.type == "cuda"
@@ -155,6 +163,8 @@ class BlockPlacement:
     def _restored(self, block: _Block, full: str) -> Tensor:
         _, dtype = block.targets()[full]
         source = block.source[full]
+        if block.tier == "disk" and full in self.convert:
+            return self.convert[full](source)
         return source.to(dtype) if block.tier == "host" else source.to(dtype, copy=True)
 
     # -------------------------------------------------------------- the hooks
@@ -223,14 +233,16 @@ class BlockPlacement:
         if block.tier == "disk" and ahead:
             advise(list(block.source.values()), MADV_WILLNEED)
         if not self.cuda:
-            return {full: _on_cpu(block, full, dtype) for full, (_, dtype) in targets.items()}, None
+            return {full: _on_cpu(block, full, dtype, self.convert.get(full))
+                    for full, (_, dtype) in targets.items()}, None
         out = {}
         with torch.cuda.stream(self.side):
             for full, (_, dtype) in targets.items():
                 source = block.source[full]
                 if block.tier == "disk":
-                    staged = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
-                    staged.copy_(source)
+                    convert = self.convert.get(full)
+                    staged = torch.empty(source.shape, dtype=dtype if convert else source.dtype, pin_memory=True)
+                    staged.copy_(convert(source) if convert else source)
                     advise([source], MADV_DONTNEED)
                     source = staged
                 out[full] = source.to(self.device, dtype, non_blocking=True)
@@ -239,12 +251,17 @@ class BlockPlacement:
         return out, arrived
 
 
-def _on_cpu(block: _Block, full: str, dtype: torch.dtype) -> Tensor:
-    """A CPU weight from its source: the host tensor or mapped view itself when the dtype matches."""
+def _on_cpu(block: _Block, full: str, dtype: torch.dtype,
+            convert: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """A CPU weight from its source: the host tensor or mapped view itself when the dtype matches
+    (and a disk-tier weight needs no ``convert``)."""
     source = block.source[full]
-    if source.dtype == dtype:
+    if block.tier == "disk" and convert is not None:
+        out = convert(source)
+    elif source.dtype == dtype:
         return source
-    out = source.to(dtype)
+    else:
+        out = source.to(dtype)
     if block.tier == "disk":
         advise([source], MADV_DONTNEED)
     return out
@@ -268,7 +285,8 @@ def _check_tiers(tiers: Sequence[str], count: int, checkpoint: Mapping | None) -
 
 
 def apply_placement(model: nn.Module, tiers: Sequence[str], device: torch.device | str = "cpu",
-                    checkpoint: Mapping[str, Tensor] | None = None) -> BlockPlacement:
+                    checkpoint: Mapping[str, Tensor] | None = None,
+                    convert: Mapping[str, Callable[[Tensor], Tensor]] | None = None) -> BlockPlacement:
     """Put ``model``'s blocks in ``tiers`` and keep them there; the handle's ``remove()`` undoes it."""
-    return BlockPlacement(model, tiers, device, checkpoint)
+    return BlockPlacement(model, tiers, device, checkpoint, convert)
 

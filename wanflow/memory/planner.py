@@ -344,8 +344,8 @@ def _fixes(budgets: Budgets, policy: str, sizes: Mapping[str, ComponentSize],
                 and _first_fit(budgets, policy, sizes, steps, host_compute | {n}, policies) is not None]
     fp8 = {n: s.as_fp8() for n, s in sizes.items()}
     with_fp8 = _first_fit(budgets, policy, fp8, steps, host_compute, policies) if fp8 != dict(sizes) else None
-    if with_fp8 is not None and not streams_blocks(with_fp8):  # fp8 blocks cannot be streamed yet
-        out.append("fp8 storage of the DiT")
+    if with_fp8 is not None:  # whole, or its fp8 blocks streamed (memory.fp8_placed)
+        out.append("fp8 storage of the DiT" + (" (its blocks streamed in fp8)" if streams_blocks(with_fp8) else ""))
     return out
 
 

@@ -98,9 +98,10 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
 
     A patched DiT is its own pool entry, loaded from the files and patched privately: the plain
     DiT another job of a sweep uses is never mutated. ``storage = "fp8"`` keeps the block weights
-    in fp8 (``"fp8-matmul"`` multiplies them in fp8 too); LoRAs are then applied on the fly (a merge would be lost in fp8's rounding), as they
-    are when ``tiers`` (the memory plan) streams blocks in and out: a streamed block is read again
-    from its file, where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
+    in fp8 (``"fp8-matmul"`` multiplies them in fp8 too), streamed as fp8 too when ``tiers`` (the
+    memory plan) streams blocks in and out (``memory.fp8_placed``); LoRAs are then applied on the
+    fly: a merge would be lost in fp8's rounding, and a streamed block is read again from its file,
+    where a merged LoRA is not. ``compile_mode = "blocks"`` (``[runtime].compile``)
     compiles each block with torch.compile; ``kernel`` is a plugin's attention kernel, made
     usable under the name ``attention`` (wanflow's own kernels need none)."""
     from wanflow.memory.dit_variants import load_variant, variant_of
@@ -116,17 +117,15 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
     key = ("dit", _stamp(*files), str(dtype), device, attention, patches, storage, tuple(tiers), compile_mode)
 
     def load() -> Any:
-        if tiers and stores_in_fp8(storage):
-            raise ModelInputError("[memory].fp8 with blocks streamed by the memory policy is not "
-                                  "supported yet; raise the budget, or set fp8 = false")
-        if tiers and compile_mode != "none":
+        if tiers and compile_mode != "none" and not compiled_blocks_stream():
             raise ModelInputError(f'[runtime].compile = "{compile_mode}" with blocks streamed by the memory '
-                                  'policy is not supported yet; raise the budget, or set compile = "none"')
+                                  'policy needs torch 2.5 or later; upgrade torch, raise the budget, or set '
+                                  'compile = "none"')
         variant = variant_of(weights)  # a DiT that is more than Wan's (dit_variants.VARIANTS)
         if variant is not None:
             model = load_variant(variant, weights, dtype, device, attention, storage, tiers)
         elif tiers:
-            model = _placed_dit(weights, tiers, dtype, device, attention)
+            model = _placed_dit(weights, tiers, dtype, device, attention, storage)
         else:
             model = load_dit(weights, dtype=dtype, device=device, attention_kernel=attention,
                              storage=storage)
@@ -144,13 +143,33 @@ def dit(files: Sequence[Path], dtype: Any, device: str, attention: str,
 
 
 def compile_blocks(model: Any) -> Any:
-    """torch.compile each DiT block in place, for fixed shapes (a new latent size compiles anew).
+    """torch.compile each DiT block's forward in place, for fixed shapes (a new latent size compiles anew).
 
     The blocks hold nearly all of a forward's time; the embeddings and the head stay eager. Fused
-    kernels may round differently in the last bits, so ``[runtime].compile`` is keyed."""
+    kernels may round differently in the last bits, so ``[runtime].compile`` is keyed. The forward
+    alone is compiled, not the module's call: the placement's hooks of a streamed block (which
+    wait for reads and swap its parameters) stay eager outside the graph, and since torch 2.5
+    the parameters a hook swaps in are inputs of that graph, so a streamed block reuses it
+    (``compiled_blocks_stream``)."""
+    import torch
+
     for block in model.blocks:
-        block.compile(dynamic=False)
+        block.forward = torch.compile(block.forward, dynamic=False)
     return model
+
+
+def compiled_blocks_stream() -> bool:
+    """Whether compiled blocks may be streamed: torch 2.5 and later treat a module's parameters as
+    graph inputs (``inline_inbuilt_nn_modules``), so a block whose parameters the placement swaps
+    at every step runs the graph it compiled once; earlier ones guard on each parameter's identity
+    and would compile again at every step. Read off the installed version, torch not imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(part) for part in version("torch").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (2, 5)
 
 
 def compile_problems(device: str) -> list[str]:
@@ -176,22 +195,22 @@ def compile_problems(device: str) -> list[str]:
 
 
 def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, device: str,
-                attention: str) -> Any:
+                attention: str, storage: str = "compute") -> Any:
     """A DiT whose blocks sit in the memory plan's tiers; the placement's hooks live with it."""
     from wanflow.memory.streamed import load_placed_dit
 
     config = _config_of(weights)
     model, placement = load_placed_dit(weights, config, tiers, dtype=dtype, device=device,
-                                       attention_kernel=attention)
+                                       attention_kernel=attention, storage=storage)
     model.placement = placement  # the hooks stay registered as long as the pooled model lives
     return model
 
 
 def _config_of(weights: Sequence[Path]) -> Any:
     """The DiT config beside the weights (config.json), else read off the header shapes."""
+    from wanflow.memory.sizes import dit_shapes
     from wanflow.models.dit_config import from_shapes
     from wanflow.models.dit_loader import read_config
-    from wanflow.memory.sizes import dit_shapes
 
     beside = Path(weights[0]).parent / "config.json"
     shapes = dit_shapes(weights)

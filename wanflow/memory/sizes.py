@@ -53,7 +53,9 @@ class ComponentSize:
     """A component's weight bytes once loaded; a DiT's split into its blocks and the rest.
 
     ``fp8_*`` are the same sizes with the block matrices stored as float8 (one byte per element
-    plus one fp32 scale per row), so the planner can say whether fp8 storage would fit.
+    plus one fp32 scale per row), so the planner can say whether fp8 storage would fit. The scales
+    are buffers that stay on the device while fp8 blocks stream (``memory.fp8_placed``), so they
+    count outside ``fp8_block_bytes``, with the non-block bytes.
     """
 
     name: str
@@ -142,7 +144,7 @@ def component_size(
     """
     per_block: dict[int, int] = {}
     fp8_per_block: dict[int, int] = {}
-    total = largest = 0
+    total = largest = scales = 0
     for key, info in tensors.items():
         size = stored_bytes(info, 4 if keeps_fp32(key) else itemsize)
         total, largest = total + size, max(largest, size)
@@ -150,12 +152,12 @@ def component_size(
         if index is not None:
             per_block[index] = per_block.get(index, 0) + size
             fp8 = len(info.shape) == 2 and info.dtype in _FLOATING and not keeps_fp32(key)
-            fp8_size = info.numel + info.shape[0] * FP8_SCALE_BYTES if fp8 else size
-            fp8_per_block[index] = fp8_per_block.get(index, 0) + fp8_size
+            fp8_per_block[index] = fp8_per_block.get(index, 0) + (info.numel if fp8 else size)
+            scales += info.shape[0] * FP8_SCALE_BYTES if fp8 else 0
     order = sorted(per_block)
     block_bytes = tuple(per_block[i] for i in order)
     fp8_blocks = tuple(fp8_per_block[i] for i in order)
-    fp8_total = total - sum(block_bytes) + sum(fp8_blocks) if blocks else None
+    fp8_total = total - sum(block_bytes) + sum(fp8_blocks) + scales if blocks else None
     return ComponentSize(name, total, block_bytes, largest, fp8_total, fp8_blocks if blocks else ())
 
 

@@ -5,6 +5,8 @@ built on the meta device, the checkpoint is mapped (views, nothing read), and on
 outside disk-tier blocks are read, cast and moved, tensor by tensor (`wanflow.models.residency`):
 resident ones straight to the compute device, host-tier ones to host memory. Disk-tier blocks
 keep meta placeholders that carry their compute dtype; `BlockPlacement` reads them when they run.
+Under fp8 storage, or from a scaled-fp8 file, the blocks load and stream in their stored form
+(``fp8_placed``): the resident fp8 model's bytes, whichever tier.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
+from wanflow.memory.fp8_placed import load_stored_placed
 from wanflow.memory.mapped import map_safetensors
 from wanflow.memory.placement import BlockPlacement
 from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_loader import official_state
+from wanflow.models.fp8 import is_fp8, split_scales, stores_in_fp8
 from wanflow.models.loading import build_on_meta, mismatch_report
 from wanflow.models.residency import place_all
 
@@ -53,47 +57,51 @@ def mapped_shards(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
 def load_placed_dit(
     paths: Sequence[str | os.PathLike], config: DitConfig, tiers: Sequence[str],
     dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa",
+    attention_kernel: str = "sdpa", storage: str = "compute",
 ) -> tuple[WanDiT, BlockPlacement]:
-    """A WanDiT whose blocks sit in ``tiers`` (see `BlockPlacement`), and the placement's handle."""
+    """A WanDiT whose blocks sit in ``tiers`` (see `BlockPlacement`), and the placement's handle;
+    ``storage`` as `dit_loader.load_dit`'s (fp8 blocks stream as fp8: ``memory.fp8_placed``)."""
     views = open_dit_views(paths)
     model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
-    report = mismatch_report(model.state_dict(keep_vars=True), views)
-    if report:
-        raise ModelLoadError(f"{', '.join(map(str, paths))}: does not fit the Wan DiT config:\n{report}")
-
-    def tier_of(name: str) -> str:
-        return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
+    source = ", ".join(map(str, paths))
 
     def target(name: str) -> torch.dtype:
         return torch.float32 if keeps_fp32(name) else dtype
 
-    for tier, where in (("device", device), ("host", "cpu")):
-        part = {k: v for k, v in views.items() if tier_of(k) == tier}
-        model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
-    handle = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
-    return model, handle
+    placed_variant(model, views, target, tiers, device, source, "the Wan DiT config", storage)
+    return model, model.placement
 
 
 # ----------------------------------------------------------------------------- the DiT variants
 
 
 def placed_variant(model: Any, views: Mapping[str, Tensor], target: Callable[[str], torch.dtype],
-                   tiers: Sequence[str], device: torch.device | str, source: str, expected: str) -> Any:
+                   tiers: Sequence[str], device: torch.device | str, source: str, expected: str,
+                   storage: str = "compute") -> Any:
     """A variant's ``model`` (built on meta) loaded from the mapped ``views`` into ``tiers``:
     device-tier blocks and everything outside ``model.blocks`` (the side modules: Animate's face
     blocks and encoders, S2V's audio injectors and encoder) on ``device``, host-tier blocks in
     host memory, disk-tier blocks left on meta and read when they run. ``target`` is each
-    tensor's dtype by name (the variant's fp32 islands). The hooks live on ``model.placement``."""
+    tensor's dtype by name (the variant's fp32 islands). ``storage`` (``fp8.STORAGES``) and a
+    scaled-fp8 file go through ``fp8_placed.load_stored_placed``. The hooks live on ``model.placement``."""
+    if len(tiers) != len(model.blocks):
+        raise ValueError(f"expected {len(model.blocks)} tiers, one per block of {expected}, got {list(tiers)}")
     for name, param in model.named_parameters():  # disk-tier placeholders carry the dtype they are read at
-        param.data = param.data.to(target(name))
-    report = mismatch_report(model.state_dict(keep_vars=True), views)
-    if report:
-        raise ModelLoadError(f"{source}: does not fit {expected}:\n{report}")
+        if not is_fp8(param.dtype):
+            param.data = param.data.to(target(name))
 
     def tier_of(name: str) -> str:
         return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
 
+    scaled = split_scales(views, source)
+    if stores_in_fp8(storage) or scaled.quantised:
+        convert = load_stored_placed(model, scaled, storage, tier_of, target, device, source, expected)
+        model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device,
+                                         checkpoint=scaled.weights, convert=convert)
+        return model
+    report = mismatch_report(model.state_dict(keep_vars=True), views)
+    if report:
+        raise ModelLoadError(f"{source}: does not fit {expected}:\n{report}")
     for tier, where in (("device", device), ("host", "cpu")):
         part = {k: v for k, v in views.items() if tier_of(k) == tier}
         model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
@@ -109,7 +117,8 @@ def _safetensors(weights: Sequence[str | os.PathLike], name: str) -> list[Path]:
 
 
 def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                        storage: str = "compute") -> Any:
     """LongCat-Video's DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``)."""
     from wanflow.models import longcat_config
     from wanflow.models.longcat import LongCatDiT
@@ -127,11 +136,13 @@ def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[st
     def target(name: str) -> torch.dtype:
         return torch.float32 if longcat_config.keeps_fp32(name) else dtype
 
-    return placed_variant(model, views, target, tiers, device, source, f"LongCat-Video DiT ({config.describe()})")
+    return placed_variant(model, views, target, tiers, device, source, f"LongCat-Video DiT ({config.describe()})",
+                          storage)
 
 
 def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+                        device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                        storage: str = "compute") -> Any:
     """The Wan2.2-Animate DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``);
     its face blocks run after their DiT blocks from the device, as its encoders do."""
     from wanflow.models import animate_config
@@ -144,11 +155,12 @@ def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[st
     config = animate_config.from_shapes({k: tuple(v.shape) for k, v in views.items()}, source)
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
-    return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected)
+    return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected, storage)
 
 
 def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa") -> Any:
+                    device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
+                    storage: str = "compute") -> Any:
     """The Wan2.2-S2V DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``); its
     audio injectors run after their blocks from the device, as its audio encoder, frame packer and
     pose encoder do."""
@@ -167,4 +179,5 @@ def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], 
     def target(name: str) -> torch.dtype:
         return torch.float32 if s2v_config.keeps_fp32(name) else dtype
 
-    return placed_variant(model, views, target, tiers, device, source, f"Wan2.2 S2V DiT ({config.describe()})")
+    return placed_variant(model, views, target, tiers, device, source, f"Wan2.2 S2V DiT ({config.describe()})",
+                          storage)

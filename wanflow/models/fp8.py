@@ -126,6 +126,13 @@ def quantise(
     is 0; values are rounded to nearest. Rows are processed in blocks, so the float32 working
     copies stay under QUANT_BLOCK_ELEMENTS elements whatever the weight's size.
     """
+    scale = quantise_scale(weight, granularity)
+    return quantised_with(weight, scale), scale
+
+
+def quantise_scale(weight: Tensor, granularity: Granularity = DEFAULT_GRANULARITY) -> Tensor:
+    """The float32 scale ``quantise`` gives ``weight``: ``amax / 448`` per row (out, 1) or per
+    tensor (0-d), 1 where that amax is 0."""
     if weight.ndim != 2 or not weight.is_floating_point():
         raise ValueError(f"quantise: expected a 2-D floating weight, not {weight.dtype} "
                          f"{tuple(weight.shape)}")
@@ -136,13 +143,19 @@ def quantise(
         amax = amax.amax()
     if not torch.isfinite(amax).all():
         raise ValueError("quantise: the weight holds inf or NaN values")
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+
+
+def quantised_with(weight: Tensor, scale: Tensor) -> Tensor:
+    """``weight`` in e4m3fn under a known ``scale`` (``quantise_scale``'s): the bytes ``quantise``
+    stores, so a block quantised again at each read from its file equals the one quantised at load."""
+    step = max(1, QUANT_BLOCK_ELEMENTS // max(1, weight.shape[1]))
     stored = torch.empty(weight.shape, dtype=fp8_dtype(), device=weight.device)
     rows = scale.expand(weight.shape[0], 1)
     for r in range(0, weight.shape[0], step):
         block = weight[r:r + step].float() / rows[r:r + step]
         stored[r:r + step] = block.clamp_(-FP8_MAX, FP8_MAX)
-    return stored, scale
+    return stored
 
 
 def dequantise(stored: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
@@ -360,13 +373,17 @@ def load_scaled(
     model: nn.Module, scaled: ScaledState, *, source: str, expected: str,
     dtype: Callable[[str], torch.dtype], device: torch.device | str, borrowed: bool, fp8: bool,
     granularity: Granularity = DEFAULT_GRANULARITY,
+    placed_at: Callable[[str], torch.device | str | None] | None = None,
 ) -> None:
     """Load a model built on meta, tensor by tensor, from a state that may hold fp8 and scales.
 
     ``fp8``: the layers ``stores_fp8`` names become Fp8Linear; their weights keep the file's fp8
     bytes and scales, or are quantised here (one tensor at a time, from a copy at the file's
     precision). Every other tensor takes ``dtype(key)``; an fp8 one is dequantised on the way.
-    Keys and shapes are checked before any tensor is read.
+    Keys and shapes are checked before any tensor is read. ``placed_at``: each tensor's device
+    instead of ``device`` (`memory.streamed`: host-tier blocks in host memory); None leaves it on
+    meta, to be read from the file when it runs, and an fp8 layer's scale is then still placed
+    on ``device`` (scales are tiny and stay resident).
     """
     if fp8:
         use_fp8_storage(model)
@@ -374,18 +391,38 @@ def load_scaled(
     for key, layer in layers.items():
         layer.set_scale_shape(_scale_shape(scaled, key, layer.out_features, granularity))
     _check_fits(model, scaled, layers, source, expected)
+    where = (lambda key: device) if placed_at is None else placed_at
     placed: dict[str, Tensor] = {}
+    later = set()
     for key, tensor in scaled.weights.items():
-        scale = scaled.scales.get(key)
-        if key in layers:
-            placed |= _fp8_weight(key, tensor, scale, device, borrowed, granularity, source)
+        scale, at = scaled.scales.get(key), where(key)
+        if at is None:
+            later.add(key)
+            if key in layers:  # only its scale now
+                placed[scale_key(key)] = place(_scale_of(key, tensor, scale, granularity, source), torch.float32,
+                                               device)
+        elif key in layers:
+            placed |= _fp8_weight(key, tensor, scale, at, borrowed, granularity, source)
         elif scale is not None or is_fp8(tensor.dtype):
             value = _dequantised(tensor, scale, dtype(key), borrowed)
-            placed[key] = place(value, dtype(key), device)
-    rest = {k: t for k, t in scaled.weights.items() if k not in placed}
-    placed |= place_all(rest, dtype, device, borrowed=borrowed)
-    model.load_state_dict(placed, strict=True, assign=True)
+            placed[key] = place(value, dtype(key), at)
+    rest = {k: t for k, t in scaled.weights.items() if k not in placed and k not in later}
+    for at in {str(where(k)) for k in rest}:
+        placed |= place_all({k: t for k, t in rest.items() if str(where(k)) == at}, dtype, at, borrowed=borrowed)
+    model.load_state_dict(placed, strict=placed_at is None, assign=True)
     log.debug("fp8_weights_loaded", source=source, fp8_layers=len(layers), granularity=granularity)
+
+
+def _scale_of(key: str, tensor: Tensor, scale: Tensor | None, granularity: Granularity, source: str) -> Tensor:
+    """The float32 scale ``_fp8_weight`` gives a layer, without storing its weight: the file's
+    (an fp8 weight), or the one its quantisation takes (read once, nothing kept)."""
+    if is_fp8(tensor.dtype):
+        return canonical_scale(scale.clone()) if scale is not None else torch.ones(())
+    work = _dequantised(tensor, scale, torch.float32, True) if scale is not None else tensor
+    try:
+        return quantise_scale(work, granularity)
+    except ValueError as err:
+        raise ModelLoadError(f"{source}: {key} cannot be stored in fp8 ({err}); the checkpoint is corrupt.") from None
 
 
 def scale_key(weight_key: str) -> str:

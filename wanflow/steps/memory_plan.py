@@ -196,12 +196,14 @@ def memory_plan(job: Any, device: str, dtype_name: str, vae_version: str) -> Mem
 
 def _unstreamable_dits(values: Mapping[str, Any], dits: Mapping[str, Sequence[Path]]) -> set[str]:
     """The DiTs whose blocks cannot be streamed yet, so the planner moves them whole (offload) or
-    refuses with the numbers, never streams them: blocks kept in fp8 (``[memory].fp8``) or
-    compiled (``[runtime].compile``), or a DiT its own loader loads whole
-    (``memory/dit_variants.py``)."""
+    refuses with the numbers, never streams them: blocks compiled (``[runtime].compile``) under a
+    torch older than 2.5 (``pool.compiled_blocks_stream``), or a DiT its own loader loads whole
+    (``memory/dit_variants.py``). Blocks kept in fp8 (``[memory].fp8``) stream as fp8
+    (``memory.fp8_placed``), sized at their fp8 bytes."""
     from wanflow.memory.dit_variants import variant_of
+    from wanflow.memory.pool import compiled_blocks_stream
 
-    if values.get("memory.fp8") or values.get("runtime.compile", "none") != "none":
+    if values.get("runtime.compile", "none") != "none" and not compiled_blocks_stream():
         return set(dits)
     return {d for d, paths in dits.items() if (variant := variant_of(paths)) is not None and not variant.streams}
 
