@@ -172,6 +172,9 @@ class Inputs:
         None, why="LongCat-Video: the frames held clean (the video's, the image's, the refinement's) as the VAE "
         "posterior's sample (the authors': ε from a generator of [sampler].seed) or its mean (DiffSynth's); none: "
         "the solver's (sample under longcat and longcat-distill, mean under euler; training: mean)")
+    longcat_append_to_input: bool = setting(False, why="LongCat-Video continuation: write the whole input video, "
+                                            "then the generated frames after the conditioning ones, as the authors' "
+                                            "demo saves it (false: the generated clip alone)")
     longcat_segments: int = setting(0, ge=0, why="LongCat-Video: clips chained after the first, each continuing "
                                     "the one before from its last longcat_cond_frames frames (a long video)")
     longcat_segment_prompts: tuple[str, ...] = setting(
