@@ -203,7 +203,8 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
     defaults = Inputs()
-    for name in ("longcat_cond_frames", "longcat_cond_latents", "longcat_append_to_input", "longcat_segments", "longcat_segment_prompts", "longcat_refine",
+    for name in ("longcat_cond_frames", "longcat_cond_latents", "longcat_append_to_input", "longcat_resolution",
+                 "longcat_segments", "longcat_segment_prompts", "longcat_refine",
                  *REFINE_SETTINGS):
         if getattr(recipe.inputs, name) != getattr(defaults, name):
             value = getattr(recipe.inputs, name)

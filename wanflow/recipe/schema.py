@@ -175,6 +175,9 @@ class Inputs:
     longcat_append_to_input: bool = setting(False, why="LongCat-Video continuation: write the whole input video, "
                                             "then the generated frames after the conditioning ones, as the authors' "
                                             "demo saves it (false: the generated clip alone)")
+    longcat_resolution: Literal["480p", "720p"] | None = setting(
+        None, why="LongCat-Video image-to-video and continuation: [video].width and height from the authors' "
+        "480p or 720p size buckets, the one nearest the input's aspect ratio (none: [video].width and height)")
     longcat_segments: int = setting(0, ge=0, why="LongCat-Video: clips chained after the first, each continuing "
                                     "the one before from its last longcat_cond_frames frames (a long video)")
     longcat_segment_prompts: tuple[str, ...] = setting(
