@@ -77,3 +77,21 @@ def test_a_refined_continuation_is_joined_at_the_refined_rate(longcat_env, video
         refined = ex.load(DECODE)["frames"]  # (18, 64, 64, 3)
         expected = torch.cat([_input_frames(videos["fast"], 64, range(11)), refined[2 * COND:]])
         assert torch.equal(ex.load(NODE)["frames"], expected)
+
+
+def test_a_long_video_continuing_an_input_is_joined_after_the_first_clip_s_conditioning(
+        longcat_env, videos, tmp_path):  # noqa: F811
+    """The input at 15 fps (6 frames), then the joined clips (9 + 4 frames) after the first clip's 5
+    conditioning frames."""
+    import tomlkit
+
+    from wanflow.steps.longcat_segments import JOIN
+
+    recipe = _appended(tmp_path, videos["fast"], frames=9)
+    doc = tomlkit.parse(recipe.read_text())
+    doc["inputs"]["longcat_segments"] = 1
+    recipe.write_text(tomlkit.dumps(doc))
+    for _, ex in _executed(recipe, keep={"decode", "decode:segment-1"}):
+        joined = ex.load(JOIN)["frames"]  # (13, 16, 16, 3)
+        expected = torch.cat([_input_frames(videos["fast"], 16, range(0, 11, 2)), joined[COND:]])
+        assert joined.shape[0] == 13 and torch.equal(ex.load(NODE)["frames"], expected)
