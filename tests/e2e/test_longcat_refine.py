@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.e2e._layout_longcat import BSA_PARAMS, REPO, SHIFT, refinement_lora
+from tests.e2e._posterior import held
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import use_models, write_recipe
 from tests.e2e.test_longcat_distilled import _longcat_lora_hooks
@@ -109,8 +110,7 @@ def test_the_refinement_equals_the_authors_stage_by_hand(longcat_env, longcat_ro
         # authors encode with, reads the first 1 + 4·7 = 29 of the 32 and leaves the rest
         pixels = _upscaled(frames, 64, 18, 32)
         vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
-        with torch.no_grad():
-            clean = vae.encode(pixels[:, :, :29], tile=tile_spec(resolved.values)).float()  # 8 latent frames
+        clean = held(vae, pixels[:, :, :29], True, 0, ENCODE, tile_spec(resolved.values))  # 8 latent frames
         ours = ex.load(ENCODE)["latents"]
         assert ours.shape == (1, 16, 8, 8, 8)
         assert torch.allclose(ours, clean, atol=1e-5), (ours - clean).abs().max()
@@ -249,9 +249,8 @@ def test_a_continuation_s_refinement_holds_its_frames_at_the_refined_rate(longca
         vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
         tile = tile_spec(resolved.values)
         last = torch.from_numpy(to_model_video(load_video(videos["past"], 11, 64, 64)))[:, 1:]  # 10 of 11 at 8 fps
-        with torch.no_grad():
-            cond = vae.encode(torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None], tile=tile).float()
-            clean = vae.encode(_upscaled(ex.load("decode")["frames"], 64, 18, 29, front=3), tile=tile).float()
+        cond = held(vae, torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None], True, 0, ENCODE_COND, tile)
+        clean = held(vae, _upscaled(ex.load("decode")["frames"], 64, 18, 29, front=3), True, 0, ENCODE, tile)
         assert cond.shape == (1, 16, 4, 8, 8) and clean.shape == (1, 16, 8, 8, 8)
         assert torch.allclose(ex.load(ENCODE_COND)["latents"], cond, atol=1e-5)
         assert torch.allclose(ex.load(ENCODE)["latents"], clean, atol=1e-5)
@@ -273,11 +272,10 @@ def test_an_image_to_video_refinement_holds_the_image(longcat_env, images, tmp_p
     for resolved, ex in _executed(_recipe(tmp_path, inputs=inputs), keep={"decode"}):
         vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
         image = image_tensor(images["first"], 64, 64)  # (3, 1, 64, 64)
-        with torch.no_grad():
-            cond = vae.encode(image.repeat(1, 13, 1, 1)[None], tile=tile_spec(resolved.values)).float()
+        cond = held(vae, image.repeat(1, 13, 1, 1)[None], True, 0, ENCODE_COND, tile_spec(resolved.values))
         assert torch.allclose(ex.load(ENCODE_COND)["latents"], cond, atol=1e-5)
         assert ex.load(ENCODE)["latents"].shape == (1, 16, 12, 8, 8)  # 4 conditioning + 8 generated
-        assert torch.equal(ex.load(DENOISE)["latents"][:, :, :4], cond)
+        assert torch.equal(ex.load(DENOISE)["latents"][:, :, :4], ex.load(ENCODE_COND)["latents"])  # held
     first = run(_recipe(tmp_path, inputs=inputs), longcat_env)
     assert video_shape(first.archive / "outputs" / "video.mp4") == (18, 64, 64)
     (tmp_path / "other").mkdir()
@@ -302,9 +300,8 @@ def test_a_long_video_is_refined_window_by_window(longcat_env, longcat_root, tmp
         vae = model_pool.vae(ex.plan.get("encode-conditioning:longcat-refine-1").spec.weights["vae"].path, "wan2.1",
                              torch.float32, "cpu")
         last = torch.from_numpy(to_model_video(ex.load("decode:refine-0")["frames"][-10:].numpy()))
-        with torch.no_grad():
-            cond = vae.encode(torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None],
-                              tile=tile_spec(resolved.values)).float()
+        cond = held(vae, torch.cat([last[:, :1].repeat(1, 3, 1, 1), last], dim=1)[None], True, 0,
+                    "encode-conditioning:longcat-refine-cond-1", tile_spec(resolved.values))
         assert torch.allclose(ex.load("encode-conditioning:longcat-refine-cond-1")["latents"], cond, atol=1e-5)
         empty, prompt = ex.load("encode-text:refine")["context"], ex.load("encode-text:positive")["context"]
         assert empty.shape != prompt.shape or not torch.equal(empty, prompt)

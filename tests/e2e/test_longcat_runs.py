@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.e2e._layout_longcat import REPO, SHIFT
+from tests.e2e._posterior import held
 from tests.e2e._run import computed, run, video_shape
 from tests.e2e.conftest import use_models, write_recipe
 from wanflow.errors import WanflowError
@@ -50,7 +51,7 @@ def longcat_env(longcat_root, tmp_path, monkeypatch):
     return use_models(longcat_root, tmp_path, monkeypatch)
 
 
-def _recipe(tmp_path, video=None, frames: int = 9, cond: int = COND, **tables):
+def _recipe(tmp_path, video=None, frames: int = 9, cond: int = COND, cond_latents: str | None = None, **tables):
     inputs = {} if video is None else {"longcat_video": video}
     path = write_recipe(tmp_path, FAMILY, inputs, video={"width": 16, "height": 16, "frames": frames}, **tables)
     if video is not None:
@@ -58,6 +59,8 @@ def _recipe(tmp_path, video=None, frames: int = 9, cond: int = COND, **tables):
 
         doc = tomlkit.parse(path.read_text())
         doc["inputs"]["longcat_cond_frames"] = cond
+        if cond_latents is not None:
+            doc["inputs"]["longcat_cond_latents"] = cond_latents
         path.write_text(tomlkit.dumps(doc))
     return path
 
@@ -212,7 +215,7 @@ def test_the_two_sampler_configurations_differ_and_are_keyed(longcat_env, videos
     authors = run(recipe, longcat_env)
     diffsynth = run(recipe, longcat_env, 'sampler.solver="euler"', "sampler.shift=1.0", "sampler.cfg=2.0",
                     "sampler.cfg_zero_star=false")
-    assert computed(diffsynth) == AFTER
+    assert computed(diffsynth) == {ENCODE, *AFTER}  # its encode takes the posterior mean
     assert diffsynth.results["denoise"].key != authors.results["denoise"].key
     assert diffsynth.lock["outputs"] != authors.lock["outputs"]
     plain_cfg = run(recipe, longcat_env, "sampler.cfg_zero_star=false")  # CFG-Zero* alone is keyed
@@ -277,21 +280,28 @@ def test_a_training_recipe_takes_diffsynth_s_lora_targets(longcat_env, videos, t
 
 
 def test_the_conditioning_latents_are_the_vae_latents_of_the_videos_last_frames(longcat_env, videos, tmp_path):
-    """The authors continue from the video's last frames: the encode is the VAE (posterior mean)
-    of frames 6…10 of the 11, resized and centre-cropped to the clip."""
+    """The authors continue from the video's last frames: the encode is the VAE posterior's sample
+    of frames 6…10 of the 11, resized and centre-cropped to the clip, ε drawn from the node's seed
+    (written out by hand, ``_posterior``); DiffSynth's configuration encodes the mean."""
     from wanflow.memory import pool as model_pool
     from wanflow.output import load_video, to_model_video
     from wanflow.steps.conditioning import tile_spec
 
-    for resolved, ex in _executed(_recipe(tmp_path, videos["past"])):
-        found = ex.load(ENCODE)["latents"]
-        vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
-        every = torch.from_numpy(to_model_video(load_video(videos["past"], 11, 16, 16)))  # (3, 11, H, W)
-        with torch.no_grad():
-            last, first = (vae.encode(clip[None], tile=tile_spec(resolved.values))
-                           for clip in (every[:, 11 - COND:], every[:, :COND]))
-        assert torch.allclose(found, last, atol=1e-6)
-        assert (found - first).abs().max() > 1e-3
+    every = torch.from_numpy(to_model_video(load_video(videos["past"], 11, 16, 16)))[None]  # (1, 3, 11, H, W)
+    for latents in ("sample", "mean"):
+        for resolved, ex in _executed(_recipe(tmp_path, videos["past"], cond_latents=latents)):
+            found = ex.load(ENCODE)["latents"]
+            vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
+            tile = tile_spec(resolved.values)
+            last, other_seed, mean, first = (
+                held(vae, every[:, :, 11 - COND:], latents == "sample", 0, ENCODE, tile),
+                held(vae, every[:, :, 11 - COND:], True, 1, ENCODE, tile),
+                held(vae, every[:, :, 11 - COND:], False, tile=tile),
+                held(vae, every[:, :, :COND], latents == "sample", 0, ENCODE, tile))
+            assert torch.allclose(found, last, atol=1e-5, rtol=0)
+            assert (found - first).abs().max() > 1e-3
+            assert ((found - mean).abs().max() > 1e-3) == (latents == "sample")
+            assert (found - other_seed).abs().max() > 1e-3
 
 
 def test_wanflow_plan_sizes_its_train_step(longcat_env, videos, tmp_path):
@@ -338,10 +348,9 @@ def test_a_faster_video_is_brought_to_the_clips_frame_rate_first(longcat_env, vi
         found = ex.load(ENCODE)["latents"]
         vae = model_pool.vae(ex.plan.get(ENCODE).spec.weights["vae"].path, "wan2.1", torch.float32, "cpu")
         every = torch.from_numpy(to_model_video(load_video(videos["fast"], 11, 16, 16)))  # (3, 11, H, W)
-        with torch.no_grad():
-            strided, last = (vae.encode(every[:, list(frames)][None], tile=tile_spec(resolved.values))
-                             for frames in (range(2, 11, 2), range(6, 11)))
-        assert torch.allclose(found, strided, atol=1e-6)
+        strided, last = (held(vae, every[:, list(frames)][None], True, 0, ENCODE, tile_spec(resolved.values))
+                         for frames in (range(2, 11, 2), range(6, 11)))
+        assert torch.allclose(found, strided, atol=1e-5, rtol=0)
         assert (found - last).abs().max() > 1e-3
     first = run(recipe, longcat_env)
     slower = run(recipe, longcat_env, "video.fps=30")  # every frame: another conditioning

@@ -46,6 +46,8 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     _check_frames(recipe, problems)
     _check_segment_prompts(recipe, problems)
     _check_image(recipe, problems)
+    _check_cond_latents(recipe, problems)
+    _check_append(recipe, problems)
     check_refine(recipe, problems)
     s, defaults = recipe.sampler, Sampler()
     if s.solver in AUTHORS_SOLVERS and s.shift != defaults.shift and not problems.is_bad(("sampler", "shift")):
@@ -162,6 +164,36 @@ def _check_image(recipe: Recipe, problems: Problems) -> None:
                      "(the clip's first frame): use at least 5")
 
 
+def _check_cond_latents(recipe: Recipe, problems: Problems) -> None:
+    """The posterior setting is read where frames are encoded and held clean (a video to continue,
+    an image, a long video's segments, the refinement), and a training stage encodes the mean."""
+    value, inputs = recipe.inputs.longcat_cond_latents, recipe.inputs
+    key = ("inputs", "longcat_cond_latents")
+    if value is None or problems.is_bad(key):
+        return
+    if recipe.train is not None:
+        if value == "sample":
+            problems.add(key, value, "a training stage encodes its samples' conditioning frames to the posterior "
+                         'mean, as DiffSynth\'s trainer does: use "mean" or remove it')
+        return
+    held = inputs.longcat_video is not None or inputs.image is not None or _segments(recipe) or inputs.longcat_refine
+    if not held:
+        problems.add(key, value, "is read only where frames are encoded and held clean: set [inputs].longcat_video, "
+                     "[inputs].image, [inputs].longcat_segments or [inputs].longcat_refine, or remove it")
+
+
+def _check_append(recipe: Recipe, problems: Problems) -> None:
+    """The input video is put before the new frames only where there is one, in a generation."""
+    if not recipe.inputs.longcat_append_to_input:
+        return
+    key = ("inputs", "longcat_append_to_input")
+    if recipe.train is not None:
+        problems.add(key, True, "writes a generated video, which a training stage does not make: remove it")
+    elif recipe.inputs.longcat_video is None:
+        problems.add(key, True, "puts the video a continuation continues before its new frames, and there is "
+                     "none: set [inputs].longcat_video, or remove it")
+
+
 def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """LongCat's solver, its conditioning settings and its refinement's sparse attention are refused in
     other families' recipes."""
@@ -171,7 +203,8 @@ def _check_borrowed(recipe: Recipe, family: FamilySpec, problems: Problems) -> N
                      f"{family.name} samples with " + (", ".join(s for s in family.solvers if s not in AUTHORS_SOLVERS)
                                                        or "euler, unipc or dpm++"))
     defaults = Inputs()
-    for name in ("longcat_cond_frames", "longcat_segments", "longcat_segment_prompts", "longcat_refine",
+    for name in ("longcat_cond_frames", "longcat_cond_latents", "longcat_append_to_input", "longcat_resolution",
+                 "longcat_segments", "longcat_segment_prompts", "longcat_refine",
                  *REFINE_SETTINGS):
         if getattr(recipe.inputs, name) != getattr(defaults, name):
             value = getattr(recipe.inputs, name)

@@ -18,6 +18,8 @@ from wanflow.errors import RecipeError, display_path
 from wanflow.families.spec import FamilyLookup, FamilySpec
 from wanflow.recipe.aliases import dotted_hint
 from wanflow.recipe.flatten import flatten, to_data
+from wanflow.recipe.longcat_size import LABEL as SIZED
+from wanflow.recipe.longcat_size import with_bucket_size
 from wanflow.recipe.problems import KeyPath, Problems
 from wanflow.recipe.render import render_toml
 from wanflow.recipe.schema import FILE_INPUTS, Recipe
@@ -120,16 +122,19 @@ def _resolve(merged: dict, origins: dict[KeyPath, Origin], path: Path, text: str
     recipe = structure(Recipe, merged, (), problems)
     family = check_identity(recipe, families, problems) if recipe is not None else None
     jobs: tuple[ResolvedRecipe, ...] = ()
+    sized = False  # [video].width and height picked by LongCat's size buckets
     if recipe is not None and family is not None:
         recipe = _with_family(recipe, family, origins, path)
         paths = written_paths(recipe, origins)
+        recipe, sized = with_bucket_size(recipe, family, origins, paths, problems)
         check_recipe(recipe, family, families, problems, paths)
         recipe = _absolute_paths(recipe, paths)
     if sweep is not None and _check_sweep(sweep, problems) and not problems.items:
         jobs = _sweep_jobs(sweep, merged, origins, path, text, families, problems)
     if problems.items:
         raise RecipeError([f"{label}: {p}" if label else p for p in problems.items])
-    return ResolvedRecipe(path, text, recipe, family, flatten(recipe), _origin_labels(recipe, family, origins),
+    labels = _origin_labels(recipe, family, origins) | ({"video.width": SIZED, "video.height": SIZED} if sized else {})
+    return ResolvedRecipe(path, text, recipe, family, flatten(recipe), labels,
                           label, jobs, {k: tuple(v) for k, v in sweep.items()} if jobs else {})
 
 

@@ -168,6 +168,16 @@ class Inputs:
                                         "longcat_cond_frames frames condition the clip)")
     longcat_cond_frames: int = setting(13, family=True, ge=1, why="LongCat-Video: the input video's last frames "
                                        "held as the clip's first frames (4n+1; the authors' 13)")
+    longcat_cond_latents: Literal["sample", "mean"] | None = setting(
+        None, why="LongCat-Video: the frames held clean (the video's, the image's, the refinement's) as the VAE "
+        "posterior's sample (the authors': ε from a generator of [sampler].seed) or its mean (DiffSynth's); none: "
+        "the solver's (sample under longcat and longcat-distill, mean under euler; training: mean)")
+    longcat_append_to_input: bool = setting(False, why="LongCat-Video continuation: write the whole input video, "
+                                            "then the generated frames after the conditioning ones, as the authors' "
+                                            "demo saves it (false: the generated clip alone)")
+    longcat_resolution: Literal["480p", "720p"] | None = setting(
+        None, why="LongCat-Video image-to-video and continuation: [video].width and height from the authors' "
+        "480p or 720p size buckets, the one nearest the input's aspect ratio (none: [video].width and height)")
     longcat_segments: int = setting(0, ge=0, why="LongCat-Video: clips chained after the first, each continuing "
                                     "the one before from its last longcat_cond_frames frames (a long video)")
     longcat_segment_prompts: tuple[str, ...] = setting(

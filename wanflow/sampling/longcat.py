@@ -176,7 +176,8 @@ class LongCatSampling:
     enhance_hf: bool
     frames: int  # video frames made, the conditioning ones included
     cond_frames: int  # the input video's last frames that condition the continuation
-    cond_encoding: Literal["sample", "mean"]  # VAE posterior sample (LongCat) or its mean (DiffSynth)
+    cond_encoding: Literal["sample", "mean"]  # VAE posterior sample (LongCat) or its mean (DiffSynth):
+    #   a recipe's [inputs].longcat_cond_latents (steps/longcat_posterior.py)
     lora: str | None = None  # file under the release's lora/ this schedule was distilled for
 
 

@@ -14,7 +14,8 @@ Image-to-video (the authors' ``generate_i2v``) is the same conditioning with one
 latent frame held clean as the clip's first (``encode-conditioning:longcat-image``; its key holds
 the image's digest, the size and the VAE's settings).
 
-The latents are the posterior mean (DiffSynth's encoding; the authors draw a posterior sample).
+The latents are the VAE posterior's sample (the authors') or its mean (DiffSynth's), as
+``[inputs].longcat_cond_latents`` or the solver says (``steps/longcat_posterior.py``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import attrs
 from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.errors import ModelInputError
 from wanflow.steps.cond_call import Implementation, ModelCall, tensor
-from wanflow.steps.conditioning import VAE_READS, encode
+from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.longcat_frames import (
     frame_stride,
     kept_indices,
     needed_frames,
     source_rate,
 )
+from wanflow.steps.longcat_posterior import encode_latents, posterior_field, stream_field
 from wanflow.steps.text import RUNTIME_READS
 
 NODE = "encode-conditioning:longcat-frames"
@@ -73,6 +75,8 @@ class EncodeLongCatVideo:
     device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    posterior: str = posterior_field()  # "mean" or "sample" (steps.longcat_posterior)
+    stream: str = stream_field()  # the node whose ε a sample draws
     kind: str = "encode-longcat-frames"
     version: int = 1
     output: str = "tensors"
@@ -82,7 +86,7 @@ class EncodeLongCatVideo:
         p = ctx.params
         pixels = last_frames(ctx.file("longcat_video"), p["inputs.longcat_cond_frames"], p["video.fps"],
                              p["video.width"], p["video.height"])
-        return {"latents": encode(self, ctx, pixels).contiguous()}  # (1, z, k, h, w)
+        return {"latents": encode_latents(self, ctx, pixels).contiguous()}  # (1, z, k, h, w)
 
 
 @attrs.frozen
@@ -94,6 +98,8 @@ class EncodeLongCatImage:
     device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    posterior: str = posterior_field()  # "mean" or "sample" (steps.longcat_posterior)
+    stream: str = stream_field()  # the node whose ε a sample draws
     kind: str = "encode-longcat-image"
     version: int = 1
     output: str = "tensors"
@@ -104,7 +110,7 @@ class EncodeLongCatImage:
 
         p = ctx.params
         pixels = image_tensor(ctx.file("image"), p["video.width"], p["video.height"])  # (3, 1, H, W)
-        return {"latents": encode(self, ctx, pixels).contiguous()}  # (1, z, 1, h, w)
+        return {"latents": encode_latents(self, ctx, pixels).contiguous()}  # (1, z, 1, h, w)
 
 
 def _node(job: Any, declared: Any) -> StepSpec | None:

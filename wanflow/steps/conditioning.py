@@ -46,15 +46,17 @@ def frame_mask(frames: int, height: int, width: int, last: bool) -> Any:
     return msk.view(1, msk.shape[1] // 4, 4, height, width).transpose(1, 2)[0]  # (4, T, h, w)
 
 
-def encode(step: Any, ctx: Any, pixels: Any) -> Any:
+def encode(step: Any, ctx: Any, pixels: Any, generator: Any = None) -> Any:
     """(1, z, T, h, w) fp32 latents of pixels (3, F, H, W) in [-1, 1], with the VAE, dtype, device
-    and pool budget of ``step`` (its ``vae_version``, ``dtype``, ``device``, ``residency``)."""
+    and pool budget of ``step`` (its ``vae_version``, ``dtype``, ``device``, ``residency``): the
+    posterior mean, or a posterior sample drawn from ``generator`` when one is given."""
     import torch
 
     device, dtype = component_runtime(ctx.params, step.dtype, step.device)
     vae = model_pool.vae(ctx.weight("vae"), step.vae_version, dtype, device, step.residency)
     with torch.no_grad():
-        return vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params)).float().cpu()
+        return vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params),
+                          sample=generator is not None, generator=generator).float().cpu()
 
 
 @attrs.frozen

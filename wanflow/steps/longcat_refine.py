@@ -13,8 +13,8 @@ at the refined frame rate.
 
 Every stage is a step of its own: a new refinement strength re-runs only the refinement's
 denoise and what follows, never the 480p clip. Where wanflow differs from the authors' code:
-the upscaled video is encoded to its posterior mean (theirs draws a sample with the global RNG),
-the re-noising noise comes from ``[sampler].seed`` (theirs from the global RNG), and the
+the upscaled video's posterior sample draws its ε from a seeded generator (theirs from the global
+RNG; ``steps/longcat_posterior.py``), so does the re-noising (``[sampler].seed``), and the
 upscaling computes in fp32 (theirs in the DiT's dtype). Importing this module does not import
 torch.
 """
@@ -31,10 +31,11 @@ import attrs
 from wanflow.engine.step import KEYED_WHEN_SET, NOT_KEYED
 from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.families.longcat import refine_size
-from wanflow.steps.conditioning import VAE_READS, encode
+from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.decode import Decode
 from wanflow.steps.denoise import CHECKPOINT_EVERY
 from wanflow.steps.denoise_longcat import LongCatDenoise, release_shift
+from wanflow.steps.longcat_posterior import encode_latents, posterior_field, stream_field
 from wanflow.steps.save import SaveFrames, SaveVideo
 from wanflow.steps.text import RUNTIME_READS
 
@@ -154,6 +155,8 @@ class EncodeRefineVideo:
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     cond: str = ""  # "", "image" or "video": what conditions the clip (its frames are padded before)
+    posterior: str = posterior_field()  # "mean" or "sample" (steps.longcat_posterior)
+    stream: str = stream_field()  # the node whose ε a sample draws
     kind: str = "encode-longcat-refine"
     version: int = 1
     output: str = "tensors"
@@ -164,7 +167,7 @@ class EncodeRefineVideo:
         width, height = refined_size(p)
         layout = Layout.of(refined_frames(p), cond_frames(p, self.cond))
         pixels = upscale(ctx.input("frames")["frames"], width, height, refined_frames(p), layout)
-        return {"latents": encode(self, ctx, pixels).contiguous()}
+        return {"latents": encode_latents(self, ctx, pixels).contiguous()}
 
 
 @attrs.frozen
@@ -180,6 +183,8 @@ class EncodeRefineCond:
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
     cond: str = "image"  # "image", "video" or "segment" (the previous refined segment's ``frames``)
+    posterior: str = posterior_field()  # "mean" or "sample" (steps.longcat_posterior)
+    stream: str = stream_field()  # the node whose ε a sample draws
     kind: str = "encode-longcat-refine-cond"
     version: int = 1
     output: str = "tensors"
@@ -209,7 +214,7 @@ class EncodeRefineCond:
             pixels = last_frames(ctx.file("longcat_video"), count, p["video.fps"] * frame_factor(p), width, height)  # (3, count, H, W)
         front = Layout.of(refined_frames(p), count).front
         pixels = torch.cat([pixels[:, :1].expand(-1, front, -1, -1), pixels], dim=1)
-        return {"latents": encode(self, ctx, pixels).contiguous()}
+        return {"latents": encode_latents(self, ctx, pixels).contiguous()}
 
 
 @attrs.frozen

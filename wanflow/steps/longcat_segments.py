@@ -28,8 +28,9 @@ from typing import Any
 import attrs
 
 from wanflow.engine.step import NOT_KEYED, StepSpec
-from wanflow.steps.conditioning import VAE_READS, encode
+from wanflow.steps.conditioning import VAE_READS
 from wanflow.steps.denoise_longcat import LongCatDenoise
+from wanflow.steps.longcat_posterior import encode_latents, posterior_field, stream_field
 from wanflow.steps.text import RUNTIME_READS
 
 #: The node that joins the clips into the video the save steps write.
@@ -54,6 +55,8 @@ class EncodeSegmentFrames:
     device: str = "auto"  # [models.vae].device
     #: What the model pool may keep loaded (placement only: never part of the key).
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    posterior: str = posterior_field()  # "mean" or "sample" (steps.longcat_posterior)
+    stream: str = stream_field()  # the node whose ε a sample draws
     kind: str = "encode-longcat-segment"
     version: int = 1
     output: str = "tensors"
@@ -66,7 +69,7 @@ class EncodeSegmentFrames:
 
         frames = ctx.input("frames")["frames"]  # (T, H, W, 3) uint8
         last = frames[-ctx.params["inputs.longcat_cond_frames"]:].numpy()
-        return {"latents": encode(self, ctx, torch.from_numpy(to_model_video(last))).contiguous()}
+        return {"latents": encode_latents(self, ctx, torch.from_numpy(to_model_video(last))).contiguous()}
 
 
 @attrs.frozen

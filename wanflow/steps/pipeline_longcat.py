@@ -8,8 +8,10 @@ A long video (``[inputs].longcat_segments``) chains continuations after the firs
 Under the authors' solver the release's ``scheduler/scheduler_config.json`` (among the DiT
 component's files) becomes the step's ``scheduler`` weight: its shift sets the grid, so its
 digest is in the step's key; DiffSynth's configuration (``euler``) never reads it, and its key
-does not hold it. The memory plan sizes LongCat's DiT whole (``steps/longcat_memory.py``), and a
-training job's train step with it. Importing this module does not import torch.
+does not hold it. The frames held clean are encoded to the VAE posterior's sample or mean
+(``[inputs].longcat_cond_latents``, ``steps/longcat_posterior.py``); a continuation's video may
+begin with the whole input video, as the authors' demo writes it (``steps/longcat_append.py``). The memory plan sizes
+LongCat's DiT whole (``steps/longcat_memory.py``), and a training job's train step with it. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from wanflow.engine.step import StepSpec
 from wanflow.errors import ModelLoadError
 from wanflow.families.longcat import AUTHORS_SOLVERS, SCHEDULER_CONFIG
 from wanflow.steps.denoise_longcat import SCHEDULER, LongCatDenoise
+from wanflow.steps.longcat_append import append_nodes
+from wanflow.steps.longcat_posterior import posterior_mode, with_posterior
 from wanflow.steps.longcat_segments import segment_count, segment_nodes
 from wanflow.steps.pipeline import WanPipeline, _Job, resolve_weights
 from wanflow.steps.runtime import effective_device
@@ -37,7 +41,10 @@ class LongCatPipeline(WanPipeline):
         if resolved.recipe.train is not None:
             return nodes
         nodes = segment_nodes(nodes, resolved.values)  # a long video's chained clips
-        return refine_stage(job, nodes)  # the 720p refinement, when asked
+        nodes = refine_stage(job, nodes)  # the 720p refinement, when asked
+        if resolved.recipe.inputs.longcat_video is not None:  # the input video before the new frames
+            nodes = append_nodes(nodes, resolved.values, job.file("longcat_video"))
+        return with_posterior(nodes, posterior_mode(resolved.values, training=False))  # sample or mean
 
     def job_plan(self, job: Any) -> Any:
         """LongCat's memory plan (MemoryPlanError, exit 2, when nothing fits); None when weights
