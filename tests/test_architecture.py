@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wanflow"
 #: consulted by recipe validation (families) and binds pipelines, so the steps never consult it;
 #: they get savers and solvers from the pipeline at planning.
 ALLOWED = {
-    "recipe": {"plugins", "families"},  # the family registry, consulted lazily
+    "recipe": {"plugins", "families", "media_size"},  # the family registry, consulted lazily
     "families": {"conditioners"},  # data: family specs and the conditioning they declare
     "conditioners": set(),  # the torch-free registry of conditioning kinds a family may declare
     "plugins": {"families", "steps"},  # steps only lazily, inside the pipelines hook
@@ -26,11 +26,12 @@ ALLOWED = {
     "models": {"file_kinds"},
     "sampling": set(),
     "steps": {"engine", "models", "sampling", "families", "output", "sources", "lora", "memory", "train",
-              "audio", "conditioners"},
+              "audio", "conditioners", "media_size"},
     "memory": {"models", "lora"},  # the memory planner (pure) and the placement of weights at run time
     "lora": {"models"},  # LoRA files and their application to a model; knows no recipe or cache
     "output": {"file_kinds"},
     "file_kinds": set(),  # what a file is from its first bytes, for "it looks like …" in errors
+    "media_size": set(),  # an image's or video's pixel size, torch-free, for validation and resolution
     "sources": {"families"},
     "train": {"families", "output", "models", "lora", "sampling", "audio"},  # dataset, objective, loop, adapters
     "audio": {"file_kinds"},  # decoding, probing and encoding speech for audio-driven families

@@ -4,9 +4,9 @@ from the input's aspect ratio, as the authors' ``generate_i2v`` and ``generate_v
 Their ``get_condition_shape(condition, resolution)`` takes the height/width ratio of the image
 (or of the video's first frame) and the bucket nearest it (``families.longcat.SIZE_BUCKETS``).
 The size is settled here, when the recipe is resolved, because every check and every step's key
-reads ``[video].width`` and height: so this module reads the input's pixel size (torch-free, with
-PIL or ffmpeg; the image's EXIF orientation applied, as every image input is loaded). The input is
-then resized and centre-cropped to the bucket as any input is (the authors resize it to the
+reads ``[video].width`` and height: so this module reads the input's pixel size
+(``wanflow.media_size``: torch-free, the image's EXIF orientation applied, as every image input
+is loaded). The input is then resized and centre-cropped to the bucket as any input is (the authors resize it to the
 bucket without cropping; the bucket being the nearest ratio, the crop is a few percent).
 """
 
@@ -20,42 +20,21 @@ import attrs
 
 from wanflow.families.longcat import PIPELINE, bucket_size
 from wanflow.families.spec import FamilySpec
+from wanflow.media_size import file_pixel_size
 from wanflow.recipe.problems import Problems
 from wanflow.recipe.schema import Recipe
 
 KEY = ("inputs", "longcat_resolution")
 #: The label ``wanflow show`` gives the width and height a bucket set.
 LABEL = "longcat_resolution"
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def media_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of an image (EXIF orientation applied) or of a video's first frame; None
-    when it cannot be read (the file checks report why)."""
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(path) as im:
-                return ImageOps.exif_transpose(im).size
-        except OSError:
-            return None
-    import imageio_ffmpeg
-
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-    except (OSError, RuntimeError, StopIteration):
-        return None
-    return tuple(meta["size"]) if meta.get("size") else None
 
 
 def with_bucket_size(recipe: Recipe, family: FamilySpec, origins: Mapping[tuple, Any],
                      paths: Mapping[tuple, tuple[str, Path]], problems: Problems) -> tuple[Recipe, bool]:
     """The recipe with ``[video].width`` and height of the authors' bucket for its input (a written
-    size must equal it), and whether they were set so; the recipe as it is when ``longcat_resolution`` is unset or cannot
-    apply (each such case is a problem here, or another family's, refused in ``longcat_rules``)."""
+    size must equal it), and whether they were set so; the recipe as it is when
+    ``longcat_resolution`` is unset or cannot apply (each such case is a problem here, or another
+    family's, refused in ``longcat_rules``)."""
     resolution, inputs = recipe.inputs.longcat_resolution, recipe.inputs
     if resolution is None or family.pipeline != PIPELINE or problems.is_bad(KEY):
         return recipe, False
@@ -69,7 +48,7 @@ def with_bucket_size(recipe: Recipe, family: FamilySpec, origins: Mapping[tuple,
         problems.add(KEY, resolution, "picks the size from the aspect ratio of the input, and there is none: set "
                      "[inputs].image or [inputs].longcat_video, or remove it and set [video].width and height")
         return recipe, False
-    size = media_size(paths[source][1]) if source in paths else None
+    size = file_pixel_size(Path(paths[source][1])) if source in paths else None
     if size is None:
         return recipe, False  # the file checks say why the input cannot be read
     width, height = bucket_size(size[0], size[1], resolution)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from wanflow.errors import display_path
+from wanflow.media_size import pixel_size
 from wanflow.output.probe import video_frames
 from wanflow.steps.input_checks import Where, format_value
-from wanflow.steps.input_probe import pixel_size
 
 #: The driving videos in the order they are compared (the first one given is the yardstick).
 VIDEOS = ("pose_video", "face_video", "background_video", "mask")

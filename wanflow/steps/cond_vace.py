@@ -28,9 +28,9 @@ import attrs
 
 from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.errors import ModelInputError
+from wanflow.media_size import IMAGE_SUFFIXES
 from wanflow.steps.cond_call import Implementation, ModelCall, tensor
 from wanflow.steps.conditioning import ENCODE_READS, encode
-from wanflow.steps.input_probe import IMAGE_SUFFIXES
 from wanflow.steps.media import image_tensor, video_tensor
 
 NODE = "encode-conditioning:vace"

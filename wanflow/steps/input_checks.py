@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from wanflow.errors import display_path
+from wanflow.media_size import pixel_size
 from wanflow.output.probe import image_problem, video_frames
 from wanflow.sources.files import file_problem, match
 from wanflow.steps.camera_poses import camera_problems
-from wanflow.steps.input_probe import pixel_size, transparent_pixels
+from wanflow.steps.input_probe import transparent_pixels
 
 Where = Callable[[str], str]
 
@@ -186,7 +187,7 @@ def _vace_problems(values: Any, where: Where) -> list[str]:
     a frame for every output frame; a mask of the video's size, and never a mask without it."""
     import math
 
-    from wanflow.steps.input_probe import IMAGE_SUFFIXES
+    from wanflow.media_size import IMAGE_SUFFIXES
 
     found, frames = [], values["video.frames"]
     scale = values.get("inputs.vace.scale")

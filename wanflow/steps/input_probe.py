@@ -1,4 +1,5 @@
-"""What validation asks of a conditioning file besides "can it be decoded": transparency and size.
+"""What validation asks of an image input besides "can it be decoded" and its size
+(``wanflow.media_size``): its transparency.
 
 Answers are remembered per (path, size, mtime), as ``wanflow.output.probe`` does, so a sweep
 asks each file once.
@@ -8,9 +9,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-
-#: Extensions read as still images; anything else is asked of ffmpeg as a video.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @functools.lru_cache(maxsize=64)
@@ -28,26 +26,3 @@ def transparent_pixels(path: Path, size: int, mtime_ns: int) -> int:
             return 0
         alpha = im.convert("RGBA").getchannel("A")
         return sum(alpha.histogram()[:255])  # pixels with alpha < 255
-
-
-@functools.lru_cache(maxsize=64)
-def pixel_size(path: Path, size: int, mtime_ns: int) -> tuple[int, int] | None:
-    """(width, height) of an image or of a video's first stream; None when it cannot be read
-    (the decode check reports that)."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(path) as im:
-                return ImageOps.exif_transpose(im).size
-        except OSError:
-            return None
-    import imageio_ffmpeg
-
-    try:
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-    except (OSError, RuntimeError, StopIteration):
-        return None
-    return tuple(meta["size"]) if meta.get("size") else None

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from wanflow.errors import ModelInputError, display_path
+from wanflow.media_size import pixel_size
 from wanflow.steps.input_checks import format_value
-from wanflow.steps.input_probe import pixel_size
 
 Where = Callable[[str], str]
 MOTION_FRAMES = 73
