@@ -80,6 +80,7 @@ def test_compiled_streamed_blocks_equal_the_compiled_resident_ones_without_recom
 
     cfg, files = dit_files
     torch._dynamo.reset()
+    counters.clear()  # reset() keeps them: an earlier test's graph breaks would count here
     inp = inputs(cfg, seed=6, grid=(2, 4, 4))
     resident = model_pool.dit(files, torch.float32, "cpu", "sdpa", storage=storage, compile_mode="blocks")
     with torch.no_grad():

@@ -210,7 +210,7 @@ def test_fp8_storage_is_refused_at_validation_not_at_load(media, tmp_path):
 
 def test_the_memory_plan_moves_its_dit_whole_never_block_by_block(vap_root):
     """Its loader loads the DiT whole, so the planner is told it has no blocks to stream; a plain
-    Wan DiT's blocks may stream."""
+    Wan DiT's blocks may stream, stored in fp8 too."""
     from wanflow.steps.memory_plan import _unstreamable_dits
 
     vap = sorted((vap_root / REPO / "transformer").glob("*.safetensors"))
@@ -218,4 +218,5 @@ def test_the_memory_plan_moves_its_dit_whole_never_block_by_block(vap_root):
     assert vap and plain
     assert _unstreamable_dits({}, {"dit": vap}) == {"dit"}
     assert _unstreamable_dits({}, {"dit": plain}) == set()
-    assert _unstreamable_dits({"memory.fp8": True}, {"dit": plain}) == {"dit"}
+    assert _unstreamable_dits({"memory.fp8": True}, {"dit": plain}) == set()
+    assert _unstreamable_dits({"memory.fp8": True}, {"dit": vap}) == {"dit"}

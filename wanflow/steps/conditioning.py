@@ -55,8 +55,9 @@ def encode(step: Any, ctx: Any, pixels: Any, generator: Any = None) -> Any:
     device, dtype = component_runtime(ctx.params, step.dtype, step.device)
     vae = model_pool.vae(ctx.weight("vae"), step.vae_version, dtype, device, step.residency)
     with torch.no_grad():
+        drawn = {} if generator is None else {"sample": True, "generator": generator}
         return vae.encode(pixels[None].to(device=device, dtype=dtype), tile=tile_spec(ctx.params),
-                          sample=generator is not None, generator=generator).float().cpu()
+                          **drawn).float().cpu()
 
 
 @attrs.frozen
