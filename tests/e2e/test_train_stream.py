@@ -1,0 +1,55 @@
+"""A LoRA trained with its frozen base streamed (``[memory].policy`` stream or disk) through the real
+pipeline: the same bytes as the resident run, validation included, and the same train step key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.e2e._run import computed, run
+from tests.e2e._train import stored_tensors, write_dataset, write_train_recipe
+from wanflow.memory import train_placement
+
+
+@pytest.fixture()
+def placed(monkeypatch):
+    """The tiers each streamed DiT was placed in, in order."""
+    seen = []
+    real = train_placement.place_for_training
+
+    def spy(model, tiers, device, views):
+        seen.append(tuple(tiers))
+        return real(model, tiers, device, views)
+
+    monkeypatch.setattr(train_placement, "place_for_training", spy)
+    return seen
+
+
+def _recipe(tmp_path):
+    metadata = write_dataset(tmp_path / "data")
+    return write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=3, checkpoint_every=2,
+                              validation_prompts=["a red square moving right"], validate_every=2,
+                              validation_samples=1)
+
+
+def test_a_streamed_lora_is_the_resident_one_bit_for_bit_and_shares_its_key(env, tmp_path, monkeypatch, placed):
+    recipe = _recipe(tmp_path)
+    resident = run(recipe, env, "memory.policy=none")
+    assert placed == []
+    want = stored_tensors(resident, "train")
+    lora = (resident.archive / "outputs" / "lora.safetensors").read_bytes()
+    for policy, tier in (("stream", "host"), ("disk", "disk")):
+        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{policy}"))  # nothing reused: it trains again
+        placed.clear()
+        streamed = run(recipe, env, f"memory.policy={policy}")
+        assert "train" in computed(streamed)
+        assert placed and all(tiers == (tier,) * len(tiers) for tiers in placed), placed  # a CPU run streams all
+        got = stored_tensors(streamed, "train")
+        assert set(got) == set(want) and any(k.startswith("validation/") for k in want)
+        for name, tensor in want.items():  # factors, loss and validation history, validation latents
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=f"{policy}: {name}")
+        assert (streamed.archive / "outputs" / "lora.safetensors").read_bytes() == lora
+        # placement is in no key: the resident run, asked again here, reuses the streamed result
+        again = run(recipe, env, "memory.policy=none")
+        assert "train" not in computed(again)
+        assert streamed.results["train"].key == resident.results["train"].key
