@@ -53,3 +53,18 @@ def test_a_streamed_lora_is_the_resident_one_bit_for_bit_and_shares_its_key(env,
         again = run(recipe, env, "memory.policy=none")
         assert "train" not in computed(again)
         assert streamed.results["train"].key == resident.results["train"].key
+
+
+@pytest.mark.parametrize(("model", "train", "experts"), [("wan2.2-t2v-a14b", {}, 2),
+                                                          ("wan2.1-t2v-1.3b", {"task": "direct_distill"}, 1)])
+def test_a14b_experts_and_direct_distillation_stream_with_the_resident_numbers(env, tmp_path, monkeypatch, placed,
+                                                                                model, train, experts):
+    metadata = write_dataset(tmp_path / "data", [("red", 1), ("blue", -1)])
+    recipe = write_train_recipe(tmp_path, model, metadata, steps=2, checkpoint_every=2, **train)
+    want = stored_tensors(run(recipe, env, "memory.policy=none"), "train")
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache-disk"))
+    got = stored_tensors(run(recipe, env, "memory.policy=disk"), "train")
+    assert len(placed) == experts  # each expert placed
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)
