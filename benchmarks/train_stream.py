@@ -8,7 +8,7 @@ interpreter. The trained factors are compared bit for bit with the resident run'
 never changes the numbers), and the median step time (after a warm-up step) and, on CUDA, the
 allocator's peak are printed with their ratios to the resident run.
 
-    python benchmarks/train_stream.py                         # small DiT, CPU, fp32 (~1 min)
+    python benchmarks/train_stream.py                         # small DiT, CPU, fp32, 2 rounds
     python benchmarks/train_stream.py --model 1.3b --latent 21,60,104 --device cuda --dtype bf16
 """
 
@@ -56,6 +56,7 @@ def one_run(args: argparse.Namespace) -> dict:
     from wanflow.train.order import batch_order
 
     tiers = json.loads(args.tiers)
+    torch.set_num_threads(args.threads)
     device, dtype = args.device, DTYPES[args.dtype]
     params = {"train.method": "lora", "runtime.attention": "sdpa", "train.lora_targets": ["q", "k", "v", "o", "ffn.0",
               "ffn.2"], "train.lora_rank": 16, "train.lora_alpha": 16.0, "train.seed": 0,
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each, interleaved (median taken)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--streamed", type=int, default=0, help="blocks streamed (the last ones); 0: all")
     parser.add_argument("--tiers", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -117,16 +120,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "dit.safetensors"
         write_checkpoint(checkpoint, args.model)
+        seconds: dict[str, list[float]] = {}
         results, trained = {}, {}
-        for name, tier in (("resident", None), ("stream", "host"), ("disk", "disk")):
-            tiers = [] if tier is None else ["device"] * (layers - streamed) + [tier] * streamed
-            out = Path(tmp) / f"{name}.pt"
-            command = [sys.executable, __file__, "--model", args.model, "--latent", args.latent, "--device",
-                       args.device, "--dtype", args.dtype, "--steps", str(args.steps), "--tiers", json.dumps(tiers),
-                       "--checkpoint", str(checkpoint), "--out", str(out)]
-            done = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ)
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            trained[name] = torch.load(out)
+        for _ in range(args.rounds):  # interleaved, so that a busy machine slows each alike
+            for name, tier in (("resident", None), ("stream", "host"), ("disk", "disk")):
+                tiers = [] if tier is None else ["device"] * (layers - streamed) + [tier] * streamed
+                out = Path(tmp) / f"{name}.pt"
+                command = [sys.executable, __file__, "--model", args.model, "--latent", args.latent, "--device",
+                           args.device, "--dtype", args.dtype, "--steps", str(args.steps), "--threads",
+                           str(args.threads), "--tiers", json.dumps(tiers), "--checkpoint", str(checkpoint),
+                           "--out", str(out)]
+                done = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ)
+                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+                seconds.setdefault(name, []).append(results[name]["seconds"])
+                trained[name] = torch.load(out)
+        for name, found in results.items():
+            found["seconds"] = statistics.median(seconds[name])
     base = results["resident"]
     print(f"{args.model} DiT, latent {args.latent}, {args.device} {args.dtype}, {streamed} of {layers} blocks streamed")
     for name, found in results.items():

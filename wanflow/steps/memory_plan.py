@@ -6,10 +6,10 @@ checkpoint headers (each component's bytes, the DiT's per block) and the activat
 cannot fit is refused here, with the numbers and the cheapest change, before any weight is read.
 Placement never changes the numbers, so none of this is in a step key.
 
-A training job adds its train step (``train_step_peak``): the DiTs it trains stay resident
-whatever the policy, with their trained state and the activations of the dataset's largest bucket
-(``wanflow.memory.train_estimate``); a train step that cannot fit is refused the same way, naming
-the [train] changes that would fit.
+A training job adds its train step (``train_step_peak``): the DiTs it trains, resident or with a
+LoRA's frozen base streaming its last blocks where the policy asks (``train_stream_plan``), their
+trained state and the activations of the dataset's largest bucket (``wanflow.memory.train_estimate``);
+a train step that cannot fit is refused the same way, naming the changes that would fit.
 """
 
 from __future__ import annotations
@@ -262,9 +262,9 @@ class TrainJob(TrainSettings):
     forwards: int = 1  # DiT passes per micro-batch (direct distillation: the student's steps)
     #: A component trained alone beside the frozen DiT (speed control's controller): its files.
     part_files: Mapping[str, Sequence[Path]] = attrs.field(factory=dict)
-    #: Whether the frozen base's blocks can stream (``train_stream_plan.streamable``).
+    #: Whether the frozen base's blocks can stream (``train_stream_plan.streamable``); the last
+    #: blocks of each DiT streamed, and their tier ("host" or "disk").
     streamable: bool = False
-    #: The last blocks of each DiT streamed, and their tier ("host" or "disk").
     streamed: int = 0
     stream_tier: str = "host"
 
@@ -357,13 +357,9 @@ def _train_fixes(train: SizedTrain, budgets: Budgets) -> list[str]:
         changes.append(("[train].gradient_checkpointing = true", {"checkpointing": True}))
     if train.device_run and not train.offload:
         changes.append(("[train].offload_activations = true", {"offload": True}))
-    if getattr(train, "streamable", False) and train.device_run and not getattr(train, "streamed", 0):
-        from wanflow.steps.train_stream_plan import fewest_streamed
+    from wanflow.steps.train_stream_plan import stream_fix
 
-        fewest = fewest_streamed(train, budgets, "host")
-        if fewest is not None:
-            changes.append((f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.config.num_layers} '
-                            "blocks streamed from host memory; same numbers)", {"streamed": fewest}))
+    changes += stream_fix(train, budgets)  # the frozen base's blocks streamed (same numbers)
     smaller = next((b for b in range(train.batch - 1, 0, -1) if _fits(train.peak(batch=b), budgets)), None)
     if smaller is not None:
         text = f"[train].batch_size = {smaller} (gradient_accumulation keeps the effective batch)"

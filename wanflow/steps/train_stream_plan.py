@@ -58,6 +58,18 @@ def fewest_streamed(train: TrainJob, budgets: Budgets, tier: str) -> int | None:
                  if _fits(train.peak(streamed=n, stream_tier=tier), budgets)), None)
 
 
+def stream_fix(train: Any, budgets: Budgets) -> list[tuple[str, dict[str, Any]]]:
+    """The refusal's offer of ``[memory].policy = "stream"`` (as a ``_train_fixes`` change) where the
+    step can stream, does not yet, and fits with some blocks streamed from host memory."""
+    if not getattr(train, "streamable", False) or not train.device_run or getattr(train, "streamed", 0):
+        return []
+    fewest = fewest_streamed(train, budgets, "host")
+    if fewest is None:
+        return []
+    return [(f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.config.num_layers} blocks '
+             "streamed from host memory; same numbers)", {"streamed": fewest})]
+
+
 def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str) -> StepPeak:
     """The train step's peak under ``policy`` (the module docstring), or MemoryPlanError."""
     layers = train.config.num_layers
