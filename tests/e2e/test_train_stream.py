@@ -68,3 +68,14 @@ def test_a14b_experts_and_direct_distillation_stream_with_the_resident_numbers(e
     assert set(got) == set(want)
     for name, tensor in want.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def test_the_plan_says_which_blocks_the_train_step_streams(env, tmp_path, capsys):
+    from wanflow.cli import main
+
+    recipe = _recipe(tmp_path)
+    assert main(["plan", str(recipe), "--set", "memory.policy=disk"]) == 0
+    out = capsys.readouterr().out
+    assert "  train: dit's frozen base: 0 blocks resident, 2 read from the mapped checkpoint" in out, out
+    assert main(["plan", str(recipe)]) == 0
+    assert "frozen base" not in capsys.readouterr().out  # auto on the CPU: resident

@@ -183,8 +183,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if getattr(job, "job_label", ""):
             _out(f"[{job.job_label}]")
         found = _planning(job.model).memory_plan(job)
-        _out("\n".join(found.explain()) if found is not None else
-             "weights not on this machine: sizes unknown (`wanflow run` downloads them)")
+        lines = [*found.explain(), *(line for p in found.peaks for line in getattr(p, "describe", list)())] \
+            if found is not None else ["weights not on this machine: sizes unknown (`wanflow run` downloads them)"]
+        _out("\n".join(lines))
     return 0
 
 

@@ -37,6 +37,16 @@ class TrainStepPeak(StepPeak):
 
     tiers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    def describe(self) -> list[str]:
+        """Readable lines for ``wanflow plan``: what each trained DiT streams."""
+        where = {"host": "copied in block by block from host memory", "disk": "read from the mapped checkpoint"}
+        out = []
+        for role, tiers in self.tiers:
+            streamed = [t for t in tiers if t != "device"]
+            out.append(f"  train: {role}'s frozen base: {len(tiers) - len(streamed)} blocks resident, "
+                       f"{len(streamed)} {where[streamed[0]]}")
+        return out
+
 
 def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
                parts: Sequence[str]) -> bool:
