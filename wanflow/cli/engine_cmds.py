@@ -242,7 +242,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Semantic difference of two recipes or archives."""
     from wanflow.engine.diff import DiffReport, diff_values, render_md, render_text
     from wanflow.engine.lock import lock_differences
-
     from wanflow.engine.runner import keyed_values
 
     (ra, la), (rb, lb) = _side(args.a), _side(args.b)
