@@ -7,6 +7,8 @@ checkpoint; the LoRA factors stay resident and are the optimizer's own tensors.
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -84,3 +86,36 @@ def test_backward_fetches_ahead_in_backward_order(checkpoint):
     assert one == [(0, "forward"), (1, "forward"), (2, "forward"), (3, "forward"), (3, "forward"),
                    (2, "backward"), (1, "backward"), (0, "backward")], one
     assert fetched == one * STEPS
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_at_most_two_blocks_of_fetched_weights_live_at_once_with_checkpointing(checkpoint, monkeypatch,
+                                                                              checkpointing):
+    """What the plan counts (``IN_FLIGHT``): a fetched block's weights live until autograd is done
+    with them, so in backward the block whose backward runs and the next one arriving; without
+    checkpointing autograd would keep every block's (why the recipe's rules refuse that)."""
+    from wanflow.memory import train_placement
+    from wanflow.memory.train_stream_estimate import IN_FLIGHT
+
+    alive: dict[tuple, bool] = {}
+    fetch, acquire = train_placement.TrainPlacement._fetch, train_placement.TrainPlacement._acquire
+
+    def tracked(self, block, targets, ahead=False):
+        tensors, arrived = fetch(self, block, targets, ahead)
+        for name, t in tensors.items():  # bf16 file, fp32 compute: each fetch makes new storage
+            key = (block.index, name, id(t.untyped_storage()))
+            alive[key] = True
+            weakref.finalize(t.untyped_storage(), alive.pop, key, None)
+        return tensors, arrived
+
+    seen = []
+
+    def counted(self, block, *, faulted):
+        acquire(self, block, faulted=faulted)
+        seen.append(len({key[0] for key in alive}))
+
+    monkeypatch.setattr(train_placement.TrainPlacement, "_fetch", tracked)
+    monkeypatch.setattr(train_placement.TrainPlacement, "_acquire", counted)
+    monkeypatch.setitem(PARAMS, "train.gradient_checkpointing", checkpointing)
+    _train(checkpoint, ("disk",) * 4)
+    assert seen and max(seen) == (IN_FLIGHT if checkpointing else 4), seen
