@@ -277,7 +277,8 @@ STREAM_REFUSALS = [
      'method = "lora"'),
     ("gradient_checkpointing = false\n", "disk", "needs [train].gradient_checkpointing = true", "set it to true"),
     ('distribution = "ddp"\n', "stream", 'distribution = "ddp" starts from every process', 'distribution = "none"'),
-    ('preset_lora = "p.safetensors"\n', "disk", "merged into the base's weights", 'use policy "stream"'),
+    ('preset_lora = "p.safetensors"\n', "stream", "merged into the base's weights where each lives",
+     'use policy "auto" or "none"'),
 ]
 
 

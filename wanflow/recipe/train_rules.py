@@ -79,9 +79,10 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
     if any(a.startswith(UNSTREAMED_ARCHITECTURES) for a in dits):
         why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a Wan DiT's "
                    'LoRA does); use policy "auto" or "none"')
-    if policy == "disk" and t.preset_lora:
-        why.append("[train].preset_lora is merged into the base's weights, which the disk tier reads unmerged "
-                   'from the checkpoint; use policy "stream" (host memory holds the merged blocks)')
+    if t.preset_lora:
+        why.append("[train].preset_lora is merged into the base's weights where each lives: a streamed block "
+                   "waits in host memory (where the merge rounds otherwise than on the device) or is read "
+                   'unmerged from the checkpoint (disk); use policy "auto" or "none" (the base stays resident)')
     for text in why:
         problems.add(("memory", "policy"), policy, text)
 
