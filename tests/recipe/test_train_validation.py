@@ -436,3 +436,9 @@ def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tm
     path = tmp_path / "ok.toml"
     path.write_text(SPEED + '[models.motion_controller]\ndtype = "bf16"\n', encoding="utf-8")
     assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured
+
+
+def test_longcat_streaming_while_training_is_refused_once_by_its_own_rule(tmp_path):
+    problems = refused(tmp_path, 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "stream"\n')
+    mine = [p for p in problems if p.startswith('r.toml: [memory].policy = "stream": ')]
+    assert len(mine) == 1 and "LongCat's train step holds the DiT it trains whole" in mine[0], problems

@@ -45,8 +45,10 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 
 #: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
-#: while training yet: the DiT variants with their own loaders and side modules.
-UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "longcat", "video-as-prompt")
+#: while training yet: the DiT variants with their own loaders and side modules. LongCat-Video's
+#: own rules refuse it (``longcat_rules``), so it is not refused twice.
+UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
+OWN_STREAMING_RULES = ("longcat",)
 
 
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
@@ -54,6 +56,9 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
     Wan DiT streams its blocks (``wanflow.memory.train_placement``); everything else is refused,
     naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
     t, policy = recipe.train, recipe.memory.policy
+    dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
+    if any(a.startswith(OWN_STREAMING_RULES) for a in dits):
+        return
     why = []
     if t.method == "full":
         why.append("full fine-tuning trains every weight of the DiT, which stays resident (its weights, their "
@@ -75,7 +80,6 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
     if parts:
         why.append(f"{parts[0]} trains alone beside the frozen DiT, which then stays resident; use policy \"auto\" "
                    'or "none"')
-    dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
     if any(a.startswith(UNSTREAMED_ARCHITECTURES) for a in dits):
         why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a Wan DiT's "
                    'LoRA does); use policy "auto" or "none"')
