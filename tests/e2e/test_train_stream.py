@@ -79,3 +79,34 @@ def test_the_plan_says_which_blocks_the_train_step_streams(env, tmp_path, capsys
     assert "  train: dit's frozen base: 0 blocks resident, 2 read from the mapped checkpoint" in out, out
     assert main(["plan", str(recipe)]) == 0
     assert "frozen base" not in capsys.readouterr().out  # auto on the CPU: resident
+
+
+def test_a_killed_streamed_run_resumes_to_the_resident_run_s_bytes(env, tmp_path, models_root):
+    """Killed after a checkpoint while its base streams from disk, resumed (streamed again): the
+    LoRA and loss history of the resident run, as a fresh process of the CLI writes them."""
+    import json
+    import signal
+
+    from tests.e2e.test_training_resume import _archive, _kill_after_a_checkpoint, _start
+
+    metadata = write_dataset(tmp_path / "data")
+    recipe = write_train_recipe(tmp_path, "wan2.1-t2v-1.3b", metadata, steps=10, checkpoint_every=2)
+    streamed = tmp_path / "disk" / recipe.name
+    streamed.parent.mkdir()
+    streamed.write_text(recipe.read_text() + '\n[memory]\npolicy = "disk"\n')
+    reference = _start(recipe, tmp_path / "cache-a", models_root, tmp_path / "runs-a")
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out[-2000:]
+    killed = _start(streamed, tmp_path / "cache-b", models_root, tmp_path / "runs-b")
+    lines = _kill_after_a_checkpoint(killed, 1, 0.0)
+    assert killed.returncode == -signal.SIGKILL, "".join(lines[-20:])
+    assert any("train.streamed" in line and "tier=disk" in line for line in lines), "".join(lines[-20:])
+    resumed = _start(streamed, tmp_path / "cache-b", models_root, tmp_path / "runs-c")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-2000:]
+    archive = _archive(tmp_path / "runs-c")
+    events = [json.loads(line) for line in (archive / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "step.resume" and e["node"] == "train" for e in events)
+    expected = _archive(tmp_path / "runs-a") / "outputs"
+    for name in ("lora.safetensors", "loss.csv"):
+        assert (archive / "outputs" / name).read_bytes() == (expected / name).read_bytes(), name

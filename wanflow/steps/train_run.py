@@ -101,6 +101,9 @@ def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: tor
         from wanflow.memory.train_placement import streamed_base
 
         load, place = streamed_base(tiers)
+        streamed = [t for t in tiers if t != "device"]
+        log.info("train.streamed", expert=role, resident=len(tiers) - len(streamed), streamed=len(streamed),
+                 tier=streamed[0])
         return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, load, parts,
                             place)
     return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, variant_loader(files),
