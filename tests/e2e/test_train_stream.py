@@ -56,8 +56,10 @@ def test_a_streamed_lora_is_the_resident_one_bit_for_bit_and_shares_its_key(env,
 
 
 @pytest.mark.parametrize(("model", "train", "experts"), [("wan2.2-t2v-a14b", {}, 2),
-                                                          ("wan2.1-t2v-1.3b", {"task": "direct_distill"}, 1)])
-def test_a14b_experts_and_direct_distillation_stream_with_the_resident_numbers(env, tmp_path, monkeypatch, placed,
+                                                          ("wan2.1-t2v-1.3b", {"task": "direct_distill"}, 1),
+                                                          ("wan2.1-i2v-14b-480p", {}, 1),
+                                                          ("wan2.2-ti2v-5b", {"width": 64, "height": 64}, 1)])
+def test_a14b_direct_distillation_and_image_families_stream_with_the_resident_numbers(env, tmp_path, monkeypatch, placed,
                                                                                 model, train, experts):
     metadata = write_dataset(tmp_path / "data", [("red", 1), ("blue", -1)])
     recipe = write_train_recipe(tmp_path, model, metadata, steps=2, checkpoint_every=2, **train)
