@@ -100,15 +100,15 @@ def load_frozen_base(files: Sequence[str | os.PathLike], tiers: Sequence[str], d
 
     The placement comes after the adapter is injected (``place_for_training``), so that peft
     finds real (or meta) base weights and the factors are made on the device."""
-    from wanflow.memory.pool import _config_of
     from wanflow.memory.streamed import open_dit_views
     from wanflow.models.dit import WanDiT, keeps_fp32
+    from wanflow.models.dit_loader import config_beside
     from wanflow.models.loading import build_on_meta, mismatch_report
     from wanflow.models.residency import place_all
 
     paths = [Path(f) for f in files]
     views = open_dit_views(paths)
-    config = _config_of(paths)
+    config = config_beside(paths[0], views)  # as ``load_dit`` reads it: the derivatives' parts included
     model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
     report = mismatch_report(model.state_dict(keep_vars=True), views)
     if report:
