@@ -442,3 +442,10 @@ def test_longcat_streaming_while_training_is_refused_once_by_its_own_rule(tmp_pa
     problems = refused(tmp_path, 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "stream"\n')
     mine = [p for p in problems if p.startswith('r.toml: [memory].policy = "stream": ')]
     assert len(mine) == 1 and "LongCat's train step holds the DiT it trains whole" in mine[0], problems
+
+
+def test_streaming_is_refused_with_compiled_blocks_naming_the_fix(tmp_path):
+    problems = refused(tmp_path, T2V + '[memory]\npolicy = "disk"\n[runtime]\ncompile = "blocks"\n')
+    assert any(p.startswith('r.toml: [memory].policy = "disk": [runtime].compile = "blocks" with the frozen base\'s '
+                            'blocks streamed while training is not built yet; set compile = "none"') for p in problems), \
+        problems

@@ -75,7 +75,8 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append("[memory].fp8 with the frozen base's blocks streamed while training is not built yet; set "
                    'fp8 = false, or policy "none"')
     if recipe.runtime.compile != "none":
-        why.append("compiled blocks are not streamed; set [runtime].compile = \"none\"")
+        why.append(f'[runtime].compile = "{recipe.runtime.compile}" with the frozen base\'s blocks streamed while '
+                   'training is not built yet; set compile = "none", or policy "none"')
     parts = [c for c in t.components if c in family.trainable_parts]
     if parts:
         why.append(f"{parts[0]} trains alone beside the frozen DiT, which then stays resident; use policy \"auto\" "
