@@ -95,3 +95,13 @@ def test_a14b_streams_each_expert(job):
     budget = both.peak(streamed=4).device_bytes
     found = planned_train_step(None, both, Budgets(budget, HOST), "stream")
     assert dict(found.tiers) == {r: ("device",) * 2 + ("host",) * 4 for r in ("dit_high_noise", "dit_low_noise")}
+
+
+def test_a_dit_that_cannot_stream_refuses_an_explicit_streaming_policy(job):
+    """What the recipe's rules cannot see (a DiT variant told by its files) is refused at planning."""
+    variant = attrs.evolve(job, streamable=False)
+    for policy in ("stream", "disk"):
+        with pytest.raises(MemoryPlanError, match=rf'^r.toml: \[memory\].policy = "{policy}": the DiT this run '
+                                                  "trains does not stream its frozen blocks while training"):
+            planned_train_step("r.toml", variant, Budgets(None, HOST), policy)
+    assert not getattr(planned_train_step("r.toml", variant, Budgets(None, HOST), "auto"), "tiers", ())

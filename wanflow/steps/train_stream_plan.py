@@ -26,7 +26,8 @@ from typing import Any
 
 import attrs
 
-from wanflow.memory.planner import Budgets, StepPeak
+from wanflow.errors import display_path
+from wanflow.memory.planner import Budgets, MemoryPlanError, StepPeak
 from wanflow.memory.train_stream_estimate import stream_tiers
 from wanflow.steps.memory_plan import TrainJob, _fits, _train_refusal, sized_train_step
 
@@ -85,6 +86,11 @@ def stream_fix(train: Any, budgets: Budgets) -> list[tuple[str, dict[str, Any]]]
 def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str) -> StepPeak:
     """The train step's peak under ``policy`` (the module docstring), or MemoryPlanError."""
     layers = train.config.num_layers
+    if policy in ("stream", "disk") and not train.streamable:  # what the recipe's rules cannot see: the files
+        where = f"{display_path(path)}: " if path else ""
+        raise MemoryPlanError(f'{where}[memory].policy = "{policy}": the DiT this run trains does not stream its '
+                              "frozen blocks while training (a LoRA over a plain Wan DiT does; these files hold a "
+                              'DiT variant); use policy "auto" or "none"', ['[memory].policy = "auto"'])
     streams = train.streamable and policy in ("stream", "disk", "auto")
     tier = "disk" if policy == "disk" else "host"
     if not streams or (policy == "auto" and (not train.device_run or _fits(train.peak(), budgets))):
