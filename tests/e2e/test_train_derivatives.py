@@ -248,3 +248,21 @@ def test_a_first_frame_input_is_the_clip_s_frame_keyed_by_the_clip(denv, tmp_pat
     again = run(recipe, denv, "train.frames=1")  # a shorter clip: its latents and I2V channels change,
     assert {"train/y:0", "train/x0:0"} <= computed(again)  # while CLIP sees the same first frame
     assert "train/clip:0" not in computed(again)
+
+
+@pytest.mark.parametrize("family", [VACE, "wan2.1-fun-v1.1-14b-control"])
+def test_a_derivative_lora_trained_with_its_base_streamed_is_the_resident_one(denv, tmp_path, media, monkeypatch,
+                                                                              family):
+    """VACE's blocks (resident beside the streamed stack) and Fun's control channels: the frozen
+    base streamed from disk trains the resident run's LoRA bit for bit."""
+    columns, _, settings = CASES[family]
+    metadata = write_metadata(tmp_path / "data", _filled(columns, media))
+    recipe = train_recipe(tmp_path, family, metadata, steps=2, **settings)
+    want = stored_tensors(run(recipe, denv, "memory.policy=none"), "train")
+    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache-disk"))
+    streamed = run(recipe, denv, "memory.policy=disk")
+    assert "train" in computed(streamed)
+    got = stored_tensors(streamed, "train")
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)

@@ -265,11 +265,49 @@ def test_the_a14b_recipe_trains_both_experts():
     assert resolved.recipe.train.components == ("dit_high_noise", "dit_low_noise")
 
 
-def test_a_streaming_memory_policy_is_refused_for_training(tmp_path):
-    problems = refused(tmp_path, T2V + '[memory]\npolicy = "stream"\n')
-    assert problems == ['r.toml: [memory].policy = "stream": streams the DiT\'s blocks during generation, but the '
-                        "train step keeps the DiT it trains resident (streaming frozen blocks while training is not "
-                        'built yet); use "none", "offload" or "auto"']
+@pytest.mark.parametrize("policy", ["stream", "disk"])
+def test_a_lora_over_a_wan_dit_may_stream_its_frozen_blocks(tmp_path, policy):
+    path = tmp_path / "r.toml"
+    path.write_text(T2V + f'[memory]\npolicy = "{policy}"\n', encoding="utf-8")
+    assert load_recipe(path).recipe.memory.policy == policy  # nothing refused
+
+
+STREAM_REFUSALS = [
+    ('method = "full"\n', "stream", "full fine-tuning trains every weight of the DiT, which stays resident",
+     'method = "lora"'),
+    ("gradient_checkpointing = false\n", "disk", "needs [train].gradient_checkpointing = true", "set it to true"),
+    ('distribution = "ddp"\n', "stream", 'distribution = "ddp" starts from every process', 'distribution = "none"'),
+    ('preset_lora = "p.safetensors"\n', "stream", "merged into the base's weights where each lives",
+     'use policy "auto" or "none"'),
+]
+
+
+@pytest.mark.parametrize(("train", "policy", "why", "fix"), STREAM_REFUSALS)
+def test_streaming_the_frozen_base_is_refused_where_it_cannot_run_naming_why_and_the_fix(tmp_path, train, policy,
+                                                                                          why, fix):
+    (tmp_path / "p.safetensors").write_bytes(b"")
+    problems = refused(tmp_path, T2V + train + f'[memory]\npolicy = "{policy}"\n')
+    mine = [p for p in problems if p.startswith(f'r.toml: [memory].policy = "{policy}": ')]
+    assert len(mine) == 1 and why in mine[0] and fix in mine[0], problems
+
+
+def test_streaming_is_refused_with_fp8_storage_and_for_a_dit_variant(tmp_path):
+    problems = refused(tmp_path, T2V + '[memory]\npolicy = "stream"\nfp8 = true\n')
+    assert any("[memory].fp8 with the frozen base's blocks streamed while training is not built yet" in p
+               for p in problems), problems
+    problems = refused(tmp_path, 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n')
+    assert any(p.startswith('r.toml: [memory].policy = "disk": wan2.2-s2v-14b\'s DiT (wan2.2-s2v-14b) does not '
+                            "stream its blocks while training yet") for p in problems), problems
+
+
+def test_a_refused_streaming_policy_exits_2_without_a_traceback(tmp_path, capsys):
+    from wanflow.cli import main
+
+    path = tmp_path / "r.toml"
+    path.write_text(T2V + 'method = "full"\n[memory]\npolicy = "stream"\n', encoding="utf-8")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert '[memory].policy = "stream": full fine-tuning' in err and "Traceback" not in err
 
 
 DERIVATIVES = ("wan2.1-fun-1.3b-control", "wan2.1-fun-v1.1-14b-control", "wan2.1-fun-v1.1-1.3b-control-camera",
@@ -398,3 +436,16 @@ def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tm
     path = tmp_path / "ok.toml"
     path.write_text(SPEED + '[models.motion_controller]\ndtype = "bf16"\n', encoding="utf-8")
     assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured
+
+
+def test_longcat_streaming_while_training_is_refused_once_by_its_own_rule(tmp_path):
+    problems = refused(tmp_path, 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "stream"\n')
+    mine = [p for p in problems if p.startswith('r.toml: [memory].policy = "stream": ')]
+    assert len(mine) == 1 and "LongCat's train step holds the DiT it trains whole" in mine[0], problems
+
+
+def test_streaming_is_refused_with_compiled_blocks_naming_the_fix(tmp_path):
+    problems = refused(tmp_path, T2V + '[memory]\npolicy = "disk"\n[runtime]\ncompile = "blocks"\n')
+    assert any(p.startswith('r.toml: [memory].policy = "disk": [runtime].compile = "blocks" with the frozen base\'s '
+                            'blocks streamed while training is not built yet; set compile = "none"') for p in problems), \
+        problems

@@ -183,8 +183,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if getattr(job, "job_label", ""):
             _out(f"[{job.job_label}]")
         found = _planning(job.model).memory_plan(job)
-        _out("\n".join(found.explain()) if found is not None else
-             "weights not on this machine: sizes unknown (`wanflow run` downloads them)")
+        lines = [*found.explain(), *(line for p in found.peaks for line in getattr(p, "describe", list)())] \
+            if found is not None else ["weights not on this machine: sizes unknown (`wanflow run` downloads them)"]
+        _out("\n".join(lines))
     return 0
 
 
@@ -241,7 +242,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Semantic difference of two recipes or archives."""
     from wanflow.engine.diff import DiffReport, diff_values, render_md, render_text
     from wanflow.engine.lock import lock_differences
-
     from wanflow.engine.runner import keyed_values
 
     (ra, la), (rb, lb) = _side(args.a), _side(args.b)

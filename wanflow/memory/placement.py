@@ -49,11 +49,14 @@ TIERS = ("device", "host", "disk")
 class _Block:
     """One block's parameters: where each lives, and what is installed in the module now."""
 
-    def __init__(self, index: int, module: nn.Module, tier: str, prefix: str):
+    def __init__(self, index: int, module: nn.Module, tier: str, prefix: str,
+                 select: Callable[[str], str | None] | None = None):
         self.index, self.module, self.tier, self.prefix = index, module, tier, prefix
-        self.slots = [(owner, name, f"{prefix}{path}{'.' if path else ''}{name}")
-                      for path, owner in module.named_modules() for name in owner._parameters
-                      if owner._parameters[name] is not None]
+        named = [(owner, name, f"{prefix}{path}{'.' if path else ''}{name}")
+                 for path, owner in module.named_modules() for name in owner._parameters
+                 if owner._parameters[name] is not None]
+        chosen = [(owner, name, full if select is None else select(full)) for owner, name, full in named]
+        self.slots = [slot for slot in chosen if slot[2] is not None]
         self.source: dict[str, Tensor] = {}  # full name -> host copy or mapped view
         self.present = False
 
@@ -86,17 +89,20 @@ class BlockPlacement:
         convert: full parameter name -> the function that turns its mapped view into the
             parameter (on the CPU, in the parameter's dtype), for disk-tier weights whose file
             form is not the stored one (`wanflow.memory.fp8_placed`'s fp8 conversions).
+        select: a block parameter's name -> the checkpoint name it is streamed under, or None to
+            keep it resident (a trained LoRA factor); None streams every block parameter by its name.
     """
 
     def __init__(self, model: nn.Module, tiers: Sequence[str], device: torch.device | str,
                  checkpoint: Mapping[str, Tensor] | None = None,
-                 convert: Mapping[str, Callable[[Tensor], Tensor]] | None = None):
+                 convert: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+                 select: Callable[[str], str | None] | None = None):
         self.model, self.device = model, torch.device(device)
         self.convert = dict(convert or {})
         blocks = list(model.blocks)
         _check_tiers(tiers, len(blocks), checkpoint)
         self.cuda = self.device.type == "cuda"
-        self.blocks = [_Block(i, b, t, f"blocks.{i}.") for i, (b, t) in enumerate(zip(blocks, tiers))]
+        self.blocks = [_Block(i, b, t, f"blocks.{i}.", select) for i, (b, t) in enumerate(zip(blocks, tiers))]
         self.order = [b for b in self.blocks if b.tier != "device"]
         self.side = torch.cuda.Stream(self.device) if self.cuda else None
         self.reader = ThreadPoolExecutor(1, thread_name_prefix="wanflow-read-ahead") \
@@ -109,13 +115,16 @@ class BlockPlacement:
     # -------------------------------------------------------------- setting up and tearing down
 
     def _settle(self, checkpoint: Mapping[str, Tensor]) -> None:
-        """Resident weights onto the device, offloaded ones into their tier, placeholders in place."""
+        """Resident weights onto the device, offloaded ones into their tier, placeholders in place.
+
+        A resident parameter already on the device is left as it is: a trained one keeps its
+        identity (an optimizer may hold it) and its ``requires_grad``."""
         offloaded = {id(p) for b in self.order for owner, name, _ in b.slots
                      for p in [owner._parameters[name]]}
         for module in self.model.modules():
             for name, p in list(module._parameters.items()):
-                if p is not None and id(p) not in offloaded and not p.is_meta:
-                    module._parameters[name] = nn.Parameter(p.to(self.device), requires_grad=False)
+                if p is not None and id(p) not in offloaded and not p.is_meta and not _on(p, self.device):
+                    module._parameters[name] = nn.Parameter(p.to(self.device), requires_grad=p.requires_grad)
             for name, buf in list(module._buffers.items()):
                 if buf is not None and not buf.is_meta:
                     module._buffers[name] = buf.to(self.device)
@@ -249,6 +258,14 @@ class BlockPlacement:
             arrived = torch.cuda.Event()
             arrived.record(self.side)
         return out, arrived
+
+
+def _on(t: Tensor, device: torch.device) -> bool:
+    """Whether ``t`` is on ``device`` (an unindexed CUDA device: the current one)."""
+    if t.device.type != device.type:
+        return False
+    index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+    return t.device.index == index
 
 
 def _on_cpu(block: _Block, full: str, dtype: torch.dtype,

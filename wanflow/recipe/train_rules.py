@@ -38,12 +38,58 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     _check_validation(t, problems)
     _check_runtime(t, problems)
     if recipe.memory.policy in ("stream", "disk"):
-        problems.add(("memory", "policy"), recipe.memory.policy, "streams the DiT's blocks during generation, "
-                     "but the train step keeps the DiT it trains resident (streaming frozen blocks while "
-                     'training is not built yet); use "none", "offload" or "auto"')
+        _check_streaming(recipe, family, problems)
     for name in _FINITE:
         if not math.isfinite(getattr(t, name)) and not problems.is_bad(("train", name)):
             _add(problems, name, getattr(t, name), "must be a finite number")
+
+
+#: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
+#: while training yet: the DiT variants with their own loaders and side modules. LongCat-Video's
+#: own rules refuse it (``longcat_rules``), so it is not refused twice.
+UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
+OWN_STREAMING_RULES = ("longcat",)
+
+
+def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
+    """``[memory].policy`` "stream" or "disk" in a training recipe: the frozen base of a LoRA over a
+    Wan DiT streams its blocks (``wanflow.memory.train_placement``); everything else is refused,
+    naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
+    t, policy = recipe.train, recipe.memory.policy
+    dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
+    if any(a.startswith(OWN_STREAMING_RULES) for a in dits):
+        return
+    why = []
+    if t.method == "full":
+        why.append("full fine-tuning trains every weight of the DiT, which stays resident (its weights, their "
+                   'gradients and moments change every step); train a LoRA (method = "lora") to stream its frozen '
+                   'base, or use policy "auto" or "none"')
+    if not t.gradient_checkpointing:
+        why.append("streaming frozen blocks while training needs [train].gradient_checkpointing = true (without "
+                   "it autograd keeps every block's weights on the device until backward); set it to true")
+    if t.distribution != "none":
+        why.append(f'[train].distribution = "{t.distribution}" starts from every process\'s whole model (DDP '
+                   "syncs it, FSDP and DeepSpeed shard it) and a streamed block holds placeholders; train in one "
+                   'process (distribution = "none"), or use policy "auto" or "none"')
+    if recipe.memory.fp8:
+        why.append("[memory].fp8 with the frozen base's blocks streamed while training is not built yet; set "
+                   'fp8 = false, or policy "none"')
+    if recipe.runtime.compile != "none":
+        why.append(f'[runtime].compile = "{recipe.runtime.compile}" with the frozen base\'s blocks streamed while '
+                   'training is not built yet; set compile = "none", or policy "none"')
+    parts = [c for c in t.components if c in family.trainable_parts]
+    if parts:
+        why.append(f"{parts[0]} trains alone beside the frozen DiT, which then stays resident; use policy \"auto\" "
+                   'or "none"')
+    if any(a.startswith(UNSTREAMED_ARCHITECTURES) for a in dits):
+        why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a Wan DiT's "
+                   'LoRA does); use policy "auto" or "none"')
+    if t.preset_lora:
+        why.append("[train].preset_lora is merged into the base's weights where each lives: a streamed block "
+                   "waits in host memory (where the merge rounds otherwise than on the device) or is read "
+                   'unmerged from the checkpoint (disk); use policy "auto" or "none" (the base stays resident)')
+    for text in why:
+        problems.add(("memory", "policy"), policy, text)
 
 
 #: Conditioner kinds the training stage builds from dataset columns: the base encodes (text, the

@@ -6,10 +6,10 @@ checkpoint headers (each component's bytes, the DiT's per block) and the activat
 cannot fit is refused here, with the numbers and the cheapest change, before any weight is read.
 Placement never changes the numbers, so none of this is in a step key.
 
-A training job adds its train step (``train_step_peak``): the DiTs it trains stay resident
-whatever the policy, with their trained state and the activations of the dataset's largest bucket
-(``wanflow.memory.train_estimate``); a train step that cannot fit is refused the same way, naming
-the [train] changes that would fit.
+A training job adds its train step (``train_step_peak``): the DiTs it trains, resident or with a
+LoRA's frozen base streaming its last blocks where the policy asks (``train_stream_plan``), their
+trained state and the activations of the dataset's largest bucket (``wanflow.memory.train_estimate``);
+a train step that cannot fit is refused the same way, naming the changes that would fit.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from wanflow.memory.train_estimate import (
     train_peak,
 )
 from wanflow.memory.train_sides import side_blocks, untrained_prefixes
+from wanflow.memory.train_stream_estimate import streamed_peak
 from wanflow.models import animate_config
 from wanflow.models.animate_config import MOTION_PREFIX
 from wanflow.models.dit_config import DitConfig, from_shapes, keeps_fp32
@@ -261,13 +262,19 @@ class TrainJob(TrainSettings):
     forwards: int = 1  # DiT passes per micro-batch (direct distillation: the student's steps)
     #: A component trained alone beside the frozen DiT (speed control's controller): its files.
     part_files: Mapping[str, Sequence[Path]] = attrs.field(factory=dict)
+    #: Whether the frozen base's blocks can stream (``train_stream_plan.streamable``); the last
+    #: blocks of each DiT streamed, and their tier ("host" or "disk").
+    streamable: bool = False
+    streamed: int = 0
+    stream_tier: str = "host"
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
         lora = job.method == "lora"
-        dits, adapters, adapted = [], None, []
+        dits, adapters, adapted, blocks = [], None, [], []
         for role, files in job.dit_files.items():
             size = component_sizes({role: files}, job.itemsize if lora else FP32, job.fp8 and lora)[0]
+            blocks.append(size.block_bytes)
             shapes = dit_shapes(files)
             if lora:
                 adapted = adapted_weights(shapes, job.targets)
@@ -288,6 +295,7 @@ class TrainJob(TrainSettings):
                       for f in job.dit_files.values())
         found = train_peak(job.config, setup, dits, device_run=job.device_run,
                            accumulation=job.accumulation, loading_bytes=loading)
+        found = streamed_peak(found, blocks, job.streamed, job.stream_tier, device_run=job.device_run)
         return spread(found, dits, job.distribution, job.processes)
 
 
@@ -301,8 +309,11 @@ def train_job(job: Any, config: DitConfig, itemsize: int, device: str, vae_versi
     largest = max(targets, key=lambda s: (dit_tokens(config, grids[s]), s))
     files = {d: [w.path for w in job.weights[d].values()] for d in trained_dits(job.resolved)}
     parts = {c: [w.path for w in job.weights[c].values()] for c in trained_parts(job)}
+    from wanflow.steps.train_stream_plan import streamable
+
     return TrainJob(config=config, forwards=int(v["sampler.steps"]) if t.task == "direct_distill" else 1,
-                    part_files=parts, **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))
+                    part_files=parts, streamable=streamable(t, v, files, parts),
+                    **train_settings(t, v, files, grids[largest], largest.bucket, itemsize, device))
 
 
 def train_settings(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
@@ -318,9 +329,12 @@ def train_settings(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequen
 
 def train_step_peak(job: Any, config: DitConfig, itemsize: int, device: str, vae_version: str,
                     budgets: Budgets) -> StepPeak:
-    """The train step's predicted peak, or MemoryPlanError naming the [train] changes that fit."""
-    return sized_train_step(getattr(job.resolved, "path", None), train_job(job, config, itemsize, device, vae_version),
-                            budgets)
+    """The train step's predicted peak (with the frozen base's streamed blocks, where the policy
+    streams them: ``train_stream_plan``), or MemoryPlanError naming the changes that fit."""
+    from wanflow.steps.train_stream_plan import planned_train_step
+
+    return planned_train_step(getattr(job.resolved, "path", None),
+                              train_job(job, config, itemsize, device, vae_version), budgets, job.values["memory.policy"])
 
 
 def sized_train_step(path: Any, train: SizedTrain, budgets: Budgets) -> StepPeak:
@@ -343,6 +357,9 @@ def _train_fixes(train: SizedTrain, budgets: Budgets) -> list[str]:
         changes.append(("[train].gradient_checkpointing = true", {"checkpointing": True}))
     if train.device_run and not train.offload:
         changes.append(("[train].offload_activations = true", {"offload": True}))
+    from wanflow.steps.train_stream_plan import stream_fix
+
+    changes += stream_fix(train, budgets)  # the frozen base's blocks streamed (same numbers)
     smaller = next((b for b in range(train.batch - 1, 0, -1) if _fits(train.peak(batch=b), budgets)), None)
     if smaller is not None:
         text = f"[train].batch_size = {smaller} (gradient_accumulation keeps the effective batch)"

@@ -59,6 +59,9 @@ class TrainModel:
     solver: Any = attrs.field(default=None, metadata=NOT_KEYED)  # keyed through the node's uses
     #: The memory plan's predicted peak of this step (said if it runs out of memory; not keyed).
     peak: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: (DiT role, tier of each block) where the memory plan streams the frozen base's blocks
+    #: (``wanflow.steps.train_stream_plan``; placement: never keyed, the numbers are the same).
+    tiers: tuple[tuple[str, tuple[str, ...]], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     #: ("train.<setting>", value) of the EXECUTION_ONLY settings: honoured, never keyed.
     execution: tuple[tuple[str, Any], ...] = attrs.field(default=(), metadata=NOT_KEYED)
     kind: str = "train"

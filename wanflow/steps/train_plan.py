@@ -124,7 +124,8 @@ def training_nodes(job: Any, vae_version: str, z_dim: int) -> list[StepSpec]:
         conditioned=tuple(conditioned), parts=parts,
         validation_prompts=len(t.validation_prompts), z_dim=z_dim,
         latent_stride=family.spatial_factor // 2, init=init, solver=solver,
-        execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY), peak=job.peak("train"))
+        execution=tuple((f"train.{k}", getattr(t, k)) for k in EXECUTION_ONLY), peak=job.peak("train"),
+        tiers=getattr(job.peak("train"), "tiers", ()))
     nodes.append(StepSpec("train", train, inputs=inputs, weights=weights, uses=uses))
     nodes += _outputs(job, t, () if parts else dits, vae_version, vae, vae_own)
     for part in parts:  # the trained part in the release's layout, in place of a DiT's export

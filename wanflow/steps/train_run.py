@@ -96,6 +96,16 @@ def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: tor
     files = model_pool.weight_files([ctx.weight(f"{role}.{i}") for i in range(n)])
     init = {name: ctx.weight(name) for name in step.init}
     parts = {part: ctx.weight(f"{part}.0") for part in step.parts}
+    tiers = dict(step.tiers).get(role, ())
+    if any(tier != "device" for tier in tiers):  # the memory plan streams the frozen base's blocks
+        from wanflow.memory.train_placement import streamed_base
+
+        load, place = streamed_base(tiers)
+        streamed = [t for t in tiers if t != "device"]
+        log.info("train.streamed", expert=role, resident=len(tiers) - len(streamed), streamed=len(streamed),
+                 tier=streamed[0])
+        return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, load, parts,
+                            place)
     return build_expert(role, files, step.run_params(ctx), init, device, compute, step.boundary, variant_loader(files),
                         parts)
 

@@ -22,11 +22,15 @@ from wanflow.lora.delta import LowRank
 ADAPTER = "default"
 
 
-def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: float, seed: int) -> list[str]:
+def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: float, seed: int,
+                device: torch.device | str | None = None) -> list[str]:
     """Add a LoRA adapter on every Linear whose name ends with a target; freeze everything else.
 
     Returns the names of the adapted modules. Peft's initialisation draws from the global RNG,
     so it runs under a fork of it seeded by ``seed``: the same recipe gives the same start.
+    ``device``: where every factor lives, whatever its base weight's place (peft creates a factor
+    beside its base weight: a streamed block's base may be in host memory or a meta placeholder,
+    and the factors, which train, stay on the compute device).
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -41,23 +45,28 @@ def inject_lora(model: nn.Module, targets: Sequence[str], rank: int, alpha: floa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-        _fp32_adapters(model, seed)
+        _fp32_adapters(model, seed, device)
     for name, param in model.named_parameters():
         param.requires_grad_(".lora_A." in name or ".lora_B." in name)
     return matched
 
 
-def _fp32_adapters(model: nn.Module, seed: int) -> None:
+def _fp32_adapters(model: nn.Module, seed: int, device: torch.device | str | None = None) -> None:
     """Every adapter in fp32, initialised from ``seed`` in module order, whatever the base's dtype.
 
     peft casts an adapter to its base weight's dtype, which over an fp8-stored base would train
     factors of 3 mantissa bits; and the draws of its own initialisation depend on that dtype. So
     the factors are cast to fp32 and initialised again here: a LoRA over an fp8 base starts
-    exactly where one over a bf16 or fp32 base does.
+    exactly where one over a bf16 or fp32 base does. With ``device``, the factors move there
+    first (a meta one is made there empty): the draws are the device's, as a resident base's are.
     """
     torch.manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
+            if device is not None:
+                for factor in (module.lora_A[ADAPTER], module.lora_B[ADAPTER]):
+                    meta = any(p.is_meta for p in factor.parameters())
+                    factor.to_empty(device=device) if meta else factor.to(device)
             module.lora_A[ADAPTER].float()
             module.lora_B[ADAPTER].float()
             module.reset_lora_parameters(ADAPTER, True)

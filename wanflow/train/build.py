@@ -26,7 +26,8 @@ PART_WRAPPERS: Mapping[str, Callable[[torch.nn.Module, Path, str], torch.nn.Modu
 
 def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], init: Mapping[str, Path],
                  device: str, compute: torch.dtype, boundary: float, load: Callable[..., Any] | None = None,
-                 parts: Mapping[str, Path] | None = None) -> Expert:
+                 parts: Mapping[str, Path] | None = None,
+                 place: Callable[[torch.nn.Module], Any] | None = None) -> Expert:
     """One DiT ready to train: loaded, preset LoRA merged, adapter injected (or unfrozen).
 
     LoRA: the frozen base computes in the run's dtype and the adapter keeps fp32 (peft upcasts
@@ -37,10 +38,16 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
     ``parts`` maps a component trained alone (``FamilySpec.trainable_parts``) to its file: the DiT
     stays frozen (fp32, as full fine-tuning computes), wrapped with the part, which alone trains;
     the expert is then named after the part.
+    ``place`` (a LoRA over a frozen base whose blocks stream, ``wanflow.memory.train_placement``:
+    ``load`` then loads the base for its tiers): the factors are made on ``device`` whatever
+    their base weight's place, and ``place(model)`` puts the frozen blocks in their tiers once the
+    adapter exists (the factors stay resident).
     """
     from wanflow.models.dit_loader import load_dit
 
     lora = params["train.method"] == "lora"
+    if place is not None and (not lora or parts):
+        raise ValueError("streamed frozen blocks are built for a LoRA only; the recipe's rules refuse the rest")
     fp8 = lora and bool(params.get("memory.fp8"))  # the frozen base stored in fp8 (never a bf16 copy)
     model = (load or load_dit)(list(files), dtype=compute if lora else torch.float32, device=device,
                                attention_kernel=params["runtime.attention"], storage="fp8" if fp8 else "compute")
@@ -49,9 +56,12 @@ def build_expert(role: str, files: Sequence[Path], params: Mapping[str, Any], in
         merge_preset(model, init["preset_lora"], float(params["train.preset_lora_scale"]))
     if lora:
         inject_lora(model, tuple(params["train.lora_targets"]), int(params["train.lora_rank"]),
-                    float(params["train.lora_alpha"]), int(params["train.seed"]))
+                    float(params["train.lora_alpha"]), int(params["train.seed"]),
+                    device=device if place is not None else None)
         if "lora_init" in init:
             start_from(model, init["lora_init"])
+    if place is not None:
+        place(model)
     model.gradient_checkpointing = bool(params["train.gradient_checkpointing"])
     if parts:
         (role, file), = parts.items()

@@ -91,6 +91,14 @@ class Expert:
     t_max: float = math.inf
 
 
+def settle(model: torch.nn.Module) -> None:
+    """After a backward through ``model``: the blocks its placement streams (the memory layer's
+    ``TrainPlacement`` on ``model.placement``) leave the device; nothing for a resident DiT."""
+    placement = getattr(model, "placement", None)
+    if placement is not None and hasattr(placement, "settle"):
+        placement.settle()
+
+
 class Alone:
     """How the loop's processes act together, for one process: there is nothing to share.
 
@@ -240,6 +248,8 @@ class Trainer:
                 loss = loss * share
             t2 = time.perf_counter()
             self.together.backward(loss, last=micro == s.gradient_accumulation - 1)
+            for expert in self.experts:  # streamed blocks leave the device once backward is done
+                settle(expert.model)
             t3 = time.perf_counter()
             timings.data += t1 - t0
             timings.forward += t2 - t1
