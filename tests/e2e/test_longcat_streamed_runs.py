@@ -23,6 +23,9 @@ SAMPLER = {"solver": "euler", "steps": 2, "shift": 1.0, "cfg": 2.0, "cfg_zero_st
 ONLY_FP8_STREAMED_GB = 0.0008
 #: Under this one (1.07 MB) the fp32 DiT fits streamed from disk, not whole.
 ONLY_STREAMED_GB = 0.001
+#: A 64 x 64 refinement's denoise under this one (1.66 MB): the fp32 DiT fits neither whole (2.21 MB)
+#: nor streamed (1.84 MB), the fp8 DiT not whole (1.73 MB), its blocks streamed from disk do (1.61 MB).
+REFINED_ONLY_FP8_STREAMED_GB = 0.00155
 
 
 @pytest.fixture()
@@ -102,6 +105,31 @@ def test_a_run_streaming_fp8_blocks_from_disk_makes_the_resident_fp8_latents(lon
             assert fp8_layers(placed[0])  # the blocks streamed are fp8
         assert streamed.results["denoise"].key == resident.results["denoise"].key  # placement is in no key
         assert streamed.results["denoise"].digest == resident.results["denoise"].digest  # the latents, to the bit
+
+
+def test_a_refinement_streaming_fp8_blocks_makes_the_resident_fp8_refinement(longcat_env, tmp_path, monkeypatch):
+    """The 720p refinement denoises with the same DiT (its refinement LoRA attached on the fly to
+    fp8 blocks, whole or streamed) under the same plan: both denoises stream their fp8 blocks."""
+    from tests.e2e.test_longcat_refine import DENOISE
+    from tests.e2e.test_longcat_refine import _recipe as refined
+    from wanflow.memory.planner import MemoryPlanError
+
+    def recipe(name, **memory):
+        (tmp_path / name).mkdir()
+        return refined(tmp_path / name, memory=memory)
+
+    resident = run(recipe("resident", fp8=True), longcat_env)
+    limit = REFINED_ONLY_FP8_STREAMED_GB
+    with pytest.raises(MemoryPlanError, match="fp8 storage of the DiT \\(its blocks streamed in fp8\\)"):
+        _plan(recipe("plain", limit_gb=limit))
+    _fresh(tmp_path, monkeypatch, "streamed-cache")
+    placed = _spy(monkeypatch)
+    streamed = run(recipe("streamed", fp8=True, limit_gb=limit), longcat_env)
+    for step in ("denoise", DENOISE):
+        assert step in computed(streamed) and "disk" in streamed.plan.get(step).spec.step.tiers
+        assert streamed.results[step].key == resident.results[step].key
+        assert streamed.results[step].digest == resident.results[step].digest  # the latents, to the bit
+    assert placed and all("disk" in [b.tier for b in d.placement.blocks] for d in placed)
 
 
 def test_a_run_streaming_compiled_blocks_makes_the_compiled_resident_latents(longcat_env, tmp_path, monkeypatch):
