@@ -158,3 +158,18 @@ def test_a_run_streaming_compiled_blocks_makes_the_compiled_resident_latents(lon
     assert streamed.results["denoise"].digest == resident.results["denoise"].digest  # the latents, to the bit
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the blocks really compiled
     torch._dynamo.reset()
+
+
+def test_compiled_blocks_are_planned_whole_where_torch_would_recompile_them(longcat_env, tmp_path, monkeypatch):
+    """Before torch 2.5 a compiled block whose parameters are swapped recompiles at every step:
+    the plan then sizes the DiT whole and refuses a budget only streaming fits, offering no
+    streaming policy."""
+    from wanflow.memory import pool as model_pool
+    from wanflow.memory.planner import MemoryPlanError
+
+    compiled = {"runtime": {"compile": "blocks", "device": "cpu"}, "memory": {"limit_gb": ONLY_STREAMED_GB}}
+    assert "disk" in _plan(_recipe(tmp_path, "now", **compiled)).placement("dit").blocks
+    monkeypatch.setattr(model_pool, "compiled_blocks_stream", lambda: False)
+    with pytest.raises(MemoryPlanError, match="step 'denoise' needs") as refused:
+        _plan(_recipe(tmp_path, "older", **compiled))
+    assert not any("policy" in fix for fix in refused.value.fixes)

@@ -62,7 +62,7 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    dit = dit_size(tensors, itemsize, whole=not streams_blocks(v, job.resolved.recipe.train is not None))
+    dit = dit_size(tensors, itemsize, whole=not may_stream_blocks(v, job.resolved.recipe.train is not None))
     sizes = [dit.as_fp8() if v["memory.fp8"] else dit,
              *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
@@ -76,7 +76,7 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
     return attrs.evolve(found, peaks=(*found.peaks, train))
 
 
-def streams_blocks(v: Mapping[str, Any], trains: bool) -> bool:
+def may_stream_blocks(v: Mapping[str, Any], trains: bool) -> bool:
     """Whether the plan may stream the DiT's blocks: not for a train step, which holds the DiT it
     trains whole, nor for compiled blocks under a torch older than 2.5 (``pool.compiled_blocks_stream``:
     a swapped parameter would recompile them). fp8 blocks stream as fp8 (``memory.fp8_placed``)."""
