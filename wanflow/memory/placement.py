@@ -22,7 +22,8 @@ Tiers of an offloaded block:
   ahead (``madvise(WILLNEED)``); on CUDA it also copies the block into pinned staging memory and
   on to the device on the side stream. After use, the mapped pages are dropped
   (``madvise(DONTNEED)``), so resident memory stays about one block whatever the model's size.
-  On the CPU a weight whose file dtype is its compute dtype is used in place (no copy). A
+  On the CPU each weight is copied out of the mapping as it is read (used in place, its data
+  would sit at the file's alignment, on which CPU matmul kernels can round differently). A
   weight the file holds in another form than the model's (``convert``: bf16 to be stored in fp8,
   scaled fp8 to be computed in bf16) is converted as it is read, on the reader thread when read
   ahead, by the same function the resident load applies.
@@ -270,11 +271,16 @@ def _on(t: Tensor, device: torch.device) -> bool:
 
 def _on_cpu(block: _Block, full: str, dtype: torch.dtype,
             convert: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """A CPU weight from its source: the host tensor or mapped view itself when the dtype matches
-    (and a disk-tier weight needs no ``convert``)."""
+    """A CPU weight from its source: the host tensor itself when the dtype matches; a disk-tier
+    weight always a copy out of its mapped view (or ``convert``'s). A view's data sit where the
+    file puts them (safetensors aligns to 8 bytes), and CPU matmul kernels can round differently
+    on such data than on the aligned memory a resident load allocates, seen on LongCat's
+    conditioning pass: the copy keeps a streamed run bit-equal to the resident one."""
     source = block.source[full]
     if block.tier == "disk" and convert is not None:
         out = convert(source)
+    elif block.tier == "disk":
+        out = source.to(dtype, copy=True)
     elif source.dtype == dtype:
         return source
     else:

@@ -5,9 +5,13 @@ comes from its own keys (``models.longcat_config.from_shapes``), its weights are
 headers with its own fp32 islands, and its denoise step's activations from
 ``memory.longcat_estimate`` at the recipe's size and its conditioning frames. Every policy
 applies: under ``stream`` and ``disk`` its blocks are placed in tiers by the same hooks as a Wan
-DiT's (``memory.streamed.load_placed_longcat``), except where they cannot be streamed yet (fp8
-storage, compiled blocks): then it is sized whole and moved whole, as a Wan DiT is. A plan that
-cannot fit is refused here with the numbers and the changes that fit, before any weight is read.
+DiT's (``memory.streamed.load_placed_longcat``). Blocks stored in fp8 (``[memory].fp8``) stream
+as fp8 (``memory.fp8_placed``), sized at their fp8 bytes with the row scales outside the blocks
+(they stay on the device); compiled blocks (``[runtime].compile``) stream where torch can
+(``pool.compiled_blocks_stream``: 2.5 or later), and are sized whole and moved whole otherwise,
+as a Wan DiT's are. The 720p refinement denoises with the same DiT, so its plan is the same. A
+plan that cannot fit is refused here with the numbers and the changes that fit, before any
+weight is read.
 
 A training job adds its train step (``steps.longcat_train_memory``), as a Wan training job's
 plan does: the DiT it trains stays resident whatever the policy, with its trained state and the
@@ -58,9 +62,7 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              if name not in ("lora", "train_files")}  # LoRA files patch the DiT; they are not models
     tensors = read_headers(Path(p) for p in files["dit"])
     config = longcat_config.from_shapes({k: t.shape for k, t in tensors.items()}, str(files["dit"][0]))
-    # fp8 or compiled blocks move whole, and the train step holds the DiT it trains whole
-    streams = not v["memory.fp8"] and v["runtime.compile"] == "none" and job.resolved.recipe.train is None
-    dit = dit_size(tensors, itemsize, whole=not streams)
+    dit = dit_size(tensors, itemsize, whole=not may_stream_blocks(v, job.resolved.recipe.train is not None))
     sizes = [dit.as_fp8() if v["memory.fp8"] else dit,
              *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
@@ -72,6 +74,15 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
         return found
     train = longcat_train_step_peak(job, config, tensors, itemsize, device, found.budgets)
     return attrs.evolve(found, peaks=(*found.peaks, train))
+
+
+def may_stream_blocks(v: Mapping[str, Any], trains: bool) -> bool:
+    """Whether the plan may stream the DiT's blocks: not for a train step, which holds the DiT it
+    trains whole, nor for compiled blocks under a torch older than 2.5 (``pool.compiled_blocks_stream``:
+    a swapped parameter would recompile them). fp8 blocks stream as fp8 (``memory.fp8_placed``)."""
+    from wanflow.memory.pool import compiled_blocks_stream
+
+    return not trains and (v["runtime.compile"] == "none" or compiled_blocks_stream())
 
 
 def dit_size(tensors: Mapping[str, TensorInfo], itemsize: int, *, whole: bool = False) -> ComponentSize:
