@@ -1,0 +1,48 @@
+"""Checks of a LoRA trained over an fp8-stored frozen base ([memory].fp8), shared by the DiT variants."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+
+def lora_factors(outcome) -> dict[str, torch.Tensor]:
+    return load_file(str(outcome.archive / "outputs" / "lora.safetensors"))
+
+
+def assert_close_not_equal(plain: dict, fp8: dict) -> None:
+    """The same fp32 initialisation trained over the compute-dtype base (``plain``) and over its
+    fp8 rounding: the up factors (zero at the start: what training learnt) differ, by less than
+    half what was learnt (a base read wrongly would give unrelated factors)."""
+    assert set(plain) == set(fp8), sorted(set(plain) ^ set(fp8))[:6]
+    assert all(t.dtype == torch.float32 for t in fp8.values()), {t.dtype for t in fp8.values()}
+    ups = [k for k in plain if ".lora_B." in k]
+    drift = torch.cat([(fp8[k] - plain[k]).flatten() for k in ups]).norm()
+    learnt = torch.cat([plain[k].flatten() for k in ups]).norm()
+    assert 0 < drift < 0.5 * learnt, (float(drift), float(learnt))
+
+
+def assert_holds_generation_fp8(files: Sequence[Path], loader: Callable[..., torch.nn.Module]) -> None:
+    """The LoRA expert the train step builds over ``files`` with [memory].fp8: every frozen tensor
+    (fp8 projections and their scales, fp32 islands, the variant's side modules) equals the
+    generation loader's fp8 DiT's bit for bit, and the LoRA wraps the fp8 layers (fp32 factors)."""
+    from wanflow.models.fp8 import Fp8Linear, fp8_dtype
+    from wanflow.steps.train_run import variant_loader
+    from wanflow.train.build import build_expert
+
+    params = {"train.method": "lora", "memory.fp8": True, "runtime.attention": "sdpa", "train.lora_rank": 4,
+              "train.lora_targets": ["q", "k", "v", "o", "ffn.0", "ffn.2"], "train.lora_alpha": 4.0,
+              "train.seed": 0, "train.gradient_checkpointing": True}
+    trained = build_expert("dit", list(files), params, {}, "cpu", torch.float32, 0.0, variant_loader(list(files)))
+    reference = loader(list(files), dtype=torch.float32, storage="fp8").state_dict()
+    frozen = {k.replace(".base_layer.", "."): v for k, v in trained.model.state_dict().items() if ".lora_" not in k}
+    assert set(frozen) == set(reference), sorted(set(frozen) ^ set(reference))[:6]
+    differ = [k for k in reference if frozen[k].dtype != reference[k].dtype
+              or not torch.equal(frozen[k].float(), reference[k].float())]
+    assert not differ, differ[:6]
+    assert any(v.dtype == fp8_dtype() for v in reference.values())
+    wrapped = [m for m in trained.model.modules() if isinstance(getattr(m, "base_layer", None), Fp8Linear)]
+    assert wrapped and all(m.lora_A["default"].weight.dtype == torch.float32 for m in wrapped)
