@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import attrs
+import pytest
 import torch
 from safetensors.torch import load_file
+
+from wanflow.steps.memory_plan import train_job as _train_job
 
 
 def lora_factors(outcome) -> dict[str, torch.Tensor]:
@@ -46,3 +50,40 @@ def assert_holds_generation_fp8(files: Sequence[Path], loader: Callable[..., tor
     assert any(v.dtype == fp8_dtype() for v in reference.values())
     wrapped = [m for m in trained.model.modules() if isinstance(getattr(m, "base_layer", None), Fp8Linear)]
     assert wrapped and all(m.lora_A["default"].weight.dtype == torch.float32 for m in wrapped)
+
+
+def _held_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def assert_plan_drops_by_the_fp8_saving(recipe: Path, files: Sequence[Path],
+                                        loader: Callable[..., torch.nn.Module]) -> None:
+    """The train step's planned peak with [memory].fp8 is the compute-dtype plan's less what the
+    generation loader's fp8 DiT holds less than its compute-dtype DiT (both at the recipe's fp32)."""
+    from wanflow.memory.planner import MemoryPlanError
+    from wanflow.plugins import get_registry
+    from wanflow.recipe import load_recipe
+
+    def train_peak(*sets: str):
+        resolved = load_recipe(recipe, sets=sets)
+        found = get_registry().pipeline(resolved.model).memory_plan(resolved)
+        return next(p for p in found.peaks if p.step == "train")
+
+    plain, fp8 = train_peak(), train_peak("memory.fp8=true")
+    saving = _held_bytes(loader(list(files), dtype=torch.float32)) - \
+        _held_bytes(loader(list(files), dtype=torch.float32, storage="fp8"))
+    assert saving > 0
+    assert plain.host_bytes - fp8.host_bytes == saving  # a CPU run: the DiT in host memory
+    # a host budget between the two: the compute-dtype base is refused, offering fp8 storage, which fits
+    from wanflow.memory.planner import Budgets
+    from wanflow.steps import memory_plan
+
+    jobs = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory_plan, "train_job", lambda *a, **k: jobs.append(_train_job(*a, **k)) or jobs[-1])
+        train_peak()
+    budgets = Budgets(None, (plain.host_bytes + fp8.host_bytes) // 2)
+    with pytest.raises(MemoryPlanError) as refused:
+        memory_plan.sized_train_step(recipe, jobs[0], budgets)
+    assert refused.value.fixes[0].startswith("[memory].fp8 = true"), refused.value.fixes
+    assert memory_plan.sized_train_step(recipe, attrs.evolve(jobs[0], fp8=True), budgets).host_bytes == fp8.host_bytes

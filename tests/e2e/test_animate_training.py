@@ -238,7 +238,18 @@ def test_a_lora_trains_over_the_generation_loader_s_fp8_dit(aenv, animate_root, 
     plain = run(recipe, aenv)
     fp8 = run(recipe, aenv, "memory.fp8=true")
     assert "train" in computed(fp8) and not [n for n in computed(fp8) if n.startswith("train/")]
+    assert [s.spec.step.storage for s in fp8.plan.steps if s.name == "train/face:0"] == ["fp8"]  # no compute-dtype copy
     expected = loss_by_hand(animate_root, fp8, data, storage="fp8")
     assert first_loss(fp8) == pytest.approx(expected, rel=1e-6, abs=1e-8)
     assert first_loss(fp8) != pytest.approx(first_loss(plain), rel=1e-6, abs=1e-8)  # the base is fp8
     assert_close_not_equal(lora_factors(plain), lora_factors(fp8))
+
+
+def test_the_memory_plan_sizes_the_train_step_at_the_fp8_bytes(aenv, animate_root, data, tmp_path):
+    """The train step's planned peak drops by what the loaded fp8 DiT saves over the compute-dtype one."""
+    from tests.e2e._train_fp8 import assert_plan_drops_by_the_fp8_saving
+    from wanflow.models.animate_loader import load_animate_files
+
+    assert_plan_drops_by_the_fp8_saving(train_recipe(tmp_path, write_metadata(data, [ROW])),
+                                        sorted((animate_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                        load_animate_files)

@@ -202,3 +202,15 @@ def test_full_fine_tuning_over_an_fp8_base_stays_refused(senv, tmp_path, media):
     recipe = train_recipe(tmp_path, write_metadata(tmp_path / "data", [row]), method="full")
     with pytest.raises(RecipeError, match="stores frozen weights in fp8"):
         load_recipe(recipe, sets=("memory.fp8=true",))
+
+
+def test_the_memory_plan_sizes_the_train_step_at_the_fp8_bytes(senv, s2v_root, tmp_path, media):
+    """The train step's planned peak drops by what the loaded fp8 DiT saves over the compute-dtype one."""
+    from tests.e2e._layout_s2v import REPO
+    from tests.e2e._train_fp8 import assert_plan_drops_by_the_fp8_saving
+    from wanflow.models.s2v_loader import load_s2v_shards
+
+    row = {"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])}
+    assert_plan_drops_by_the_fp8_saving(train_recipe(tmp_path, write_metadata(tmp_path / "data", [row])),
+                                        sorted((s2v_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                        load_s2v_shards)
