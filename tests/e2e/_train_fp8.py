@@ -59,10 +59,13 @@ def _held_bytes(model: torch.nn.Module) -> int:
 def assert_plan_drops_by_the_fp8_saving(recipe: Path, files: Sequence[Path],
                                         loader: Callable[..., torch.nn.Module]) -> None:
     """The train step's planned peak with [memory].fp8 is the compute-dtype plan's less what the
-    generation loader's fp8 DiT holds less than its compute-dtype DiT (both at the recipe's fp32)."""
-    from wanflow.memory.planner import MemoryPlanError
+    generation loader's fp8 DiT holds less than its compute-dtype DiT (both at the recipe's fp32);
+    under a host budget between the two, the compute-dtype base is refused with fp8 storage as the
+    cheapest fix, and fp8 storage fits."""
+    from wanflow.memory.planner import Budgets, MemoryPlanError
     from wanflow.plugins import get_registry
     from wanflow.recipe import load_recipe
+    from wanflow.steps import memory_plan
 
     def train_peak(*sets: str):
         resolved = load_recipe(recipe, sets=sets)
@@ -74,11 +77,7 @@ def assert_plan_drops_by_the_fp8_saving(recipe: Path, files: Sequence[Path],
         _held_bytes(loader(list(files), dtype=torch.float32, storage="fp8"))
     assert saving > 0
     assert plain.host_bytes - fp8.host_bytes == saving  # a CPU run: the DiT in host memory
-    # a host budget between the two: the compute-dtype base is refused, offering fp8 storage, which fits
-    from wanflow.memory.planner import Budgets
-    from wanflow.steps import memory_plan
-
-    jobs = []
+    jobs = []  # the train step's sized job, as the plan builds it
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(memory_plan, "train_job", lambda *a, **k: jobs.append(_train_job(*a, **k)) or jobs[-1])
         train_peak()
