@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from wanflow.families.s2v import PIPELINE
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_changed, refuse_training_fp8
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: The rate wav2vec2 was trained on; its feature extractor refuses any other.
@@ -69,7 +69,6 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    refuse_training_fp8(problems, recipe, "S2V")  # a generation stores its blocks in fp8; training does not
     if recipe.runtime.compile != "none":
         problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not built "
                      'yet: use "none"')
