@@ -17,9 +17,9 @@ def placed(monkeypatch):
     seen = []
     real = train_placement.place_for_training
 
-    def spy(model, tiers, device, views):
-        seen.append(tuple(tiers))
-        return real(model, tiers, device, views)
+    def spy(model):
+        seen.append(tuple(model.tiered.tiers))
+        return real(model)
 
     monkeypatch.setattr(train_placement, "place_for_training", spy)
     return seen
