@@ -49,6 +49,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: own rules refuse it (``longcat_rules``), so it is not refused twice.
 UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 OWN_STREAMING_RULES = ("longcat",)
+#: DiT architectures whose fp8-stored frozen blocks do not stream while training yet.
+UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
 
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
@@ -71,9 +73,9 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append(f'[train].distribution = "{t.distribution}" starts from every process\'s whole model (DDP '
                    "syncs it, FSDP and DeepSpeed shard it) and a streamed block holds placeholders; train in one "
                    'process (distribution = "none"), or use policy "auto" or "none"')
-    if recipe.memory.fp8:
-        why.append("[memory].fp8 with the frozen base's blocks streamed while training is not built yet; set "
-                   'fp8 = false, or policy "none"')
+    if recipe.memory.fp8 and any(a.startswith(UNSTREAMED_FP8) for a in dits):
+        why.append(f"[memory].fp8 with {family.name}'s frozen blocks streamed while training is not built yet (a "
+                   'Wan DiT\'s fp8 blocks stream); set fp8 = false, or policy "auto" or "none"')
     if recipe.runtime.compile != "none":
         why.append(f'[runtime].compile = "{recipe.runtime.compile}" with the frozen base\'s blocks streamed while '
                    'training is not built yet; set compile = "none", or policy "none"')

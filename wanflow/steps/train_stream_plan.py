@@ -51,14 +51,13 @@ class TrainStepPeak(StepPeak):
 
 def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
                parts: Sequence[str]) -> bool:
-    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs, without
-    a component trained alone, a preset LoRA merged into the base, fp8 storage, compiled blocks or
-    several processes, with gradient checkpointing (``wanflow.recipe.train_rules`` refuses the
-    rest by name)."""
+    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs (stored in
+    fp8 or not: fp8 blocks stream as fp8), without a component trained alone, a preset LoRA merged
+    into the base, compiled blocks or several processes, with gradient checkpointing
+    (``wanflow.recipe.train_rules`` refuses the rest by name)."""
     from wanflow.memory.dit_variants import variant_of
 
-    if t.method != "lora" or parts or t.preset_lora or values.get("memory.fp8") or \
-            values.get("runtime.compile", "none") != "none":
+    if t.method != "lora" or parts or t.preset_lora or values.get("runtime.compile", "none") != "none":
         return False
     if not t.gradient_checkpointing or t.distribution != "none":
         return False
