@@ -439,10 +439,15 @@ def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tm
     assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured
 
 
-def test_longcat_streaming_while_training_is_refused_once_by_its_own_rule(tmp_path):
-    problems = refused(tmp_path, 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "stream"\n')
+def test_longcat_s_frozen_base_streams_as_a_wan_dit_s_and_is_refused_for_what_cannot_stream(tmp_path):
+    longcat = 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n'
+    path = tmp_path / "ok.toml"
+    for policy in ("stream", "disk"):  # a LoRA's base streams, fp8 or not
+        path.write_text(longcat + f'[memory]\npolicy = "{policy}"\nfp8 = true\n', encoding="utf-8")
+        assert load_recipe(path).recipe.memory.policy == policy
+    problems = refused(tmp_path, longcat + 'gradient_checkpointing = false\n[memory]\npolicy = "stream"\n')
     mine = [p for p in problems if p.startswith('r.toml: [memory].policy = "stream": ')]
-    assert len(mine) == 1 and "LongCat's train step holds the DiT it trains whole" in mine[0], problems
+    assert len(mine) == 1 and "needs [train].gradient_checkpointing = true" in mine[0], problems
 
 
 def test_streaming_is_refused_with_compiled_blocks_naming_the_fix(tmp_path):

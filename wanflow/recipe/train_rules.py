@@ -45,10 +45,9 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 
 #: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
-#: while training yet: the DiT variants with their own loaders and side modules. LongCat-Video's
-#: own rules refuse it (``longcat_rules``), so it is not refused twice.
+#: while training yet: the DiT variants with their own loaders and side modules (LongCat-Video's
+#: stream as a Wan DiT's).
 UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
-OWN_STREAMING_RULES = ("longcat",)
 #: DiT architectures whose fp8-stored frozen blocks do not stream while training yet.
 UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
@@ -59,8 +58,6 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
     naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
     t, policy = recipe.train, recipe.memory.policy
     dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
-    if any(a.startswith(OWN_STREAMING_RULES) for a in dits):
-        return
     why = []
     if t.method == "full":
         why.append("full fine-tuning trains every weight of the DiT, which stays resident (its weights, their "

@@ -13,8 +13,9 @@ policy gives:
   on any machine), ``disk`` reads every block from the mapped file (the run holds about two
   blocks of the base); ``auto`` keeps it resident.
 
-Only a LoRA over a Wan DiT streams (``streamable``); the recipe's rules refuse ``stream`` and
-``disk`` for the rest, naming why. Placement never changes the numbers, so the tiers are not in
+Only a LoRA over a Wan DiT or LongCat-Video's DiT streams (``streamable``), its blocks stored in
+fp8 or not (fp8 blocks stream as fp8, sized at their fp8 bytes); the recipe's rules refuse ``stream``
+and ``disk`` for the rest, naming why. Placement never changes the numbers, so the tiers are not in
 the step's key (``TrainModel.tiers``).
 """
 
@@ -30,6 +31,11 @@ from wanflow.errors import display_path
 from wanflow.memory.planner import Budgets, MemoryPlanError, StepPeak
 from wanflow.memory.train_stream_estimate import stream_tiers
 from wanflow.steps.memory_plan import TrainJob, _fits, _train_refusal, sized_train_step
+
+#: The DiTs whose frozen base streams while a LoRA trains: the Wan DiT (no variant, None) and
+#: the variants (``dit_variants``) whose deferred ``load_placed`` training places
+#: (``memory.train_placement.streamed_base``).
+TRAIN_STREAMED = (None, "LongCat-Video")
 
 
 @attrs.frozen
@@ -61,12 +67,12 @@ def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[P
         return False
     if not t.gradient_checkpointing or t.distribution != "none":
         return False
-    return all(variant_of(list(paths)) is None for paths in files.values())
+    return all(getattr(variant_of(list(paths)), "name", None) in TRAIN_STREAMED for paths in files.values())
 
 
 def fewest_streamed(train: TrainJob, budgets: Budgets, tier: str) -> int | None:
     """The fewest blocks streamed in ``tier`` with which the step fits, None when none does."""
-    return next((n for n in range(train.config.num_layers + 1)
+    return next((n for n in range(train.layers + 1)
                  if _fits(train.peak(streamed=n, stream_tier=tier), budgets)), None)
 
 
@@ -78,18 +84,19 @@ def stream_fix(train: Any, budgets: Budgets) -> list[tuple[str, dict[str, Any]]]
     fewest = fewest_streamed(train, budgets, "host")
     if fewest is None:
         return []
-    return [(f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.config.num_layers} blocks '
+    return [(f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.layers} blocks '
              "streamed from host memory; same numbers)", {"streamed": fewest})]
 
 
 def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str) -> StepPeak:
     """The train step's peak under ``policy`` (the module docstring), or MemoryPlanError."""
-    layers = train.config.num_layers
+    layers = train.layers
     if policy in ("stream", "disk") and not train.streamable:  # what the recipe's rules cannot see: the files
         where = f"{display_path(path)}: " if path else ""
         raise MemoryPlanError(f'{where}[memory].policy = "{policy}": the DiT this run trains does not stream its '
-                              "frozen blocks while training (a LoRA over a plain Wan DiT does; these files hold a "
-                              'DiT variant); use policy "auto" or "none"', ['[memory].policy = "auto"'])
+                              "frozen blocks while training (a LoRA over a plain Wan DiT or LongCat-Video's does; "
+                              'these files hold another DiT variant); use policy "auto" or "none"',
+                              ['[memory].policy = "auto"'])
     streams = train.streamable and policy in ("stream", "disk", "auto")
     tier = "disk" if policy == "disk" else "host"
     if not streams or (policy == "auto" and (not train.device_run or _fits(train.peak(), budgets))):
