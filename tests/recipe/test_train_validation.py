@@ -296,6 +296,9 @@ def test_a_wan_dit_s_fp8_base_streams_and_a_dit_variant_is_refused(tmp_path):
     for policy in ("stream", "disk"):  # a Wan DiT's fp8 blocks stream as fp8
         path.write_text(T2V + f'[memory]\npolicy = "{policy}"\nfp8 = true\n', encoding="utf-8")
         assert load_recipe(path).recipe.memory.fp8
+    animate = 'model = "wan2.2-animate-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
+    path.write_text(animate, encoding="utf-8")  # Animate's blocks stream, its face modules resident
+    assert load_recipe(path).recipe.memory.policy == "disk"
     problems = refused(tmp_path, 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n')
     assert any(p.startswith('r.toml: [memory].policy = "disk": wan2.2-s2v-14b\'s DiT (wan2.2-s2v-14b) does not '
                             "stream its blocks while training yet") for p in problems), problems

@@ -13,9 +13,10 @@ policy gives:
   on any machine), ``disk`` reads every block from the mapped file (the run holds about two
   blocks of the base); ``auto`` keeps it resident.
 
-Only a LoRA over a Wan DiT or LongCat-Video's DiT streams (``streamable``), its blocks stored in
-fp8 or not (fp8 blocks stream as fp8, sized at their fp8 bytes); the recipe's rules refuse ``stream``
-and ``disk`` for the rest, naming why. Placement never changes the numbers, so the tiers are not in
+Only a LoRA over a Wan DiT or a variant in ``TRAIN_STREAMED`` streams (``streamable``; a
+variant's side modules stay resident), its blocks stored in fp8 or not (fp8 blocks stream as
+fp8, sized at their fp8 bytes); the recipe's rules refuse ``stream`` and ``disk`` for the rest,
+naming why. Placement never changes the numbers, so the tiers are not in
 the step's key (``TrainModel.tiers``).
 """
 
@@ -35,7 +36,7 @@ from wanflow.steps.memory_plan import TrainJob, _fits, _train_refusal, sized_tra
 #: The DiTs whose frozen base streams while a LoRA trains: the Wan DiT (no variant, None) and
 #: the variants (``dit_variants``) whose deferred ``load_placed`` training places
 #: (``memory.train_placement.streamed_base``).
-TRAIN_STREAMED = (None, "LongCat-Video")
+TRAIN_STREAMED = (None, "LongCat-Video", "Wan2.2-Animate")
 
 
 @attrs.frozen
@@ -57,8 +58,8 @@ class TrainStepPeak(StepPeak):
 
 def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
                parts: Sequence[str]) -> bool:
-    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs (stored in
-    fp8 or not: fp8 blocks stream as fp8), without a component trained alone, a preset LoRA merged
+    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs or the
+    variants in ``TRAIN_STREAMED`` (stored in fp8 or not: fp8 blocks stream as fp8), without a component trained alone, a preset LoRA merged
     into the base, compiled blocks or several processes, with gradient checkpointing
     (``wanflow.recipe.train_rules`` refuses the rest by name)."""
     from wanflow.memory.dit_variants import variant_of
@@ -94,7 +95,7 @@ def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str
     if policy in ("stream", "disk") and not train.streamable:  # what the recipe's rules cannot see: the files
         where = f"{display_path(path)}: " if path else ""
         raise MemoryPlanError(f'{where}[memory].policy = "{policy}": the DiT this run trains does not stream its '
-                              "frozen blocks while training (a LoRA over a plain Wan DiT or LongCat-Video's does; "
+                              "frozen blocks while training (a LoRA over a plain Wan DiT, LongCat-Video's or Animate's does; "
                               'these files hold another DiT variant); use policy "auto" or "none"',
                               ['[memory].policy = "auto"'])
     streams = train.streamable and policy in ("stream", "disk", "auto")
