@@ -1,5 +1,6 @@
-"""Wan2.2-Animate's LoRA trained with its frozen base streamed (``[memory].policy`` stream or disk),
-through the real pipeline: the resident run's bytes and its key. Its face blocks and encoders
+"""Wan2.2-Animate's and Wan2.2-S2V's LoRAs trained with their frozen base streamed
+(``[memory].policy`` stream or disk), through the real pipeline: the resident run's bytes and its
+key. Their side modules (Animate's face blocks and encoders, S2V's audio injectors and encoders)
 stay resident, as in generation's placement (``memory.streamed.placed_variant``)."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import pytest
 import torch
 
 from tests.e2e import test_animate_training as animate
+from tests.e2e import test_train_s2v as s2v
 from tests.e2e._run import computed, run
 from tests.e2e._train import stored_tensors, write_metadata
 from wanflow.memory import train_placement
 
 animate_root, aenv, data = animate.animate_root, animate.aenv, animate.data  # the Animate training tests' fixtures
+s2v_root, senv, media = s2v.s2v_root, s2v.senv, s2v.media  # the S2V training tests'
 
 
 @pytest.fixture()
@@ -90,3 +93,10 @@ def test_the_plan_streams_animate_s_blocks_and_keeps_its_face_modules_resident(a
     assert found.host_bytes == resident.host_bytes + sum(blocks)
     cpu = attrs.evolve(train, device_run=False)
     assert planned_train_step(None, cpu, Budgets(None, 1 << 40), "disk").tiers == (("dit", ("disk",) * 5),)
+
+
+def test_a_streamed_s2v_lora_is_the_resident_one_bit_for_bit(senv, media, tmp_path, monkeypatch, placed):
+    rows = [{"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"]),
+             "s2v_pose_video": "clips/pose.mp4"}]
+    recipe = s2v.train_recipe(tmp_path, write_metadata(tmp_path / "data", rows), steps=2, learning_rate=0.05)
+    _assert_streams_bit_for_bit(recipe, senv, tmp_path, monkeypatch, placed, "S2VDiT")

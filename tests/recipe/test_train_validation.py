@@ -299,9 +299,13 @@ def test_a_wan_dit_s_fp8_base_streams_and_a_dit_variant_is_refused(tmp_path):
     animate = 'model = "wan2.2-animate-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
     path.write_text(animate, encoding="utf-8")  # Animate's blocks stream, its face modules resident
     assert load_recipe(path).recipe.memory.policy == "disk"
-    problems = refused(tmp_path, 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n')
-    assert any(p.startswith('r.toml: [memory].policy = "disk": wan2.2-s2v-14b\'s DiT (wan2.2-s2v-14b) does not '
-                            "stream its blocks while training yet") for p in problems), problems
+    s2v = 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
+    path.write_text(s2v, encoding="utf-8")  # S2V's blocks stream, its audio modules resident
+    assert load_recipe(path).recipe.memory.policy == "disk"
+    problems = refused(tmp_path, 'model = "video-as-prompt-wan2.1-14b"\n[train]\ndataset = "data.csv"\n[memory]\n'
+                       'policy = "disk"\n')
+    assert any(p.startswith('r.toml: [memory].policy = "disk": video-as-prompt-wan2.1-14b\'s DiT ') and
+               "does not stream its blocks while training yet" in p for p in problems), problems
 
 
 def test_a_refused_streaming_policy_exits_2_without_a_traceback(tmp_path, capsys):

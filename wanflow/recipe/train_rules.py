@@ -47,7 +47,7 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
 #: while training yet: the DiT variants with their own loaders and side modules (LongCat-Video's
 #: stream as a Wan DiT's).
-UNSTREAMED_ARCHITECTURES = ("wan2.2-s2v", "video-as-prompt")
+UNSTREAMED_ARCHITECTURES = ("video-as-prompt",)
 #: DiT architectures whose fp8-stored frozen blocks do not stream while training yet.
 UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 

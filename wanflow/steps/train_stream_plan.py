@@ -36,7 +36,7 @@ from wanflow.steps.memory_plan import TrainJob, _fits, _train_refusal, sized_tra
 #: The DiTs whose frozen base streams while a LoRA trains: the Wan DiT (no variant, None) and
 #: the variants (``dit_variants``) whose deferred ``load_placed`` training places
 #: (``memory.train_placement.streamed_base``).
-TRAIN_STREAMED = (None, "LongCat-Video", "Wan2.2-Animate")
+TRAIN_STREAMED = (None, "LongCat-Video", "Wan2.2-Animate", "Wan2.2 S2V")
 
 
 @attrs.frozen
@@ -68,7 +68,8 @@ def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[P
         return False
     if not t.gradient_checkpointing or t.distribution != "none":
         return False
-    return all(getattr(variant_of(list(paths)), "name", None) in TRAIN_STREAMED for paths in files.values())
+    variants = [variant_of(list(paths)) for paths in files.values()]
+    return all(getattr(v, "name", None) in TRAIN_STREAMED for v in variants)
 
 
 def fewest_streamed(train: TrainJob, budgets: Budgets, tier: str) -> int | None:
@@ -95,8 +96,8 @@ def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str
     if policy in ("stream", "disk") and not train.streamable:  # what the recipe's rules cannot see: the files
         where = f"{display_path(path)}: " if path else ""
         raise MemoryPlanError(f'{where}[memory].policy = "{policy}": the DiT this run trains does not stream its '
-                              "frozen blocks while training (a LoRA over a plain Wan DiT, LongCat-Video's or Animate's does; "
-                              'these files hold another DiT variant); use policy "auto" or "none"',
+                              "frozen blocks while training (a LoRA over a Wan DiT, LongCat-Video's, Animate's or "
+                              "S2V's does; these files hold another DiT variant); use policy \"auto\" or \"none\"",
                               ['[memory].policy = "auto"'])
     streams = train.streamable and policy in ("stream", "disk", "auto")
     tier = "disk" if policy == "disk" else "host"
