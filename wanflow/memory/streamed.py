@@ -56,21 +56,26 @@ def mapped_shards(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
 
 
 def load_placed_dit(
-    paths: Sequence[str | os.PathLike], config: DitConfig, tiers: Sequence[str],
+    paths: Sequence[str | os.PathLike], config: DitConfig | None, tiers: Sequence[str],
     dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa", storage: str = "compute",
-) -> tuple[WanDiT, BlockPlacement]:
+    attention_kernel: str = "sdpa", storage: str = "compute", deferred: bool = False,
+) -> tuple[WanDiT, BlockPlacement | None]:
     """A WanDiT whose blocks sit in ``tiers`` (see `BlockPlacement`), and the placement's handle;
-    ``storage`` as `dit_loader.load_dit`'s (fp8 blocks stream as fp8: ``memory.fp8_placed``)."""
+    ``storage`` as `dit_loader.load_dit`'s (fp8 blocks stream as fp8: ``memory.fp8_placed``).
+    ``config`` None reads it as ``load_dit`` does (``config_beside``: a derivative's parts
+    included); ``deferred`` as ``placed_variant``'s (no handle then)."""
+    from wanflow.models.dit_loader import config_beside
+
     views = open_dit_views(paths)
+    config = config if config is not None else config_beside(Path(paths[0]), views)
     model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
     source = ", ".join(map(str, paths))
 
     def target(name: str) -> torch.dtype:
         return torch.float32 if keeps_fp32(name) else dtype
 
-    placed_variant(model, views, target, tiers, device, source, "the Wan DiT config", storage)
-    return model, model.placement
+    placed_variant(model, views, target, tiers, device, source, "the Wan DiT config", storage, deferred)
+    return model, getattr(model, "placement", None)
 
 
 # ----------------------------------------------------------------------------- the DiT variants

@@ -103,29 +103,18 @@ class TrainPlacement(BlockPlacement):
 def load_frozen_base(files: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype,
                      device: torch.device | str, attention_kernel: str, storage: str = "compute") -> nn.Module:
     """A Wan DiT for a LoRA to train over, loaded for ``tiers`` as generation loads it
-    (``streamed.load_tiered``: resident weights on ``device``, host-tier blocks in host memory,
-    disk-tier blocks meta placeholders; fp8 blocks under ``storage = "fp8"``) with no placement
-    yet: ``model.tiered`` holds what ``place_for_training`` needs.
+    (``streamed.load_placed_dit``, its config read as ``load_dit`` reads it: resident weights on
+    ``device``, host-tier blocks in host memory, disk-tier blocks meta placeholders; fp8 blocks
+    under ``storage = "fp8"``) with no placement yet: ``model.tiered`` holds what
+    ``place_for_training`` needs.
 
     The placement comes after the adapter is injected, so that peft finds real (or meta) base
     weights and the factors are made on the device."""
-    from wanflow.memory.streamed import Tiered, load_tiered, open_dit_views
-    from wanflow.models.dit import WanDiT, keeps_fp32
-    from wanflow.models.dit_loader import config_beside
-    from wanflow.models.loading import build_on_meta
+    from wanflow.memory.streamed import load_placed_dit
 
-    paths = [Path(f) for f in files]
-    views = open_dit_views(paths)
-    config = config_beside(paths[0], views)  # as ``load_dit`` reads it: the derivatives' parts included
-    model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
-
-    def target(name: str) -> torch.dtype:
-        return torch.float32 if keeps_fp32(name) else dtype
-
-    checkpoint, convert = load_tiered(model, views, target, tiers, device, ", ".join(map(str, paths)),
-                                      "the Wan DiT config", storage)
-    model.tiered = Tiered(tuple(tiers), device, checkpoint, convert)
-    return model.requires_grad_(False)
+    model, _ = load_placed_dit([Path(f) for f in files], None, tiers, dtype, device, attention_kernel, storage,
+                               deferred=True)
+    return model
 
 
 def streamed_base(tiers: Sequence[str], variant: Any = None
