@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wanflow.errors import ModelInputError
 from wanflow.memory.placement import BlockPlacement, _Block
 
 #: Marks of a trained LoRA factor's parameter name (peft's), which stays resident.
@@ -127,8 +126,6 @@ def streamed_base(tiers: Sequence[str], variant: Any = None
              attention_kernel: str, storage: str) -> nn.Module:
         if variant is None:
             return load_frozen_base(weights, tiers, dtype, device, attention_kernel, storage)
-        if storage != "compute" and not variant.fp8:
-            raise ModelInputError(f"{variant.name}: [memory].fp8 is not supported yet; set fp8 = false")
         placed = getattr(importlib.import_module(variant.placed_module), variant.load_placed)
         extra = {"storage": storage} if variant.fp8 else {}
         return placed(list(weights), tiers, dtype=dtype, device=device, attention_kernel=attention_kernel,

@@ -48,7 +48,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: while training yet: the DiT variants with their own loaders and side modules (LongCat-Video's
 #: stream as a Wan DiT's).
 UNSTREAMED_ARCHITECTURES = ("video-as-prompt",)
-#: DiT architectures whose fp8-stored frozen blocks do not stream while training yet.
+#: DiT architectures whose fp8-stored frozen blocks do not stream while training yet (Animate's and
+#: S2V's stream in fp8 in generation; their training over an fp8 base is not proven streamed).
 UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
 
