@@ -45,8 +45,8 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 
 #: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
-#: while training yet: the DiT variants with their own loaders and side modules (LongCat-Video's
-#: stream as a Wan DiT's).
+#: while training yet (LongCat-Video's, Animate's and S2V's stream as a Wan DiT's, their side
+#: modules resident).
 UNSTREAMED_ARCHITECTURES = ("video-as-prompt",)
 #: DiT architectures whose fp8-stored frozen blocks do not stream while training yet (Animate's and
 #: S2V's stream in fp8 in generation; their training over an fp8 base is not proven streamed).
@@ -55,7 +55,8 @@ UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """``[memory].policy`` "stream" or "disk" in a training recipe: the frozen base of a LoRA over a
-    Wan DiT streams its blocks (``wanflow.memory.train_placement``); everything else is refused,
+    Wan DiT or a streamed variant streams its blocks (``wanflow.memory.train_placement``); everything
+    else is refused,
     naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
     t, policy = recipe.train, recipe.memory.policy
     dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
@@ -82,8 +83,8 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append(f"{parts[0]} trains alone beside the frozen DiT, which then stays resident; use policy \"auto\" "
                    'or "none"')
     if any(a.startswith(UNSTREAMED_ARCHITECTURES) for a in dits):
-        why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a Wan DiT's "
-                   'LoRA does); use policy "auto" or "none"')
+        why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a LoRA over a "
+                   'Wan, LongCat-Video, Animate or S2V DiT does); use policy "auto" or "none"')
     if t.preset_lora:
         why.append("[train].preset_lora is merged into the base's weights where each lives: a streamed block "
                    "waits in host memory (where the merge rounds otherwise than on the device) or is read "
