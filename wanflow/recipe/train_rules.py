@@ -56,8 +56,7 @@ UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """``[memory].policy`` "stream" or "disk" in a training recipe: the frozen base of a LoRA over a
     Wan DiT or a streamed variant streams its blocks (``wanflow.memory.train_placement``); everything
-    else is refused,
-    naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
+    else is refused, naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
     t, policy = recipe.train, recipe.memory.policy
     dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
     why = []
