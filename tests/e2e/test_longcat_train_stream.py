@@ -86,3 +86,14 @@ def test_the_plan_streams_the_fewest_blocks_that_fit_at_their_stored_bytes(longc
     for policy, tier in (("stream", "host"), ("disk", "disk")):
         assert planned_train_step(None, cpu, Budgets(None, 1 << 40), policy).tiers == (("dit", (tier,) * layers),)
     assert not getattr(planned_train_step(None, cpu, Budgets(None, 1 << 40), "auto"), "tiers", ())
+
+
+def test_the_plan_says_which_blocks_the_train_step_streams(venv_runs, tmp_path, media, capsys):
+    from wanflow.cli import main
+
+    recipe = _recipe(tmp_path, [_row()], steps=2)
+    assert main(["plan", str(recipe), "--set", "memory.policy=disk"]) == 0
+    out = capsys.readouterr().out
+    assert "  train: dit's frozen base: 0 blocks resident, 2 read from the mapped checkpoint" in out, out
+    assert main(["plan", str(recipe)]) == 0
+    assert "frozen base" not in capsys.readouterr().out  # auto on the CPU: resident
