@@ -17,9 +17,9 @@ def placed(monkeypatch):
     seen = []
     real = train_placement.place_for_training
 
-    def spy(model, tiers, device, views):
-        seen.append(tuple(tiers))
-        return real(model, tiers, device, views)
+    def spy(model):
+        seen.append(tuple(model.tiered.tiers))
+        return real(model)
 
     monkeypatch.setattr(train_placement, "place_for_training", spy)
     return seen
@@ -112,3 +112,25 @@ def test_a_killed_streamed_run_resumes_to_the_resident_run_s_bytes(env, tmp_path
     expected = _archive(tmp_path / "runs-a") / "outputs"
     for name in ("lora.safetensors", "loss.csv"):
         assert (archive / "outputs" / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+def test_a_lora_over_an_fp8_base_streamed_is_the_resident_fp8_run_bit_for_bit(env, tmp_path, monkeypatch, placed):
+    """``[memory].fp8`` with the base streamed: host-tier blocks kept in fp8, disk-tier ones
+    quantised at each read from the bf16 file; the resident fp8 run's bytes and its key."""
+    recipe = _recipe(tmp_path)
+    resident = run(recipe, env, "memory.policy=none", "memory.fp8=true")
+    assert placed == []
+    want = stored_tensors(resident, "train")
+    plain = stored_tensors(run(recipe, env, "memory.policy=none"), "train")
+    assert any(not torch.equal(plain[k], want[k]) for k in want if k.startswith("dit/"))  # fp8 changes the numbers
+    for policy, tier in (("stream", "host"), ("disk", "disk")):
+        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{policy}"))
+        placed.clear()
+        streamed = run(recipe, env, f"memory.policy={policy}", "memory.fp8=true")
+        assert "train" in computed(streamed)
+        assert placed and all(tiers == (tier,) * len(tiers) for tiers in placed), placed
+        got = stored_tensors(streamed, "train")
+        assert set(got) == set(want)
+        for name, tensor in want.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=f"{policy}: {name}")
+        assert streamed.results["train"].key == resident.results["train"].key

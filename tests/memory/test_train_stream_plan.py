@@ -105,3 +105,19 @@ def test_a_dit_that_cannot_stream_refuses_an_explicit_streaming_policy(job):
                                                   "trains does not stream its frozen blocks while training"):
             planned_train_step("r.toml", variant, Budgets(None, HOST), policy)
     assert not getattr(planned_train_step("r.toml", variant, Budgets(None, HOST), "auto"), "tiers", ())
+
+
+def test_fp8_stored_blocks_stream_at_their_fp8_bytes(job):
+    """``[memory].fp8``: the streamed blocks are fp8 (a byte an element; their row scales stay
+    resident, counted outside the blocks), so streaming moves half a bf16 block's bytes."""
+    fp8 = attrs.evolve(job, fp8=True)
+    size = component_size("dit", read_headers(job.dit_files["dit"]), 2, keeps_fp32=dit_keeps_fp32, blocks=True)
+    blocks = size.as_fp8().block_bytes
+    assert sum(blocks) < sum(size.block_bytes) * 0.6
+    resident, found = fp8.peak(), fp8.peak(streamed=4)
+    away, flight = sum(blocks[-4:]), IN_FLIGHT * max(blocks[-4:])
+    assert found.device_bytes == resident.device_bytes - away + flight
+    assert found.host_bytes == resident.host_bytes + away
+    budget = (fp8.peak(streamed=3).device_bytes + fp8.peak(streamed=2).device_bytes) // 2
+    found = planned_train_step(None, fp8, Budgets(budget, HOST), "stream")
+    assert found.tiers == (("dit", ("device",) * 3 + ("host",) * 3),)

@@ -291,13 +291,26 @@ def test_streaming_the_frozen_base_is_refused_where_it_cannot_run_naming_why_and
     assert len(mine) == 1 and why in mine[0] and fix in mine[0], problems
 
 
-def test_streaming_is_refused_with_fp8_storage_and_for_a_dit_variant(tmp_path):
-    problems = refused(tmp_path, T2V + '[memory]\npolicy = "stream"\nfp8 = true\n')
-    assert any("[memory].fp8 with the frozen base's blocks streamed while training is not built yet" in p
-               for p in problems), problems
-    problems = refused(tmp_path, 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n')
-    assert any(p.startswith('r.toml: [memory].policy = "disk": wan2.2-s2v-14b\'s DiT (wan2.2-s2v-14b) does not '
-                            "stream its blocks while training yet") for p in problems), problems
+def test_a_wan_dit_s_fp8_base_streams_and_a_dit_variant_is_refused(tmp_path):
+    path = tmp_path / "r.toml"
+    for policy in ("stream", "disk"):  # a Wan DiT's fp8 blocks stream as fp8
+        path.write_text(T2V + f'[memory]\npolicy = "{policy}"\nfp8 = true\n', encoding="utf-8")
+        assert load_recipe(path).recipe.memory.fp8
+    animate = 'model = "wan2.2-animate-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
+    path.write_text(animate, encoding="utf-8")  # Animate's blocks stream, its face modules resident
+    assert load_recipe(path).recipe.memory.policy == "disk"
+    for model in ("wan2.2-animate-14b", "wan2.2-s2v-14b"):  # their fp8 blocks do not stream while training yet
+        problems = refused(tmp_path, f'model = "{model}"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
+                           "fp8 = true\n")
+        assert any(p.startswith(f'r.toml: [memory].policy = "disk": [memory].fp8 with {model}\'s frozen blocks '
+                                "streamed while training is not built yet") for p in problems), problems
+    s2v = 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
+    path.write_text(s2v, encoding="utf-8")  # S2V's blocks stream, its audio modules resident
+    assert load_recipe(path).recipe.memory.policy == "disk"
+    problems = refused(tmp_path, 'model = "video-as-prompt-wan2.1-14b"\n[train]\ndataset = "data.csv"\n[memory]\n'
+                       'policy = "disk"\n')
+    assert any(p.startswith('r.toml: [memory].policy = "disk": video-as-prompt-wan2.1-14b\'s DiT ') and
+               "does not stream its blocks while training yet" in p for p in problems), problems
 
 
 def test_a_refused_streaming_policy_exits_2_without_a_traceback(tmp_path, capsys):
@@ -438,10 +451,15 @@ def test_a_dtype_or_device_the_trained_controller_would_not_honour_is_refused(tm
     assert load_recipe(path).recipe.models["motion_controller"].dtype == "bf16"  # its frozen offset's, honoured
 
 
-def test_longcat_streaming_while_training_is_refused_once_by_its_own_rule(tmp_path):
-    problems = refused(tmp_path, 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "stream"\n')
+def test_longcat_s_frozen_base_streams_as_a_wan_dit_s_and_is_refused_for_what_cannot_stream(tmp_path):
+    longcat = 'model = "longcat-video"\n[train]\ndataset = "data.csv"\n'
+    path = tmp_path / "ok.toml"
+    for policy in ("stream", "disk"):  # a LoRA's base streams, fp8 or not
+        path.write_text(longcat + f'[memory]\npolicy = "{policy}"\nfp8 = true\n', encoding="utf-8")
+        assert load_recipe(path).recipe.memory.policy == policy
+    problems = refused(tmp_path, longcat + 'gradient_checkpointing = false\n[memory]\npolicy = "stream"\n')
     mine = [p for p in problems if p.startswith('r.toml: [memory].policy = "stream": ')]
-    assert len(mine) == 1 and "LongCat's train step holds the DiT it trains whole" in mine[0], problems
+    assert len(mine) == 1 and "needs [train].gradient_checkpointing = true" in mine[0], problems
 
 
 def test_streaming_is_refused_with_compiled_blocks_naming_the_fix(tmp_path):

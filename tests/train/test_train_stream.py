@@ -41,12 +41,12 @@ def _samples() -> list[dict]:
             for _ in range(2)]
 
 
-def _train(checkpoint, tiers=(), dtype=torch.float32):
+def _train(checkpoint, tiers=(), dtype=torch.float32, params=PARAMS):
     place = None
     load = None
     if tiers:
         load, place = streamed_base(tiers)
-    expert = build_expert("dit", [checkpoint], PARAMS, {}, "cpu", dtype, 0.0, load, None, place)
+    expert = build_expert("dit", [checkpoint], params, {}, "cpu", dtype, 0.0, load, None, place)
     samples = _samples()
     trainer = Trainer([expert], Settings(steps=STEPS, learning_rate=1e-2), batch_order(["", ""], (0, 1), 1, 0),
                       lambda idx: collate([samples[i] for i in idx], "cpu"))
@@ -119,3 +119,41 @@ def test_at_most_two_blocks_of_fetched_weights_live_at_once_with_checkpointing(c
     monkeypatch.setitem(PARAMS, "train.gradient_checkpointing", checkpointing)
     _train(checkpoint, ("disk",) * 4)
     assert seen and max(seen) == (IN_FLIGHT if checkpointing else 4), seen
+
+
+@pytest.fixture(scope="module")
+def scaled(checkpoint, tmp_path_factory):
+    """The same tiny DiT as a scaled-fp8 file (its fp8 bytes read as they are by the disk tier)."""
+    from wanflow.models.fp8_convert import convert_to_fp8
+
+    return convert_to_fp8(checkpoint, tmp_path_factory.mktemp("fp8"))[0]
+
+
+@pytest.mark.parametrize("kind", ["bf16", "scaled-fp8"])
+@pytest.mark.parametrize("tiers", [("host",) * 4, ("disk",) * 4, ("disk", "device", "host", "disk")])
+def test_a_lora_over_an_fp8_base_streamed_equals_the_resident_fp8_one_bit_for_bit(checkpoint, scaled, kind, tiers):
+    """``[memory].fp8`` streamed: host-tier blocks kept as fp8, disk-tier ones read as fp8 from a
+    scaled file or quantised at each read from a bf16 one; peft's wrapped ``Fp8Linear`` streams
+    its weight under the checkpoint's name and keeps its scale buffer resident."""
+    from wanflow.models.fp8 import fp8_layers
+
+    fp8 = {**PARAMS, "memory.fp8": True}
+    file = checkpoint if kind == "bf16" else scaled
+    resident, want = _train(file, dtype=torch.bfloat16, params=fp8)
+    model, got = _train(file, tiers, torch.bfloat16, params=fp8)
+    assert set(got.params) == set(want.params) and len(got.params) == 4 * 9 * 2
+    for name, p in want.params.items():
+        assert torch.equal(got.params[name], p), name
+    assert [h[1] for h in got.history] == [h[1] for h in want.history]
+    assert not torch.equal(want.params["dit/blocks.3.self_attn.q.lora_B.default.weight"], torch.zeros(1))
+    layers = fp8_layers(model)  # peft's base_layer: the Fp8Linear, its scale on the device
+    assert "blocks.0.self_attn.q.base_layer" in layers and len(layers) == 10 * 4
+    assert all(not layer.scale_weight.is_meta for layer in layers.values())
+    placement = model.placement
+    host = [b for b in placement.blocks if b.tier == "host"]
+    assert all(source.dtype == torch.float8_e4m3fn for b in host for name, source in b.source.items()
+               if name.endswith(".q.weight"))  # kept in host memory as fp8, under the checkpoint's name
+    disk = [b for b in placement.blocks if b.tier == "disk"]
+    quantised = {name for b in disk for _, _, name in b.slots if name in placement.convert}
+    assert bool(quantised) == (bool(disk) and kind == "bf16")  # a bf16 file's weights quantised at each read
+    assert all(b.targets()[f"blocks.{b.index}.self_attn.q.weight"][1] == torch.float8_e4m3fn for b in disk)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -55,35 +56,69 @@ def mapped_shards(paths: Sequence[str | os.PathLike]) -> dict[str, Tensor]:
 
 
 def load_placed_dit(
-    paths: Sequence[str | os.PathLike], config: DitConfig, tiers: Sequence[str],
+    paths: Sequence[str | os.PathLike], config: DitConfig | None, tiers: Sequence[str],
     dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
-    attention_kernel: str = "sdpa", storage: str = "compute",
-) -> tuple[WanDiT, BlockPlacement]:
+    attention_kernel: str = "sdpa", storage: str = "compute", deferred: bool = False,
+) -> tuple[WanDiT, BlockPlacement | None]:
     """A WanDiT whose blocks sit in ``tiers`` (see `BlockPlacement`), and the placement's handle;
-    ``storage`` as `dit_loader.load_dit`'s (fp8 blocks stream as fp8: ``memory.fp8_placed``)."""
+    ``storage`` as `dit_loader.load_dit`'s (fp8 blocks stream as fp8: ``memory.fp8_placed``).
+    ``config`` None reads it as ``load_dit`` does (``config_beside``: a derivative's parts
+    included); ``deferred`` as ``placed_variant``'s (no handle then)."""
+    from wanflow.models.dit_loader import config_beside
+
     views = open_dit_views(paths)
+    config = config if config is not None else config_beside(Path(paths[0]), views)
     model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
     source = ", ".join(map(str, paths))
 
     def target(name: str) -> torch.dtype:
         return torch.float32 if keeps_fp32(name) else dtype
 
-    placed_variant(model, views, target, tiers, device, source, "the Wan DiT config", storage)
-    return model, model.placement
+    placed_variant(model, views, target, tiers, device, source, "the Wan DiT config", storage, deferred)
+    return model, getattr(model, "placement", None)
 
 
 # ----------------------------------------------------------------------------- the DiT variants
 
 
+@attrs.frozen
+class Tiered:
+    """What a placement needs of a model loaded for ``tiers`` but not placed yet (``deferred``):
+    the checkpoint's views its disk tier reads, and their read conversions (``fp8_placed``)."""
+
+    tiers: tuple[str, ...]
+    device: torch.device | str
+    checkpoint: Mapping[str, Tensor]
+    convert: Mapping[str, Callable[[Tensor], Tensor]]
+
+
 def placed_variant(model: Any, views: Mapping[str, Tensor], target: Callable[[str], torch.dtype],
                    tiers: Sequence[str], device: torch.device | str, source: str, expected: str,
-                   storage: str = "compute") -> Any:
-    """A variant's ``model`` (built on meta) loaded from the mapped ``views`` into ``tiers``:
+                   storage: str = "compute", deferred: bool = False) -> Any:
+    """A variant's ``model`` (built on meta) loaded from the mapped ``views`` into ``tiers``
+    (``load_tiered``), its hooks on ``model.placement``. ``deferred`` (a LoRA's frozen base,
+    placed once its adapter exists: ``memory.train_placement``): no hooks yet, ``model.tiered``
+    (``Tiered``) holds what the placement will need."""
+    checkpoint, convert = load_tiered(model, views, target, tiers, device, source, expected, storage)
+    if deferred:
+        model.tiered = Tiered(tuple(tiers), device, checkpoint, convert)
+        return model.requires_grad_(False)
+    model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device,
+                                     checkpoint=checkpoint, convert=convert)
+    return model
+
+
+def load_tiered(model: Any, views: Mapping[str, Tensor], target: Callable[[str], torch.dtype],
+                tiers: Sequence[str], device: torch.device | str, source: str, expected: str,
+                storage: str = "compute") -> tuple[Mapping[str, Tensor], dict[str, Callable[[Tensor], Tensor]]]:
+    """Load ``model`` (built on meta) from the mapped ``views`` for ``tiers``, with no placement yet:
     device-tier blocks and everything outside ``model.blocks`` (the side modules: Animate's face
     blocks and encoders, S2V's audio injectors and encoder) on ``device``, host-tier blocks in
-    host memory, disk-tier blocks left on meta and read when they run. ``target`` is each
-    tensor's dtype by name (the variant's fp32 islands). ``storage`` (``fp8.STORAGES``) and a
-    scaled-fp8 file go through ``fp8_placed.load_stored_placed``. The hooks live on ``model.placement``."""
+    host memory, disk-tier blocks left on meta. ``target`` is each tensor's dtype by name (the
+    variant's fp32 islands). ``storage`` (``fp8.STORAGES``) and a scaled-fp8 file go through
+    ``fp8_placed.load_stored_placed``. Returns what a placement (generation's `BlockPlacement`,
+    training's ``TrainPlacement`` once the adapter exists) reads disk-tier blocks with: the
+    checkpoint's views and their read conversions."""
     if len(tiers) != len(model.blocks):
         raise ValueError(f"expected {len(model.blocks)} tiers, one per block of {expected}, got {list(tiers)}")
     for name, param in model.named_parameters():  # disk-tier placeholders carry the dtype they are read at
@@ -96,17 +131,14 @@ def placed_variant(model: Any, views: Mapping[str, Tensor], target: Callable[[st
     scaled = split_scales(views, source)
     if stores_in_fp8(storage) or scaled.quantised:
         convert = load_stored_placed(model, scaled, storage, tier_of, target, device, source, expected)
-        model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device,
-                                         checkpoint=scaled.weights, convert=convert)
-        return model
+        return scaled.weights, convert
     report = mismatch_report(model.state_dict(keep_vars=True), views)
     if report:
         raise ModelLoadError(f"{source}: does not fit {expected}:\n{report}")
     for tier, where in (("device", device), ("host", "cpu")):
         part = {k: v for k, v in views.items() if tier_of(k) == tier}
         model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
-    model.placement = BlockPlacement(model.eval().requires_grad_(False), tiers, device, checkpoint=views)
-    return model
+    return views, {}
 
 
 def _safetensors(weights: Sequence[str | os.PathLike], name: str) -> list[Path]:
@@ -118,8 +150,9 @@ def _safetensors(weights: Sequence[str | os.PathLike], name: str) -> list[Path]:
 
 def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
-                        storage: str = "compute") -> Any:
-    """LongCat-Video's DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``)."""
+                        storage: str = "compute", deferred: bool = False) -> Any:
+    """LongCat-Video's DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``, as
+    ``deferred`` there)."""
     from wanflow.models import longcat_config
     from wanflow.models.longcat import LongCatDiT
     from wanflow.models.longcat_loader import (
@@ -137,12 +170,12 @@ def load_placed_longcat(weights: Sequence[str | os.PathLike], tiers: Sequence[st
         return torch.float32 if longcat_config.keeps_fp32(name) else dtype
 
     return placed_variant(model, views, target, tiers, device, source, f"LongCat-Video DiT ({config.describe()})",
-                          storage)
+                          storage, deferred)
 
 
 def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
-                        storage: str = "compute") -> Any:
+                        storage: str = "compute", deferred: bool = False) -> Any:
     """The Wan2.2-Animate DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``);
     its face blocks run after their DiT blocks from the device, as its encoders do."""
     from wanflow.models import animate_config
@@ -155,12 +188,12 @@ def load_placed_animate(weights: Sequence[str | os.PathLike], tiers: Sequence[st
     config = animate_config.from_shapes({k: tuple(v.shape) for k, v in views.items()}, source)
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
-    return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected, storage)
+    return placed_variant(model, views, animate_dtypes(dtype), tiers, device, source, expected, storage, deferred)
 
 
 def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype = torch.float32,
                     device: torch.device | str = "cpu", attention_kernel: str = "sdpa",
-                    storage: str = "compute") -> Any:
+                    storage: str = "compute", deferred: bool = False) -> Any:
     """The Wan2.2-S2V DiT with its blocks in the memory plan's ``tiers`` (``placed_variant``); its
     audio injectors run after their blocks from the device, as its audio encoder, frame packer and
     pose encoder do."""
@@ -180,4 +213,4 @@ def load_placed_s2v(weights: Sequence[str | os.PathLike], tiers: Sequence[str], 
         return torch.float32 if s2v_config.keeps_fp32(name) else dtype
 
     return placed_variant(model, views, target, tiers, device, source, f"Wan2.2 S2V DiT ({config.describe()})",
-                          storage)
+                          storage, deferred)

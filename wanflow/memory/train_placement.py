@@ -8,6 +8,11 @@ What training adds to generation's placement:
 - only the frozen parameters stream. The factors (peft's ``lora_A``/``lora_B``, fp32, trained)
   stay resident and keep their identity, since the optimizer holds them; peft's wrapped base
   Linear (``<module>.base_layer.weight``) streams under its checkpoint name (``<module>.weight``).
+- an fp8-stored base (``[memory].fp8``) streams as fp8, loaded as generation loads it
+  (``streamed.load_tiered``, ``fp8_placed``): peft wraps the ``Fp8Linear``, whose fp8 weight
+  streams under its checkpoint name, the name the disk tier's read conversion is keyed by (a
+  bf16 file's weight quantised at each read); its ``scale_weight`` is a buffer
+  (``<module>.base_layer.scale_weight``), which stays resident on the device with the rest.
 - gradient checkpointing is required (the recipe's rules refuse streaming without it): without it
   autograd would keep every block's weights alive from the forward to the backward. With it, the
   forward saves each block's input only, and backward recomputes the block: its pre-hook fires
@@ -26,14 +31,15 @@ a LoRA trained streamed equals one trained resident bit for bit (``tests/train/t
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from wanflow.errors import ModelInputError, ModelLoadError
 from wanflow.memory.placement import BlockPlacement, _Block
 
 #: Marks of a trained LoRA factor's parameter name (peft's), which stays resident.
@@ -62,9 +68,10 @@ class TrainPlacement(BlockPlacement):
     """
 
     def __init__(self, model: nn.Module, tiers: Sequence[str], device: torch.device | str,
-                 checkpoint: Mapping[str, Tensor] | None = None):
+                 checkpoint: Mapping[str, Tensor] | None = None,
+                 convert: Mapping[str, Callable[[Tensor], Tensor]] | None = None):
         self.fetched: list[tuple[int, str]] = []
-        super().__init__(model, tiers, device, checkpoint, select=frozen_source)
+        super().__init__(model, tiers, device, checkpoint, convert, select=frozen_source)
 
     def _register(self) -> None:
         super()._register()
@@ -93,65 +100,45 @@ class TrainPlacement(BlockPlacement):
 
 
 def load_frozen_base(files: Sequence[str | os.PathLike], tiers: Sequence[str], dtype: torch.dtype,
-                     device: torch.device | str, attention_kernel: str) -> tuple[nn.Module, dict[str, Tensor]]:
-    """A Wan DiT for a LoRA to train over, its blocks loaded for ``tiers`` and no placement yet:
-    resident weights on ``device``, host-tier blocks in host memory, disk-tier blocks left as meta
-    placeholders (never read here); and the mapped checkpoint's views the disk tier reads.
+                     device: torch.device | str, attention_kernel: str, storage: str = "compute") -> nn.Module:
+    """A Wan DiT for a LoRA to train over, loaded for ``tiers`` as generation loads it
+    (``streamed.load_placed_dit``, its config read as ``load_dit`` reads it: resident weights on
+    ``device``, host-tier blocks in host memory, disk-tier blocks meta placeholders; fp8 blocks
+    under ``storage = "fp8"``) with no placement yet: ``model.tiered`` holds what
+    ``place_for_training`` needs.
 
-    The placement comes after the adapter is injected (``place_for_training``), so that peft
-    finds real (or meta) base weights and the factors are made on the device."""
-    from wanflow.memory.streamed import open_dit_views
-    from wanflow.models.dit import WanDiT, keeps_fp32
-    from wanflow.models.dit_loader import config_beside
-    from wanflow.models.loading import build_on_meta, mismatch_report
-    from wanflow.models.residency import place_all
+    The placement comes after the adapter is injected, so that peft finds real (or meta) base
+    weights and the factors are made on the device."""
+    from wanflow.memory.streamed import load_placed_dit
 
-    paths = [Path(f) for f in files]
-    views = open_dit_views(paths)
-    config = config_beside(paths[0], views)  # as ``load_dit`` reads it: the derivatives' parts included
-    model = build_on_meta(lambda: WanDiT(config, attention_kernel)).set_compute_dtype(dtype)
-    report = mismatch_report(model.state_dict(keep_vars=True), views)
-    if report:
-        raise ModelLoadError(f"{', '.join(map(str, paths))}: does not fit the Wan DiT config:\n{report}")
-
-    def tier_of(name: str) -> str:
-        return tiers[int(name.split(".")[1])] if name.startswith("blocks.") else "device"
-
-    def target(name: str) -> torch.dtype:
-        return torch.float32 if keeps_fp32(name) else dtype
-
-    for tier, where in (("device", device), ("host", "cpu")):
-        part = {k: v for k, v in views.items() if tier_of(k) == tier}
-        model.load_state_dict(place_all(part, target, where, borrowed=False), strict=False, assign=True)
-    return model.requires_grad_(False), views
+    model, _ = load_placed_dit([Path(f) for f in files], None, tiers, dtype, device, attention_kernel, storage,
+                               deferred=True)
+    return model
 
 
-def streamed_base(tiers: Sequence[str]) -> tuple[Callable[..., nn.Module], Callable[[nn.Module], TrainPlacement]]:
+def streamed_base(tiers: Sequence[str], variant: Any = None
+                  ) -> tuple[Callable[..., nn.Module], Callable[[nn.Module], TrainPlacement]]:
     """(``load``, ``place``) for ``wanflow.train.build.build_expert``: ``load`` (``load_dit``'s
-    signature) loads the frozen base for ``tiers``, ``place`` places it once the adapter exists."""
-    views: dict[str, Tensor] = {}
-    where: list[torch.device | str] = []
+    signature) loads the frozen base for ``tiers`` (a Wan DiT, or ``variant``'s DiT through its
+    ``load_placed``, ``memory.dit_variants``), ``place`` places it once the adapter exists."""
 
     def load(weights: Sequence[str | os.PathLike], *, dtype: torch.dtype, device: torch.device | str,
              attention_kernel: str, storage: str) -> nn.Module:
-        if storage != "compute":
-            raise ModelInputError("[memory].fp8 with the frozen base's blocks streamed while training is not "
-                                  'supported yet; set fp8 = false, or [memory].policy = "none"')
-        model, found = load_frozen_base(weights, tiers, dtype, device, attention_kernel)
-        views.update(found)
-        where.append(device)
-        return model
+        if variant is None:
+            return load_frozen_base(weights, tiers, dtype, device, attention_kernel, storage)
+        placed = getattr(importlib.import_module(variant.placed_module), variant.load_placed)
+        extra = {"storage": storage} if variant.fp8 else {}
+        return placed(list(weights), tiers, dtype=dtype, device=device, attention_kernel=attention_kernel,
+                      deferred=True, **extra)
 
-    def place(model: nn.Module) -> TrainPlacement:
-        return place_for_training(model, tiers, where[-1], views)
-
-    return load, place
+    return load, place_for_training
 
 
-def place_for_training(model: nn.Module, tiers: Sequence[str], device: torch.device | str,
-                       views: Mapping[str, Tensor]) -> TrainPlacement:
-    """Put ``model``'s frozen blocks in ``tiers`` once its adapter is injected on ``device``; the
-    handle lives on ``model.placement`` (where the training loop's ``settle`` finds it)."""
-    placement = TrainPlacement(model, tiers, device, checkpoint=views)
+def place_for_training(model: nn.Module) -> TrainPlacement:
+    """Put ``model``'s frozen blocks in the tiers it was loaded for (``model.tiered``) once its
+    adapter is injected; the handle lives on ``model.placement`` (where the training loop's
+    ``settle`` finds it)."""
+    tiered = model.tiered
+    placement = TrainPlacement(model, tiered.tiers, tiered.device, tiered.checkpoint, tiered.convert)
     model.placement = placement
     return placement

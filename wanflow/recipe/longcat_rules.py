@@ -67,7 +67,6 @@ def check_longcat(recipe: Recipe, family: FamilySpec, problems: Problems) -> Non
     if s.cache.method == "teacache" and s.cache.mode != "e":
         problems.add(("sampler", "cache", "mode"), s.cache.mode, "LongCat's blocks take no shared modulation "
                      'to read: use the time embedding, mode = "e"')
-    _check_memory(recipe, problems)
 
 
 #: The distilled schedule picks its steps from the authors' 50 (``sampling.longcat.DISTILL_GRID``).
@@ -85,17 +84,6 @@ def _check_distilled(recipe: Recipe, problems: Problems) -> None:
         problems.add(("sampler", "solver"), DISTILLED_SOLVER, "samples the distilled model, the DiT with the "
                      f"release's {DISTILLED_LORA}: add it as [[lora]] (source = \"modelscope:{REPO}\", "
                      f'file = "{DISTILLED_LORA}"), or use solver = "longcat"')
-
-
-def _check_memory(recipe: Recipe, problems: Problems) -> None:
-    """A generation's plan honours every policy (its blocks stream as a Wan DiT's); a training
-    job's plan sizes its train step, which holds the DiT it trains whole on the run's device, so
-    there only ``none`` and ``offload`` apply."""
-    m = recipe.memory
-    if recipe.train is not None and m.policy in ("stream", "disk"):
-        problems.add(("memory", "policy"), m.policy, "LongCat's train step holds the DiT it trains whole, so its "
-                     'blocks cannot be streamed from host memory or disk: use "offload" (one model on the device '
-                     'at a time), "none" or "auto"')
 
 
 def _check_frames(recipe: Recipe, problems: Problems) -> None:

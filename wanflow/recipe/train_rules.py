@@ -45,20 +45,20 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 
 
 #: DiT architectures (prefixes of the family's name for its DiT) whose frozen blocks do not stream
-#: while training yet: the DiT variants with their own loaders and side modules. LongCat-Video's
-#: own rules refuse it (``longcat_rules``), so it is not refused twice.
-UNSTREAMED_ARCHITECTURES = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
-OWN_STREAMING_RULES = ("longcat",)
+#: while training yet (LongCat-Video's, Animate's and S2V's stream as a Wan DiT's, their side
+#: modules resident).
+UNSTREAMED_ARCHITECTURES = ("video-as-prompt",)
+#: DiT architectures whose fp8-stored frozen blocks do not stream while training yet (Animate's and
+#: S2V's stream in fp8 in generation; their training over an fp8 base is not proven streamed).
+UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
 
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     """``[memory].policy`` "stream" or "disk" in a training recipe: the frozen base of a LoRA over a
-    Wan DiT streams its blocks (``wanflow.memory.train_placement``); everything else is refused,
-    naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
+    Wan DiT or a streamed variant streams its blocks (``wanflow.memory.train_placement``); everything
+    else is refused, naming why and the fix. ``auto`` streams only where it can, so it is never refused here."""
     t, policy = recipe.train, recipe.memory.policy
     dits = [c.architecture for c in family.components.values() if c.kind == "dit"]
-    if any(a.startswith(OWN_STREAMING_RULES) for a in dits):
-        return
     why = []
     if t.method == "full":
         why.append("full fine-tuning trains every weight of the DiT, which stays resident (its weights, their "
@@ -71,9 +71,9 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append(f'[train].distribution = "{t.distribution}" starts from every process\'s whole model (DDP '
                    "syncs it, FSDP and DeepSpeed shard it) and a streamed block holds placeholders; train in one "
                    'process (distribution = "none"), or use policy "auto" or "none"')
-    if recipe.memory.fp8:
-        why.append("[memory].fp8 with the frozen base's blocks streamed while training is not built yet; set "
-                   'fp8 = false, or policy "none"')
+    if recipe.memory.fp8 and any(a.startswith(UNSTREAMED_FP8) for a in dits):
+        why.append(f"[memory].fp8 with {family.name}'s frozen blocks streamed while training is not built yet (a "
+                   'Wan DiT\'s fp8 blocks stream); set fp8 = false, or policy "auto" or "none"')
     if recipe.runtime.compile != "none":
         why.append(f'[runtime].compile = "{recipe.runtime.compile}" with the frozen base\'s blocks streamed while '
                    'training is not built yet; set compile = "none", or policy "none"')
@@ -82,8 +82,8 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append(f"{parts[0]} trains alone beside the frozen DiT, which then stays resident; use policy \"auto\" "
                    'or "none"')
     if any(a.startswith(UNSTREAMED_ARCHITECTURES) for a in dits):
-        why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a Wan DiT's "
-                   'LoRA does); use policy "auto" or "none"')
+        why.append(f"{family.name}'s DiT ({dits[0]}) does not stream its blocks while training yet (a LoRA over a "
+                   'Wan, LongCat-Video, Animate or S2V DiT does); use policy "auto" or "none"')
     if t.preset_lora:
         why.append("[train].preset_lora is merged into the base's weights where each lives: a streamed block "
                    "waits in host memory (where the merge rounds otherwise than on the device) or is read "

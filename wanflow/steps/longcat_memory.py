@@ -48,7 +48,9 @@ from wanflow.steps.memory_plan import (
 
 #: The policies a LongCat job can honour, fastest first (the planner's).
 POLICIES = ("none", "offload", "stream", "disk")
-#: A training job's: its train step holds the DiT it trains whole (the recipe's rules refuse the others).
+#: A training job's other steps': the train step's DiT is planned by the train step itself, whose
+#: frozen base streams its blocks under ``stream`` and ``disk`` (``train_stream_plan``); the job's
+#: other models then move whole as ``auto`` moves them.
 TRAIN_POLICIES = ("none", "offload")
 #: The Wan2.1 VAE's decoder base width (LongCat reads Wan2.1's VAE).
 DECODER_DIM = 96
@@ -67,8 +69,10 @@ def longcat_memory_plan(job: Any, device: str, dtype_name: str) -> MemoryPlan:
              *component_sizes({n: f for n, f in files.items() if n != "dit"}, itemsize, fp8=False)]
     budgets = Budgets(device_budget(v, device), host_budget(v, device))
     on_host = frozenset(name for name in files if job.device(name) == "cpu") if device != "cpu" else frozenset()
-    found = plan(budgets, v["memory.policy"], sizes, demands(job, config, itemsize), host_compute=on_host,
-                 policies=TRAIN_POLICIES if job.resolved.recipe.train is not None else POLICIES,
+    trains = job.resolved.recipe.train is not None
+    policy = "auto" if trains and v["memory.policy"] in ("stream", "disk") else v["memory.policy"]  # the train step's
+    found = plan(budgets, policy, sizes, demands(job, config, itemsize), host_compute=on_host,
+                 policies=TRAIN_POLICIES if trains else POLICIES,
                  whole_on_device=frozenset({"dit"}))  # its step computes where the run does
     if job.resolved.recipe.train is None:
         return found

@@ -5,7 +5,9 @@ What a Wan training job's plan does for its train step (``steps.memory_plan``: `
 its config and weights read off its own headers (its fp32 islands, ``longcat_config.keeps_fp32``),
 its train step sized by ``memory.longcat_train_estimate`` at the dataset's largest bucket (a
 continuation's conditioning frames are tokens of its clip). A LoRA's frozen base may be stored
-in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer). A distributed
+in fp8 (``[memory].fp8``: its block projections at one byte, as a refusal may offer) and stream
+its last blocks from host memory or disk as a Wan DiT's (``train_stream_plan``,
+``train_stream_estimate``: the blocks at their stored bytes). A distributed
 run is sized as a Wan DiT's (``train_estimate.spread``): one process's device peak as a whole
 replica (an upper bound for FSDP and ZeRO, which shard), every process's host memory and, under
 DeepSpeed, the optimizer state (and ZeRO-3's parameters) it keeps on the host.
@@ -25,14 +27,15 @@ from wanflow.memory.longcat_estimate import longcat_tokens
 from wanflow.memory.planner import Budgets, StepPeak
 from wanflow.memory.sizes import TensorInfo, block_index, component_size
 from wanflow.memory.train_estimate import Trained, TrainPeak, TrainSetup, spread
+from wanflow.memory.train_stream_estimate import streamed_peak
 from wanflow.models import longcat_config
 from wanflow.steps.memory_plan import (
     TrainSettings,
     adapted_weights,
     linear_weights,
-    sized_train_step,
     train_settings,
 )
+from wanflow.steps.train_stream_plan import planned_train_step, streamable
 
 
 @attrs.frozen(kw_only=True)
@@ -42,6 +45,11 @@ class LongCatTrainJob(TrainSettings):
 
     config: longcat_config.LongCatConfig
     tensors: Mapping[str, TensorInfo]  # the DiT's header: every tensor's shape and dtype
+
+    @property
+    def layers(self) -> int:
+        """The DiT's blocks (what ``train_stream_plan`` streams the last of)."""
+        return self.config.depth
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)
@@ -62,6 +70,7 @@ class LongCatTrainJob(TrainSettings):
         loading = component_size("dit", job.tensors, FP32, keeps_fp32=longcat_config.keeps_fp32).largest_tensor_bytes
         found = lte.train_peak(job.config, setup, dit, device_run=job.device_run, accumulation=job.accumulation,
                                loading_bytes=loading)
+        found = streamed_peak(found, [size.block_bytes], job.streamed, job.stream_tier, device_run=job.device_run)
         return spread(found, [dit], job.distribution, job.processes)
 
 
@@ -75,12 +84,13 @@ def longcat_train_job(job: Any, config: longcat_config.LongCatConfig, tensors: M
     grids = {s: latent_grid(s.frames, s.height, s.width, "wan2.1") for s in targets}
     largest = max(targets, key=lambda s: (longcat_tokens(config, grids[s]), s))
     files = {"dit": [w.path for w in job.weights["dit"].values()]}
-    return LongCatTrainJob(config=config, tensors=tensors,
+    return LongCatTrainJob(config=config, tensors=tensors, streamable=streamable(t, job.values, files, ()),
                            **train_settings(t, job.values, files, grids[largest], largest.bucket, itemsize, device))
 
 
 def longcat_train_step_peak(job: Any, config: longcat_config.LongCatConfig, tensors: Mapping[str, TensorInfo],
                             itemsize: int, device: str, budgets: Budgets) -> StepPeak:
-    """The train step's predicted peak, or MemoryPlanError naming the [train] changes that fit."""
+    """The train step's predicted peak (with the frozen base's streamed blocks where the policy
+    streams them, ``train_stream_plan``), or MemoryPlanError naming the [train] changes that fit."""
     train = longcat_train_job(job, config, tensors, itemsize, device)
-    return sized_train_step(getattr(job.resolved, "path", None), train, budgets)
+    return planned_train_step(getattr(job.resolved, "path", None), train, budgets, job.values["memory.policy"])

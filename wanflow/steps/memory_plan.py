@@ -251,6 +251,11 @@ class TrainSettings:
     fp8: bool = False  # [memory].fp8: a LoRA's frozen base with its block projections in fp8
     #: Whether [memory].fp8 can store the frozen base in fp8 (a refusal may offer it).
     fp8_storable: ClassVar[bool] = True
+    #: Whether the frozen base's blocks can stream (``train_stream_plan.streamable``); the last
+    #: blocks of each DiT streamed, and their tier ("host" or "disk").
+    streamable: bool = False
+    streamed: int = 0
+    stream_tier: str = "host"
 
 
 @attrs.frozen(kw_only=True)
@@ -262,11 +267,11 @@ class TrainJob(TrainSettings):
     forwards: int = 1  # DiT passes per micro-batch (direct distillation: the student's steps)
     #: A component trained alone beside the frozen DiT (speed control's controller): its files.
     part_files: Mapping[str, Sequence[Path]] = attrs.field(factory=dict)
-    #: Whether the frozen base's blocks can stream (``train_stream_plan.streamable``); the last
-    #: blocks of each DiT streamed, and their tier ("host" or "disk").
-    streamable: bool = False
-    streamed: int = 0
-    stream_tier: str = "host"
+
+    @property
+    def layers(self) -> int:
+        """Blocks of each trained DiT (what ``train_stream_plan`` streams the last of)."""
+        return self.config.num_layers
 
     def peak(self, **changes: Any) -> TrainPeak:
         job = attrs.evolve(self, **changes)

@@ -98,9 +98,10 @@ def expert_for(step: Any, ctx: Any, role: str, n: int, device: str, compute: tor
     parts = {part: ctx.weight(f"{part}.0") for part in step.parts}
     tiers = dict(step.tiers).get(role, ())
     if any(tier != "device" for tier in tiers):  # the memory plan streams the frozen base's blocks
+        from wanflow.memory.dit_variants import variant_of
         from wanflow.memory.train_placement import streamed_base
 
-        load, place = streamed_base(tiers)
+        load, place = streamed_base(tiers, variant_of(files))
         streamed = [t for t in tiers if t != "device"]
         log.info("train.streamed", expert=role, resident=len(tiers) - len(streamed), streamed=len(streamed),
                  tier=streamed[0])

@@ -13,8 +13,10 @@ policy gives:
   on any machine), ``disk`` reads every block from the mapped file (the run holds about two
   blocks of the base); ``auto`` keeps it resident.
 
-Only a LoRA over a Wan DiT streams (``streamable``); the recipe's rules refuse ``stream`` and
-``disk`` for the rest, naming why. Placement never changes the numbers, so the tiers are not in
+Only a LoRA over a Wan DiT or a variant in ``TRAIN_STREAMED`` streams (``streamable``; a
+variant's side modules stay resident), its blocks stored in fp8 or not (fp8 blocks stream as
+fp8, sized at their fp8 bytes); the recipe's rules refuse ``stream`` and ``disk`` for the rest,
+naming why. Placement never changes the numbers, so the tiers are not in
 the step's key (``TrainModel.tiers``).
 """
 
@@ -30,6 +32,11 @@ from wanflow.errors import display_path
 from wanflow.memory.planner import Budgets, MemoryPlanError, StepPeak
 from wanflow.memory.train_stream_estimate import stream_tiers
 from wanflow.steps.memory_plan import TrainJob, _fits, _train_refusal, sized_train_step
+
+#: The DiTs whose frozen base streams while a LoRA trains: the Wan DiT (no variant, None) and
+#: the variants (``dit_variants``) whose deferred ``load_placed`` training places
+#: (``memory.train_placement.streamed_base``).
+TRAIN_STREAMED = (None, "LongCat-Video", "Wan2.2-Animate", "Wan2.2 S2V")
 
 
 @attrs.frozen
@@ -51,23 +58,23 @@ class TrainStepPeak(StepPeak):
 
 def streamable(t: Any, values: Mapping[str, Any], files: Mapping[str, Sequence[Path]],
                parts: Sequence[str]) -> bool:
-    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs, without
-    a component trained alone, a preset LoRA merged into the base, fp8 storage, compiled blocks or
-    several processes, with gradient checkpointing (``wanflow.recipe.train_rules`` refuses the
-    rest by name)."""
+    """Whether the train step can stream its frozen base's blocks: a LoRA over Wan DiTs or the
+    variants in ``TRAIN_STREAMED`` (stored in fp8 or not: fp8 blocks stream as fp8), without a component trained alone, a preset LoRA merged
+    into the base, compiled blocks or several processes, with gradient checkpointing
+    (``wanflow.recipe.train_rules`` refuses the rest by name)."""
     from wanflow.memory.dit_variants import variant_of
 
-    if t.method != "lora" or parts or t.preset_lora or values.get("memory.fp8") or \
-            values.get("runtime.compile", "none") != "none":
+    if t.method != "lora" or parts or t.preset_lora or values.get("runtime.compile", "none") != "none":
         return False
     if not t.gradient_checkpointing or t.distribution != "none":
         return False
-    return all(variant_of(list(paths)) is None for paths in files.values())
+    variants = [variant_of(list(paths)) for paths in files.values()]
+    return all(getattr(v, "name", None) in TRAIN_STREAMED for v in variants)
 
 
 def fewest_streamed(train: TrainJob, budgets: Budgets, tier: str) -> int | None:
     """The fewest blocks streamed in ``tier`` with which the step fits, None when none does."""
-    return next((n for n in range(train.config.num_layers + 1)
+    return next((n for n in range(train.layers + 1)
                  if _fits(train.peak(streamed=n, stream_tier=tier), budgets)), None)
 
 
@@ -79,18 +86,19 @@ def stream_fix(train: Any, budgets: Budgets) -> list[tuple[str, dict[str, Any]]]
     fewest = fewest_streamed(train, budgets, "host")
     if fewest is None:
         return []
-    return [(f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.config.num_layers} blocks '
+    return [(f'[memory].policy = "stream" (the frozen base\'s last {fewest} of {train.layers} blocks '
              "streamed from host memory; same numbers)", {"streamed": fewest})]
 
 
 def planned_train_step(path: Any, train: TrainJob, budgets: Budgets, policy: str) -> StepPeak:
     """The train step's peak under ``policy`` (the module docstring), or MemoryPlanError."""
-    layers = train.config.num_layers
+    layers = train.layers
     if policy in ("stream", "disk") and not train.streamable:  # what the recipe's rules cannot see: the files
         where = f"{display_path(path)}: " if path else ""
         raise MemoryPlanError(f'{where}[memory].policy = "{policy}": the DiT this run trains does not stream its '
-                              "frozen blocks while training (a LoRA over a plain Wan DiT does; these files hold a "
-                              'DiT variant); use policy "auto" or "none"', ['[memory].policy = "auto"'])
+                              "frozen blocks while training (a LoRA over a Wan DiT, LongCat-Video's, Animate's or "
+                              "S2V's does; these files hold another DiT variant); use policy \"auto\" or \"none\"",
+                              ['[memory].policy = "auto"'])
     streams = train.streamable and policy in ("stream", "disk", "auto")
     tier = "disk" if policy == "disk" else "host"
     if not streams or (policy == "auto" and (not train.device_run or _fits(train.peak(), budgets))):
