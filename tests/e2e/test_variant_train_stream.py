@@ -35,14 +35,14 @@ def placed(monkeypatch):
     return seen
 
 
-def _assert_streams_bit_for_bit(recipe, env, tmp_path, monkeypatch, placed, kind):
-    resident = run(recipe, env, "memory.policy=none")
+def _assert_streams_bit_for_bit(recipe, env, tmp_path, monkeypatch, placed, kind, *more):
+    resident = run(recipe, env, "memory.policy=none", *more)
     assert placed == []
     want = stored_tensors(resident, "train")
     for policy, tier in (("stream", "host"), ("disk", "disk")):
         monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{policy}"))  # nothing reused: it trains again
         placed.clear()
-        streamed = run(recipe, env, f"memory.policy={policy}")
+        streamed = run(recipe, env, f"memory.policy={policy}", *more)
         assert "train" in computed(streamed)
         assert [(k, meta) for _, k, meta in placed] == [(kind, False)]  # side modules resident
         assert all(tiers == (tier,) * len(tiers) for tiers, _, _ in placed), placed  # a CPU run streams every block
@@ -53,10 +53,11 @@ def _assert_streams_bit_for_bit(recipe, env, tmp_path, monkeypatch, placed, kind
         assert streamed.results["train"].key == resident.results["train"].key
 
 
-def test_a_streamed_animate_lora_is_the_resident_one_bit_for_bit(aenv, data, tmp_path, monkeypatch, placed):
+@pytest.mark.parametrize("fp8", [False, True], ids=["compute", "fp8"])
+def test_a_streamed_animate_lora_is_the_resident_one_bit_for_bit(aenv, data, tmp_path, monkeypatch, placed, fp8):
     meta = write_metadata(data, [animate.ROW])
     recipe = animate.train_recipe(tmp_path, meta, steps=2, learning_rate=0.05)
-    _assert_streams_bit_for_bit(recipe, aenv, tmp_path, monkeypatch, placed, "AnimateDiT")
+    _assert_streams_bit_for_bit(recipe, aenv, tmp_path, monkeypatch, placed, "AnimateDiT", f"memory.fp8={str(fp8).lower()}")
 
 
 def test_the_plan_streams_animate_s_blocks_and_keeps_its_face_modules_resident(animate_root):
@@ -95,8 +96,9 @@ def test_the_plan_streams_animate_s_blocks_and_keeps_its_face_modules_resident(a
     assert planned_train_step(None, cpu, Budgets(None, 1 << 40), "disk").tiers == (("dit", ("disk",) * 5),)
 
 
-def test_a_streamed_s2v_lora_is_the_resident_one_bit_for_bit(senv, media, tmp_path, monkeypatch, placed):
+@pytest.mark.parametrize("fp8", [False, True], ids=["compute", "fp8"])
+def test_a_streamed_s2v_lora_is_the_resident_one_bit_for_bit(senv, media, tmp_path, monkeypatch, placed, fp8):
     rows = [{"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"]),
              "s2v_pose_video": "clips/pose.mp4"}]
     recipe = s2v.train_recipe(tmp_path, write_metadata(tmp_path / "data", rows), steps=2, learning_rate=0.05)
-    _assert_streams_bit_for_bit(recipe, senv, tmp_path, monkeypatch, placed, "S2VDiT")
+    _assert_streams_bit_for_bit(recipe, senv, tmp_path, monkeypatch, placed, "S2VDiT", f"memory.fp8={str(fp8).lower()}")

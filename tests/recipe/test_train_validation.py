@@ -299,11 +299,10 @@ def test_a_wan_dit_s_fp8_base_streams_and_a_dit_variant_is_refused(tmp_path):
     animate = 'model = "wan2.2-animate-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
     path.write_text(animate, encoding="utf-8")  # Animate's blocks stream, its face modules resident
     assert load_recipe(path).recipe.memory.policy == "disk"
-    for model in ("wan2.2-animate-14b", "wan2.2-s2v-14b"):  # their fp8 blocks do not stream while training yet
-        problems = refused(tmp_path, f'model = "{model}"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
-                           "fp8 = true\n")
-        assert any(p.startswith(f'r.toml: [memory].policy = "disk": [memory].fp8 with {model}\'s frozen blocks '
-                                "streamed while training is not built yet") for p in problems), problems
+    for model in ("wan2.2-animate-14b", "wan2.2-s2v-14b"):  # their fp8 blocks stream as fp8 too
+        path.write_text(f'model = "{model}"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\nfp8 = true\n',
+                        encoding="utf-8")
+        assert load_recipe(path).recipe.memory.fp8
     s2v = 'model = "wan2.2-s2v-14b"\n[train]\ndataset = "data.csv"\n[memory]\npolicy = "disk"\n'
     path.write_text(s2v, encoding="utf-8")  # S2V's blocks stream, its audio modules resident
     assert load_recipe(path).recipe.memory.policy == "disk"

@@ -48,9 +48,6 @@ def check_train(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
 #: while training yet (LongCat-Video's, Animate's and S2V's stream as a Wan DiT's, their side
 #: modules resident).
 UNSTREAMED_ARCHITECTURES = ("video-as-prompt",)
-#: DiT architectures whose fp8-stored frozen blocks do not stream while training yet (Animate's and
-#: S2V's stream in fp8 in generation; their training over an fp8 base is not proven streamed).
-UNSTREAMED_FP8 = ("wan2.2-animate", "wan2.2-s2v", "video-as-prompt")
 
 
 def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
@@ -71,9 +68,6 @@ def _check_streaming(recipe: Recipe, family: FamilySpec, problems: Problems) -> 
         why.append(f'[train].distribution = "{t.distribution}" starts from every process\'s whole model (DDP '
                    "syncs it, FSDP and DeepSpeed shard it) and a streamed block holds placeholders; train in one "
                    'process (distribution = "none"), or use policy "auto" or "none"')
-    if recipe.memory.fp8 and any(a.startswith(UNSTREAMED_FP8) for a in dits):
-        why.append(f"[memory].fp8 with {family.name}'s frozen blocks streamed while training is not built yet (a "
-                   'Wan DiT\'s fp8 blocks stream); set fp8 = false, or policy "auto" or "none"')
     if recipe.runtime.compile != "none":
         why.append(f'[runtime].compile = "{recipe.runtime.compile}" with the frozen base\'s blocks streamed while '
                    'training is not built yet; set compile = "none", or policy "none"')
