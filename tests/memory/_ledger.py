@@ -82,15 +82,16 @@ class LiveBytes(TorchDispatchMode):
 
 
 def track_copies(monkeypatch, placement_module) -> dict[int, int]:
-    """Storage -> bytes of every weight a CPU placement fetches (``_on_cpu``), on any thread,
-    while it is alive: what a streamed run holds of its blocks at once."""
+    """Storage -> bytes of every copy a CPU placement fetches (``_on_cpu(block, name, ...)``; a
+    source used in place is no copy), on any thread, while it is alive: what a streamed run holds
+    of its blocks at once."""
     alive: dict[int, int] = {}
     fetch = placement_module._on_cpu
 
-    def counted(*args, **kwargs):
-        out = fetch(*args, **kwargs)
+    def counted(block, full, *args, **kwargs):
+        out = fetch(block, full, *args, **kwargs)
         storage = out.untyped_storage()
-        if storage._cdata not in alive:
+        if storage._cdata != block.source[full].untyped_storage()._cdata and storage._cdata not in alive:
             alive[storage._cdata] = storage.nbytes()
             weakref.finalize(storage, alive.pop, storage._cdata, None)
         return out

@@ -118,5 +118,9 @@ def test_a_cpu_disk_run_holds_two_streamed_blocks_as_the_planner_counts(checkpoi
     with torch.no_grad(), LiveBytes(model, copies) as ledger:
         model(**inputs(CFG, grid=(5, 16, 16)))
     assert ledger.peak_elsewhere == planner.CPU_STREAM_BLOCKS * block == 2 * block
+    model, _ = load_placed_dit([checkpoint], CFG, ("host",) * 4, torch.float32)
+    with torch.no_grad(), LiveBytes(model, copies) as ledger:  # host-tier CPU blocks are used in place
+        model(**inputs(CFG, grid=(5, 16, 16)))
+    assert ledger.peak_elsewhere == 0
     size = sizes.component_size("dit", sizes.read_header(checkpoint), 4, keeps_fp32=keeps_fp32, blocks=True)
     assert planner._dit_footprint(size, 0, cpu=True) - size.non_block_bytes == 2 * max(size.block_bytes)
