@@ -25,8 +25,10 @@ def compiles():
     if not model_pool.compiled_blocks_stream():
         pytest.skip("torch older than 2.5: compiled blocks are not streamed")
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()  # reset() keeps them: an earlier test's graph breaks would count here
     model_pool.clear()
     yield
     model_pool.clear()

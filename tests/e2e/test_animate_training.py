@@ -14,7 +14,6 @@ through the crops) and its whole-DiT export loads back into a generation.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tomlkit
@@ -99,7 +98,9 @@ def replacement_channels(animate_root, data, mask: str = "mask.mp4") -> torch.Te
     return torch.cat([channels, latent], dim=1)
 
 
-def loss_by_hand(animate_root, train, data, replacement: bool = False) -> float:
+def loss_by_hand(animate_root, train, data, replacement: bool = False, storage: str = "compute") -> float:
+    """DiffSynth's training forward written out, over the DiT the generation loader loads with
+    ``storage`` (``"fp8"``: its main blocks' projections in fp8)."""
     from wanflow.memory import pool as model_pool
     from wanflow.models.animate import AnimateExtras
     from wanflow.models.animate_loader import load_animate_files
@@ -112,7 +113,7 @@ def loss_by_hand(animate_root, train, data, replacement: bool = False) -> float:
     )
 
     folder = animate_root / REPO
-    dit = load_animate_files(sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))).eval()
+    dit = load_animate_files(sorted(folder.glob("diffusion_pytorch_model-*.safetensors")), storage=storage).eval()
     vae = model_pool.vae(folder / "Wan2.1_VAE.pth", "wan2.1", torch.float32, "cpu")
     clip_encoder = model_pool.image_encoder(next(folder.glob("models_clip_*.pth")), torch.float32, "cpu")
     video = _signed(data / "clip.mp4", FRAMES, SIZE)
@@ -222,3 +223,33 @@ def test_a_changed_pose_video_re_encodes_only_that_sample_s_pose(aenv, data, tmp
     second = run(recipe, aenv)
     assert {n for n in computed(second) if n.startswith("train/")} == {"train/pose:1"}
     assert "train" in computed(second)
+
+
+def test_a_lora_trains_over_the_generation_loader_s_fp8_dit(aenv, animate_root, data, tmp_path):
+    """[memory].fp8: the first loss is DiffSynth's training forward over the generation loader's
+    fp8 DiT (the train step holds that model, bit for bit); the storage is keyed, the face tokens
+    are not (the encoders outside the blocks are never fp8)."""
+    from tests.e2e._train_fp8 import assert_close_not_equal, assert_holds_generation_fp8, lora_factors
+    from wanflow.models.animate_loader import load_animate_files
+
+    assert_holds_generation_fp8(sorted((animate_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                load_animate_files)
+    recipe = train_recipe(tmp_path, write_metadata(data, [ROW]), steps=2, learning_rate=0.05)
+    plain = run(recipe, aenv)
+    fp8 = run(recipe, aenv, "memory.fp8=true")
+    assert "train" in computed(fp8) and not [n for n in computed(fp8) if n.startswith("train/")]
+    assert [s.spec.step.storage for s in fp8.plan.steps if s.name == "train/face:0"] == ["fp8"]  # no compute-dtype copy
+    expected = loss_by_hand(animate_root, fp8, data, storage="fp8")
+    assert first_loss(fp8) == pytest.approx(expected, rel=1e-6, abs=1e-8)
+    assert first_loss(fp8) != pytest.approx(first_loss(plain), rel=1e-6, abs=1e-8)  # the base is fp8
+    assert_close_not_equal(lora_factors(plain), lora_factors(fp8))
+
+
+def test_the_memory_plan_sizes_the_train_step_at_the_fp8_bytes(aenv, animate_root, data, tmp_path):
+    """The train step's planned peak drops by what the loaded fp8 DiT saves over the compute-dtype one."""
+    from tests.e2e._train_fp8 import assert_plan_drops_by_the_fp8_saving
+    from wanflow.models.animate_loader import load_animate_files
+
+    assert_plan_drops_by_the_fp8_saving(train_recipe(tmp_path, write_metadata(data, [ROW])),
+                                        sorted((animate_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                        load_animate_files)

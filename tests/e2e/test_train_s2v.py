@@ -11,7 +11,6 @@ the loss on frames 1 onward only. A changed column file re-encodes only that sam
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tomlkit
@@ -86,8 +85,9 @@ def generation_recipe(folder, inputs: dict) -> object:
     return folder / "gen.toml"
 
 
-def loss_by_hand(root, train, generation, pose: bool) -> float:
-    """DiffSynth's FlowMatchSFTLoss for S2V, written out on the generation's encodes."""
+def loss_by_hand(root, train, generation, pose: bool, storage: str = "compute") -> float:
+    """DiffSynth's FlowMatchSFTLoss for S2V, written out on the generation's encodes, over the DiT
+    the generation loader loads with ``storage`` (``"fp8"``: its block projections in fp8)."""
     from tests.e2e._layout_s2v import REPO
     from wanflow.models.s2v import S2VExtras
     from wanflow.models.s2v_loader import load_s2v_dit
@@ -105,7 +105,7 @@ def loss_by_hand(root, train, generation, pose: bool) -> float:
     buckets = stored_tensors(generation, "encode-audio")["buckets"][..., :FRAMES - 1]  # the first clip's
     latents = stored_tensors(generation, "encode-conditioning:s2v-pose")["latents"][:, :, :2] if pose else None
     context = stored_tensors(train, "train/text:0")["context"]
-    dit = load_s2v_dit(root / REPO).eval()
+    dit = load_s2v_dit(root / REPO, storage=storage).eval()
     schedule = TrainingSchedule.build(5.0)
     d = draw(schedule, x0, schedule.index_range((0.0, 1.0)), SEED, (0, 0), (0,))
     x = noised(x0, d.noise, d.sigma)
@@ -171,3 +171,46 @@ def test_the_lora_loads_back_and_a_changed_column_file_re_encodes_only_its_sampl
     with_lora = run(tmp_path / "gen.toml", senv)
     a, b = stored_tensors(plain, "denoise")["latents"], stored_tensors(with_lora, "denoise")["latents"]
     assert a.shape == b.shape and (a - b).abs().max() > 1e-4
+
+
+def test_a_lora_trains_over_the_generation_loader_s_fp8_dit(senv, s2v_root, tmp_path, media):
+    """[memory].fp8: the first loss is DiffSynth's objective over the generation loader's fp8 DiT
+    (the train step holds that model, bit for bit); the storage is keyed (the encodes are not)."""
+    from tests.e2e._layout_s2v import REPO
+    from tests.e2e._train_fp8 import assert_close_not_equal, assert_holds_generation_fp8, lora_factors
+    from wanflow.models.s2v_loader import load_s2v_shards
+
+    assert_holds_generation_fp8(sorted((s2v_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                load_s2v_shards)
+    row = {"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])}
+    recipe = train_recipe(tmp_path, write_metadata(tmp_path / "data", [row]), steps=2, learning_rate=0.05)
+    plain = run(recipe, senv)
+    fp8 = run(recipe, senv, "memory.fp8=true")
+    assert "train" in computed(fp8) and not [n for n in computed(fp8) if n.startswith("train/")]
+    generation = run(generation_recipe(tmp_path, {"image": media["first_png"], "audio": media["speech"]}), senv)
+    expected = loss_by_hand(s2v_root, fp8, generation, False, storage="fp8")
+    assert first_loss(fp8) == pytest.approx(expected, rel=1e-6, abs=1e-8)
+    assert first_loss(fp8) != pytest.approx(first_loss(plain), rel=1e-6, abs=1e-8)  # the base is fp8
+    assert_close_not_equal(lora_factors(plain), lora_factors(fp8))
+
+
+def test_full_fine_tuning_over_an_fp8_base_stays_refused(senv, tmp_path, media):
+    from wanflow.errors import RecipeError
+    from wanflow.recipe.resolve import load_recipe
+
+    row = {"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])}
+    recipe = train_recipe(tmp_path, write_metadata(tmp_path / "data", [row]), method="full")
+    with pytest.raises(RecipeError, match="stores frozen weights in fp8"):
+        load_recipe(recipe, sets=("memory.fp8=true",))
+
+
+def test_the_memory_plan_sizes_the_train_step_at_the_fp8_bytes(senv, s2v_root, tmp_path, media):
+    """The train step's planned peak drops by what the loaded fp8 DiT saves over the compute-dtype one."""
+    from tests.e2e._layout_s2v import REPO
+    from tests.e2e._train_fp8 import assert_plan_drops_by_the_fp8_saving
+    from wanflow.models.s2v_loader import load_s2v_shards
+
+    row = {"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"])}
+    assert_plan_drops_by_the_fp8_saving(train_recipe(tmp_path, write_metadata(tmp_path / "data", [row])),
+                                        sorted((s2v_root / REPO).glob("diffusion_pytorch_model*.safetensors")),
+                                        load_s2v_shards)

@@ -77,13 +77,15 @@ def test_settings_training_would_not_read_are_refused_naming_the_key(folder):
     assert main(["validate", str(folder / "t.toml")]) == 2
 
 
-def test_fp8_storage_is_refused_in_training_only(folder):
-    """A generation stores the blocks in fp8; the train step holds the DiT in the compute dtype."""
+def test_fp8_storage_trains_a_lora_and_fp8_matmuls_are_refused_as_for_wan(folder):
+    """A LoRA's frozen base may be stored in fp8 (as a generation stores the blocks); fp8 matmuls
+    (no backward) and full fine-tuning over fp8 storage are refused as for any DiT's training."""
+    assert _recipe(folder, [HEAD, GOOD], train="[memory]\nfp8 = true\n") == []
     problems = _recipe(folder, [HEAD, GOOD], train="[memory]\nfp8 = true\n[runtime]\nfp8_matmul = true\n")
-    assert _has(problems, "t.toml: [memory].fp8 = true: Animate's train step holds the DiT in the compute "
-                "dtype"), problems
-    assert _has(problems, "t.toml: [runtime].fp8_matmul = true: Animate's train step multiplies in the compute "
-                "dtype"), problems
+    assert len(problems) == 1 and _has(problems, "t.toml: [runtime].fp8_matmul = true: fp8 matmuls have no "
+                                       "backward"), problems
+    problems = _recipe(folder, [HEAD, GOOD], train='method = "full"\n[memory]\nfp8 = true\n')
+    assert len(problems) == 1 and _has(problems, "t.toml: [memory].fp8 = true: stores frozen weights in fp8"), problems
 
 
 def test_batches_of_animate_samples_validate(folder):

@@ -181,16 +181,24 @@ def test_settings_s2v_training_would_not_read_are_refused(tmp_path, media, input
     assert any(words in p for p in found), found
 
 
-def test_fp8_storage_is_refused_in_training(tmp_path, media):
-    """The train step holds the DiT in the compute dtype: [memory].fp8 and fp8_matmul are refused."""
+def test_fp8_storage_trains_a_lora_and_fp8_matmuls_are_refused_as_for_wan(tmp_path, media):
+    """A LoRA's frozen base may be stored in fp8; fp8 matmuls (no backward) are refused as for any
+    DiT's training, and full fine-tuning over fp8 storage too (it trains the weights)."""
     _train_problems(tmp_path, media, [_row(media)])
     doc = tomlkit.parse((tmp_path / "t.toml").read_text())
-    doc["memory"], doc["runtime"] = {"fp8": True}, {"fp8_matmul": True}
+    doc["memory"] = {"fp8": True}
+    (tmp_path / "t.toml").write_text(tomlkit.dumps(doc))
+    assert wanflow.validate(tmp_path / "t.toml") == []
+    doc["runtime"] = {"fp8_matmul": True}
     (tmp_path / "t.toml").write_text(tomlkit.dumps(doc))
     found = wanflow.validate(tmp_path / "t.toml")
-    assert any("[memory].fp8 = true: S2V's train step holds the DiT in the compute dtype" in p for p in found), found
-    assert any("[runtime].fp8_matmul = true: S2V's train step multiplies in the compute dtype" in p
-               for p in found), found
+    assert len(found) == 1 and "[runtime].fp8_matmul = true: fp8 matmuls have no backward" in found[0], found
+    del doc["runtime"]
+    doc["train"]["method"] = "full"
+    (tmp_path / "t.toml").write_text(tomlkit.dumps(doc))
+    found = wanflow.validate(tmp_path / "t.toml")
+    assert len(found) == 1 and '[memory].fp8 = true: stores frozen weights in fp8, but [train].method = "full"' \
+        in found[0], found
 
 
 def test_a_bad_input_stops_the_run_before_any_model_loads(tmp_path, media, monkeypatch):

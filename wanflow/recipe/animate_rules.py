@@ -20,7 +20,7 @@ from wanflow.families.animate import (
     REPLACEMENT_INPUTS,
 )
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_training_fp8
+from wanflow.recipe.problems import Problems
 from wanflow.recipe.schema import Recipe
 
 #: Animate's settings under [inputs] that are not files (files are refused by _check_inputs).
@@ -105,7 +105,6 @@ _WHAT = {"background_video": "the driving video with its person removed",
 
 
 def _check_sampler(recipe: Recipe, problems: Problems) -> None:
-    refuse_training_fp8(problems, recipe, "Animate")  # a generation stores its blocks in fp8; training does not
     s = recipe.sampler
     if s.cache.method != "none":
         problems.add(("sampler", "cache", "method"), s.cache.method, "the Animate clip loop takes no step "

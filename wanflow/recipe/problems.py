@@ -90,20 +90,6 @@ def refuse_changed(problems: Problems, table: KeyPath, current: object, defaults
             problems.add((*table, key), list(value) if isinstance(value, tuple) else value, fix)
 
 
-def refuse_training_fp8(problems: Problems, recipe: Any, family: str) -> None:
-    """``[memory].fp8`` and ``[runtime].fp8_matmul`` in a training recipe of a DiT whose generation
-    takes them but whose train step holds its frozen base in the compute dtype (``family``:
-    "Animate", "S2V"), refused naming the fix; a recipe without ``[train]`` passes."""
-    if recipe.train is None:
-        return
-    if recipe.memory.fp8:
-        problems.add(("memory", "fp8"), True, f"{family}'s train step holds the DiT in the compute dtype (fp8 "
-                     "storage of its blocks serves generation only): use false")
-    if recipe.runtime.fp8_matmul:
-        problems.add(("runtime", "fp8_matmul"), True, f"{family}'s train step multiplies in the compute dtype "
-                     "(fp8 matmuls serve generation only): use false")
-
-
 def refuse_whole_dit_settings(problems: Problems, recipe: Any, dit: str, *, compile_too: bool = True) -> None:
     """The settings a DiT loaded whole by its own loader would not read, refused naming ``dit``
     ("Video-As-Prompt's DiT"): ``[memory].fp8`` and ``[runtime].fp8_matmul`` (fp8 storage of its

@@ -10,7 +10,7 @@ which replaces that context; it and ``num_clip`` are refused on other families. 
 recipe trains one clip per sample from dataset columns (``wanflow.steps.train_s2v``): the
 recipe-wide inputs it would not read are refused here. A generation stores the DiT's blocks in fp8
 under ``[memory].fp8``, compiles them under ``[runtime].compile`` and streams them under every
-memory policy; its train step holds the DiT in the compute dtype (fp8 refused there).
+memory policy.
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from wanflow.families.s2v import PIPELINE
 from wanflow.families.spec import FamilySpec
-from wanflow.recipe.problems import Problems, refuse_changed, refuse_training_fp8
+from wanflow.recipe.problems import Problems, refuse_changed
 from wanflow.recipe.schema import Recipe, Sampler
 
 #: The rate wav2vec2 was trained on; its feature extractor refuses any other.
@@ -69,7 +69,6 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    refuse_training_fp8(problems, recipe, "S2V")  # a generation stores its blocks in fp8; training does not
 
 
 def _check_train(recipe: Recipe, problems: Problems) -> None:

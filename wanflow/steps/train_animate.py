@@ -38,6 +38,7 @@ from wanflow.engine.step import NOT_KEYED, StepSpec
 from wanflow.memory import pool as model_pool
 from wanflow.steps.component import component_runtime
 from wanflow.steps.conditioning import VAE_READS, tile_spec
+from wanflow.steps.runtime import dit_storage
 from wanflow.steps.text import RUNTIME_READS
 
 log = structlog.get_logger(__name__)
@@ -145,6 +146,10 @@ class EncodeAnimateFaceSample:
     dit_dtype: str = "auto"
     crops: bool = False
     residency: Any = attrs.field(default=None, metadata=NOT_KEYED)
+    #: The train step's storage of the frozen blocks' projections ("fp8" with [memory].fp8), so
+    #: the DiT this encode loads is as lean as the one that trains (never a compute-dtype copy of
+    #: an fp8 base). Not keyed: the face tokens come from the encoders outside the blocks.
+    storage: str = attrs.field(default="compute", metadata=NOT_KEYED)
     kind: str = "encode-animate-face-sample"
     version: int = 1
     output: str = "tensors"
@@ -163,7 +168,7 @@ class EncodeAnimateFaceSample:
         p = ctx.params
         device, dtype = component_runtime(p, self.dit_dtype)
         dit = model_pool.dit([ctx.weight(f"dit.{i}") for i in range(self.dit_files)], dtype, device,
-                             p["runtime.attention"], self.residency)
+                             p["runtime.attention"], self.residency, storage=self.storage)
         size = dit.animate_config.motion.size
         crops = load_video(ctx.file("face_video"), self.frames - SPLIT, size, size)  # (T, S, S, 3)
         if self.crops:
@@ -245,7 +250,9 @@ def animate_sample_nodes(job: Any, sample: Any, vae_version: str) -> list[tuple[
     pose = EncodeAnimatePoseSample(**size, vae_version=vae_version, **job.placed("vae"))
     (role,) = job.dits()
     full = job.values["train.method"] == "full"  # the face encoders train: crops, encoded at every step
-    face = EncodeAnimateFaceSample(target.frames, len(job.weights[role]), job.dtype(role), full, job.residency)
+    storage = "compute" if full else dit_storage(job.values)  # a LoRA's frozen base: fp8 with [memory].fp8
+    face = EncodeAnimateFaceSample(target.frames, len(job.weights[role]), job.dtype(role), full, job.residency,
+                                   storage)
     nodes = [
         ("animate_pose", StepSpec(f"train/pose:{i}", pose, files={"pose_video": sample.input(POSE).path},
                                   weights=job.vae_weight())),
