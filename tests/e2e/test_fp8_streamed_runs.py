@@ -20,7 +20,7 @@ from tests.e2e.test_lora_runs import TINY_DIT, denoised, recipe, write_diffsynth
 from wanflow.memory import pool as model_pool
 
 FP8 = "[memory]\nfp8 = true\n"
-#: Tiny enough that a CPU run's plan under a 0.015 GiB budget streams half the DiT's blocks from disk.
+#: Tiny enough that a CPU run's plan under a 0.015 GiB budget streams 3 of the DiT's 4 blocks from disk.
 SMALL = "[video]\nwidth = 16\nheight = 16\nframes = 1\n"
 
 

@@ -44,14 +44,20 @@ def weight_bytes(module: torch.nn.Module) -> int:
 
 
 class LiveBytes(TorchDispatchMode):
-    """Peak of (tensors created inside the mode and still alive) + the model's weights."""
+    """Peak of (tensors created inside the mode and still alive) + the model's weights.
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    ``elsewhere``: storage -> bytes of tensors made outside the mode (a dispatch mode sees its own
+    thread only: a block read ahead on the placement's reader thread), counted while alive and
+    not yet the model's weights; ``peak_elsewhere`` is their own peak."""
+
+    def __init__(self, model: torch.nn.Module, elsewhere: dict[int, int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.live: dict[int, int] = {}
+        self.elsewhere = elsewhere if elsewhere is not None else {}
         self.peak = 0
         self.peak_weights = 0
+        self.peak_elsewhere = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -67,6 +73,28 @@ class LiveBytes(TorchDispatchMode):
                 self.live[key] = storage.nbytes()
                 weakref.finalize(storage, self.live.pop, key, None)
         weights = weight_bytes(self.model)
+        elsewhere = dict(self.elsewhere)
+        self.peak_elsewhere = max(self.peak_elsewhere, sum(elsewhere.values()))
+        apart = sum(n for key, n in elsewhere.items() if key not in owned and key not in self.live)
         self.peak_weights = max(self.peak_weights, weights)
-        self.peak = max(self.peak, sum(self.live.values()) + weights)
+        self.peak = max(self.peak, sum(self.live.values()) + weights + apart)
         return out
+
+
+def track_copies(monkeypatch, placement_module) -> dict[int, int]:
+    """Storage -> bytes of every copy a CPU placement fetches (``_on_cpu(block, name, ...)``; a
+    source used in place is no copy), on any thread, while it is alive: what a streamed run holds
+    of its blocks at once."""
+    alive: dict[int, int] = {}
+    fetch = placement_module._on_cpu
+
+    def counted(block, full, *args, **kwargs):
+        out = fetch(block, full, *args, **kwargs)
+        storage = out.untyped_storage()
+        if storage._cdata != block.source[full].untyped_storage()._cdata and storage._cdata not in alive:
+            alive[storage._cdata] = storage.nbytes()
+            weakref.finalize(storage, alive.pop, storage._cdata, None)
+        return out
+
+    monkeypatch.setattr(placement_module, "_on_cpu", counted)
+    return alive

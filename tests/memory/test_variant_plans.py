@@ -3,9 +3,10 @@
 Sized from the released shapes (built on the meta device, nothing allocated) as ``wanflow plan``
 sizes them from the headers (``component_size``, the DiT per block) with the denoise estimate of
 their own forward: in bf16 neither fits whole beside its activations, so ``auto`` streams its
-blocks from host memory, keeping as many resident as fit; with the block projections in fp8 it is
-sized whole (fp8 blocks are not streamed) and fits at 480x832. A bf16 run holds the DiT at the
-bytes the plan counts (its own fp32 islands included).
+blocks from host memory, keeping as many resident as fit; with the block projections in fp8 it
+fits whole at 480x832, and at the larger sizes of docs/animate.md and docs/s2v.md, where the fp8
+DiT whole does not fit, its fp8 blocks stream (`memory.fp8_placed`). A bf16 run holds the DiT at
+the bytes the plan counts (its own fp32 islands included).
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def test_the_released_dit_streams_its_blocks_on_a_24_gib_card_and_fits_whole_in_
     assert fp8_gb[0] < fp8.weight_bytes / 1e9 < fp8_gb[1]
     found = plan(BUDGETS, "auto", [fp8], steps)
     assert found.policy == "none" and found.placement("dit").blocks == ()
+
+
+@pytest.mark.parametrize("variant, frames, height, width, contexts", [("animate", 77, 720, 1280, 1),
+                                                                       ("s2v", 81, 704, 1024, 2)])
+def test_where_the_fp8_dit_does_not_fit_whole_its_fp8_blocks_stream(variant, frames, height, width, contexts):
+    """The docs' 24 GiB tables: Animate at its default 1280x720, S2V at 1024x704 (an 80-frame clip
+    and its reference frame, both guidance passes' contexts)."""
+    config, headers = _released(variant)
+    bf16 = component_size("dit", headers, 2, keeps_fp32=dit_keeps_fp32, blocks=True)
+    grid = latent_grid(frames, height, width, "wan2.1")
+    steps = [StepDemand("denoise", ("dit",), denoise_bytes(config, headers, grid, 2, prepared_contexts=contexts))]
+    with pytest.raises(MemoryPlanError):
+        plan(BUDGETS, "auto", [attrs.evolve(bf16, block_bytes=(), fp8_block_bytes=()).as_fp8()], steps)
+    found = plan(BUDGETS, "auto", [bf16.as_fp8()], steps)
+    tiers = found.placement("dit").blocks
+    assert found.policy == "stream" and 0 < tiers.count("host") < tiers.count("device")
+    assert found.peaks[0].device_bytes <= BUDGETS.device_bytes
+    streamed_bf16 = plan(BUDGETS, "auto", [bf16], steps).placement("dit").blocks
+    assert streamed_bf16.count("device") < tiers.count("device")  # fp8 blocks: more of them resident
 
 
 @pytest.mark.parametrize("variant", ["animate", "s2v"])

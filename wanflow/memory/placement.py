@@ -23,7 +23,8 @@ Tiers of an offloaded block:
   on to the device on the side stream. After use, the mapped pages are dropped
   (``madvise(DONTNEED)``), so resident memory stays about one block whatever the model's size.
   On the CPU each weight is copied out of the mapping as it is read (used in place, its data
-  would sit at the file's alignment, on which CPU matmul kernels can round differently). A
+  would sit at the file's alignment, on which CPU matmul kernels can round differently): the
+  block computing and the one read ahead are both copies, two blocks' weights at once. A
   weight the file holds in another form than the model's (``convert``: bf16 to be stored in fp8,
   scaled fp8 to be computed in bf16) is converted as it is read, on the reader thread when read
   ahead, by the same function the resident load applies.

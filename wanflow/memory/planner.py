@@ -41,8 +41,10 @@ GIB = 1024**3
 DEVICE_SWAP_BLOCKS = 2
 #: Pinned staging blocks in host memory while a device run streams blocks from disk.
 HOST_STAGING_BLOCKS = 2
-#: Streamed blocks in RAM at once in a CPU run (read-ahead goes to the page cache, not the process).
-CPU_STREAM_BLOCKS = 1
+#: Streamed (disk-tier) blocks in RAM at once in a CPU run: the one computing and the next, read
+#: ahead on the reader thread, both copied out of the mapped file (`placement._on_cpu`, for
+#: bit-equality with a resident run). A CPU run has no host tier: its resident blocks are in place.
+CPU_STREAM_BLOCKS = 2
 
 
 class MemoryPlanError(WanflowError):

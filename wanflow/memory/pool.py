@@ -207,15 +207,17 @@ def _placed_dit(weights: Sequence[Path], tiers: Sequence[str], dtype: Any, devic
 
 
 def _config_of(weights: Sequence[Path]) -> Any:
-    """The DiT config beside the weights (config.json), else read off the header shapes."""
+    """The DiT config as ``load_dit`` reads it: config.json beside the weights with the derivative
+    parts the weights hold (Wan-Fun's ``ref_conv`` and camera adapter, VACE blocks), else read off
+    the header shapes. A config without those parts would not fit the file a streamed DiT maps."""
     from wanflow.memory.sizes import dit_shapes
-    from wanflow.models.dit_config import from_shapes
+    from wanflow.models.dit_config import from_shapes, with_parts
     from wanflow.models.dit_loader import read_config
 
     beside = Path(weights[0]).parent / "config.json"
     shapes = dit_shapes(weights)
     if beside.is_file():
-        return read_config(beside, has_clip="img_emb.proj.0.weight" in shapes)
+        return with_parts(read_config(beside, has_clip="img_emb.proj.0.weight" in shapes), shapes, str(beside))
     return from_shapes(shapes, str(weights[0]))
 
 

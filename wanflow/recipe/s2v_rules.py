@@ -9,8 +9,8 @@ release's zero motion context with the reference image, so it is refused beside 
 which replaces that context; it and ``num_clip`` are refused on other families. A ``[train]``
 recipe trains one clip per sample from dataset columns (``wanflow.steps.train_s2v``): the
 recipe-wide inputs it would not read are refused here. A generation stores the DiT's blocks in fp8
-under ``[memory].fp8`` and streams them under every memory policy; compiled blocks are not built
-for it, and its train step holds the DiT in the compute dtype (fp8 refused there).
+under ``[memory].fp8``, compiles them under ``[runtime].compile`` and streams them under every
+memory policy.
 The files themselves (audio, pose, motion video) are checked in ``wanflow.steps.s2v_checks``.
 """
 
@@ -69,9 +69,6 @@ def check_s2v(recipe: Recipe, family: FamilySpec, problems: Problems) -> None:
     if recipe.output.format != "mp4":
         problems.add(("output", "format"), recipe.output.format, "speech-to-video's video carries the recording "
                      "as its audio track, which only the mp4 saver writes; use \"mp4\"")
-    if recipe.runtime.compile != "none":
-        problems.add(("runtime", "compile"), recipe.runtime.compile, "compiling the S2V DiT's blocks is not built "
-                     'yet: use "none"')
 
 
 def _check_train(recipe: Recipe, problems: Problems) -> None:

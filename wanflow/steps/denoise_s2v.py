@@ -107,7 +107,7 @@ class S2VDenoise:
 
     def _dit(self, ctx: Any) -> Any:
         return step_dit(ctx, self.dit_files, self.dit_dtype, self.residency, loras=self.loras, storage=self.storage,
-                        tiers=self.tiers, attention=self.attention)
+                        tiers=self.tiers, compile_mode=ctx.params["runtime.compile"], attention=self.attention)
 
     def _vae(self, ctx: Any) -> VaeOnDevice:
         return vae_on_device(ctx, self.vae_version, self.vae_dtype, self.vae_device, self.residency)
