@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e._layout_s2v import write_s2v_models_root
+from tests.e2e import test_s2v_memory as s2v_memory
 from tests.e2e._run import computed, run
-from tests.e2e.conftest import use_models
 from tests.e2e.test_lora_runs import denoised
-from tests.e2e.test_s2v_runs import _recipe, write_media
+from tests.e2e.test_s2v_runs import _recipe
 from wanflow.memory import pool as model_pool
 
-
-@pytest.fixture(scope="module")
-def s2v_root(tmp_path_factory):
-    return write_s2v_models_root(tmp_path_factory.mktemp("s2v-models"))
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory, images):
-    return write_media(tmp_path_factory.mktemp("s2v-inputs"), images)
-
-
-@pytest.fixture()
-def s2v_env(s2v_root, tmp_path, monkeypatch):
-    return use_models(s2v_root, tmp_path, monkeypatch)
+s2v_root, media, s2v_env = s2v_memory.s2v_root, s2v_memory.media, s2v_memory.s2v_env  # the S2V memory tests' fixtures
 
 
 def test_a_compiled_s2v_run_is_the_eager_one_within_compile_tolerance_under_its_own_key(s2v_env, media,
