@@ -37,7 +37,8 @@ from tests.models._dit_fixtures import inputs, random_state, tiny_config
 from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.dit_config import WAN21_T2V_1_3B
 from wanflow.models.dit_loader import config_beside, load_dit
-from wanflow.models.fp8 import MARKER, dequantise, quantise, scale_key, stores_fp8
+from wanflow.models.fp8 import dequantise, quantise, stores_fp8
+from wanflow.models.fp8_scaled import MARKER, scale_key
 
 SHAPES = ((1536, 1536), (8960, 1536), (1536, 8960))  # q/k/v/o, ffn.0, ffn.2 of the 1.3B
 TINY_ASSET = ROOT / "wanflow" / "assets" / "wanflow-tiny" / "dit"

@@ -17,7 +17,8 @@ from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_keys import COMFYUI_PREFIX
 from wanflow.models.dit_loader import load_dit
-from wanflow.models.fp8 import Fp8Linear, load_scaled, split_scales, stores_fp8
+from wanflow.models.fp8 import Fp8Linear, stores_fp8
+from wanflow.models.fp8_scaled import load_scaled, split_scales
 from wanflow.models.loading import build_on_meta
 
 from ._dit_fixtures import inputs, random_state, tiny_config, write_checkpoint

@@ -2,7 +2,7 @@
 
 A 14B DiT stored in fp8 is 14 GB: it fits neither a 12 GB card nor, with its activations, a 16 GB
 one, so its blocks must stream, and streaming them as fp8 halves the bytes moved per step. Each
-tier holds what the resident fp8 load (``fp8.load_scaled``) would put on the device, so a
+tier holds what the resident fp8 load (``fp8_scaled.load_scaled``) would put on the device, so a
 streamed run reaches the same kernels with the same bytes:
 
 - device and host tiers: loaded by ``load_scaled`` itself, tensor by tensor (a weight quantised
@@ -27,10 +27,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from wanflow.models import fp8
+from wanflow.models import fp8, fp8_scaled
 
 
-def load_stored_placed(model: nn.Module, scaled: fp8.ScaledState, storage: str, tier_of: Callable[[str], str],
+def load_stored_placed(model: nn.Module, scaled: fp8_scaled.ScaledState, storage: str, tier_of: Callable[[str], str],
                        target: Callable[[str], torch.dtype], device: torch.device | str, source: str,
                        expected: str) -> dict[str, Callable[[Tensor], Tensor]]:
     """Load ``model`` (built on meta) from ``scaled`` (its mapped views, scales split off) under
@@ -42,7 +42,7 @@ def load_stored_placed(model: nn.Module, scaled: fp8.ScaledState, storage: str, 
     if in_fp8:
         fp8.require_fp8(device)
     where = {"device": device, "host": "cpu", "disk": None}
-    fp8.load_scaled(model, scaled, source=source, expected=expected, dtype=target, device=device, borrowed=False,
+    fp8_scaled.load_scaled(model, scaled, source=source, expected=expected, dtype=target, device=device, borrowed=False,
                     fp8=in_fp8, placed_at=lambda key: where[tier_of(key)])
     if storage == "fp8-matmul":
         fp8.use_fp8_matmul(model, source)

@@ -28,7 +28,8 @@ from wanflow.models.checkpoint_files import open_state_dict
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
 from wanflow.models.dit_loader import official_state
-from wanflow.models.fp8 import is_fp8, split_scales, stores_in_fp8
+from wanflow.models.fp8 import is_fp8, stores_in_fp8
+from wanflow.models.fp8_scaled import split_scales
 from wanflow.models.loading import build_on_meta, mismatch_report
 from wanflow.models.residency import place_all
 

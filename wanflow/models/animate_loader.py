@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import animate_config, animate_keys, fp8, signature
+from wanflow.models import animate_config, animate_keys, fp8_scaled, signature
 from wanflow.models.animate import DIRECTION_KEY, AnimateDiT
 from wanflow.models.checkpoint_files import (
     Checkpoint,
@@ -53,7 +53,7 @@ def load_animate_dit(
     config = animate_config.from_shapes({k: tuple(v.shape) for k, v in state.items()}, opened.source)
     model = build_on_meta(lambda: AnimateDiT(config, attention_kernel))
     expected = f"Wan2.2 Animate DiT ({animate_config.describe(config)})"
-    load_stored(model, fp8.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
+    load_stored(model, fp8_scaled.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
                 dtype=animate_dtypes(dtype), device=device, borrowed=opened.borrowed)
     log.debug("animate_dit_loaded", source=opened.source, dim=config.dit.dim, dtype=str(dtype), storage=storage)
     return model

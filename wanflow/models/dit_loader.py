@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import dit_config, fp8, signature
+from wanflow.models import dit_config, fp8, fp8_scaled, signature
 from wanflow.models.checkpoint_files import OpenedWeights, open_state_dict, open_weights
 from wanflow.models.dit import WanDiT, keeps_fp32
 from wanflow.models.dit_config import DitConfig
@@ -67,7 +67,7 @@ def load_dit(
     opened = _opened(weights)
     if architecture is not None:
         check_architecture(opened.state, architecture, opened.source)
-    scaled = fp8.split_scales(official_state(opened.state, opened.source), opened.source)
+    scaled = fp8_scaled.split_scales(official_state(opened.state, opened.source), opened.source)
     state = scaled.weights
     if config is None:
         config = _shapes_config(state, opened.source) if opened.borrowed else config_beside(

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import fp8, signature
+from wanflow.models import fp8, fp8_scaled, signature
 from wanflow.models.checkpoint_files import (
     SAFETENSORS_DTYPES,
     capped,
@@ -153,7 +153,7 @@ def _plan_keys(state: Mapping[str, Tensor], source: str) -> tuple[set[str], str]
     quantised = {key for name, key in official.items()
                  if fp8.stores_fp8(name) and state[key].ndim == 2 and state[key].is_floating_point()}
     prefix = COMFYUI_PREFIX if found.layout == "comfyui" else ""
-    return quantised, prefix + fp8.MARKER
+    return quantised, prefix + fp8_scaled.MARKER
 
 
 def _entries(
@@ -165,7 +165,7 @@ def _entries(
         if key in quantised:
             scale_shape = () if granularity == "tensor" else (tensor.shape[0], 1)
             entries += [(key, fp8.fp8_dtype(), tuple(tensor.shape)),
-                        (fp8.scale_key(key), torch.float32, scale_shape)]
+                        (fp8_scaled.scale_key(key), torch.float32, scale_shape)]
         else:
             entries.append((key, tensor.dtype, tuple(tensor.shape)))
     return entries
@@ -180,7 +180,7 @@ def _tensors(part: Mapping[str, Tensor], quantised: set[str], granularity: fp8.G
             stored, scale = fp8.quantise(own, granularity)
             del own
             yield key, stored
-            yield fp8.scale_key(key), scale
+            yield fp8_scaled.scale_key(key), scale
         else:
             yield key, own
     if marker is not None:

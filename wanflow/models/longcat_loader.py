@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import fp8, longcat_config, signature
+from wanflow.models import fp8_scaled, longcat_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     merged_shards,
@@ -61,7 +61,7 @@ def _built(config: LongCatConfig, state: Mapping[str, Tensor], source: str, dtyp
     def dtypes(name: str) -> torch.dtype:
         return torch.float32 if longcat_config.keeps_fp32(name) else dtype
 
-    load_stored(model, fp8.split_scales(state, source), storage, source=source, expected=expected, dtype=dtypes,
+    load_stored(model, fp8_scaled.split_scales(state, source), storage, source=source, expected=expected, dtype=dtypes,
                 device=device, borrowed=borrowed)
     log.debug("longcat_dit_loaded", source=source, hidden=config.hidden_size, depth=config.depth,
               dtype=str(dtype), zero_pad=config.text_tokens_zero_pad, storage=storage)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from wanflow.errors import ModelLoadError
-from wanflow.models import fp8, s2v_config, signature
+from wanflow.models import fp8_scaled, s2v_config, signature
 from wanflow.models.checkpoint_files import (
     Checkpoint,
     OpenedWeights,
@@ -78,7 +78,7 @@ def _built(opened: OpenedWeights, fields: dict[str, Any], dtype: torch.dtype, de
     def dtypes(name: str) -> torch.dtype:
         return torch.float32 if s2v_config.keeps_fp32(name) else dtype
 
-    load_stored(model, fp8.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
+    load_stored(model, fp8_scaled.split_scales(state, opened.source), storage, source=opened.source, expected=expected,
                 dtype=dtypes, device=device, borrowed=opened.borrowed)
     log.debug("s2v_dit_loaded", source=opened.source, dim=config.dit.dim, layers=config.dit.num_layers,
               inject_layers=list(config.inject_layers), dtype=str(dtype), storage=storage)

@@ -15,13 +15,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from wanflow.models import fp8
+from wanflow.models import fp8, fp8_scaled
 from wanflow.models.loading import load_state_into
 
 
-def load_stored(model: nn.Module, scaled: fp8.ScaledState, storage: str, *, source: str, expected: str,
+def load_stored(model: nn.Module, scaled: fp8_scaled.ScaledState, storage: str, *, source: str, expected: str,
                 dtype: Callable[[str], torch.dtype], device: torch.device | str, borrowed: bool) -> None:
-    """Load ``scaled`` (``fp8.split_scales`` of the checkpoint) into ``model`` under ``storage``;
+    """Load ``scaled`` (``fp8_scaled.split_scales`` of the checkpoint) into ``model`` under ``storage``;
     ``dtype`` gives each tensor's compute dtype by name (the model's fp32 islands)."""
     if storage not in fp8.STORAGES:
         raise ValueError(f"storage={storage!r}; expected one of {fp8.STORAGES}")
@@ -29,7 +29,7 @@ def load_stored(model: nn.Module, scaled: fp8.ScaledState, storage: str, *, sour
     if in_fp8 or scaled.quantised:
         if in_fp8:
             fp8.require_fp8(device)
-        fp8.load_scaled(model, scaled, source=source, expected=expected, dtype=dtype, device=device,
+        fp8_scaled.load_scaled(model, scaled, source=source, expected=expected, dtype=dtype, device=device,
                         borrowed=borrowed, fp8=in_fp8)
         if storage == "fp8-matmul":
             fp8.use_fp8_matmul(model, source)
