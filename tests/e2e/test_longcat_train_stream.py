@@ -7,29 +7,14 @@ the streamed blocks serve every token of the clip."""
 from __future__ import annotations
 
 import pytest
-import torch
 
+from tests.e2e import _train_stream
 from tests.e2e import test_longcat_train as longcat
-from tests.e2e._run import computed, run
-from tests.e2e._train import stored_tensors
+from tests.e2e._train_stream import assert_streams_bit_for_bit
 from tests.e2e.test_longcat_train import _recipe, _row
-from wanflow.memory import train_placement
 
 venv_runs, media = longcat.venv_runs, longcat.media  # the LongCat training tests' fixtures
-
-
-@pytest.fixture()
-def placed(monkeypatch):
-    """The tiers each streamed DiT was placed in, and the placed models."""
-    seen = []
-    real = train_placement.place_for_training
-
-    def spy(model):
-        seen.append((tuple(model.tiered.tiers), type(model).__name__))
-        return real(model)
-
-    monkeypatch.setattr(train_placement, "place_for_training", spy)
-    return seen
+placed = _train_stream.placed  # the spy on where each trained DiT is placed
 
 
 @pytest.mark.parametrize("fp8", [False, True])
@@ -37,21 +22,7 @@ def test_a_streamed_longcat_lora_is_the_resident_one_bit_for_bit_and_shares_its_
                                                                                   monkeypatch, placed, fp8):
     recipe = _recipe(tmp_path, [_row(), _row("clips/past.mp4")], frames=9, cond=5, steps=2, learning_rate=0.05)
     storage = ("memory.fp8=true",) if fp8 else ()
-    resident = run(recipe, venv_runs, "memory.policy=none", *storage)
-    assert placed == []
-    want = stored_tensors(resident, "train")
-    for policy, tier in (("stream", "host"), ("disk", "disk")):
-        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{policy}"))  # nothing reused: it trains again
-        placed.clear()
-        streamed = run(recipe, venv_runs, f"memory.policy={policy}", *storage)
-        assert "train" in computed(streamed)
-        assert [kind for _, kind in placed] == ["LongCatDiT"]
-        assert all(tiers == (tier,) * len(tiers) for tiers, _ in placed), placed  # a CPU run streams every block
-        got = stored_tensors(streamed, "train")
-        assert set(got) == set(want)
-        for name, tensor in want.items():
-            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=f"{policy}: {name}")
-        assert streamed.results["train"].key == resident.results["train"].key
+    assert_streams_bit_for_bit(recipe, venv_runs, tmp_path, monkeypatch, placed, "LongCatDiT", *storage)
 
 
 @pytest.mark.parametrize("fp8", [False, True])

@@ -6,58 +6,23 @@ stay resident, as in generation's placement (``memory.streamed.placed_variant``)
 from __future__ import annotations
 
 import pytest
-import torch
 
+from tests.e2e import _train_stream
 from tests.e2e import test_animate_training as animate
 from tests.e2e import test_train_s2v as s2v
-from tests.e2e._run import computed, run
-from tests.e2e._train import stored_tensors, write_metadata
-from wanflow.memory import train_placement
+from tests.e2e._train import write_metadata
+from tests.e2e._train_stream import assert_streams_bit_for_bit
 
 animate_root, aenv, data = animate.animate_root, animate.aenv, animate.data  # the Animate training tests' fixtures
 s2v_root, senv, media = s2v.s2v_root, s2v.senv, s2v.media  # the S2V training tests'
-
-
-@pytest.fixture()
-def placed(monkeypatch):
-    """(tiers, model class, whether any side-module parameter is a placeholder) of each placed DiT."""
-    seen = []
-    real = train_placement.place_for_training
-
-    def spy(model):
-        placement = real(model)
-        blocks = {id(p) for b in model.blocks for p in b.parameters()}
-        sides = [p for p in model.parameters() if id(p) not in blocks]
-        seen.append((tuple(model.tiered.tiers), type(model).__name__, any(p.is_meta for p in sides)))
-        return placement
-
-    monkeypatch.setattr(train_placement, "place_for_training", spy)
-    return seen
-
-
-def _assert_streams_bit_for_bit(recipe, env, tmp_path, monkeypatch, placed, kind, *more):
-    resident = run(recipe, env, "memory.policy=none", *more)
-    assert placed == []
-    want = stored_tensors(resident, "train")
-    for policy, tier in (("stream", "host"), ("disk", "disk")):
-        monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / f"cache-{policy}"))  # nothing reused: it trains again
-        placed.clear()
-        streamed = run(recipe, env, f"memory.policy={policy}", *more)
-        assert "train" in computed(streamed)
-        assert [(k, meta) for _, k, meta in placed] == [(kind, False)]  # side modules resident
-        assert all(tiers == (tier,) * len(tiers) for tiers, _, _ in placed), placed  # a CPU run streams every block
-        got = stored_tensors(streamed, "train")
-        assert set(got) == set(want)
-        for name, tensor in want.items():
-            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=f"{policy}: {name}")
-        assert streamed.results["train"].key == resident.results["train"].key
+placed = _train_stream.placed  # the spy on where each trained DiT is placed
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["compute", "fp8"])
 def test_a_streamed_animate_lora_is_the_resident_one_bit_for_bit(aenv, data, tmp_path, monkeypatch, placed, fp8):
     meta = write_metadata(data, [animate.ROW])
     recipe = animate.train_recipe(tmp_path, meta, steps=2, learning_rate=0.05)
-    _assert_streams_bit_for_bit(recipe, aenv, tmp_path, monkeypatch, placed, "AnimateDiT", f"memory.fp8={str(fp8).lower()}")
+    assert_streams_bit_for_bit(recipe, aenv, tmp_path, monkeypatch, placed, "AnimateDiT", f"memory.fp8={str(fp8).lower()}")
 
 
 def test_the_plan_streams_animate_s_blocks_and_keeps_its_face_modules_resident(animate_root):
@@ -101,4 +66,4 @@ def test_a_streamed_s2v_lora_is_the_resident_one_bit_for_bit(senv, media, tmp_pa
     rows = [{"video": "clips/clip.mp4", "prompt": "a face speaking", "input_audio": str(media["speech"]),
              "s2v_pose_video": "clips/pose.mp4"}]
     recipe = s2v.train_recipe(tmp_path, write_metadata(tmp_path / "data", rows), steps=2, learning_rate=0.05)
-    _assert_streams_bit_for_bit(recipe, senv, tmp_path, monkeypatch, placed, "S2VDiT", f"memory.fp8={str(fp8).lower()}")
+    assert_streams_bit_for_bit(recipe, senv, tmp_path, monkeypatch, placed, "S2VDiT", f"memory.fp8={str(fp8).lower()}")
