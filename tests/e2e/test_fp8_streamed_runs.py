@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.e2e import test_lora_runs
 from tests.e2e._run import computed, run
 from tests.e2e.test_lora_runs import TINY_DIT, denoised, recipe, write_diffsynth_lora
 from wanflow.memory import pool as model_pool
@@ -22,14 +23,7 @@ from wanflow.memory import pool as model_pool
 FP8 = "[memory]\nfp8 = true\n"
 #: Tiny enough that a CPU run's plan under a 0.015 GiB budget streams 3 of the DiT's 4 blocks from disk.
 SMALL = "[video]\nwidth = 16\nheight = 16\nframes = 1\n"
-
-
-@pytest.fixture()
-def cache_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANFLOW_CACHE", str(tmp_path / "cache"))
-    model_pool.clear()
-    yield tmp_path / "runs"
-    model_pool.clear()
+cache_env = test_lora_runs.cache_env  # a cache of its own per test, the model pool cleared around it
 
 
 def _placed() -> list:
